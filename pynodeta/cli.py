@@ -1,0 +1,20 @@
+"""The ``pynodeta`` command: ``pynodeta diagnose ...`` audits a model; everything else is training."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "diagnose":
+        from pynodeta.diagnose.cli import main as diagnose_main
+
+        return diagnose_main(argv[1:])
+    from pynodeta.train.cli import main as train_main
+
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

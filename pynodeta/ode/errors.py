@@ -1,0 +1,60 @@
+"""Exceptions raised by the ODE core. Each message says what happened and what to try."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ODESolveError",
+    "StepSizeUnderflowError",
+    "MaxStepsReachedError",
+    "NonFiniteStateError",
+    "BackendUnavailableError",
+]
+
+
+class ODESolveError(RuntimeError):
+    """Base class of every failure that happens while integrating (not input validation)."""
+
+
+class StepSizeUnderflowError(ODESolveError):
+    """The adaptive controller asked for a step too small to advance time."""
+
+    def __init__(self, t: float, dt: float, nfe: int):
+        self.t, self.dt, self.nfe = t, dt, nfe
+        super().__init__(
+            f"step size underflow at t={t:.6g} (dt={dt:.3g}, nfe={nfe}): the problem is probably stiff or "
+            "discontinuous there; try a larger atol/rtol, options={'min_step': ...}, a stiff solver "
+            "(backend='scipy', method='radau'), or a fixed-step method"
+        )
+
+
+class MaxStepsReachedError(ODESolveError):
+    """The step limit was hit. The part of the solution computed so far stays reachable.
+
+    Attributes:
+        t: the output times that were reached, a 1-D tensor (a prefix of the requested ``t``).
+        ys: the solution at those times, shape ``(len(t), *y0.shape)``.
+        t_reached: the solver time at which it stopped.
+    """
+
+    def __init__(self, max_num_steps: int, t_reached: float, t, ys):
+        self.max_num_steps, self.t_reached, self.t, self.ys = max_num_steps, t_reached, t, ys
+        super().__init__(
+            f"max_num_steps={max_num_steps} reached at t={t_reached:.6g} after {len(t)} of the requested "
+            "output times; the partial solution is in this exception's .t and .ys. Raise "
+            "options={'max_num_steps': ...}, loosen rtol/atol, or check the dynamics for stiffness"
+        )
+
+
+class NonFiniteStateError(ODESolveError):
+    """NaN or Inf appeared in the state or in func's output."""
+
+    def __init__(self, t: float, what: str):
+        self.t = t
+        super().__init__(
+            f"{what} is not finite at t={t:.6g}: check func for overflow or division by zero there, "
+            "or lower the step size (options={'max_step': ...})"
+        )
+
+
+class BackendUnavailableError(ImportError):
+    """A solver backend was asked for but its runtime is missing."""
