@@ -1,5 +1,6 @@
 """The ODE core: backend-neutral solving with adaptive steps, dense output, the adjoint and NFE statistics."""
 
+from .adjoint import is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
 from .errors import (
     BackendUnavailableError,
@@ -8,10 +9,21 @@ from .errors import (
     ODESolveError,
     StepSizeUnderflowError,
 )
+from .methods import ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS
 from .norms import StateNorm, rms_norm
+from .odeint import odeint, odeint_adjoint
+from .solve import Solution, solve
 from .stats import SolveStats, record_stats
 
 __all__ = [
+    "solve",
+    "Solution",
+    "odeint",
+    "odeint_adjoint",
+    "METHODS",
+    "ADAPTIVE_METHODS",
+    "FIXED_GRID_METHODS",
+    "is_adjoint_backward",
     "Backend",
     "SolverConfig",
     "available_backends",

@@ -1,0 +1,166 @@
+"""pynodeta vs torchdiffeq 0.2.5 on the same workloads, in one process.
+
+Prints a markdown table: forward/backward NFE, median wall time, the ratio pynodeta / torchdiffeq and
+the solver-overhead fraction (time - NFE x time of one func evaluation) / time.
+
+    python benchmarks/bench_solver.py            # all workloads
+    python benchmarks/bench_solver.py --repeats 3 --workloads mlp-forward
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torchdiffeq
+from pynodeta.nn import ConcatConv2d
+
+import pynodeta as pn
+
+
+class MLPField(torch.nn.Module):
+    """f(t, y) = MLP([y, t]) 3 -> 64 -> 64 -> 2 with tanh; weights scaled x2.5 so the dynamics are not trivial."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2)
+        )
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.mul_(2.5)
+
+    def forward(self, t, y):
+        return self.net(torch.cat([y, t.expand(y.shape[0], 1)], dim=1))
+
+
+class ConvField(torch.nn.Module):
+    """f(t, y) = GroupNorm(ConcatConv(y, t)), 64 channels."""
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = ConcatConv2d(channels, channels, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(32, channels)
+
+    def forward(self, t, y):
+        return self.norm(torch.tanh(self.conv(t, y)))
+
+
+@dataclass
+class Workload:
+    name: str
+    field: torch.nn.Module
+    y0: torch.Tensor
+    t: torch.Tensor
+    rtol: float
+    atol: float
+    mode: str  # "forward", "direct", "adjoint", "adjoint-seminorm"
+
+
+def workloads() -> list[Workload]:
+    torch.manual_seed(1)
+    mlp, y_mlp, t_mlp = MLPField(), torch.randn(256, 2), torch.tensor([0.0, 5.0])
+    conv, y_conv = ConvField(), torch.randn(32, 64, 8, 8)
+    return [
+        Workload("a: MLP forward (no grad)", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "forward"),
+        Workload("a: MLP fwd+bwd direct", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "direct"),
+        Workload("a: MLP fwd+bwd adjoint seminorm", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "adjoint-seminorm"),
+        Workload("b: conv fwd+bwd adjoint", conv, y_conv, torch.tensor([0.0, 1.0]), 1e-3, 1e-3, "adjoint"),
+    ]
+
+
+class Counting(torch.nn.Module):
+    """Counts calls of the wrapped field (forward and backward phases apart)."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field, self.calls = field, 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.field(t, y)
+
+
+def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int, int]:
+    odeint = {"pynodeta": pn.odeint, "torchdiffeq": torchdiffeq.odeint}[library]
+    odeint_adjoint = {"pynodeta": pn.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}[library]
+    y0 = w.y0.clone().requires_grad_(w.mode != "forward")
+    counting.calls = 0
+    start = time.perf_counter()
+    if w.mode == "forward":
+        with torch.no_grad():
+            odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
+        return time.perf_counter() - start, counting.calls, 0
+    if w.mode == "direct":
+        ys = odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
+    else:
+        adjoint_options = {"norm": "seminorm"} if w.mode == "adjoint-seminorm" else None
+        ys = odeint_adjoint(counting, y0, w.t, rtol=w.rtol, atol=w.atol, adjoint_options=adjoint_options)
+    forward_calls = counting.calls
+    ys[-1].square().sum().backward()
+    return time.perf_counter() - start, forward_calls, counting.calls - forward_calls
+
+
+def time_of_one_eval(w: Workload, repeats: int = 50) -> tuple[float, float]:
+    """Median seconds of one func evaluation: (no-grad forward, forward + vector-Jacobian product)."""
+    t0 = w.t[0].to(w.y0.dtype)
+    plain, vjp = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            w.field(t0, w.y0)
+        plain.append(time.perf_counter() - start)
+        y = w.y0.clone().requires_grad_(True)
+        start = time.perf_counter()
+        out = w.field(t0, y)
+        torch.autograd.grad(out, (y, *w.field.parameters()), torch.ones_like(out))
+        vjp.append(time.perf_counter() - start)
+    return statistics.median(plain), statistics.median(vjp)
+
+
+def measure(w: Workload, repeats: int) -> list[dict]:
+    plain, vjp = time_of_one_eval(w)
+    rows = []
+    for library in ("torchdiffeq", "pynodeta"):
+        counting = Counting(w.field)
+        run_once(library, w, counting)  # warm-up
+        times, nfe = [], (0, 0)
+        for _ in range(repeats):
+            elapsed, nfe_fwd, nfe_bwd = run_once(library, w, counting)
+            times.append(elapsed)
+            nfe = (nfe_fwd, nfe_bwd)
+        median = statistics.median(times)
+        per_forward_eval = plain if w.mode in ("forward", "adjoint", "adjoint-seminorm") else vjp
+        in_func = nfe[0] * per_forward_eval + nfe[1] * vjp
+        rows.append(dict(workload=w.name, library=library, nfe=nfe, median=median,
+                         overhead=max(0.0, (median - in_func) / median)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
+    print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for w in workloads():
+        if args.workloads and not any(s in w.name for s in args.workloads):
+            continue
+        reference, ours = measure(w, args.repeats)
+        for row in (reference, ours):
+            ratio = f"{ours['median'] / reference['median']:.2f}" if row is ours else ""
+            print(f"| {row['workload']} | {row['library']} | {row['nfe'][0]} | {row['nfe'][1]} | "
+                  f"{row['median'] * 1e3:.1f} | {ratio} | {row['overhead']:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The native PyTorch backend: explicit Runge-Kutta methods with adaptive or fixed steps.
+
+Runs wherever torch runs (CPU or GPU) and is differentiable, so it serves both direct backprop and
+the adjoint. Design choices that make it fast:
+
+- stage combinations are chains of ``Tensor.add_(k, alpha=...)`` with the zero weights skipped, which
+  is one cheap kernel per nonzero weight and works unchanged under autograd;
+- step-size arithmetic is done on Python floats; the only host synchronisation per step is reading
+  the error ratio for the accept/reject decision;
+- dense output is evaluated only for steps that contain a requested output time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError
+from ..methods import METHODS, Method, hermite_weights, linear_weights
+from ..stats import SolveStats
+from ..step_control import make_controller, select_initial_step
+from .base import RHS, Backend, SolverConfig
+
+__all__ = ["TorchBackend"]
+
+
+def _combine(y: torch.Tensor, ks: Sequence[torch.Tensor], weights, h: float) -> torch.Tensor:
+    """y + h * sum_j w_j k_j over the nonzero (j, w_j) pairs, as one out-of-place add then in-place adds."""
+    (j, w), *rest = weights
+    out = y.add(ks[j], alpha=h * w)
+    for j, w in rest:
+        out.add_(ks[j], alpha=h * w)
+    return out
+
+
+def _error_estimate(ks: Sequence[torch.Tensor], weights, h: float) -> torch.Tensor:
+    """h * sum_j e_j k_j: the difference between the solution and its embedded lower-order twin."""
+    (j, w), *rest = weights
+    out = torch.mul(ks[j], h * w)
+    for j, w in rest:
+        out.add_(ks[j], alpha=h * w)
+    return out
+
+
+def _nonzero(weights: Sequence[float]) -> list[tuple[int, float]]:
+    return [(j, w) for j, w in enumerate(weights) if w != 0]
+
+
+class _RHSCaller:
+    """Calls func at solver time s (t = direction * s) and keeps the statistics."""
+
+    def __init__(self, func: RHS, y0: torch.Tensor, direction: float, stats: SolveStats):
+        self.func, self.direction, self.stats = func, direction, stats
+        self.dtype, self.device = y0.dtype, y0.device
+        self.times = stats.t_evaluated
+        # numpy computes the one-ulp nudge of c = 1 stages without creating tensors (float16/bfloat16
+        # have no numpy twin and go through torch.nextafter).
+        self._np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(self.dtype)
+        self._toward_start = -direction * math.inf
+
+    def __call__(self, s: float, y: torch.Tensor) -> torch.Tensor:
+        t = self.direction * s
+        self.times.append(t)
+        return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), y)
+
+    def just_before(self, s: float, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate one ulp (of y's dtype) before t toward the step's start, as torchdiffeq does for c = 1
+        stages, so a discontinuity at the step's end is seen from the inside."""
+        if self._np_dtype is not None:
+            as_dtype = self._np_dtype
+            t = float(np.nextafter(as_dtype(self.direction * s), as_dtype(self._toward_start)))
+        else:
+            t = float(torch.nextafter(torch.tensor(self.direction * s, dtype=self.dtype),
+                                      torch.tensor(self._toward_start, dtype=self.dtype)))
+        self.times.append(t)
+        return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), y)
+
+
+def _output_times(t: torch.Tensor) -> tuple[list[float], float]:
+    times = t.detach().to(torch.float64).tolist()
+    direction = -1.0 if len(times) > 1 and times[1] < times[0] else 1.0
+    return [direction * v for v in times], direction
+
+
+def _check_derivative(f0: torch.Tensor, y0: torch.Tensor, t0: float) -> None:
+    if not isinstance(f0, torch.Tensor) or f0.shape != y0.shape:
+        shape = tuple(f0.shape) if isinstance(f0, torch.Tensor) else type(f0).__name__
+        raise ValueError(f"func must return dy/dt shaped like y {tuple(y0.shape)}, got {shape}")
+    if not torch.isfinite(f0).all():
+        raise NonFiniteStateError(t0, "func's output")
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    differentiable = True
+
+    def methods(self) -> tuple[str, ...]:
+        return tuple(METHODS)
+
+    def is_adaptive(self, method: str) -> bool:
+        return METHODS[method].adaptive
+
+    def integrate(
+        self, func: RHS, y0: torch.Tensor, t: torch.Tensor, config: SolverConfig, stats: SolveStats
+    ) -> torch.Tensor:
+        method = METHODS[config.method]
+        out_s, direction = _output_times(t)
+        if len(out_s) == 1:
+            return y0.unsqueeze(0)
+        call = _RHSCaller(func, y0, direction, stats)
+        if method.adaptive:
+            outputs = _integrate_adaptive(method, call, y0, out_s, config, stats)
+        else:
+            outputs = _integrate_fixed(method, call, y0, out_s, config, stats)
+        return torch.stack(outputs)
+
+
+def _integrate_adaptive(
+    method: Method, call: _RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig, stats: SolveStats
+) -> list[torch.Tensor]:
+    tab = method.tableau
+    a_rows, c = tab.a_nonzero, tab.c
+    b_rows, err_rows = tab.b_nonzero, tab.b_err_nonzero
+    last_stage_at_end = [ci == 1 for ci in c]
+    rtol, atol, norm = config.rtol, config.atol, config.norm
+    plain_rms = norm is None
+    sqrt_n = math.sqrt(y0.numel())
+    direction = call.direction
+    controller = make_controller(config.controller, method.error_order, config.safety, config.ifactor, config.dfactor)
+    min_step, max_step, max_num_steps = config.min_step, config.max_step, config.max_num_steps
+
+    s, y = out_s[0], y0
+    f = call(s, y)
+    _check_derivative(f, y0, direction * s)
+    if config.first_step is None:
+        dt = select_initial_step(
+            lambda h, y_probe: call(s + h, y_probe), y, f, direction, method.error_order, rtol, atol, norm
+        )
+    else:
+        dt = config.first_step
+    outputs = [y0]
+    next_out, n_out = 1, len(out_s)
+    n_steps = n_accepted = 0
+    step_sizes = stats.step_sizes
+    ratio = 0.0
+    try:
+        while next_out < n_out:
+            if n_steps >= max_num_steps:
+                raise MaxStepsReachedError(max_num_steps, direction * s, _partial_t(out_s, next_out, direction),
+                                           torch.stack(outputs))
+            dt = min(max(dt, min_step), max_step)
+            s1 = s + dt
+            if not s1 > s:
+                if not math.isfinite(ratio):
+                    raise NonFiniteStateError(direction * s, "the state after a trial step")
+                raise StepSizeUnderflowError(direction * s, dt, len(stats.t_evaluated))
+            h = direction * dt
+            ks = [f]
+            y1 = y
+            for i in range(1, len(c)):
+                y1 = _combine(y, ks, a_rows[i], h)
+                ks.append(call.just_before(s1, y1) if last_stage_at_end[i] else call(s + c[i] * dt, y1))
+            if not tab.fsal:
+                y1 = _combine(y, ks, b_rows, h)
+            n_steps += 1
+            with torch.no_grad():
+                error = _error_estimate(ks, err_rows, h)
+                tol = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
+                scaled = error.div_(tol)
+                ratio = float(torch.linalg.vector_norm(scaled)) / sqrt_n if plain_rms else float(norm(scaled))
+            accepted = ratio <= 1 or (dt <= min_step and math.isfinite(ratio))
+            if accepted:
+                n_accepted += 1
+                step_sizes.append(dt)
+                f1 = ks[-1] if tab.fsal else call(s1, y1)
+                while next_out < n_out and out_s[next_out] <= s1:
+                    theta = (out_s[next_out] - s) / dt
+                    if theta == 1.0:
+                        outputs.append(y1)
+                    else:
+                        stage_values = ks + [f1] if method.dense_needs_f1 else ks
+                        outputs.append(_combine(y, stage_values, _nonzero(method.dense(theta)), h))
+                    next_out += 1
+                s, y, f = s1, y1, f1
+            dt = controller.next_step(dt, ratio, accepted)
+    finally:
+        stats.n_steps += n_steps
+        stats.n_accepted += n_accepted
+        stats.n_rejected += n_steps - n_accepted
+        stats.nfe = len(stats.t_evaluated)
+    return outputs
+
+
+def _partial_t(out_s: list[float], reached: int, direction: float) -> torch.Tensor:
+    return torch.tensor([direction * v for v in out_s[:reached]], dtype=torch.float64)
+
+
+def _fixed_grid(out_s: list[float], step_size: float | None) -> list[float]:
+    """The step grid: the output times, or torchdiffeq's uniform grid whose last point is moved to t[-1]."""
+    if step_size is None:
+        return out_s
+    start, end = out_s[0], out_s[-1]
+    n_points = math.ceil((end - start) / step_size + 1)
+    grid = [start + i * step_size for i in range(n_points)]
+    grid[-1] = end
+    return grid
+
+
+def _integrate_fixed(
+    method: Method, call: _RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig, stats: SolveStats
+) -> list[torch.Tensor]:
+    tab = method.tableau
+    a_rows, c, b_rows = tab.a_nonzero, tab.c, tab.b_nonzero
+    cubic = config.interpolation == "cubic"
+    dense = hermite_weights(tab.b, fsal=False) if cubic else linear_weights(tab.b)
+    grid = _fixed_grid(out_s, config.step_size)
+    direction = call.direction
+    outputs = [y0]
+    next_out, n_out = 1, len(out_s)
+    y, f = y0, call(grid[0], y0)
+    _check_derivative(f, y0, direction * grid[0])
+    for n_steps, (s, s1) in enumerate(zip(grid[:-1], grid[1:])):
+        if n_steps >= config.max_num_steps:
+            raise MaxStepsReachedError(config.max_num_steps, direction * s, _partial_t(out_s, next_out, direction),
+                                       torch.stack(outputs))
+        dt = s1 - s
+        h = direction * dt
+        ks = [f if f is not None else call(s, y)]
+        for i in range(1, len(c)):
+            ks.append(call(s + c[i] * dt, _combine(y, ks, a_rows[i], h)))
+        y1 = _combine(y, ks, b_rows, h)
+        f = None
+        while next_out < n_out and out_s[next_out] <= s1:
+            theta = (out_s[next_out] - s) / dt if dt != 0 else 1.0
+            if theta == 1.0:
+                outputs.append(y1)
+            elif cubic:
+                f = call(s1, y1) if f is None else f  # reused as the next step's first stage
+                outputs.append(_combine(y, ks + [f], _nonzero(dense(theta)), h))
+            else:
+                outputs.append(torch.lerp(y, y1, theta))
+            next_out += 1
+        stats.step_sizes.append(dt)
+        stats.n_steps += 1
+        stats.n_accepted += 1
+        y = y1
+    stats.nfe = len(stats.t_evaluated)
+    return outputs

@@ -1,0 +1,156 @@
+"""Input checks for the front doors. Every message names the argument and says how to fix it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .backends import Backend
+
+__all__ = ["FlatState", "check_times", "flatten_state", "check_tolerance", "check_options", "OPTION_KEYS"]
+
+# options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
+OPTION_KEYS = frozenset(
+    {"step_size", "first_step", "max_num_steps", "min_step", "max_step", "dtype", "norm",
+     "safety", "ifactor", "dfactor", "interpolation"}
+)
+
+
+def check_times(t: Any) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a 1-D floating-point torch.Tensor of output times, got {type(t).__name__}")
+    if not torch.is_floating_point(t):
+        raise TypeError(f"t must be floating point, got dtype {t.dtype}; pass e.g. torch.tensor([0.0, 1.0])")
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"t must be 1-D and non-empty, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"t must be finite, got {t.tolist()}")
+    if t.numel() > 1:
+        steps = t[1:] - t[:-1]
+        if not ((steps > 0).all() or (steps < 0).all()):
+            raise ValueError(
+                "t must be strictly increasing or strictly decreasing (no repeats); sort it, e.g. "
+                f"torch.sort(t).values, or drop duplicates; got {t.tolist()[:8]}{'...' if len(t) > 8 else ''}"
+            )
+    return t
+
+
+@dataclass(frozen=True)
+class FlatState:
+    """A tensor or tuple of tensors viewed as one flat vector (tuples only; a tensor stays as it is)."""
+
+    shapes: tuple[torch.Size, ...] | None  # None: a single tensor
+
+    @property
+    def is_tuple(self) -> bool:
+        return self.shapes is not None
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(s.numel() for s in self.shapes) if self.shapes is not None else ()
+
+    def split(self, flat: torch.Tensor, lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+        """Inverse of flattening; ``lead`` are leading dimensions (e.g. the time axis of a solution)."""
+        parts, start = [], 0
+        for shape in self.shapes:
+            end = start + shape.numel()
+            parts.append(flat[..., start:end].view(*lead, *shape))
+            start = end
+        return tuple(parts)
+
+    def wrap(self, func: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        if self.shapes is None:
+            return func
+
+        def flat_func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = func(t, self.split(y))
+            if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
+                raise ValueError(f"func must return a tuple of {len(self.shapes)} tensors for a tuple state")
+            return torch.cat([o.reshape(-1) for o in out])
+
+        return flat_func
+
+
+def flatten_state(y0: Any) -> tuple[torch.Tensor, FlatState]:
+    if isinstance(y0, torch.Tensor):
+        _check_state_tensor("y0", y0)
+        return y0, FlatState(None)
+    if isinstance(y0, (tuple, list)) and y0 and all(isinstance(p, torch.Tensor) for p in y0):
+        for i, part in enumerate(y0):
+            _check_state_tensor(f"y0[{i}]", part)
+        dtypes = {p.dtype for p in y0}
+        devices = {p.device for p in y0}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise ValueError(f"the tensors of a tuple y0 must share dtype and device, got {dtypes} on {devices}")
+        return torch.cat([p.reshape(-1) for p in y0]), FlatState(tuple(p.shape for p in y0))
+    raise TypeError(f"y0 must be a floating-point tensor or a non-empty tuple of them, got {type(y0).__name__}")
+
+
+def _check_state_tensor(name: str, y: torch.Tensor) -> None:
+    if not (torch.is_floating_point(y) or torch.is_complex(y)):
+        raise TypeError(f"{name} must be floating point, got {y.dtype}; convert with {name}.float()")
+    if not torch.isfinite(y).all():
+        raise ValueError(f"{name} contains NaN or Inf; the initial state must be finite")
+
+
+def check_tolerance(name: str, tol: Any, state: FlatState, like: torch.Tensor) -> float | torch.Tensor:
+    """A positive float, a tensor broadcastable to the state, or (tuple states) one value per part."""
+    if isinstance(tol, torch.Tensor):
+        if tol.requires_grad:
+            raise ValueError(f"{name} cannot require gradient; pass {name}.detach()")
+        if not (tol > 0).all():
+            raise ValueError(f"{name} must be > 0 everywhere, got min {tol.min().item():.3g}")
+        return float(tol) if tol.numel() == 1 else tol.to(like)
+    if isinstance(tol, Sequence) and not isinstance(tol, str):
+        if not state.is_tuple or len(tol) != len(state.shapes):
+            raise ValueError(f"a sequence {name} needs a tuple y0 with one entry per tensor ({len(tol)} given)")
+        parts = [torch.as_tensor(check_tolerance(name, v, FlatState(None), like), dtype=like.dtype).expand(n)
+                 for v, n in zip(tol, state.sizes)]
+        return torch.cat(parts).to(like.device)
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {tol!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")
+    return value
+
+
+def check_options(options: Mapping[str, Any] | None, backend: Backend, method: str) -> dict[str, Any]:
+    options = dict(options or {})
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are {sorted(OPTION_KEYS)}")
+    adaptive = backend.is_adaptive(method)
+    if "step_size" in options and options["step_size"] is not None:
+        if adaptive:
+            raise ValueError(f"options['step_size'] is for fixed-grid methods; {method!r} is adaptive "
+                             "(use first_step/max_step, or a fixed-grid method such as 'rk4')")
+        _positive(options, "step_size")
+    for key in ("first_step", "max_step"):
+        if options.get(key) is not None:
+            _positive(options, key)
+    if options.get("min_step") is not None and float(options["min_step"]) < 0:
+        raise ValueError(f"options['min_step'] must be >= 0, got {options['min_step']}")
+    if "max_num_steps" in options and int(options["max_num_steps"]) < 1:
+        raise ValueError(f"options['max_num_steps'] must be >= 1, got {options['max_num_steps']}")
+    if options.get("dtype") not in (None, torch.float64, torch.float32):
+        raise ValueError(f"options['dtype'] (the time dtype) must be torch.float64 or torch.float32, "
+                         f"got {options['dtype']}")
+    if options.get("interpolation", "linear") not in ("linear", "cubic"):
+        raise ValueError(f"options['interpolation'] must be 'linear' or 'cubic', got {options['interpolation']!r}")
+    norm = options.get("norm")
+    if norm is not None and not callable(norm):
+        raise ValueError(f"options['norm'] must be callable (tensor -> scalar tensor), got {norm!r}; "
+                         "'seminorm' is an adjoint option: adjoint_options={'norm': 'seminorm'}")
+    return options
+
+
+def _positive(options: Mapping[str, Any], key: str) -> None:
+    value = float(options[key])
+    if not value > 0:
+        raise ValueError(f"options[{key!r}] must be > 0, got {value}")
