@@ -42,8 +42,11 @@ class _PopTIMixin:
 
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - t ignored by design
         if self.training and not stat_updates_allowed(self.update_stats_in_backward):
+            # Same kernel and saved tensors as an updating call (so checkpoint recomputation
+            # matches), writing into copies of the running statistics that are then dropped.
             self._check_input_dim(x)
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            return F.batch_norm(x, self.running_mean.clone(), self.running_var.clone(), self.weight,
+                                self.bias, True, self.momentum, self.eps)
         return super().forward(x)
 
 

@@ -35,7 +35,8 @@ def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "erro
     differentiable in t). t outside [0, T]: ``outside="error"`` raises ValueError,
     ``outside="clamp"`` uses the nearest end point (w = 1 on t*_0 or t*_M).
     """
-    t_value = float(t)  # the grid index needs a host number; 0-d tensors sync here, once per call
+    # The grid index needs a host number: a 0-d tensor syncs here, once per call.
+    t_value = float(t.detach() if isinstance(t, torch.Tensor) else t)
     if math.isnan(t_value):
         raise ValueError("t is NaN")
     tol = _ROUNDOFF * T
@@ -149,14 +150,15 @@ class _TABatchNorm(nn.Module):
         update = stat_updates_allowed(self.update_stats_in_backward)
         if self.sync_stats and _distributed():
             return self._forward_synced(x, l, float(w1), float(w2), gamma, beta, update)
-        if not update:
-            return F.batch_norm(x, None, None, gamma, beta, True, 0.0, self.eps)
         # With momentum 1 the fused kernel writes the batch mean and unbiased variance into these
         # buffers while it normalises: one pass over x for both (they must start finite: 0·NaN = NaN).
+        # The same call runs whether or not we update, so a recomputation (activation checkpointing)
+        # builds the same graph as the first pass.
         batch_mean = torch.zeros_like(self.running_mean[0])
         batch_var = torch.zeros_like(self.running_var[0])
         y = F.batch_norm(x, batch_mean, batch_var, gamma, beta, True, 1.0, self.eps)
-        self._update_running(l, float(w1), float(w2), batch_mean, batch_var)
+        if update:
+            self._update_running(l, float(w1), float(w2), batch_mean, batch_var)
         return y
 
     def _interpolated_affine(self, l, w2):
@@ -188,12 +190,10 @@ class _TABatchNorm(nn.Module):
         return x * scale.reshape(view) + shift.reshape(view)
 
     def _forward_synced(self, x, l, w1, w2, gamma, beta, update):
-        from torch.distributed.nn.functional import all_reduce  # differentiable all-reduce
-
         dims = [0, *range(2, x.dim())]
         count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
         # One all-reduce of [Σx, Σx², n]; E[x²] - E[x]² is adequate for activations near zero mean.
-        totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         C = x.shape[1]
         n = totals[-1]
         mean = totals[:C] / n
@@ -220,6 +220,22 @@ class _TABatchNorm(nn.Module):
         return (f"{self.num_features}, M={self.M}, T={self.T}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, outside={self.outside!r}, "
                 f"update_stats_in_backward={self.update_stats_in_backward}, sync_stats={self.sync_stats}")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum over ranks is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
 
 
 def _distributed() -> bool:
