@@ -55,6 +55,16 @@ def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "erro
     return l, 1.0 - w2, w2
 
 
+def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
+    """(x - µ)/sqrt(σ² + eps)·γ + β with µ, σ² of shape (batch or 1, C) and γ, β of (C,) or (batch, C)."""
+    scale = torch.rsqrt(var + eps)
+    shift = -mean * scale
+    if gamma is not None:
+        scale, shift = scale * gamma, shift * gamma + beta
+    view = (*scale.shape, *([1] * (x.dim() - 2)))
+    return x * scale.reshape(view) + shift.reshape(view)
+
+
 def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
     """Eq. 7 for a (batch,) tensor of times: returns ``(l, w2)``, both (batch,)."""
     tol = _ROUNDOFF * T
@@ -146,6 +156,9 @@ class _TABatchNorm(nn.Module):
         if not self.training:
             mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w2)
             var = torch.lerp(self.running_var[l], self.running_var[l + 1], w2)
+            if isinstance(w2, torch.Tensor) and w2.requires_grad:
+                # The statistics depend on t here, and the fused kernel takes no gradient for them.
+                return _normalise(x, mean[None], var[None], gamma, beta, self.eps)
             return F.batch_norm(x, mean, var, gamma, beta, False, 0.0, self.eps)
         update = stat_updates_allowed(self.update_stats_in_backward)
         if self.sync_stats and _distributed():
@@ -180,14 +193,11 @@ class _TABatchNorm(nn.Module):
         w = w2[:, None]
         mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w)   # (batch, C)
         var = torch.lerp(self.running_var[l], self.running_var[l + 1], w)
-        scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
+        gamma = beta = None
         if self.affine:
             gamma = torch.lerp(self.weight[l], self.weight[l + 1], w)
             beta = torch.lerp(self.bias[l], self.bias[l + 1], w)
-            scale, shift = scale * gamma, shift * gamma + beta
-        view = (*scale.shape, *([1] * (x.dim() - 2)))
-        return x * scale.reshape(view) + shift.reshape(view)
+        return _normalise(x, mean, var, gamma, beta, self.eps)
 
     def _forward_synced(self, x, l, w1, w2, gamma, beta, update):
         dims = [0, *range(2, x.dim())]
