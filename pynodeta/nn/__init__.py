@@ -1,0 +1,64 @@
+"""Time-aware layers. Convention: a time-aware module's forward is ``forward(t, x)``.
+
+``t`` is a Python float, a 0-d tensor, or (where a layer's docstring says so) a (batch,) tensor
+of per-sample times. Containers (``TimeSequential``) pass ``t`` to the children that take it.
+"""
+
+from .concat import ConcatConv2d, ConcatLinear
+from .embeddings import (
+    LinearTimestepEmbedding,
+    PositionalTimestepEmbedding,
+    SinusoidalTimestepEmbedding,
+    TimestepEmbedding,
+    sinusoidal_timestep_embedding,
+)
+from .init import apply_bias_init_policy, is_timestep_branch
+from .norms import (
+    NORM_KINDS,
+    MiniBatchNorm1d,
+    MiniBatchNorm2d,
+    PopTIBatchNorm1d,
+    PopTIBatchNorm2d,
+    TimeGroupNorm,
+    TimeIdentity,
+    TimeInstanceNorm1d,
+    TimeInstanceNorm2d,
+    auto_groups,
+    make_norm,
+)
+from .stat_updates import backward_solve, no_stat_updates
+from .tabn import TABatchNorm1d, TABatchNorm2d, grid_weights, tabn_regularizer
+from .time import TimeSequential, call_with_time, is_time_aware, time_as_tensor
+
+__all__ = [
+    "TimeSequential",
+    "call_with_time",
+    "is_time_aware",
+    "time_as_tensor",
+    "ConcatConv2d",
+    "ConcatLinear",
+    "sinusoidal_timestep_embedding",
+    "TimestepEmbedding",
+    "LinearTimestepEmbedding",
+    "SinusoidalTimestepEmbedding",
+    "PositionalTimestepEmbedding",
+    "apply_bias_init_policy",
+    "is_timestep_branch",
+    "NORM_KINDS",
+    "make_norm",
+    "auto_groups",
+    "TABatchNorm1d",
+    "TABatchNorm2d",
+    "grid_weights",
+    "tabn_regularizer",
+    "PopTIBatchNorm1d",
+    "PopTIBatchNorm2d",
+    "MiniBatchNorm1d",
+    "MiniBatchNorm2d",
+    "TimeGroupNorm",
+    "TimeInstanceNorm1d",
+    "TimeInstanceNorm2d",
+    "TimeIdentity",
+    "no_stat_updates",
+    "backward_solve",
+]

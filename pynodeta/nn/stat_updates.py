@@ -1,0 +1,59 @@
+"""When may normalisation layers update their running statistics? Scoped, explicit controls.
+
+Two situations freeze the running statistics of pynodeta's batch norms (``TABatchNorm*``,
+``PopTIBatchNorm*``) while they still normalise with batch statistics in train mode:
+
+* inside ``with no_stat_updates():`` — always (e.g. an extra evaluation you do not want counted);
+* during an autograd backward pass — unless the layer was built with
+  ``update_stats_in_backward=True``. An adjoint solver calls the right-hand side again while it
+  integrates backwards inside ``autograd.Function.backward`` (pynodeta's adjoint and torchdiffeq's
+  alike), as does activation checkpointing; those calls revisit the forward times, so by default
+  they are not counted a second time. A solver that runs its backward solve outside autograd can
+  say so explicitly with ``with backward_solve():``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["no_stat_updates", "backward_solve", "stat_updates_allowed"]
+
+_frozen: contextvars.ContextVar[bool] = contextvars.ContextVar("pynodeta_no_stat_updates", default=False)
+_backward: contextvars.ContextVar[bool] = contextvars.ContextVar("pynodeta_backward_solve", default=False)
+
+
+@contextlib.contextmanager
+def no_stat_updates() -> Iterator[None]:
+    """No running-statistics update inside the block (this thread/async context only)."""
+    token = _frozen.set(True)
+    try:
+        yield
+    finally:
+        _frozen.reset(token)
+
+
+@contextlib.contextmanager
+def backward_solve() -> Iterator[None]:
+    """Mark calls inside the block as part of a backward (adjoint) solve."""
+    token = _backward.set(True)
+    try:
+        yield
+    finally:
+        _backward.reset(token)
+
+
+def in_backward_solve() -> bool:
+    """True inside ``backward_solve()`` or while autograd runs a backward pass."""
+    # torch reports the id of the running backward graph task, -1 outside backward.
+    return _backward.get() or torch._C._current_graph_task_id() != -1
+
+
+def stat_updates_allowed(update_stats_in_backward: bool) -> bool:
+    """Whether a train-mode norm with this option may update its running statistics now."""
+    if _frozen.get():
+        return False
+    return update_stats_in_backward or not in_backward_solve()

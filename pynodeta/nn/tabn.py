@@ -1,0 +1,275 @@
+"""Temporal Adaptive Batch Normalization (TA-BN, Zheng et al., NeurIPS 2024), as the paper defines it.
+
+A grid of M+1 evenly spaced times t*_0 = 0 < ... < t*_M = T carries per-point running statistics
+(µ*_m, σ²*_m, buffers) and affine parameters (γ*_m, β*_m, learnable). A solver time t with
+t*_l <= t <= t*_{l+1} uses the linear-interpolation weights of Eq. 7,
+    ω1 = (t*_{l+1} - t) / Δ   (left point l),      ω2 = (t - t*_l) / Δ   (right point l+1).
+The released code mirrors these weights (the left point gets (t - t*_l)/Δ, so its interpolant
+jumps at every grid point); we follow Eq. 7, which makes everything continuous in t.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stat_updates import stat_updates_allowed
+from .time import time_as_tensor
+
+__all__ = ["TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
+
+# Times within this fraction of T outside [0, T] are floating-point round-off of an end point
+# (e.g. t0 + Σh landing at T·(1 + 1e-7)); they are treated as the end point, not as out of range.
+_ROUNDOFF = 1e-5
+
+
+def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "error"):
+    """Eq. 7 for a scalar time: returns ``(l, w1, w2)`` with ``t ≈ w1·t*_l + w2·t*_{l+1}``.
+
+    ``l`` is an int in [0, M-1]; at t = T the right point is T itself (l = M-1, w2 = 1).
+    ``w1``, ``w2`` are floats, or 0-d tensors when ``t`` is a tensor (so the interpolation stays
+    differentiable in t). t outside [0, T]: ``outside="error"`` raises ValueError,
+    ``outside="clamp"`` uses the nearest end point (w = 1 on t*_0 or t*_M).
+    """
+    # The grid index needs a host number: a 0-d tensor syncs here, once per call.
+    t_value = float(t.detach() if isinstance(t, torch.Tensor) else t)
+    if math.isnan(t_value):
+        raise ValueError("t is NaN")
+    tol = _ROUNDOFF * T
+    if (t_value < -tol or t_value > T + tol) and outside != "clamp":
+        raise ValueError(
+            f"t = {t_value} is outside the TA-BN grid [0, {T}]; build the layer with T covering the "
+            f"solve's span, or pass outside='clamp' to use the end-point statistics there"
+        )
+    delta = T / M
+    if t_value <= 0.0:
+        return 0, 1.0, 0.0
+    if t_value >= T:
+        return M - 1, 0.0, 1.0
+    l = min(int(t_value / delta), M - 1)
+    w2 = t / delta - l  # ω2 = (t - t*_l)/Δ with t*_l = l·Δ
+    return l, 1.0 - w2, w2
+
+
+def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
+    """(x - µ)/sqrt(σ² + eps)·γ + β with µ, σ² of shape (batch or 1, C) and γ, β of (C,) or (batch, C)."""
+    scale = torch.rsqrt(var + eps)
+    shift = -mean * scale
+    if gamma is not None:
+        scale, shift = scale * gamma, shift * gamma + beta
+    view = (*scale.shape, *([1] * (x.dim() - 2)))
+    return x * scale.reshape(view) + shift.reshape(view)
+
+
+def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
+    """Eq. 7 for a (batch,) tensor of times: returns ``(l, w2)``, both (batch,)."""
+    tol = _ROUNDOFF * T
+    if outside != "clamp" and bool(((t < -tol) | (t > T + tol)).any()):
+        raise ValueError(
+            f"some t are outside the TA-BN grid [0, {T}] (min {t.min().item()}, max {t.max().item()}); "
+            f"build the layer with T covering them, or pass outside='clamp'"
+        )
+    pos = t.clamp(0.0, T) / (T / M)
+    l = pos.detach().floor().long().clamp(max=M - 1)
+    return l, pos - l.to(t.dtype)
+
+
+class _TABatchNorm(nn.Module):
+    """Shared TA-BN implementation; the 1d/2d subclasses only check the input's shape.
+
+    forward(t, x):
+        t: float or 0-d tensor in [0, T]; in eval mode also a (batch,) tensor of per-sample times.
+           Per-sample times are not supported in train mode (batch statistics mix all samples).
+        x: (batch, num_features, *spatial) -> same shape.
+    Train mode: normalise with the batch mean/variance, scale/shift with γ(t), β(t); the two
+    neighbouring grid points' running statistics move towards the batch statistics with momentum
+    η·ω1 and η·ω2. Eval mode: µ(t), σ²(t), γ(t), β(t) all interpolated, so the output of a sample
+    does not depend on the rest of the batch.
+    A reversed-time solve (from T down to 0) visits the same times and uses the same grid points.
+    """
+
+    time_aware = True
+
+    def __init__(
+        self,
+        num_features: int,                           # channels C
+        M: int = 100,                                # grid intervals; M+1 grid points (paper: 100)
+        T: float = 1.0,                              # grid span [0, T] (the ODE's integration span)
+        eps: float = 1e-5,
+        momentum: float = 0.1,                       # η of the running-statistics update
+        affine: bool = True,                         # learnable γ*_m, β*_m per grid point
+        outside: Literal["error", "clamp"] = "error",  # t outside [0, T]: raise, or use the end point
+        update_stats_in_backward: bool = False,      # count calls made during a backward (adjoint) solve
+        sync_stats: bool = False,                    # all-reduce batch statistics across DDP ranks
+        reg_weight: float = 0.1,                     # λ of regularizer()
+    ):
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        if M < 1:
+            raise ValueError(f"M must be >= 1, got {M}")
+        if not T > 0:
+            raise ValueError(f"T must be > 0, got {T}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if outside not in ("error", "clamp"):
+            raise ValueError(f"outside must be 'error' or 'clamp', got {outside!r}")
+        self.num_features, self.M, self.T = num_features, M, float(T)
+        self.eps, self.momentum, self.affine, self.outside = eps, momentum, affine, outside
+        self.update_stats_in_backward, self.sync_stats, self.reg_weight = (
+            update_stats_in_backward, sync_stats, reg_weight)
+        self.register_buffer("running_mean", torch.zeros(M + 1, num_features))
+        self.register_buffer("running_var", torch.ones(M + 1, num_features))
+        if affine:
+            self.weight = nn.Parameter(torch.ones(M + 1, num_features))
+            self.bias = nn.Parameter(torch.zeros(M + 1, num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    @property
+    def grid(self) -> torch.Tensor:
+        """The grid times t*_m = m·T/M, (M+1,)."""
+        return torch.arange(self.M + 1, dtype=torch.float64) * (self.T / self.M)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x has {x.shape[1]} channels, this layer was built for {self.num_features}")
+        t = time_as_tensor(t, x) if isinstance(t, torch.Tensor) else float(t)
+        if isinstance(t, torch.Tensor) and t.dim() == 1:
+            if self.training:
+                raise ValueError(
+                    "per-sample t of shape (batch,) is only supported in eval mode: train-mode batch "
+                    "statistics mix all samples, so they must share one time; pass a scalar t"
+                )
+            return self._forward_per_sample(t, x)
+        l, w1, w2 = grid_weights(t, self.M, self.T, self.outside)
+        gamma, beta = self._interpolated_affine(l, w2)
+        if not self.training:
+            mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w2)
+            var = torch.lerp(self.running_var[l], self.running_var[l + 1], w2)
+            if isinstance(w2, torch.Tensor) and w2.requires_grad:
+                # The statistics depend on t here, and the fused kernel takes no gradient for them.
+                return _normalise(x, mean[None], var[None], gamma, beta, self.eps)
+            return F.batch_norm(x, mean, var, gamma, beta, False, 0.0, self.eps)
+        update = stat_updates_allowed(self.update_stats_in_backward)
+        if self.sync_stats and _distributed():
+            return self._forward_synced(x, l, float(w1), float(w2), gamma, beta, update)
+        # With momentum 1 the fused kernel writes the batch mean and unbiased variance into these
+        # buffers while it normalises: one pass over x for both (they must start finite: 0·NaN = NaN).
+        # The same call runs whether or not we update, so a recomputation (activation checkpointing)
+        # builds the same graph as the first pass.
+        batch_mean = torch.zeros_like(self.running_mean[0])
+        batch_var = torch.zeros_like(self.running_var[0])
+        y = F.batch_norm(x, batch_mean, batch_var, gamma, beta, True, 1.0, self.eps)
+        if update:
+            self._update_running(l, float(w1), float(w2), batch_mean, batch_var)
+        return y
+
+    def _interpolated_affine(self, l, w2):
+        if not self.affine:
+            return None, None
+        return (torch.lerp(self.weight[l], self.weight[l + 1], w2),
+                torch.lerp(self.bias[l], self.bias[l + 1], w2))
+
+    @torch.no_grad()
+    def _update_running(self, l: int, w1: float, w2: float, batch_mean, batch_var) -> None:
+        # µ*_l <- (1 - η ω1) µ*_l + η ω1 µ_B ;  µ*_{l+1} <- (1 - η ω2) µ*_{l+1} + η ω2 µ_B  (same for σ²)
+        for index, w in ((l, w1), (l + 1, w2)):
+            if w > 0.0:
+                self.running_mean[index].lerp_(batch_mean, self.momentum * w)
+                self.running_var[index].lerp_(batch_var, self.momentum * w)
+
+    def _forward_per_sample(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        l, w2 = _grid_weights_per_sample(t, self.M, self.T, self.outside)
+        w = w2[:, None]
+        mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w)   # (batch, C)
+        var = torch.lerp(self.running_var[l], self.running_var[l + 1], w)
+        gamma = beta = None
+        if self.affine:
+            gamma = torch.lerp(self.weight[l], self.weight[l + 1], w)
+            beta = torch.lerp(self.bias[l], self.bias[l + 1], w)
+        return _normalise(x, mean, var, gamma, beta, self.eps)
+
+    def _forward_synced(self, x, l, w1, w2, gamma, beta, update):
+        dims = [0, *range(2, x.dim())]
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
+        # One all-reduce of [Σx, Σx², n]; E[x²] - E[x]² is adequate for activations near zero mean.
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        C = x.shape[1]
+        n = totals[-1]
+        mean = totals[:C] / n
+        var = (totals[C:2 * C] / n - mean * mean).clamp_min(0.0)
+        if update:
+            with torch.no_grad():
+                unbiased = var * (n / (n - 1).clamp_min(1.0))
+                self._update_running(l, w1, w2, mean.detach().to(self.running_mean.dtype),
+                                     unbiased.detach().to(self.running_var.dtype))
+        view = (1, C, *([1] * (x.dim() - 2)))
+        y = (x - mean.reshape(view)) * torch.rsqrt(var + self.eps).reshape(view)
+        if self.affine:
+            y = y * gamma.reshape(view) + beta.reshape(view)
+        return y
+
+    def regularizer(self) -> torch.Tensor:
+        """The released code's γ/β regulariser: λ·Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)] (mean over channels)."""
+        if not self.affine:
+            return self.running_mean.new_zeros(())
+        per_point = ((self.weight - 1.0) ** 2).mean(dim=1) + (self.bias ** 2).mean(dim=1)
+        return self.reg_weight * per_point.sum()
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, M={self.M}, T={self.T}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, outside={self.outside!r}, "
+                f"update_stats_in_backward={self.update_stats_in_backward}, sync_stats={self.sync_stats}")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum over ranks is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class TABatchNorm1d(_TABatchNorm):
+    __doc__ = "TA-BN for x: (batch, C) or (batch, C, length).\n\n" + _TABatchNorm.__doc__
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3):
+            raise ValueError(
+                f"TABatchNorm1d expects x of shape (batch, C) or (batch, C, L), got {tuple(x.shape)}")
+
+
+class TABatchNorm2d(_TABatchNorm):
+    __doc__ = "TA-BN for x: (batch, C, height, width).\n\n" + _TABatchNorm.__doc__
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"TABatchNorm2d expects x of shape (batch, C, H, W), got {tuple(x.shape)}")
+
+
+def tabn_regularizer(model: nn.Module) -> torch.Tensor:
+    """Sum of ``regularizer()`` over every TA-BN layer in ``model`` (0 if there is none)."""
+    terms = [m.regularizer() for m in model.modules() if isinstance(m, _TABatchNorm)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
