@@ -50,9 +50,11 @@ class ImageDataModule(lightning.LightningDataModule):
     Batches are ``(x, y)``: x (batch, channels, height, width) float32, normalised; y (batch,) int64.
     The validation split is carved from the training pool with a stratified split seeded by
     ``split_seed`` (kept fixed across training seeds so that every run is tested on the same images).
+    ``val_size=0`` keeps the whole pool for training and validates on the test set, as the papers'
+    released code does; selecting checkpoints on it then leaks test information.
     Augmentation is applied to training batches only, after they reach the device, with a generator
     seeded by ``seed`` (plus the global rank); its state is saved in checkpoints, so a resumed run
-    draws the same augmentations. Outside a Trainer call :meth:`augment` yourself.
+    draws the same augmentations. Outside a Trainer call :meth:`apply_augmentation` yourself.
 
     Subclasses set ``name``, ``num_classes``, ``input_shape``, ``pixel_max`` and implement
     ``_load_pool_and_test``, ``_normalization`` and ``_augmentation``.
@@ -77,7 +79,7 @@ class ImageDataModule(lightning.LightningDataModule):
         for arg, value, low in [
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
-            ("val_size", val_size, 1),
+            ("val_size", val_size, 0),
         ]:
             if value < low:
                 raise ValueError(f"{arg} must be >= {low}, got {value}")
@@ -86,7 +88,7 @@ class ImageDataModule(lightning.LightningDataModule):
         self.batch_size = batch_size  # training batch size
         self.eval_batch_size = eval_batch_size or batch_size  # validation / test batch size
         self.num_workers = num_workers  # DataLoader worker processes (0: load in the main process)
-        self.val_size = val_size  # images moved from the training pool to the validation split
+        self.val_size = val_size  # images moved from the training pool to validation (0: validate on test)
         self.seed = seed  # shuffling and augmentation
         self.split_seed = split_seed  # which images go to validation (and to test, where carved)
         self.augment_enabled = augment
@@ -131,6 +133,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.train_set = make(pool_x[train_idx], pool_y[train_idx])
         self.val_set = make(pool_x[val_idx], pool_y[val_idx])
         self.test_set = make(test_x, test_y)
+        if self.val_size == 0:  # the papers' setting: train on the whole pool, monitor the test set
+            self.val_set = self.test_set
         self.augmentation = self._augmentation(self.mean, self.std) if self.augment_enabled else None
         rank = self.trainer.global_rank if self.trainer is not None else 0
         if self._generator is None:  # load_state_dict may already have restored it
@@ -153,10 +157,10 @@ class ImageDataModule(lightning.LightningDataModule):
         trainer = self.trainer
         if self.augmentation is not None and trainer is not None and trainer.training:
             x, y = batch
-            batch = (self.augment(x), y)
+            batch = (self.apply_augmentation(x), y)
         return batch
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
+    def apply_augmentation(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the training augmentation to x: (batch, channels, height, width), normalised."""
         self._require_setup()
         return x if self.augmentation is None else self.augmentation(x, self._generator)

@@ -77,11 +77,29 @@ def test_seed_changes_order_but_not_the_split():
     assert not torch.equal(a.test_set.images, d.test_set.images)
 
 
+def test_val_size_zero_validates_on_the_test_set():
+    dm = DigitsDataModule(val_size=0)
+    dm.setup()
+    assert dm.split_sizes == {"train": 1437, "val": 360, "test": 360}
+    assert dm.val_set is dm.test_set
+
+
+def test_batches_do_not_depend_on_the_number_of_workers():
+    batches = []
+    for workers in (0, 2):
+        dm = DigitsDataModule(batch_size=256, num_workers=workers, seed=5)
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(3)
+        batches.append([y for _, y in loader])
+    assert all(torch.equal(a, b) for a, b in zip(*batches, strict=True))
+
+
 def test_augmentation_shifts_by_at_most_one_pixel_with_background_fill():
     dm = DigitsDataModule(augment=True, seed=0)
     dm.setup()
     x = torch.stack([dm.train_set[i][0] for i in range(32)])
-    out = dm.augment(x)
+    out = dm.apply_augmentation(x)
     background = -dm.mean / dm.std  # a zero pixel after normalisation
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), value=float(background))
     windows = [padded[:, :, i : i + 8, j : j + 8] for i in range(3) for j in range(3)]
@@ -90,7 +108,9 @@ def test_augmentation_shifts_by_at_most_one_pixel_with_background_fill():
     replay = DigitsDataModule(augment=True, seed=0)
     replay.setup()
     replay.load_state_dict(state)
-    assert torch.equal(dm.augment(x), replay.augment(x))  # generator state restored from a checkpoint
+    assert torch.equal(
+        dm.apply_augmentation(x), replay.apply_augmentation(x)
+    )  # generator state restored from a checkpoint
 
 
 class Recorder(lightning.LightningModule):
@@ -128,6 +148,9 @@ def test_trainer_augments_training_batches_only(tmp_path):
     plain = next(iter(dm.train_dataloader()))[0]
     assert not torch.equal(model.seen["train"][0], plain)  # augmented
     assert torch.equal(model.seen["val"][0], next(iter(dm.val_dataloader()))[0])  # untouched
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["DigitsDataModule"]
+    assert torch.equal(saved["augment_generator"], dm._generator.get_state())  # resumable augmentation
 
 
 def test_bad_arguments():

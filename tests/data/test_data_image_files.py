@@ -122,7 +122,7 @@ def check_batches(dm, n_classes, shape):
         x, y = next(iter(loader))
         assert x.shape[1:] == shape and x.dtype == torch.float32 and y.dtype == torch.int64
     x, _ = next(iter(dm.train_dataloader()))
-    out = dm.augment(x)
+    out = dm.apply_augmentation(x)
     assert out.shape == x.shape
 
 
@@ -201,7 +201,7 @@ def test_augmentation_is_deterministic_under_a_seed(tmp_path):
     for seed in (0, 0, 1):
         dm = get_datamodule("cifar10", data_dir=tmp_path, val_size=5, seed=seed)
         dm.setup()
-        outs.append(dm.augment(dm.val_set.images.float() / 255))
+        outs.append(dm.apply_augmentation(dm.val_set.images.float() / 255))
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
 
 
