@@ -98,6 +98,8 @@ class FileImageDataModule(ImageDataModule):
         return self.normalizations[self.normalization]
 
     def _augmentation(self, mean: torch.Tensor, std: torch.Tensor):
+        # Erasing and crop padding fill 0 in normalised units (the mean colour), not black: the
+        # released code applies torchvision's transforms after Normalize.
         flip = [RandomHorizontalFlip()] if self.hflip else []
         return Compose(
             [*flip, RandomErasing(scale=(0.04, 0.2), ratio=(0.5, 2.0)), RandomCrop(self.crop_padding)]

@@ -225,7 +225,10 @@ def read_tiny_imagenet(root: str | Path, train: bool) -> Arrays:
 
 def _read_rgb(path: Path, size: int = 64) -> np.ndarray:
     """One JPEG as (3, size, size) uint8; a few Tiny-ImageNet images are greyscale."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError("reading Tiny-ImageNet's JPEGs needs Pillow: pip install pillow") from error
 
     with Image.open(path) as image:
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
