@@ -1,0 +1,57 @@
+"""Datasets as Lightning DataModules.
+
+- ``DigitsDataModule``: scikit-learn's bundled 8x8 digits, the offline default (no download).
+- ``CIFAR10DataModule``, ``CIFAR100DataModule``, ``MNISTDataModule``, ``SVHNDataModule``,
+  ``TinyImageNetDataModule``: the standard on-disk formats read from ``data_dir``, with the TA-BN
+  paper's augmentations; ``get_datamodule(name, **kwargs)`` builds one from its name in ``DATASETS``.
+- ``TrajectoryDataModule``: seeded simulations of the systems in ``SYSTEMS`` (mass-spring,
+  pendulum, Lotka-Volterra, driven oscillator).
+"""
+
+from .digits import DigitsDataModule
+from .errors import DatasetNotFoundError
+from .image_datasets import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FileImageDataModule,
+    MNISTDataModule,
+    SVHNDataModule,
+    TinyImageNetDataModule,
+)
+from .image_module import ImageDataModule, ImageTensorDataset
+from .registry import DATASETS, get_datamodule
+from .sampling import EpochShuffleSampler, stratified_split
+from .systems import SYSTEMS, DampedMassSpring, DrivenOscillator, LotkaVolterra, Pendulum, PhysicalSystem
+from .trajectories import TrajectoryCollate, TrajectoryDataModule, TrajectoryDataset, simulate
+from .transforms import Compose, RandomCrop, RandomErasing, RandomHorizontalFlip
+
+__all__ = [
+    "DATASETS",
+    "get_datamodule",
+    "DatasetNotFoundError",
+    "ImageDataModule",
+    "ImageTensorDataset",
+    "FileImageDataModule",
+    "DigitsDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "MNISTDataModule",
+    "SVHNDataModule",
+    "TinyImageNetDataModule",
+    "Compose",
+    "RandomHorizontalFlip",
+    "RandomCrop",
+    "RandomErasing",
+    "stratified_split",
+    "EpochShuffleSampler",
+    "SYSTEMS",
+    "PhysicalSystem",
+    "DampedMassSpring",
+    "Pendulum",
+    "LotkaVolterra",
+    "DrivenOscillator",
+    "simulate",
+    "TrajectoryDataset",
+    "TrajectoryCollate",
+    "TrajectoryDataModule",
+]
