@@ -1,0 +1,40 @@
+"""Training: LightningModules, the papers' optimiser presets and the ``pynodeta`` command.
+
+- ``NODEClassifier`` / ``TrajectoryRegressor``: LightningModules logging loss, accuracy (or
+  MSE/MAE), forward and backward NFE per batch and the TA-BN regulariser.
+- ``Seed001SGD`` / ``TABNAdamW``: the two papers' optimiser, schedule and clipping, as typed presets.
+- ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
+- ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
+"""
+
+from .base import NODEModule
+from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from .configs import shipped_config_path, shipped_configs
+from .modules import NODEClassifier, TrajectoryRegressor
+from .nfe import backward_nfe, forward_nfe, ode_solvers
+from .optim import OptimizerPreset, Seed001SGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
+from .regularizers import tabn_penalty
+from .rng import collect_rng_states, restore_rng_states
+from .summary import RunSummary
+
+__all__ = [
+    "NODEModule",
+    "NODEClassifier",
+    "TrajectoryRegressor",
+    "OptimizerPreset",
+    "Seed001SGD",
+    "TABNAdamW",
+    "clip_grad_norms",
+    "tabn_affine_parameters",
+    "tabn_penalty",
+    "ode_solvers",
+    "forward_nfe",
+    "backward_nfe",
+    "AtomicCheckpointIO",
+    "atomic_torch_save",
+    "collect_rng_states",
+    "restore_rng_states",
+    "shipped_configs",
+    "shipped_config_path",
+    "RunSummary",
+]

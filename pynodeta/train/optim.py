@@ -1,0 +1,135 @@
+"""The papers' optimisers, schedules and gradient clipping as typed presets.
+
+A preset is chosen in a config by class path (``class_path: pynodeta.train.TABNAdamW``) and its
+fields are checked by jsonargparse, so a misspelt option fails before training starts.
+``build(module)`` returns what ``LightningModule.configure_optimizers`` returns; ``clip(module)``
+runs between backward and the optimiser step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pynodeta.nn import TABatchNorm1d, TABatchNorm2d
+
+__all__ = ["OptimizerPreset", "Seed001SGD", "TABNAdamW", "tabn_affine_parameters", "clip_grad_norms"]
+
+
+def tabn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The per-grid-point γ*_m, β*_m of every TA-BN layer in ``model`` (empty without TA-BN)."""
+    params = []
+    for module in model.modules():
+        if isinstance(module, (TABatchNorm1d, TABatchNorm2d)) and module.affine:
+            params += [module.weight, module.bias]
+    return params
+
+
+def clip_grad_norms(model: nn.Module, max_norm: float | None, tabn_max_norm: float | None) -> None:
+    """Clip the global gradient norm to ``max_norm``, then TA-BN's γ/β group to ``tabn_max_norm``.
+
+    The TA-BN code clips all parameters at 10 and the γ/β group again at 1: γ*_m and β*_m of grid
+    points the solver rarely visits get few, noisy gradients. ``None`` skips a clip.
+    """
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    if tabn_max_norm is not None:
+        affine = [p for p in tabn_affine_parameters(model) if p.grad is not None]
+        if affine:
+            torch.nn.utils.clip_grad_norm_(affine, tabn_max_norm)
+
+
+def _check_positive(**values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0 (or None to disable), got {value}")
+
+
+class OptimizerPreset:
+    """An optimiser, its learning-rate schedule and its gradient clipping."""
+
+    max_norm: float | None = None
+    tabn_max_norm: float | None = None
+
+    def build(self, module) -> dict:
+        """The ``configure_optimizers`` return value for a LightningModule ``module``."""
+        raise NotImplementedError
+
+    def clip(self, model: nn.Module) -> None:
+        """Clip ``model``'s gradients in place (called after backward, before the optimiser step)."""
+        clip_grad_norms(model, self.max_norm, self.tabn_max_norm)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class Seed001SGD(OptimizerPreset):
+    """Vanishing-timestep-embedding paper's NODE setup: SGD with momentum, decay on a plateau."""
+
+    def __init__(
+        self,
+        lr: float = 0.1,                # initial learning rate
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        patience: int = 15,             # epochs without improvement of `monitor` before decaying
+        factor: float = 0.1,            # learning-rate multiplier at each decay
+        monitor: str = "val/loss",      # logged metric the plateau is measured on (minimised)
+        max_norm: float | None = None,  # global gradient-norm clip (None: no clipping, as in the paper)
+    ):
+        _check_positive(lr=lr, factor=factor, max_norm=max_norm)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0 or patience < 0:
+            raise ValueError(f"weight_decay and patience must be >= 0, got {weight_decay} and {patience}")
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.patience, self.factor, self.monitor, self.max_norm = patience, factor, monitor, max_norm
+
+    def build(self, module) -> dict:
+        optimizer = torch.optim.SGD(
+            module.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.factor, patience=self.patience
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
+        }
+
+
+class TABNAdamW(OptimizerPreset):
+    """TA-BN paper's setup: AdamW, step decay, clipping at 10 overall and 1 on TA-BN's γ/β."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 2e-2,
+        step_epochs: int | None = None,      # epochs between decays; None: half of trainer.max_epochs
+        gamma: float = 0.1,                  # learning-rate multiplier at each decay
+        max_norm: float | None = 10.0,       # global gradient-norm clip
+        tabn_max_norm: float | None = 1.0,   # clip of the TA-BN γ*/β* group, applied after the global one
+    ):
+        _check_positive(lr=lr, gamma=gamma, max_norm=max_norm, tabn_max_norm=tabn_max_norm)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if step_epochs is not None and step_epochs < 1:
+            raise ValueError(f"step_epochs must be >= 1 or None, got {step_epochs}")
+        self.lr, self.weight_decay, self.step_epochs, self.gamma = lr, weight_decay, step_epochs, gamma
+        self.max_norm, self.tabn_max_norm = max_norm, tabn_max_norm
+
+    def build(self, module) -> dict:
+        optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self._step_epochs(module), gamma=self.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _step_epochs(self, module) -> int:
+        if self.step_epochs is not None:
+            return self.step_epochs
+        max_epochs = module.trainer.max_epochs if module._trainer is not None else None
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                "TABNAdamW decays at half of trainer.max_epochs, which is not set; set trainer.max_epochs "
+                "or the preset's step_epochs"
+            )
+        return max(1, max_epochs // 2)

@@ -1,0 +1,56 @@
+"""Tiny stand-in networks for the training tests: an ODE block that keeps its SolveStats, an
+8x8-digits classifier and a trajectory model, small enough to fit a batch in milliseconds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pynodeta as pn
+from pynodeta.nn import ConcatLinear, TimeSequential, make_norm
+
+
+class TinyODEBlock(nn.Module):
+    """y(t1) of dy/dt = func(t, y) by dopri5 with the adjoint; keeps ``last_stats`` like ODEBlock."""
+
+    def __init__(self, func: nn.Module, adjoint: bool = True):
+        super().__init__()
+        self.func, self.adjoint, self.last_stats = func, adjoint, None
+
+    def forward(self, y0: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        times = torch.tensor([0.0, 1.0]) if t is None else t
+        sol = pn.solve(self.func, y0, times, method="dopri5", rtol=1e-3, atol=1e-3, adjoint=self.adjoint)
+        self.last_stats = sol.stats
+        return sol.ys if t is not None else sol.ys[-1]
+
+
+def tiny_field(width: int, norm: str) -> TimeSequential:
+    # outside="clamp": dopri5's initial-step probe may look just past t = 1
+    options = {"outside": "clamp", "M": 4} if norm == "tabn" else {}
+    return TimeSequential(ConcatLinear(width, width), make_norm(norm, width, dims=1, **options), nn.Tanh(),
+                          ConcatLinear(width, width))
+
+
+class TinyDigitsClassifier(nn.Module):
+    """x (batch, 1, 8, 8) -> logits (batch, num_classes) through one small ODE block."""
+
+    def __init__(self, width: int = 8, norm: str = "tabn", num_classes: int = 10, dropout: float = 0.2):
+        super().__init__()
+        self.lift = nn.Sequential(nn.Flatten(), nn.Linear(64, width))
+        self.ode = TinyODEBlock(tiny_field(width, norm))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ode(self.lift(x)))
+
+
+class TinyTrajectoryModel(nn.Module):
+    """model(t0, y0, t) -> (len(t), batch, dim), starting at y0 at time t[0] = t0."""
+
+    def __init__(self, dim: int = 2, width: int = 8, norm: str = "tabn"):
+        super().__init__()
+        self.lift, self.project = nn.Linear(dim, width), nn.Linear(width, dim)
+        self.ode = TinyODEBlock(tiny_field(width, norm))
+
+    def forward(self, t0, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.project(self.ode(self.lift(y0), t))
