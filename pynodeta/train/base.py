@@ -34,7 +34,8 @@ class NODEModule(lightning.LightningModule):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if tabn_reg_weight is not None and tabn_reg_weight < 0:
-            raise ValueError(f"tabn_reg_weight must be >= 0 (0 disables the regulariser) or None, got {tabn_reg_weight}")
+            raise ValueError(
+                f"tabn_reg_weight must be >= 0 (0 disables the regulariser) or None, got {tabn_reg_weight}")
         self.model = model
         self.optim = optim if optim is not None else TABNAdamW()
         self.tabn_reg_weight = tabn_reg_weight

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -31,6 +32,14 @@ __all__ = ["main", "PynodetaCLI", "ConfigurationError"]
 
 class ConfigurationError(Exception):
     """A config that parses but cannot be built (a bad value, missing data); raised before training."""
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    # jsonargparse re-raises a constructor's error as "Does not validate against any of the Union
+    # subtypes ..."; the constructor's own message, at the end of the chain, is the one that helps.
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    return error
 
 
 class PynodetaCLI(LightningCLI):
@@ -59,7 +68,7 @@ class PynodetaCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
-            raise ConfigurationError(str(error)) from error
+            raise ConfigurationError(str(_root_cause(error))) from error
         check_files = getattr(self.datamodule, "check_files", None)
         if callable(check_files):  # a missing dataset is reported now, not after setup work
             try:
@@ -89,17 +98,25 @@ class PynodetaCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> int | None:
     """Entry point of ``pynodeta fit|validate|test|predict ...``; returns the exit status."""
     started = time.perf_counter()
-    argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        PynodetaCLI(
-            model_class=NODEModule,
-            subclass_mode_model=True,
-            datamodule_class=LightningDataModule,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,  # optimisers come from the module's typed `optim` preset
-            save_config_kwargs={"overwrite": True},
-            args=argv,
-        )
+        argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as error:
+        print(f"pynodeta: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            # `args` is how pynodeta passes the (resolved) command line; Lightning warns when
+            # sys.argv is also set, which it always is for a console command.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            PynodetaCLI(
+                model_class=NODEModule,
+                subclass_mode_model=True,
+                datamodule_class=LightningDataModule,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,  # optimisers come from the module's typed `optim` preset
+                save_config_kwargs={"overwrite": True},
+                args=argv,
+            )
     except ConfigurationError as error:
         print(f"pynodeta: error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,11 @@ __all__ = ["collect_rng_states", "restore_rng_states"]
 
 def collect_rng_states() -> dict:
     """The states of Python's, NumPy's and torch's global generators (CPU and every CUDA device)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Plain Python values and tensors only, so that torch.load(weights_only=True) accepts them.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["torch_cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -22,7 +26,9 @@ def collect_rng_states() -> dict:
 def restore_rng_states(states: dict) -> None:
     """Set the global generators to ``states`` from :func:`collect_rng_states`."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])

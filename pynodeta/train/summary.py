@@ -1,13 +1,15 @@
-"""The one-line result of a run (test accuracy and NFE), printed and saved as JSON beside the logs."""
+"""The one-line result of a run (test metrics and NFE), printed and saved as JSON beside the logs."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = ["RunSummary"]
+
+_NAMES = {"acc": "accuracy"}  # how a logged metric is spelled in the summary line
 
 
 def _value(metrics: dict, key: str) -> float:
@@ -19,29 +21,28 @@ def _value(metrics: dict, key: str) -> float:
 class RunSummary:
     """Epoch means of the logged metrics: NaN where a metric was not logged (e.g. no ODE block)."""
 
-    test_acc: float            # fraction of test samples classified correctly
-    test_loss: float
-    test_nfe_forward: float    # mean right-hand-side evaluations per test batch
-    train_nfe_forward: float   # mean per training batch, last training epoch
-    train_nfe_backward: float  # mean adjoint-solve evaluations per training batch, last epoch
+    test: dict[str, float] = field(default_factory=dict)  # test/<name> metrics: acc, loss, mse, mae, ...
+    test_nfe_forward: float = math.nan    # mean right-hand-side evaluations per test batch
+    train_nfe_forward: float = math.nan   # mean per training batch, last training epoch
+    train_nfe_backward: float = math.nan  # mean adjoint-solve evaluations per training batch, last epoch
 
     @classmethod
     def from_metrics(cls, fit_metrics: dict, test_metrics: dict) -> RunSummary:
+        test = {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()
+                if key.startswith("test/") and not key.startswith("test/nfe")}
         return cls(
-            test_acc=_value(test_metrics, "test/acc"),
-            test_loss=_value(test_metrics, "test/loss"),
+            test=dict(sorted(test.items(), key=lambda item: item[0] != "acc")),  # accuracy first
             test_nfe_forward=_value(test_metrics, "test/nfe_forward"),
             train_nfe_forward=_value(fit_metrics, "train/nfe_forward"),
             train_nfe_backward=_value(fit_metrics, "train/nfe_backward"),
         )
 
     def line(self) -> str:
-        parts = [f"test accuracy {self.test_acc:.4f}", f"test loss {self.test_loss:.4f}",
-                 f"mean NFE per batch: test forward {self.test_nfe_forward:.1f}"]
+        parts = [f"test {_NAMES.get(name, name)} {value:.4f}" for name, value in self.test.items()]
+        nfe = f"mean NFE per batch: test forward {self.test_nfe_forward:.1f}"
         if not math.isnan(self.train_nfe_forward):
-            parts[-1] += (f", train forward {self.train_nfe_forward:.1f}, "
-                          f"train backward {self.train_nfe_backward:.1f}")
-        return "pynodeta summary: " + " | ".join(parts)
+            nfe += f", train forward {self.train_nfe_forward:.1f}, train backward {self.train_nfe_backward:.1f}"
+        return "pynodeta summary: " + " | ".join([*parts, nfe])
 
     def report(self, trainer) -> None:
         """Print the summary line (rank 0) and write ``summary.json`` into the trainer's log_dir."""
