@@ -55,6 +55,11 @@ def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "erro
     return l, 1.0 - w2, w2
 
 
+def _host(w) -> float:
+    """A weight as a Python float (it may be a 0-d tensor carrying the gradient in t)."""
+    return float(w.detach()) if isinstance(w, torch.Tensor) else float(w)
+
+
 def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
     """(x - µ)/sqrt(σ² + eps)·γ + β with µ, σ² of shape (batch or 1, C) and γ, β of (C,) or (batch, C)."""
     scale = torch.rsqrt(var + eps)
@@ -162,7 +167,7 @@ class _TABatchNorm(nn.Module):
             return F.batch_norm(x, mean, var, gamma, beta, False, 0.0, self.eps)
         update = stat_updates_allowed(self.update_stats_in_backward)
         if self.sync_stats and _distributed():
-            return self._forward_synced(x, l, float(w1), float(w2), gamma, beta, update)
+            return self._forward_synced(x, l, _host(w1), _host(w2), gamma, beta, update)
         # With momentum 1 the fused kernel writes the batch mean and unbiased variance into these
         # buffers while it normalises: one pass over x for both (they must start finite: 0·NaN = NaN).
         # The same call runs whether or not we update, so a recomputation (activation checkpointing)
@@ -171,7 +176,7 @@ class _TABatchNorm(nn.Module):
         batch_var = torch.zeros_like(self.running_var[0])
         y = F.batch_norm(x, batch_mean, batch_var, gamma, beta, True, 1.0, self.eps)
         if update:
-            self._update_running(l, float(w1), float(w2), batch_mean, batch_var)
+            self._update_running(l, _host(w1), _host(w2), batch_mean, batch_var)
         return y
 
     def _interpolated_affine(self, l, w2):
