@@ -67,7 +67,7 @@ def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
     if gamma is not None:
         scale, shift = scale * gamma, shift * gamma + beta
     view = (*scale.shape, *([1] * (x.dim() - 2)))
-    return x * scale.reshape(view) + shift.reshape(view)
+    return x * scale.reshape(view).to(x.dtype) + shift.reshape(view).to(x.dtype)
 
 
 def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
@@ -157,6 +157,8 @@ class _TABatchNorm(nn.Module):
                 )
             return self._forward_per_sample(t, x)
         l, w1, w2 = grid_weights(t, self.M, self.T, self.outside)
+        if isinstance(w2, torch.Tensor):  # lerp needs its tensor weight in the parameters' dtype
+            w1, w2 = w1.to(self.running_mean.dtype), w2.to(self.running_mean.dtype)
         gamma, beta = self._interpolated_affine(l, w2)
         if not self.training:
             mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w2)
@@ -195,7 +197,7 @@ class _TABatchNorm(nn.Module):
 
     def _forward_per_sample(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         l, w2 = _grid_weights_per_sample(t, self.M, self.T, self.outside)
-        w = w2[:, None]
+        w = w2[:, None].to(self.running_mean.dtype)
         mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w)   # (batch, C)
         var = torch.lerp(self.running_var[l], self.running_var[l + 1], w)
         gamma = beta = None
