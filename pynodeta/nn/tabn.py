@@ -6,6 +6,12 @@ t*_l <= t <= t*_{l+1} uses the linear-interpolation weights of Eq. 7,
     ω1 = (t*_{l+1} - t) / Δ   (left point l),      ω2 = (t - t*_l) / Δ   (right point l+1).
 The released code mirrors these weights (the left point gets (t - t*_l)/Δ, so its interpolant
 jumps at every grid point); we follow Eq. 7, which makes everything continuous in t.
+
+Times outside [0, T]. Adaptive solvers call the right-hand side beyond the end of the span: the
+initial-step rule of torchdiffeq (which pynodeta's dopri5 reproduces) probes f(t0 + h0, y0 + h0·f0)
+with h0 that may exceed T - t0. So by default (``outside="clamp"``) such a time is treated as the
+nearest end point — its γ, β and statistics, and in train mode its running-statistics update — as
+the released code also does; ``outside="error"`` raises instead.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ __all__ = ["TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
 _ROUNDOFF = 1e-5
 
 
-def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "error"):
+def grid_weights(t, M: int, T: float, *, outside: Literal["error", "clamp"]):
     """Eq. 7 for a scalar time: returns ``(l, w1, w2)`` with ``t ≈ w1·t*_l + w2·t*_{l+1}``.
 
     ``l`` is an int in [0, M-1]; at t = T the right point is T itself (l = M-1, w2 = 1).
@@ -95,6 +101,8 @@ class _TABatchNorm(nn.Module):
     η·ω1 and η·ω2. Eval mode: µ(t), σ²(t), γ(t), β(t) all interpolated, so the output of a sample
     does not depend on the rest of the batch.
     A reversed-time solve (from T down to 0) visits the same times and uses the same grid points.
+    A time outside [0, T] is treated as the nearest end point (``outside="clamp"``, the default,
+    needed for adaptive solvers' initial-step probe) or raises (``outside="error"``).
     """
 
     time_aware = True
@@ -107,7 +115,7 @@ class _TABatchNorm(nn.Module):
         eps: float = 1e-5,
         momentum: float = 0.1,                       # η of the running-statistics update
         affine: bool = True,                         # learnable γ*_m, β*_m per grid point
-        outside: Literal["error", "clamp"] = "error",  # t outside [0, T]: raise, or use the end point
+        outside: Literal["error", "clamp"] = "clamp",  # t outside [0, T]: use the end point, or raise
         update_stats_in_backward: bool = False,      # count calls made during a backward (adjoint) solve
         sync_stats: bool = False,                    # all-reduce batch statistics across DDP ranks
         reg_weight: float = 0.1,                     # λ of regularizer()
@@ -156,7 +164,7 @@ class _TABatchNorm(nn.Module):
                     "statistics mix all samples, so they must share one time; pass a scalar t"
                 )
             return self._forward_per_sample(t, x)
-        l, w1, w2 = grid_weights(t, self.M, self.T, self.outside)
+        l, w1, w2 = grid_weights(t, self.M, self.T, outside=self.outside)
         if isinstance(w2, torch.Tensor):  # lerp needs its tensor weight in the parameters' dtype
             w1, w2 = w1.to(self.running_mean.dtype), w2.to(self.running_mean.dtype)
         gamma, beta = self._interpolated_affine(l, w2)

@@ -38,7 +38,7 @@ def _randomised(layer):
     ],
 )
 def test_grid_weights_at_and_between_grid_points(t, expected):
-    l, w1, w2 = grid_weights(t, M=4, T=1.0)
+    l, w1, w2 = grid_weights(t, M=4, T=1.0, outside="error")
     assert l == expected[0]
     assert w1 == pytest.approx(expected[1], abs=1e-12) and w2 == pytest.approx(expected[2], abs=1e-12)
     # The weights reproduce t as a convex combination of the two neighbours.
@@ -47,18 +47,18 @@ def test_grid_weights_at_and_between_grid_points(t, expected):
 
 def test_grid_weights_beyond_the_grid():
     with pytest.raises(ValueError, match=r"t = 1.2 is outside the TA-BN grid \[0, 1.0\].*outside='clamp'"):
-        grid_weights(1.2, M=4, T=1.0)
+        grid_weights(1.2, M=4, T=1.0, outside="error")
     with pytest.raises(ValueError, match="outside the TA-BN grid"):
-        grid_weights(-0.1, M=4, T=1.0)
+        grid_weights(-0.1, M=4, T=1.0, outside="error")
     assert grid_weights(1.2, M=4, T=1.0, outside="clamp") == (3, 0.0, 1.0)
     assert grid_weights(-0.1, M=4, T=1.0, outside="clamp") == (0, 1.0, 0.0)
     # Round-off past an end point is the end point, not an error.
-    assert grid_weights(1.0 + 1e-9, M=4, T=1.0) == (3, 0.0, 1.0)
+    assert grid_weights(1.0 + 1e-9, M=4, T=1.0, outside="error") == (3, 0.0, 1.0)
 
 
 def test_tensor_time_keeps_weights_differentiable():
     t = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-    _, w1, w2 = grid_weights(t, M=4, T=1.0)
+    _, w1, w2 = grid_weights(t, M=4, T=1.0, outside="error")
     w2.backward()
     assert t.grad.item() == pytest.approx(4.0)  # dω2/dt = 1/Δ
 
@@ -208,12 +208,24 @@ def test_eval_per_sample_times_match_scalar_calls():
     y = tabn(t, x)
     for i in range(3):
         torch.testing.assert_close(y[i:i + 1], tabn(float(t[i]), x[i:i + 1]))
-    with pytest.raises(ValueError, match="some t are outside the TA-BN grid"):
-        tabn(torch.tensor([0.5, 1.5, 0.2]), x)
-    clamped = TABatchNorm2d(4, M=10, outside="clamp").eval()
-    clamped.load_state_dict(tabn.state_dict())
-    torch.testing.assert_close(clamped(torch.tensor([1.5, -0.5, 0.3]), x),
+    torch.testing.assert_close(tabn(torch.tensor([1.5, -0.5, 0.3]), x),
                                torch.cat([tabn(1.0, x[:1]), tabn(0.0, x[1:2]), tabn(0.3, x[2:])]))
+    strict = TABatchNorm2d(4, M=10, outside="error").eval()
+    with pytest.raises(ValueError, match="some t are outside the TA-BN grid"):
+        strict(torch.tensor([0.5, 1.5, 0.2]), x)
+
+
+def test_default_clamps_times_beyond_the_grid_to_the_end_point():
+    torch.manual_seed(0)
+    tabn = _randomised(TABatchNorm1d(3, M=4))
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(tabn.eval()(1.3, x), tabn(1.0, x))
+    torch.testing.assert_close(tabn(-0.2, x), tabn(0.0, x))
+    before = tabn.running_mean.clone()
+    tabn.train()(1.3, x)  # updates the end point, as t = T would
+    assert torch.equal(tabn.running_mean[:4], before[:4]) and not torch.equal(tabn.running_mean[4], before[4])
+    with pytest.raises(ValueError, match=r"t = 1.3 is outside the TA-BN grid"):
+        TABatchNorm1d(3, M=4, outside="error")(1.3, x)
 
 
 def test_state_dict_round_trip_keeps_statistics():
@@ -289,4 +301,4 @@ def test_reversed_time_visits_the_same_grid_points():
     backward = [tabn(t, x) for t in reversed(times)]
     for a, b in zip(forward, reversed(backward), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert math.isclose(grid_weights(0.35, 4, 1.0)[2], 0.4)
+    assert math.isclose(grid_weights(0.35, 4, 1.0, outside="error")[2], 0.4)
