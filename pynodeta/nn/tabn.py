@@ -215,21 +215,21 @@ class _TABatchNorm(nn.Module):
         return _normalise(x, mean, var, gamma, beta, self.eps)
 
     def _forward_synced(self, x, l, w1, w2, gamma, beta, update):
-        dims = [0, *range(2, x.dim())]
-        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        # One all-reduce of [Σx, Σx², n]; E[x²] - E[x]² is adequate for activations near zero mean.
-        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        C = x.shape[1]
-        n = totals[-1]
-        mean = totals[:C] / n
-        var = (totals[C:2 * C] / n - mean * mean).clamp_min(0.0)
-        if update:
-            with torch.no_grad():
-                unbiased = var * (n / (n - 1).clamp_min(1.0))
-                self._update_running(l, w1, w2, mean.detach().to(self.running_mean.dtype),
-                                     unbiased.detach().to(self.running_var.dtype))
+        """Batch statistics over all ranks (like SyncBatchNorm), through differentiable all-reduces."""
+        dims, C = [0, *range(2, x.dim())], x.shape[1]
         view = (1, C, *([1] * (x.dim() - 2)))
-        y = (x - mean.reshape(view)) * torch.rsqrt(var + self.eps).reshape(view)
+        # Two passes, the mean first and then the centred sum of squares: exact where
+        # E[x²] - E[x]² would cancel catastrophically.
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), x.new_full((1,), x.numel() // C)]))
+        n = totals[C]
+        mean = totals[:C] / n
+        centred = x - mean.reshape(view)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        if update:
+            unbiased = var.detach() * (n / (n - 1).clamp_min(1.0))
+            self._update_running(l, w1, w2, mean.detach().to(self.running_mean.dtype),
+                                 unbiased.to(self.running_var.dtype))
+        y = centred * torch.rsqrt(var + self.eps).reshape(view)
         if self.affine:
             y = y * gamma.reshape(view) + beta.reshape(view)
         return y
