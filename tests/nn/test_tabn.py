@@ -245,15 +245,16 @@ def test_running_statistics_converge_to_per_time_population_statistics():
     torch.manual_seed(0)
     M = 10
     tabn = TABatchNorm1d(2, M=M, momentum=0.1)
-    for _ in range(3000):
+    for _ in range(1000):
         t = torch.rand(()).item()
-        tabn(t, 3 * t + (1 + t) * torch.randn(256, 2))
+        tabn(t, 3 * t + (1 + t) * torch.randn(512, 2))
     grid = torch.linspace(0, 1, M + 1)
     interior = slice(1, M)
     # The tent-weighted average of a linear mean is the mean at the grid point.
     mean, var = 3 * grid[interior, None], (1 + grid[interior, None]) ** 2
-    torch.testing.assert_close(tabn.running_mean[interior], mean.expand(M - 1, 2), atol=0.08, rtol=0)
-    torch.testing.assert_close(tabn.running_var[interior], var.expand(M - 1, 2), atol=0.12, rtol=0)
+    # What remains is the fluctuation of an exponential average (momentum 0.1 · ω): a few per cent.
+    torch.testing.assert_close(tabn.running_mean[interior], mean.expand(M - 1, 2), atol=0.1, rtol=0)
+    torch.testing.assert_close(tabn.running_var[interior], var.expand(M - 1, 2), atol=0, rtol=0.08)
     # Eval at an arbitrary time then standardises fresh data from that time.
     t = 0.43
     y = tabn.eval()(t, 3 * t + (1 + t) * torch.randn(20000, 2))
