@@ -15,6 +15,8 @@ from pynodeta.nn import (
     tabn_regularizer,
 )
 
+from .nn_testing import CallAgainInBackward
+
 
 def _randomised(layer):
     """Give every grid point different statistics and affine parameters, as after training."""
@@ -116,30 +118,11 @@ def test_no_stat_updates_freezes_running_statistics_but_still_normalises():
     torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
 
 
-class _CallAgainInBackward(torch.autograd.Function):
-    """Calls the layer once forwards and once more inside backward, as an adjoint solve does."""
-
-    @staticmethod
-    def forward(ctx, x, layer):
-        ctx.layer = layer
-        ctx.save_for_backward(x)
-        return layer(0.0, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            y = ctx.layer(0.0, x)
-            (grad_x,) = torch.autograd.grad(y, x, grad)
-        return grad_x, None
-
-
 @pytest.mark.parametrize("update_in_backward, expected_updates", [(False, 1), (True, 2)])
 def test_calls_during_a_backward_pass_update_only_when_asked(update_in_backward, expected_updates):
     tabn = TABatchNorm1d(3, M=4, momentum=0.5, update_stats_in_backward=update_in_backward)
     x = torch.ones(8, 3).cumsum(0).requires_grad_(True)  # batch mean 4.5 in every channel
-    _CallAgainInBackward.apply(x, tabn).sum().backward()
+    CallAgainInBackward.apply(x, tabn).sum().backward()
     expected = 4.5 * (1 - 0.5 ** expected_updates)
     torch.testing.assert_close(tabn.running_mean[0], torch.full((3,), expected))
 
