@@ -47,6 +47,10 @@ def test_grid_weights_at_and_between_grid_points(t, expected):
     assert w1 * l * 0.25 + w2 * (l + 1) * 0.25 == pytest.approx(t, abs=1e-12)
 
 
+def test_grid_has_m_plus_one_points_including_both_ends():
+    torch.testing.assert_close(TABatchNorm1d(2, M=4, T=2.0).grid, torch.linspace(0, 2, 5, dtype=torch.float64))
+
+
 def test_grid_weights_beyond_the_grid():
     with pytest.raises(ValueError, match=r"t = 1.2 is outside the TA-BN grid \[0, 1.0\].*outside='clamp'"):
         grid_weights(1.2, M=4, T=1.0, outside="error")
