@@ -1,4 +1,4 @@
-"""Test helpers: gradcheck over inputs and parameters; a call repeated in backward like an adjoint solve."""
+"""Shared test utilities: gradcheck over inputs and parameters; a call repeated in backward, as an adjoint does."""
 
 from __future__ import annotations
 
