@@ -13,8 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import ConcatConv2d, LinearTimestepEmbedding, PositionalTimestepEmbedding, TimeSequential
-from ..nn import apply_bias_init_policy
+from ..nn import (
+    ConcatConv2d,
+    LinearTimestepEmbedding,
+    PositionalTimestepEmbedding,
+    TimeSequential,
+    apply_bias_init_policy,
+)
 from .backbones import down_size
 from .common import check_in_shape, make_activation, ode_norm, static_norm
 from .ode_block import ODESettings, check_t_span
