@@ -29,8 +29,8 @@ class ODESettings:
     rtol: float = 1e-3                          # tolerances of adaptive methods (> 0)
     atol: float = 1e-3
     adjoint: bool = True                        # gradients by the adjoint (O(1) memory) or by backprop
-    options: Mapping[str, Any] | None = None    # solve's options, e.g. {"step_size": 0.1} for "rk4"
-    adjoint_options: Mapping[str, Any] | None = None  # e.g. {"norm": "seminorm"}
+    options: dict[str, Any] | None = None       # solve's options, e.g. {"step_size": 0.1} for "rk4"
+    adjoint_options: dict[str, Any] | None = None  # e.g. {"norm": "seminorm"}
     backend: str = "torch"                      # "torch", "scipy", "julia"
     controller: str = "i"                       # "i" (torchdiffeq's step control) or "pi"
 
