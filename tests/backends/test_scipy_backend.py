@@ -102,7 +102,7 @@ def test_blow_up_is_a_step_size_underflow_near_the_singularity():
     # dy/dt = y^2, y(0) = 1 has y = 1 / (1 - t), which leaves every float before t = 1.
     with pytest.raises(StepSizeUnderflowError, match="step size underflow at t=") as info:
         solve(lambda t, y: y**2, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0]).double())
-    assert 0.99 < info.value.t <= 1.0
+    assert 0.99 < info.value.t < 1.01  # the numerical solution blows up within rtol of t = 1
 
 
 def test_non_finite_derivative_is_reported_with_its_time():
