@@ -66,8 +66,8 @@ def problems() -> dict[str, Problem]:
                          torch.linspace(0, 10, 11, **f64), stiff=False),
         "linear": Problem("linear 4-d (matrix exponential)", lambda t, y: A_LINEAR @ y, y_lin, t_lin,
                           stiff=False, exact=lambda t: linear_exact(y_lin, t)),
-        "vdp1000": Problem("Van der Pol mu=1000 (stiff)", van_der_pol(1000.0), torch.tensor([2.0, 0.0], **f64),
-                           torch.linspace(0, 100, 6, **f64), stiff=True),
+        "vdp1000": Problem("Van der Pol mu=1000 (stiff)", van_der_pol(1000.0),
+                           torch.tensor([2.0, 0.0], **f64), torch.linspace(0, 100, 6, **f64), stiff=True),
     }
 
 
@@ -162,7 +162,9 @@ def table(problem: Problem, solvers: list[Solver], tolerances: list[float], repe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--problems", nargs="+", default=list(problems()), choices=list(problems()))
     parser.add_argument("--tolerances", nargs="+", type=float, default=[1e-3, 1e-5, 1e-7, 1e-9])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best is reported)")

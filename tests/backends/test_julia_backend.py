@@ -69,7 +69,8 @@ def julia_result(retcode, saved_t, size=2, **fields):
     """What PyNoDeTa.solve_flat returns, with Julia's column-major (size, n_saved) state matrix."""
     saved_t = np.asarray(saved_t, dtype=np.float64)
     u = np.asfortranarray(np.stack([saved_t + i for i in range(size)]))
-    defaults = dict(t_reached=saved_t[-1], dt=1e-3, step_sizes=[0.5, 0.5], nf=20, naccept=2, nreject=1, njacs=0)
+    defaults = dict(t_reached=saved_t[-1], dt=1e-3, step_sizes=[0.5, 0.5], nf=20, naccept=2, nreject=1,
+                    njacs=0)
     return SimpleNamespace(retcode=retcode, t=saved_t, u=u, **{**defaults, **fields})
 
 
@@ -80,7 +81,8 @@ STATE = FlatState.of(torch.zeros(2, dtype=torch.float64))
 def finish(result, stats=None):
     stats = stats or SolveStats(backend="julia")
     t = torch.as_tensor(TIMES)
-    return _outcome(result, TIMES, stats).result(STATE, t, SolverConfig(method="tsit5", max_num_steps=7), stats)
+    config = SolverConfig(method="tsit5", max_num_steps=7)
+    return _outcome(result, TIMES, stats).result(STATE, t, config, stats)
 
 
 def test_success_maps_states_and_statistics():

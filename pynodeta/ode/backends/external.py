@@ -61,7 +61,7 @@ class FlatState:
     def of(cls, y0: torch.Tensor, solver_dtypes: Iterable[torch.dtype] = (torch.float64,)) -> FlatState:
         """Layout of ``y0``; the solver keeps y0's dtype if it is in ``solver_dtypes``, else float64."""
         if not y0.dtype.is_floating_point:
-            raise ValueError(f"y0 must be a real floating-point tensor for an external backend, got {y0.dtype}")
+            raise ValueError(f"y0 must be a real floating-point tensor for external backends, got {y0.dtype}")
         kept = y0.dtype if y0.dtype in tuple(solver_dtypes) else torch.float64
         return cls(y0.shape, y0.dtype, y0.device, _NUMPY_DTYPES[kept])
 
@@ -74,7 +74,7 @@ class FlatState:
         return np.ascontiguousarray(y.detach().reshape(-1).cpu().numpy(), dtype=self.solver_dtype)
 
     def to_torch(self, y: np.ndarray) -> torch.Tensor:
-        """Flat ``(size,)`` or stacked ``(n, size)`` numpy states -> ``(*shape)`` or ``(n, *shape)`` on the device."""
+        """Numpy ``(size,)`` or ``(n, size)`` -> ``(*shape)`` or ``(n, *shape)`` on the state's device."""
         out = torch.as_tensor(np.asarray(y)).to(device=self.device, dtype=self.dtype)
         return out.reshape(*y.shape[:-1], *self.shape)
 
@@ -156,23 +156,25 @@ def check_config(config: SolverConfig, backend: str, methods: Iterable[str]) -> 
     PI controller and non-default controller constants are rejected.
     """
     if config.method not in tuple(methods):
-        raise ValueError(f"unknown method {config.method!r} for backend {backend!r}; choose one of {sorted(methods)}")
+        raise ValueError(
+            f"unknown method {config.method!r} for backend {backend!r}; choose one of {sorted(methods)}"
+        )
     if config.controller != "i":
         raise ValueError(
-            f"controller={config.controller!r} is not available with backend {backend!r}, which uses its solver's "
-            "own step-size controller; use backend='torch' for the PI controller"
+            f"controller={config.controller!r} is not available with backend {backend!r}, which uses its "
+            "solver's own step-size controller; use backend='torch' for the PI controller"
         )
     if config.norm is not None and not isinstance(config.norm, StateNorm):
         raise ValueError(
-            f"a custom error norm is not supported by backend {backend!r} (its solver uses its own RMS norm); "
-            "use backend='torch' for options={'norm': ...}"
+            f"a custom error norm is not supported by backend {backend!r} (its solver uses its own RMS "
+            "norm); use backend='torch' for options={'norm': ...}"
         )
     defaults = SolverConfig(method=config.method)
     for name in ("safety", "ifactor", "dfactor"):
         if getattr(config, name) != getattr(defaults, name):
-            raise ValueError(f"{name} cannot be set with backend {backend!r}; its solver fixes its own controller")
+            raise ValueError(f"{name} cannot be set with backend {backend!r}; its solver has its own")
     if config.step_size is not None:
-        raise ValueError(f"step_size applies to fixed-grid methods; backend {backend!r} has adaptive methods only")
+        raise ValueError(f"step_size is for fixed-grid methods; backend {backend!r} has only adaptive ones")
 
 
 @dataclass
@@ -193,11 +195,13 @@ class ExternalOutcome:
     dt: float = float("nan")
     message: str = ""
 
-    def result(self, state: FlatState, t: torch.Tensor, config: SolverConfig, stats: SolveStats) -> torch.Tensor:
+    def result(
+        self, state: FlatState, t: torch.Tensor, config: SolverConfig, stats: SolveStats
+    ) -> torch.Tensor:
         """The solution ``(len(t), *shape)`` on success; otherwise raise the matching pynodeta error."""
         if self.status == "success":
             if len(self.ys) != len(t):
-                raise ODESolveError(f"solver reported success but returned {len(self.ys)} of {len(t)} outputs")
+                raise ODESolveError(f"solver reported success with {len(self.ys)} of {len(t)} outputs")
             return state.to_torch(self.ys)
         if self.status == "max_steps":
             n = len(self.ys)

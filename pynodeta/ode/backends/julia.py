@@ -113,7 +113,9 @@ def load_julia_module():
     try:
         juliacall.Main.seval("import PyNoDeTa")
     except Exception as err:
-        raise BackendUnavailableError(f"the PyNoDeTa Julia package could not be loaded ({err}). {INSTALL_HINT}") from err
+        raise BackendUnavailableError(
+            f"the PyNoDeTa Julia package could not be loaded ({err}). {INSTALL_HINT}"
+        ) from err
     return juliacall.Main.PyNoDeTa
 
 

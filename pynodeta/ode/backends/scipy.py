@@ -77,7 +77,9 @@ class ScipyBackend(Backend):
 def _check_scipy_options(config: SolverConfig) -> None:
     unknown = set(config.extra) - _EXTRA_OPTIONS
     if unknown:
-        raise ValueError(f"unknown options {sorted(unknown)} for backend 'scipy'; it accepts {sorted(_EXTRA_OPTIONS)}")
+        raise ValueError(
+            f"unknown options {sorted(unknown)} for backend 'scipy'; it accepts {sorted(_EXTRA_OPTIONS)}"
+        )
     jacobian = config.extra.get("jacobian", "autograd")
     if jacobian not in ("autograd", "finite-difference"):
         raise ValueError(f"jacobian must be 'autograd' or 'finite-difference', got {jacobian!r}")
@@ -109,7 +111,7 @@ def _make_solver(rhs: CountingRHS, y0: np.ndarray, times: np.ndarray, config: So
 
 
 def _step_through(solver, times: np.ndarray, config: SolverConfig, stats: SolveStats) -> ExternalOutcome:
-    """Advance ``solver`` to ``times[-1]``, filling outputs from each step's dense output (solve_ivp's loop)."""
+    """Advance ``solver`` to ``times[-1]``, outputs from each step's dense output (solve_ivp's loop)."""
     direction = np.sign(times[-1] - times[0])
     ys = [solver.y.copy()]
     stages = getattr(solver, "n_stages", None) if config.method not in _IMPLICIT else None
