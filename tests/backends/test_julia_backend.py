@@ -118,3 +118,11 @@ def test_saved_times_that_were_not_requested_are_not_outputs():
 def test_failure_return_codes_map_to_pynodeta_errors(retcode, error, message):
     with pytest.raises(error, match=message):
         finish(julia_result(retcode, [0.0, 1.0], t_reached=1.5))
+
+
+def test_bad_tolerance_is_refused_before_julia_is_loaded(monkeypatch):
+    monkeypatch.setitem(sys.modules, "juliacall", None)
+    y0, t = torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="rtol has 3 elements but the flat state has 2"):
+        JuliaBackend().integrate(lambda t, y: -y, y0, t, SolverConfig(method="tsit5", rtol=torch.ones(3)),
+                                 SolveStats())

@@ -74,21 +74,21 @@ class JuliaBackend(Backend):
             raise ValueError(f"unknown options {sorted(config.extra)} for backend 'julia'")
         stats.backend, stats.method = self.name, config.method
         state = FlatState.of(y0, solver_dtypes=(torch.float32, torch.float64))
+        options = dict(
+            reltol=tolerance_to_numpy(config.rtol, state.size, "rtol"),
+            abstol=tolerance_to_numpy(config.atol, state.size, "atol"),
+            maxiters=config.max_num_steps,
+            first_step=config.first_step,
+            min_step=config.min_step if config.min_step > 0 else None,
+            max_step=config.max_step if np.isfinite(config.max_step) else None,
+        )
         if len(t) == 1:
             return y0.detach().unsqueeze(0).clone()
         module = self._load()
         rhs = JuliaCallback(CountingRHS(func, state, stats))
         times = output_times(t)
         try:
-            result = module.solve_flat(
-                rhs, state.to_numpy(y0), times, config.method,
-                reltol=tolerance_to_numpy(config.rtol, state.size, "rtol"),
-                abstol=tolerance_to_numpy(config.atol, state.size, "atol"),
-                maxiters=config.max_num_steps,
-                first_step=config.first_step,
-                min_step=config.min_step if config.min_step > 0 else None,
-                max_step=config.max_step if np.isfinite(config.max_step) else None,
-            )
+            result = module.solve_flat(rhs, state.to_numpy(y0), times, config.method, **options)
         except Exception as err:
             # A Python exception raised in the callback reaches us wrapped in a Julia error: re-raise it.
             if rhs.error is not None:
