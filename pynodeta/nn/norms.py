@@ -40,7 +40,7 @@ class _PopTIMixin:
 
     time_aware = True
 
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - t ignored by design
+    def forward(self, t, x: torch.Tensor) -> torch.Tensor:  # t is ignored: one pair for all times
         if self.training and not stat_updates_allowed(self.update_stats_in_backward):
             # Same kernel and saved tensors as an updating call (so checkpoint recomputation
             # matches), writing into copies of the running statistics that are then dropped.
@@ -75,7 +75,7 @@ class PopTIBatchNorm2d(_PopTIMixin, nn.BatchNorm2d):
 class _IgnoreTimeMixin:
     time_aware = True
 
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - t ignored by design
+    def forward(self, t, x: torch.Tensor) -> torch.Tensor:  # t is taken and ignored
         return super().forward(x)
 
 

@@ -6,10 +6,10 @@ Two situations freeze the running statistics of pynodeta's batch norms (``TABatc
 * inside ``with no_stat_updates():`` — always (e.g. an extra evaluation you do not want counted);
 * during an autograd backward pass — unless the layer was built with
   ``update_stats_in_backward=True``. An adjoint solver calls the right-hand side again while it
-  integrates backwards inside ``autograd.Function.backward`` (pynodeta's adjoint and torchdiffeq's
-  alike), as does activation checkpointing; those calls revisit the forward times, so by default
-  they are not counted a second time. A solver that runs its backward solve outside autograd can
-  say so explicitly with ``with backward_solve():``.
+  integrates backwards inside ``autograd.Function.backward`` (pynodeta's adjoint, which also says
+  so through ``pynodeta.ode.is_adjoint_backward()``, and torchdiffeq's alike), as does activation
+  checkpointing; those calls revisit the forward times, so by default they are not counted twice.
+  A solver that runs its backward solve outside autograd can say so with ``with backward_solve():``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import contextvars
 from collections.abc import Iterator
 
 import torch
+
+from ..ode import is_adjoint_backward
 
 __all__ = ["no_stat_updates", "backward_solve", "stat_updates_allowed"]
 
@@ -47,9 +49,10 @@ def backward_solve() -> Iterator[None]:
 
 
 def in_backward_solve() -> bool:
-    """True inside ``backward_solve()`` or while autograd runs a backward pass."""
+    """True inside ``backward_solve()``, inside pynodeta's adjoint backward solve, or while autograd
+    runs any backward pass (torchdiffeq's adjoint, activation checkpointing)."""
     # torch reports the id of the running backward graph task, -1 outside backward.
-    return _backward.get() or torch._C._current_graph_task_id() != -1
+    return _backward.get() or is_adjoint_backward() or torch._C._current_graph_task_id() != -1
 
 
 def stat_updates_allowed(update_stats_in_backward: bool) -> bool:

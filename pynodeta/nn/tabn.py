@@ -6,6 +6,12 @@ t*_l <= t <= t*_{l+1} uses the linear-interpolation weights of Eq. 7,
     ω1 = (t*_{l+1} - t) / Δ   (left point l),      ω2 = (t - t*_l) / Δ   (right point l+1).
 The released code mirrors these weights (the left point gets (t - t*_l)/Δ, so its interpolant
 jumps at every grid point); we follow Eq. 7, which makes everything continuous in t.
+
+Times outside [0, T]. Adaptive solvers call the right-hand side beyond the end of the span: the
+initial-step rule of torchdiffeq (which pynodeta's dopri5 reproduces) probes f(t0 + h0, y0 + h0·f0)
+with h0 that may exceed T - t0. So by default (``outside="clamp"``) such a time is treated as the
+nearest end point — its γ, β and statistics, and in train mode its running-statistics update — as
+the released code also does; ``outside="error"`` raises instead.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ __all__ = ["TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
 _ROUNDOFF = 1e-5
 
 
-def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "error"):
+def grid_weights(t, M: int, T: float, *, outside: Literal["error", "clamp"]):
     """Eq. 7 for a scalar time: returns ``(l, w1, w2)`` with ``t ≈ w1·t*_l + w2·t*_{l+1}``.
 
     ``l`` is an int in [0, M-1]; at t = T the right point is T itself (l = M-1, w2 = 1).
@@ -55,6 +61,11 @@ def grid_weights(t, M: int, T: float, outside: Literal["error", "clamp"] = "erro
     return l, 1.0 - w2, w2
 
 
+def _host(w) -> float:
+    """A weight as a Python float (it may be a 0-d tensor carrying the gradient in t)."""
+    return float(w.detach()) if isinstance(w, torch.Tensor) else float(w)
+
+
 def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
     """(x - µ)/sqrt(σ² + eps)·γ + β with µ, σ² of shape (batch or 1, C) and γ, β of (C,) or (batch, C)."""
     scale = torch.rsqrt(var + eps)
@@ -62,7 +73,7 @@ def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
     if gamma is not None:
         scale, shift = scale * gamma, shift * gamma + beta
     view = (*scale.shape, *([1] * (x.dim() - 2)))
-    return x * scale.reshape(view) + shift.reshape(view)
+    return x * scale.reshape(view).to(x.dtype) + shift.reshape(view).to(x.dtype)
 
 
 def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
@@ -90,6 +101,8 @@ class _TABatchNorm(nn.Module):
     η·ω1 and η·ω2. Eval mode: µ(t), σ²(t), γ(t), β(t) all interpolated, so the output of a sample
     does not depend on the rest of the batch.
     A reversed-time solve (from T down to 0) visits the same times and uses the same grid points.
+    A time outside [0, T] is treated as the nearest end point (``outside="clamp"``, the default,
+    needed for adaptive solvers' initial-step probe) or raises (``outside="error"``).
     """
 
     time_aware = True
@@ -102,7 +115,7 @@ class _TABatchNorm(nn.Module):
         eps: float = 1e-5,
         momentum: float = 0.1,                       # η of the running-statistics update
         affine: bool = True,                         # learnable γ*_m, β*_m per grid point
-        outside: Literal["error", "clamp"] = "error",  # t outside [0, T]: raise, or use the end point
+        outside: Literal["error", "clamp"] = "clamp",  # t outside [0, T]: use the end point, or raise
         update_stats_in_backward: bool = False,      # count calls made during a backward (adjoint) solve
         sync_stats: bool = False,                    # all-reduce batch statistics across DDP ranks
         reg_weight: float = 0.1,                     # λ of regularizer()
@@ -151,7 +164,9 @@ class _TABatchNorm(nn.Module):
                     "statistics mix all samples, so they must share one time; pass a scalar t"
                 )
             return self._forward_per_sample(t, x)
-        l, w1, w2 = grid_weights(t, self.M, self.T, self.outside)
+        l, w1, w2 = grid_weights(t, self.M, self.T, outside=self.outside)
+        if isinstance(w2, torch.Tensor):  # lerp needs its tensor weight in the parameters' dtype
+            w1, w2 = w1.to(self.running_mean.dtype), w2.to(self.running_mean.dtype)
         gamma, beta = self._interpolated_affine(l, w2)
         if not self.training:
             mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w2)
@@ -162,7 +177,7 @@ class _TABatchNorm(nn.Module):
             return F.batch_norm(x, mean, var, gamma, beta, False, 0.0, self.eps)
         update = stat_updates_allowed(self.update_stats_in_backward)
         if self.sync_stats and _distributed():
-            return self._forward_synced(x, l, float(w1), float(w2), gamma, beta, update)
+            return self._forward_synced(x, l, _host(w1), _host(w2), gamma, beta, update)
         # With momentum 1 the fused kernel writes the batch mean and unbiased variance into these
         # buffers while it normalises: one pass over x for both (they must start finite: 0·NaN = NaN).
         # The same call runs whether or not we update, so a recomputation (activation checkpointing)
@@ -171,7 +186,7 @@ class _TABatchNorm(nn.Module):
         batch_var = torch.zeros_like(self.running_var[0])
         y = F.batch_norm(x, batch_mean, batch_var, gamma, beta, True, 1.0, self.eps)
         if update:
-            self._update_running(l, float(w1), float(w2), batch_mean, batch_var)
+            self._update_running(l, _host(w1), _host(w2), batch_mean, batch_var)
         return y
 
     def _interpolated_affine(self, l, w2):
@@ -190,7 +205,7 @@ class _TABatchNorm(nn.Module):
 
     def _forward_per_sample(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         l, w2 = _grid_weights_per_sample(t, self.M, self.T, self.outside)
-        w = w2[:, None]
+        w = w2[:, None].to(self.running_mean.dtype)
         mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w)   # (batch, C)
         var = torch.lerp(self.running_var[l], self.running_var[l + 1], w)
         gamma = beta = None
@@ -200,21 +215,21 @@ class _TABatchNorm(nn.Module):
         return _normalise(x, mean, var, gamma, beta, self.eps)
 
     def _forward_synced(self, x, l, w1, w2, gamma, beta, update):
-        dims = [0, *range(2, x.dim())]
-        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        # One all-reduce of [Σx, Σx², n]; E[x²] - E[x]² is adequate for activations near zero mean.
-        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        C = x.shape[1]
-        n = totals[-1]
-        mean = totals[:C] / n
-        var = (totals[C:2 * C] / n - mean * mean).clamp_min(0.0)
-        if update:
-            with torch.no_grad():
-                unbiased = var * (n / (n - 1).clamp_min(1.0))
-                self._update_running(l, w1, w2, mean.detach().to(self.running_mean.dtype),
-                                     unbiased.detach().to(self.running_var.dtype))
+        """Batch statistics over all ranks (like SyncBatchNorm), through differentiable all-reduces."""
+        dims, C = [0, *range(2, x.dim())], x.shape[1]
         view = (1, C, *([1] * (x.dim() - 2)))
-        y = (x - mean.reshape(view)) * torch.rsqrt(var + self.eps).reshape(view)
+        # Two passes, the mean first and then the centred sum of squares: exact where
+        # E[x²] - E[x]² would cancel catastrophically.
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), x.new_full((1,), x.numel() // C)]))
+        n = totals[C]
+        mean = totals[:C] / n
+        centred = x - mean.reshape(view)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        if update:
+            unbiased = var.detach() * (n / (n - 1).clamp_min(1.0))
+            self._update_running(l, w1, w2, mean.detach().to(self.running_mean.dtype),
+                                 unbiased.to(self.running_var.dtype))
+        y = centred * torch.rsqrt(var + self.eps).reshape(view)
         if self.affine:
             y = y * gamma.reshape(view) + beta.reshape(view)
         return y

@@ -1,4 +1,4 @@
-"""Test helpers: gradcheck a module with respect to its inputs and its parameters together."""
+"""Shared test utilities: gradcheck over inputs and parameters; a call repeated in backward, as an adjoint does."""
 
 from __future__ import annotations
 
@@ -18,3 +18,22 @@ def gradcheck_module(module: torch.nn.Module, *inputs: torch.Tensor) -> bool:
         return functional_call(module, {**dict(zip(names, values, strict=True)), **buffers}, args)
 
     return torch.autograd.gradcheck(call, (*inputs, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+class CallAgainInBackward(torch.autograd.Function):
+    """Calls the layer once forwards and once more inside backward, as an adjoint solve does."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        return layer(0.0, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            y = ctx.layer(0.0, x)
+            (grad_x,) = torch.autograd.grad(y, x, grad)
+        return grad_x, None

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from nn_testing import gradcheck_module
 from torch import nn
 
 from pynodeta.nn import (
@@ -17,6 +16,8 @@ from pynodeta.nn import (
     make_norm,
     no_stat_updates,
 )
+
+from .nn_testing import gradcheck_module
 
 D = torch.float64
 

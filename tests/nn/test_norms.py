@@ -15,6 +15,8 @@ from pynodeta.nn import (
     no_stat_updates,
 )
 
+from .nn_testing import CallAgainInBackward
+
 
 @pytest.mark.parametrize("kind", NORM_KINDS)
 @pytest.mark.parametrize("dims, shape", [(2, (4, 8, 3, 3)), (1, (4, 8, 5))])
@@ -80,3 +82,12 @@ def test_minibatch_bn_uses_batch_statistics_at_test_time():
     torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
     # ...so one sample's output depends on its batch, unlike TA-BN's.
     assert not torch.allclose(norm(0.5, x[:2])[0], y[0])
+
+
+@pytest.mark.parametrize("update_in_backward", [False, True])
+def test_popti_updates_in_a_backward_pass_only_when_asked(update_in_backward):
+    popti = PopTIBatchNorm1d(3, momentum=0.5, update_stats_in_backward=update_in_backward)
+    x = torch.ones(8, 3).cumsum(0).requires_grad_(True)  # batch mean 4.5
+    CallAgainInBackward.apply(x, popti).sum().backward()
+    expected = 4.5 * (1 - 0.5 ** (2 if update_in_backward else 1))
+    torch.testing.assert_close(popti.running_mean, torch.full((3,), expected))

@@ -15,6 +15,8 @@ from pynodeta.nn import (
     tabn_regularizer,
 )
 
+from .nn_testing import CallAgainInBackward
+
 
 def _randomised(layer):
     """Give every grid point different statistics and affine parameters, as after training."""
@@ -38,27 +40,31 @@ def _randomised(layer):
     ],
 )
 def test_grid_weights_at_and_between_grid_points(t, expected):
-    l, w1, w2 = grid_weights(t, M=4, T=1.0)
+    l, w1, w2 = grid_weights(t, M=4, T=1.0, outside="error")
     assert l == expected[0]
     assert w1 == pytest.approx(expected[1], abs=1e-12) and w2 == pytest.approx(expected[2], abs=1e-12)
     # The weights reproduce t as a convex combination of the two neighbours.
     assert w1 * l * 0.25 + w2 * (l + 1) * 0.25 == pytest.approx(t, abs=1e-12)
 
 
+def test_grid_has_m_plus_one_points_including_both_ends():
+    torch.testing.assert_close(TABatchNorm1d(2, M=4, T=2.0).grid, torch.linspace(0, 2, 5, dtype=torch.float64))
+
+
 def test_grid_weights_beyond_the_grid():
     with pytest.raises(ValueError, match=r"t = 1.2 is outside the TA-BN grid \[0, 1.0\].*outside='clamp'"):
-        grid_weights(1.2, M=4, T=1.0)
+        grid_weights(1.2, M=4, T=1.0, outside="error")
     with pytest.raises(ValueError, match="outside the TA-BN grid"):
-        grid_weights(-0.1, M=4, T=1.0)
+        grid_weights(-0.1, M=4, T=1.0, outside="error")
     assert grid_weights(1.2, M=4, T=1.0, outside="clamp") == (3, 0.0, 1.0)
     assert grid_weights(-0.1, M=4, T=1.0, outside="clamp") == (0, 1.0, 0.0)
     # Round-off past an end point is the end point, not an error.
-    assert grid_weights(1.0 + 1e-9, M=4, T=1.0) == (3, 0.0, 1.0)
+    assert grid_weights(1.0 + 1e-9, M=4, T=1.0, outside="error") == (3, 0.0, 1.0)
 
 
 def test_tensor_time_keeps_weights_differentiable():
     t = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-    _, w1, w2 = grid_weights(t, M=4, T=1.0)
+    _, w1, w2 = grid_weights(t, M=4, T=1.0, outside="error")
     w2.backward()
     assert t.grad.item() == pytest.approx(4.0)  # dω2/dt = 1/Δ
 
@@ -116,30 +122,11 @@ def test_no_stat_updates_freezes_running_statistics_but_still_normalises():
     torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
 
 
-class _CallAgainInBackward(torch.autograd.Function):
-    """Calls the layer once forwards and once more inside backward, as an adjoint solve does."""
-
-    @staticmethod
-    def forward(ctx, x, layer):
-        ctx.layer = layer
-        ctx.save_for_backward(x)
-        return layer(0.0, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            y = ctx.layer(0.0, x)
-            (grad_x,) = torch.autograd.grad(y, x, grad)
-        return grad_x, None
-
-
 @pytest.mark.parametrize("update_in_backward, expected_updates", [(False, 1), (True, 2)])
 def test_calls_during_a_backward_pass_update_only_when_asked(update_in_backward, expected_updates):
     tabn = TABatchNorm1d(3, M=4, momentum=0.5, update_stats_in_backward=update_in_backward)
     x = torch.ones(8, 3).cumsum(0).requires_grad_(True)  # batch mean 4.5 in every channel
-    _CallAgainInBackward.apply(x, tabn).sum().backward()
+    CallAgainInBackward.apply(x, tabn).sum().backward()
     expected = 4.5 * (1 - 0.5 ** expected_updates)
     torch.testing.assert_close(tabn.running_mean[0], torch.full((3,), expected))
 
@@ -208,12 +195,24 @@ def test_eval_per_sample_times_match_scalar_calls():
     y = tabn(t, x)
     for i in range(3):
         torch.testing.assert_close(y[i:i + 1], tabn(float(t[i]), x[i:i + 1]))
-    with pytest.raises(ValueError, match="some t are outside the TA-BN grid"):
-        tabn(torch.tensor([0.5, 1.5, 0.2]), x)
-    clamped = TABatchNorm2d(4, M=10, outside="clamp").eval()
-    clamped.load_state_dict(tabn.state_dict())
-    torch.testing.assert_close(clamped(torch.tensor([1.5, -0.5, 0.3]), x),
+    torch.testing.assert_close(tabn(torch.tensor([1.5, -0.5, 0.3]), x),
                                torch.cat([tabn(1.0, x[:1]), tabn(0.0, x[1:2]), tabn(0.3, x[2:])]))
+    strict = TABatchNorm2d(4, M=10, outside="error").eval()
+    with pytest.raises(ValueError, match="some t are outside the TA-BN grid"):
+        strict(torch.tensor([0.5, 1.5, 0.2]), x)
+
+
+def test_default_clamps_times_beyond_the_grid_to_the_end_point():
+    torch.manual_seed(0)
+    tabn = _randomised(TABatchNorm1d(3, M=4))
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(tabn.eval()(1.3, x), tabn(1.0, x))
+    torch.testing.assert_close(tabn(-0.2, x), tabn(0.0, x))
+    before = tabn.running_mean.clone()
+    tabn.train()(1.3, x)  # updates the end point, as t = T would
+    assert torch.equal(tabn.running_mean[:4], before[:4]) and not torch.equal(tabn.running_mean[4], before[4])
+    with pytest.raises(ValueError, match=r"t = 1.3 is outside the TA-BN grid"):
+        TABatchNorm1d(3, M=4, outside="error")(1.3, x)
 
 
 def test_state_dict_round_trip_keeps_statistics():
@@ -233,15 +232,16 @@ def test_running_statistics_converge_to_per_time_population_statistics():
     torch.manual_seed(0)
     M = 10
     tabn = TABatchNorm1d(2, M=M, momentum=0.1)
-    for _ in range(3000):
+    for _ in range(1000):
         t = torch.rand(()).item()
-        tabn(t, 3 * t + (1 + t) * torch.randn(256, 2))
+        tabn(t, 3 * t + (1 + t) * torch.randn(512, 2))
     grid = torch.linspace(0, 1, M + 1)
     interior = slice(1, M)
     # The tent-weighted average of a linear mean is the mean at the grid point.
     mean, var = 3 * grid[interior, None], (1 + grid[interior, None]) ** 2
-    torch.testing.assert_close(tabn.running_mean[interior], mean.expand(M - 1, 2), atol=0.08, rtol=0)
-    torch.testing.assert_close(tabn.running_var[interior], var.expand(M - 1, 2), atol=0.12, rtol=0)
+    # What remains is the fluctuation of an exponential average (momentum 0.1 · ω): a few per cent.
+    torch.testing.assert_close(tabn.running_mean[interior], mean.expand(M - 1, 2), atol=0.1, rtol=0)
+    torch.testing.assert_close(tabn.running_var[interior], var.expand(M - 1, 2), atol=0, rtol=0.08)
     # Eval at an arbitrary time then standardises fresh data from that time.
     t = 0.43
     y = tabn.eval()(t, 3 * t + (1 + t) * torch.randn(20000, 2))
@@ -260,26 +260,6 @@ def test_regularizer_is_lambda_times_sum_of_mse():
     assert tabn_regularizer(model).item() == pytest.approx(0.45)
 
 
-def test_sync_stats_single_process_group_matches_local_statistics(tmp_path):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        synced = _randomised(TABatchNorm2d(3, M=4, sync_stats=True))
-        local = TABatchNorm2d(3, M=4)
-        local.load_state_dict(synced.state_dict())
-        x = torch.randn(6, 3, 2, 2, dtype=torch.float64) * 2 + 1
-        xs, xl = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        synced.double()(0.6, xs).pow(2).sum().backward()
-        local.double()(0.6, xl).pow(2).sum().backward()
-        torch.testing.assert_close(xs.grad, xl.grad)
-        torch.testing.assert_close(synced.running_var, local.running_var)
-        torch.testing.assert_close(synced.weight.grad, local.weight.grad)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_reversed_time_visits_the_same_grid_points():
     torch.manual_seed(0)
     tabn = _randomised(TABatchNorm2d(2, M=4)).eval()
@@ -289,4 +269,4 @@ def test_reversed_time_visits_the_same_grid_points():
     backward = [tabn(t, x) for t in reversed(times)]
     for a, b in zip(forward, reversed(backward), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert math.isclose(grid_weights(0.35, 4, 1.0)[2], 0.4)
+    assert math.isclose(grid_weights(0.35, 4, 1.0, outside="error")[2], 0.4)
