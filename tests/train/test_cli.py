@@ -132,3 +132,14 @@ def test_shipped_configs_include_the_main_job_and_the_paper_rows():
     assert "digits_tabn" in names
     assert {"seed001_cifar10_gn", "seed001_cifar10_bn", "seed001_cifar10_gn_positional",
             "tabn_unet_cifar10"} <= names
+
+
+def test_main_job_config_runs_one_batch_by_name(tmp_path, capsys):
+    argv = ["fit", "--config", "digits_tabn", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main(argv) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("pynodeta summary:")]
+    assert len(line) == 1 and "test accuracy" in line[0] and "train backward" in line[0]
+    run = tmp_path / "digits_tabn" / "version_0"
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
