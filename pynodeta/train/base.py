@@ -52,7 +52,8 @@ class NODEModule(lightning.LightningModule):
         loss, metrics, batch_size = self._loss_and_metrics(batch)
         self._last_batch_size = batch_size
         nfe = float(forward_nfe(self._blocks))  # read now: the next solve overwrites last_stats
-        log = dict(on_step=False, on_epoch=True, batch_size=batch_size)
+        # epoch means only; under DDP they are averaged over ranks once per epoch (sync_dist)
+        log = dict(on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **log)
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "acc", **log)
@@ -62,7 +63,8 @@ class NODEModule(lightning.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
         reg = tabn_penalty(self.model, self.tabn_reg_weight).to(loss.device)
-        self.log("train/tabn_reg", reg, on_step=False, on_epoch=True, batch_size=self._last_batch_size)
+        self.log("train/tabn_reg", reg, on_step=False, on_epoch=True, batch_size=self._last_batch_size,
+                 sync_dist=True)
         return loss + reg
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -75,7 +77,7 @@ class NODEModule(lightning.LightningModule):
         # The adjoint fills nfe_adjoint into the forward solve's stats during backward.
         if self._blocks:
             self.log("train/nfe_backward", float(backward_nfe(self._blocks)), on_step=False, on_epoch=True,
-                     batch_size=self._last_batch_size)
+                     batch_size=self._last_batch_size, sync_dist=True)
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):

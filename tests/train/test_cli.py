@@ -143,3 +143,18 @@ def test_main_job_config_runs_one_batch_by_name(tmp_path, capsys):
     assert len(line) == 1 and "test accuracy" in line[0] and "train backward" in line[0]
     run = tmp_path / "digits_tabn" / "version_0"
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_unknown_solver_method_is_a_clear_error(tmp_path, capsys):
+    argv = ["fit", "--config", "digits_tabn", "--model.init_args.model.init_args.solver.method", "dopri6",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "pynodeta: error: unknown method 'dopri6'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_dataset_class_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "digits_tabn", "--data", "pynodeta.data.CIFAR11DataModule"])
+    assert exit_info.value.code == 2
+    assert "has no attribute 'CIFAR11DataModule'" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_tabn_regulariser_is_added_to_the_training_loss(weight):
         tabn.bias.fill_(-1.0)    # β² = 1
     module = NODEClassifier(model, tabn_reg_weight=weight)
     x, y = _digits_batch()
-    data_loss = F.cross_entropy(model(x), y)
+    data_loss = F.cross_entropy(model(x), y).detach()
     lam = tabn.reg_weight if weight is None else weight
     expected = lam * 5 * (4.0 + 1.0)
     assert float(tabn_penalty(model, weight).detach()) == pytest.approx(expected)
