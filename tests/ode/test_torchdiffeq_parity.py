@@ -16,7 +16,7 @@ class Counted(torch.nn.Module):
         self.func, self.times = func, []
 
     def forward(self, t, y):
-        self.times.append(float(t))
+        self.times.append(float(t.detach()))
         return self.func(t, y)
 
 
