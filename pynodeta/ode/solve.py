@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ def solve(
     backend: str | Backend = "torch",
     controller: str = "i",
     options: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     adjoint: bool = False,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
@@ -66,6 +67,8 @@ def solve(
         options: torchdiffeq's option names: step_size, first_step, max_num_steps, min_step, max_step,
             dtype, norm; plus safety, ifactor, dfactor and interpolation ("linear"/"cubic", fixed grid).
             ``dtype`` is accepted for compatibility: step control always runs in float64 on the host.
+        backend_options: options only one backend understands (e.g. ``{"jacobian": "finite-difference"}``
+            for scipy's implicit methods); the backend rejects keys it does not know.
         adjoint: compute gradients by the adjoint method (O(1) memory in the number of steps)
             instead of backpropagating through the solver.
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve;
@@ -85,7 +88,8 @@ def solve(
     if controller not in ("i", "pi"):
         raise ValueError(f"controller must be 'i' (integral, torchdiffeq's) or 'pi', got {controller!r}")
     options = check_options(options, be, method)
-    config = _config(method, rtol, atol, controller, options, state, y0_flat)
+    config = replace(_config(method, rtol, atol, controller, options, state, y0_flat),
+                     extra=dict(backend_options or {}))
     flat_func = state.wrap(func)
     stats = SolveStats(method=method, backend=be.name)
     _publish(stats)
@@ -221,6 +225,7 @@ def _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, at
                              _scalar_tol("adjoint_rtol", rtol if adjoint_rtol is None else adjoint_rtol),
                              _scalar_tol("adjoint_atol", atol if adjoint_atol is None else adjoint_atol),
                              config.controller, adjoint_options, plain, like)
+    adjoint_config = replace(adjoint_config, extra=config.extra)
     state_norm = options.get("norm")
     return AdjointSpec(
         func=flat_func, backend=be, config=config, adjoint_config=adjoint_config, adjoint_norm=adjoint_norm,

@@ -126,3 +126,11 @@ def test_adjoint_method_change_needs_adjoint_options():
     with pytest.raises(ValueError, match="pass adjoint_options too"):
         pn.odeint_adjoint(lambda t, y: field(y), torch.ones(2, requires_grad=True), T, method="dopri5",
                           options={"max_step": 0.1}, adjoint_method="tsit5", adjoint_params=field.parameters())
+
+
+def test_backend_options_reach_the_backend():
+    with pytest.raises(ValueError, match=r"unknown backend_options \['jacobian'\] for backend 'torch'"):
+        pn.solve(decay, torch.ones(2), T, backend_options={"jacobian": "autograd"})
+    sol = pn.solve(decay, torch.ones(2, dtype=torch.float64), T.double(), backend="scipy", method="radau",
+                   backend_options={"jacobian": "finite-difference"}, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(sol.ys[-1], torch.full((2,), math.exp(-1), dtype=torch.float64), atol=1e-6)
