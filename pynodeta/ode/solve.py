@@ -10,6 +10,7 @@ import torch
 
 from .adjoint import AdjointSpec, adjoint_integrate
 from .backends import Backend, SolverConfig, get_backend
+from .errors import MaxStepsReachedError
 from .norms import StateNorm
 from .stats import SolveStats, _publish
 from .validation import FlatState, check_options, check_times, check_tolerance, flatten_state
@@ -94,18 +95,23 @@ def solve(
     stats = SolveStats(method=method, backend=be.name)
     _publish(stats)
 
-    if adjoint and torch.is_grad_enabled():
-        params = _adjoint_params(func, adjoint_params)
-        spec = _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, atol,
-                             adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, y0_flat)
-        ys = adjoint_integrate(spec, y0_flat, t, params)
-    elif be.differentiable:
-        ys = _integrate_direct(be, flat_func, y0_flat, t, config, stats)
-    else:
-        if torch.is_grad_enabled() and (y0_flat.requires_grad or t.requires_grad):
-            raise ValueError(f"backend {be.name!r} cannot be differentiated through; pass adjoint=True")
-        with torch.no_grad():
-            ys = be.integrate(flat_func, y0_flat, t, config, stats)
+    try:
+        if adjoint and torch.is_grad_enabled():
+            params = _adjoint_params(func, adjoint_params)
+            spec = _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, atol,
+                                 adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, y0_flat)
+            ys = adjoint_integrate(spec, y0_flat, t, params)
+        elif be.differentiable:
+            ys = _integrate_direct(be, flat_func, y0_flat, t, config, stats)
+        else:
+            if torch.is_grad_enabled() and (y0_flat.requires_grad or t.requires_grad):
+                raise ValueError(f"backend {be.name!r} cannot be differentiated through; pass adjoint=True")
+            with torch.no_grad():
+                ys = be.integrate(flat_func, y0_flat, t, config, stats)
+    except MaxStepsReachedError as error:
+        if state.is_tuple:  # hand the partial solution back in the caller's structure
+            error.ys = state.split(error.ys, (len(error.t),))
+        raise
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
 
 

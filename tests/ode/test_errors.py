@@ -134,3 +134,17 @@ def test_backend_options_reach_the_backend():
     sol = pn.solve(decay, torch.ones(2, dtype=torch.float64), T.double(), backend="scipy", method="radau",
                    backend_options={"jacobian": "finite-difference"}, rtol=1e-8, atol=1e-8)
     assert torch.allclose(sol.ys[-1], torch.full((2,), math.exp(-1), dtype=torch.float64), atol=1e-6)
+
+
+def test_max_steps_partial_solution_keeps_the_tuple_structure():
+    def oscillator(t, state):
+        x, v = state
+        return v, -x
+
+    y0 = (torch.ones(2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)[:2])
+    t = torch.linspace(0, 10, 6, dtype=torch.float64)
+    with pytest.raises(pn.MaxStepsReachedError) as info:
+        pn.solve(oscillator, y0, t, rtol=1e-10, atol=1e-10, options={"max_num_steps": 30})
+    xs, vs = info.value.ys
+    assert xs.shape == vs.shape == (len(info.value.t), 2)
+    assert torch.allclose(xs[:, 0], torch.cos(info.value.t), atol=1e-8)
