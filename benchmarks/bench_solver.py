@@ -1,7 +1,9 @@
 """pynodeta vs torchdiffeq 0.2.5 on the same workloads, in one process.
 
 Prints a markdown table: forward/backward NFE, median wall time, the ratio pynodeta / torchdiffeq and
-the solver-overhead fraction (time - NFE x time of one func evaluation) / time.
+the solver-overhead fraction (time - time spent evaluating func) / time, where the time inside func
+calls is measured and the backward through func's graph is estimated as (evaluations) x (one VJP).
+The two libraries run alternately so that both see the same machine load.
 
     python benchmarks/bench_solver.py            # all workloads
     python benchmarks/bench_solver.py --repeats 3 --workloads mlp-forward
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 import torchdiffeq
-from pynodeta.nn import ConcatConv2d
 
 import pynodeta as pn
+from pynodeta.nn import ConcatConv2d
 
 
 class MLPField(torch.nn.Module):
@@ -75,27 +77,31 @@ def workloads() -> list[Workload]:
 
 
 class Counting(torch.nn.Module):
-    """Counts calls of the wrapped field (forward and backward phases apart)."""
+    """Counts calls of the wrapped field and the wall time spent inside them."""
 
     def __init__(self, field):
         super().__init__()
-        self.field, self.calls = field, 0
+        self.field, self.calls, self.seconds = field, 0, 0.0
 
     def forward(self, t, y):
         self.calls += 1
-        return self.field(t, y)
+        start = time.perf_counter()
+        out = self.field(t, y)
+        self.seconds += time.perf_counter() - start
+        return out
 
 
-def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int, int]:
+def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int, int, float]:
+    """One solve (and backward): (seconds, forward NFE, backward NFE, seconds spent inside func)."""
     odeint = {"pynodeta": pn.odeint, "torchdiffeq": torchdiffeq.odeint}[library]
     odeint_adjoint = {"pynodeta": pn.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}[library]
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
-    counting.calls = 0
+    counting.calls, counting.seconds = 0, 0.0
     start = time.perf_counter()
     if w.mode == "forward":
         with torch.no_grad():
             odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
-        return time.perf_counter() - start, counting.calls, 0
+        return time.perf_counter() - start, counting.calls, 0, counting.seconds
     if w.mode == "direct":
         ys = odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
     else:
@@ -103,48 +109,53 @@ def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int,
         ys = odeint_adjoint(counting, y0, w.t, rtol=w.rtol, atol=w.atol, adjoint_options=adjoint_options)
     forward_calls = counting.calls
     ys[-1].square().sum().backward()
-    return time.perf_counter() - start, forward_calls, counting.calls - forward_calls
+    return time.perf_counter() - start, forward_calls, counting.calls - forward_calls, counting.seconds
 
 
-def time_of_one_eval(w: Workload, repeats: int = 50) -> tuple[float, float]:
-    """Median seconds of one func evaluation: (no-grad forward, forward + vector-Jacobian product)."""
+def time_of_vjp_part(w: Workload, repeats: int = 50) -> float:
+    """Median seconds of the vector-Jacobian product of one func evaluation (backward of its graph only)."""
     t0 = w.t[0].to(w.y0.dtype)
-    plain, vjp = [], []
+    samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            w.field(t0, w.y0)
-        plain.append(time.perf_counter() - start)
         y = w.y0.clone().requires_grad_(True)
-        start = time.perf_counter()
         out = w.field(t0, y)
+        start = time.perf_counter()
         torch.autograd.grad(out, (y, *w.field.parameters()), torch.ones_like(out))
-        vjp.append(time.perf_counter() - start)
-    return statistics.median(plain), statistics.median(vjp)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 def measure(w: Workload, repeats: int) -> list[dict]:
-    plain, vjp = time_of_one_eval(w)
+    """Runs the two libraries alternately (swapping who goes first), so both see the same machine load."""
+    vjp = time_of_vjp_part(w)
+    libraries = ("torchdiffeq", "pynodeta")
+    counting = {library: Counting(w.field) for library in libraries}
+    for library in libraries:
+        run_once(library, w, counting[library])  # warm-up
+    times: dict[str, list[float]] = {library: [] for library in libraries}
+    nfe: dict[str, tuple[int, int]] = {}
+    inside: dict[str, list[float]] = {library: [] for library in libraries}
+    for repeat in range(repeats):
+        for library in libraries if repeat % 2 == 0 else libraries[::-1]:
+            elapsed, nfe_fwd, nfe_bwd, in_func = run_once(library, w, counting[library])
+            times[library].append(elapsed)
+            inside[library].append(in_func)
+            nfe[library] = (nfe_fwd, nfe_bwd)
     rows = []
-    for library in ("torchdiffeq", "pynodeta"):
-        counting = Counting(w.field)
-        run_once(library, w, counting)  # warm-up
-        times, nfe = [], (0, 0)
-        for _ in range(repeats):
-            elapsed, nfe_fwd, nfe_bwd = run_once(library, w, counting)
-            times.append(elapsed)
-            nfe = (nfe_fwd, nfe_bwd)
-        median = statistics.median(times)
-        per_forward_eval = plain if w.mode in ("forward", "adjoint", "adjoint-seminorm") else vjp
-        in_func = nfe[0] * per_forward_eval + nfe[1] * vjp
-        rows.append(dict(workload=w.name, library=library, nfe=nfe, median=median,
+    for library in libraries:
+        median = statistics.median(times[library])
+        # time inside func is measured; the backward through func's own graph is estimated from one VJP
+        # (direct backprop: one per forward evaluation; adjoint: one per backward evaluation)
+        with_backward = {"forward": 0, "direct": nfe[library][0]}.get(w.mode, nfe[library][1])
+        in_func = statistics.median(inside[library]) + with_backward * vjp
+        rows.append(dict(workload=w.name, library=library, nfe=nfe[library], median=median,
                          overhead=max(0.0, (median - in_func) / median)))
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
     args = parser.parse_args(argv)

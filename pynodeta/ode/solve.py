@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from .adjoint import AdjointSpec, adjoint_integrate
 from .backends import Backend, SolverConfig, get_backend
+from .errors import MaxStepsReachedError
 from .norms import StateNorm
 from .stats import SolveStats, _publish
 from .validation import FlatState, check_options, check_times, check_tolerance, flatten_state
@@ -45,6 +46,7 @@ def solve(
     backend: str | Backend = "torch",
     controller: str = "i",
     options: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     adjoint: bool = False,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
@@ -66,6 +68,8 @@ def solve(
         options: torchdiffeq's option names: step_size, first_step, max_num_steps, min_step, max_step,
             dtype, norm; plus safety, ifactor, dfactor and interpolation ("linear"/"cubic", fixed grid).
             ``dtype`` is accepted for compatibility: step control always runs in float64 on the host.
+        backend_options: options only one backend understands (e.g. ``{"jacobian": "finite-difference"}``
+            for scipy's implicit methods); the backend rejects keys it does not know.
         adjoint: compute gradients by the adjoint method (O(1) memory in the number of steps)
             instead of backpropagating through the solver.
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve;
@@ -85,23 +89,29 @@ def solve(
     if controller not in ("i", "pi"):
         raise ValueError(f"controller must be 'i' (integral, torchdiffeq's) or 'pi', got {controller!r}")
     options = check_options(options, be, method)
-    config = _config(method, rtol, atol, controller, options, state, y0_flat)
+    config = replace(_config(method, rtol, atol, controller, options, state, y0_flat),
+                     extra=dict(backend_options or {}))
     flat_func = state.wrap(func)
     stats = SolveStats(method=method, backend=be.name)
     _publish(stats)
 
-    if adjoint and torch.is_grad_enabled():
-        params = _adjoint_params(func, adjoint_params)
-        spec = _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, atol,
-                             adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, y0_flat)
-        ys = adjoint_integrate(spec, y0_flat, t, params)
-    elif be.differentiable:
-        ys = _integrate_direct(be, flat_func, y0_flat, t, config, stats)
-    else:
-        if torch.is_grad_enabled() and (y0_flat.requires_grad or t.requires_grad):
-            raise ValueError(f"backend {be.name!r} cannot be differentiated through; pass adjoint=True")
-        with torch.no_grad():
-            ys = be.integrate(flat_func, y0_flat, t, config, stats)
+    try:
+        if adjoint and torch.is_grad_enabled():
+            params = _adjoint_params(func, adjoint_params)
+            spec = _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, atol,
+                                 adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, y0_flat)
+            ys = adjoint_integrate(spec, y0_flat, t, params)
+        elif be.differentiable:
+            ys = _integrate_direct(be, flat_func, y0_flat, t, config, stats)
+        else:
+            if torch.is_grad_enabled() and (y0_flat.requires_grad or t.requires_grad):
+                raise ValueError(f"backend {be.name!r} cannot be differentiated through; pass adjoint=True")
+            with torch.no_grad():
+                ys = be.integrate(flat_func, y0_flat, t, config, stats)
+    except MaxStepsReachedError as error:
+        if state.is_tuple:  # hand the partial solution back in the caller's structure
+            error.ys = state.split(error.ys, (len(error.t),))
+        raise
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
 
 
@@ -221,6 +231,7 @@ def _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, at
                              _scalar_tol("adjoint_rtol", rtol if adjoint_rtol is None else adjoint_rtol),
                              _scalar_tol("adjoint_atol", atol if adjoint_atol is None else adjoint_atol),
                              config.controller, adjoint_options, plain, like)
+    adjoint_config = replace(adjoint_config, extra=config.extra)
     state_norm = options.get("norm")
     return AdjointSpec(
         func=flat_func, backend=be, config=config, adjoint_config=adjoint_config, adjoint_norm=adjoint_norm,

