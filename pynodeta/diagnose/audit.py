@@ -1,0 +1,285 @@
+"""``time_awareness``: where does the timestep signal of a ``forward(t, x)`` model die?
+
+Seed 001 (Kim et al. 2024): ConcatConv and additive timestep embeddings inject t as a per-channel
+offset; a per-channel normalisation after them (BatchNorm, InstanceNorm, GroupNorm with G = C)
+subtracts exactly that offset, and the layer's output no longer depends on t. The audit runs the
+model at one fixed input for several times, records every module through hooks, and reports
+
+* time entries: pynodeta's time-injecting layers by type, and any module whose output varies with
+  t while its input does not (or, for a module taking (t, x), when re-run at a fixed x);
+* for every normalisation after an entry: the measured survival ratio and how much of the incoming
+  time signal is a per-unit offset (the part its mean subtraction removes by construction).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pynodeta.nn import call_with_time, is_time_aware, no_stat_updates
+
+from .estimators import noise_floor, offset_fraction, output_sensitivity, survival_ratio, time_share
+from .layers import channel_units, normalisation_spec, time_entry_description, uses_running_statistics
+from .recording import Site, preserved_state, record_over_times, seeded, state_tensor
+from .report import Finding, TimeAwarenessReport
+
+__all__ = ["time_awareness", "DEFAULT_TIMES"]
+
+DEFAULT_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
+PRESERVED = 0.5         # survival at or above this is "preserved", below it (and >= threshold) "partial"
+_EXACT = 1e-6           # offset fraction within this of 1: the time signal is a per-unit offset
+
+
+def time_awareness(
+    model: nn.Module,
+    x: torch.Tensor | tuple[torch.Tensor, ...],
+    times: Sequence[float] = DEFAULT_TIMES,
+    *,
+    mode: Literal["eval", "train"] = "eval",   # the mode the model is run in (see below)
+    threshold: float = 0.05,                   # survival below this counts as "cancelled"
+    seed: int = 0,                             # RNG seed reset before every time (same dropout masks)
+    subject: str = "<model>",                  # name of the audited model in the report
+) -> TimeAwarenessReport:
+    """Audit a model's time awareness at one fixed input.
+
+    model: any module with forward(t, x); it is called as ``model(t, x)`` with t a 0-d tensor of
+        x's dtype and device, once per time, under ``torch.no_grad()``.
+    x: (batch, ...) — or a tuple of such (a tuple ODE state) — held fixed while t varies. Use a
+        real batch of a few samples (>= 2 for BatchNorm-type layers); memory is len(times) copies
+        of every module's input and output.
+    times: at least two distinct finite times, e.g. a grid over the ODE's span.
+
+    Survival ratio of a normalisation: time_share(output) / time_share(input), where time_share is
+    the across-time variance of each element averaged over elements, divided by the total variance
+    (``estimators.time_share``): about 0 when the layer cancels time exactly, about 1 when it keeps
+    it; scale-invariant. A finding is "cancelled" when survival < ``threshold``, "partial" when it is
+    below 0.5, "preserved" otherwise. ``vanishing`` is True if any finding is cancelled, or the
+    model's output does not change with t at all.
+
+    Mode: "eval" (default) audits the function the model computes at inference, with dropout off.
+    BatchNorm-type layers then normalise with running statistics, a fixed per-channel affine map that
+    lets a time offset through — yet in training, where the weights learn, batch statistics cancel
+    it. So for those layers the survival is measured by re-running the layer with batch statistics on
+    its recorded inputs, and the as-run value is reported as ``survival_running_stats``.
+    "train" runs the whole model in train mode (batch statistics everywhere, dropout on with the
+    same mask at every time). Either way the model's parameters, buffers, training flags and public
+    attributes are restored afterwards, and the global RNG state is left untouched.
+    """
+    times = _check_arguments(model, x, times, mode, threshold)
+    like = state_tensor(x)
+    floor = noise_floor(like.dtype)
+    with preserved_state(model), torch.no_grad(), no_stat_updates():
+        model.train(mode == "train")
+        sites, outputs = record_over_times(model, x, times, seed, keep_calls=_may_call_again)
+        entries = _time_entries(model, sites, times, floor, seed)
+        norms = _normalisation_findings(sites, entries, times, floor, threshold, seed)
+    sensitivity = output_sensitivity(torch.stack([_flat(y) for y in outputs]))
+    findings = sorted([*entries.values(), *norms], key=lambda item: item[0])
+    vanishing = any(f.verdict == "cancelled" for _, f in findings) or sensitivity <= math.sqrt(floor)
+    return TimeAwarenessReport([f for _, f in findings], sensitivity, vanishing, tuple(times), mode,
+                               threshold, subject)
+
+
+def _check_arguments(model, x, times, mode, threshold) -> list[float]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module with forward(t, x), got {type(model).__name__}")
+    if state_tensor(x) is None:
+        raise TypeError(f"x must be a floating tensor (or a tuple of them), got {type(x).__name__}")
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    if not (isinstance(threshold, (int, float)) and 0 < threshold < PRESERVED):
+        raise ValueError(f"threshold must be a number in (0, {PRESERVED}), got {threshold!r}")
+    times = [float(t) for t in torch.as_tensor(times, dtype=torch.float64).reshape(-1)]
+    if not all(math.isfinite(t) for t in times):
+        raise ValueError(f"times must be finite, got {times}")
+    if len(set(times)) < 2:
+        raise ValueError(f"times must hold at least two distinct values, got {times}")
+    return times
+
+
+def _may_call_again(module: nn.Module) -> bool:
+    # Calls are kept for modules taking (t, x) (re-run at a fixed x to test whether they inject t)
+    # and for normalisations (re-run with batch statistics).
+    return normalisation_spec(module) is not None or is_time_aware(module)
+
+
+def _stack(tensors) -> torch.Tensor | None:
+    return None if any(t is None for t in tensors) else torch.stack(tensors)
+
+
+def _flat(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output.reshape(-1)
+    return torch.cat([t.reshape(-1) for t in output if isinstance(t, torch.Tensor)])
+
+
+def _share(tensors) -> float:
+    stacked = _stack(tensors)
+    return 0.0 if stacked is None else time_share(stacked)
+
+
+# ---------------------------------------------------------------- time entries
+
+
+def _time_entries(model, sites: dict, times, floor: float, seed: int) -> dict:
+    """{site key: (order, Finding)} for the innermost modules where t enters."""
+    found = {}
+    for key, site in sites.items():
+        description = time_entry_description(site.module)
+        detected_by = "type"
+        if description is None:
+            description, detected_by = _measured_entry(model, site, times, floor, seed), "measured"
+        if description is not None:
+            found[key] = (site, description, detected_by)
+    # An enclosing module of an entry varies with t because of it: keep only the innermost.
+    innermost = {k: v for k, v in found.items()
+                 if not any(_inside(other[0].name, v[0].name) for other in found.values())}
+    return {k: (site.order, _entry_finding(site, description, detected_by))
+            for k, (site, description, detected_by) in innermost.items()}
+
+
+def _inside(name: str, ancestor: str) -> bool:
+    return name != ancestor and (ancestor == "" or name.startswith(ancestor + "."))
+
+
+def _measured_entry(model, site: Site, times, floor: float, seed: int) -> str | None:
+    if _share(site.outputs) <= floor:
+        return None
+    if _share(site.inputs) <= floor:
+        return "output varies with t at a fixed input (measured)"
+    if site.module is model or not site.calls or not is_time_aware(site.module):
+        return None
+    # Its input varies too: call it again at the first time's input, changing only t.
+    args, kwargs = site.calls[0]
+    like = state_tensor(site.inputs[0])
+    outputs = []
+    for t in times:
+        with seeded(seed, like.device):
+            out = site.module(torch.tensor(t, dtype=like.dtype, device=like.device), *args[1:], **kwargs)
+        outputs.append(state_tensor(out))
+    if _share(outputs) > floor:
+        return "output varies with t when re-run at a fixed input (measured)"
+    return None
+
+
+def _entry_finding(site: Site, description: str, detected_by: str) -> Finding:
+    outputs = _stack(site.outputs)
+    fraction = None
+    if outputs is not None and outputs.dim() >= 3 and _share(site.outputs) > 0:
+        fraction = offset_fraction(channel_units(outputs))
+    note = description if fraction is None else f"{description}; {fraction:.1%} of its t-variation is per-channel"
+    return Finding(site.label, type(site.module).__name__, "time entry", "entry", note,
+                   offset_fraction=fraction, time_share_in=_share(site.inputs),
+                   time_share_out=_share(site.outputs), detected_by=detected_by)
+
+
+# ---------------------------------------------------------------- normalisations
+
+
+def _normalisation_findings(sites: dict, entries: dict, times, floor, threshold, seed) -> list:
+    first_entry = min((order for order, _ in entries.values()), default=math.inf)
+    findings = []
+    for key, site in sorted(sites.items(), key=lambda item: item[1].order):
+        spec = normalisation_spec(site.module)
+        if spec is None:
+            continue
+        share_in = _share(site.inputs)
+        if share_in <= floor and (site.order <= first_entry or key in entries):
+            continue  # before any time entry (or a TA-BN on a time-free input: reported as an entry)
+        findings.append((site.order, _normalisation_finding(site, spec, entries, times, floor,
+                                                            threshold, seed)))
+    return findings
+
+
+def _normalisation_finding(site: Site, spec, entries, times, floor, threshold, seed) -> Finding:
+    inputs, outputs = _stack(site.inputs), _stack(site.outputs)
+    survival = survival_ratio(inputs, outputs, floor)
+    as_run = None
+    if survival is not None and uses_running_statistics(site.module):
+        with_batch_stats = _rerun_with_batch_statistics(site, times, seed)
+        if with_batch_stats is not None:
+            outputs = with_batch_stats
+            as_run, survival = survival, survival_ratio(inputs, outputs, floor)
+    fraction = None
+    if survival is not None and spec.units is not None:
+        fraction = offset_fraction(spec.units(inputs))
+    verdict = _verdict(survival, threshold)
+    entry = _nearest_entry(site, entries)
+    return Finding(
+        site.label, type(site.module).__name__, "normalisation", verdict,
+        _message(verdict, survival, as_run, spec, fraction, entry),
+        survival=survival, survival_running_stats=as_run,
+        structural=_structural(spec, fraction, type(site.module).__name__), offset_fraction=fraction,
+        time_share_in=time_share(inputs), time_share_out=time_share(outputs),
+        entry=None if entry is None else entry.layer,
+    )
+
+
+def _rerun_with_batch_statistics(site: Site, times, seed) -> torch.Tensor | None:
+    """The layer's outputs had it normalised with batch statistics (as in training), or None if
+    batch statistics are undefined here (a batch of one sample with no spatial extent)."""
+    module, outputs = site.module, []
+    module.train()
+    try:
+        for t, x in zip(times, site.inputs, strict=True):
+            with seeded(seed, x.device):
+                outputs.append(call_with_time(module, torch.tensor(t, dtype=x.dtype, device=x.device), x))
+    except ValueError:
+        return None
+    finally:
+        module.eval()
+    return torch.stack(outputs)
+
+
+def _verdict(survival: float | None, threshold: float) -> str:
+    if survival is None:
+        return "no signal"
+    if survival < threshold:
+        return "cancelled"
+    return "partial" if survival < PRESERVED else "preserved"
+
+
+def _structural(spec, fraction: float | None, kind: str) -> str | None:
+    if spec.units is None:
+        return f"{kind} subtracts no mean: a time offset is rescaled, not removed"
+    if fraction is None or not math.isfinite(fraction):
+        return None
+    if fraction >= 1 - _EXACT:
+        return f"the time signal is constant over each unit ({spec.unit}): the mean subtraction removes it"
+    return f"{fraction:.1%} of the time signal is constant over each unit ({spec.unit}) and removed"
+
+
+def _message(verdict: str, survival, as_run, spec, fraction, entry: Finding | None) -> str:
+    if verdict == "no signal":
+        return "no time signal reaches this layer: it was cancelled upstream"
+    text = {
+        "cancelled": f"timestep embedding cancelled here (survival {survival:.2g})",
+        "partial": f"time survives only partially (survival {survival:.2g})",
+        "preserved": f"time survives (survival {survival:.2g})",
+    }[verdict]
+    if fraction is not None and fraction >= 1 - _EXACT and verdict == "cancelled":
+        text += f": the incoming time signal is an offset per {spec.unit}"
+    elif fraction is not None and fraction > 0.5 and verdict != "preserved":
+        rest = "the zero-padding border" if entry is not None and "zero-padding" in entry.message \
+            else "the part not constant over a unit"
+        text += f": {fraction:.1%} of the incoming time signal is an offset per {spec.unit}; only {rest} passes"
+    if spec.reinjects_time and verdict != "cancelled":
+        text += "; γ(t), β(t) put time back"
+    if as_run is not None:
+        text += f" — in training (batch statistics); eval-mode running statistics pass it " \
+                f"(survival {as_run:.2g}) as a shift the weights never learned from"
+    return text
+
+
+def _nearest_entry(site: Site, entries: dict) -> Finding | None:
+    """The last time entry to finish before this layer, else the innermost entry enclosing it."""
+    before = [(order, f) for key, (order, f) in entries.items()
+              if order < site.order and key != (site.name, site.call)]
+    if before:
+        return max(before, key=lambda item: item[0])[1]
+    enclosing = [(key[0], f) for key, (_, f) in entries.items() if _inside(site.name, key[0])]
+    return max(enclosing, key=lambda item: len(item[0]))[1] if enclosing else None

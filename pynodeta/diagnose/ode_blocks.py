@@ -1,0 +1,130 @@
+"""Audit the ODE blocks of a whole network, each right-hand side at the state it really receives.
+
+An ODE block is any submodule with a ``.func`` attribute that is a time-aware module
+(``forward(t, y)``), such as ``pynodeta.models.ODEBlock``. Its right-hand side is audited at the
+block's input state, captured with a hook while the network runs on a real batch; the forward pass
+is stopped there, so the solve itself never runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from pynodeta.nn import is_time_aware
+
+from .audit import DEFAULT_TIMES, time_awareness
+from .recording import clone_structure, preserved_state
+from .report import TimeAwarenessReport
+
+__all__ = ["find_ode_functions", "capture_state", "audit_ode_blocks"]
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def find_ode_functions(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """``(name, block, func)`` for every submodule whose ``.func`` is a time-aware nn.Module."""
+    found = []
+    for name, module in model.named_modules():
+        func = getattr(module, "func", None)
+        if isinstance(func, nn.Module) and is_time_aware(func):
+            found.append((name, module, func))
+    return found
+
+
+class _Captured(Exception):
+    """Raised by the capturing hook to stop the forward pass once the state is known."""
+
+
+def capture_state(
+    model: nn.Module,
+    target: nn.Module,
+    run: Callable[[], Any],
+    mode: Literal["eval", "train"] = "eval",
+) -> State:
+    """The state ``target`` receives the first time ``run()`` calls it.
+
+    target: an ODE block (its first argument is the initial state) or a time-aware right-hand
+    side (``forward(t, y)``: its y). ``run`` runs ``model`` forward, e.g. ``lambda: model(batch)``;
+    it is stopped as soon as the state is captured, and the model's state is restored afterwards.
+    """
+    captured: dict[str, State] = {}
+
+    def hook(module, args, kwargs):
+        values = [*args, *kwargs.values()]
+        state = values[1] if is_time_aware(module) else values[0]
+        captured["state"] = clone_structure(state)
+        raise _Captured
+
+    handle = target.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with preserved_state(model), torch.no_grad():
+            model.train(mode == "train")
+            run()
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "state" not in captured:
+        raise ValueError(f"{type(target).__name__} was never called while the model ran on the batch; "
+                         f"check that it belongs to this model")
+    return captured["state"]
+
+
+def _resolve(model: nn.Module, path: str) -> tuple[str, nn.Module, nn.Module]:
+    try:
+        target = model.get_submodule(path)
+    except AttributeError:
+        names = [name for name, _, _ in find_ode_functions(model)]
+        raise ValueError(f"module {path!r} not found in the model; ODE blocks found: {names or 'none'}") from None
+    func = getattr(target, "func", None)
+    if isinstance(func, nn.Module) and is_time_aware(func):
+        return path, target, func
+    if is_time_aware(target):
+        return path, target, target
+    raise ValueError(f"module {path!r} ({type(target).__name__}) is neither an ODE block with a time-aware "
+                     f".func nor a module with forward(t, x)")
+
+
+def _span_times(block: nn.Module, points: int = 5) -> list[float]:
+    span = getattr(block, "t_span", None)
+    if span is None or len(span) != 2:
+        return list(DEFAULT_TIMES)
+    return torch.linspace(float(span[0]), float(span[1]), points, dtype=torch.float64).tolist()
+
+
+def audit_ode_blocks(
+    model: nn.Module,
+    batch: Any,
+    times: Sequence[float] | None = None,   # default: 5 points over each block's t_span, else [0, 1]
+    *,
+    module: str | None = None,               # audit this submodule (an ODE block or a forward(t, x))
+    run: Callable[[], Any] | None = None,    # how to run the model forward (default: model(batch))
+    mode: Literal["eval", "train"] = "eval",
+    threshold: float = 0.05,
+    seed: int = 0,
+) -> list[TimeAwarenessReport]:
+    """One ``time_awareness`` report per ODE block of ``model`` (or for ``module``).
+
+    Each block's right-hand side is audited at the input state the block receives on ``batch``.
+    Raises ValueError when the model holds no ODE block and no ``module`` is given.
+    """
+    if module is not None:
+        targets = [_resolve(model, module)]
+    else:
+        targets = find_ode_functions(model)
+        if not targets:
+            raise ValueError("no ODE block found (a submodule with a time-aware .func); "
+                             "name the right-hand side to audit with module='path.to.func'")
+    run = run or (lambda: model(batch))
+    reports = []
+    for name, target, func in targets:
+        state = capture_state(model, target, run, mode)
+        block_times = list(times) if times is not None else _span_times(target)
+        subject = f"{name}.func" if func is not target else name
+        reports.append(time_awareness(func, state, block_times, mode=mode, threshold=threshold,
+                                      seed=seed, subject=subject))
+    return reports
