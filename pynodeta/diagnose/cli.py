@@ -1,0 +1,86 @@
+"""``pynodeta diagnose``: audit the time awareness of a model's ODE right-hand sides.
+
+Exit status: 0 when time survives everywhere, 1 when it vanishes somewhere (for use in CI),
+2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .audit import DEFAULT_TIMES
+from .loading import input_batch, load_checkpoint
+from .ode_blocks import audit_ode_blocks
+
+__all__ = ["main", "build_parser"]
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # report instead of exiting, so main() returns 2
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pynodeta diagnose",
+        description="Find where a model's timestep signal dies: for every ODE block, where time enters "
+                    "its right-hand side and whether it survives each normalisation after that "
+                    "(Kim et al. 2024, 'The Disappearance of Timestep Embedding'). Exit status 1 when "
+                    "time vanishes somewhere.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="training config (YAML with model: and data: sections)")
+    source.add_argument("--checkpoint", help="checkpoint to audit; read with torch.load(weights_only=False), "
+                                             "so only pass files you trust")
+    parser.add_argument("--times", type=float, nargs="+", default=None,
+                        help="times to compare (default: 5 points over each ODE block's span, "
+                             f"else {' '.join(f'{t:g}' for t in DEFAULT_TIMES)})")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples in the audited batch (default 8)")
+    parser.add_argument("--module", default=None,
+                        help="audit this submodule (an ODE block or a forward(t, x) module), e.g. ode.func; "
+                             "default: every ODE block found")
+    parser.add_argument("--train-mode", action="store_true",
+                        help="run the model in train mode (batch statistics everywhere, dropout with a fixed "
+                             "mask); default eval mode, where BatchNorm-type layers are also measured with "
+                             "batch statistics")
+    parser.add_argument("--threshold", type=float, default=0.05,
+                        help="a survival ratio below this counts as cancelled (default 0.05)")
+    parser.add_argument("--input-shape", type=int, nargs="+", default=None,
+                        help="shape of one input sample for a checkpoint without an example input, "
+                             "e.g. 1 8 8 (a seeded standard-normal batch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch and of dropout masks")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``pynodeta diagnose`` with ``argv``; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.config is not None:
+            raise ValueError("--config needs the training code (pynodeta.train), which this installation "
+                             "lacks; save the model with torch.save and pass --checkpoint")
+        model, example = load_checkpoint(args.checkpoint)
+        batch = input_batch(example, args.batch_size, args.input_shape, args.seed)
+        reports = audit_ode_blocks(model, batch, args.times, module=args.module,
+                                   mode="train" if args.train_mode else "eval",
+                                   threshold=args.threshold, seed=args.seed)
+    except _UsageError as error:
+        build_parser().print_usage(sys.stderr)
+        print(f"pynodeta diagnose: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError) as error:  # bad file, shape, or option
+        print(f"pynodeta diagnose: error: {error}", file=sys.stderr)
+        return 2
+    vanishing = any(report.vanishing for report in reports)
+    if args.json:
+        print(json.dumps({"vanishing": vanishing, "reports": [r.to_dict() for r in reports]}, indent=2))
+    else:
+        print("\n\n".join(str(report) for report in reports))
+    return 1 if vanishing else 0

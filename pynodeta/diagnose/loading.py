@@ -1,0 +1,69 @@
+"""What ``pynodeta diagnose`` audits: a network and an input batch, from a checkpoint file.
+
+A checkpoint is read with ``torch.load(weights_only=False)``, which runs pickled code: only load
+files you trust. Accepted contents:
+
+* an ``nn.Module`` (``torch.save(model, path)``): the input is a seeded standard-normal batch of
+  shape ``(batch_size, *input_shape)``;
+* a dict ``{"model": nn.Module, "example_input": tensor}`` (``example_input`` optional): the input
+  is the first ``batch_size`` rows of ``example_input``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["load_checkpoint", "input_batch"]
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
+    """``(model, example_input or None)`` from a file saved as described in the module docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise ValueError(f"could not read checkpoint {str(path)!r}: {error}") from error
+    if isinstance(content, nn.Module):
+        return content, None
+    if isinstance(content, dict) and isinstance(content.get("model"), nn.Module):
+        example = content.get("example_input")
+        if example is not None and not isinstance(example, torch.Tensor):
+            raise ValueError(f"'example_input' in {str(path)!r} must be a tensor, got {type(example).__name__}")
+        return content["model"], example
+    kind = "a Lightning checkpoint" if isinstance(content, dict) and "state_dict" in content else \
+        f"a {type(content).__name__}"
+    raise ValueError(
+        f"{str(path)!r} holds {kind}; expected an nn.Module saved with torch.save(model, path) or a dict "
+        f"{{'model': module, 'example_input': batch}}"
+    )
+
+
+def input_batch(
+    example: torch.Tensor | None,
+    batch_size: int | None,
+    input_shape: Sequence[int] | None,
+    seed: int,
+) -> torch.Tensor:
+    """The batch to audit at: rows of ``example``, else a seeded N(0, 1) batch of ``input_shape``."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if example is not None:
+        if input_shape is not None:
+            raise ValueError("--input-shape conflicts with the checkpoint's example_input; drop it")
+        if batch_size is not None and batch_size > example.shape[0]:
+            raise ValueError(f"--batch-size {batch_size} exceeds the {example.shape[0]} rows of the "
+                             f"checkpoint's example_input")
+        return example[:batch_size] if batch_size is not None else example
+    if input_shape is None:
+        raise ValueError("the checkpoint holds no example input: pass --input-shape (e.g. --input-shape 1 8 8) "
+                         "for a seeded standard-normal batch")
+    if any(n < 1 for n in input_shape):
+        raise ValueError(f"--input-shape must be positive sizes, got {list(input_shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size or 8, *input_shape, generator=generator)
