@@ -12,7 +12,7 @@ import math
 
 import torch
 
-__all__ = ["noise_floor", "time_share", "survival_ratio", "offset_fraction", "output_sensitivity"]
+__all__ = ["noise_floor", "slices", "time_share", "survival_ratio", "offset_fraction", "output_sensitivity"]
 
 
 def noise_floor(dtype: torch.dtype) -> float:
@@ -24,20 +24,38 @@ def noise_floor(dtype: torch.dtype) -> float:
     return (100.0 * torch.finfo(dtype).eps) ** 2
 
 
-def time_share(acts: torch.Tensor) -> float:
-    """Fraction of the activations' variance explained by time, in [0, 1].
+def slices(acts: torch.Tensor) -> torch.Tensor:
+    """The (sample, channel) slices of an activation stack: (times, slices, elements per slice).
 
+    acts: (times, batch, channels, *spatial) -> one slice per (sample, channel), over space;
+    (times, batch, features) -> one slice per feature, over the batch; anything smaller: one slice.
+    Every normalisation rescales each such slice by a single factor (per channel, per sample and
+    channel, per sample and group, or per sample), so shares measured per slice do not change when
+    a normalisation merely rescales.
+    """
+    if acts.dim() >= 4:
+        return acts.reshape(acts.shape[0], acts.shape[1] * acts.shape[2], -1)
+    if acts.dim() == 3:
+        return acts.movedim(2, 1)
+    return acts.reshape(acts.shape[0], 1, -1)
+
+
+def time_share(acts: torch.Tensor) -> float:
+    """Fraction of the activations' variance explained by time, in [0, 1], averaged over slices.
+
+    For each (sample, channel) slice (see ``slices``), with a[k, e] its element e at time k:
         V_time  = mean_e Var_k a[k, e]          (variance across times, per element, averaged)
         V_total = Var_{k, e} a[k, e]            (variance over times and elements together)
         share   = V_time / V_total              (law of total variance: V_total = V_time + Var_e mean_k a)
-
-    Variances are the biased (1/n) ones, computed in float64. A constant activation has share 0.
+    and the result is the mean share over slices that vary at all (0 if none does). Variances are the
+    biased (1/n) ones, computed in float64. Invariant to scaling and shifting any slice.
     acts: (times, *shape), times >= 2.
     """
-    a = acts.detach().to(torch.float64).reshape(acts.shape[0], -1)
-    v_time = a.var(dim=0, unbiased=False).mean()
-    v_total = a.var(unbiased=False)
-    return float(v_time / v_total) if v_total > 0 else 0.0
+    a = slices(acts.detach().to(torch.float64))
+    v_time = a.var(dim=0, unbiased=False).mean(dim=-1)
+    v_total = a.transpose(0, 1).reshape(a.shape[1], -1).var(dim=-1, unbiased=False)
+    varying = v_total > 0
+    return float((v_time[varying] / v_total[varying]).mean()) if varying.any() else 0.0
 
 
 def survival_ratio(acts_in: torch.Tensor, acts_out: torch.Tensor, floor: float) -> float | None:
@@ -48,7 +66,8 @@ def survival_ratio(acts_in: torch.Tensor, acts_out: torch.Tensor, floor: float) 
     0 when the layer removes the time-induced variation exactly (BatchNorm after a per-channel time
     offset), about 1 when it passes it on in proportion to everything else; it can exceed 1 when the
     layer removes more of the other variation than of the time signal. Each share is relative to its
-    own tensor's total variance, so the ratio does not depend on the scale of input or output.
+    own slice's total variance, so the ratio does not depend on the scale of input or output, nor
+    on the per-slice rescaling every normalisation applies.
     None when the input's share is at or below ``floor``: no time signal reached the layer.
     acts_in, acts_out: (times, *shape).
     """

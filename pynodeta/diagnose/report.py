@@ -93,7 +93,9 @@ class TimeAwarenessReport:
             where = ", ".join(f.layer for f in self.cancelled) or "the output"
             lines.append(f"VANISHING: time is cancelled at {where} (threshold: survival < {self.threshold:g})")
         else:
-            lines.append(f"time survives every normalisation (threshold: survival < {self.threshold:g})")
+            partial = [f.layer for f in self.findings if f.verdict == "partial"]
+            detail = f"; only partially at {', '.join(partial)}" if partial else ""
+            lines.append(f"no normalisation cancels time (threshold: survival < {self.threshold:g}){detail}")
         return "\n".join(lines)
 
 

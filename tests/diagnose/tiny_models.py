@@ -81,12 +81,18 @@ class TinyODEBlock(nn.Module):
 
 
 class TinyNODE(nn.Module):
-    """stem conv -> ODE block -> pooled linear head; forward(x): (batch, 1, 8, 8) -> (batch, 3)."""
+    """stem conv -> ODE block [time injection – norm – tanh] -> pooled linear head.
 
-    def __init__(self, norm: str = "bn", channels: int = 4):
+    forward(x): (batch, 1, 8, 8) -> (batch, 3).
+    """
+
+    def __init__(self, norm: str = "bn", injection: str = "concat", channels: int = 4):
         super().__init__()
         self.stem = nn.Conv2d(1, channels, 3, padding=1)
-        layers = [pn.nn.ConcatConv2d(channels, channels, 3, padding=1)]
+        if injection == "concat":   # zero padding: a border leak besides the per-channel offset
+            layers = [pn.nn.ConcatConv2d(channels, channels, 3, padding=1)]
+        else:                       # conv + t·v: an exact per-channel offset
+            layers = [nn.Conv2d(channels, channels, 3, padding=1), pn.nn.LinearTimestepEmbedding(channels)]
         if norm == "bn":
             layers.append(nn.BatchNorm2d(channels))
         else:

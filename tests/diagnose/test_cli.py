@@ -1,0 +1,92 @@
+"""``pynodeta diagnose``: exit status 1 when time vanishes, 0 when it survives, 2 on bad input."""
+
+import json
+
+import pytest
+import torch
+
+from pynodeta.cli import main as pynodeta_main
+from pynodeta.diagnose.cli import main
+
+from .tiny_models import TinyNODE
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    torch.manual_seed(0)
+    example = torch.randn(6, 1, 8, 8)
+    paths = {}
+    for name, model in [("bn", TinyNODE("bn")), ("gn", TinyNODE("gn")),
+                        ("additive-bn", TinyNODE("bn", injection="additive"))]:
+        paths[name] = tmp_path / f"{name}.pt"
+        torch.save({"model": model, "example_input": example}, paths[name])
+    paths["bare"] = tmp_path / "bare.pt"
+    torch.save(TinyNODE("gn"), paths["bare"])
+    return paths
+
+
+@pytest.mark.parametrize("mode", [[], ["--train-mode"]])
+def test_vanishing_time_exits_1_and_prints_the_table(checkpoints, capsys, mode):
+    status = main(["--checkpoint", str(checkpoints["additive-bn"]), *mode])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert f"time awareness of ode.func ({'train' if mode else 'eval'} mode" in out
+    assert "VANISHING: time is cancelled at 2" in out
+
+
+def test_the_threshold_decides_whether_a_border_leak_fails(checkpoints, capsys):
+    # ConcatConv with zero padding into BN: only the border passes, a partial survival.
+    assert main(["--checkpoint", str(checkpoints["bn"])]) == 0
+    assert "partial" in capsys.readouterr().out
+    assert main(["--checkpoint", str(checkpoints["bn"]), "--threshold", "0.45"]) == 1
+
+
+def test_surviving_time_exits_0(checkpoints, capsys):
+    assert main(["--checkpoint", str(checkpoints["gn"]), "--times", "0", "0.5", "1"]) == 0
+    assert "t = 0, 0.5, 1" in capsys.readouterr().out
+
+
+def test_json_output_is_machine_readable(checkpoints, capsys):
+    status = main(["--checkpoint", str(checkpoints["gn"]), "--json", "--batch-size", "4"])
+    data = json.loads(capsys.readouterr().out)
+    assert status == 0 and data["vanishing"] is False
+    (report,) = data["reports"]
+    assert report["subject"] == "ode.func"
+    assert [f["role"] for f in report["findings"]] == ["time entry", "normalisation"]
+
+
+def test_a_bare_module_needs_an_input_shape(checkpoints, capsys):
+    assert main(["--checkpoint", str(checkpoints["bare"])]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoints["bare"]), "--input-shape", "1", "8", "8"]) == 0
+
+
+def test_the_pynodeta_command_dispatches_to_diagnose(checkpoints, capsys):
+    assert pynodeta_main(["diagnose", "--checkpoint", str(checkpoints["gn"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vanishing"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "one of the arguments --config --checkpoint is required"),
+        (["--checkpoint", "missing.pt"], "does not exist"),
+        (["--checkpoint", "{bn}", "--batch-size", "99"], "exceeds the 6 rows"),
+        (["--checkpoint", "{bn}", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--checkpoint", "{bn}", "--times", "0.5"], "at least two distinct"),
+        (["--checkpoint", "{bn}", "--module", "head"], "neither an ODE block"),
+        (["--checkpoint", "{bn}", "--threshold", "2"], "threshold must be"),
+        (["--checkpoint", "{bare}", "--input-shape", "3", "8", "8"], "pynodeta diagnose: error"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(checkpoints, capsys, argv, message):
+    argv = [a.format(**{k: str(v) for k, v in checkpoints.items()}) for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, path)
+    assert main(["--checkpoint", str(path)]) == 2
+    assert "holds a Lightning checkpoint" in capsys.readouterr().err
