@@ -10,8 +10,10 @@ import argparse
 import json
 import sys
 
+from torch import nn
+
 from .audit import DEFAULT_TIMES
-from .loading import input_batch, load_checkpoint
+from .loading import input_batch, load_checkpoint, load_config
 from .ode_blocks import audit_ode_blocks
 
 __all__ = ["main", "build_parser"]
@@ -34,16 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "(Kim et al. 2024, 'The Disappearance of Timestep Embedding'). Exit status 1 when "
                     "time vanishes somewhere.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="training config (YAML with model: and data: sections)")
-    source.add_argument("--checkpoint", help="checkpoint to audit; read with torch.load(weights_only=False), "
-                                             "so only pass files you trust")
+    parser.add_argument("--config", help="training config (YAML with model: and data: sections); the audit "
+                                         "runs on its first test batch, with --checkpoint's weights if given")
+    parser.add_argument("--checkpoint", help="checkpoint to audit (a Lightning checkpoint with --config, else a "
+                                             "saved nn.Module); read with torch.load(weights_only=False), so "
+                                             "only pass files you trust")
     parser.add_argument("--times", type=float, nargs="+", default=None,
                         help="times to compare (default: 5 points over each ODE block's span, "
                              f"else {' '.join(f'{t:g}' for t in DEFAULT_TIMES)})")
     parser.add_argument("--batch-size", type=int, default=None, help="samples in the audited batch (default 8)")
     parser.add_argument("--module", default=None,
-                        help="audit this submodule (an ODE block or a forward(t, x) module), e.g. ode.func; "
+                        help="audit this submodule (an ODE block or a forward(t, x) module), e.g. model.ode.func; "
                              "default: every ODE block found")
     parser.add_argument("--train-mode", action="store_true",
                         help="run the model in train mode (batch statistics everywhere, dropout with a fixed "
@@ -59,16 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_and_batch(args):
+    if args.config is None and args.checkpoint is None:
+        raise _UsageError("pass --config CONFIG.yaml, --checkpoint CKPT, or both")
+    if args.config is None:
+        model, example = load_checkpoint(args.checkpoint)
+    else:
+        if args.input_shape is not None:
+            raise ValueError("--input-shape conflicts with --config, whose data section gives the input")
+        model, example = load_config(args.config, args.checkpoint)
+    return model, input_batch(example, args.batch_size, args.input_shape, args.seed)
+
+
 def main(argv: list[str]) -> int:
     """Run ``pynodeta diagnose`` with ``argv``; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        if args.config is not None:
-            raise ValueError("--config needs the training code (pynodeta.train), which this installation "
-                             "lacks; save the model with torch.save and pass --checkpoint")
-        model, example = load_checkpoint(args.checkpoint)
-        batch = input_batch(example, args.batch_size, args.input_shape, args.seed)
-        reports = audit_ode_blocks(model, batch, args.times, module=args.module,
+        model, batch = _model_and_batch(args)
+        # A LightningModule holds its network in .model: run that; module paths start at the root.
+        network = model.model if isinstance(getattr(model, "model", None), nn.Module) else model
+        reports = audit_ode_blocks(model, batch, args.times, module=args.module, run=lambda: network(batch),
                                    mode="train" if args.train_mode else "eval",
                                    threshold=args.threshold, seed=args.seed)
     except _UsageError as error:

@@ -1,7 +1,11 @@
-"""What ``pynodeta diagnose`` audits: a network and an input batch, from a checkpoint file.
+"""What ``pynodeta diagnose`` audits: a network and an input batch, from a config or a checkpoint.
 
-A checkpoint is read with ``torch.load(weights_only=False)``, which runs pickled code: only load
-files you trust. Accepted contents:
+A training config (YAML with ``model:`` and ``data:`` sections, each a ``class_path`` and
+``init_args`` as LightningCLI writes them) builds the LightningModule and the DataModule; the
+input is the first test batch. With a Lightning checkpoint as well, its weights are loaded.
+
+A checkpoint alone is read with ``torch.load(weights_only=False)``, which runs pickled code: only
+load files you trust. Accepted contents:
 
 * an ``nn.Module`` (``torch.save(model, path)``): the input is a seeded standard-normal batch of
   shape ``(batch_size, *input_shape)``;
@@ -17,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["load_checkpoint", "input_batch"]
+__all__ = ["load_checkpoint", "load_config", "input_batch"]
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
@@ -42,6 +46,51 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
         f"{str(path)!r} holds {kind}; expected an nn.Module saved with torch.save(model, path) or a dict "
         f"{{'model': module, 'example_input': batch}}"
     )
+
+
+def load_config(config: str | Path, checkpoint: str | Path | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """``(LightningModule, first test batch's inputs)`` built from a training config.
+
+    Only the ``model:`` and ``data:`` sections are read (``trainer:``, optimiser and the rest do not
+    matter to an audit); each names its class by ``class_path`` (a LightningModule, a
+    LightningDataModule) with ``init_args``, checked against the class signature by jsonargparse
+    as LightningCLI does. ``checkpoint``, if given, is a Lightning checkpoint whose ``state_dict``
+    is loaded into the model.
+    """
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    sections = _config_sections(Path(config), yaml)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    # ``instantiate`` replaced ``instantiate_classes`` in jsonargparse 4.49
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    try:
+        built = instantiate(parser.parse_object(sections))
+    except Exception as error:  # noqa: BLE001 - jsonargparse reports typos and type errors this way
+        raise ValueError(f"config {str(config)!r}: {error}") from error
+    model, datamodule = built.model, built.data
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError(f"{str(checkpoint)!r} is not a Lightning checkpoint (no 'state_dict')")
+        model.load_state_dict(state["state_dict"])
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    return model, batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _config_sections(path: Path, yaml) -> dict:
+    if not path.is_file():
+        raise ValueError(f"config {str(path)!r} does not exist or is not a file")
+    content = yaml.safe_load(path.read_text())
+    missing = [k for k in ("model", "data") if not isinstance(content, dict) or k not in content]
+    if missing:
+        raise ValueError(f"config {str(path)!r} has no {' and no '.join(missing)} section; "
+                         f"expected a training config with model: and data:")
+    return {"model": content["model"], "data": content["data"]}
 
 
 def input_batch(

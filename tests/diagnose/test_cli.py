@@ -8,7 +8,7 @@ import torch
 from pynodeta.cli import main as pynodeta_main
 from pynodeta.diagnose.cli import main
 
-from .tiny_models import TinyNODE
+from .tiny_models import TinyClassifierModule, TinyNODE
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_the_pynodeta_command_dispatches_to_diagnose(checkpoints, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "one of the arguments --config --checkpoint is required"),
+        ([], "pass --config CONFIG.yaml, --checkpoint CKPT, or both"),
         (["--checkpoint", "missing.pt"], "does not exist"),
         (["--checkpoint", "{bn}", "--batch-size", "99"], "exceeds the 6 rows"),
         (["--checkpoint", "{bn}", "--batch-size", "0"], "--batch-size must be >= 1"),
@@ -83,6 +83,49 @@ def test_bad_input_exits_2_with_a_message(checkpoints, capsys, argv, message):
     argv = [a.format(**{k: str(v) for k, v in checkpoints.items()}) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+CONFIG = """\
+model:
+  class_path: tests.diagnose.tiny_models.TinyClassifierModule
+  init_args:
+    norm: {norm}
+    injection: additive
+data:
+  class_path: pynodeta.data.DigitsDataModule
+  init_args:
+    batch_size: 16
+    eval_batch_size: 16
+trainer:
+  max_epochs: 1
+"""
+
+
+def test_a_config_builds_model_and_data_and_a_checkpoint_supplies_weights(tmp_path, capsys):
+    config = tmp_path / "tabn.yaml"
+    config.write_text(CONFIG.format(norm="tabn"))
+    # Freshly built, TA-BN's γ(t) = 1, β(t) = 0 at every grid point: plain BN, time cancelled.
+    assert main(["--config", str(config), "--module", "model.ode.func", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["reports"][0]["subject"] == "model.ode.func"
+    torch.manual_seed(0)
+    trained = TinyClassifierModule("tabn", "additive")
+    with torch.no_grad():
+        trained.model.ode.func[2].weight.uniform_(0.5, 1.5)
+        trained.model.ode.func[2].bias.normal_()
+    checkpoint = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, checkpoint)
+    assert main(["--config", str(config), "--checkpoint", str(checkpoint), "--batch-size", "8"]) == 0
+    assert "time awareness of model.ode.func" in capsys.readouterr().out
+
+
+def test_a_bad_config_exits_2(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text(CONFIG.format(norm="bn").replace("batch_size: 16", "batch_sise: 16"))
+    assert main(["--config", str(config)]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+    config.write_text("trainer:\n  max_epochs: 1\n")
+    assert main(["--config", str(config)]) == 2
+    assert "has no model and no data section" in capsys.readouterr().err
 
 
 def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning
 import torch
 from torch import nn
 
@@ -93,12 +94,22 @@ class TinyNODE(nn.Module):
             layers = [pn.nn.ConcatConv2d(channels, channels, 3, padding=1)]
         else:                       # conv + t·v: an exact per-channel offset
             layers = [nn.Conv2d(channels, channels, 3, padding=1), pn.nn.LinearTimestepEmbedding(channels)]
-        if norm == "bn":
-            layers.append(nn.BatchNorm2d(channels))
-        else:
-            layers.append(nn.GroupNorm(1, channels))
+        norms = {"bn": lambda: nn.BatchNorm2d(channels), "gn": lambda: nn.GroupNorm(1, channels),
+                 "tabn": lambda: pn.nn.TABatchNorm2d(channels, M=4)}
+        layers.append(norms[norm]())
         self.ode = TinyODEBlock(pn.nn.TimeSequential(*layers, nn.Tanh()))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3))
 
     def forward(self, x):
         return self.head(self.ode(self.stem(x)))
+
+
+class TinyClassifierModule(lightning.LightningModule):
+    """A LightningModule holding a TinyNODE in ``.model``, as the training code does."""
+
+    def __init__(self, norm: str = "bn", injection: str = "concat"):
+        super().__init__()
+        self.model = TinyNODE(norm, injection)
+
+    def forward(self, x):
+        return self.model(x)
