@@ -22,9 +22,19 @@ from torch import nn
 
 from pynodeta.nn import call_with_time, is_time_aware, no_stat_updates
 
+from .entries import inside, time_entries
 from .estimators import noise_floor, offset_fraction, output_sensitivity, survival_ratio, time_share
-from .layers import channel_units, normalisation_spec, time_entry_description, uses_running_statistics
-from .recording import Site, preserved_state, record_over_times, seeded, state_tensor
+from .layers import normalisation_spec, uses_running_statistics
+from .recording import (
+    Site,
+    flat_floating,
+    preserved_state,
+    record_over_times,
+    seeded,
+    share,
+    stacked,
+    state_tensor,
+)
 from .report import Finding, TimeAwarenessReport
 
 __all__ = ["time_awareness", "DEFAULT_TIMES"]
@@ -74,10 +84,10 @@ def time_awareness(
     floor = noise_floor(like.dtype)
     with preserved_state(model), torch.no_grad(), no_stat_updates():
         model.train(mode == "train")
-        sites, outputs = record_over_times(model, x, times, seed, keep_calls=_may_call_again)
-        entries = _time_entries(model, sites, times, floor, seed)
+        sites, outputs = record_over_times(model, x, times, seed, keep_calls=is_time_aware)
+        entries = time_entries(model, sites, times, floor, seed)
         norms = _normalisation_findings(sites, entries, times, floor, threshold, seed)
-    sensitivity = output_sensitivity(torch.stack([_flat(y) for y in outputs]))
+    sensitivity = output_sensitivity(torch.stack([flat_floating(y) for y in outputs]))
     findings = sorted([*entries.values(), *norms], key=lambda item: item[0])
     vanishing = any(f.verdict == "cancelled" for _, f in findings) or sensitivity <= math.sqrt(floor)
     return TimeAwarenessReport([f for _, f in findings], sensitivity, vanishing, tuple(times), mode,
@@ -101,116 +111,6 @@ def _check_arguments(model, x, times, mode, threshold) -> list[float]:
     return times
 
 
-def _may_call_again(module: nn.Module) -> bool:
-    # Calls are kept for modules taking (t, x) (re-run at a fixed x to test whether they inject t)
-    # and for normalisations (re-run with batch statistics).
-    return normalisation_spec(module) is not None or is_time_aware(module)
-
-
-def _stack(tensors) -> torch.Tensor | None:
-    return None if any(t is None for t in tensors) else torch.stack(tensors)
-
-
-def _flat(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output.reshape(-1)
-    return torch.cat([t.reshape(-1) for t in output if isinstance(t, torch.Tensor)])
-
-
-def _share(tensors) -> float:
-    stacked = _stack(tensors)
-    return 0.0 if stacked is None else time_share(stacked)
-
-
-# ---------------------------------------------------------------- time entries
-
-
-def _time_entries(model, sites: dict, times, floor: float, seed: int) -> dict:
-    """{site key: (order, Finding)} for the innermost modules where t enters."""
-    found = {}
-    for key, site in sites.items():
-        description, detected_by = time_entry_description(site.module), "type"
-        if description is None:
-            description, detected_by = _measured_entry(model, site, times, floor, seed), "measured"
-        if description is not None:
-            found[key] = (site, description, detected_by)
-    # An enclosing module of an entry varies with t because of it: keep only the innermost.
-    entries = {k: (site.order, _entry_finding(site, description, detected_by, times, floor, seed))
-               for k, (site, description, detected_by) in found.items()
-               if not any(_inside(other.name, site.name) for other, _, _ in found.values())}
-    entries.update(_entries_in_forward_code(sites, entries, floor))
-    return entries
-
-
-def _entries_in_forward_code(sites: dict, entries: dict, floor: float) -> dict:
-    """Time added by a module's own forward code (``conv(x) + t·v``), seen as a child whose input
-    varies with t although no module before it or around it injects t: the parent is the entry."""
-    added: dict = {}
-    for site in sorted(sites.values(), key=lambda s: s.order):
-        known = {**entries, **added}.items()
-        if _share(site.inputs) <= floor or any(
-                order < site.order or _inside(site.name, key[0]) for key, (order, _) in known):
-            continue
-        parent = site.name.rpartition(".")[0]
-        owner = sites.get((parent, 0))
-        if owner is None or owner is site:
-            continue
-        note = f"t enters in this module's own forward code, before {site.label} (measured)"
-        finding = Finding(owner.label, type(owner.module).__name__, "time entry", "entry", note,
-                          time_share_in=_share(owner.inputs), time_share_out=_share(owner.outputs),
-                          detected_by="measured")
-        added[(parent, 0)] = (site.order - 0.5, finding)  # listed just before the child that sees t
-    return added
-
-
-def _inside(name: str, ancestor: str) -> bool:
-    return name != ancestor and (ancestor == "" or name.startswith(ancestor + "."))
-
-
-def _rerun_at_fixed_input(site: Site, times, seed: int) -> list[torch.Tensor]:
-    """The outputs of a (t, x) module called at its first recorded input with only t changed."""
-    args, kwargs = site.calls[0]
-    like = state_tensor(site.inputs[0])
-    outputs = []
-    for t in times:
-        with seeded(seed, like.device):
-            out = site.module(torch.tensor(t, dtype=like.dtype, device=like.device), *args[1:], **kwargs)
-        outputs.append(state_tensor(out))
-    return outputs
-
-
-def _measured_entry(model, site: Site, times, floor: float, seed: int) -> str | None:
-    if _share(site.outputs) <= floor:
-        return None
-    if _share(site.inputs) <= floor:
-        return "output varies with t at a fixed input (measured)"
-    if site.module is model or not site.calls or not is_time_aware(site.module):
-        return None
-    # Its input varies too: call it again at the first time's input, changing only t.
-    if _share(_rerun_at_fixed_input(site, times, seed)) > floor:
-        return "output varies with t when re-run at a fixed input (measured)"
-    return None
-
-
-def _entry_finding(site: Site, description: str, detected_by: str, times, floor, seed) -> Finding:
-    # The shape of the injected signal alone: at a fixed input (re-run if the input varies).
-    injected = site.outputs
-    if _share(site.inputs) > floor and site.calls and is_time_aware(site.module):
-        injected = _rerun_at_fixed_input(site, times, seed)
-    stacked = _stack(injected)
-    fraction = None
-    if stacked is not None and stacked.dim() >= 3 and _share(injected) > floor:
-        fraction = offset_fraction(channel_units(stacked))
-    note = description if fraction is None else \
-        f"{description}; {fraction:.1%} of what it injects is a per-channel offset"
-    return Finding(site.label, type(site.module).__name__, "time entry", "entry", note,
-                   offset_fraction=fraction, time_share_in=_share(site.inputs),
-                   time_share_out=_share(site.outputs), detected_by=detected_by)
-
-
-# ---------------------------------------------------------------- normalisations
-
-
 def _normalisation_findings(sites: dict, entries: dict, times, floor, threshold, seed) -> list:
     first_entry = min((order for order, _ in entries.values()), default=math.inf)
     findings = []
@@ -218,7 +118,7 @@ def _normalisation_findings(sites: dict, entries: dict, times, floor, threshold,
         spec = normalisation_spec(site.module)
         if spec is None:
             continue
-        share_in = _share(site.inputs)
+        share_in = share(site.inputs)
         if share_in <= floor and (site.order <= first_entry or key in entries):
             continue  # before any time entry (or a TA-BN on a time-free input: reported as an entry)
         findings.append((site.order, _normalisation_finding(site, spec, entries, times, floor,
@@ -227,7 +127,7 @@ def _normalisation_findings(sites: dict, entries: dict, times, floor, threshold,
 
 
 def _normalisation_finding(site: Site, spec, entries, times, floor, threshold, seed) -> Finding:
-    inputs, outputs = _stack(site.inputs), _stack(site.outputs)
+    inputs, outputs = stacked(site.inputs), stacked(site.outputs)
     survival = survival_ratio(inputs, outputs, floor)
     as_run = None
     if survival is not None and uses_running_statistics(site.module):
@@ -312,5 +212,5 @@ def _nearest_entry(site: Site, entries: dict) -> Finding | None:
               if order < site.order and key != (site.name, site.call)]
     if before:
         return max(before, key=lambda item: item[0])[1]
-    enclosing = [(key[0], f) for key, (_, f) in entries.items() if _inside(site.name, key[0])]
+    enclosing = [(key[0], f) for key, (_, f) in entries.items() if inside(site.name, key[0])]
     return max(enclosing, key=lambda item: len(item[0]))[1] if enclosing else None

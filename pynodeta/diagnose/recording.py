@@ -17,7 +17,19 @@ from torch import nn
 
 from pynodeta.nn import is_time_aware
 
-__all__ = ["Site", "preserved_state", "seeded", "record_over_times", "state_tensor", "clone_structure"]
+from .estimators import time_share
+
+__all__ = [
+    "Site",
+    "preserved_state",
+    "seeded",
+    "record_over_times",
+    "state_tensor",
+    "clone_structure",
+    "flat_floating",
+    "stacked",
+    "share",
+]
 
 
 @dataclass
@@ -25,7 +37,7 @@ class Site:
     """One call of one module in a forward pass, recorded at every audited time.
 
     inputs/outputs[k]: the module's state input and output at times[k] (detached copies; the input
-    is the largest floating tensor argument, t excluded). calls[k]: (args, kwargs) at times[k],
+    is the largest floating tensor argument, t excluded). calls[0]: (args, kwargs) at times[0],
     kept only for modules the audit may call again.
     """
 
@@ -68,6 +80,22 @@ def state_tensor(obj: Any) -> torch.Tensor | None:
     """The largest floating tensor in ``obj`` (the state, not a (batch,) or 0-d time), or None."""
     tensors = _floating_tensors(obj)
     return max(tensors, key=lambda t: t.numel()) if tensors else None
+
+
+def flat_floating(obj: Any) -> torch.Tensor:
+    """All floating tensors in ``obj`` (a model output: tensor, tuple, dict), flattened and joined."""
+    return torch.cat([t.reshape(-1) for t in _floating_tensors(obj)])
+
+
+def stacked(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """One recorded tensor per time, stacked to (times, *shape); None if a call had no tensor."""
+    return None if any(t is None for t in tensors) else torch.stack(tensors)
+
+
+def share(tensors: list[torch.Tensor | None]) -> float:
+    """``estimators.time_share`` of one tensor per time (0 without tensors)."""
+    stack = stacked(tensors)
+    return 0.0 if stack is None else time_share(stack)
 
 
 @contextlib.contextmanager
@@ -134,7 +162,7 @@ class _Recorder:
             site = self.sites[key] = Site(name, module, call, order=-1)
         state = args[1:] if is_time_aware(module) and args else args
         site.inputs.append(clone_structure(state_tensor((state, kwargs))))
-        if self.keep_calls(module):
+        if self.first_pass and self.keep_calls(module):
             site.calls.append((clone_structure(args), clone_structure(kwargs)))
 
     def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
