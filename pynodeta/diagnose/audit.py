@@ -99,6 +99,10 @@ def _check_arguments(model, x, times, mode, threshold) -> list[float]:
         raise TypeError(f"model must be a torch.nn.Module with forward(t, x), got {type(model).__name__}")
     if state_tensor(x) is None:
         raise TypeError(f"x must be a floating tensor (or a tuple of them), got {type(x).__name__}")
+    if torch.finfo(state_tensor(x).dtype).bits < 32:
+        # 16-bit round-off (eps ~1e-3) is as large as the time signals the audit must tell from zero
+        raise ValueError(f"x has dtype {state_tensor(x).dtype}; audit a float32 copy instead "
+                         f"(model.float(), x.float())")
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
     if not (isinstance(threshold, (int, float)) and 0 < threshold < PRESERVED):

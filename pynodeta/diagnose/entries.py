@@ -103,6 +103,8 @@ def _entry_finding(site: Site, description: str, detected_by: str, times, floor,
         fraction = offset_fraction(channel_units(stack))
     note = description if fraction is None else \
         f"{description}; {fraction:.1%} of what it injects is a per-channel offset"
+    if share(injected) <= floor:
+        note += "; at this input its output does not vary with t (e.g. TA-BN with constant γ, β)"
     return Finding(site.label, type(site.module).__name__, "time entry", "entry", note,
                    offset_fraction=fraction, time_share_in=share(site.inputs),
                    time_share_out=share(site.outputs), detected_by=detected_by)

@@ -9,6 +9,7 @@ from torch import nn
 from pynodeta.diagnose import time_awareness
 from pynodeta.nn import (
     ConcatConv2d,
+    ConcatLinear,
     LinearTimestepEmbedding,
     PositionalTimestepEmbedding,
     TABatchNorm2d,
@@ -94,7 +95,17 @@ def test_tabn_without_time_dependent_affine_does_not_restore_time():
     report = time_awareness(_model(lambda: ConcatConv2d(4, C, 3), lambda: TABatchNorm2d(C, M=10)),
                             _input(), mode="train")
     assert _norm_finding(report, "TABatchNorm2d").verdict == "cancelled"
+    entry = next(f for f in report.findings if f.role == "time entry" and f.kind == "TABatchNorm2d")
+    assert "does not vary with t" in entry.message
     assert report.vanishing
+
+
+@pytest.mark.parametrize(("norm", "verdict"), [(nn.BatchNorm1d, "cancelled"), (nn.LayerNorm, "preserved")])
+def test_features_path_concat_linear_into_batchnorm1d_or_layernorm(norm, verdict):
+    torch.manual_seed(0)
+    model = TimeSequential(ConcatLinear(5, C), norm(C))
+    report = time_awareness(model, torch.randn(16, 5), mode="train")
+    assert _norm_finding(report, norm.__name__).verdict == verdict
 
 
 def test_survival_decreases_monotonically_with_the_number_of_groups():
@@ -196,6 +207,11 @@ def test_report_prints_a_table_and_serialises_to_json():
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         time_awareness(_model(*GOOD["groupnorm-G=1"]), _input(), **kwargs)
+
+
+def test_half_precision_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"audit a float32 copy instead \(model.float\(\), x.float\(\)\)"):
+        time_awareness(_model(*GOOD["groupnorm-G=1"]).half(), _input().half())
 
 
 def test_a_module_called_a_varying_number_of_times_is_refused():
