@@ -10,11 +10,15 @@ load files you trust. Accepted contents:
 * an ``nn.Module`` (``torch.save(model, path)``): the input is a seeded standard-normal batch of
   shape ``(batch_size, *input_shape)``;
 * a dict ``{"model": nn.Module, "example_input": tensor}`` (``example_input`` optional): the input
-  is the first ``batch_size`` rows of ``example_input``.
+  is the first ``batch_size`` rows of ``example_input``;
+* a Lightning checkpoint written by a LightningCLI run, whose hyperparameters name the model class
+  (``_class_path``): the model is rebuilt with ``load_from_checkpoint``, and the input is the first
+  test batch of the DataModule its ``datamodule_hyper_parameters`` name, if they do.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,12 +44,39 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
         if example is not None and not isinstance(example, torch.Tensor):
             raise ValueError(f"'example_input' in {str(path)!r} must be a tensor, got {type(example).__name__}")
         return content["model"], example
-    kind = "a Lightning checkpoint" if isinstance(content, dict) and "state_dict" in content else \
-        f"a {type(content).__name__}"
+    if isinstance(content, dict) and "state_dict" in content:
+        return _from_lightning_checkpoint(path, content)
     raise ValueError(
-        f"{str(path)!r} holds {kind}; expected an nn.Module saved with torch.save(model, path) or a dict "
-        f"{{'model': module, 'example_input': batch}}"
+        f"{str(path)!r} holds a {type(content).__name__}; expected an nn.Module saved with torch.save(model, "
+        f"path), a dict {{'model': module, 'example_input': batch}}, or a Lightning checkpoint"
     )
+
+
+def _from_lightning_checkpoint(path: Path, content: dict) -> tuple[nn.Module, torch.Tensor | None]:
+    model_class = (content.get("hyper_parameters") or {}).get("_class_path")
+    if model_class is None:
+        raise ValueError(f"the Lightning checkpoint {str(path)!r} does not name its model class; pass the "
+                         f"training config as well: --config CONFIG.yaml --checkpoint {path}")
+    model = _import(model_class).load_from_checkpoint(path, map_location="cpu")
+    data = content.get("datamodule_hyper_parameters") or {}
+    if "_class_path" not in data:
+        return model, None
+    datamodule = _import(data["_class_path"])(**{k: v for k, v in data.items() if not k.startswith("_")})
+    return model, _first_test_inputs(datamodule)
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import {class_path!r} named in the checkpoint: {error}") from error
+
+
+def _first_test_inputs(datamodule) -> torch.Tensor:
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def load_config(config: str | Path, checkpoint: str | Path | None = None) -> tuple[nn.Module, torch.Tensor]:
@@ -77,9 +108,7 @@ def load_config(config: str | Path, checkpoint: str | Path | None = None) -> tup
         if not isinstance(state, dict) or "state_dict" not in state:
             raise ValueError(f"{str(checkpoint)!r} is not a Lightning checkpoint (no 'state_dict')")
         model.load_state_dict(state["state_dict"])
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()))
-    return model, batch[0] if isinstance(batch, (tuple, list)) else batch
+    return model, _first_test_inputs(datamodule)
 
 
 def _config_sections(path: Path, yaml) -> dict:

@@ -118,6 +118,29 @@ def test_a_config_builds_model_and_data_and_a_checkpoint_supplies_weights(tmp_pa
     assert "time awareness of model.ode.func" in capsys.readouterr().out
 
 
+def _lightning_checkpoint(path, module, datamodule_class_path=None):
+    # What a LightningCLI run writes: hyperparameters naming the classes, and the weights.
+    checkpoint = {"state_dict": module.state_dict(), "pytorch-lightning_version": "2.6.0",
+                  "hyper_parameters": {"_class_path": "tests.diagnose.tiny_models.TinyClassifierModule",
+                                       **module.hparams}}
+    if datamodule_class_path is not None:
+        checkpoint["datamodule_hyper_parameters"] = {"_class_path": datamodule_class_path, "batch_size": 16}
+    torch.save(checkpoint, path)
+
+
+def test_a_lightning_checkpoint_alone_rebuilds_model_and_data(tmp_path, capsys):
+    torch.manual_seed(0)
+    module = TinyClassifierModule("bn", "additive")
+    _lightning_checkpoint(tmp_path / "a.ckpt", module, "pynodeta.data.DigitsDataModule")
+    assert main(["--checkpoint", str(tmp_path / "a.ckpt"), "--module", "model.ode.func"]) == 1
+    assert "VANISHING" in capsys.readouterr().out
+    _lightning_checkpoint(tmp_path / "b.ckpt", module)           # no data: a random batch of a given shape
+    assert main(["--checkpoint", str(tmp_path / "b.ckpt"), "--input-shape", "1", "8", "8"]) == 1
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {}}, tmp_path / "c.ckpt")
+    assert main(["--checkpoint", str(tmp_path / "c.ckpt")]) == 2
+    assert "pass the training config as well" in capsys.readouterr().err
+
+
 def test_a_bad_config_exits_2(tmp_path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text(CONFIG.format(norm="bn").replace("batch_size: 16", "batch_sise: 16"))
@@ -130,6 +153,6 @@ def test_a_bad_config_exits_2(tmp_path, capsys):
 
 def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
     path = tmp_path / "weights.pt"
-    torch.save({"state_dict": {}}, path)
+    torch.save([1, 2, 3], path)
     assert main(["--checkpoint", str(path)]) == 2
-    assert "holds a Lightning checkpoint" in capsys.readouterr().err
+    assert "holds a list; expected an nn.Module" in capsys.readouterr().err

@@ -109,6 +109,7 @@ class TinyClassifierModule(lightning.LightningModule):
 
     def __init__(self, norm: str = "bn", injection: str = "concat"):
         super().__init__()
+        self.save_hyperparameters()
         self.model = TinyNODE(norm, injection)
 
     def forward(self, x):
