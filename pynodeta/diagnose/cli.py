@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--times", type=float, nargs="+", default=None,
                         help="times to compare (default: 5 points over each ODE block's span, "
                              f"else {' '.join(f'{t:g}' for t in DEFAULT_TIMES)})")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples in the audited batch (default 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples in the audited batch (default 16, or all of the example batch if it "
+                             "has fewer); the audit keeps len(times) copies of every activation")
     parser.add_argument("--module", default=None,
                         help="audit this submodule (an ODE block or a forward(t, x) module), e.g. model.ode.func; "
                              "default: every ODE block found")

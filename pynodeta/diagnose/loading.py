@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["load_checkpoint", "load_config", "input_batch"]
+__all__ = ["load_checkpoint", "load_config", "input_batch", "DEFAULT_BATCH_SIZE"]
+
+DEFAULT_BATCH_SIZE = 16
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
@@ -128,7 +130,10 @@ def input_batch(
     input_shape: Sequence[int] | None,
     seed: int,
 ) -> torch.Tensor:
-    """The batch to audit at: rows of ``example``, else a seeded N(0, 1) batch of ``input_shape``."""
+    """The batch to audit at: rows of ``example``, else a seeded N(0, 1) batch of ``input_shape``.
+
+    batch_size None: 16 rows (all of ``example`` if it has fewer).
+    """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if example is not None:
@@ -137,11 +142,11 @@ def input_batch(
         if batch_size is not None and batch_size > example.shape[0]:
             raise ValueError(f"--batch-size {batch_size} exceeds the {example.shape[0]} rows of the "
                              f"checkpoint's example_input")
-        return example[:batch_size] if batch_size is not None else example
+        return example[: DEFAULT_BATCH_SIZE if batch_size is None else batch_size]
     if input_shape is None:
         raise ValueError("the checkpoint holds no example input: pass --input-shape (e.g. --input-shape 1 8 8) "
                          "for a seeded standard-normal batch")
     if any(n < 1 for n in input_shape):
         raise ValueError(f"--input-shape must be positive sizes, got {list(input_shape)}")
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch_size or 8, *input_shape, generator=generator)
+    return torch.randn(batch_size or DEFAULT_BATCH_SIZE, *input_shape, generator=generator)
