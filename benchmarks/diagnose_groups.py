@@ -137,6 +137,7 @@ def plot(runs: dict[str, list[Run]], baseline: str, path: Path) -> None:
         means = [statistics.fmean(getattr(r, attribute) for r in sweep[g]) for g in groups]
         axis.plot(groups, means, "o-")
         axis.set_xscale("log", base=2)
+        axis.set_xticks(groups, [str(g) for g in groups])
         axis.set_xlabel("GroupNorm groups G")
         axis.set_title(name)
     comparison = [baseline, *(label for label in runs if not label.startswith("GN G="))]
