@@ -205,8 +205,9 @@ def _message(verdict: str, survival, as_run, spec, fraction, entry: Finding | No
     if spec.reinjects_time and verdict != "cancelled":
         text += "; γ(t), β(t) put time back"
     if as_run is not None:
-        text += f" — in training (batch statistics); eval-mode running statistics pass it " \
-                f"(survival {as_run:.2g}) as a shift the weights never learned from"
+        text += f" — with batch statistics, as in training; eval-mode running statistics give {as_run:.2g}"
+        if verdict == "cancelled":
+            text += " (an offset at inference that training never let the weights use)"
     return text
 
 
