@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pynodeta.models import Seed001Classifier
-from pynodeta.models.ode_block import ODESettings
 
 from pynodeta.data import DigitsDataModule
 from pynodeta.diagnose import audit_ode_blocks
+from pynodeta.models import Seed001Classifier
+from pynodeta.models.ode_block import ODESettings
 
 
 @dataclass
