@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pynodeta.nn import call_with_time, is_time_aware, no_stat_updates
+from pynodeta.nn import is_time_aware, no_stat_updates
 
 from .entries import inside, time_entries
 from .estimators import noise_floor, offset_fraction, output_sensitivity, survival_ratio, time_share
@@ -30,7 +30,6 @@ from .recording import (
     flat_floating,
     preserved_state,
     record_over_times,
-    seeded,
     share,
     stacked,
     state_tensor,
@@ -73,8 +72,8 @@ def time_awareness(
     Mode: "eval" (default) audits the function the model computes at inference, with dropout off.
     BatchNorm-type layers then normalise with running statistics, a fixed per-channel affine map that
     lets a time offset through — yet in training, where the weights learn, batch statistics cancel
-    it. So for those layers the survival is measured by re-running the layer with batch statistics on
-    its recorded inputs, and the as-run value is reported as ``survival_running_stats``.
+    it. So those layers are measured in a second pass in which they alone use batch statistics (as
+    in training), and their eval-mode value is reported as ``survival_running_stats``.
     "train" runs the whole model in train mode (batch statistics everywhere, dropout on with the
     same mask at every time). Either way the model's parameters, buffers, training flags and public
     attributes are restored afterwards, and the global RNG state is left untouched.
@@ -86,12 +85,30 @@ def time_awareness(
         model.train(mode == "train")
         sites, outputs = record_over_times(model, x, times, seed, keep_calls=is_time_aware)
         entries = time_entries(model, sites, times, floor, seed)
-        norms = _normalisation_findings(sites, entries, times, floor, threshold, seed)
+        batch_sites = _with_batch_statistics(model, x, times, seed, sites)
+        norms = _normalisation_findings(sites, batch_sites, entries, floor, threshold)
     sensitivity = output_sensitivity(torch.stack([flat_floating(y) for y in outputs]))
     findings = sorted([*entries.values(), *norms], key=lambda item: item[0])
     vanishing = any(f.verdict == "cancelled" for _, f in findings) or sensitivity <= math.sqrt(floor)
     return TimeAwarenessReport([f for _, f in findings], sensitivity, vanishing, tuple(times), mode,
                                threshold, subject)
+
+
+def _with_batch_statistics(model, x, times, seed, sites: dict) -> dict:
+    """{key: site} of the layers that ran on running statistics, recorded again in a pass where
+    they alone use batch statistics (as in training). Empty when there are none, or when batch
+    statistics are undefined (one sample, no spatial extent): those layers then keep their as-run
+    measurement."""
+    running = {key for key, site in sites.items() if uses_running_statistics(site.module)}
+    if not running:
+        return {}
+    for key in running:
+        sites[key].module.train()
+    try:
+        again, _ = record_over_times(model, x, times, seed, keep_calls=lambda module: False)
+    except ValueError:
+        return {}
+    return {key: again[key] for key in running}
 
 
 def _check_arguments(model, x, times, mode, threshold) -> list[float]:
@@ -115,30 +132,24 @@ def _check_arguments(model, x, times, mode, threshold) -> list[float]:
     return times
 
 
-def _normalisation_findings(sites: dict, entries: dict, times, floor, threshold, seed) -> list:
+def _normalisation_findings(sites: dict, batch_sites: dict, entries: dict, floor, threshold) -> list:
     first_entry = min((order for order, _ in entries.values()), default=math.inf)
     findings = []
     for key, site in sorted(sites.items(), key=lambda item: item[1].order):
         spec = normalisation_spec(site.module)
         if spec is None:
             continue
-        share_in = share(site.inputs)
-        if share_in <= floor and (site.order <= first_entry or key in entries):
+        measured = batch_sites.get(key, site)
+        if share(measured.inputs) <= floor and (site.order <= first_entry or key in entries):
             continue  # before any time entry (or a TA-BN on a time-free input: reported as an entry)
-        findings.append((site.order, _normalisation_finding(site, spec, entries, times, floor,
-                                                            threshold, seed)))
+        as_run = survival_ratio(stacked(site.inputs), stacked(site.outputs), floor) if key in batch_sites else None
+        findings.append((site.order, _normalisation_finding(measured, spec, as_run, entries, floor, threshold)))
     return findings
 
 
-def _normalisation_finding(site: Site, spec, entries, times, floor, threshold, seed) -> Finding:
+def _normalisation_finding(site: Site, spec, as_run, entries, floor, threshold) -> Finding:
     inputs, outputs = stacked(site.inputs), stacked(site.outputs)
     survival = survival_ratio(inputs, outputs, floor)
-    as_run = None
-    if survival is not None and uses_running_statistics(site.module):
-        with_batch_stats = _rerun_with_batch_statistics(site, times, seed)
-        if with_batch_stats is not None:
-            outputs = with_batch_stats
-            as_run, survival = survival, survival_ratio(inputs, outputs, floor)
     fraction = None
     if survival is not None and spec.units is not None:
         fraction = offset_fraction(spec.units(inputs))
@@ -152,22 +163,6 @@ def _normalisation_finding(site: Site, spec, entries, times, floor, threshold, s
         time_share_in=time_share(inputs), time_share_out=time_share(outputs),
         entry=None if entry is None else entry.layer,
     )
-
-
-def _rerun_with_batch_statistics(site: Site, times, seed) -> torch.Tensor | None:
-    """The layer's outputs had it normalised with batch statistics (as in training), or None if
-    batch statistics are undefined here (a batch of one sample with no spatial extent)."""
-    module, outputs = site.module, []
-    module.train()
-    try:
-        for t, x in zip(times, site.inputs, strict=True):
-            with seeded(seed, x.device):
-                outputs.append(call_with_time(module, torch.tensor(t, dtype=x.dtype, device=x.device), x))
-    except ValueError:
-        return None
-    finally:
-        module.eval()
-    return torch.stack(outputs)
 
 
 def _verdict(survival: float | None, threshold: float) -> str:
