@@ -143,11 +143,13 @@ def _normalisation_findings(sites: dict, batch_sites: dict, entries: dict, floor
         if share(measured.inputs) <= floor and (site.order <= first_entry or key in entries):
             continue  # before any time entry (or a TA-BN on a time-free input: reported as an entry)
         as_run = survival_ratio(stacked(site.inputs), stacked(site.outputs), floor) if key in batch_sites else None
-        findings.append((site.order, _normalisation_finding(measured, spec, as_run, entries, floor, threshold)))
+        reinjects = key in entries and entries[key][1].injects
+        findings.append((site.order, _normalisation_finding(measured, spec, as_run, reinjects, entries, floor,
+                                                            threshold)))
     return findings
 
 
-def _normalisation_finding(site: Site, spec, as_run, entries, floor, threshold) -> Finding:
+def _normalisation_finding(site: Site, spec, as_run, reinjects, entries, floor, threshold) -> Finding:
     inputs, outputs = stacked(site.inputs), stacked(site.outputs)
     survival = survival_ratio(inputs, outputs, floor)
     fraction = None
@@ -157,7 +159,7 @@ def _normalisation_finding(site: Site, spec, as_run, entries, floor, threshold) 
     entry = _nearest_entry(site, entries)
     return Finding(
         site.label, type(site.module).__name__, "normalisation", verdict,
-        _message(verdict, survival, as_run, spec, fraction, entry),
+        _message(verdict, survival, as_run, reinjects, spec, fraction, entry),
         survival=survival, survival_running_stats=as_run,
         structural=_structural(spec, fraction, type(site.module).__name__), offset_fraction=fraction,
         time_share_in=time_share(inputs), time_share_out=time_share(outputs),
@@ -183,7 +185,7 @@ def _structural(spec, fraction: float | None, kind: str) -> str | None:
     return f"{fraction:.1%} of the time signal is constant over each unit ({spec.unit}) and removed"
 
 
-def _message(verdict: str, survival, as_run, spec, fraction, entry: Finding | None) -> str:
+def _message(verdict: str, survival, as_run, reinjects: bool, spec, fraction, entry: Finding | None) -> str:
     if verdict == "no signal":
         return "no time signal reaches this layer: it was cancelled upstream"
     text = {
@@ -197,7 +199,7 @@ def _message(verdict: str, survival, as_run, spec, fraction, entry: Finding | No
         rest = "the zero-padding border" if entry is not None and "zero-padding" in entry.message \
             else "the part not constant over a unit"
         text += f": {fraction:.1%} of the incoming time signal is an offset per {spec.unit}; only {rest} passes"
-    if spec.reinjects_time and verdict != "cancelled":
+    if reinjects and verdict != "cancelled":
         text += "; γ(t), β(t) put time back"
     if as_run is not None:
         text += f" — with batch statistics, as in training; eval-mode running statistics give {as_run:.2g}"

@@ -57,7 +57,7 @@ def _entries_in_forward_code(sites: dict, entries: dict, floor: float) -> dict:
         note = f"t enters in this module's own forward code, before {site.label} (measured)"
         finding = Finding(owner.label, type(owner.module).__name__, "time entry", "entry", note,
                           time_share_in=share(owner.inputs), time_share_out=share(owner.outputs),
-                          detected_by="measured")
+                          detected_by="measured", injects=True)
         added[(parent, 0)] = (site.order - 0.5, finding)  # listed just before the child that sees t
     return added
 
@@ -103,8 +103,9 @@ def _entry_finding(site: Site, description: str, detected_by: str, times, floor,
         fraction = offset_fraction(channel_units(stack))
     note = description if fraction is None else \
         f"{description}; {fraction:.1%} of what it injects is a per-channel offset"
-    if share(injected) <= floor:
+    injects = share(injected) > floor
+    if not injects:
         note += "; at this input its output does not vary with t (e.g. TA-BN with constant γ, β)"
     return Finding(site.label, type(site.module).__name__, "time entry", "entry", note,
                    offset_fraction=fraction, time_share_in=share(site.inputs),
-                   time_share_out=share(site.outputs), detected_by=detected_by)
+                   time_share_out=share(site.outputs), detected_by=detected_by, injects=injects)

@@ -42,8 +42,6 @@ class NormSpec:
 
     unit: str                   # one normalisation unit, in words ("channel, over batch and space")
     units: UnitView | None      # the units of an activation stack; None: no mean is subtracted
-    batch_statistics: bool      # statistics over the batch in training (running ones in eval)
-    reinjects_time: bool        # its own affine parameters depend on t (TA-BN)
 
 
 def channel_units(acts: torch.Tensor) -> torch.Tensor:
@@ -77,23 +75,21 @@ def normalisation_spec(module: nn.Module) -> NormSpec | None:
     Known: torch's BatchNorm*/SyncBatchNorm, InstanceNorm*, GroupNorm, LayerNorm, RMSNorm and
     pynodeta's TA-BN, Pop-TI BN, mini-batch BN, TimeGroupNorm and TimeInstanceNorm* (subclasses).
     """
-    if isinstance(module, (TABatchNorm1d, TABatchNorm2d)):
-        return NormSpec("channel, over batch and space", channel_units, True, True)
-    if isinstance(module, _BatchNorm):
-        return NormSpec("channel, over batch and space", channel_units, True, False)
+    if isinstance(module, (TABatchNorm1d, TABatchNorm2d, _BatchNorm)):
+        return NormSpec("channel, over batch and space", channel_units)
     if isinstance(module, _InstanceNorm):
-        return NormSpec("sample and channel, over space", _instance_units, False, False)
+        return NormSpec("sample and channel, over space", _instance_units)
     if isinstance(module, nn.GroupNorm):
         per_group = module.num_channels // module.num_groups
         unit = f"sample and group of {per_group} channel{'s' if per_group > 1 else ''}"
-        return NormSpec(unit, _group_units(module.num_groups), False, False)
+        return NormSpec(unit, _group_units(module.num_groups))
     if isinstance(module, nn.LayerNorm):
         size = 1
         for n in module.normalized_shape:
             size *= n
-        return NormSpec(f"trailing {tuple(module.normalized_shape)}", _layer_units(size), False, False)
+        return NormSpec(f"trailing {tuple(module.normalized_shape)}", _layer_units(size))
     if isinstance(module, getattr(nn, "RMSNorm", ())):
-        return NormSpec("trailing dims, no mean subtraction", None, False, False)
+        return NormSpec("trailing dims, no mean subtraction", None)
     return None
 
 

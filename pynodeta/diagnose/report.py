@@ -35,6 +35,7 @@ class Finding:
     time_share_out: float | None = None  # fraction of the output's variance due to t
     entry: str | None = None            # normalisations: the nearest time entry before it
     detected_by: Literal["type", "measured"] | None = None  # time entries: how they were found
+    injects: bool | None = None         # time entries: whether the output varies with t at a fixed input
 
 
 @dataclass(frozen=True)

@@ -90,13 +90,20 @@ def test_known_good_models_are_not_flagged(layers, mode):
     assert report.output_sensitivity > 1e-2
 
 
+def test_tabn_with_time_dependent_affine_is_an_entry_that_puts_time_back():
+    report = time_awareness(_model(*GOOD["tabn"]), _input(), mode="train")
+    entry = next(f for f in report.findings if f.role == "time entry" and f.kind == "TABatchNorm2d")
+    assert entry.injects and entry.detected_by == "type"
+    assert "γ(t), β(t) put time back" in _norm_finding(report, "TABatchNorm2d").message
+
+
 def test_tabn_without_time_dependent_affine_does_not_restore_time():
     # At initialisation γ*_m = 1, β*_m = 0 at every grid point: TA-BN is plain BN in training.
     report = time_awareness(_model(lambda: ConcatConv2d(4, C, 3), lambda: TABatchNorm2d(C, M=10)),
                             _input(), mode="train")
     assert _norm_finding(report, "TABatchNorm2d").verdict == "cancelled"
     entry = next(f for f in report.findings if f.role == "time entry" and f.kind == "TABatchNorm2d")
-    assert "does not vary with t" in entry.message
+    assert not entry.injects and "does not vary with t" in entry.message
     assert report.vanishing
 
 
