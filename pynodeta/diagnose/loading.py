@@ -11,9 +11,11 @@ load files you trust. Accepted contents:
   shape ``(batch_size, *input_shape)``;
 * a dict ``{"model": nn.Module, "example_input": tensor}`` (``example_input`` optional): the input
   is the first ``batch_size`` rows of ``example_input``;
-* a Lightning checkpoint written by a LightningCLI run, whose hyperparameters name the model class
-  (``_class_path``): the model is rebuilt with ``load_from_checkpoint``, and the input is the first
-  test batch of the DataModule its ``datamodule_hyper_parameters`` name, if they do.
+* a Lightning checkpoint written by a LightningCLI run (``pynodeta fit``): the model and data come
+  from the ``config.yaml`` the run saved beside its ``checkpoints/`` folder; failing that, from the
+  class paths in the checkpoint's hyperparameters (``_class_path``, which LightningCLI records when
+  the module saves its hyperparameters), the input then being the first test batch of the
+  DataModule its ``datamodule_hyper_parameters`` name, if any.
 """
 
 from __future__ import annotations
@@ -57,8 +59,13 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
 def _from_lightning_checkpoint(path: Path, content: dict) -> tuple[nn.Module, torch.Tensor | None]:
     model_class = (content.get("hyper_parameters") or {}).get("_class_path")
     if model_class is None:
-        raise ValueError(f"the Lightning checkpoint {str(path)!r} does not name its model class; pass the "
-                         f"training config as well: --config CONFIG.yaml --checkpoint {path}")
+        # LightningCLI saves the resolved config beside the run: <run>/config.yaml, <run>/checkpoints/*.ckpt
+        beside = [d / "config.yaml" for d in (path.parent, path.parent.parent) if (d / "config.yaml").is_file()]
+        if beside:
+            return load_config(beside[0], path)
+        raise ValueError(f"the Lightning checkpoint {str(path)!r} does not name its model class and has no "
+                         f"config.yaml beside it; pass the training config as well: "
+                         f"--config CONFIG.yaml --checkpoint {path}")
     model = _import(model_class).load_from_checkpoint(path, map_location="cpu")
     data = content.get("datamodule_hyper_parameters") or {}
     if "_class_path" not in data:
@@ -84,25 +91,30 @@ def _first_test_inputs(datamodule) -> torch.Tensor:
 def load_config(config: str | Path, checkpoint: str | Path | None = None) -> tuple[nn.Module, torch.Tensor]:
     """``(LightningModule, first test batch's inputs)`` built from a training config.
 
-    Only the ``model:`` and ``data:`` sections are read (``trainer:``, optimiser and the rest do not
-    matter to an audit); each names its class by ``class_path`` (a LightningModule, a
-    LightningDataModule) with ``init_args``, checked against the class signature by jsonargparse
-    as LightningCLI does. ``checkpoint``, if given, is a Lightning checkpoint whose ``state_dict``
-    is loaded into the model.
+    ``config`` is a YAML file or the name of a config shipped with pynodeta (``digits_tabn``, as
+    ``pynodeta fit --config`` takes it). Only the ``model:`` and ``data:`` sections are read
+    (``trainer:``, optimiser and the rest do not matter to an audit); each names its class by
+    ``class_path`` (a LightningModule, a LightningDataModule) with ``init_args``, checked against the
+    class signature by jsonargparse as LightningCLI does. The model's initial weights are drawn with
+    the config's ``seed_everything`` (the global RNG is left as it was). ``checkpoint``, if given,
+    is a Lightning checkpoint whose ``state_dict`` is loaded into the model.
     """
     import yaml
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule, LightningModule
 
-    sections = _config_sections(Path(config), yaml)
+    content = _config_content(_config_path(config), yaml)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model", required=True)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     # ``instantiate`` replaced ``instantiate_classes`` in jsonargparse 4.49
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    seed = content.get("seed_everything")
     try:
-        built = instantiate(parser.parse_object(sections))
-    except Exception as error:  # noqa: BLE001 - jsonargparse reports typos and type errors this way
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
+            built = instantiate(parser.parse_object({"model": content["model"], "data": content["data"]}))
+    except Exception as error:  # noqa: BLE001 - jsonargparse and constructors report bad configs this way
         raise ValueError(f"config {str(config)!r}: {error}") from error
     model, datamodule = built.model, built.data
     if checkpoint is not None:
@@ -113,15 +125,24 @@ def load_config(config: str | Path, checkpoint: str | Path | None = None) -> tup
     return model, _first_test_inputs(datamodule)
 
 
-def _config_sections(path: Path, yaml) -> dict:
-    if not path.is_file():
-        raise ValueError(f"config {str(path)!r} does not exist or is not a file")
+def _config_path(config: str | Path) -> Path:
+    path = Path(config)
+    if path.is_file():
+        return path
+    if path.suffix or len(path.parts) > 1:
+        raise ValueError(f"config {str(config)!r} does not exist or is not a file")
+    from pynodeta.train.configs import shipped_config_path  # a bare name: a shipped config
+
+    return shipped_config_path(str(config))
+
+
+def _config_content(path: Path, yaml) -> dict:
     content = yaml.safe_load(path.read_text())
     missing = [k for k in ("model", "data") if not isinstance(content, dict) or k not in content]
     if missing:
         raise ValueError(f"config {str(path)!r} has no {' and no '.join(missing)} section; "
                          f"expected a training config with model: and data:")
-    return {"model": content["model"], "data": content["data"]}
+    return content
 
 
 def input_batch(

@@ -156,3 +156,27 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
     torch.save([1, 2, 3], path)
     assert main(["--checkpoint", str(path)]) == 2
     assert "holds a list; expected an nn.Module" in capsys.readouterr().err
+
+
+def test_a_shipped_config_is_found_by_name(capsys):
+    assert main(["--config", "digits_tabn", "--json", "--batch-size", "8"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)["reports"]
+    assert report["subject"] == "model.ode.func"
+    assert {f["kind"] for f in report["findings"]} == {"ConcatConv2d", "TABatchNorm2d"}
+    assert main(["--config", "no_such_config"]) == 2
+    assert "shipped configs: " in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_pynodeta_fit_is_audited_with_the_config_saved_beside_it(tmp_path, capsys):
+    from pynodeta.train.cli import main as fit_main
+
+    status = fit_main(["fit", "--config", "digits_tabn", "--trainer.max_epochs", "1",
+                       "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                       "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
+                       "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    assert status == 0
+    (checkpoint,) = tmp_path.glob("digits_tabn/version_0/checkpoints/last.ckpt")
+    capsys.readouterr()
+    assert main(["--checkpoint", str(checkpoint), "--json", "--batch-size", "8"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)["reports"]
+    assert report["subject"] == "model.ode.func"
