@@ -152,5 +152,6 @@ def check_options(options: Mapping[str, Any] | None, backend: Backend, method: s
 
 def _positive(options: Mapping[str, Any], key: str) -> None:
     value = float(options[key])
-    if not value > 0:
-        raise ValueError(f"options[{key!r}] must be > 0, got {value}")
+    finite_needed = key != "max_step"  # max_step = inf means "no bound"
+    if not value > 0 or (finite_needed and not math.isfinite(value)):
+        raise ValueError(f"options[{key!r}] must be > 0{' and finite' if finite_needed else ''}, got {value}")

@@ -148,3 +148,10 @@ def test_max_steps_partial_solution_keeps_the_tuple_structure():
     xs, vs = info.value.ys
     assert xs.shape == vs.shape == (len(info.value.t), 2)
     assert torch.allclose(xs[:, 0], torch.cos(info.value.t), atol=1e-8)
+
+
+@pytest.mark.parametrize("key", ["first_step", "step_size"])
+def test_step_options_must_be_finite(key):
+    method = "rk4" if key == "step_size" else "dopri5"
+    with pytest.raises(ValueError, match=f"options\\['{key}'\\] must be > 0 and finite, got inf"):
+        pn.solve(decay, torch.ones(2), T, method=method, options={key: math.inf})
