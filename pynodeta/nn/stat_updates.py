@@ -9,7 +9,8 @@ Two situations freeze the running statistics of pynodeta's batch norms (``TABatc
   integrates backwards inside ``autograd.Function.backward`` (pynodeta's adjoint, which also says
   so through ``pynodeta.ode.is_adjoint_backward()``, and torchdiffeq's alike), as does activation
   checkpointing; those calls revisit the forward times, so by default they are not counted twice.
-  A solver that runs its backward solve outside autograd can say so with ``with backward_solve():``.
+  A solver that runs its backward solve outside autograd can say so with ``with backward_solve():``
+  (``pynodeta.ode.backward_solve``, re-exported here).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from collections.abc import Iterator
 
 import torch
 
-from ..ode import is_adjoint_backward
+from ..ode import backward_solve, is_adjoint_backward
 
 __all__ = ["no_stat_updates", "backward_solve", "stat_updates_allowed"]
 
 _frozen: contextvars.ContextVar[bool] = contextvars.ContextVar("pynodeta_no_stat_updates", default=False)
-_backward: contextvars.ContextVar[bool] = contextvars.ContextVar("pynodeta_backward_solve", default=False)
 
 
 @contextlib.contextmanager
@@ -38,21 +38,11 @@ def no_stat_updates() -> Iterator[None]:
         _frozen.reset(token)
 
 
-@contextlib.contextmanager
-def backward_solve() -> Iterator[None]:
-    """Mark calls inside the block as part of a backward (adjoint) solve."""
-    token = _backward.set(True)
-    try:
-        yield
-    finally:
-        _backward.reset(token)
-
-
 def in_backward_solve() -> bool:
-    """True inside ``backward_solve()``, inside pynodeta's adjoint backward solve, or while autograd
+    """True inside ``backward_solve()`` (pynodeta's adjoint backward solve uses it), or while autograd
     runs any backward pass (torchdiffeq's adjoint, activation checkpointing)."""
     # torch reports the id of the running backward graph task, -1 outside backward.
-    return _backward.get() or is_adjoint_backward() or torch._C._current_graph_task_id() != -1
+    return is_adjoint_backward() or torch._C._current_graph_task_id() != -1
 
 
 def stat_updates_allowed(update_stats_in_backward: bool) -> bool:

@@ -1,6 +1,6 @@
 """The ODE core: backend-neutral solving with adaptive steps, dense output, the adjoint and NFE statistics."""
 
-from .adjoint import is_adjoint_backward
+from .adjoint import backward_solve, is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
 from .errors import (
     BackendUnavailableError,
@@ -24,6 +24,7 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "FIXED_GRID_METHODS",
     "is_adjoint_backward",
+    "backward_solve",
     "Backend",
     "SolverConfig",
     "available_backends",

@@ -22,13 +22,13 @@ from .backends import Backend, SolverConfig
 from .norms import StateNorm, rms_norm
 from .stats import SolveStats
 
-__all__ = ["is_adjoint_backward", "AdjointSpec", "adjoint_integrate"]
+__all__ = ["is_adjoint_backward", "backward_solve", "AdjointSpec", "adjoint_integrate"]
 
 _in_backward: contextvars.ContextVar[bool] = contextvars.ContextVar("pynodeta_in_adjoint_backward", default=False)
 
 
 def is_adjoint_backward() -> bool:
-    """True while the right-hand side is being called by an adjoint backward solve.
+    """True while the right-hand side is being called by an adjoint backward solve (inside ``backward_solve()``).
 
     Layers with training-time side effects (TA-BN's running statistics) read it to decide whether to
     update during the backward pass.
@@ -37,7 +37,12 @@ def is_adjoint_backward() -> bool:
 
 
 @contextlib.contextmanager
-def _backward_scope() -> Iterator[None]:
+def backward_solve() -> Iterator[None]:
+    """Mark the calls inside the block as part of a backward (adjoint) solve.
+
+    pynodeta's adjoint wraps its backward solves in it; a solver of your own that integrates backwards
+    outside autograd can use it so that layers see ``is_adjoint_backward()`` as True.
+    """
     token = _in_backward.set(True)
     try:
         yield
@@ -92,7 +97,7 @@ class _AdjointSolve(torch.autograd.Function):
                 time_vjps[i] = dl_dti
                 aug[0] -= dl_dti
             segment = SolveStats(method=config.method, backend=spec.backend.name)
-            with _backward_scope():
+            with backward_solve():
                 aug = spec.backend.integrate(aug_func, aug, t[i - 1 : i + 1].flip(0), config, segment)[1].clone()
             spec.stats.absorb_adjoint(segment)
             layout.y_part(aug).copy_(ys[i - 1].reshape(-1))
