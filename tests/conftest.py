@@ -1,10 +1,12 @@
+"""Settings shared by every test."""
+
 import pytest
 import torch
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    # The tests run beside other jobs on two cores; one thread avoids oversubscription stalls.
+def _one_thread():
+    # The tests use tiny tensors: on two shared cores a second thread only adds oversubscription stalls.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
