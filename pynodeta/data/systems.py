@@ -47,6 +47,11 @@ def _check_positive(**values: float) -> None:
             raise ValueError(f"{name} must be > 0, got {value}")
 
 
+def _check_damping(damping: float) -> None:
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0 (0: no friction), got {damping}")
+
+
 @dataclass(frozen=True)
 class DampedMassSpring(PhysicalSystem):
     """m x'' + c x' + k x = 0, state (x, v)."""
@@ -59,8 +64,7 @@ class DampedMassSpring(PhysicalSystem):
 
     def __post_init__(self):
         _check_positive(mass=self.mass, stiffness=self.stiffness)
-        if self.damping < 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        _check_damping(self.damping)
 
     def matrix(self) -> np.ndarray:
         """A with dy/dt = A y."""
@@ -94,8 +98,7 @@ class Pendulum(PhysicalSystem):
 
     def __post_init__(self):
         _check_positive(length=self.length, gravity=self.gravity)
-        if self.damping < 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        _check_damping(self.damping)
 
     def vector_field(self, t, y):
         theta, omega = y
@@ -146,8 +149,7 @@ class DrivenOscillator(PhysicalSystem):
 
     def __post_init__(self):
         _check_positive(mass=self.mass, stiffness=self.stiffness)
-        if self.damping < 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        _check_damping(self.damping)
 
     def vector_field(self, t, y):
         x, v = y
