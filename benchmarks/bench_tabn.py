@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python3 benchmarks/bench_tabn.py [--repeats 30] [--threads 2]
 
-Prints a markdown table of median times (ms) and the ratios TA-BN / BatchNorm2d (target <= 1.3).
+Prints and saves (benchmarks/results/bench_tabn.json) median times (ms) and the ratios
+TA-BN / BatchNorm2d (target <= 1.3).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import time
 import torch
 
 from pynodeta.nn import TABatchNorm2d
+
+from make_results import render_table
+from reporting import Table, save_report
 
 
 def fwd_bwd_ms(call, x: torch.Tensor, grad: torch.Tensor) -> float:
@@ -54,13 +58,16 @@ def main() -> None:
         tabn.train(mode == "train")
         ref, ta = compare(bn, lambda x: tabn(0.4137, x), x, grad, args.repeats)
         rows.append((mode, statistics.median(ref), statistics.median(ta), min(ref), min(ta)))
-    print(f"TA-BN vs BatchNorm2d, forward+backward, input {tuple(args.shape)}, "
-          f"{args.threads} threads, {args.repeats} alternated runs each, torch {torch.__version__}\n")
+    caption = (f"forward+backward, input {tuple(args.shape)}, {args.threads} threads, "
+               f"{args.repeats} alternated runs each")
     # The minimum is the least disturbed by other processes; the median is the typical cost.
-    print("| mode | BatchNorm2d, median ms | TABatchNorm2d, median ms | ratio of medians | ratio of minima |")
-    print("|---|---|---|---|---|")
-    for mode, ref, ta, ref_min, ta_min in rows:
-        print(f"| {mode} | {ref:.2f} | {ta:.2f} | {ta / ref:.2f} | {ta_min / ref_min:.2f} |")
+    result = Table(["mode", "BatchNorm2d, median ms", "TABatchNorm2d, median ms", "ratio of medians",
+                    "ratio of minima"],
+                   [[mode, round(ref, 2), round(ta, 2), round(ta / ref, 2), round(ta_min / ref_min, 2)]
+                    for mode, ref, ta, ref_min, ta_min in rows], caption=caption)
+    save_report("bench_tabn", "TA-BN against BatchNorm2d: time per forward+backward", [result],
+                notes=["Target: ratio <= 1.3."])
+    print(render_table(result))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ small to gain from more, and it leaves the other core free.
 
     PYTHONPATH=. python3 benchmarks/diagnose_groups.py [--channels 16] [--epochs 8] [--seeds 0 1]
                                                         [--out benchmarks/results/]
-writes diagnose_groups.md (the table) and diagnose_groups.png (the plot) to --out.
+writes the report diagnose_groups.json and the plot diagnose_groups.png to --out.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from pynodeta.data import DigitsDataModule
 from pynodeta.diagnose import audit_ode_blocks
 from pynodeta.models import Seed001Classifier
 from pynodeta.models.ode_block import ODESettings
+
+from make_results import render_table
+from reporting import Table, save_report
 
 
 @dataclass
@@ -111,16 +114,15 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(runs: dict[str, list[Run]], channels: int) -> str:
-    lines = ["| model | C/G | test acc. (%) | mean NFE | survival at init | survival trained | diagnosis |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+def table(runs: dict[str, list[Run]], channels: int) -> Table:
+    rows = []
     for label, group in runs.items():
         per_group = "—" if group[0].groups is None else str(channels // group[0].groups)
         verdict = "; ".join(sorted({r.verdict for r in group}))
-        lines.append(f"| {label} | {per_group} | {_cell([r.accuracy for r in group], 1)} | "
-                     f"{_cell([r.nfe for r in group], 1)} | {_cell([r.survival_init for r in group], 3)} | "
-                     f"{_cell([r.survival for r in group], 3)} | {verdict} |")
-    return "\n".join(lines)
+        rows.append([label, per_group, _cell([r.accuracy for r in group], 1), _cell([r.nfe for r in group], 1),
+                     _cell([r.survival_init for r in group], 3), _cell([r.survival for r in group], 3), verdict])
+    columns = ["model", "C/G", "test acc. (%)", "mean NFE", "survival at init", "survival trained", "diagnosis"]
+    return Table(columns, rows)
 
 
 def plot(runs: dict[str, list[Run]], baseline: str, path: Path) -> None:
@@ -179,13 +181,15 @@ def main() -> None:
                   f"{run.survival_init:.3f} -> {run.survival:.3f}  ({run.seconds:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     baseline = f"GN G={min(args.channels // 4, 32)}"
-    text = (f"Seed-001 NODE classifier on digits (360 test images), C = {args.channels}, {args.epochs} "
+    note = (f"Seed-001 NODE classifier on digits (360 test images), C = {args.channels}, {args.epochs} "
             f"epochs, seeds {args.seeds}; GN baseline (G = min(C/4, 32)): {baseline}; "
-            f"{time.perf_counter() - started:.0f} s in all\n\n{table(runs, args.channels)}\n")
-    (args.out / "diagnose_groups.md").write_text(text)
+            f"{time.perf_counter() - started:.0f} s in all.")
     plot(runs, baseline, args.out / "diagnose_groups.png")
-    print(text)
-    print(f"wrote {args.out / 'diagnose_groups.md'} and {args.out / 'diagnose_groups.png'}")
+    result = table(runs, args.channels)
+    path = save_report("diagnose_groups", "Seed 001 on digits: GroupNorm groups, BN and the positional embedding",
+                       [result], notes=[note], plots=["diagnose_groups.png"], directory=args.out)
+    print(note, "", render_table(result), sep="\n")
+    print(f"wrote {path} and {args.out / 'diagnose_groups.png'}")
 
 
 if __name__ == "__main__":

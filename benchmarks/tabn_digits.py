@@ -9,7 +9,7 @@ on the other samples of the batch; TA-BN's and Pop-TI BN's do not.
     python benchmarks/tabn_digits.py                 # 4 norms x 3 seeds, about 10 minutes on 2 cores
     python benchmarks/tabn_digits.py --epochs 3 --seeds 0   # a quick look
 
-Writes tabn_digits.md (table) and tabn_digits.png (plot) to --out.
+Writes the report tabn_digits.json and the plot tabn_digits.png to --out.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from torch.utils.data import DataLoader
 from pynodeta.data import DigitsDataModule
 from pynodeta.models import ODESettings, Seed001Classifier
 from pynodeta.train import NODEClassifier, TABNAdamW, forward_nfe, ode_solvers
+
+from make_results import render_table
+from reporting import Table, save_report
 
 NORMS = {"tabn": "TA-BN", "popti-bn": "Pop-TI BN", "minibatch-bn": "mini-batch BN", "none": "no BN"}
 TEST_BATCH_SIZES = (256, 2)
@@ -79,26 +82,19 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {spread:.4f}"
 
 
-def table(results: list[dict], epochs: int, seeds: list[int]) -> str:
-    lines = [
-        f"Digits (8x8), seed-001-style NODE (C = 32, ODE on 32x4x4, dopri5 1e-3, adjoint), {epochs} epochs, "
-        f"AdamW 5e-3; seeds {seeds}; mean ± standard deviation over seeds.",
-        "",
-        "| normalisation in the ODE | test acc, batch 256 | test acc, batch 2 | drop (256 → 2) "
-        "| NFE fwd (train) | NFE bwd (train) | NFE fwd (test, batch 256) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def table(results: list[dict]) -> Table:
+    rows = []
     for norm, label in NORMS.items():
-        rows = [r for r in results if r["norm"] == norm]
-        acc256, acc2 = [r["acc_256"] for r in rows], [r["acc_2"] for r in rows]
-        drop = statistics.mean(acc256) - statistics.mean(acc2)
-        lines.append(
-            f"| {label} | {_mean_std(acc256)} | {_mean_std(acc2)} | {drop:+.4f} "
-            f"| {statistics.mean(r['train_nfe_forward'] for r in rows):.1f} "
-            f"| {statistics.mean(r['train_nfe_backward'] for r in rows):.1f} "
-            f"| {statistics.mean(r['nfe_256'] for r in rows):.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+        runs = [r for r in results if r["norm"] == norm]
+        acc256, acc2 = [r["acc_256"] for r in runs], [r["acc_2"] for r in runs]
+        rows.append([label, _mean_std(acc256), _mean_std(acc2),
+                     f"{statistics.mean(acc256) - statistics.mean(acc2):+.4f}",
+                     round(statistics.mean(r["train_nfe_forward"] for r in runs), 1),
+                     round(statistics.mean(r["train_nfe_backward"] for r in runs), 1),
+                     round(statistics.mean(r["nfe_256"] for r in runs), 1)])
+    columns = ["normalisation in the ODE", "test acc, batch 256", "test acc, batch 2", "drop (256 → 2)",
+               "NFE fwd (train)", "NFE bwd (train)", "NFE fwd (test, batch 256)"]
+    return Table(columns, rows)
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -141,12 +137,14 @@ def main() -> None:
     tasks = [(norm, seed, args.epochs, args.threads) for seed in args.seeds for norm in NORMS]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(run, *zip(*tasks)))
-    text = table(results, args.epochs, args.seeds)
-    text += f"\nTotal wall time {time.perf_counter() - started:.0f} s with {args.jobs} parallel runs.\n"
-    with open(os.path.join(args.out, "tabn_digits.md"), "w") as f:
-        f.write(text)
     plot(results, os.path.join(args.out, "tabn_digits.png"))
-    print(text)
+    notes = [f"Digits (8x8), seed-001-style NODE (C = 32, ODE on 32x4x4, dopri5 1e-3, adjoint), {args.epochs} "
+             f"epochs, AdamW 5e-3; seeds {args.seeds}; mean ± standard deviation over seeds.",
+             f"Total wall time {time.perf_counter() - started:.0f} s with {args.jobs} parallel runs."]
+    result = table(results)
+    save_report("tabn_digits", "TA-BN against its baselines on digits", [result], notes=notes,
+                plots=["tabn_digits.png"], directory=args.out)
+    print(render_table(result), *notes, sep="\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""One JSON format for every benchmark's measured tables, so ``docs/results.md`` is generated, never typed.
+
+A benchmark calls ``save_report(...)`` once at the end; ``python3 benchmarks/make_results.py`` then
+renders every ``benchmarks/results/*.json`` into ``docs/results.md``. Each report carries the exact
+command that produced it and the machine it ran on, so a figure in the docs always has both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Table:
+    """A table of measured figures: ``rows`` hold plain numbers or strings, one entry per column."""
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    caption: str = ""
+
+    def __post_init__(self):
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(f"row {i} has {len(row)} entries but the table has {len(self.columns)} columns")
+
+
+@dataclass
+class Report:
+    name: str                       # file stem, e.g. "bench_solver"
+    title: str                      # the section heading in docs/results.md
+    command: str                    # the exact command line that produced it
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)      # what agrees/disagrees, caveats (one paragraph each)
+    plots: list[str] = field(default_factory=list)      # file names inside benchmarks/results/
+    machine: dict = field(default_factory=dict)
+
+
+def machine_facts() -> dict:
+    """What the reader needs to judge a timing: CPU count, Python/torch versions, date."""
+    facts = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+             "date": time.strftime("%Y-%m-%d")}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        facts["torch"] = torch.__version__
+        facts["threads"] = torch.get_num_threads()
+    return facts
+
+
+def command_line() -> str:
+    """The command that is running now, as a user would type it from the repository root."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path.cwd())
+    except ValueError:
+        script = Path("benchmarks") / script.name
+    return " ".join(["python3", script.as_posix(), *sys.argv[1:]])
+
+
+def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequence[str] = (),
+                plots: Sequence[str] = (), command: str | None = None,
+                directory: Path | str = RESULTS_DIR) -> Path:
+    """Write ``<directory>/<name>.json`` atomically and return its path."""
+    report = Report(name=name, title=title, command=command or command_line(), tables=list(tables),
+                    notes=list(notes), plots=list(plots), machine=machine_facts())
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(report), f, indent=1, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_report(path: Path | str) -> Report:
+    data = json.loads(Path(path).read_text())
+    missing = {"name", "title", "command", "tables"} - set(data)
+    if missing:
+        raise ValueError(f"{path}: not a benchmark report, missing {sorted(missing)}")
+    tables = [Table(**t) for t in data.pop("tables")]
+    return Report(tables=tables, **data)
