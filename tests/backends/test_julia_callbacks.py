@@ -11,7 +11,7 @@ import torch
 from pynodeta.ode.backends.base import SolverConfig
 from pynodeta.ode.backends.external import CountingRHS, FlatState
 from pynodeta.ode.backends.julia_callbacks import JuliaJacobian, JuliaJVP
-from pynodeta.ode.backends.julia_gpu import TorchViewCallback, gpu_solver_options
+from pynodeta.ode.backends.julia_gpu import DLPackOnly, TorchViewCallback, gpu_solver_options
 from pynodeta.ode.errors import NonFiniteStateError
 from pynodeta.ode.stats import SolveStats
 
@@ -124,3 +124,12 @@ def test_gpu_path_refuses_per_element_tolerances():
         gpu_solver_options(SolverConfig(method="tsit5", rtol=torch.full((6,), 1e-6)))
     one_number = torch.tensor(1e-6, dtype=torch.float64)
     assert gpu_solver_options(SolverConfig(method="tsit5", rtol=one_number))["reltol"] == 1e-6
+
+
+def test_the_dlpack_only_view_shares_memory_and_hides_the_array_protocol():
+    tensor = torch.arange(4.0, dtype=torch.float64)
+    view = DLPackOnly(tensor)
+    assert not hasattr(view, "__array__")  # so juliacall passes it to Julia as a plain object
+    shared = torch.from_dlpack(view)
+    shared[0] = 42.0
+    assert tensor[0] == 42.0

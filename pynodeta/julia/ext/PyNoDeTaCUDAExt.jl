@@ -40,9 +40,11 @@ end
 
 function PyNoDeTa.solve_flat_cuda(f, u0_tensor, times::AbstractVector{<:Real}, method, from_dlpack;
         options...)
+    # u0_tensor offers only __dlpack__/__dlpack_device__ (so juliacall passes it as a plain Py object).
     shared = DLPack.from_dlpack(u0_tensor)
     shared isa CuVector{<:AbstractFloat} ||
         throw(ArgumentError("u0 must be a 1-D floating-point CUDA tensor, got $(typeof(shared))"))
+    CUDA.device!(CUDA.device(shared))  # compute on the GPU that holds torch's tensor
     u = copy(shared)  # the solver overwrites its state; torch's y0 must stay as it was
     result = solve_state(rhs_function(TorchViewRHS(f, from_dlpack), nothing, nothing), u, times, method;
         options...)

@@ -5,7 +5,13 @@
 # with a Python right-hand side.
 @setup_workload begin
     decay!(du, u, t) = (du .= -u; nothing)
-    decay_jacobian!(J, u, t) = (J .= 0; for i in axes(J, 1); J[i, i] = -1; end; nothing)
+    function decay_jacobian!(J, u, t)
+        fill!(J, 0)
+        for i in axes(J, 1)
+            J[i, i] = -1
+        end
+        return nothing
+    end
     decay_jvp!(Jv, v, u, t) = (Jv .= -v; nothing)
     times = [0.0, 0.5, 1.0]
     @compile_workload begin

@@ -28,7 +28,7 @@ from .external import ExternalOutcome, FlatState, output_times
 from .julia_callbacks import raise_callback_error
 from .julia_outcome import n_reached, record_statistics, retcode_status
 
-__all__ = ["TorchViewCallback", "check_gpu_state", "gpu_solver_options", "integrate_on_gpu"]
+__all__ = ["TorchViewCallback", "DLPackOnly", "check_gpu_state", "gpu_solver_options", "integrate_on_gpu"]
 
 
 class TorchViewCallback:
@@ -62,6 +62,24 @@ class TorchViewCallback:
         du.copy_(dy.reshape(-1))
         if du.is_cuda:
             torch.cuda.current_stream(du.device).synchronize()
+
+
+class DLPackOnly:
+    """A tensor seen only through the DLPack protocol.
+
+    juliacall converts arguments that look like arrays (``__array__``) into Julia array wrappers, which
+    would copy a CUDA tensor to the host or fail; this object has nothing but ``__dlpack__`` and
+    ``__dlpack_device__``, so it reaches Julia as a plain Python object for ``DLPack.from_dlpack``.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __dlpack__(self, stream=None):
+        return self.tensor.__dlpack__(stream=stream)
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
 
 
 def check_gpu_state(y0: torch.Tensor, config: SolverConfig) -> None:
@@ -103,7 +121,7 @@ def integrate_on_gpu(
     y0_flat = y0.detach().reshape(-1).contiguous()
     torch.cuda.current_stream(y0.device).synchronize()  # y0 is written before Julia reads it
     try:
-        result = module.solve_flat_cuda(callback, y0_flat, times, method, torch.from_dlpack,
+        result = module.solve_flat_cuda(callback, DLPackOnly(y0_flat), times, method, torch.from_dlpack,
                                         **gpu_solver_options(config))
     except Exception as err:
         raise_callback_error(callback.error, err)
