@@ -148,3 +148,14 @@ def test_bad_tolerance_is_refused_before_julia_is_loaded(monkeypatch):
     with pytest.raises(ValueError, match="rtol has 3 elements but the flat state has 2"):
         JuliaBackend().integrate(lambda t, y: -y, y0, t, SolverConfig(method="tsit5", rtol=torch.ones(3)),
                                  SolveStats())
+
+
+def test_the_python_method_list_is_the_julia_one_plus_alg():
+    import re
+    from pathlib import Path
+
+    from pynodeta.ode.backends.julia import JULIA_METHODS
+
+    source = (Path(__file__).resolve().parents[2] / "pynodeta" / "julia" / "src" / "PyNoDeTa.jl").read_text()
+    table = source.split("const METHODS = Dict{String, Function}(")[1].split("\n)")[0]
+    assert set(re.findall(r'"(\w+)" =>', table)) | {"alg"} == set(JULIA_METHODS)
