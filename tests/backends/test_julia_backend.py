@@ -1,5 +1,6 @@
 """The Julia backend's Python side, exercised without Julia: lazy import, the install message, the
-callback that Julia calls, and the mapping of OrdinaryDiffEq's results to tensors and errors."""
+options, the callback that Julia calls, exception chaining, and the mapping of OrdinaryDiffEq's results
+to tensors and errors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 
 from pynodeta.ode.backends import SolverConfig
 from pynodeta.ode.backends.external import CountingRHS, FlatState
-from pynodeta.ode.backends.julia import JuliaBackend, JuliaCallback, _outcome
+from pynodeta.ode.backends.julia import JuliaBackend, JuliaCallback
+from pynodeta.ode.backends.julia_outcome import outcome, retcode_status
 from pynodeta.ode.errors import (
     BackendUnavailableError,
     MaxStepsReachedError,
@@ -70,7 +72,7 @@ def julia_result(retcode, saved_t, size=2, **fields):
     saved_t = np.asarray(saved_t, dtype=np.float64)
     u = np.asfortranarray(np.stack([saved_t + i for i in range(size)]))
     defaults = dict(t_reached=saved_t[-1], dt=1e-3, step_sizes=[0.5, 0.5], nf=20, naccept=2, nreject=1,
-                    njacs=0)
+                    njacs=0, u_finite=True)
     return SimpleNamespace(retcode=retcode, t=saved_t, u=u, **{**defaults, **fields})
 
 
@@ -82,7 +84,7 @@ def finish(result, stats=None):
     stats = stats or SolveStats(backend="julia")
     t = torch.as_tensor(TIMES)
     config = SolverConfig(method="tsit5", max_num_steps=7)
-    return _outcome(result, TIMES, stats).result(STATE, t, config, stats)
+    return outcome(result, np.asarray(result.u).T, TIMES, stats).result(STATE, t, config, stats)
 
 
 def test_success_maps_states_and_statistics():
@@ -107,17 +109,37 @@ def test_saved_times_that_were_not_requested_are_not_outputs():
 
 
 @pytest.mark.parametrize(
-    ("retcode", "error", "message"),
+    ("retcode", "finite", "error", "message"),
     [
-        ("DtLessThanMin", StepSizeUnderflowError, "step size underflow at t=1.5"),
-        ("Unstable", NonFiniteStateError, "the state is not finite at t=1.5"),
-        ("DtNaN", NonFiniteStateError, "the state is not finite"),
-        ("ConvergenceFailure", ODESolveError, "retcode ConvergenceFailure"),
+        ("DtLessThanMin", True, StepSizeUnderflowError, "step size underflow at t=1.5"),
+        # A collapsed step size with min_step (force_dtmin) comes back as Unstable with a finite state.
+        ("Unstable", True, StepSizeUnderflowError, "step size underflow at t=1.5"),
+        ("Unstable", False, NonFiniteStateError, "the state is not finite at t=1.5"),
+        ("DtNaN", True, NonFiniteStateError, "the state is not finite"),
+        ("ConvergenceFailure", True, ODESolveError, "retcode ConvergenceFailure"),
     ],
 )
-def test_failure_return_codes_map_to_pynodeta_errors(retcode, error, message):
+def test_failure_return_codes_map_to_pynodeta_errors(retcode, finite, error, message):
     with pytest.raises(error, match=message):
-        finish(julia_result(retcode, [0.0, 1.0], t_reached=1.5))
+        finish(julia_result(retcode, [0.0, 1.0], t_reached=1.5, u_finite=finite))
+
+
+@pytest.mark.parametrize("retcode", ["Success", "Terminated", "StalledSuccess"])
+def test_success_like_return_codes_give_the_solution(retcode):
+    ys = finish(julia_result(retcode, TIMES))
+    assert ys.shape == (3, 2)
+
+
+def test_retcode_status_is_a_function_of_the_code_and_the_finiteness_of_the_state():
+    assert [retcode_status("Unstable", finite) for finite in (True, False)] == ["step_underflow", "non_finite"]
+    assert [retcode_status("MaxIters", finite) for finite in (True, False)] == ["max_steps", "max_steps"]
+    assert retcode_status("Terminated", False) == "success"
+    assert retcode_status("Failure", True) == "failure"
+
+
+def test_success_with_missing_outputs_is_still_an_error():
+    with pytest.raises(ODESolveError, match="success with 2 of 3 outputs"):
+        finish(julia_result("Terminated", [0.0, 1.0]))
 
 
 def test_bad_tolerance_is_refused_before_julia_is_loaded(monkeypatch):
@@ -126,3 +148,14 @@ def test_bad_tolerance_is_refused_before_julia_is_loaded(monkeypatch):
     with pytest.raises(ValueError, match="rtol has 3 elements but the flat state has 2"):
         JuliaBackend().integrate(lambda t, y: -y, y0, t, SolverConfig(method="tsit5", rtol=torch.ones(3)),
                                  SolveStats())
+
+
+def test_the_python_method_list_is_the_julia_one_plus_alg():
+    import re
+    from pathlib import Path
+
+    from pynodeta.ode.backends.julia import JULIA_METHODS
+
+    source = (Path(__file__).resolve().parents[2] / "pynodeta" / "julia" / "src" / "PyNoDeTa.jl").read_text()
+    table = source.split("const METHODS = Dict{String, Function}(")[1].split("\n)")[0]
+    assert set(re.findall(r'"(\w+)" =>', table)) | {"alg"} == set(JULIA_METHODS)

@@ -1,66 +1,113 @@
 """``backend="julia"``: OrdinaryDiffEq.jl solvers through juliacall, with a PyTorch right-hand side.
 
-Julia integrates a flat state vector and calls back into Python for ``dy/dt``; the callback reads the
-state and writes the derivative through zero-copy numpy views of Julia's vectors. The Julia side is the
-package under ``julia/`` (``PyNoDeTa.solve_flat``), declared with its OrdinaryDiffEq dependencies in
-``pynodeta/juliapkg.json`` so that juliacall installs them on first use.
+Julia integrates a flat state vector and calls back into Python for ``dy/dt`` (and, for the stiff
+methods, for Jacobians from ``torch.func``); the callbacks read and write Julia's vectors through
+zero-copy numpy views. The Julia side is the package PyNoDeTa, shipped inside pynodeta at
+``pynodeta/julia`` and declared with its OrdinaryDiffEq dependencies in ``pynodeta/juliapkg.json`` so
+that juliacall installs them on first use (docs/julia.md).
 
-juliacall is imported on the first ``integrate``, never when pynodeta is imported. Notes:
+juliacall is imported on the first ``integrate`` (or by ``pynodeta_julia.init_julia()``), never when
+pynodeta is imported. Notes:
 - float32 states are integrated in Float32, float64 in Float64, other dtypes in Float64.
-- CUDA tensors are copied to host memory for Julia and the results copied back to the device; each
-  right-hand-side call also crosses host <-> device. A zero-copy path (DLPack into a CuArray state) is
-  the natural next step.
+- CUDA tensors are copied to host memory for Julia and back, unless ``backend_options={"gpu": True}``
+  selects the GPU path (PyNoDeTa's CUDA extension: the state stays on the device, see julia_gpu.py).
 - Error control is OrdinaryDiffEq's (its controller and RMS norm over the whole state); the adjoint's
   ``StateNorm`` is accepted and not used.
 - ``max_num_steps`` is OrdinaryDiffEq's ``maxiters`` (attempted steps); ``min_step`` is ``dtmin`` with
   ``force_dtmin=true``.
-- If Python and Julia crash on import in your environment, ``import juliacall`` before ``import torch``.
+
+backend_options:
+- ``"alg"``: any OrdinaryDiffEq algorithm object (built with diffeqpy or ``juliacall.Main.seval``),
+  used with ``method="alg"``;
+- ``"jacobian"``: ``"autograd"`` (default: ``jac`` and ``jvp`` from torch for rodas5, kencarp4 and
+  ``alg``) or ``"finite-difference"`` (OrdinaryDiffEq's own);
+- ``"gpu"``: ``True`` keeps a CUDA state on the GPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from pynodeta_julia import INSTALL_HINT
+from pynodeta_julia import init_julia as _start_julia
+
 from ..errors import BackendUnavailableError
 from ..stats import SolveStats
 from .base import RHS, Backend, SolverConfig
-from .external import CountingRHS, ExternalOutcome, FlatState, check_config, output_times, tolerance_to_numpy
+from .external import CountingRHS, FlatState, check_config, output_times, tolerance_to_numpy
+from .julia_callbacks import JuliaCallback, JuliaJacobian, JuliaJVP, raise_callback_error
+from .julia_outcome import outcome
 
-__all__ = ["JuliaBackend", "JULIA_METHODS", "INSTALL_HINT"]
+__all__ = ["JuliaBackend", "JuliaOptions", "JULIA_METHODS", "INSTALL_HINT", "init_julia", "load_julia_module"]
 
-# Must match PyNoDeTa.METHODS in julia/src/PyNoDeTa.jl.
-JULIA_METHODS = ("tsit5", "dopri5", "bosh3", "vern7", "rodas5", "kencarp4")
+# PyNoDeTa.METHODS in pynodeta/julia/src/PyNoDeTa.jl, plus "alg": the algorithm in backend_options.
+JULIA_METHODS = ("tsit5", "dopri5", "bosh3", "vern7", "rodas5", "kencarp4", "alg")
+# Methods that get torch Jacobians (explicit algorithms given as "alg" simply never call them).
+_JACOBIAN_METHODS = frozenset({"rodas5", "kencarp4", "alg"})
+_OPTIONS = ("alg", "gpu", "jacobian")
 
-INSTALL_HINT = (
-    "backend='julia' needs juliacall and a Julia installation. Install them with\n"
-    '    pip install "pynodeta[julia]"\n'
-    "then run once with network access: the first `import juliacall` downloads Julia (if none is on PATH) "
-    "and installs the Julia packages declared in pynodeta/juliapkg.json (OrdinaryDiffEq solvers and the "
-    "local PyNoDeTa package), then precompiles them (several minutes). With PYTHON_JULIAPKG_OFFLINE=yes "
-    "nothing is downloaded, so that first run must already have happened."
-)
 
-# OrdinaryDiffEq return code -> ExternalOutcome status.
-_RETCODES = {
-    "Success": "success",
-    "MaxIters": "max_steps",
-    "DtLessThanMin": "step_underflow",
-    "Unstable": "non_finite",
-    "DtNaN": "non_finite",
-}
+@dataclass(frozen=True)
+class JuliaOptions:
+    """The validated ``backend_options`` of a Julia solve.
+
+    Attributes:
+        method: what ``solve_flat`` receives: a method name, or the Julia algorithm for ``method="alg"``.
+        jacobian: ``"autograd"`` or ``"finite-difference"``.
+        gpu: keep a CUDA state on the GPU.
+    """
+
+    method: Any
+    jacobian: str = "autograd"
+    gpu: bool = False
+
+    @classmethod
+    def of(cls, config: SolverConfig) -> JuliaOptions:
+        extra = dict(config.extra)
+        unknown = set(extra) - set(_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)} for backend 'julia'; it accepts {list(_OPTIONS)}")
+        jacobian = extra.get("jacobian", "autograd")
+        if jacobian not in ("autograd", "finite-difference"):
+            raise ValueError(f"jacobian must be 'autograd' or 'finite-difference', got {jacobian!r}")
+        gpu = extra.get("gpu", False)
+        if not isinstance(gpu, bool):
+            raise ValueError(f"backend_options['gpu'] must be True or False, got {gpu!r}")
+        return cls(_method_or_alg(config.method, extra.get("alg")), jacobian, gpu)
+
+
+def _method_or_alg(method: str, alg: Any) -> Any:
+    if method != "alg":
+        if alg is not None:
+            raise ValueError(f"backend_options['alg'] is run by method='alg', but method={method!r}: pass "
+                             "method='alg' to use the algorithm, or drop backend_options['alg']")
+        return method
+    if alg is None:
+        raise ValueError("method='alg' runs the OrdinaryDiffEq algorithm given as backend_options={'alg': ...}, "
+                         "and none was given")
+    if type(alg).__module__.split(".")[0] != "juliacall":
+        raise ValueError(
+            "backend_options['alg'] must be an OrdinaryDiffEq algorithm object from Julia, e.g. "
+            "juliacall.Main.seval('RadauIIA5(autodiff = AutoFiniteDiff())') or diffeqpy's "
+            f"ode.RadauIIA5(...), got {type(alg).__name__}"
+        )
+    return alg
 
 
 class JuliaBackend(Backend):
-    """Integrates with OrdinaryDiffEq.jl (Tsit5, DP5, BS3, Vern7, Rodas5P, KenCarp4) through juliacall."""
+    """Integrates with OrdinaryDiffEq.jl (Tsit5, DP5, BS3, Vern7, Rodas5P, KenCarp4, or any algorithm)."""
 
     name = "julia"
     differentiable = False
 
     def __init__(self):
         self._julia_module = None  # PyNoDeTa, loaded on the first integrate
+        self._gpu_loaded = False
 
     def methods(self) -> Sequence[str]:
         return JULIA_METHODS
@@ -70,85 +117,65 @@ class JuliaBackend(Backend):
     ) -> torch.Tensor:
         """Solve from ``y0`` at ``t[0]``; returns ``(len(t), *y0.shape)`` in y0's dtype and device."""
         check_config(config, self.name, JULIA_METHODS)
-        if config.extra:
-            raise ValueError(f"unknown options {sorted(config.extra)} for backend 'julia'")
+        options = JuliaOptions.of(config)
         stats.backend, stats.method = self.name, config.method
+        if options.gpu:
+            from .julia_gpu import check_gpu_state, integrate_on_gpu
+
+            check_gpu_state(y0, config)
+            if len(t) == 1:
+                return y0.detach().unsqueeze(0).clone()
+            return integrate_on_gpu(self._load(gpu=True), func, y0, t, config, stats, options.method)
         state = FlatState.of(y0, solver_dtypes=(torch.float32, torch.float64))
-        options = dict(
-            reltol=tolerance_to_numpy(config.rtol, state.size, "rtol"),
-            abstol=tolerance_to_numpy(config.atol, state.size, "atol"),
-            maxiters=config.max_num_steps,
-            first_step=config.first_step,
-            min_step=config.min_step if config.min_step > 0 else None,
-            max_step=config.max_step if np.isfinite(config.max_step) else None,
-        )
+        solver_options = flat_solver_options(config, state.size)
         if len(t) == 1:
             return y0.detach().unsqueeze(0).clone()
         module = self._load()
-        rhs = JuliaCallback(CountingRHS(func, state, stats))
+        rhs = CountingRHS(func, state, stats)
+        callback = JuliaCallback(rhs)
+        use_torch_jacobian = options.jacobian == "autograd" and config.method in _JACOBIAN_METHODS
+        jac, jvp = (JuliaJacobian(rhs), JuliaJVP(rhs)) if use_torch_jacobian else (None, None)
         times = output_times(t)
         try:
-            result = module.solve_flat(rhs, state.to_numpy(y0), times, config.method, **options)
+            result = module.solve_flat(callback, state.to_numpy(y0), times, options.method, jac=jac, jvp=jvp,
+                                       **solver_options)
         except Exception as err:
-            # A Python exception raised in the callback reaches us wrapped in a Julia error: re-raise it.
-            if rhs.error is not None:
-                raise rhs.error from err
+            raise_callback_error(callback.error, err)
             raise
-        return _outcome(result, times, stats).result(state, t, config, stats)
+        states = np.asarray(result.u).T  # Julia's column-major (size, n_saved) -> (n_saved, size)
+        return outcome(result, states, times, stats).result(state, t, config, stats)
 
-    def _load(self):
-        if self._julia_module is None:
-            self._julia_module = load_julia_module()
+    def _load(self, gpu: bool = False):
+        if self._julia_module is None or (gpu and not self._gpu_loaded):
+            self._julia_module = load_julia_module(gpu=gpu)
+            self._gpu_loaded = self._gpu_loaded or gpu
         return self._julia_module
 
 
-def load_julia_module():
-    """Import juliacall and the PyNoDeTa Julia package, or raise BackendUnavailableError saying how."""
+def flat_solver_options(config: SolverConfig, size: int) -> dict[str, Any]:
+    """Tolerances and step-size settings as ``solve_flat``'s keywords (``None``: the solver's default)."""
+    return dict(
+        reltol=tolerance_to_numpy(config.rtol, size, "rtol"),
+        abstol=tolerance_to_numpy(config.atol, size, "atol"),
+        maxiters=config.max_num_steps,
+        first_step=config.first_step,
+        min_step=config.min_step if config.min_step > 0 else None,
+        max_step=config.max_step if np.isfinite(config.max_step) else None,
+    )
+
+
+def load_julia_module(gpu: bool = False):
+    """The PyNoDeTa Julia module (``pynodeta_julia.init_julia``), or BackendUnavailableError saying how."""
     try:
-        import juliacall
+        return _start_julia(gpu=gpu)
     except ImportError as err:
-        raise BackendUnavailableError(f"juliacall is not installed. {INSTALL_HINT}") from err
-    except Exception as err:  # juliapkg failing to find or install Julia raises plain exceptions
-        raise BackendUnavailableError(f"juliacall could not start Julia ({err}). {INSTALL_HINT}") from err
-    try:
-        juliacall.Main.seval("import PyNoDeTa")
-    except Exception as err:
-        raise BackendUnavailableError(
-            f"the PyNoDeTa Julia package could not be loaded ({err}). {INSTALL_HINT}"
-        ) from err
-    return juliacall.Main.PyNoDeTa
+        raise BackendUnavailableError(str(err)) from err
 
 
-class JuliaCallback:
-    """The Python function Julia calls as ``f(du, u, t)``: writes dy/dt into Julia's ``du`` in place.
+def init_julia(gpu: bool = False):
+    """Start Julia and load PyNoDeTa now rather than on the first solve; returns the Julia module.
 
-    ``u`` and ``du`` arrive as juliacall array wrappers; ``np.asarray`` views their memory without a copy.
-    The first exception raised here is kept, so that the caller can re-raise it unwrapped.
+    To start Julia before torch is imported (needed on platforms where the reverse order crashes), use
+    ``pynodeta_julia.init_julia()`` instead: importing this module imports torch.
     """
-
-    def __init__(self, rhs: CountingRHS):
-        self.rhs = rhs
-        self.error: BaseException | None = None
-
-    def __call__(self, du, u, t) -> None:
-        try:
-            self.rhs.evaluate_into(np.asarray(du), np.asarray(u), float(t))
-        except BaseException as err:
-            self.error = self.error or err
-            raise
-
-
-def _outcome(result, times: np.ndarray, stats: SolveStats) -> ExternalOutcome:
-    """Map PyNoDeTa.solve_flat's named tuple to an ExternalOutcome, and its statistics into ``stats``."""
-    stats.n_accepted, stats.n_rejected = int(result.naccept), int(result.nreject)
-    stats.n_steps = stats.n_accepted + stats.n_rejected
-    stats.step_sizes.extend(float(h) for h in np.asarray(result.step_sizes))
-    saved_t = np.asarray(result.t, dtype=np.float64)
-    # Keep only saved times that are the requested ones, in order: the prefix the solver reached.
-    n_reached = 0
-    while n_reached < min(len(saved_t), len(times)) and saved_t[n_reached] == times[n_reached]:
-        n_reached += 1
-    ys = np.asarray(result.u).T[:n_reached].copy()  # Julia's (size, n_saved) column-major -> (n, size)
-    retcode = str(result.retcode)
-    status = _RETCODES.get(retcode, "failure")
-    return ExternalOutcome(ys, status, float(result.t_reached), float(result.dt), f"retcode {retcode}")
+    return load_julia_module(gpu=gpu)
