@@ -33,8 +33,12 @@ def _allowed(class_path: str, allowed_modules: Iterable[str]) -> bool:
     return any(module == root or module.startswith(root + ".") for root in (*TRUSTED_MODULES, *allowed_modules))
 
 
-def check_class_paths(hyperparameters, allowed_modules: Iterable[str], where: str) -> None:
-    """Refuse any ``class_path`` / ``_class_path`` (at any depth) outside the allowed modules."""
+def check_class_paths(hyperparameters, allowed_modules: Iterable[str], where: str,
+                      how_to_allow: str = "pass --allow-module {module}") -> None:
+    """Refuse any ``class_path`` / ``_class_path`` (at any depth) outside the allowed modules.
+
+    ``how_to_allow``: the advice in the message, with ``{module}`` the refused class's module.
+    """
     allowed_modules = tuple(allowed_modules)
     pending = [hyperparameters]
     while pending:
@@ -42,7 +46,7 @@ def check_class_paths(hyperparameters, allowed_modules: Iterable[str], where: st
         if isinstance(node, dict):
             for key, value in node.items():
                 if key in ("class_path", "_class_path"):
-                    _require_allowed(value, allowed_modules, where)
+                    _require_allowed(value, allowed_modules, where, how_to_allow)
                 elif key == "_instantiator" and value != STANDARD_INSTANTIATOR:
                     raise ClassPathRefused(f"{where} names the instantiator {value!r}; only LightningCLI's "
                                            f"{STANDARD_INSTANTIATOR!r} is accepted")
@@ -52,14 +56,16 @@ def check_class_paths(hyperparameters, allowed_modules: Iterable[str], where: st
             pending.extend(node)
 
 
-def _require_allowed(class_path, allowed_modules: tuple[str, ...], where: str) -> None:
+def _require_allowed(class_path, allowed_modules: tuple[str, ...], where: str,
+                     how_to_allow: str = "pass --allow-module {module}") -> None:
     if not isinstance(class_path, str) or "." not in class_path:
         raise ClassPathRefused(f"{where} names the class {class_path!r}; expected a dotted 'module.Class' string")
     if not _allowed(class_path, allowed_modules):
         roots = ", ".join(repr(m) for m in (*TRUSTED_MODULES, *allowed_modules))
         raise ClassPathRefused(
             f"{where} names {class_path!r}, which is outside the allowed modules ({roots}); refusing to import "
-            f"it. If you trust the file and that module, pass --allow-module {class_path.rpartition('.')[0]}")
+            f"it. If you trust the file and that module, "
+            f"{how_to_allow.format(module=class_path.rpartition('.')[0])}")
 
 
 def import_allowed_class(class_path, base: type, allowed_modules: Iterable[str], where: str) -> type:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .run_dir import RunDirectoryError, newest_last_checkpoint, run_dir_of_checkpoint
-from .safe_load import read_checkpoint
+from .safe_load import CheckpointError, read_checkpoint
 
 __all__ = ["prepare_ckpt_path"]
 
@@ -45,6 +45,7 @@ def prepare_ckpt_path(subcommand: str, config) -> int | None:
         raise RunDirectoryError(f"--ckpt_path {ckpt_path} refers to a checkpoint of a fit in this same process, "
                                 f"which `pynodeta {subcommand}` does not have; pass the checkpoint file's path")
     state = read_checkpoint(ckpt_path)
+    _check_hyperparameter_classes(state, ckpt_path, config)
     if subcommand != "fit" or logger is None or logger.get("version") is not None:
         return None  # an explicit version is the user's choice of folder
     run = _stored_run_dir(state, Path(ckpt_path)) or run_dir_of_checkpoint(ckpt_path)
@@ -78,3 +79,30 @@ def _stored_run_dir(state: dict, ckpt_path: Path) -> Path | None:
                 and os.path.samefile(dirpath, ckpt_path.parent):
             return Path(dirpath).parent
     return None
+
+
+def _check_hyperparameter_classes(state, ckpt_path: str, config) -> None:
+    """LightningCLI rebuilds the model from class paths in the checkpoint's hyperparameters (and
+    imports their modules): accept only modules that pynodeta or the user's own config names."""
+    from pynodeta.diagnose.trust import check_class_paths
+
+    hyperparameters = state.get("hyper_parameters") if isinstance(state, dict) else None
+    if not hyperparameters:
+        return
+    model = config.get("model")
+    named = _class_paths(model.as_dict() if hasattr(model, "as_dict") else model)
+    try:
+        check_class_paths(hyperparameters, sorted({path.partition(".")[0] for path in named}),
+                          f"the checkpoint {ckpt_path!r} (hyper_parameters)",
+                          how_to_allow="name a class of {module} in the config's model section")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+
+
+def _class_paths(tree) -> list[str]:
+    if isinstance(tree, dict):
+        own = [tree["class_path"]] if isinstance(tree.get("class_path"), str) else []
+        return own + [p for value in tree.values() for p in _class_paths(value)]
+    if isinstance(tree, (list, tuple)):
+        return [p for value in tree for p in _class_paths(value)]
+    return []

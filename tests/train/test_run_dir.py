@@ -139,3 +139,13 @@ def test_a_killed_runs_temporary_checkpoint_files_are_removed_at_start(tmp_path)
     unrelated.write_text("not ours")
     assert main(["fit", "--config", config, "--trainer.logger.init_args.version", "v"]) == 0
     assert not leftover.exists() and unrelated.exists()
+
+
+def test_checkpoint_hyperparameters_may_not_name_foreign_classes(tmp_path, capsys):
+    # LightningCLI rebuilds the model from these class paths; only modules the config names pass.
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "subprocess.Popen",
+                                                       "args": ["touch", str(tmp_path / "marker")]}}, path)
+    assert main(["test", "--config", _config(tmp_path), "--ckpt_path", str(path)]) == 2
+    assert "'subprocess.Popen', which is outside the allowed modules" in capsys.readouterr().err
+    assert not (tmp_path / "marker").exists()
