@@ -109,7 +109,8 @@ class PynodetaCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
-        if log_dir is None or self.trainer.global_rank != 0:  # DDP: rank 0 holds the folder for all
+        # DDP: rank 0 holds the folder for all ranks; a remote folder (s3://...) has no local lock file
+        if log_dir is None or self.trainer.global_rank != 0 or "://" in str(log_dir):
             super()._run_subcommand(subcommand)
             return
         lock = RunDirLock(log_dir)
@@ -120,7 +121,7 @@ class PynodetaCLI(LightningCLI):
         try:  # a run killed mid-write left these; nobody else writes here while we hold the lock
             remove_stale_tmp_files(Path(log_dir) / "checkpoints")
             if self._resumed_epochs is not None:
-                keep_csv_metrics(self.trainer.logger, self._resumed_epochs)
+                keep_csv_metrics(self.trainer.logger, log_dir, self._resumed_epochs)
             super()._run_subcommand(subcommand)
         finally:
             lock.release()

@@ -118,14 +118,14 @@ def newest_last_checkpoint(root: str | os.PathLike) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
-def keep_csv_metrics(logger, completed_epochs: int) -> None:
+def keep_csv_metrics(logger, log_dir: str | os.PathLike, completed_epochs: int) -> None:
     """Keep a resumed run's ``metrics.csv`` rows of its first ``completed_epochs`` epochs.
 
     Lightning's CSV writer deletes ``metrics.csv`` of a non-empty folder when it starts; the rows
     are put back (later epochs, which the resumed run logs again, are dropped), and the writer
     appends after them. Loggers other than a CSV writer are left alone.
     """
-    path = Path(logger.log_dir) / "metrics.csv"
+    path = Path(log_dir) / "metrics.csv"
     text = path.read_text() if path.is_file() else None
     writer = logger.experiment  # created now: it deletes the old file
     if text is None or not hasattr(writer, "metrics_keys"):
