@@ -9,7 +9,7 @@
 """
 
 from .digits import DigitsDataModule
-from .errors import DatasetNotFoundError
+from .errors import DatasetFileError, DatasetNotFoundError
 from .image_datasets import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -29,6 +29,7 @@ __all__ = [
     "DATASETS",
     "get_datamodule",
     "DatasetNotFoundError",
+    "DatasetFileError",
     "ImageDataModule",
     "ImageTensorDataset",
     "FileImageDataModule",

@@ -1,11 +1,11 @@
-"""The one exception the data package raises for data that is not on disk."""
+"""The data package's exceptions: data that is not on disk, and a file that is there but unusable."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DatasetNotFoundError"]
+__all__ = ["DatasetNotFoundError", "DatasetFileError"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -22,3 +22,12 @@ class DatasetNotFoundError(FileNotFoundError):
             f"{dataset} not found; missing:\n{listed}\nExpected layout: {layout}\n"
             f"Download: {download}\nThen pass data_dir=<the folder described above>."
         )
+
+
+class DatasetFileError(ValueError):
+    """A dataset file that exists but cannot be used: corrupt, truncated, tampered with, or holding
+    arrays of the wrong type, range or length. The message names the file and what was expected."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")

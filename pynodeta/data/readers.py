@@ -2,7 +2,10 @@
 
 Each reader returns ``(images, labels)``: images (n, channels, height, width) uint8, labels (n,)
 int64, and raises DatasetNotFoundError listing every missing file, the expected layout and the
-download address before reading anything.
+download address before reading anything. A file that is there but unusable (truncated, corrupt,
+tampered with, a missing key, arrays of the wrong dtype, value range or length) raises
+DatasetFileError naming the file and what was expected: nothing is cast, wrapped or dropped.
+CIFAR's pickles are read with a restricted unpickler (:mod:`pynodeta.data.safe_pickle`).
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DatasetNotFoundError
+from .errors import DatasetFileError, DatasetNotFoundError
+from .safe_pickle import RefusedPickleGlobal, load_restricted
 
 __all__ = [
     "check_cifar10",
@@ -40,10 +45,34 @@ def _require(dataset: str, paths: list[Path], layout: str, download: str) -> Non
         raise DatasetNotFoundError(dataset, missing, layout, download)
 
 
-def _as_tensors(images: np.ndarray, labels) -> Arrays:
-    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)), torch.as_tensor(
-        np.asarray(labels, dtype=np.int64)
-    )
+def _as_tensors(images: np.ndarray, labels: np.ndarray, source: Path | str) -> Arrays:
+    """Tensors of ``images`` (already uint8) and ``labels``, whose lengths must agree."""
+    if len(images) != len(labels):
+        raise DatasetFileError(source, f"holds {len(images)} images but {len(labels)} labels; "
+                                       f"expected one label per image")
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def _checked_labels(labels, source: Path | str, key: str, low: int, high: int) -> np.ndarray:
+    """``labels`` as a 1-d int64 array, refused unless integers in ``low..high``."""
+    array = np.asarray(labels)
+    if array.dtype == object or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise DatasetFileError(source, f"{key!r} must be integers, got {array.dtype}")
+    array = array.astype(np.int64).reshape(-1)
+    if array.size and (array.min() < low or array.max() > high):
+        raise DatasetFileError(source, f"{key!r} must lie in {low}..{high}, got values in "
+                                       f"{array.min()}..{array.max()}")
+    return array
+
+
+def _checked_uint8_pixels(values, source: Path | str, key: str) -> np.ndarray:
+    """``values`` as uint8 if they are integers in 0..255; a float array or wider values are refused."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DatasetFileError(source, f"{key!r} must be 8-bit integer pixels (0..255), got dtype {array.dtype}")
+    if array.dtype != np.uint8 and array.size and (array.min() < 0 or array.max() > 255):
+        raise DatasetFileError(source, f"{key!r} pixels must lie in 0..255, got {array.min()}..{array.max()}")
+    return array.astype(np.uint8, copy=False)
 
 
 # --- CIFAR: python pickles of {b"data": (n, 3072) uint8 in R,G,B planes, b"labels": [...]} ------
@@ -51,15 +80,38 @@ CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CIFAR_LAYOUT = "{root}/{folder}/ with {files} (the python version of the dataset, as extracted)"
 
 
-def _read_cifar_pickles(paths: list[Path], label_key: str) -> Arrays:
+def _read_cifar_pickles(paths: list[Path], label_key: str, num_classes: int) -> Arrays:
     images, labels = [], []
     for path in paths:
+        entry = _load_cifar_batch(path, label_key)
+        data = _checked_uint8_pixels(entry["data"], path, "data")
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DatasetFileError(path, f"'data' must have shape (n, 3072), got {data.shape}")
+        batch_labels = _checked_labels(entry[label_key], path, label_key, 0, num_classes - 1)
+        _as_tensors(data, batch_labels, path)  # one label per image, in every file
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    return _as_tensors(np.concatenate(images), np.concatenate(labels), paths[0].parent)
+
+
+def _load_cifar_batch(path: Path, label_key: str) -> dict:
+    expected = f"a CIFAR python batch (a pickled dict with 'data' and {label_key!r})"
+    try:
         with path.open("rb") as f:
-            entry = pickle.load(f, encoding="bytes")  # written by Python 2: keys are bytes
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
-    return _as_tensors(np.concatenate(images), labels)
+            entry = load_restricted(f)  # written by Python 2: keys are bytes
+    except RefusedPickleGlobal as error:
+        raise DatasetFileError(path, f"the pickle names {error}, which a CIFAR batch never holds; refusing to "
+                                     f"load it (the file was altered or is not {expected})") from error
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError, UnicodeDecodeError) as error:
+        raise DatasetFileError(path, f"truncated or not {expected} ({type(error).__name__}: {error})") from error
+    if not isinstance(entry, dict):
+        raise DatasetFileError(path, f"holds a {type(entry).__name__}; expected {expected}")
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    missing = [k for k in ("data", label_key) if k not in entry]
+    if missing:
+        raise DatasetFileError(path, f"has no {' and no '.join(map(repr, missing))} entry; expected {expected}")
+    return entry
 
 
 def check_cifar10(root: str | Path) -> None:
@@ -77,7 +129,7 @@ def read_cifar10(root: str | Path, train: bool) -> Arrays:
     check_cifar10(root)
     folder = Path(root) / "cifar-10-batches-py"
     names = CIFAR10_FILES[:5] if train else ["test_batch"]
-    return _read_cifar_pickles([folder / n for n in names], "labels")
+    return _read_cifar_pickles([folder / n for n in names], "labels", num_classes=10)
 
 
 def check_cifar100(root: str | Path) -> None:
@@ -94,7 +146,7 @@ def read_cifar100(root: str | Path, train: bool) -> Arrays:
     """CIFAR-100 (the 100 fine labels) from ``root/cifar-100-python/{train, test}``."""
     check_cifar100(root)
     folder = Path(root) / "cifar-100-python"
-    return _read_cifar_pickles([folder / ("train" if train else "test")], "fine_labels")
+    return _read_cifar_pickles([folder / ("train" if train else "test")], "fine_labels", num_classes=100)
 
 
 # --- MNIST: IDX files (big-endian header: 0, 0, dtype code, ndim, then ndim uint32 sizes) --------
@@ -107,15 +159,25 @@ MNIST_FILES = {
 def read_idx(path: Path) -> np.ndarray:
     """An unsigned-byte IDX array (LeCun's format), gzip-compressed when the name ends in .gz."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DatasetFileError(path, f"cannot be read as {'gzip-compressed ' if opener is gzip.open else ''}"
+                                     f"IDX data ({type(error).__name__}: {error})") from error
+    if len(raw) < 4:
+        raise DatasetFileError(path, f"has {len(raw)} bytes, shorter than the 4-byte IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {raw[:4].hex()})")
+        raise DatasetFileError(path, f"is not an unsigned-byte IDX file (header {raw[:4].hex()}, "
+                                     f"expected 0000 08 <ndim>)")
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetFileError(path, f"is truncated inside its header: {ndim} dimensions need "
+                                     f"{4 + 4 * ndim} bytes, the file has {len(raw)}")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {data.size} bytes of data, its header says shape {shape}")
+        raise DatasetFileError(path, f"holds {data.size} bytes of data, its header says shape {shape}")
     return data.reshape(shape).copy()  # frombuffer is read-only; torch wants writable memory
 
 
@@ -147,9 +209,15 @@ def read_mnist(root: str | Path, train: bool) -> Arrays:
     found = check_mnist(root)
     images_name, labels_name = MNIST_FILES[train]
     images, labels = read_idx(found[images_name]), read_idx(found[labels_name])
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(f"MNIST files disagree: images {images.shape}, labels {labels.shape}")
-    return _as_tensors(images[:, None], labels)
+    if images.ndim != 3:
+        raise DatasetFileError(found[images_name], f"holds shape {images.shape}; expected (n, height, width)")
+    if labels.ndim != 1:
+        raise DatasetFileError(found[labels_name], f"holds shape {labels.shape}; expected (n,)")
+    if len(labels) != len(images):
+        raise DatasetFileError(found[labels_name], f"holds {len(labels)} labels but {found[images_name]} "
+                                                   f"holds {len(images)} images; expected one label per image")
+    return _as_tensors(images[:, None], _checked_labels(labels, found[labels_name], "labels", 0, 9),
+                       found[labels_name])
 
 
 # --- SVHN: MATLAB files with X (32, 32, 3, n) uint8 and y (n, 1) in 1..10, where 10 means digit 0 -
@@ -168,11 +236,21 @@ def read_svhn(root: str | Path, train: bool) -> Arrays:
     from scipy.io import loadmat
 
     check_svhn(root)
-    root = Path(root)
-    mat = loadmat(root / ("train_32x32.mat" if train else "test_32x32.mat"))
-    images = np.transpose(mat["X"], (3, 2, 0, 1))  # (32, 32, 3, n) -> (n, 3, 32, 32)
-    labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
-    return _as_tensors(images, np.where(labels == 10, 0, labels))
+    path = Path(root) / ("train_32x32.mat" if train else "test_32x32.mat")
+    expected = "a MATLAB file with X (32, 32, 3, n) uint8 and y (n, 1) in 1..10"
+    try:
+        mat = loadmat(path)
+    except Exception as error:  # noqa: BLE001 - scipy raises ValueError, TypeError, OSError, MatReadError...
+        raise DatasetFileError(path, f"cannot be read as {expected} ({type(error).__name__}: {error})") from error
+    missing = [k for k in ("X", "y") if k not in mat]
+    if missing:
+        raise DatasetFileError(path, f"has no {' and no '.join(missing)} variable; expected {expected}")
+    pixels = _checked_uint8_pixels(mat["X"], path, "X")
+    if pixels.ndim != 4 or pixels.shape[:3] != (32, 32, 3):
+        raise DatasetFileError(path, f"'X' has shape {pixels.shape}; expected (32, 32, 3, n)")
+    images = np.transpose(pixels, (3, 2, 0, 1))  # (32, 32, 3, n) -> (n, 3, 32, 32)
+    labels = _checked_labels(mat["y"], path, "y", 1, 10)
+    return _as_tensors(images, np.where(labels == 10, 0, labels), path)
 
 
 # --- Tiny-ImageNet: JPEG folders; the validation set (with labels) serves as the test set ---------
@@ -201,18 +279,7 @@ def read_tiny_imagenet(root: str | Path, train: bool) -> Arrays:
     folder = Path(root) / "tiny-imagenet-200"
     wnids = sorted(line.strip() for line in (folder / "wnids.txt").read_text().splitlines() if line.strip())
     index = {wnid: i for i, wnid in enumerate(wnids)}
-    if train:
-        files = [
-            (p, index[w]) for w in wnids for p in sorted((folder / "train" / w / "images").glob("*.JPEG"))
-        ]
-    else:
-        files = []
-        for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
-            if line.strip():
-                name, wnid = line.split("\t")[:2]
-                if wnid not in index:
-                    raise ValueError(f"val_annotations.txt names {wnid!r}, which is not in wnids.txt")
-                files.append((folder / "val" / "images" / name, index[wnid]))
+    files = _tiny_train_files(folder, wnids, index) if train else _tiny_val_files(folder, index)
     if not files:
         raise DatasetNotFoundError(
             "Tiny-ImageNet",
@@ -220,18 +287,55 @@ def read_tiny_imagenet(root: str | Path, train: bool) -> Arrays:
             "at least one JPEG per split",
             "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         )
-    return _as_tensors(np.stack([_read_rgb(path) for path, _ in files]), [label for _, label in files])
+    images = np.stack([_read_rgb(path) for path, _ in files])
+    return _as_tensors(images, np.array([label for _, label in files], dtype=np.int64), folder)
+
+
+def _tiny_train_files(folder: Path, wnids: list[str], index: dict[str, int]) -> list[tuple[Path, int]]:
+    files = []
+    for wnid in wnids:
+        found = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
+        if not found:  # a class without images would silently shift nothing but vanish from training
+            raise DatasetFileError(folder / "wnids.txt", f"lists {wnid!r}, but train/{wnid}/images/ holds no "
+                                                         f"JPEG; expected every listed class to have images")
+        files.extend((path, index[wnid]) for path in found)
+    return files
+
+
+def _tiny_val_files(folder: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
+    annotations = folder / "val" / "val_annotations.txt"
+    files = []
+    for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DatasetFileError(annotations, f"line {number} is {line!r}; expected '<image name>\\t<wnid>...'")
+        name, wnid = fields[:2]
+        if wnid not in index:
+            raise DatasetFileError(annotations, f"line {number} names {wnid!r}, which is not in wnids.txt")
+        files.append((folder / "val" / "images" / name, index[wnid]))
+    on_disk = {p.name for p in (folder / "val" / "images").glob("*.JPEG")}
+    listed = {path.name for path, _ in files}
+    if on_disk != listed or len(listed) != len(files):
+        raise DatasetFileError(annotations, f"labels {len(files)} images ({len(listed)} distinct) but val/images/ "
+                               f"holds {len(on_disk)} JPEGs; unlabelled: {sorted(on_disk - listed)[:5]}, "
+                               f"missing: {sorted(listed - on_disk)[:5]}; expected one line per image")
+    return files
 
 
 def _read_rgb(path: Path, size: int = 64) -> np.ndarray:
     """One JPEG as (3, size, size) uint8; a few Tiny-ImageNet images are greyscale."""
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError as error:
         raise ImportError("reading Tiny-ImageNet's JPEGs needs Pillow: pip install pillow") from error
 
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's decode errors
+        raise DatasetFileError(path, f"is not a readable JPEG image ({type(error).__name__}: {error})") from error
     if array.shape[:2] != (size, size):
-        raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}, expected {size}x{size}")
+        raise DatasetFileError(path, f"is {array.shape[1]}x{array.shape[0]}, expected {size}x{size}")
     return array.transpose(2, 0, 1)

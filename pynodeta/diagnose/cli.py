@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from torch import nn
 
@@ -38,9 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="training config (YAML with model: and data: sections); the audit "
                                          "runs on its first test batch, with --checkpoint's weights if given")
-    parser.add_argument("--checkpoint", help="checkpoint to audit (a Lightning checkpoint with --config, else a "
-                                             "saved nn.Module); read with torch.load(weights_only=False), so "
-                                             "only pass files you trust")
+    parser.add_argument("--checkpoint", help="checkpoint to audit (a Lightning checkpoint, with or without --config); "
+                                             "read with torch.load(weights_only=True), which runs no code from "
+                                             "the file")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="also accept a whole pickled nn.Module (torch.save(model, path)): unpickles with "
+                             "weights_only=False, which runs any code the file holds; only for files you "
+                             "made or fully trust")
+    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                        help="a module (and its submodules) besides pynodeta whose LightningModule / "
+                             "LightningDataModule classes the checkpoint may name; repeatable")
     parser.add_argument("--times", type=float, nargs="+", default=None,
                         help="times to compare (default: 5 points over each ODE block's span, "
                              f"else {' '.join(f'{t:g}' for t in DEFAULT_TIMES)})")
@@ -67,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_and_batch(args):
     if args.config is None and args.checkpoint is None:
         raise _UsageError("pass --config CONFIG.yaml, --checkpoint CKPT, or both")
-    if args.config is None:
-        model, example = load_checkpoint(args.checkpoint)
-    else:
-        if args.input_shape is not None:
-            raise ValueError("--input-shape conflicts with --config, whose data section gives the input")
-        model, example = load_config(args.config, args.checkpoint)
+    if args.config is not None and args.input_shape is not None:
+        raise ValueError("--input-shape conflicts with --config, whose data section gives the input")
+    with warnings.catch_warnings():  # main() has printed the --unsafe-load warning once already
+        warnings.filterwarnings("ignore", message="--unsafe-load")
+        if args.config is None:
+            model, example = load_checkpoint(args.checkpoint, unsafe_load=args.unsafe_load,
+                                             allowed_modules=args.allow_module)
+        else:
+            model, example = load_config(args.config, args.checkpoint, unsafe_load=args.unsafe_load)
     return model, input_batch(example, args.batch_size, args.input_shape, args.seed)
 
 
@@ -80,6 +91,10 @@ def main(argv: list[str]) -> int:
     """Run ``pynodeta diagnose`` with ``argv``; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
+        if args.unsafe_load:
+            print("pynodeta diagnose: warning: --unsafe-load unpickles the checkpoint with "
+                  "torch.load(weights_only=False), which runs any code it contains; use it only on files "
+                  "you made or fully trust", file=sys.stderr)
         model, batch = _model_and_batch(args)
         # A LightningModule holds its network in .model: run that; module paths start at the root.
         network = model.model if isinstance(getattr(model, "model", None), nn.Module) else model

@@ -78,6 +78,10 @@ def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
 
 def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
     """Eq. 7 for a (batch,) tensor of times: returns ``(l, w2)``, both (batch,)."""
+    nan = torch.isnan(t)
+    if bool(nan.any()):  # NaN passes every comparison: without this it becomes a garbage grid index
+        raise ValueError(f"per-sample t is NaN at batch positions {nan.nonzero().flatten().tolist()[:10]}; "
+                         f"every sample's time must be a number in [0, {T}]")
     tol = _ROUNDOFF * T
     if outside != "clamp" and bool(((t < -tol) | (t > T + tol)).any()):
         raise ValueError(
@@ -125,8 +129,11 @@ class _TABatchNorm(nn.Module):
             raise ValueError(f"num_features must be >= 1, got {num_features}")
         if M < 1:
             raise ValueError(f"M must be >= 1, got {M}")
-        if not T > 0:
-            raise ValueError(f"T must be > 0, got {T}")
+        if not (math.isfinite(T) and T > 0):
+            raise ValueError(f"T must be a finite number > 0 (the end of the grid span [0, T]), got {T}")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0 (added to the variance before the square "
+                             f"root), got {eps}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if outside not in ("error", "clamp"):

@@ -2,13 +2,16 @@
 
     pynodeta fit --config digits_tabn                 # a shipped config, by name
     pynodeta fit --config my.yaml --trainer.max_epochs 5
-    pynodeta fit --config digits_tabn --ckpt_path runs/.../last.ckpt   # resume exactly
+    pynodeta fit --config digits_tabn --ckpt_path runs/.../last.ckpt   # resume exactly, in the same folder
+    pynodeta fit --config digits_tabn --ckpt_path last                 # the newest last.ckpt of this config
     pynodeta test --config runs/.../config.yaml --ckpt_path runs/.../best.ckpt
     pynodeta fit --config digits_tabn --print_config  # the resolved, typed configuration
 
 Every class in a config is given by ``class_path``/``init_args`` and checked by jsonargparse
 before anything is built; constructors validate their arguments, so a typo or a bad value stops
-the run before training starts, with the message printed as ``pynodeta: error: ...``.
+the run before training starts, with the message printed as ``pynodeta: error: ...``. So does a
+missing or corrupt ``--ckpt_path`` file, and a run folder that another live run holds
+(:mod:`pynodeta.train.run_dir`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -25,6 +29,9 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from .base import NODEModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
+from .resume import prepare_ckpt_path
+from .run_dir import RunDirectoryError, RunDirLock, keep_csv_metrics, remove_stale_tmp_files
+from .safe_load import CheckpointError
 from .summary import RunSummary
 
 __all__ = ["main", "PynodetaCLI", "ConfigurationError"]
@@ -49,6 +56,8 @@ class PynodetaCLI(LightningCLI):
     ``--test_after_fit true`` (``fit`` then evaluates the final weights on the test set and prints
     a one-line summary with test accuracy and NFE). Checkpoints are written atomically
     (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO plugin.
+    ``--ckpt_path`` is checked before anything is built; ``fit`` resumes in the checkpoint's run
+    folder. The run folder is locked for the run and cleared of a killed run's temporary files.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -56,6 +65,20 @@ class PynodetaCLI(LightningCLI):
                             help="torch.set_num_threads for this run (e.g. 2 on a 2-core machine)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the final weights and print a summary line")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint here (for its hyperparameters), right after parsing:
+        # check the file first, so a bad one is a clear error rather than a traceback.
+        subcommand = self.config.get("subcommand")
+        self._resumed_epochs = None
+        if subcommand:
+            try:
+                self._resumed_epochs = prepare_ckpt_path(subcommand, self.config[subcommand])
+            except (CheckpointError, RunDirectoryError) as error:
+                raise ConfigurationError(str(error)) from error
+        if self._resumed_epochs is not None:  # keep_csv_metrics keeps the rows CSVLogger warns it deletes
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "num_threads")
@@ -83,6 +106,25 @@ class PynodetaCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
+        # DDP: rank 0 holds the folder for all ranks; a remote folder (s3://...) has no local lock file
+        if log_dir is None or self.trainer.global_rank != 0 or "://" in str(log_dir):
+            super()._run_subcommand(subcommand)
+            return
+        lock = RunDirLock(log_dir)
+        try:
+            lock.acquire()
+        except RunDirectoryError as error:
+            raise ConfigurationError(str(error)) from error
+        try:  # a run killed mid-write left these; nobody else writes here while we hold the lock
+            remove_stale_tmp_files(Path(log_dir) / "checkpoints")
+            if self._resumed_epochs is not None:
+                keep_csv_metrics(self.trainer.logger, log_dir, self._resumed_epochs)
+            super()._run_subcommand(subcommand)
+        finally:
+            lock.release()
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):

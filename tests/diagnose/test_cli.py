@@ -25,9 +25,12 @@ def checkpoints(tmp_path):
     return paths
 
 
+UNSAFE = "--unsafe-load"  # the fixtures are whole pickled modules, which a safe load refuses
+
+
 @pytest.mark.parametrize("mode", [[], ["--train-mode"]])
 def test_vanishing_time_exits_1_and_prints_the_table(checkpoints, capsys, mode):
-    status = main(["--checkpoint", str(checkpoints["additive-bn"]), *mode])
+    status = main(["--checkpoint", str(checkpoints["additive-bn"]), UNSAFE, *mode])
     out = capsys.readouterr().out
     assert status == 1
     assert f"time awareness of ode.func ({'train' if mode else 'eval'} mode" in out
@@ -36,18 +39,18 @@ def test_vanishing_time_exits_1_and_prints_the_table(checkpoints, capsys, mode):
 
 def test_the_threshold_decides_whether_a_border_leak_fails(checkpoints, capsys):
     # ConcatConv with zero padding into BN: only the border passes, a partial survival.
-    assert main(["--checkpoint", str(checkpoints["bn"])]) == 0
+    assert main(["--checkpoint", str(checkpoints["bn"]), UNSAFE]) == 0
     assert "partial" in capsys.readouterr().out
-    assert main(["--checkpoint", str(checkpoints["bn"]), "--threshold", "0.45"]) == 1
+    assert main(["--checkpoint", str(checkpoints["bn"]), UNSAFE, "--threshold", "0.45"]) == 1
 
 
 def test_surviving_time_exits_0(checkpoints, capsys):
-    assert main(["--checkpoint", str(checkpoints["gn"]), "--times", "0", "0.5", "1"]) == 0
+    assert main(["--checkpoint", str(checkpoints["gn"]), UNSAFE, "--times", "0", "0.5", "1"]) == 0
     assert "t = 0, 0.5, 1" in capsys.readouterr().out
 
 
 def test_json_output_is_machine_readable(checkpoints, capsys):
-    status = main(["--checkpoint", str(checkpoints["gn"]), "--json", "--batch-size", "4"])
+    status = main(["--checkpoint", str(checkpoints["gn"]), UNSAFE, "--json", "--batch-size", "4"])
     data = json.loads(capsys.readouterr().out)
     assert status == 0 and data["vanishing"] is False
     (report,) = data["reports"]
@@ -56,13 +59,13 @@ def test_json_output_is_machine_readable(checkpoints, capsys):
 
 
 def test_a_bare_module_needs_an_input_shape(checkpoints, capsys):
-    assert main(["--checkpoint", str(checkpoints["bare"])]) == 2
+    assert main(["--checkpoint", str(checkpoints["bare"]), UNSAFE]) == 2
     assert "--input-shape" in capsys.readouterr().err
-    assert main(["--checkpoint", str(checkpoints["bare"]), "--input-shape", "1", "8", "8"]) == 0
+    assert main(["--checkpoint", str(checkpoints["bare"]), UNSAFE, "--input-shape", "1", "8", "8"]) == 0
 
 
 def test_the_pynodeta_command_dispatches_to_diagnose(checkpoints, capsys):
-    assert pynodeta_main(["diagnose", "--checkpoint", str(checkpoints["gn"]), "--json"]) == 0
+    assert pynodeta_main(["diagnose", "--checkpoint", str(checkpoints["gn"]), UNSAFE, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["vanishing"] is False
 
 
@@ -80,7 +83,7 @@ def test_the_pynodeta_command_dispatches_to_diagnose(checkpoints, capsys):
     ],
 )
 def test_bad_input_exits_2_with_a_message(checkpoints, capsys, argv, message):
-    argv = [a.format(**{k: str(v) for k, v in checkpoints.items()}) for a in argv]
+    argv = [a.format(**{k: str(v) for k, v in checkpoints.items()}) for a in argv] + [UNSAFE]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -132,10 +135,11 @@ def test_a_lightning_checkpoint_alone_rebuilds_model_and_data(tmp_path, capsys):
     torch.manual_seed(0)
     module = TinyClassifierModule("bn", "additive")
     _lightning_checkpoint(tmp_path / "a.ckpt", module, "pynodeta.data.DigitsDataModule")
-    assert main(["--checkpoint", str(tmp_path / "a.ckpt"), "--module", "model.ode.func"]) == 1
+    allow = ["--allow-module", "tests.diagnose"]  # the test's own module classes must be allowed explicitly
+    assert main(["--checkpoint", str(tmp_path / "a.ckpt"), "--module", "model.ode.func", *allow]) == 1
     assert "VANISHING" in capsys.readouterr().out
     _lightning_checkpoint(tmp_path / "b.ckpt", module)           # no data: a random batch of a given shape
-    assert main(["--checkpoint", str(tmp_path / "b.ckpt"), "--input-shape", "1", "8", "8"]) == 1
+    assert main(["--checkpoint", str(tmp_path / "b.ckpt"), "--input-shape", "1", "8", "8", *allow]) == 1
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": {}}, tmp_path / "c.ckpt")
     assert main(["--checkpoint", str(tmp_path / "c.ckpt")]) == 2
     assert "pass the training config as well" in capsys.readouterr().err
@@ -154,7 +158,7 @@ def test_a_bad_config_exits_2(tmp_path, capsys):
 def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
     path = tmp_path / "weights.pt"
     torch.save([1, 2, 3], path)
-    assert main(["--checkpoint", str(path)]) == 2
+    assert main(["--checkpoint", str(path)]) == 2  # plain data: no --unsafe-load needed to see what it is
     assert "holds a list; expected an nn.Module" in capsys.readouterr().err
 
 

@@ -109,7 +109,7 @@ def test_train_rejects_per_sample_times_and_wrong_shapes():
         tabn(0.5, torch.randn(4, 2, 2, 2))
     with pytest.raises(ValueError, match="M must be >= 1, got 0"):
         TABatchNorm2d(3, M=0)
-    with pytest.raises(ValueError, match="T must be > 0"):
+    with pytest.raises(ValueError, match="T must be a finite number > 0"):
         TABatchNorm2d(3, T=0.0)
 
 

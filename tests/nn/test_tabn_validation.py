@@ -1,0 +1,30 @@
+"""TA-BN refuses NaN times and a grid span or eps that cannot define a normalisation."""
+
+import math
+
+import pytest
+import torch
+
+from pynodeta.nn import TABatchNorm1d, TABatchNorm2d
+
+
+@pytest.mark.parametrize("outside", ["error", "clamp"])
+def test_a_nan_per_sample_time_is_a_clear_error(outside):
+    tabn = TABatchNorm2d(4, M=10, outside=outside).eval()
+    x = torch.randn(3, 4, 2, 2)
+    with pytest.raises(ValueError, match=r"per-sample t is NaN at batch positions \[1\]"):
+        tabn(torch.tensor([0.5, math.nan, 0.2]), x)
+    with pytest.raises(ValueError, match="t is NaN"):
+        tabn(torch.tensor(math.nan), x)  # the scalar path already refused it
+
+
+@pytest.mark.parametrize("T", [math.inf, math.nan, -1.0, 0.0])
+def test_the_grid_span_must_be_finite_and_positive(T):
+    with pytest.raises(ValueError, match=f"T must be a finite number > 0 .*got {T}"):
+        TABatchNorm1d(3, T=T)
+
+
+@pytest.mark.parametrize("eps", [-1e-5, 0.0, math.inf, math.nan])
+def test_eps_must_be_finite_and_positive(eps):
+    with pytest.raises(ValueError, match=f"eps must be a finite number > 0 .*got {eps}"):
+        TABatchNorm2d(3, eps=eps)

@@ -1,0 +1,151 @@
+"""Run folders of the ``pynodeta`` command: resume in place, ``--ckpt_path last``, the lock against
+a second live run, cleaning a killed run's temporary files, and bad checkpoint files (exit 2)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pynodeta.cli import main
+from pynodeta.train import run_dir as run_dir_module
+from pynodeta.train.run_dir import RunDirLock
+
+from .test_cli import _write_config  # the tiny digits fit
+
+
+def _few_batches(config):
+    # fractions: jsonargparse reads an integer 1 here as the float 1.0, i.e. all batches
+    config["trainer"].update(limit_train_batches=0.05, limit_val_batches=0.2, limit_test_batches=0.2)
+
+
+def _config(tmp_path, save_last=False):
+    return _write_config(tmp_path, lambda config: (_few_batches(config), save_last and _with_last_checkpoint(config)))
+
+
+def _with_last_checkpoint(config):
+    config["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True}}]
+
+
+def _epochs_logged(run):
+    with open(run / "metrics.csv") as f:
+        return sorted({int(row["epoch"]) for row in csv.DictReader(f) if row.get("train/loss")})
+
+
+@pytest.fixture
+def first_run(tmp_path):
+    config = _config(tmp_path, save_last=True)
+    assert main(["fit", "--config", config]) == 0
+    return config, tmp_path / "runs" / "lightning_logs"
+
+
+def test_resume_continues_in_the_same_run_folder(first_run, recwarn):
+    config, root = first_run
+    last = root / "version_0" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)
+    assert before["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 1
+    assert main(["fit", "--config", config, "--ckpt_path", str(last), "--trainer.max_epochs", "2"]) == 0
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["version_0"]  # no version_1
+    assert _epochs_logged(root / "version_0") == [0, 1]   # one metrics.csv holds both epochs
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]  # best-k tracking kept
+    (state,) = torch.load(last, weights_only=True)["callbacks"].values()
+    assert state["dirpath"] == next(iter(before["callbacks"].values()))["dirpath"]
+    assert torch.load(last, weights_only=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
+
+
+def test_ckpt_path_last_resumes_the_newest_run(first_run):
+    config, root = first_run
+    assert main(["fit", "--config", config, "--ckpt_path", "last", "--trainer.max_epochs", "2"]) == 0
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["version_0"]
+    assert _epochs_logged(root / "version_0") == [0, 1]
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_refused(tmp_path, capsys):
+    assert main(["fit", "--config", _config(tmp_path), "--ckpt_path", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "pynodeta: error: --ckpt_path last: no last.ckpt under" in err and "from scratch" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_best_without_a_fit_in_this_process_is_refused(tmp_path, capsys):
+    assert main(["test", "--config", _config(tmp_path), "--ckpt_path", "best"]) == 2
+    assert "pass the checkpoint file's path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("subcommand", "content"), [("fit", "missing"), ("fit", "empty"), ("fit", "garbage"),
+                                                    ("fit", "truncated"), ("validate", "truncated"),
+                                                    ("test", "garbage")])
+def test_a_bad_checkpoint_file_exits_2_before_anything_runs(tmp_path, capsys, subcommand, content):
+    path = tmp_path / "model.ckpt"
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, good)
+    written = {"empty": b"", "garbage": b"not a checkpoint " * 20, "truncated": good.read_bytes()[:300]}
+    if content in written:
+        path.write_bytes(written[content])
+    assert main([subcommand, "--config", _config(tmp_path), "--ckpt_path", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pynodeta: error:") and str(path) in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_folder_held_by_a_live_run_is_refused(tmp_path, capsys):
+    config = _config(tmp_path)
+    version = ["--trainer.logger.init_args.version", "shared"]
+    run = tmp_path / "runs" / "lightning_logs" / "shared"
+    # another live process holding the lock; run_dir.py alone (stdlib only) starts in milliseconds
+    script = ("import importlib.util, sys, time; "
+              f"spec = importlib.util.spec_from_file_location('run_dir', {str(run_dir_module.__file__)!r}); "
+              "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+              f"module.RunDirLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["fit", "--config", config, *version]) == 2
+        err = capsys.readouterr().err
+        assert f"pynodeta: error: run directory {str(run)!r} is in use by another live run (pid {holder.pid}" in err
+        assert not (run / "metrics.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # its process is gone: the stale lock (its pid still in the file) is taken over
+    assert (run.parent / "shared.lock").read_text().strip() == str(holder.pid)
+    assert main(["fit", "--config", config, *version]) == 0
+    assert (run / "metrics.csv").exists() and not (run.parent / "shared.lock").exists()
+
+
+def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
+    first = RunDirLock(tmp_path / "run")
+    first.acquire()
+    with pytest.raises(Exception, match=f"in use by another live run \\(pid {os.getpid()}"):
+        RunDirLock(tmp_path / "run").acquire()
+    first.release()
+    second = RunDirLock(tmp_path / "run")
+    second.acquire()
+    second.release()
+
+
+def test_a_killed_runs_temporary_checkpoint_files_are_removed_at_start(tmp_path):
+    config = _config(tmp_path)
+    checkpoints = tmp_path / "runs" / "lightning_logs" / "v" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    leftover = checkpoints / ".last.ckpt.k3j9x_.tmp"  # the name atomic_torch_save's mkstemp gives
+    leftover.write_bytes(b"half a checkpoint")
+    unrelated = checkpoints / "notes.tmp"
+    unrelated.write_text("not ours")
+    assert main(["fit", "--config", config, "--trainer.logger.init_args.version", "v"]) == 0
+    assert not leftover.exists() and unrelated.exists()
+
+
+def test_checkpoint_hyperparameters_may_not_name_foreign_classes(tmp_path, capsys):
+    # LightningCLI rebuilds the model from these class paths; only modules the config names pass.
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "subprocess.Popen",
+                                                       "args": ["touch", str(tmp_path / "marker")]}}, path)
+    assert main(["test", "--config", _config(tmp_path), "--ckpt_path", str(path)]) == 2
+    assert "'subprocess.Popen', which is outside the allowed modules" in capsys.readouterr().err
+    assert not (tmp_path / "marker").exists()
