@@ -22,7 +22,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from .base import NODEModule
+from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
 from .summary import RunSummary
@@ -47,8 +47,9 @@ class PynodetaCLI(LightningCLI):
 
     Extra options: ``--num_threads N`` (``torch.set_num_threads`` for this run; default: torch's),
     ``--test_after_fit true`` (``fit`` then evaluates the final weights on the test set and prints
-    a one-line summary with test accuracy and NFE). Checkpoints are written atomically
-    (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO plugin.
+    a one-line summary of the module's metrics, e.g. test accuracy and NFE). Checkpoints are
+    written atomically (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO
+    plugin. ``model`` may be any :class:`TrainingModule` subclass, of any model family.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -89,10 +90,12 @@ class PynodetaCLI(LightningCLI):
             return
         fit_metrics = dict(self.trainer.callback_metrics)
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
-        RunSummary.from_metrics(fit_metrics, self.trainer.callback_metrics).report(self.trainer)
+        formats = getattr(self.model, "summary_formats", {})
+        RunSummary.from_metrics(fit_metrics, self.trainer.callback_metrics, formats).report(self.trainer)
 
     def after_test(self) -> None:
-        RunSummary.from_metrics({}, self.trainer.callback_metrics).report(self.trainer)
+        formats = getattr(self.model, "summary_formats", {})
+        RunSummary.from_metrics({}, self.trainer.callback_metrics, formats).report(self.trainer)
 
 
 def main(argv: list[str] | None = None) -> int | None:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int | None:
             # sys.argv is also set, which it always is for a console command.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             PynodetaCLI(
-                model_class=NODEModule,
+                model_class=TrainingModule,  # any model family's module
                 subclass_mode_model=True,
                 datamodule_class=LightningDataModule,
                 subclass_mode_data=True,
