@@ -9,7 +9,8 @@ from torch import nn
 
 from ..nn import NORM_KINDS, make_norm
 
-__all__ = ["ACTIVATIONS", "make_activation", "ode_norm", "static_norm", "group_count", "check_in_shape"]
+__all__ = ["ACTIVATIONS", "make_activation", "ode_norm", "static_norm", "NormFactory", "group_count",
+           "check_in_shape"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -116,3 +117,19 @@ def static_norm(kind: str, num_channels: int, *, groups: int | str | None = None
     if kind == "in":
         return nn.InstanceNorm2d(num_channels, affine=True)
     return nn.Identity()
+
+
+class NormFactory:
+    """:func:`ode_norm` with everything but the layer's width fixed: what every layer of a derivative
+    backbone needs to build its norm (kind, the ODE's span, GroupNorm groups, kind options).
+
+    ``factory(num_channels, dims=2)`` -> a time-aware norm, ``forward(t, x)``.
+    """
+
+    def __init__(self, kind: str, *, t_span: tuple[float, float] = (0.0, 1.0), groups: int | str | None = None,
+                 options: Mapping[str, Any] | None = None):
+        self.kind, self.t_span, self.groups, self.options = check_norm_kind(kind), tuple(t_span), groups, options
+
+    def __call__(self, num_channels: int, dims: int = 2) -> nn.Module:
+        return ode_norm(self.kind, num_channels, t_span=self.t_span, dims=dims, groups=self.groups,
+                        norm_options=self.options)

@@ -4,7 +4,7 @@
   logging, exact RNG resume); ``pynodeta fit`` trains any subclass.
 - ``NODEModule`` and its ``NODEClassifier`` / ``TrajectoryRegressor``: neural-ODE modules logging
   loss, accuracy (or MSE/MAE), forward and backward NFE per batch and the TA-BN regulariser.
-- ``AdamWPreset``, ``Seed001SGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
+- ``AdamWPreset``, ``PlateauSGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
   (a plain default and the two papers' setups).
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
@@ -15,7 +15,7 @@ from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from .configs import shipped_config_path, shipped_configs
 from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
-from .optim import AdamWPreset, OptimizerPreset, Seed001SGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
+from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
 from .regularizers import tabn_penalty
 from .rng import collect_rng_states, restore_rng_states
 from .summary import RunSummary
@@ -27,7 +27,7 @@ __all__ = [
     "TrajectoryRegressor",
     "OptimizerPreset",
     "AdamWPreset",
-    "Seed001SGD",
+    "PlateauSGD",
     "TABNAdamW",
     "clip_grad_norms",
     "tabn_affine_parameters",

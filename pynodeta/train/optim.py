@@ -14,7 +14,7 @@ from torch import nn
 
 from pynodeta.nn import TABatchNorm1d, TABatchNorm2d
 
-__all__ = ["OptimizerPreset", "AdamWPreset", "Seed001SGD", "TABNAdamW", "tabn_affine_parameters", "clip_grad_norms"]
+__all__ = ["OptimizerPreset", "AdamWPreset", "PlateauSGD", "TABNAdamW", "tabn_affine_parameters", "clip_grad_norms"]
 
 
 def tabn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -97,7 +97,7 @@ class AdamWPreset(OptimizerPreset):
         return {"optimizer": optimizer}
 
 
-class Seed001SGD(OptimizerPreset):
+class PlateauSGD(OptimizerPreset):
     """Vanishing-timestep-embedding paper's NODE setup: SGD with momentum, decay on a plateau."""
 
     def __init__(

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..common import check_in_shape
 from .augnode import ZeroAugment
 from .backbones import build_backbone
-from .common import check_in_shape
 from .hbnode import HeavyBallField
 from .ode_block import ODESettings, check_t_span
 from .sonode import SecondOrderField
