@@ -7,7 +7,7 @@ SONODE variants, derivative backbones, a trajectory-regression NODE) and
 ODE blocks whose ``last_stats`` carry the NFE of the last solve.
 """
 
-from .common import ACTIVATIONS, NormFactory, group_count, make_activation, ode_norm, static_norm
+from .common import ACTIVATIONS, NormFactory, make_activation, ode_norm, static_norm
 from .node import (
     BACKBONES,
     INITIAL_VELOCITIES,
@@ -66,5 +66,4 @@ __all__ = [
     "ode_norm",
     "static_norm",
     "NormFactory",
-    "group_count",
 ]

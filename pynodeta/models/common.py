@@ -7,10 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from ..nn import NORM_KINDS, make_norm
+from ..nn import NORM_KINDS, group_count, make_norm
 
-__all__ = ["ACTIVATIONS", "make_activation", "ode_norm", "static_norm", "NormFactory", "group_count",
-           "check_in_shape"]
+__all__ = ["ACTIVATIONS", "make_activation", "ode_norm", "static_norm", "NormFactory", "check_in_shape"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -47,22 +46,6 @@ def check_in_shape(in_shape, dims: tuple[int, ...] = (1, 3)) -> tuple[int, ...]:
     return shape
 
 
-def group_count(num_channels: int, groups: int | str) -> int:
-    """GroupNorm groups for a layer of ``num_channels``: the largest divisor of C not above the bound.
-
-    The bound is ``groups`` itself (an int), or Score-SDE's min(C // 4, 32) (at least 1) for "auto".
-    Backbones whose layers have different widths (down to the image's 1 or 3 channels) use this rule;
-    with C divisible by ``groups`` it is exactly ``groups``.
-    """
-    if groups == "auto":
-        bound = max(1, min(num_channels // 4, 32))
-    elif isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1:
-        bound = groups
-    else:
-        raise ValueError(f"groups must be a positive int or 'auto', got {groups!r}")
-    return max(g for g in range(1, min(bound, num_channels) + 1) if num_channels % g == 0)
-
-
 def tabn_span_options(t_span: tuple[float, float], norm_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """TA-BN's grid options for an ODE solved over ``t_span``: T = the span's end, t outside clamped.
 
@@ -82,13 +65,13 @@ def ode_norm(
     *,
     t_span: tuple[float, float],               # the span of the ODE the layer lives in (sets TA-BN's T)
     dims: int = 2,                             # 2: (batch, C, H, W); 1: (batch, C)
-    groups: int | str | None = None,           # kind="gn": bound on the group count (see group_count)
+    groups: int | str | None = None,           # kind="gn": an int dividing C or "auto" (pynodeta.nn.group_count)
     norm_options: Mapping[str, Any] | None = None,  # make_norm's kind-specific options (M, momentum, ...)
 ) -> nn.Module:
     """A time-aware norm for use *inside* an ODE function (``forward(t, x)``)."""
     check_norm_kind(kind)
     if kind == "gn":
-        return make_norm(kind, num_channels, dims=dims, groups=group_count(num_channels, groups or "auto"))
+        return make_norm(kind, num_channels, dims=dims, groups=groups or "auto")
     if groups is not None:
         raise ValueError(f"groups only applies to norm='gn', got groups={groups!r} with norm={kind!r}")
     options = dict(norm_options or {})

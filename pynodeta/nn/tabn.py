@@ -26,7 +26,7 @@ from torch import nn
 from .stat_updates import stat_updates_allowed
 from .time import time_as_tensor
 
-__all__ = ["TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
+__all__ = ["TABatchNorm", "TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
 
 # Times within this fraction of T outside [0, T] are floating-point round-off of an end point
 # (e.g. t0 + Σh landing at T·(1 + 1e-7)); they are treated as the end point, not as out of range.
@@ -89,8 +89,9 @@ def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
     return l, pos - l.to(t.dtype)
 
 
-class _TABatchNorm(nn.Module):
-    """Shared TA-BN implementation; the 1d/2d subclasses only check the input's shape.
+class TABatchNorm(nn.Module):
+    """TA-BN, whatever the input's rank: the base of TABatchNorm1d/2d, which only check the shape.
+    ``isinstance(m, TABatchNorm)`` finds every TA-BN layer.
 
     forward(t, x):
         t: float or 0-d tensor in [0, T]; in eval mode also a (batch,) tensor of per-sample times.
@@ -234,12 +235,15 @@ class _TABatchNorm(nn.Module):
             y = y * gamma.reshape(view) + beta.reshape(view)
         return y
 
-    def regularizer(self) -> torch.Tensor:
-        """The released code's γ/β regulariser: λ·Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)] (mean over channels)."""
+    def regularizer(self, weight: float | None = None) -> torch.Tensor:
+        """The released code's γ/β regulariser: λ·Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)] (mean over channels).
+
+        weight: λ; None uses the layer's ``reg_weight``. A 0-d tensor; 0 without affine parameters.
+        """
         if not self.affine:
             return self.running_mean.new_zeros(())
         per_point = ((self.weight - 1.0) ** 2).mean(dim=1) + (self.bias ** 2).mean(dim=1)
-        return self.reg_weight * per_point.sum()
+        return (self.reg_weight if weight is None else weight) * per_point.sum()
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, M={self.M}, T={self.T}, eps={self.eps}, momentum={self.momentum}, "
@@ -267,8 +271,8 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-class TABatchNorm1d(_TABatchNorm):
-    __doc__ = "TA-BN for x: (batch, C) or (batch, C, length).\n\n" + _TABatchNorm.__doc__
+class TABatchNorm1d(TABatchNorm):
+    __doc__ = "TA-BN for x: (batch, C) or (batch, C, length).\n\n" + TABatchNorm.__doc__
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() not in (2, 3):
@@ -276,15 +280,25 @@ class TABatchNorm1d(_TABatchNorm):
                 f"TABatchNorm1d expects x of shape (batch, C) or (batch, C, L), got {tuple(x.shape)}")
 
 
-class TABatchNorm2d(_TABatchNorm):
-    __doc__ = "TA-BN for x: (batch, C, height, width).\n\n" + _TABatchNorm.__doc__
+class TABatchNorm2d(TABatchNorm):
+    __doc__ = "TA-BN for x: (batch, C, height, width).\n\n" + TABatchNorm.__doc__
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"TABatchNorm2d expects x of shape (batch, C, H, W), got {tuple(x.shape)}")
 
 
-def tabn_regularizer(model: nn.Module) -> torch.Tensor:
-    """Sum of ``regularizer()`` over every TA-BN layer in ``model`` (0 if there is none)."""
-    terms = [m.regularizer() for m in model.modules() if isinstance(m, _TABatchNorm)]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
+def tabn_regularizer(model: nn.Module, weight: float | None = None) -> torch.Tensor:
+    """λ·Σ_layers Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)], the TA-BN code's pull of γ/β towards the identity:
+    the sum of ``regularizer(weight)`` over every TA-BN layer in ``model``, a training loss term.
+
+    weight: λ for every layer; None uses each layer's own ``reg_weight`` (0.1, the paper's code,
+    unless the layer was built with another); 0 gives an exact zero (no graph).
+    A 0-d tensor; 0 when the model has no affine TA-BN layer.
+    """
+    if weight is not None and not weight >= 0:
+        raise ValueError(f"the TA-BN regulariser weight must be >= 0 (0 disables it), got {weight}")
+    layers = [m for m in model.modules() if isinstance(m, TABatchNorm) and m.affine]
+    if weight == 0 or not layers:
+        return torch.zeros(())
+    return torch.stack([m.regularizer(weight) for m in layers]).sum()

@@ -16,7 +16,6 @@ from .configs import shipped_config_path, shipped_configs
 from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
 from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
-from .regularizers import tabn_penalty
 from .rng import collect_rng_states, restore_rng_states
 from .summary import RunSummary
 
@@ -31,7 +30,6 @@ __all__ = [
     "TABNAdamW",
     "clip_grad_norms",
     "tabn_affine_parameters",
-    "tabn_penalty",
     "ode_solvers",
     "forward_nfe",
     "backward_nfe",

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pynodeta.nn import tabn_regularizer
+
 from .base import TrainingModule
 from .nfe import backward_nfe, forward_nfe, ode_solvers
 from .optim import OptimizerPreset, TABNAdamW
-from .regularizers import tabn_penalty
 
 __all__ = ["NODEModule", "NODEClassifier", "TrajectoryRegressor"]
 
@@ -70,7 +71,7 @@ class NODEModule(TrainingModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        reg = tabn_penalty(self.model, self.tabn_reg_weight).to(loss.device)
+        reg = tabn_regularizer(self.model, self.tabn_reg_weight).to(loss.device)
         self.log("train/tabn_reg", reg, on_step=False, on_epoch=True, batch_size=self._last_batch_size,
                  sync_dist=True)
         return loss + reg

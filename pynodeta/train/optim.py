@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pynodeta.nn import TABatchNorm1d, TABatchNorm2d
+from pynodeta.nn import TABatchNorm
 
 __all__ = ["OptimizerPreset", "AdamWPreset", "PlateauSGD", "TABNAdamW", "tabn_affine_parameters", "clip_grad_norms"]
 
@@ -21,7 +21,7 @@ def tabn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The per-grid-point γ*_m, β*_m of every TA-BN layer in ``model`` (empty without TA-BN)."""
     params = []
     for module in model.modules():
-        if isinstance(module, (TABatchNorm1d, TABatchNorm2d)) and module.affine:
+        if isinstance(module, TABatchNorm) and module.affine:
             params += [module.weight, module.bias]
     return params
 

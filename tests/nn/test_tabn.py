@@ -7,6 +7,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from pynodeta.nn import (
+    TABatchNorm,
     TABatchNorm1d,
     TABatchNorm2d,
     backward_solve,
@@ -270,3 +271,17 @@ def test_reversed_time_visits_the_same_grid_points():
     for a, b in zip(forward, reversed(backward), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert math.isclose(grid_weights(0.35, 4, 1.0, outside="error")[2], 0.4)
+
+
+def test_one_public_base_class_and_one_regulariser():
+    layers = [TABatchNorm1d(3, M=2), TABatchNorm2d(2, M=4, reg_weight=0.5), TABatchNorm1d(3, M=2, affine=False)]
+    assert all(isinstance(m, TABatchNorm) for m in layers)
+    model = torch.nn.ModuleList(layers)
+    with torch.no_grad():
+        layers[0].weight.fill_(2.0)   # (γ - 1)² = 1 at 3 grid points
+        layers[1].bias.fill_(3.0)     # β² = 9 at 5 grid points
+    assert tabn_regularizer(model).item() == pytest.approx(0.1 * 3 + 0.5 * 45)   # each layer's own λ
+    assert tabn_regularizer(model, 2.0).item() == pytest.approx(2.0 * (3 + 45))  # one λ for all
+    assert tabn_regularizer(model, 0.0).item() == 0.0
+    with pytest.raises(ValueError, match="regulariser weight must be >= 0"):
+        tabn_regularizer(model, -1.0)

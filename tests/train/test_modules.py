@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from pynodeta.data import DigitsDataModule, TrajectoryDataModule
-from pynodeta.nn import TABatchNorm1d
-from pynodeta.train import NODEClassifier, PlateauSGD, TABNAdamW, TrajectoryRegressor, tabn_penalty
+from pynodeta.nn import TABatchNorm1d, tabn_regularizer
+from pynodeta.train import NODEClassifier, PlateauSGD, TABNAdamW, TrajectoryRegressor
 
 from .tiny_models import TinyDigitsClassifier, TinyTrajectoryModel
 
@@ -78,7 +78,7 @@ def test_tabn_regulariser_is_added_to_the_training_loss(weight):
     data_loss = F.cross_entropy(model(x), y).detach()
     lam = tabn.reg_weight if weight is None else weight
     expected = lam * 5 * (4.0 + 1.0)
-    assert float(tabn_penalty(model, weight).detach()) == pytest.approx(expected)
+    assert float(tabn_regularizer(model, weight).detach()) == pytest.approx(expected)
     total = module.training_step((x, y), 0)
     assert float(total.detach()) == pytest.approx(float(data_loss) + expected, rel=1e-6)
 

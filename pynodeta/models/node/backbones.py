@@ -117,7 +117,7 @@ def build_backbone(
     depth: int | None = None,        # mlp only: number of linear layers (default 4)
     norm_layers: int | None = None,  # mlp: how many first layers are normalised (None: all)
     activation: str = "relu",
-    groups: int | str | None = None,  # norm="gn": bound on the groups per layer (default "auto")
+    groups: int | str | None = None,  # norm="gn": int dividing every layer's width, or "auto" (default)
     norm_options: Mapping[str, Any] | None = None,  # make_norm options, e.g. {"M": 100} for TA-BN
 ) -> nn.Module:
     """A time-aware derivative backbone ``f(t, x)`` by name."""

@@ -36,7 +36,7 @@ class TrajectoryNODE(nn.Module):
         norm_layers: int | None = None,    # normalise only the first n hidden layers (default: all hidden)
         activation: str = "tanh",
         time_horizon: float = 1.0,         # T: the largest time asked about (TA-BN's grid is [0, T])
-        groups: int | str | None = None,   # norm="gn": bound on the group count (default "auto")
+        groups: int | str | None = None,   # norm="gn": an int dividing the width, or "auto" (default; nn.group_count)
         norm_options: Mapping[str, Any] | None = None,  # make_norm options (TA-BN: M, momentum, ...)
         solver: ODESettings | None = None,  # default dopri5, rtol = atol = 1e-3, adjoint
     ):
