@@ -47,15 +47,20 @@ def check_in_shape(in_shape, dims: tuple[int, ...] = (1, 3)) -> tuple[int, ...]:
 
 
 def tabn_span_options(t_span: tuple[float, float], norm_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """TA-BN's grid options for an ODE solved over ``t_span``: T = the span's end, t outside clamped.
+    """TA-BN's grid options for an ODE solved over ``t_span``: by default the grid runs from
+    min(0, span start) to the span's end (the paper's [0, T] for spans in [0, T]); t outside clamped.
 
     Adaptive solvers evaluate stage times slightly beyond the span's end inside their last step
     (dense output), hence ``outside="clamp"``; a grid that does not cover the span is an error.
     """
-    options = {"T": max(t_span), "outside": "clamp", **(norm_options or {})}
-    if min(t_span) < 0 or max(t_span) > options["T"]:
-        raise ValueError(f"TA-BN's grid [0, T={options['T']}] must cover t_span={t_span}; use a span in "
-                         "[0, T] (e.g. (0.0, 1.0)) or pass norm_options={'T': ...}")
+    options = {"outside": "clamp", **(norm_options or {})}
+    if "T" in options:
+        grid = (0.0, options["T"])
+    else:
+        grid = (options.setdefault("t_min", min(0.0, *t_span)), options.setdefault("t_max", max(t_span)))
+    if min(t_span) < grid[0] or max(t_span) > grid[1]:
+        raise ValueError(f"TA-BN's grid [{grid[0]}, {grid[1]}] must cover t_span={t_span}; pass "
+                         "norm_options={'t_min': ..., 't_max': ...} covering it (or drop them for the default)")
     return options
 
 

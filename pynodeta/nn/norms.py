@@ -30,7 +30,7 @@ NORM_KINDS = ("tabn", "popti-bn", "minibatch-bn", "gn", "ln", "in", "none")
 
 # Keyword options that make_norm passes on, per kind (anything else is a typo and raises).
 _KIND_OPTIONS = {
-    "tabn": {"M", "T", "momentum", "outside", "update_stats_in_backward", "sync_stats", "reg_weight"},
+    "tabn": {"M", "T", "t_min", "t_max", "momentum", "outside", "update_stats_in_backward", "sync_stats", "reg_weight"},
     "popti-bn": {"momentum", "update_stats_in_backward"},
 }
 
@@ -137,8 +137,9 @@ def make_norm(
     groups: int | str | None = None,  # kind="gn" only: an int dividing C, or "auto" (see group_count)
     eps: float = 1e-5,
     affine: bool = True,
-    **options,                # kind-specific: TA-BN (M, T, momentum, outside, update_stats_in_backward,
-                              # sync_stats, reg_weight), Pop-TI BN (momentum, update_stats_in_backward)
+    **options,                # kind-specific: TA-BN (M, T or t_min/t_max, momentum, outside,
+                              # update_stats_in_backward, sync_stats, reg_weight),
+                              # Pop-TI BN (momentum, update_stats_in_backward)
 ) -> nn.Module:
     """One normalisation layer by name; every result has forward(t, x).
 

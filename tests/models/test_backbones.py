@@ -58,7 +58,7 @@ def test_tabn_grid_follows_the_span_and_clamps_overshoot():
     backbone = build_backbone("conv4", (1, 8, 8), width=2, norm="tabn", t_span=(0.0, 2.0),
                               norm_options={"M": 10})
     layers = [m for m in backbone.modules() if isinstance(m, TABatchNorm2d)]
-    assert {(m.T, m.M, m.outside) for m in layers} == {(2.0, 10, "clamp")}
+    assert {(m.t_min, m.t_max, m.M, m.outside) for m in layers} == {(0.0, 2.0, 10, "clamp")}
     with pytest.raises(ValueError, match="must cover t_span"):
         build_backbone("conv4", (1, 8, 8), norm="tabn", t_span=(0.0, 2.0), norm_options={"T": 1.0})
 

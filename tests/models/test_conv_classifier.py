@@ -83,7 +83,7 @@ def test_bias_init_policy_zeroes_operand_biases_only():
         (dict(stem_strides=(4, 2)), "stem_strides"),
         (dict(in_shape=(64,)), r"in_shape must be \(channels, height, width\)"),
         (dict(dropout=1.0), "dropout must be in"),
-        (dict(norm="tabn", t_span=(-1.0, 1.0)), "must cover t_span"),
+        (dict(norm="tabn", t_span=(-1.0, 1.0), norm_options={"T": 1.0}), "must cover t_span"),
     ],
 )
 def test_bad_arguments(kwargs, match):
