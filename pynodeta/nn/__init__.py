@@ -2,6 +2,8 @@
 
 ``t`` is a Python float, a 0-d tensor, or (where a layer's docstring says so) a (batch,) tensor
 of per-sample times. Containers (``TimeSequential``) pass ``t`` to the children that take it.
+Inside a U-Net a shared timestep embedding may be passed to the blocks instead (see ``time.py``);
+the network's own boundary stays ``forward(t, x)``.
 """
 
 from .concat import ConcatConv2d, ConcatLinear
