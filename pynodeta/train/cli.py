@@ -25,6 +25,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
+from .plots import plot_after_fit
 from .summary import RunSummary
 
 __all__ = ["main", "PynodetaCLI", "ConfigurationError"]
@@ -47,7 +48,8 @@ class PynodetaCLI(LightningCLI):
 
     Extra options: ``--num_threads N`` (``torch.set_num_threads`` for this run; default: torch's),
     ``--test_after_fit true`` (``fit`` then evaluates the final weights on the test set and prints
-    a one-line summary of the module's metrics, e.g. test accuracy and NFE). Checkpoints are
+    a one-line summary of the module's metrics, e.g. test accuracy and NFE), ``--plots false``
+    (no PNGs of the training curves at the end of ``fit``). Checkpoints are
     written atomically (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO
     plugin. ``model`` may be any :class:`TrainingModule` subclass, of any model family.
     """
@@ -57,6 +59,9 @@ class PynodetaCLI(LightningCLI):
                             help="torch.set_num_threads for this run (e.g. 2 on a 2-core machine)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the final weights and print a summary line")
+        parser.add_argument("--plots", type=bool, default=True,
+                            help="after fit, write PNGs of loss, metrics and NFE over training beside "
+                                 "metrics.csv (needs matplotlib: pip install 'pynodeta[plot]')")
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "num_threads")
@@ -86,12 +91,13 @@ class PynodetaCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
-        if not self._get(self.config, "test_after_fit"):
-            return
-        fit_metrics = dict(self.trainer.callback_metrics)
-        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
-        formats = getattr(self.model, "summary_formats", {})
-        RunSummary.from_metrics(fit_metrics, self.trainer.callback_metrics, formats).report(self.trainer)
+        if self._get(self.config, "test_after_fit"):
+            fit_metrics = dict(self.trainer.callback_metrics)
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            formats = getattr(self.model, "summary_formats", {})
+            RunSummary.from_metrics(fit_metrics, self.trainer.callback_metrics, formats).report(self.trainer)
+        if self._get(self.config, "plots"):
+            plot_after_fit(self.trainer)
 
     def after_test(self) -> None:
         formats = getattr(self.model, "summary_formats", {})
