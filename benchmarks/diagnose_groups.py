@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from pynodeta.data import DigitsDataModule
 from pynodeta.diagnose import audit_ode_blocks
-from pynodeta.models import Seed001Classifier
-from pynodeta.models.ode_block import ODESettings
+from pynodeta.models import ConvODEClassifier
+from pynodeta.models.node.ode_block import ODESettings
 
 from make_results import render_table
 from reporting import Table, save_report
@@ -86,7 +86,7 @@ def evaluate(model, loader) -> tuple[float, float]:
 
 def train_and_diagnose(label: str, options: dict, seed: int, data, args) -> Run:
     torch.manual_seed(seed)
-    model = Seed001Classifier((1, 8, 8), 10, channels=args.channels, stem_strides=(1, 1), dropout=0.0,
+    model = ConvODEClassifier((1, 8, 8), 10, channels=args.channels, stem_strides=(1, 1), dropout=0.0,
                               solver=ODESettings(adjoint=False), **options)
     probe = next(iter(data.test_dataloader()))[0][: args.audit_batch]
     survival_init, _, _ = diagnose(model, probe)

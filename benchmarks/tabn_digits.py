@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pynodeta.data import DigitsDataModule
-from pynodeta.models import ODESettings, Seed001Classifier
+from pynodeta.models import ConvODEClassifier, ODESettings
 from pynodeta.train import NODEClassifier, TABNAdamW, forward_nfe, ode_solvers
 
 from make_results import render_table
@@ -35,9 +35,9 @@ NORMS = {"tabn": "TA-BN", "popti-bn": "Pop-TI BN", "minibatch-bn": "mini-batch B
 TEST_BATCH_SIZES = (256, 2)
 
 
-def build_model(norm: str) -> Seed001Classifier:
+def build_model(norm: str) -> ConvODEClassifier:
     """The main job's network (digits_tabn.yaml) with another normalisation inside the ODE."""
-    return Seed001Classifier(
+    return ConvODEClassifier(
         in_shape=(1, 8, 8), num_classes=10, channels=32, norm=norm, stem_strides=(1, 2),
         norm_options={"M": 10} if norm == "tabn" else None,
         solver=ODESettings(method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True),

@@ -1,4 +1,5 @@
-"""The ``pynodeta`` command: ``pynodeta diagnose ...`` audits a model; everything else is training."""
+"""The ``pynodeta`` command: ``pynodeta diagnose ...`` audits a model, ``pynodeta plot RUN_DIR`` draws a
+run's training curves; everything else is training."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ def main(argv: list[str] | None = None) -> int | None:
         from pynodeta.diagnose.cli import main as diagnose_main
 
         return diagnose_main(argv[1:])
+    if argv and argv[0] == "plot":
+        from pynodeta.train.plots import main as plot_main
+
+        return plot_main(argv[1:])
     from pynodeta.train.cli import main as train_main
 
     return train_main(argv)

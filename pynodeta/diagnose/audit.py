@@ -24,7 +24,7 @@ from pynodeta.nn import is_time_aware, no_stat_updates
 
 from .entries import inside, time_entries
 from .estimators import noise_floor, offset_fraction, output_sensitivity, survival_ratio, time_share
-from .layers import normalisation_spec, uses_running_statistics
+from .layers import normalization_units, uses_running_statistics
 from .recording import (
     Site,
     flat_floating,
@@ -136,7 +136,7 @@ def _normalisation_findings(sites: dict, batch_sites: dict, entries: dict, floor
     first_entry = min((order for order, _ in entries.values()), default=math.inf)
     findings = []
     for key, site in sorted(sites.items(), key=lambda item: item[1].order):
-        spec = normalisation_spec(site.module)
+        spec = normalization_units(site.module)
         if spec is None:
             continue
         measured = batch_sites.get(key, site)

@@ -20,13 +20,12 @@ from pynodeta.nn import (
     LinearTimestepEmbedding,
     PositionalTimestepEmbedding,
     SinusoidalTimestepEmbedding,
-    TABatchNorm1d,
-    TABatchNorm2d,
+    TABatchNorm,
 )
 
 __all__ = [
-    "NormSpec",
-    "normalisation_spec",
+    "NormalizationUnits",
+    "normalization_units",
     "uses_running_statistics",
     "time_entry_description",
     "channel_units",
@@ -37,7 +36,7 @@ UnitView = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class NormSpec:
+class NormalizationUnits:
     """How a normalisation layer takes its statistics."""
 
     unit: str                   # one normalisation unit, in words ("channel, over batch and space")
@@ -69,33 +68,33 @@ def _layer_units(size: int) -> UnitView:
     return units
 
 
-def normalisation_spec(module: nn.Module) -> NormSpec | None:
-    """The NormSpec of a normalisation layer, None for anything else.
+def normalization_units(module: nn.Module) -> NormalizationUnits | None:
+    """How a normalisation layer takes its statistics, None for anything else.
 
     Known: torch's BatchNorm*/SyncBatchNorm, InstanceNorm*, GroupNorm, LayerNorm, RMSNorm and
     pynodeta's TA-BN, Pop-TI BN, mini-batch BN, TimeGroupNorm and TimeInstanceNorm* (subclasses).
     """
-    if isinstance(module, (TABatchNorm1d, TABatchNorm2d, _BatchNorm)):
-        return NormSpec("channel, over batch and space", channel_units)
+    if isinstance(module, (TABatchNorm, _BatchNorm)):
+        return NormalizationUnits("channel, over batch and space", channel_units)
     if isinstance(module, _InstanceNorm):
-        return NormSpec("sample and channel, over space", _instance_units)
+        return NormalizationUnits("sample and channel, over space", _instance_units)
     if isinstance(module, nn.GroupNorm):
         per_group = module.num_channels // module.num_groups
         unit = f"sample and group of {per_group} channel{'s' if per_group > 1 else ''}"
-        return NormSpec(unit, _group_units(module.num_groups))
+        return NormalizationUnits(unit, _group_units(module.num_groups))
     if isinstance(module, nn.LayerNorm):
         size = 1
         for n in module.normalized_shape:
             size *= n
-        return NormSpec(f"trailing {tuple(module.normalized_shape)}", _layer_units(size))
+        return NormalizationUnits(f"trailing {tuple(module.normalized_shape)}", _layer_units(size))
     if isinstance(module, getattr(nn, "RMSNorm", ())):
-        return NormSpec("trailing dims, no mean subtraction", None)
+        return NormalizationUnits("trailing dims, no mean subtraction", None)
     return None
 
 
 def uses_running_statistics(module: nn.Module) -> bool:
     """True if the layer normalised with running statistics in its current mode (eval-mode BN)."""
-    if isinstance(module, (TABatchNorm1d, TABatchNorm2d)):
+    if isinstance(module, TABatchNorm):
         return not module.training
     if isinstance(module, (_BatchNorm, _InstanceNorm)):
         return not module.training and module.track_running_stats and module.running_mean is not None
@@ -119,6 +118,6 @@ def time_entry_description(module: nn.Module) -> str | None:
         return "x + MLP(sinusoid(t)): per-channel offset"
     if isinstance(module, PositionalTimestepEmbedding):
         return "x + p_t: an H×W map shared over channels"
-    if isinstance(module, (TABatchNorm1d, TABatchNorm2d)):
+    if isinstance(module, TABatchNorm):
         return "affine γ(t), β(t) (and running µ(t), σ²(t) in eval)"
     return None

@@ -1,22 +1,39 @@
-"""Neural-ODE models: the ODE block, the seed-001 NODE classifier, the TA-BN paper's unmixed
-classifiers and their Aug-NODE / HBNODE / SONODE variants, and a trajectory-regression NODE.
+"""Models of the two families: ``pynodeta.models.node`` (neural ODEs: the ODE block, the
+convolutional NODE classifier, the TA-BN paper's unmixed classifiers and their Aug-NODE / HBNODE /
+SONODE variants, derivative backbones, a trajectory-regression NODE) and
+``pynodeta.models.diffusion`` (diffusion networks).
 
 ``build_model(name, **kwargs)`` builds one by name (see ``MODELS``); ``ode_blocks(model)`` finds the
 ODE blocks whose ``last_stats`` carry the NFE of the last solve.
 """
 
-from .augnode import ZeroAugment
-from .backbones import BACKBONES, ConvChain, MLPField, build_backbone, conv_plan
-from .common import ACTIVATIONS, group_count, make_activation, ode_norm, static_norm
-from .hbnode import HeavyBallField
-from .ode_block import ODEBlock, ODESettings, ode_blocks, total_nfe
+from .common import ACTIVATIONS, NormFactory, make_activation, ode_norm, static_norm
+from .node import (
+    BACKBONES,
+    INITIAL_VELOCITIES,
+    TIME_INJECTIONS,
+    VARIANTS,
+    ConvChain,
+    ConvODEClassifier,
+    ConvODEFunc,
+    HeavyBallField,
+    MLPField,
+    ODEBlock,
+    ODESettings,
+    ResidualBlock,
+    SecondOrderField,
+    TrajectoryNODE,
+    UNetField,
+    UnmixedClassifier,
+    WithInitialVelocity,
+    ZeroAugment,
+    build_backbone,
+    build_unmixed_classifier,
+    conv_plan,
+    ode_blocks,
+    total_nfe,
+)
 from .registry import MODELS, build_model
-from .seed001 import TIME_INJECTIONS, ResidualBlock, Seed001Classifier, Seed001ODEFunc
-from .sonode import SecondOrderField
-from .trajectory import TrajectoryNODE
-from .unet import UNet18
-from .unmixed import VARIANTS, UnmixedClassifier, build_unmixed_classifier
-from .velocity import INITIAL_VELOCITIES, WithInitialVelocity
 
 __all__ = [
     "ODEBlock",
@@ -25,15 +42,15 @@ __all__ = [
     "total_nfe",
     "MODELS",
     "build_model",
-    "Seed001Classifier",
-    "Seed001ODEFunc",
+    "ConvODEClassifier",
+    "ConvODEFunc",
     "ResidualBlock",
     "TIME_INJECTIONS",
     "BACKBONES",
     "build_backbone",
     "conv_plan",
     "ConvChain",
-    "UNet18",
+    "UNetField",
     "MLPField",
     "VARIANTS",
     "UnmixedClassifier",
@@ -48,5 +65,5 @@ __all__ = [
     "make_activation",
     "ode_norm",
     "static_norm",
-    "group_count",
+    "NormFactory",
 ]

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from ..nn import NORM_KINDS, make_norm
+from ..nn import NORM_KINDS, group_count, make_norm
 
-__all__ = ["ACTIVATIONS", "make_activation", "ode_norm", "static_norm", "group_count", "check_in_shape"]
+__all__ = ["ACTIVATIONS", "make_activation", "ode_norm", "static_norm", "NormFactory", "check_in_shape"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -46,32 +46,21 @@ def check_in_shape(in_shape, dims: tuple[int, ...] = (1, 3)) -> tuple[int, ...]:
     return shape
 
 
-def group_count(num_channels: int, groups: int | str) -> int:
-    """GroupNorm groups for a layer of ``num_channels``: the largest divisor of C not above the bound.
-
-    The bound is ``groups`` itself (an int), or Score-SDE's min(C // 4, 32) (at least 1) for "auto".
-    Backbones whose layers have different widths (down to the image's 1 or 3 channels) use this rule;
-    with C divisible by ``groups`` it is exactly ``groups``.
-    """
-    if groups == "auto":
-        bound = max(1, min(num_channels // 4, 32))
-    elif isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1:
-        bound = groups
-    else:
-        raise ValueError(f"groups must be a positive int or 'auto', got {groups!r}")
-    return max(g for g in range(1, min(bound, num_channels) + 1) if num_channels % g == 0)
-
-
 def tabn_span_options(t_span: tuple[float, float], norm_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """TA-BN's grid options for an ODE solved over ``t_span``: T = the span's end, t outside clamped.
+    """TA-BN's grid options for an ODE solved over ``t_span``: by default the grid runs from
+    min(0, span start) to the span's end (the paper's [0, T] for spans in [0, T]); t outside clamped.
 
     Adaptive solvers evaluate stage times slightly beyond the span's end inside their last step
     (dense output), hence ``outside="clamp"``; a grid that does not cover the span is an error.
     """
-    options = {"T": max(t_span), "outside": "clamp", **(norm_options or {})}
-    if min(t_span) < 0 or max(t_span) > options["T"]:
-        raise ValueError(f"TA-BN's grid [0, T={options['T']}] must cover t_span={t_span}; use a span in "
-                         "[0, T] (e.g. (0.0, 1.0)) or pass norm_options={'T': ...}")
+    options = {"outside": "clamp", **(norm_options or {})}
+    if "T" in options:
+        grid = (0.0, options["T"])
+    else:
+        grid = (options.setdefault("t_min", min(0.0, *t_span)), options.setdefault("t_max", max(t_span)))
+    if min(t_span) < grid[0] or max(t_span) > grid[1]:
+        raise ValueError(f"TA-BN's grid [{grid[0]}, {grid[1]}] must cover t_span={t_span}; pass "
+                         "norm_options={'t_min': ..., 't_max': ...} covering it (or drop them for the default)")
     return options
 
 
@@ -81,13 +70,13 @@ def ode_norm(
     *,
     t_span: tuple[float, float],               # the span of the ODE the layer lives in (sets TA-BN's T)
     dims: int = 2,                             # 2: (batch, C, H, W); 1: (batch, C)
-    groups: int | str | None = None,           # kind="gn": bound on the group count (see group_count)
+    groups: int | str | None = None,           # kind="gn": an int dividing C or "auto" (pynodeta.nn.group_count)
     norm_options: Mapping[str, Any] | None = None,  # make_norm's kind-specific options (M, momentum, ...)
 ) -> nn.Module:
     """A time-aware norm for use *inside* an ODE function (``forward(t, x)``)."""
     check_norm_kind(kind)
     if kind == "gn":
-        return make_norm(kind, num_channels, dims=dims, groups=group_count(num_channels, groups or "auto"))
+        return make_norm(kind, num_channels, dims=dims, groups=groups or "auto")
     if groups is not None:
         raise ValueError(f"groups only applies to norm='gn', got groups={groups!r} with norm={kind!r}")
     options = dict(norm_options or {})
@@ -116,3 +105,19 @@ def static_norm(kind: str, num_channels: int, *, groups: int | str | None = None
     if kind == "in":
         return nn.InstanceNorm2d(num_channels, affine=True)
     return nn.Identity()
+
+
+class NormFactory:
+    """:func:`ode_norm` with everything but the layer's width fixed: what every layer of a derivative
+    backbone needs to build its norm (kind, the ODE's span, GroupNorm groups, kind options).
+
+    ``factory(num_channels, dims=2)`` -> a time-aware norm, ``forward(t, x)``.
+    """
+
+    def __init__(self, kind: str, *, t_span: tuple[float, float] = (0.0, 1.0), groups: int | str | None = None,
+                 options: Mapping[str, Any] | None = None):
+        self.kind, self.t_span, self.groups, self.options = check_norm_kind(kind), tuple(t_span), groups, options
+
+    def __call__(self, num_channels: int, dims: int = 2) -> nn.Module:
+        return ode_norm(self.kind, num_channels, t_span=self.t_span, dims=dims, groups=self.groups,
+                        norm_options=self.options)

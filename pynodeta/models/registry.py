@@ -7,14 +7,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .seed001 import Seed001Classifier
-from .trajectory import TrajectoryNODE
-from .unmixed import build_unmixed_classifier
+from .node import ConvODEClassifier, TrajectoryNODE, build_unmixed_classifier
 
 __all__ = ["MODELS", "build_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "seed001": Seed001Classifier,
+    "seed001": ConvODEClassifier,  # the vanishing-timestep-embedding paper's classifier
     "unmixed": build_unmixed_classifier,
     "augnode": functools.partial(build_unmixed_classifier, variant="augnode"),
     "hbnode": functools.partial(build_unmixed_classifier, variant="hbnode"),

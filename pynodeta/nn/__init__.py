@@ -2,6 +2,8 @@
 
 ``t`` is a Python float, a 0-d tensor, or (where a layer's docstring says so) a (batch,) tensor
 of per-sample times. Containers (``TimeSequential``) pass ``t`` to the children that take it.
+Inside a U-Net a shared timestep embedding may be passed to the blocks instead (see ``time.py``);
+the network's own boundary stays ``forward(t, x)``.
 """
 
 from .concat import ConcatConv2d, ConcatLinear
@@ -23,11 +25,11 @@ from .norms import (
     TimeIdentity,
     TimeInstanceNorm1d,
     TimeInstanceNorm2d,
-    auto_groups,
+    group_count,
     make_norm,
 )
 from .stat_updates import backward_solve, no_stat_updates
-from .tabn import TABatchNorm1d, TABatchNorm2d, grid_weights, tabn_regularizer
+from .tabn import TABatchNorm, TABatchNorm1d, TABatchNorm2d, grid_weights, tabn_regularizer
 from .time import TimeSequential, call_with_time, is_time_aware, time_as_tensor
 
 __all__ = [
@@ -46,7 +48,8 @@ __all__ = [
     "is_timestep_branch",
     "NORM_KINDS",
     "make_norm",
-    "auto_groups",
+    "group_count",
+    "TABatchNorm",
     "TABatchNorm1d",
     "TABatchNorm2d",
     "grid_weights",

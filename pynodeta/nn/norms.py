@@ -15,7 +15,7 @@ from .tabn import TABatchNorm1d, TABatchNorm2d
 __all__ = [
     "NORM_KINDS",
     "make_norm",
-    "auto_groups",
+    "group_count",
     "PopTIBatchNorm1d",
     "PopTIBatchNorm2d",
     "MiniBatchNorm1d",
@@ -30,7 +30,7 @@ NORM_KINDS = ("tabn", "popti-bn", "minibatch-bn", "gn", "ln", "in", "none")
 
 # Keyword options that make_norm passes on, per kind (anything else is a typo and raises).
 _KIND_OPTIONS = {
-    "tabn": {"M", "T", "momentum", "outside", "update_stats_in_backward", "sync_stats", "reg_weight"},
+    "tabn": {"M", "T", "t_min", "t_max", "momentum", "outside", "update_stats_in_backward", "sync_stats", "reg_weight"},
     "popti-bn": {"momentum", "update_stats_in_backward"},
 }
 
@@ -109,25 +109,23 @@ class TimeIdentity(_IgnoreTimeMixin, nn.Identity):
     """No normalisation; forward(t, x) returns x."""
 
 
-def auto_groups(num_channels: int) -> int:
-    """Score-SDE's group count G = min(C // 4, 32)."""
-    groups = min(num_channels // 4, 32)
-    if groups < 1 or num_channels % groups:
-        raise ValueError(
-            f"groups='auto' gives min({num_channels} // 4, 32) = {groups}, which does not divide "
-            f"num_channels={num_channels}; pass groups as an int dividing {num_channels}"
-        )
-    return groups
+def group_count(num_channels: int, groups: int | str) -> int:
+    """The GroupNorm group count of a layer of ``num_channels`` channels; pynodeta's one rule.
 
-
-def _resolve_groups(groups, num_channels: int) -> int:
-    if groups is None:
-        raise ValueError("kind='gn' needs groups: an int dividing num_channels, or 'auto' for min(C/4, 32)")
+    ``groups="auto"``: Score-SDE's G = min(C // 4, 32) where it divides C (every width that is a
+    multiple of 4 up to 128, and of 32 above); otherwise the largest divisor of C not above it
+    (1 for C < 4), so that backbones whose layers narrow to the image's 1 or 3 channels stay valid.
+    An int is the group count itself and must divide C: an explicit choice is never changed.
+    """
     if groups == "auto":
-        return auto_groups(num_channels)
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or num_channels % groups:
+        bound = max(1, min(num_channels // 4, 32))
+        return max(g for g in range(1, bound + 1) if num_channels % g == 0)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int or 'auto', got {groups!r}")
+    if num_channels % groups:
         raise ValueError(
-            f"groups must be 'auto' or a positive int dividing num_channels={num_channels}, got {groups!r}")
+            f"groups={groups} does not divide a layer's num_channels={num_channels}; pass a divisor of "
+            f"{num_channels}, or groups='auto' (the largest divisor of each width not above min(C/4, 32))")
     return groups
 
 
@@ -136,11 +134,12 @@ def make_norm(
     num_channels: int,
     *,
     dims: int = 2,            # 2: x is (batch, C, H, W); 1: x is (batch, C) or (batch, C, L)
-    groups: int | str | None = None,  # kind="gn" only: an int dividing C, or "auto" = min(C/4, 32)
+    groups: int | str | None = None,  # kind="gn" only: an int dividing C, or "auto" (see group_count)
     eps: float = 1e-5,
     affine: bool = True,
-    **options,                # kind-specific: TA-BN (M, T, momentum, outside, update_stats_in_backward,
-                              # sync_stats, reg_weight), Pop-TI BN (momentum, update_stats_in_backward)
+    **options,                # kind-specific: TA-BN (M, T or t_min/t_max, momentum, outside,
+                              # update_stats_in_backward, sync_stats, reg_weight),
+                              # Pop-TI BN (momentum, update_stats_in_backward)
 ) -> nn.Module:
     """One normalisation layer by name; every result has forward(t, x).
 
@@ -169,7 +168,9 @@ def make_norm(
     if kind == "minibatch-bn":
         return (MiniBatchNorm2d if dims == 2 else MiniBatchNorm1d)(num_channels, eps=eps, affine=affine)
     if kind == "gn":
-        return TimeGroupNorm(_resolve_groups(groups, num_channels), num_channels, eps=eps, affine=affine)
+        if groups is None:
+            raise ValueError("kind='gn' needs groups: an int dividing num_channels, or 'auto' (see group_count)")
+        return TimeGroupNorm(group_count(num_channels, groups), num_channels, eps=eps, affine=affine)
     if kind == "ln":
         return TimeGroupNorm(1, num_channels, eps=eps, affine=affine)
     if kind == "in":

@@ -1,15 +1,16 @@
 """Temporal Adaptive Batch Normalization (TA-BN, Zheng et al., NeurIPS 2024), as the paper defines it.
 
-A grid of M+1 evenly spaced times t*_0 = 0 < ... < t*_M = T carries per-point running statistics
-(µ*_m, σ²*_m, buffers) and affine parameters (γ*_m, β*_m, learnable). A solver time t with
-t*_l <= t <= t*_{l+1} uses the linear-interpolation weights of Eq. 7,
+A grid of M+1 evenly spaced times t*_0 = t_min < ... < t*_M = t_max (the paper's [0, T]; a
+diffusion model conditions on e.g. log σ, so the grid may start at a negative time) carries
+per-point running statistics (µ*_m, σ²*_m, buffers) and affine parameters (γ*_m, β*_m, learnable). A solver time t with
+t*_l <= t <= t*_{l+1} (Δ = (t_max - t_min)/M) uses the linear-interpolation weights of Eq. 7,
     ω1 = (t*_{l+1} - t) / Δ   (left point l),      ω2 = (t - t*_l) / Δ   (right point l+1).
 The released code mirrors these weights (the left point gets (t - t*_l)/Δ, so its interpolant
 jumps at every grid point); we follow Eq. 7, which makes everything continuous in t.
 
-Times outside [0, T]. Adaptive solvers call the right-hand side beyond the end of the span: the
-initial-step rule of torchdiffeq (which pynodeta's dopri5 reproduces) probes f(t0 + h0, y0 + h0·f0)
-with h0 that may exceed T - t0. So by default (``outside="clamp"``) such a time is treated as the
+Times outside [t_min, t_max]. Adaptive solvers call the right-hand side beyond the end of the span:
+the initial-step rule of torchdiffeq (which pynodeta's dopri5 reproduces) probes f(t0 + h0, y0 + h0·f0)
+with h0 that may exceed t_max - t0. So by default (``outside="clamp"``) such a time is treated as the
 nearest end point — its γ, β and statistics, and in train mode its running-statistics update — as
 the released code also does; ``outside="error"`` raises instead.
 """
@@ -26,38 +27,52 @@ from torch import nn
 from .stat_updates import stat_updates_allowed
 from .time import time_as_tensor
 
-__all__ = ["TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
+__all__ = ["TABatchNorm", "TABatchNorm1d", "TABatchNorm2d", "grid_weights", "tabn_regularizer"]
 
-# Times within this fraction of T outside [0, T] are floating-point round-off of an end point
-# (e.g. t0 + Σh landing at T·(1 + 1e-7)); they are treated as the end point, not as out of range.
+# Times within this fraction of the grid's scale outside [t_min, t_max] are floating-point round-off
+# of an end point (e.g. t0 + Σh landing at t_max·(1 + 1e-7)); they are the end point, not out of range.
 _ROUNDOFF = 1e-5
 
 
-def grid_weights(t, M: int, T: float, *, outside: Literal["error", "clamp"]):
-    """Eq. 7 for a scalar time: returns ``(l, w1, w2)`` with ``t ≈ w1·t*_l + w2·t*_{l+1}``.
+def _roundoff(t_min: float, t_max: float) -> float:
+    return _ROUNDOFF * max(t_max - t_min, abs(t_min), abs(t_max))
 
-    ``l`` is an int in [0, M-1]; at t = T the right point is T itself (l = M-1, w2 = 1).
+
+def check_grid(t_min: float, t_max: float) -> tuple[float, float]:
+    """``(t_min, t_max)`` as floats if they bound a grid (finite, t_min < t_max); ValueError otherwise."""
+    t_min, t_max = float(t_min), float(t_max)
+    if not (math.isfinite(t_min) and math.isfinite(t_max)) or not t_max > t_min:
+        raise ValueError(f"the TA-BN grid [t_min, t_max] needs finite t_min < t_max (T > 0 for [0, T]), "
+                         f"got [{t_min}, {t_max}]")
+    return t_min, t_max
+
+
+def grid_weights(t, M: int, t_max: float, *, outside: Literal["error", "clamp"], t_min: float = 0.0):
+    """Eq. 7 for a scalar time on the grid [t_min, t_max] (default [0, t_max], the paper's [0, T]):
+    returns ``(l, w1, w2)`` with ``t ≈ w1·t*_l + w2·t*_{l+1}``.
+
+    ``l`` is an int in [0, M-1]; at t = t_max the right point is t_max itself (l = M-1, w2 = 1).
     ``w1``, ``w2`` are floats, or 0-d tensors when ``t`` is a tensor (so the interpolation stays
-    differentiable in t). t outside [0, T]: ``outside="error"`` raises ValueError,
+    differentiable in t). t outside the grid: ``outside="error"`` raises ValueError,
     ``outside="clamp"`` uses the nearest end point (w = 1 on t*_0 or t*_M).
     """
     # The grid index needs a host number: a 0-d tensor syncs here, once per call.
     t_value = float(t.detach() if isinstance(t, torch.Tensor) else t)
     if math.isnan(t_value):
         raise ValueError("t is NaN")
-    tol = _ROUNDOFF * T
-    if (t_value < -tol or t_value > T + tol) and outside != "clamp":
+    tol = _roundoff(t_min, t_max)
+    if (t_value < t_min - tol or t_value > t_max + tol) and outside != "clamp":
         raise ValueError(
-            f"t = {t_value} is outside the TA-BN grid [0, {T}]; build the layer with T covering the "
-            f"solve's span, or pass outside='clamp' to use the end-point statistics there"
+            f"t = {t_value} is outside the TA-BN grid [{t_min}, {t_max}]; build the layer with a grid "
+            f"covering the solve's span, or pass outside='clamp' to use the end-point statistics there"
         )
-    delta = T / M
-    if t_value <= 0.0:
+    delta = (t_max - t_min) / M
+    if t_value <= t_min:
         return 0, 1.0, 0.0
-    if t_value >= T:
+    if t_value >= t_max:
         return M - 1, 0.0, 1.0
-    l = min(int(t_value / delta), M - 1)
-    w2 = t / delta - l  # ω2 = (t - t*_l)/Δ with t*_l = l·Δ
+    l = min(int((t_value - t_min) / delta), M - 1)
+    w2 = (t - t_min) / delta - l  # ω2 = (t - t*_l)/Δ with t*_l = t_min + l·Δ
     return l, 1.0 - w2, w2
 
 
@@ -76,36 +91,37 @@ def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
     return x * scale.reshape(view).to(x.dtype) + shift.reshape(view).to(x.dtype)
 
 
-def _grid_weights_per_sample(t: torch.Tensor, M: int, T: float, outside: str):
+def _grid_weights_per_sample(t: torch.Tensor, M: int, t_min: float, t_max: float, outside: str):
     """Eq. 7 for a (batch,) tensor of times: returns ``(l, w2)``, both (batch,)."""
     nan = torch.isnan(t)
     if bool(nan.any()):  # NaN passes every comparison: without this it becomes a garbage grid index
         raise ValueError(f"per-sample t is NaN at batch positions {nan.nonzero().flatten().tolist()[:10]}; "
-                         f"every sample's time must be a number in [0, {T}]")
-    tol = _ROUNDOFF * T
-    if outside != "clamp" and bool(((t < -tol) | (t > T + tol)).any()):
+                         f"every sample's time must be a number in [{t_min}, {t_max}]")
+    tol = _roundoff(t_min, t_max)
+    if outside != "clamp" and bool(((t < t_min - tol) | (t > t_max + tol)).any()):
         raise ValueError(
-            f"some t are outside the TA-BN grid [0, {T}] (min {t.min().item()}, max {t.max().item()}); "
-            f"build the layer with T covering them, or pass outside='clamp'"
+            f"some t are outside the TA-BN grid [{t_min}, {t_max}] (min {t.min().item()}, max "
+            f"{t.max().item()}); build the layer with a grid covering them, or pass outside='clamp'"
         )
-    pos = t.clamp(0.0, T) / (T / M)
+    pos = (t.clamp(t_min, t_max) - t_min) / ((t_max - t_min) / M)
     l = pos.detach().floor().long().clamp(max=M - 1)
     return l, pos - l.to(t.dtype)
 
 
-class _TABatchNorm(nn.Module):
-    """Shared TA-BN implementation; the 1d/2d subclasses only check the input's shape.
+class TABatchNorm(nn.Module):
+    """TA-BN, whatever the input's rank: the base of TABatchNorm1d/2d, which only check the shape.
+    ``isinstance(m, TABatchNorm)`` finds every TA-BN layer.
 
     forward(t, x):
-        t: float or 0-d tensor in [0, T]; in eval mode also a (batch,) tensor of per-sample times.
+        t: float or 0-d tensor in [t_min, t_max]; in eval mode also a (batch,) tensor of per-sample times.
            Per-sample times are not supported in train mode (batch statistics mix all samples).
         x: (batch, num_features, *spatial) -> same shape.
     Train mode: normalise with the batch mean/variance, scale/shift with γ(t), β(t); the two
     neighbouring grid points' running statistics move towards the batch statistics with momentum
     η·ω1 and η·ω2. Eval mode: µ(t), σ²(t), γ(t), β(t) all interpolated, so the output of a sample
     does not depend on the rest of the batch.
-    A reversed-time solve (from T down to 0) visits the same times and uses the same grid points.
-    A time outside [0, T] is treated as the nearest end point (``outside="clamp"``, the default,
+    A reversed-time solve (from t_max down to t_min) visits the same times and uses the same grid
+    points. A time outside [t_min, t_max] is treated as the nearest end point (``outside="clamp"``, the default,
     needed for adaptive solvers' initial-step probe) or raises (``outside="error"``).
     """
 
@@ -115,7 +131,9 @@ class _TABatchNorm(nn.Module):
         self,
         num_features: int,                           # channels C
         M: int = 100,                                # grid intervals; M+1 grid points (paper: 100)
-        T: float = 1.0,                              # grid span [0, T] (the ODE's integration span)
+        T: float | None = None,                      # grid [0, T] (the paper's); or give t_min, t_max
+        t_min: float | None = None,                  # grid [t_min, t_max]: default [0, 1]; may be < 0
+        t_max: float | None = None,
         eps: float = 1e-5,
         momentum: float = 0.1,                       # η of the running-statistics update
         affine: bool = True,                         # learnable γ*_m, β*_m per grid point
@@ -129,16 +147,20 @@ class _TABatchNorm(nn.Module):
             raise ValueError(f"num_features must be >= 1, got {num_features}")
         if M < 1:
             raise ValueError(f"M must be >= 1, got {M}")
-        if not (math.isfinite(T) and T > 0):
-            raise ValueError(f"T must be a finite number > 0 (the end of the grid span [0, T]), got {T}")
         if not (math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a finite number > 0 (added to the variance before the square "
                              f"root), got {eps}")
+        if T is not None:
+            if t_min is not None or t_max is not None:
+                raise ValueError(f"give T (the grid [0, T]) or t_min and t_max, not both; got T={T}, "
+                                 f"t_min={t_min}, t_max={t_max}")
+            t_min, t_max = 0.0, T
+        self.t_min, self.t_max = check_grid(0.0 if t_min is None else t_min, 1.0 if t_max is None else t_max)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if outside not in ("error", "clamp"):
             raise ValueError(f"outside must be 'error' or 'clamp', got {outside!r}")
-        self.num_features, self.M, self.T = num_features, M, float(T)
+        self.num_features, self.M = num_features, M
         self.eps, self.momentum, self.affine, self.outside = eps, momentum, affine, outside
         self.update_stats_in_backward, self.sync_stats, self.reg_weight = (
             update_stats_in_backward, sync_stats, reg_weight)
@@ -153,8 +175,8 @@ class _TABatchNorm(nn.Module):
 
     @property
     def grid(self) -> torch.Tensor:
-        """The grid times t*_m = m·T/M, (M+1,)."""
-        return torch.arange(self.M + 1, dtype=torch.float64) * (self.T / self.M)
+        """The grid times t*_m = t_min + m·Δ, Δ = (t_max - t_min)/M, (M+1,)."""
+        return self.t_min + torch.arange(self.M + 1, dtype=torch.float64) * ((self.t_max - self.t_min) / self.M)
 
     def _check_input(self, x: torch.Tensor) -> None:
         raise NotImplementedError
@@ -171,7 +193,7 @@ class _TABatchNorm(nn.Module):
                     "statistics mix all samples, so they must share one time; pass a scalar t"
                 )
             return self._forward_per_sample(t, x)
-        l, w1, w2 = grid_weights(t, self.M, self.T, outside=self.outside)
+        l, w1, w2 = grid_weights(t, self.M, self.t_max, outside=self.outside, t_min=self.t_min)
         if isinstance(w2, torch.Tensor):  # lerp needs its tensor weight in the parameters' dtype
             w1, w2 = w1.to(self.running_mean.dtype), w2.to(self.running_mean.dtype)
         gamma, beta = self._interpolated_affine(l, w2)
@@ -211,7 +233,7 @@ class _TABatchNorm(nn.Module):
                 self.running_var[index].lerp_(batch_var, self.momentum * w)
 
     def _forward_per_sample(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        l, w2 = _grid_weights_per_sample(t, self.M, self.T, self.outside)
+        l, w2 = _grid_weights_per_sample(t, self.M, self.t_min, self.t_max, self.outside)
         w = w2[:, None].to(self.running_mean.dtype)
         mean = torch.lerp(self.running_mean[l], self.running_mean[l + 1], w)   # (batch, C)
         var = torch.lerp(self.running_var[l], self.running_var[l + 1], w)
@@ -241,16 +263,19 @@ class _TABatchNorm(nn.Module):
             y = y * gamma.reshape(view) + beta.reshape(view)
         return y
 
-    def regularizer(self) -> torch.Tensor:
-        """The released code's γ/β regulariser: λ·Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)] (mean over channels)."""
+    def regularizer(self, weight: float | None = None) -> torch.Tensor:
+        """The released code's γ/β regulariser: λ·Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)] (mean over channels).
+
+        weight: λ; None uses the layer's ``reg_weight``. A 0-d tensor; 0 without affine parameters.
+        """
         if not self.affine:
             return self.running_mean.new_zeros(())
         per_point = ((self.weight - 1.0) ** 2).mean(dim=1) + (self.bias ** 2).mean(dim=1)
-        return self.reg_weight * per_point.sum()
+        return (self.reg_weight if weight is None else weight) * per_point.sum()
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, M={self.M}, T={self.T}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, outside={self.outside!r}, "
+        return (f"{self.num_features}, M={self.M}, t_min={self.t_min}, t_max={self.t_max}, eps={self.eps}, "
+                f"momentum={self.momentum}, affine={self.affine}, outside={self.outside!r}, "
                 f"update_stats_in_backward={self.update_stats_in_backward}, sync_stats={self.sync_stats}")
 
 
@@ -274,8 +299,8 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-class TABatchNorm1d(_TABatchNorm):
-    __doc__ = "TA-BN for x: (batch, C) or (batch, C, length).\n\n" + _TABatchNorm.__doc__
+class TABatchNorm1d(TABatchNorm):
+    __doc__ = "TA-BN for x: (batch, C) or (batch, C, length).\n\n" + TABatchNorm.__doc__
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() not in (2, 3):
@@ -283,15 +308,25 @@ class TABatchNorm1d(_TABatchNorm):
                 f"TABatchNorm1d expects x of shape (batch, C) or (batch, C, L), got {tuple(x.shape)}")
 
 
-class TABatchNorm2d(_TABatchNorm):
-    __doc__ = "TA-BN for x: (batch, C, height, width).\n\n" + _TABatchNorm.__doc__
+class TABatchNorm2d(TABatchNorm):
+    __doc__ = "TA-BN for x: (batch, C, height, width).\n\n" + TABatchNorm.__doc__
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"TABatchNorm2d expects x of shape (batch, C, H, W), got {tuple(x.shape)}")
 
 
-def tabn_regularizer(model: nn.Module) -> torch.Tensor:
-    """Sum of ``regularizer()`` over every TA-BN layer in ``model`` (0 if there is none)."""
-    terms = [m.regularizer() for m in model.modules() if isinstance(m, _TABatchNorm)]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
+def tabn_regularizer(model: nn.Module, weight: float | None = None) -> torch.Tensor:
+    """λ·Σ_layers Σ_m [mse(γ*_m, 1) + mse(β*_m, 0)], the TA-BN code's pull of γ/β towards the identity:
+    the sum of ``regularizer(weight)`` over every TA-BN layer in ``model``, a training loss term.
+
+    weight: λ for every layer; None uses each layer's own ``reg_weight`` (0.1, the paper's code,
+    unless the layer was built with another); 0 gives an exact zero (no graph).
+    A 0-d tensor; 0 when the model has no affine TA-BN layer.
+    """
+    if weight is not None and not weight >= 0:
+        raise ValueError(f"the TA-BN regulariser weight must be >= 0 (0 disables it), got {weight}")
+    layers = [m for m in model.modules() if isinstance(m, TABatchNorm) and m.affine]
+    if weight == 0 or not layers:
+        return torch.zeros(())
+    return torch.stack([m.regularizer(weight) for m in layers]).sum()

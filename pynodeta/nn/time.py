@@ -1,4 +1,12 @@
-"""The time-aware calling convention: ``forward(t, x)``, and a container that follows it."""
+"""The time-aware calling convention: ``forward(t, x)``, and a container that follows it.
+
+Every time-aware module takes time first, like an ODE right-hand side ``f(t, y)``: layers, norms,
+derivative backbones and whole networks alike, so any of them can be the ``func`` of an ODE block
+or the network of a diffusion model. Inside a larger network the boundary stays ``forward(t, x)``,
+but a U-Net may compute one timestep embedding from ``t`` (e.g. ``TimestepEmbedding``) and pass
+that shared embedding to its blocks, which then take ``(x, emb)`` internally; such blocks are not
+time-aware in this sense and are not meant to be called with a raw ``t``.
+"""
 
 from __future__ import annotations
 
@@ -57,13 +65,6 @@ def time_as_tensor(t, x: torch.Tensor) -> torch.Tensor:
         f"t must be a float, a 0-d tensor or a (batch,) tensor with batch={x.shape[0]}, "
         f"got shape {tuple(t.shape)}"
     )
-
-
-def broadcast_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a 0-d or (batch,) time so that it broadcasts against ``x: (batch, ...)``."""
-    if t.dim() == 0:
-        return t
-    return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
 
 
 class TimeSequential(nn.Sequential):

@@ -1,32 +1,35 @@
 """Training: LightningModules, the papers' optimiser presets and the ``pynodeta`` command.
 
-- ``NODEClassifier`` / ``TrajectoryRegressor``: LightningModules logging loss, accuracy (or
-  MSE/MAE), forward and backward NFE per batch and the TA-BN regulariser.
-- ``Seed001SGD`` / ``TABNAdamW``: the two papers' optimiser, schedule and clipping, as typed presets.
+- ``TrainingModule``: the family-neutral base LightningModule (optimiser preset, clipping, stage
+  logging, exact RNG resume); ``pynodeta fit`` trains any subclass.
+- ``NODEModule`` and its ``NODEClassifier`` / ``TrajectoryRegressor``: neural-ODE modules logging
+  loss, accuracy (or MSE/MAE), forward and backward NFE per batch and the TA-BN regulariser.
+- ``AdamWPreset``, ``PlateauSGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
+  (a plain default and the two papers' setups).
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
-from .base import NODEModule
+from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from .configs import shipped_config_path, shipped_configs
-from .modules import NODEClassifier, TrajectoryRegressor
+from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
-from .optim import OptimizerPreset, Seed001SGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
-from .regularizers import tabn_penalty
+from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
 from .rng import collect_rng_states, restore_rng_states
 from .summary import RunSummary
 
 __all__ = [
+    "TrainingModule",
     "NODEModule",
     "NODEClassifier",
     "TrajectoryRegressor",
     "OptimizerPreset",
-    "Seed001SGD",
+    "AdamWPreset",
+    "PlateauSGD",
     "TABNAdamW",
     "clip_grad_norms",
     "tabn_affine_parameters",
-    "tabn_penalty",
     "ode_solvers",
     "forward_nfe",
     "backward_nfe",

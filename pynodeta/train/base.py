@@ -1,83 +1,75 @@
-"""What every pynodeta LightningModule shares: NFE logging, the TA-BN regulariser, the optimiser
-preset with its clipping, and exact resume (global RNG states in the checkpoint)."""
+"""What every pynodeta LightningModule shares, whatever the model family: the optimiser preset with
+its clipping, stage logging and exact resume (global RNG states in the checkpoint).
+
+A model family subclasses :class:`TrainingModule` (the neural-ODE one is
+:class:`pynodeta.train.NODEModule`) and writes ``training_step``/``validation_step``/``test_step``
+with :meth:`TrainingModule.log_stage`; ``pynodeta fit`` accepts any subclass as its ``model``.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import lightning
 import torch
-from torch import nn
 
-from .nfe import backward_nfe, forward_nfe, ode_solvers
-from .optim import OptimizerPreset, TABNAdamW
-from .regularizers import tabn_penalty
+from .optim import AdamWPreset, OptimizerPreset
 from .rng import collect_rng_states, restore_rng_states
 
-__all__ = ["NODEModule"]
+__all__ = ["TrainingModule"]
+
+RNG_CHECKPOINT_KEY = "pynodeta_rng_states"
 
 
-class NODEModule(lightning.LightningModule):
-    """Base class: holds the network in ``.model``; subclasses define ``_loss_and_metrics``.
+class TrainingModule(lightning.LightningModule):
+    """Base LightningModule of every pynodeta model family.
 
-    Logged per stage (``train``/``val``/``test``): ``{stage}/loss`` and the subclass's metrics,
-    ``{stage}/nfe_forward`` (right-hand-side evaluations of all ODE blocks per batch, mean over the
-    epoch) and in training ``train/nfe_backward`` (adjoint solve, read after backward) and
-    ``train/tabn_reg`` (the regulariser term added to the loss).
+    What it does for a subclass:
+
+    - ``configure_optimizers`` returns ``self.optim.build(self)``: a preset may give one optimiser,
+      several parameter groups, or several optimisers (the latter needs
+      ``self.automatic_optimization = False`` in the subclass, as Lightning requires);
+    - gradient clipping: Lightning's own (``trainer.gradient_clip_val``), then the preset's
+      ``clip(self)`` (e.g. a second, tighter clip of one parameter group);
+    - :meth:`log_stage` logs ``{stage}/loss`` and ``{stage}/<metric>`` as epoch means
+      (synchronised over DDP ranks once per epoch);
+    - exact resume: the Python, NumPy and torch generators' states travel in every checkpoint, so
+      a resumed run draws the noise, dropout masks and batches the uninterrupted run would have.
+
+    ``summary_formats`` tells the run summary (``pynodeta fit --test_after_fit true``) which logged
+    metrics to print first and how; every other ``test/<name>`` metric follows as
+    ``test <name> {value:.4f}``.
     """
+
+    summary_formats: ClassVar[dict[str, str]] = {}  # {logged key: format with one {} for the value}
 
     def __init__(
         self,
-        model: nn.Module,                       # the network; its ODE blocks expose `last_stats`
-        optim: OptimizerPreset | None = None,   # optimiser, schedule and clipping (default TABNAdamW())
-        tabn_reg_weight: float | None = None,   # λ of the TA-BN regulariser; None: the layers' own (0.1); 0: off
+        optim: OptimizerPreset | None = None,  # optimiser, schedule and clipping; None: default_optim()
     ):
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if tabn_reg_weight is not None and tabn_reg_weight < 0:
-            raise ValueError(
-                f"tabn_reg_weight must be >= 0 (0 disables the regulariser) or None, got {tabn_reg_weight}")
-        self.model = model
-        self.optim = optim if optim is not None else TABNAdamW()
-        self.tabn_reg_weight = tabn_reg_weight
-        self._blocks = ode_solvers(model)
-        self._last_batch_size = 1
+        if optim is not None and not isinstance(optim, OptimizerPreset):
+            raise TypeError(
+                f"optim must be an OptimizerPreset (e.g. pynodeta.train.AdamWPreset()), got {type(optim).__name__}")
+        self.optim = optim if optim is not None else self.default_optim()
 
-    # --- subclass interface -----------------------------------------------------------------------
-    def _loss_and_metrics(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        """(loss, {metric name: value}, batch size) for one batch."""
-        raise NotImplementedError
+    def default_optim(self) -> OptimizerPreset:
+        """The preset used when none is given; a model family overrides it with its paper's setup."""
+        return AdamWPreset()
 
-    # --- steps ----------------------------------------------------------------------------------------
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        loss, metrics, batch_size = self._loss_and_metrics(batch)
-        self._last_batch_size = batch_size
-        nfe = float(forward_nfe(self._blocks))  # read now: the next solve overwrites last_stats
+    # --- logging --------------------------------------------------------------------------------------
+    def log_stage(self, stage: str, loss: torch.Tensor, metrics: dict[str, torch.Tensor | float],
+                  batch_size: int, prog_bar: tuple[str, ...] = ()) -> None:
+        """Log ``{stage}/loss`` and ``{stage}/<name>`` for every metric as epoch means.
+
+        stage: ``train``, ``val`` or ``test``; batch_size weights the epoch mean; metric names in
+        ``prog_bar`` (and the loss, outside testing) are shown in the progress bar.
+        """
         # epoch means only; under DDP they are averaged over ranks once per epoch (sync_dist)
         log = dict(on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **log)
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "acc", **log)
-        self.log(f"{stage}/nfe_forward", nfe, **log)
-        return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        reg = tabn_penalty(self.model, self.tabn_reg_weight).to(loss.device)
-        self.log("train/tabn_reg", reg, on_step=False, on_epoch=True, batch_size=self._last_batch_size,
-                 sync_dist=True)
-        return loss + reg
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_after_backward(self) -> None:
-        # The adjoint fills nfe_adjoint into the forward solve's stats during backward.
-        if self._blocks:
-            self.log("train/nfe_backward", float(backward_nfe(self._blocks)), on_step=False, on_epoch=True,
-                     batch_size=self._last_batch_size, sync_dist=True)
+            self.log(f"{stage}/{name}", value, prog_bar=name in prog_bar, **log)
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -87,12 +79,12 @@ class NODEModule(lightning.LightningModule):
         # Lightning's own clipping (trainer.gradient_clip_val) first, then the preset's: the TA-BN
         # setup clips the γ/β group separately, which one global norm cannot express.
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        self.optim.clip(self.model)
+        self.optim.clip(self)
 
     # --- exact resume ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pynodeta_rng_states"] = collect_rng_states()
+        checkpoint[RNG_CHECKPOINT_KEY] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "pynodeta_rng_states" in checkpoint:
-            restore_rng_states(checkpoint["pynodeta_rng_states"])
+        if RNG_CHECKPOINT_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_CHECKPOINT_KEY])

@@ -26,9 +26,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from .base import NODEModule
+from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
+from .plots import plot_after_fit
 from .resume import prepare_ckpt_path
 from .run_dir import RunDirectoryError, RunDirLock, keep_csv_metrics, remove_stale_tmp_files
 from .safe_load import CheckpointError
@@ -54,10 +55,12 @@ class PynodetaCLI(LightningCLI):
 
     Extra options: ``--num_threads N`` (``torch.set_num_threads`` for this run; default: torch's),
     ``--test_after_fit true`` (``fit`` then evaluates the final weights on the test set and prints
-    a one-line summary with test accuracy and NFE). Checkpoints are written atomically
-    (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO plugin.
-    ``--ckpt_path`` is checked before anything is built; ``fit`` resumes in the checkpoint's run
-    folder. The run folder is locked for the run and cleared of a killed run's temporary files.
+    a one-line summary of the module's metrics, e.g. test accuracy and NFE), ``--plots false``
+    (no PNGs of the training curves at the end of ``fit``). Checkpoints are written atomically
+    (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO plugin. ``model`` may be
+    any :class:`TrainingModule` subclass, of any model family. ``--ckpt_path`` is checked before
+    anything is built; ``fit`` resumes in the checkpoint's run folder. The run folder is locked for the
+    run and cleared of a killed run's temporary files.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -65,6 +68,9 @@ class PynodetaCLI(LightningCLI):
                             help="torch.set_num_threads for this run (e.g. 2 on a 2-core machine)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the final weights and print a summary line")
+        parser.add_argument("--plots", type=bool, default=True,
+                            help="after fit, write PNGs of loss, metrics and NFE over training beside "
+                                 "metrics.csv (needs matplotlib: pip install 'pynodeta[plot]')")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint here (for its hyperparameters), right after parsing:
@@ -127,14 +133,17 @@ class PynodetaCLI(LightningCLI):
             lock.release()
 
     def after_fit(self) -> None:
-        if not self._get(self.config, "test_after_fit"):
-            return
-        fit_metrics = dict(self.trainer.callback_metrics)
-        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
-        RunSummary.from_metrics(fit_metrics, self.trainer.callback_metrics).report(self.trainer)
+        if self._get(self.config, "test_after_fit"):
+            fit_metrics = dict(self.trainer.callback_metrics)
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            formats = getattr(self.model, "summary_formats", {})
+            RunSummary.from_metrics(fit_metrics, self.trainer.callback_metrics, formats).report(self.trainer)
+        if self._get(self.config, "plots"):
+            plot_after_fit(self.trainer)
 
     def after_test(self) -> None:
-        RunSummary.from_metrics({}, self.trainer.callback_metrics).report(self.trainer)
+        formats = getattr(self.model, "summary_formats", {})
+        RunSummary.from_metrics({}, self.trainer.callback_metrics, formats).report(self.trainer)
 
 
 def main(argv: list[str] | None = None) -> int | None:
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int | None:
             # sys.argv is also set, which it always is for a console command.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             PynodetaCLI(
-                model_class=NODEModule,
+                model_class=TrainingModule,  # any model family's module
                 subclass_mode_model=True,
                 datamodule_class=LightningDataModule,
                 subclass_mode_data=True,

@@ -1,4 +1,5 @@
-"""LightningModules: image classification and trajectory regression with neural ODEs."""
+"""Neural-ODE LightningModules: the family's base (NFE logging, the TA-BN regulariser), image
+classification and trajectory regression."""
 
 from __future__ import annotations
 
@@ -8,10 +9,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NODEModule
-from .optim import OptimizerPreset
+from pynodeta.nn import tabn_regularizer
 
-__all__ = ["NODEClassifier", "TrajectoryRegressor"]
+from .base import TrainingModule
+from .nfe import backward_nfe, forward_nfe, ode_solvers
+from .optim import OptimizerPreset, TABNAdamW
+
+__all__ = ["NODEModule", "NODEClassifier", "TrajectoryRegressor"]
+
+
+class NODEModule(TrainingModule):
+    """Base of the neural-ODE modules: holds the network in ``.model``; subclasses define
+    ``_loss_and_metrics``.
+
+    Logged per stage (``train``/``val``/``test``): ``{stage}/loss`` and the subclass's metrics,
+    ``{stage}/nfe_forward`` (right-hand-side evaluations of all ODE blocks per batch, mean over the
+    epoch) and in training ``train/nfe_backward`` (adjoint solve, read after backward) and
+    ``train/tabn_reg`` (the regulariser term added to the loss).
+    """
+
+    summary_formats = {
+        "test/acc": "test accuracy {:.4f}",
+        "test/loss": "test loss {:.4f}",
+        "test/nfe_forward": "test forward NFE {:.1f}",
+        "train/nfe_forward": "train forward NFE {:.1f}",
+        "train/nfe_backward": "train backward NFE {:.1f}",
+    }
+
+    def __init__(
+        self,
+        model: nn.Module,                       # the network; its ODE blocks expose `last_stats`
+        optim: OptimizerPreset | None = None,   # optimiser, schedule and clipping (default TABNAdamW())
+        tabn_reg_weight: float | None = None,   # λ of the TA-BN regulariser; None: the layers' own (0.1); 0: off
+    ):
+        super().__init__(optim)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if tabn_reg_weight is not None and tabn_reg_weight < 0:
+            raise ValueError(
+                f"tabn_reg_weight must be >= 0 (0 disables the regulariser) or None, got {tabn_reg_weight}")
+        self.model = model
+        self.tabn_reg_weight = tabn_reg_weight
+        self._blocks = ode_solvers(model)
+        self._last_batch_size = 1
+
+    def default_optim(self) -> OptimizerPreset:
+        return TABNAdamW()
+
+    # --- subclass interface -----------------------------------------------------------------------
+    def _loss_and_metrics(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(loss, {metric name: value}, batch size) for one batch."""
+        raise NotImplementedError
+
+    # --- steps ----------------------------------------------------------------------------------------
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        loss, metrics, batch_size = self._loss_and_metrics(batch)
+        self._last_batch_size = batch_size
+        nfe = float(forward_nfe(self._blocks))  # read now: the next solve overwrites last_stats
+        self.log_stage(stage, loss, {**metrics, "nfe_forward": nfe}, batch_size, prog_bar=("acc",))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        reg = tabn_regularizer(self.model, self.tabn_reg_weight).to(loss.device)
+        self.log("train/tabn_reg", reg, on_step=False, on_epoch=True, batch_size=self._last_batch_size,
+                 sync_dist=True)
+        return loss + reg
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_after_backward(self) -> None:
+        # The adjoint fills nfe_adjoint into the forward solve's stats during backward.
+        if self._blocks:
+            self.log("train/nfe_backward", float(backward_nfe(self._blocks)), on_step=False, on_epoch=True,
+                     batch_size=self._last_batch_size, sync_dist=True)
 
 
 class NODEClassifier(NODEModule):

@@ -2,8 +2,9 @@
 
 A preset is chosen in a config by class path (``class_path: pynodeta.train.TABNAdamW``) and its
 fields are checked by jsonargparse, so a misspelt option fails before training starts.
-``build(module)`` returns what ``LightningModule.configure_optimizers`` returns; ``clip(module)``
-runs between backward and the optimiser step.
+``build(module)`` returns what ``LightningModule.configure_optimizers`` returns (one optimiser,
+one with several parameter groups from ``parameter_groups(module)``, or a list of several
+optimisers); ``clip(module)`` runs between backward and the optimiser step.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pynodeta.nn import TABatchNorm1d, TABatchNorm2d
+from pynodeta.nn import TABatchNorm
 
-__all__ = ["OptimizerPreset", "Seed001SGD", "TABNAdamW", "tabn_affine_parameters", "clip_grad_norms"]
+__all__ = ["OptimizerPreset", "AdamWPreset", "PlateauSGD", "TABNAdamW", "tabn_affine_parameters", "clip_grad_norms"]
 
 
 def tabn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The per-grid-point γ*_m, β*_m of every TA-BN layer in ``model`` (empty without TA-BN)."""
     params = []
     for module in model.modules():
-        if isinstance(module, (TABatchNorm1d, TABatchNorm2d)) and module.affine:
+        if isinstance(module, TABatchNorm) and module.affine:
             params += [module.weight, module.bias]
     return params
 
@@ -46,14 +47,23 @@ def _check_positive(**values: float | None) -> None:
 
 
 class OptimizerPreset:
-    """An optimiser, its learning-rate schedule and its gradient clipping."""
+    """An optimiser, its learning-rate schedule and its gradient clipping.
+
+    A subclass implements ``build``; it may override ``parameter_groups`` to give groups their own
+    options (e.g. no weight decay on gains and biases), or return a list of several optimiser
+    configurations from ``build`` (the LightningModule must then optimise manually).
+    """
 
     max_norm: float | None = None
     tabn_max_norm: float | None = None
 
-    def build(self, module) -> dict:
+    def build(self, module: nn.Module) -> dict | list:
         """The ``configure_optimizers`` return value for a LightningModule ``module``."""
         raise NotImplementedError
+
+    def parameter_groups(self, module: nn.Module) -> list[dict]:
+        """The optimiser's parameter groups: by default one group holding every parameter."""
+        return [{"params": list(module.parameters())}]
 
     def clip(self, model: nn.Module) -> None:
         """Clip ``model``'s gradients in place (called after backward, before the optimiser step)."""
@@ -64,7 +74,30 @@ class OptimizerPreset:
         return f"{type(self).__name__}({fields})"
 
 
-class Seed001SGD(OptimizerPreset):
+class AdamWPreset(OptimizerPreset):
+    """AdamW at a constant learning rate, optionally with global gradient-norm clipping."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        max_norm: float | None = None,  # global gradient-norm clip (None: no clipping)
+    ):
+        _check_positive(lr=lr, max_norm=max_norm)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        self.lr, self.weight_decay, self.betas, self.max_norm = lr, weight_decay, tuple(betas), max_norm
+
+    def build(self, module: nn.Module) -> dict:
+        optimizer = torch.optim.AdamW(self.parameter_groups(module), lr=self.lr, betas=self.betas,
+                                      weight_decay=self.weight_decay)
+        return {"optimizer": optimizer}
+
+
+class PlateauSGD(OptimizerPreset):
     """Vanishing-timestep-embedding paper's NODE setup: SGD with momentum, decay on a plateau."""
 
     def __init__(
@@ -87,7 +120,7 @@ class Seed001SGD(OptimizerPreset):
 
     def build(self, module) -> dict:
         optimizer = torch.optim.SGD(
-            module.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            self.parameter_groups(module), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.factor, patience=self.patience
@@ -119,7 +152,7 @@ class TABNAdamW(OptimizerPreset):
         self.max_norm, self.tabn_max_norm = max_norm, tabn_max_norm
 
     def build(self, module) -> dict:
-        optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameter_groups(module), lr=self.lr, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self._step_epochs(module), gamma=self.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 

@@ -1,48 +1,52 @@
-"""The one-line result of a run (test metrics and NFE), printed and saved as JSON beside the logs."""
+"""The one-line result of a run (its module's summary metrics), printed and saved as JSON beside the
+logs. Metric-agnostic: it prints what the LightningModule logged, formatted as the module asks."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 __all__ = ["RunSummary"]
 
-_NAMES = {"acc": "accuracy"}  # how a logged metric is spelled in the summary line
+DEFAULT_TEST_FORMAT = "test {name} {{:.4f}}"  # for a test/<name> metric the module gives no format
 
 
-def _value(metrics: dict, key: str) -> float:
-    value = metrics.get(key)
-    return float(value) if value is not None else math.nan
+def _summary_formats(fit_metrics: Mapping, test_metrics: Mapping, formats: Mapping[str, str]) -> dict[str, str]:
+    """{logged key: format} in print order: the module's listed keys (those logged), then every other
+    ``test/<name>`` metric with the default format."""
+    logged = {**fit_metrics, **test_metrics}
+    chosen = {key: fmt for key, fmt in formats.items() if key in logged}
+    for key in test_metrics:
+        if key.startswith("test/") and key not in chosen:
+            chosen[key] = DEFAULT_TEST_FORMAT.format(name=key.removeprefix("test/"))
+    return chosen
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """Epoch means of the logged metrics: NaN where a metric was not logged (e.g. no ODE block)."""
+    """Epoch means of the metrics a run logged, with the format each is printed in.
 
-    test: dict[str, float] = field(default_factory=dict)  # test/<name> metrics: acc, loss, mse, mae, ...
-    test_nfe_forward: float = math.nan    # mean right-hand-side evaluations per test batch
-    train_nfe_forward: float = math.nan   # mean per training batch, last training epoch
-    train_nfe_backward: float = math.nan  # mean adjoint-solve evaluations per training batch, last epoch
+    metrics: {logged key (``test/acc``, ``train/nfe_backward``, ...): value}, in print order.
+    formats: {logged key: format string with one ``{}`` for the value}.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_metrics(cls, fit_metrics: dict, test_metrics: dict) -> RunSummary:
-        test = {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()
-                if key.startswith("test/") and not key.startswith("test/nfe")}
-        return cls(
-            test=dict(sorted(test.items(), key=lambda item: item[0] != "acc")),  # accuracy first
-            test_nfe_forward=_value(test_metrics, "test/nfe_forward"),
-            train_nfe_forward=_value(fit_metrics, "train/nfe_forward"),
-            train_nfe_backward=_value(fit_metrics, "train/nfe_backward"),
-        )
+    def from_metrics(cls, fit_metrics: Mapping, test_metrics: Mapping,
+                     formats: Mapping[str, str] | None = None) -> RunSummary:
+        """Pick from ``fit_metrics`` (after fit) and ``test_metrics`` (after test; they win on a clash)
+        the keys in ``formats`` (a TrainingModule's ``summary_formats``) and every test metric."""
+        chosen = _summary_formats(fit_metrics, test_metrics, formats or {})
+        logged = {**fit_metrics, **test_metrics}
+        return cls(metrics={key: float(logged[key]) for key in chosen}, formats=chosen)
 
     def line(self) -> str:
-        parts = [f"test {_NAMES.get(name, name)} {value:.4f}" for name, value in self.test.items()]
-        nfe = f"mean NFE per batch: test forward {self.test_nfe_forward:.1f}"
-        if not math.isnan(self.train_nfe_forward):
-            nfe += f", train forward {self.train_nfe_forward:.1f}, train backward {self.train_nfe_backward:.1f}"
-        return "pynodeta summary: " + " | ".join([*parts, nfe])
+        parts = [self.formats.get(key, key + " {:.4f}").format(value) for key, value in self.metrics.items()]
+        return "pynodeta summary: " + " | ".join(parts)
 
     def report(self, trainer) -> None:
         """Print the summary line (rank 0) and write ``summary.json`` into the trainer's log_dir."""
@@ -52,4 +56,4 @@ class RunSummary:
         if trainer.log_dir is not None:
             os.makedirs(trainer.log_dir, exist_ok=True)
             with open(os.path.join(trainer.log_dir, "summary.json"), "w") as f:
-                json.dump(asdict(self), f, indent=2)
+                json.dump(asdict(self)["metrics"], f, indent=2)

@@ -3,12 +3,12 @@
 import torch
 
 from pynodeta.diagnose import audit_ode_blocks
-from pynodeta.models import Seed001Classifier
+from pynodeta.models import ConvODEClassifier
 
 
 def _audit(**options):
     torch.manual_seed(0)
-    model = Seed001Classifier((1, 8, 8), 10, channels=8, stem_strides=(1, 1), **options)
+    model = ConvODEClassifier((1, 8, 8), 10, channels=8, stem_strides=(1, 1), **options)
     (report,) = audit_ode_blocks(model, torch.randn(8, 1, 8, 8))
     return report
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pynodeta.models import build_backbone, group_count
+from pynodeta.models import build_backbone
 from pynodeta.nn import NORM_KINDS, ConcatConv2d, ConcatLinear, TABatchNorm2d, TimeSequential
 
 
@@ -58,7 +58,7 @@ def test_tabn_grid_follows_the_span_and_clamps_overshoot():
     backbone = build_backbone("conv4", (1, 8, 8), width=2, norm="tabn", t_span=(0.0, 2.0),
                               norm_options={"M": 10})
     layers = [m for m in backbone.modules() if isinstance(m, TABatchNorm2d)]
-    assert {(m.T, m.M, m.outside) for m in layers} == {(2.0, 10, "clamp")}
+    assert {(m.t_min, m.t_max, m.M, m.outside) for m in layers} == {(0.0, 2.0, 10, "clamp")}
     with pytest.raises(ValueError, match="must cover t_span"):
         build_backbone("conv4", (1, 8, 8), norm="tabn", t_span=(0.0, 2.0), norm_options={"T": 1.0})
 
@@ -72,15 +72,12 @@ def test_mlp_backbone_norms_only_the_first_layers():
     assert sum(isinstance(m, ConcatLinear) for m in backbone.modules()) == 4
 
 
-def test_group_count_rule():
-    assert group_count(256, "auto") == 32
-    assert group_count(8, "auto") == 2
-    assert group_count(3, "auto") == 1
-    assert group_count(64, 32) == 32
-    assert group_count(3, 32) == 3  # the largest divisor of 3 not above 32
-    assert group_count(12, 5) == 4
-    with pytest.raises(ValueError, match="groups must be a positive int or 'auto'"):
-        group_count(8, 0)
+def test_auto_groups_follow_each_layer_width_and_an_int_must_divide_every_width():
+    backbone = build_backbone("conv4", (3, 8, 8), norm="gn", width=8)  # widths 8, 16, 8 and back to 3
+    groups = [(m.num_channels, m.num_groups) for m in backbone.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert groups == [(8, 2), (16, 4), (8, 2), (3, 1)]
+    with pytest.raises(ValueError, match=r"groups=2 does not divide a layer's num_channels=3.*groups='auto'"):
+        build_backbone("conv4", (3, 8, 8), norm="gn", width=8, groups=2)
 
 
 @pytest.mark.parametrize(

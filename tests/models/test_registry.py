@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pynodeta.models import MODELS, Seed001Classifier, TrajectoryNODE, UnmixedClassifier, build_model
+from pynodeta.models import MODELS, ConvODEClassifier, TrajectoryNODE, UnmixedClassifier, build_model
 
 from .helpers import RK4
 
 
 def test_every_name_builds():
     assert set(MODELS) == {"seed001", "unmixed", "augnode", "hbnode", "sonode", "trajectory"}
-    assert isinstance(build_model("seed001", in_shape=(1, 8, 8), num_classes=2, channels=4), Seed001Classifier)
+    assert isinstance(build_model("seed001", in_shape=(1, 8, 8), num_classes=2, channels=4), ConvODEClassifier)
     for name in ("unmixed", "augnode", "hbnode", "sonode"):
         model = build_model(name, backbone="conv4", in_shape=(1, 8, 8), num_classes=2, width=2, solver=RK4)
         assert isinstance(model, UnmixedClassifier)

@@ -44,7 +44,7 @@ def test_trajectory_shapes_and_norms(norm):
     ys.square().mean().backward()
     assert ode_blocks(model)[0].nfe_forward > 0
     if norm == "tabn":
-        assert {m.T for m in model.modules() if isinstance(m, TABatchNorm1d)} == {2.0}
+        assert {(m.t_min, m.t_max) for m in model.modules() if isinstance(m, TABatchNorm1d)} == {(0.0, 2.0)}
 
 
 def test_the_first_grid_point_may_lie_after_t0():

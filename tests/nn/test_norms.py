@@ -10,7 +10,7 @@ from pynodeta.nn import (
     TABatchNorm1d,
     TABatchNorm2d,
     TimeGroupNorm,
-    auto_groups,
+    group_count,
     make_norm,
     no_stat_updates,
 )
@@ -39,7 +39,24 @@ def test_factory_classes_and_groups():
     assert make_norm("gn", 64, groups="auto").num_groups == 16
     assert make_norm("gn", 64, groups=1).num_groups == 1
     assert make_norm("ln", 64).num_groups == 1
-    assert auto_groups(8) == 2
+    assert make_norm("gn", 18, groups="auto").num_groups == 3  # min(18 // 4, 32) = 4 does not divide 18
+
+
+def test_group_count_rule():
+    # "auto": Score-SDE's min(C // 4, 32) where it divides C, else the largest divisor below it
+    for channels in (4, 8, 16, 32, 64, 128, 256, 512):
+        assert group_count(channels, "auto") == min(channels // 4, 32)
+    assert group_count(18, "auto") == 3 and group_count(3, "auto") == 1 and group_count(1, "auto") == 1
+    assert group_count(12, "auto") == 3 and group_count(20, "auto") == 5
+    for channels in range(1, 300):
+        g = group_count(channels, "auto")
+        assert channels % g == 0 and 1 <= g <= max(1, min(channels // 4, 32))
+    # an int is the count itself: kept when it divides C, an error otherwise
+    assert group_count(64, 32) == 32 and group_count(3, 3) == 3
+    with pytest.raises(ValueError, match="groups=32 does not divide a layer's num_channels=3"):
+        group_count(3, 32)
+    with pytest.raises(ValueError, match="groups must be a positive int or 'auto'"):
+        group_count(8, 0)
 
 
 def test_factory_errors_name_the_fix():
@@ -47,12 +64,8 @@ def test_factory_errors_name_the_fix():
         make_norm("bn", 8)
     with pytest.raises(ValueError, match="kind='gn' needs groups"):
         make_norm("gn", 8)
-    with pytest.raises(ValueError, match="positive int dividing num_channels=8, got 3"):
+    with pytest.raises(ValueError, match="groups=3 does not divide a layer's num_channels=8; pass a divisor"):
         make_norm("gn", 8, groups=3)
-    with pytest.raises(ValueError, match=r"min\(18 // 4, 32\) = 4, which does not divide num_channels=18"):
-        make_norm("gn", 18, groups="auto")
-    with pytest.raises(ValueError, match=r"min\(2 // 4, 32\) = 0"):
-        auto_groups(2)
     with pytest.raises(ValueError, match="groups only applies to kind='gn'"):
         make_norm("tabn", 8, groups=2)
     with pytest.raises(ValueError, match=r"options \['M'\] do not apply to kind='popti-bn'"):

@@ -7,6 +7,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from pynodeta.nn import (
+    TABatchNorm,
     TABatchNorm1d,
     TABatchNorm2d,
     backward_solve,
@@ -40,7 +41,7 @@ def _randomised(layer):
     ],
 )
 def test_grid_weights_at_and_between_grid_points(t, expected):
-    l, w1, w2 = grid_weights(t, M=4, T=1.0, outside="error")
+    l, w1, w2 = grid_weights(t, M=4, t_max=1.0, outside="error")
     assert l == expected[0]
     assert w1 == pytest.approx(expected[1], abs=1e-12) and w2 == pytest.approx(expected[2], abs=1e-12)
     # The weights reproduce t as a convex combination of the two neighbours.
@@ -52,19 +53,19 @@ def test_grid_has_m_plus_one_points_including_both_ends():
 
 
 def test_grid_weights_beyond_the_grid():
-    with pytest.raises(ValueError, match=r"t = 1.2 is outside the TA-BN grid \[0, 1.0\].*outside='clamp'"):
-        grid_weights(1.2, M=4, T=1.0, outside="error")
+    with pytest.raises(ValueError, match=r"t = 1.2 is outside the TA-BN grid \[0.0, 1.0\].*outside='clamp'"):
+        grid_weights(1.2, M=4, t_max=1.0, outside="error")
     with pytest.raises(ValueError, match="outside the TA-BN grid"):
-        grid_weights(-0.1, M=4, T=1.0, outside="error")
-    assert grid_weights(1.2, M=4, T=1.0, outside="clamp") == (3, 0.0, 1.0)
-    assert grid_weights(-0.1, M=4, T=1.0, outside="clamp") == (0, 1.0, 0.0)
+        grid_weights(-0.1, M=4, t_max=1.0, outside="error")
+    assert grid_weights(1.2, M=4, t_max=1.0, outside="clamp") == (3, 0.0, 1.0)
+    assert grid_weights(-0.1, M=4, t_max=1.0, outside="clamp") == (0, 1.0, 0.0)
     # Round-off past an end point is the end point, not an error.
-    assert grid_weights(1.0 + 1e-9, M=4, T=1.0, outside="error") == (3, 0.0, 1.0)
+    assert grid_weights(1.0 + 1e-9, M=4, t_max=1.0, outside="error") == (3, 0.0, 1.0)
 
 
 def test_tensor_time_keeps_weights_differentiable():
     t = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-    _, w1, w2 = grid_weights(t, M=4, T=1.0, outside="error")
+    _, w1, w2 = grid_weights(t, M=4, t_max=1.0, outside="error")
     w2.backward()
     assert t.grad.item() == pytest.approx(4.0)  # dω2/dt = 1/Δ
 
@@ -109,7 +110,7 @@ def test_train_rejects_per_sample_times_and_wrong_shapes():
         tabn(0.5, torch.randn(4, 2, 2, 2))
     with pytest.raises(ValueError, match="M must be >= 1, got 0"):
         TABatchNorm2d(3, M=0)
-    with pytest.raises(ValueError, match="T must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"needs finite t_min < t_max \(T > 0 for \[0, T\]\), got \[0.0, 0.0\]"):
         TABatchNorm2d(3, T=0.0)
 
 
@@ -270,3 +271,17 @@ def test_reversed_time_visits_the_same_grid_points():
     for a, b in zip(forward, reversed(backward), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert math.isclose(grid_weights(0.35, 4, 1.0, outside="error")[2], 0.4)
+
+
+def test_one_public_base_class_and_one_regulariser():
+    layers = [TABatchNorm1d(3, M=2), TABatchNorm2d(2, M=4, reg_weight=0.5), TABatchNorm1d(3, M=2, affine=False)]
+    assert all(isinstance(m, TABatchNorm) for m in layers)
+    model = torch.nn.ModuleList(layers)
+    with torch.no_grad():
+        layers[0].weight.fill_(2.0)   # (γ - 1)² = 1 at 3 grid points
+        layers[1].bias.fill_(3.0)     # β² = 9 at 5 grid points
+    assert tabn_regularizer(model).item() == pytest.approx(0.1 * 3 + 0.5 * 45)   # each layer's own λ
+    assert tabn_regularizer(model, 2.0).item() == pytest.approx(2.0 * (3 + 45))  # one λ for all
+    assert tabn_regularizer(model, 0.0).item() == 0.0
+    with pytest.raises(ValueError, match="regulariser weight must be >= 0"):
+        tabn_regularizer(model, -1.0)

@@ -48,3 +48,28 @@ def test_time_as_tensor_shapes_and_error():
     assert time_as_tensor(torch.rand(3), x).shape == (3,)
     with pytest.raises(ValueError, match=r"t must be .* batch=3, got shape \(2,\)"):
         time_as_tensor(torch.rand(2), x)
+
+
+def _public_modules():
+    import inspect
+
+    import pynodeta.models
+    import pynodeta.nn
+
+    for package in (pynodeta.nn, pynodeta.models):
+        for name in package.__all__:
+            obj = getattr(package, name)
+            if inspect.isclass(obj) and issubclass(obj, nn.Module):
+                yield pytest.param(obj, id=name)
+
+
+@pytest.mark.parametrize("cls", list(_public_modules()))
+def test_every_public_time_aware_module_takes_time_first(cls):
+    import inspect
+
+    declared = getattr(cls, "time_aware", None)
+    params = [p for p in list(inspect.signature(cls.forward).parameters.values())[1:]
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_time_first = len(params) >= 2 and params[0].name == "t"
+    if declared is not None:  # the flag and the signature agree: time-aware means forward(t, x)
+        assert bool(declared) == takes_time_first, f"{cls.__name__}: time_aware={declared}, forward{params}"

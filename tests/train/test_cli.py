@@ -52,11 +52,11 @@ def test_one_batch_fit_writes_metrics_checkpoint_config_and_summary(tmp_path, ca
     nfe = [float(r["train/nfe_forward"]) for r in rows if r.get("train/nfe_forward")]
     assert nfe and all(v > 0 for v in nfe)
     summary = json.loads((run / "summary.json").read_text())
-    assert 0.0 <= summary["test"]["acc"] <= 1.0 and summary["train_nfe_backward"] > 0
+    assert 0.0 <= summary["test/acc"] <= 1.0 and summary["train/nfe_backward"] > 0
 
     # the saved config and checkpoint reproduce the run's test evaluation
     assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoint)]) == 0
-    assert f"test accuracy {summary['test']['acc']:.4f}" in capsys.readouterr().out
+    assert f"test accuracy {summary['test/acc']:.4f}" in capsys.readouterr().out
 
 
 def test_checkpoints_are_written_by_the_atomic_writer(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from pynodeta.data import DigitsDataModule, TrajectoryDataModule
-from pynodeta.nn import TABatchNorm1d
-from pynodeta.train import NODEClassifier, Seed001SGD, TABNAdamW, TrajectoryRegressor, tabn_penalty
+from pynodeta.nn import TABatchNorm1d, tabn_regularizer
+from pynodeta.train import NODEClassifier, PlateauSGD, TABNAdamW, TrajectoryRegressor
 
 from .tiny_models import TinyDigitsClassifier, TinyTrajectoryModel
 
@@ -78,7 +78,7 @@ def test_tabn_regulariser_is_added_to_the_training_loss(weight):
     data_loss = F.cross_entropy(model(x), y).detach()
     lam = tabn.reg_weight if weight is None else weight
     expected = lam * 5 * (4.0 + 1.0)
-    assert float(tabn_penalty(model, weight).detach()) == pytest.approx(expected)
+    assert float(tabn_regularizer(model, weight).detach()) == pytest.approx(expected)
     total = module.training_step((x, y), 0)
     assert float(total.detach()) == pytest.approx(float(data_loss) + expected, rel=1e-6)
 
@@ -120,8 +120,8 @@ def test_training_clips_global_norm_and_tabn_gamma_beta(tmp_path, clip):
         assert probe.tabn_norm > 10.0 and probe.total_norm > 10.0
 
 
-def test_seed001_preset_is_sgd_with_plateau_decay():
-    module = NODEClassifier(TinyDigitsClassifier(), optim=Seed001SGD())
+def test_plateau_sgd_preset_is_sgd_with_plateau_decay():
+    module = NODEClassifier(TinyDigitsClassifier(), optim=PlateauSGD())
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.SGD)
@@ -147,7 +147,7 @@ def test_tabn_preset_decays_at_half_the_epochs(tmp_path):
     [
         (lambda: TABNAdamW(lr=0.0), "lr must be > 0"),
         (lambda: TABNAdamW(step_epochs=0), "step_epochs must be >= 1"),
-        (lambda: Seed001SGD(momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda: PlateauSGD(momentum=1.0), r"momentum must be in \[0, 1\)"),
         (lambda: TrajectoryRegressor(TinyTrajectoryModel(), loss="l3"), "loss must be 'mse' or 'mae'"),
     ],
 )

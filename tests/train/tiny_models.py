@@ -1,5 +1,5 @@
 """Tiny stand-in networks for the training tests: an ODE block that keeps its SolveStats, an
-8x8-digits classifier and a trajectory model, small enough to fit a batch in milliseconds."""
+8x8-digits classifier, a trajectory model and a non-ODE TrainingModule, small enough to fit a batch in milliseconds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import nn
 
 import pynodeta as pn
 from pynodeta.nn import ConcatLinear, TimeSequential, make_norm
+from pynodeta.train import OptimizerPreset, TrainingModule
 
 
 class TinyODEBlock(nn.Module):
@@ -54,3 +55,31 @@ class TinyTrajectoryModel(nn.Module):
 
     def forward(self, t0, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.project(self.ode(self.lift(y0), t))
+
+
+class TinySoftmaxRegression(TrainingModule):
+    """A non-ODE TrainingModule: softmax regression on 8x8 digits that reports its error rate, not
+    accuracy, so the command and the run summary are seen to work for any model family."""
+
+    summary_formats = {"test/error_rate": "test error rate {:.3f}"}
+
+    def __init__(self, optim: OptimizerPreset | None = None):
+        super().__init__(optim)
+        self.linear = nn.Linear(64, 10)
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.linear(x.flatten(1))
+        loss = nn.functional.cross_entropy(logits, y)
+        error_rate = (logits.argmax(dim=1) != y).float().mean()
+        self.log_stage(stage, loss, {"error_rate": error_rate}, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ode import SolveStats, get_backend, solve
-from ..ode.validation import check_options
+from ...ode import SolveStats, get_backend, solve
+from ...ode.validation import check_options
 
 __all__ = ["ODESettings", "ODEBlock", "ode_blocks", "total_nfe"]
 

@@ -1,17 +1,19 @@
-"""The TA-BN paper's 18-conv U-Net derivative backbone (channels 32,32 | 64,64 | 128,128 | 256,256)."""
+"""The TA-BN paper's 18-conv U-Net derivative backbone (channels 32,32 | 64,64 | 128,128 | 256,256):
+a time-aware vector field ``f(t, x)`` for an ODE block, backbone name ``"unet18"``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..nn import TimeSequential
-from .backbones import NormSpec, conv_unit
+from ...nn import TimeSequential
+from ..common import NormFactory
+from .conv_units import conv_unit
 
-__all__ = ["UNet18"]
+__all__ = ["UNetField"]
 
 
-class UNet18(nn.Module):
+class UNetField(nn.Module):
     """Down: four levels of two conv units (the first unit of levels 2-4 is ↓); up: per level one ↑ unit,
     concatenation with the skip, two conv units; then one unit to ``out_channels`` without activation.
     8 + 9 + 1 = 18 convolutions, each [ConcatConv -> norm (-> ReLU)].
@@ -21,7 +23,7 @@ class UNet18(nn.Module):
 
     time_aware = True
 
-    def __init__(self, in_shape: tuple[int, int, int], out_channels: int, norm: NormSpec, width: int = 32,
+    def __init__(self, in_shape: tuple[int, int, int], out_channels: int, norm: NormFactory, width: int = 32,
                  activation: str = "relu"):
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]

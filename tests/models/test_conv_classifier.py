@@ -1,4 +1,4 @@
-"""The seed-001 NODE classifier: its pipeline, time injections, the vanishing embedding, bias-init policy."""
+"""The convolutional NODE classifier (seed 001): pipeline, time injections, vanishing embedding, bias init."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from pynodeta.models import ACTIVATIONS, Seed001Classifier
+from pynodeta.models import ACTIVATIONS, ConvODEClassifier
 from pynodeta.nn import ConcatConv2d, LinearTimestepEmbedding, PositionalTimestepEmbedding, TimeGroupNorm
 
 from .helpers import RK4
 
 
-def tiny(**kwargs) -> Seed001Classifier:
-    return Seed001Classifier(**{"in_shape": (1, 8, 8), "num_classes": 3, "channels": 8, "solver": RK4, **kwargs})
+def tiny(**kwargs) -> ConvODEClassifier:
+    return ConvODEClassifier(**{"in_shape": (1, 8, 8), "num_classes": 3, "channels": 8, "solver": RK4, **kwargs})
 
 
 def test_pipeline_matches_the_paper():
@@ -28,7 +28,7 @@ def test_pipeline_matches_the_paper():
 
 def test_stem_strides_and_paper_defaults():
     assert tiny(stem_strides=(2, 1)).stem(torch.randn(1, 1, 8, 8)).shape == (1, 8, 4, 4)
-    paper = Seed001Classifier((3, 32, 32), 10)
+    paper = ConvODEClassifier((3, 32, 32), 10)
     assert paper.ode.func[0].num_groups == 32 and paper.ode.func[2].conv.out_channels == 256
     assert (paper.ode.method, paper.ode.rtol, paper.ode.atol, paper.ode.adjoint) == ("dopri5", 1e-3, 1e-3, True)
 
@@ -40,11 +40,12 @@ def test_every_activation(activation):
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
 
-def _depends_on_time(model: Seed001Classifier) -> bool:
+def _depends_on_time(model: ConvODEClassifier) -> bool:
     h = torch.randn(4, 8, 2, 2)
     model.eval()
     with torch.no_grad():
-        return not torch.allclose(model.ode.func(0.1, h), model.ode.func(0.9, h), atol=1e-6)
+        # float32 rounding leaves differences up to ~1e-5 where t cancels; a real dependence is O(1)
+        return not torch.allclose(model.ode.func(0.1, h), model.ode.func(0.9, h), atol=1e-4)
 
 
 def test_additive_embedding_vanishes_under_instance_norm_and_positional_restores_it():
@@ -82,7 +83,7 @@ def test_bias_init_policy_zeroes_operand_biases_only():
         (dict(stem_strides=(4, 2)), "stem_strides"),
         (dict(in_shape=(64,)), r"in_shape must be \(channels, height, width\)"),
         (dict(dropout=1.0), "dropout must be in"),
-        (dict(norm="tabn", t_span=(-1.0, 1.0)), "must cover t_span"),
+        (dict(norm="tabn", t_span=(-1.0, 1.0), norm_options={"T": 1.0}), "must cover t_span"),
     ],
 )
 def test_bad_arguments(kwargs, match):

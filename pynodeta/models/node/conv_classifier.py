@@ -1,5 +1,7 @@
-"""The NODE classifier of Kim et al. (2024), "Disappearance of timestep embedding" (Sec. 4.1).
+"""A convolutional neural-ODE classifier: a conv stem, an ODE block on its features, a pooled head.
 
+It is the NODE classifier of Kim et al. (2024), "Disappearance of timestep embedding" (Sec. 4.1),
+registered as ``"seed001"`` (the shipped ``seed001_*`` configs):
 early stage [3×3 conv, two stride-2 residual blocks] -> ODE block with
 f = [norm–act–ConcatConv–norm–act–ConcatConv–norm] -> head [norm–act–GAP–dropout–FC].
 Paper setting: C = 256, GN with G = 32, ReLU, dropout 0.5, dopri5 rtol = atol = 1e-3 with the adjoint.
@@ -13,18 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import (
+from ...nn import (
     ConcatConv2d,
     LinearTimestepEmbedding,
     PositionalTimestepEmbedding,
     TimeSequential,
     apply_bias_init_policy,
 )
-from .backbones import down_size
-from .common import check_in_shape, make_activation, ode_norm, static_norm
+from ..common import check_in_shape, make_activation, ode_norm, static_norm
+from .conv_units import down_size
 from .ode_block import ODESettings, check_t_span
 
-__all__ = ["Seed001Classifier", "Seed001ODEFunc", "ResidualBlock", "TIME_INJECTIONS"]
+__all__ = ["ConvODEClassifier", "ConvODEFunc", "ResidualBlock", "TIME_INJECTIONS"]
 
 TIME_INJECTIONS = ("concat", "additive")
 
@@ -50,7 +52,7 @@ class ResidualBlock(nn.Module):
         return out + shortcut
 
 
-class Seed001ODEFunc(TimeSequential):
+class ConvODEFunc(TimeSequential):
     """f(t, h) = [norm–act–T(conv)–norm–act–T(conv)–norm], T(conv) the time injection around a 3×3 conv:
 
     "concat": ConcatConv2d (a t channel; equivalent to conv + t·v per channel, which a per-channel
@@ -80,7 +82,7 @@ class Seed001ODEFunc(TimeSequential):
                          norm_layer(), make_activation(activation), *timed_conv(), norm_layer())
 
 
-class Seed001Classifier(nn.Module):
+class ConvODEClassifier(nn.Module):
     """forward(x): x (batch, *in_shape) -> logits (batch, num_classes).
 
     Norms outside the ODE (stem, head) are the plain counterparts of ``norm`` (BatchNorm2d for the
@@ -125,7 +127,7 @@ class Seed001Classifier(nn.Module):
         size = (height, width)
         for s in stem_strides:
             size = tuple(down_size(v) for v in size) if s == 2 else size
-        func = Seed001ODEFunc(channels, size, norm, groups, activation, time_injection, positional,
+        func = ConvODEFunc(channels, size, norm, groups, activation, time_injection, positional,
                               positional_mode, t_span, norm_options)
         if bias_init_policy:
             apply_bias_init_policy(func)

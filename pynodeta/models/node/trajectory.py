@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import MLPField, NormSpec
-from .common import check_norm_kind
+from ..common import NormFactory, check_norm_kind
+from .backbones import MLPField
 from .ode_block import ODESettings
 
 __all__ = ["TrajectoryNODE"]
@@ -36,7 +36,7 @@ class TrajectoryNODE(nn.Module):
         norm_layers: int | None = None,    # normalise only the first n hidden layers (default: all hidden)
         activation: str = "tanh",
         time_horizon: float = 1.0,         # T: the largest time asked about (TA-BN's grid is [0, T])
-        groups: int | str | None = None,   # norm="gn": bound on the group count (default "auto")
+        groups: int | str | None = None,   # norm="gn": an int dividing the width, or "auto" (default; nn.group_count)
         norm_options: Mapping[str, Any] | None = None,  # make_norm options (TA-BN: M, momentum, ...)
         solver: ODESettings | None = None,  # default dopri5, rtol = atol = 1e-3, adjoint
     ):
@@ -49,7 +49,7 @@ class TrajectoryNODE(nn.Module):
         if norm_layers is not None and not 0 <= norm_layers <= depth - 1:
             raise ValueError(f"norm_layers must be in [0, depth - 1 = {depth - 1}] (hidden layers), got {norm_layers}")
         self.dim, self.norm, self.time_horizon = dim, norm, float(time_horizon)
-        spec = NormSpec(norm, (0.0, self.time_horizon), groups, norm_options)
+        spec = NormFactory(norm, t_span=(0.0, self.time_horizon), groups=groups, options=norm_options)
         # the output layer stays unnormalised: it is the velocity of a physical state
         field = MLPField(dim, dim, hidden, depth, spec, activation, depth - 1 if norm_layers is None else norm_layers)
         self.ode = (solver or ODESettings()).block(field, (0.0, self.time_horizon))

@@ -1,8 +1,7 @@
 """Derivative backbones of the TA-BN paper's "unmixed" neural ODEs (Zheng et al., 2024, Sec. 5).
 
-Every layer is [ConcatConv (a t channel concatenated) -> norm -> ReLU]; the last layer is normalised
-too but has no activation. ↓ is a stride-2 3×3 conv, ↑ a stride-2 3×3 transposed conv whose output
-padding is chosen from the input size so that the output has exactly the input's spatial size.
+Every layer is [ConcatConv (a t channel concatenated) -> norm -> ReLU] (see ``conv_units``); the
+last layer is normalised too but has no activation. ``"unet18"`` is :class:`UNetField`.
 """
 
 from __future__ import annotations
@@ -13,49 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import ConcatConv2d, ConcatLinear, TimeSequential
-from .common import check_in_shape, make_activation, ode_norm
+from ...nn import ConcatLinear, TimeSequential
+from ..common import NormFactory, check_in_shape, make_activation
+from .conv_units import conv_unit
+from .unet_field import UNetField
 
 __all__ = ["BACKBONES", "ConvChain", "MLPField", "build_backbone", "conv_plan"]
 
 BACKBONES = ("conv4", "conv6", "conv7+L", "unet18", "mlp")
-
-
-def down_size(size: int) -> int:
-    """Spatial size after a 3×3, stride-2, padding-1 conv: ceil(size / 2)."""
-    return (size + 1) // 2
-
-
-class NormSpec:
-    """What every layer of a backbone needs to build its norm: kind, ODE span, GN groups, options."""
-
-    def __init__(self, kind: str, t_span=(0.0, 1.0), groups=None, options: Mapping[str, Any] | None = None):
-        self.kind, self.t_span, self.groups, self.options = kind, tuple(t_span), groups, options
-
-    def __call__(self, num_channels: int, dims: int = 2) -> nn.Module:
-        return ode_norm(self.kind, num_channels, t_span=self.t_span, dims=dims, groups=self.groups,
-                        norm_options=self.options)
-
-
-def conv_unit(in_ch: int, out_ch: int, size: tuple[int, int], move: str, norm: NormSpec,
-              activation: str | None) -> tuple[TimeSequential, tuple[int, int]]:
-    """[ConcatConv -> norm (-> activation)] with ``move`` in "down", "same", "up"; returns (unit, out size).
-
-    For "up", ``size`` is the target size (the matching down path's input).
-    """
-    if move == "up":
-        padding = tuple(1 - s % 2 for s in size)  # 2·ceil(s/2) - 1 + p = s
-        conv = ConcatConv2d(in_ch, out_ch, 3, stride=2, padding=1, transpose=True,
-                            output_padding=padding if padding[0] != padding[1] else padding[0])
-        out = size
-    else:
-        stride = 2 if move == "down" else 1
-        conv = ConcatConv2d(in_ch, out_ch, 3, stride=stride, padding=1)
-        out = tuple(down_size(s) for s in size) if move == "down" else size
-    layers = [conv, norm(out_ch)]
-    if activation is not None:
-        layers.append(make_activation(activation))
-    return TimeSequential(*layers), out
 
 
 def conv_plan(name: str, width: int, extra_layers: int = 1) -> list[tuple[int, str]]:
@@ -87,7 +51,7 @@ class ConvChain(nn.Module):
     time_aware = True
 
     def __init__(self, in_shape: tuple[int, int, int], plan: list[tuple[int, str]], out_channels: int,
-                 norm: NormSpec, activation: str = "relu"):
+                 norm: NormFactory, activation: str = "relu"):
         super().__init__()
         channels, size = in_shape[0], tuple(in_shape[1:])
         moves = [move for _, move in plan]
@@ -119,7 +83,7 @@ class MLPField(nn.Module):
 
     time_aware = True
 
-    def __init__(self, in_features: int, out_features: int, hidden: int, depth: int, norm: NormSpec,
+    def __init__(self, in_features: int, out_features: int, hidden: int, depth: int, norm: NormFactory,
                  activation: str = "relu", norm_layers: int | None = None):
         super().__init__()
         if depth < 1 or hidden < 1:
@@ -153,12 +117,10 @@ def build_backbone(
     depth: int | None = None,        # mlp only: number of linear layers (default 4)
     norm_layers: int | None = None,  # mlp: how many first layers are normalised (None: all)
     activation: str = "relu",
-    groups: int | str | None = None,  # norm="gn": bound on the groups per layer (default "auto")
+    groups: int | str | None = None,  # norm="gn": int dividing every layer's width, or "auto" (default)
     norm_options: Mapping[str, Any] | None = None,  # make_norm options, e.g. {"M": 100} for TA-BN
 ) -> nn.Module:
     """A time-aware derivative backbone ``f(t, x)`` by name."""
-    from .unet import UNet18
-
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
     if width < 1:
@@ -167,13 +129,13 @@ def build_backbone(
                                  ("norm_layers", norm_layers, "mlp")):
         if value is not None and name != owner:
             raise ValueError(f"{option} only applies to backbone={owner!r}, got it with backbone={name!r}")
-    spec = NormSpec(norm, t_span, groups, norm_options)
+    spec = NormFactory(norm, t_span=t_span, groups=groups, options=norm_options)
     if name == "mlp":
         (features,) = check_in_shape(in_shape, dims=(1,))
         return MLPField(features, out_channels or features, width, 4 if depth is None else depth, spec,
                         activation, norm_layers)
     shape = check_in_shape(in_shape, dims=(3,))
     if name == "unet18":
-        return UNet18(shape, out_channels or shape[0], spec, width, activation)
+        return UNetField(shape, out_channels or shape[0], spec, width, activation)
     plan = conv_plan(name, width, 1 if extra_layers is None else extra_layers)
     return ConvChain(shape, plan, out_channels or shape[0], spec, activation)

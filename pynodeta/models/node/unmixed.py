@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..common import check_in_shape
 from .augnode import ZeroAugment
 from .backbones import build_backbone
-from .common import check_in_shape
 from .hbnode import HeavyBallField
 from .ode_block import ODESettings, check_t_span
 from .sonode import SecondOrderField
@@ -80,7 +80,7 @@ def build_unmixed_classifier(
     depth: int | None = None,          # mlp: linear layers (default 4)
     norm_layers: int | None = None,    # mlp: normalise only the first n layers (default all)
     activation: str = "relu",
-    groups: int | str | None = None,   # norm="gn": bound on the groups per layer (default "auto")
+    groups: int | str | None = None,   # norm="gn": int dividing every layer's width, or "auto" (default)
     norm_options: Mapping[str, Any] | None = None,  # make_norm options (TA-BN: M, momentum, ...)
     t_span: tuple[float, float] = (0.0, 1.0),
     solver: ODESettings | None = None,  # method, tolerances, adjoint (default dopri5, 1e-3, adjoint)
