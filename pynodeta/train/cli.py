@@ -26,6 +26,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from pynodeta.data.errors import DatasetFileError
+
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int | None:
                 save_config_kwargs={"overwrite": True},
                 args=argv,
             )
-    except ConfigurationError as error:
+    except (ConfigurationError, DatasetFileError) as error:  # a dataset file is read in setup, inside fit
         print(f"pynodeta: error: {error}", file=sys.stderr)
         return 2
     print(f"pynodeta: finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)

@@ -149,3 +149,18 @@ def test_checkpoint_hyperparameters_may_not_name_foreign_classes(tmp_path, capsy
     assert main(["test", "--config", _config(tmp_path), "--ckpt_path", str(path)]) == 2
     assert "'subprocess.Popen', which is outside the allowed modules" in capsys.readouterr().err
     assert not (tmp_path / "marker").exists()
+
+
+def test_a_corrupt_dataset_file_is_a_clear_error(tmp_path, capsys):
+    from tests.data.test_data_image_files import write_cifar10
+
+    write_cifar10(tmp_path / "data")
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:100])
+    def cifar(config):
+        config["data"] = {"class_path": "pynodeta.data.CIFAR10DataModule",
+                          "init_args": {"data_dir": str(tmp_path / "data"), "val_size": 5}}
+
+    assert main(["fit", "--config", _write_config(tmp_path, cifar)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pynodeta: error:") and str(batch) in err and "truncated" in err
