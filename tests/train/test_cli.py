@@ -15,7 +15,8 @@ TINY_CONFIG = {
     "seed_everything": 0,
     "num_threads": 1,
     "trainer": {
-        "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "limit_test_batches": 1,
+        # fractions: the command line reads an integer 1 here as 1.0, i.e. every batch
+        "max_epochs": 1, "limit_train_batches": 0.05, "limit_val_batches": 0.5, "limit_test_batches": 0.5,
         "log_every_n_steps": 1, "enable_model_summary": False, "num_sanity_val_steps": 0,
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "SAVE_DIR"}},
     },
@@ -135,8 +136,8 @@ def test_shipped_configs_include_the_main_job_and_the_paper_rows():
 
 
 def test_main_job_config_runs_one_batch_by_name(tmp_path, capsys):
-    argv = ["fit", "--config", "digits_tabn", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+    argv = ["fit", "--config", "digits_tabn", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+            "0.05", "--trainer.limit_val_batches", "0.5", "--trainer.limit_test_batches", "0.5",
             "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path)]
     assert main(argv) == 0
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("pynodeta summary:")]
