@@ -9,7 +9,7 @@ from .augnode import ZeroAugment
 from .backbones import BACKBONES, ConvChain, MLPField, build_backbone, conv_plan
 from .common import ACTIVATIONS, group_count, make_activation, ode_norm, static_norm
 from .hbnode import HeavyBallField
-from .ode_block import ODEBlock, ODESettings, ode_blocks, total_nfe
+from .ode_block import NODE_SOLVER, ODEBlock, ode_blocks, total_nfe
 from .registry import MODELS, build_model
 from .seed001 import TIME_INJECTIONS, ResidualBlock, Seed001Classifier, Seed001ODEFunc
 from .sonode import SecondOrderField
@@ -20,7 +20,7 @@ from .velocity import INITIAL_VELOCITIES, WithInitialVelocity
 
 __all__ = [
     "ODEBlock",
-    "ODESettings",
+    "NODE_SOLVER",
     "ode_blocks",
     "total_nfe",
     "MODELS",

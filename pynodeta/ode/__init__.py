@@ -1,4 +1,8 @@
-"""The ODE core: backend-neutral solving with adaptive steps, dense output, the adjoint and NFE statistics."""
+"""The ODE core: backend-neutral solving with adaptive steps, dense output, the adjoint and NFE statistics.
+
+The front door (``solve``, ``odeint``, the typed settings, ``Solution``, ``SolveStats``) is re-exported by
+``pynodeta``; the engine room (``Backend``, ``SolverConfig``, ``StateNorm``, ...) is public here.
+"""
 
 from .adjoint import backward_solve, is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
@@ -7,19 +11,30 @@ from .errors import (
     MaxStepsReachedError,
     NonFiniteStateError,
     ODESolveError,
+    SolverWarning,
     StepSizeUnderflowError,
 )
-from .methods import ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS
+from .methods import ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS, Method
 from .norms import StateNorm, rms_norm
 from .odeint import odeint, odeint_adjoint
+from .settings import Adjoint, FixedGrid, IController, PIController, SolverSettings
 from .solve import Solution, solve
 from .stats import SolveStats, record_stats
+from .tableau import ButcherTableau
+from .validation import FlatState
 
 __all__ = [
     "solve",
     "Solution",
     "odeint",
     "odeint_adjoint",
+    "SolverSettings",
+    "IController",
+    "PIController",
+    "FixedGrid",
+    "Adjoint",
+    "Method",
+    "ButcherTableau",
     "METHODS",
     "ADAPTIVE_METHODS",
     "FIXED_GRID_METHODS",
@@ -29,11 +44,13 @@ __all__ = [
     "SolverConfig",
     "available_backends",
     "get_backend",
+    "FlatState",
     "ODESolveError",
     "StepSizeUnderflowError",
     "MaxStepsReachedError",
     "NonFiniteStateError",
     "BackendUnavailableError",
+    "SolverWarning",
     "StateNorm",
     "rms_norm",
     "SolveStats",

@@ -172,7 +172,7 @@ def test_adjoint_flags_backward_solve_for_layers():
             self.w = torch.nn.Parameter(torch.tensor(-1.0))
 
         def forward(self, t, y):
-            seen.append(pn.is_adjoint_backward())
+            seen.append(pn.ode.is_adjoint_backward())
             return self.w * y
 
     sol = pn.solve(Probe(), torch.ones(2, requires_grad=True), torch.tensor([0.0, 1.0]), adjoint=True)
