@@ -59,13 +59,6 @@ def time_as_tensor(t, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def broadcast_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a 0-d or (batch,) time so that it broadcasts against ``x: (batch, ...)``."""
-    if t.dim() == 0:
-        return t
-    return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
-
-
 class TimeSequential(nn.Sequential):
     """``nn.Sequential`` that passes ``t`` to the children that take it.
 

@@ -19,9 +19,8 @@ from .norms import StateNorm, rms_norm
 from .odeint import odeint, odeint_adjoint
 from .settings import Adjoint, FixedGrid, IController, PIController, SolverSettings
 from .solve import Solution, solve
-from .stats import SolveStats, record_stats
+from .stats import SolvesODE, SolveStats, find_ode_blocks, record_stats
 from .tableau import ButcherTableau
-from .validation import FlatState
 
 __all__ = [
     "solve",
@@ -44,7 +43,6 @@ __all__ = [
     "SolverConfig",
     "available_backends",
     "get_backend",
-    "FlatState",
     "ODESolveError",
     "StepSizeUnderflowError",
     "MaxStepsReachedError",
@@ -55,4 +53,6 @@ __all__ = [
     "rms_norm",
     "SolveStats",
     "record_stats",
+    "SolvesODE",
+    "find_ode_blocks",
 ]

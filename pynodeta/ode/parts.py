@@ -18,7 +18,7 @@ from .backends import Backend, SolverConfig, get_backend
 from .methods import Method
 from .norms import StateNorm
 from .settings import Adjoint, Controller, FixedGrid, IController, PIController
-from .validation import FlatState, check_options, check_tolerance
+from .validation import StateStructure, check_options, check_tolerance
 
 __all__ = ["Parts", "typed_parts", "check_parts", "method_name", "solver_config", "adjoint_config"]
 
@@ -197,7 +197,7 @@ def _scalar_tol(name: str, tol: Any) -> Any:
 
 
 def solver_config(method: str | Method, controller: Controller, max_steps: int | None,
-                  warn_after_steps: int | None, extra: Mapping[str, Any] | None, state: FlatState,
+                  warn_after_steps: int | None, extra: Mapping[str, Any] | None, state: StateStructure,
                   like: torch.Tensor) -> SolverConfig:
     """Lower one method + controller to what a backend reads (tolerances checked against the state)."""
     common = dict(method=method, max_num_steps=_UNLIMITED_STEPS if max_steps is None else max_steps,
@@ -213,7 +213,7 @@ def solver_config(method: str | Method, controller: Controller, max_steps: int |
     )
 
 
-def _state_norm(norm, state: FlatState):
+def _state_norm(norm, state: StateStructure):
     """A user norm sees the state as the caller shaped it; tuple states default to the mixed RMS."""
     if norm is not None and state.is_tuple:
         user_norm = norm
@@ -237,7 +237,7 @@ def adjoint_config(parts: Parts, forward: SolverConfig, be: Backend, like: torch
     max_steps = parts.max_steps if adjoint.max_steps is None else adjoint.max_steps
     # the backward solve's state is the augmented vector, not tuple-shaped
     return solver_config(method, controller, max_steps, forward.warn_after_steps, forward.extra,
-                         FlatState(None), like)
+                         StateStructure(None), like)
 
 
 def _forward_controller_for_adjoint(parts: Parts, method, be: Backend) -> Controller:

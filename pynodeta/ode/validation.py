@@ -11,7 +11,7 @@ import torch
 
 from .errors import warn_unresolvable_tolerance
 
-__all__ = ["FlatState", "check_times", "flatten_state", "check_tolerance", "check_options", "OPTION_KEYS"]
+__all__ = ["StateStructure", "check_times", "flatten_state", "check_tolerance", "check_options", "OPTION_KEYS"]
 
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
@@ -40,8 +40,10 @@ def check_times(t: Any) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class FlatState:
-    """A tensor or tuple of tensors viewed as one flat vector (tuples only; a tensor stays as it is)."""
+class StateStructure:
+    """The structure of the caller's state: one tensor, or a tuple of tensors that the solver sees as one
+    flat vector (the backends only ever see a single tensor; ``backends.external.FlatState`` is the next
+    step down, that tensor as a host numpy vector)."""
 
     shapes: tuple[torch.Size, ...] | None  # None: a single tensor
 
@@ -79,10 +81,10 @@ class FlatState:
         return flat_func
 
 
-def flatten_state(y0: Any) -> tuple[torch.Tensor, FlatState]:
+def flatten_state(y0: Any) -> tuple[torch.Tensor, StateStructure]:
     if isinstance(y0, torch.Tensor):
         _check_state_tensor("y0", y0)
-        return y0, FlatState(None)
+        return y0, StateStructure(None)
     if isinstance(y0, (tuple, list)) and y0 and all(isinstance(p, torch.Tensor) for p in y0):
         for i, part in enumerate(y0):
             _check_state_tensor(f"y0[{i}]", part)
@@ -90,7 +92,7 @@ def flatten_state(y0: Any) -> tuple[torch.Tensor, FlatState]:
         devices = {p.device for p in y0}
         if len(dtypes) > 1 or len(devices) > 1:
             raise ValueError(f"the tensors of a tuple y0 must share dtype and device, got {dtypes} on {devices}")
-        return torch.cat([p.reshape(-1) for p in y0]), FlatState(tuple(p.shape for p in y0))
+        return torch.cat([p.reshape(-1) for p in y0]), StateStructure(tuple(p.shape for p in y0))
     raise TypeError(f"y0 must be a floating-point tensor or a non-empty tuple of them, got {type(y0).__name__}")
 
 
@@ -104,7 +106,7 @@ def _check_state_tensor(name: str, y: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf; the initial state must be finite")
 
 
-def check_tolerance(name: str, tol: Any, state: FlatState, like: torch.Tensor) -> float | torch.Tensor:
+def check_tolerance(name: str, tol: Any, state: StateStructure, like: torch.Tensor) -> float | torch.Tensor:
     """A positive float, a tensor broadcastable to the state, or (tuple states) one value per part."""
     if isinstance(tol, torch.Tensor):
         if tol.requires_grad:
@@ -121,7 +123,7 @@ def check_tolerance(name: str, tol: Any, state: FlatState, like: torch.Tensor) -
     if isinstance(tol, Sequence) and not isinstance(tol, str):
         if not state.is_tuple or len(tol) != len(state.shapes):
             raise ValueError(f"a sequence {name} needs a tuple y0 with one entry per tensor ({len(tol)} given)")
-        parts = [torch.as_tensor(check_tolerance(name, v, FlatState(None), like), dtype=like.dtype).expand(n)
+        parts = [torch.as_tensor(check_tolerance(name, v, StateStructure(None), like), dtype=like.dtype).expand(n)
                  for v, n in zip(tol, state.sizes)]
         return torch.cat(parts).to(like.device)
     try:

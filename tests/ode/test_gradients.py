@@ -5,8 +5,7 @@ import torch
 
 import pynodeta as pn
 from pynodeta.ode import ADAPTIVE_METHODS, METHODS
-
-from .problems import MLPField
+from pynodeta.ode.problems import MLPField
 
 GEN = torch.Generator().manual_seed(0)
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import pynodeta as pn
-
-from .problems import MLPField, linear_decay, linear_decay_exact
+from pynodeta.ode.problems import MLPField, linear_decay, linear_decay_exact
 
 F64 = dict(dtype=torch.float64)
 T = torch.tensor([0.0, 1.0, 2.0], **F64)

@@ -7,8 +7,7 @@ import torch
 
 import pynodeta as pn
 from pynodeta.ode.methods import ADAPTIVE_HEUN, BOSH3
-
-from .problems import MLPField, lotka_volterra, van_der_pol
+from pynodeta.ode.problems import MLPField, lotka_volterra, van_der_pol
 
 F64 = dict(dtype=torch.float64)
 T = torch.tensor([0.0, 1.0, 2.5], **F64)

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import pynodeta as pn
-
-from .problems import MLPField, lotka_volterra, van_der_pol
+from pynodeta.ode.problems import MLPField, lotka_volterra, van_der_pol
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
