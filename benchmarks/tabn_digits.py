@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pynodeta.data import DigitsDataModule
-from pynodeta.models import ODESettings, Seed001Classifier
+from pynodeta.models import NODE_SOLVER, Seed001Classifier
 from pynodeta.train import NODEClassifier, TABNAdamW, forward_nfe, ode_solvers
 
 NORMS = {"tabn": "TA-BN", "popti-bn": "Pop-TI BN", "minibatch-bn": "mini-batch BN", "none": "no BN"}
@@ -37,7 +37,7 @@ def build_model(norm: str) -> Seed001Classifier:
     return Seed001Classifier(
         in_shape=(1, 8, 8), num_classes=10, channels=32, norm=norm, stem_strides=(1, 2),
         norm_options={"M": 10} if norm == "tabn" else None,
-        solver=ODESettings(method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True),
+        solver=NODE_SOLVER,  # dopri5, rtol = atol = 1e-3, adjoint
     )
 
 
