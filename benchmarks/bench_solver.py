@@ -7,14 +7,18 @@ The two libraries run alternately so that both see the same machine load.
 
     python benchmarks/bench_solver.py            # all workloads
     python benchmarks/bench_solver.py --repeats 3 --workloads mlp-forward
+
+The table is also written as JSON to benchmarks/results/bench_solver.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torchdiffeq
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
     print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead |")
     print("|---|---|---|---|---|---|---|")
+    results = []
     for w in workloads():
         if args.workloads and not any(s in w.name for s in args.workloads):
             continue
@@ -171,6 +176,13 @@ def main(argv: list[str] | None = None) -> None:
             ratio = f"{ours['median'] / reference['median']:.2f}" if row is ours else ""
             print(f"| {row['workload']} | {row['library']} | {row['nfe'][0]} | {row['nfe'][1]} | "
                   f"{row['median'] * 1e3:.1f} | {ratio} | {row['overhead']:.0%} |")
+        results.append(dict(workload=w.name, nfe_torchdiffeq=reference["nfe"], nfe_pynodeta=ours["nfe"],
+                            median_s_torchdiffeq=reference["median"], median_s_pynodeta=ours["median"],
+                            ratio=ours["median"] / reference["median"]))
+    out = Path(__file__).parent / "results" / "bench_solver.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
+                                   command="python3 benchmarks/bench_solver.py", rows=results), indent=1))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import argparse
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 from pynodeta.data import DigitsDataModule
 from pynodeta.diagnose import audit_ode_blocks
-from pynodeta.models import ConvODEClassifier
-from pynodeta.models.node.ode_block import ODESettings
+from pynodeta.models import NODE_SOLVER, ConvODEClassifier
 
 from make_results import render_table
 from reporting import Table, save_report
@@ -87,7 +86,7 @@ def evaluate(model, loader) -> tuple[float, float]:
 def train_and_diagnose(label: str, options: dict, seed: int, data, args) -> Run:
     torch.manual_seed(seed)
     model = ConvODEClassifier((1, 8, 8), 10, channels=args.channels, stem_strides=(1, 1), dropout=0.0,
-                              solver=ODESettings(adjoint=False), **options)
+                              solver=replace(NODE_SOLVER, adjoint=False), **options)
     probe = next(iter(data.test_dataloader()))[0][: args.audit_batch]
     survival_init, _, _ = diagnose(model, probe)
     steps = args.epochs * len(data.train_dataloader())

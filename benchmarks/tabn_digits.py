@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pynodeta.data import DigitsDataModule
-from pynodeta.models import ConvODEClassifier, ODESettings
+from pynodeta.models import NODE_SOLVER, ConvODEClassifier
 from pynodeta.train import NODEClassifier, TABNAdamW, forward_nfe, ode_solvers
 
 from make_results import render_table
@@ -40,7 +40,7 @@ def build_model(norm: str) -> ConvODEClassifier:
     return ConvODEClassifier(
         in_shape=(1, 8, 8), num_classes=10, channels=32, norm=norm, stem_strides=(1, 2),
         norm_options={"M": 10} if norm == "tabn" else None,
-        solver=ODESettings(method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True),
+        solver=NODE_SOLVER,  # dopri5, rtol = atol = 1e-3, adjoint
     )
 
 

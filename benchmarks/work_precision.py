@@ -22,6 +22,7 @@ import torchdiffeq
 
 import pynodeta as pn
 from pynodeta.ode.errors import BackendUnavailableError, ODESolveError
+from pynodeta.ode.problems import lotka_volterra, van_der_pol
 
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -34,15 +35,6 @@ class Problem:
     t: torch.Tensor  # output times; the error is the max abs error over all of them
     stiff: bool
     exact: Callable[[torch.Tensor], torch.Tensor] | None = None  # (len(t), *y0.shape), if known
-
-
-def van_der_pol(mu: float) -> Func:
-    return lambda t, y: torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
-
-
-def lotka_volterra(t, y):
-    """x' = 1.5 x - x y, y' = x y - 3 y (the classic textbook parameters)."""
-    return torch.stack([1.5 * y[0] - y[0] * y[1], y[0] * y[1] - 3.0 * y[1]])
 
 
 A_LINEAR = torch.tensor(

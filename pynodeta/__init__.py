@@ -1,21 +1,65 @@
 """pynodeta: time-dependent neural networks (neural ODEs, diffusion models) that keep their sense of time.
 
-The ODE core is re-exported here (``pn.solve``, ``pn.odeint``, ``pn.odeint_adjoint``); the other
-subpackages (``pn.nn``, ``pn.models``, ``pn.data``, ``pn.diagnose``, ``pn.train``) load on first use.
+The solver's front door is re-exported here (``pn.solve``, ``pn.odeint``, the typed settings, errors);
+its engine room (backends, ``SolverConfig``, norms) stays in ``pn.ode``. The other subpackages
+(``pn.nn``, ``pn.models``, ``pn.data``, ``pn.diagnose``, ``pn.train``) load on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .ode import *  # noqa: F403
-from .ode import __all__ as _ode_all
+from .ode import (
+    METHODS,
+    Adjoint,
+    BackendUnavailableError,
+    ButcherTableau,
+    FixedGrid,
+    IController,
+    MaxStepsReachedError,
+    Method,
+    NonFiniteStateError,
+    ODESolveError,
+    PIController,
+    Solution,
+    SolverSettings,
+    SolverWarning,
+    SolveStats,
+    StepSizeUnderflowError,
+    odeint,
+    odeint_adjoint,
+    record_stats,
+    solve,
+)
 
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("ode", "nn", "models", "data", "diagnose", "train")
 
-__all__ = [*_ode_all, *_SUBPACKAGES, "__version__"]
+__all__ = [
+    "solve",
+    "odeint",
+    "odeint_adjoint",
+    "Solution",
+    "SolveStats",
+    "record_stats",
+    "SolverSettings",
+    "IController",
+    "PIController",
+    "FixedGrid",
+    "Adjoint",
+    "Method",
+    "ButcherTableau",
+    "METHODS",
+    "ODESolveError",
+    "StepSizeUnderflowError",
+    "MaxStepsReachedError",
+    "NonFiniteStateError",
+    "BackendUnavailableError",
+    "SolverWarning",
+    *_SUBPACKAGES,
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """Audit the ODE blocks of a whole network, each right-hand side at the state it really receives.
 
-An ODE block is any submodule with a ``.func`` attribute that is a time-aware module
-(``forward(t, y)``), such as ``pynodeta.models.ODEBlock``. Its right-hand side is audited at the
+An ODE block is a ``pynodeta.ode.SolvesODE`` (``.func`` and ``.last_stats``, such as
+``pynodeta.models.ODEBlock``) whose ``.func`` is time-aware (``forward(t, y)``). Its right-hand side is audited at the
 block's input state, captured with a hook while the network runs on a real batch; the forward pass
 is stopped there, so the solve itself never runs.
 """
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pynodeta.nn import is_time_aware
+from pynodeta.ode.stats import SolvesODE
 
 from .audit import DEFAULT_TIMES, time_awareness
 from .recording import clone_structure, preserved_state
@@ -26,13 +27,9 @@ State = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 def find_ode_functions(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """``(name, block, func)`` for every submodule whose ``.func`` is a time-aware nn.Module."""
-    found = []
-    for name, module in model.named_modules():
-        func = getattr(module, "func", None)
-        if isinstance(func, nn.Module) and is_time_aware(func):
-            found.append((name, module, func))
-    return found
+    """``(name, block, func)`` for every ODE block (``SolvesODE``) whose ``.func`` is a time-aware nn.Module."""
+    return [(name, module, module.func) for name, module in model.named_modules()
+            if isinstance(module, SolvesODE) and isinstance(module.func, nn.Module) and is_time_aware(module.func)]
 
 
 class _Captured(Exception):
@@ -117,7 +114,7 @@ def audit_ode_blocks(
     else:
         targets = find_ode_functions(model)
         if not targets:
-            raise ValueError("no ODE block found (a submodule with a time-aware .func); "
+            raise ValueError("no ODE block found (a submodule with .last_stats and a time-aware .func); "
                              "name the right-hand side to audit with module='path.to.func'")
     run = run or (lambda: model(batch))
     reports = []

@@ -11,6 +11,7 @@ from .common import ACTIVATIONS, NormFactory, make_activation, ode_norm, static_
 from .node import (
     BACKBONES,
     INITIAL_VELOCITIES,
+    NODE_SOLVER,
     TIME_INJECTIONS,
     VARIANTS,
     ConvChain,
@@ -19,7 +20,6 @@ from .node import (
     HeavyBallField,
     MLPField,
     ODEBlock,
-    ODESettings,
     ResidualBlock,
     SecondOrderField,
     TrajectoryNODE,
@@ -37,7 +37,7 @@ from .registry import MODELS, build_model
 
 __all__ = [
     "ODEBlock",
-    "ODESettings",
+    "NODE_SOLVER",
     "ode_blocks",
     "total_nfe",
     "MODELS",

@@ -1,4 +1,8 @@
-"""The ODE core: backend-neutral solving with adaptive steps, dense output, the adjoint and NFE statistics."""
+"""The ODE core: backend-neutral solving with adaptive steps, dense output, the adjoint and NFE statistics.
+
+The front door (``solve``, ``odeint``, the typed settings, ``Solution``, ``SolveStats``) is re-exported by
+``pynodeta``; the engine room (``Backend``, ``SolverConfig``, ``StateNorm``, ...) is public here.
+"""
 
 from .adjoint import backward_solve, is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
@@ -7,19 +11,29 @@ from .errors import (
     MaxStepsReachedError,
     NonFiniteStateError,
     ODESolveError,
+    SolverWarning,
     StepSizeUnderflowError,
 )
-from .methods import ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS
+from .methods import ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS, Method
 from .norms import StateNorm, rms_norm
 from .odeint import odeint, odeint_adjoint
+from .settings import Adjoint, FixedGrid, IController, PIController, SolverSettings
 from .solve import Solution, solve
-from .stats import SolveStats, record_stats
+from .stats import SolvesODE, SolveStats, find_ode_blocks, record_stats
+from .tableau import ButcherTableau
 
 __all__ = [
     "solve",
     "Solution",
     "odeint",
     "odeint_adjoint",
+    "SolverSettings",
+    "IController",
+    "PIController",
+    "FixedGrid",
+    "Adjoint",
+    "Method",
+    "ButcherTableau",
     "METHODS",
     "ADAPTIVE_METHODS",
     "FIXED_GRID_METHODS",
@@ -34,8 +48,11 @@ __all__ = [
     "MaxStepsReachedError",
     "NonFiniteStateError",
     "BackendUnavailableError",
+    "SolverWarning",
     "StateNorm",
     "rms_norm",
     "SolveStats",
     "record_stats",
+    "SolvesODE",
+    "find_ode_blocks",
 ]

@@ -74,12 +74,21 @@ class _AdjointSolve(torch.autograd.Function):
     def forward(ctx, spec: AdjointSpec, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
         ys = spec.backend.integrate(spec.func, y0, t, spec.config, spec.stats)
         ctx.spec = spec
+        ctx.autocast = _autocast_state(y0.device.type)
         ctx.save_for_backward(t, ys, *params)
         return ys
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
+        # Mixed precision: func must see in the backward solve what it saw forward (Lightning's
+        # bf16-mixed leaves autocast before calling backward), or its VJPs come out in other dtypes.
+        device_type, dtype, enabled = ctx.autocast
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            return _AdjointSolve._backward(ctx, grad_ys)
+
+    @staticmethod
+    def _backward(ctx, grad_ys: torch.Tensor):
         spec: AdjointSpec = ctx.spec
         t, ys, *params = ctx.saved_tensors
         need_t = ctx.needs_input_grad[2]
@@ -106,6 +115,12 @@ class _AdjointSolve(torch.autograd.Function):
             time_vjps[0] = aug[0]
         grad_y0 = layout.a_part(aug).view_as(ys[0])
         return (None, grad_y0, time_vjps, *layout.param_parts(aug, params))
+
+
+def _autocast_state(device_type: str) -> tuple[str, torch.dtype, bool]:
+    if device_type not in ("cpu", "cuda", "xpu", "mps", "hpu"):  # autocast knows no other device types
+        return "cpu", torch.get_autocast_dtype("cpu"), False
+    return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
 
 
 class _AugmentedLayout:

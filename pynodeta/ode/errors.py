@@ -1,6 +1,8 @@
-"""Exceptions raised by the ODE core. Each message says what happened and what to try."""
+"""Exceptions and warnings of the ODE core. Each message says what happened and what to try."""
 
 from __future__ import annotations
+
+import warnings
 
 __all__ = [
     "ODESolveError",
@@ -8,6 +10,7 @@ __all__ = [
     "MaxStepsReachedError",
     "NonFiniteStateError",
     "BackendUnavailableError",
+    "SolverWarning",
 ]
 
 
@@ -58,3 +61,22 @@ class NonFiniteStateError(ODESolveError):
 
 class BackendUnavailableError(ImportError):
     """A solver backend was asked for but its runtime is missing."""
+
+
+class SolverWarning(UserWarning):
+    """A solve that will probably crawl: tolerances the state's dtype cannot resolve, or a very long run."""
+
+
+def warn_long_solve(n_steps: int, t: float, dt: float) -> None:
+    """Make a long solve visible once (torchdiffeq's default step limit is unlimited, so it may run for hours)."""
+    warnings.warn(
+        f"the solve has taken {n_steps} steps and is at t={t:.6g} with dt={dt:.3g}: it may be stiff, or its "
+        "tolerances too tight for the state's dtype; set max_steps=... to stop it, or warn_after_steps=None "
+        "to silence this", SolverWarning, stacklevel=4)
+
+
+def warn_unresolvable_tolerance(dtype, rtol: float, atol: float, eps: float) -> None:
+    warnings.warn(
+        f"rtol={rtol:.3g}, atol={atol:.3g} ask for more than a {dtype} state can resolve "
+        f"(its relative precision is {eps:.3g}): rounding noise will be read as error and the solver may "
+        f"crawl; use rtol >= {10 * eps:.3g} or a float64 state", SolverWarning, stacklevel=4)

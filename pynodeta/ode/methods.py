@@ -45,6 +45,43 @@ class Method:
     def adaptive(self) -> bool:
         return self.tableau.b_err is not None
 
+    @classmethod
+    def from_tableau(
+        cls,
+        tableau: ButcherTableau,
+        *,
+        order: int,
+        name: str = "custom",
+        error_order: int | None = None,
+        dense: DenseWeights | None = None,
+        dense_order: int | None = None,
+        dense_needs_f1: bool = False,
+    ) -> Method:
+        """A method from your own tableau, ready for ``solve(..., method=...)``.
+
+        Args:
+            tableau: the Butcher tableau; with ``b_err`` it is adaptive, without it fixed-grid.
+            order: order of the solution weights ``b``.
+            error_order: the step-size exponent's denominator; default ``order`` (torchdiffeq's
+                convention: the embedded pair's order + 1, so 5 for a 5(4) pair).
+            dense: stage weights of the dense output; None: cubic Hermite through y0, y1, f0, f1
+                (3rd order; costs one extra evaluation per output step for non-FSAL tableaus).
+        """
+        if not isinstance(tableau, ButcherTableau):
+            raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
+        if not (isinstance(order, int) and order >= 1):
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        error_order = order if error_order is None else error_order
+        if not (isinstance(error_order, int) and error_order >= 1):
+            raise ValueError(f"error_order must be an int >= 1, got {error_order!r}")
+        if tableau.b_err is None:  # fixed grid: outputs come from FixedGrid(interpolation=...)
+            return cls(name, tableau, order=order)
+        if dense is None:
+            dense, dense_needs_f1 = hermite_weights(tableau.b, fsal=tableau.fsal), not tableau.fsal
+            dense_order = min(3, order)
+        return cls(name, tableau, order=order, error_order=error_order, dense=dense,
+                   dense_needs_f1=dense_needs_f1, dense_order=dense_order or 1)
+
 
 def hermite_weights(b: tuple[float, ...], fsal: bool) -> DenseWeights:
     """Cubic Hermite through y0, y1, f0, f1 (3rd order), written as stage weights.

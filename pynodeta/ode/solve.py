@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .adjoint import AdjointSpec, adjoint_integrate
-from .backends import Backend, SolverConfig, get_backend
+from .backends import Backend, get_backend
 from .errors import MaxStepsReachedError
-from .norms import StateNorm
+from .methods import Method
+from .parts import adjoint_config, method_name, solver_config, typed_parts
+from .settings import Adjoint, Controller, IController
 from .stats import SolveStats, _publish
-from .validation import FlatState, check_options, check_times, check_tolerance, flatten_state
+from .validation import check_times, flatten_state, warn_if_unresolvable
 
 __all__ = ["Solution", "solve"]
 
@@ -40,14 +42,16 @@ def solve(
     y0: State,
     t: torch.Tensor,
     *,
-    method: str = "dopri5",
-    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
-    atol: float | torch.Tensor | Sequence[float] = 1e-9,
+    method: str | Method = "dopri5",
+    controller: Controller | str | None = None,
+    adjoint: bool | Adjoint = False,
     backend: str | Backend = "torch",
-    controller: str = "i",
-    options: Mapping[str, Any] | None = None,
+    max_steps: int | None = None,
+    warn_after_steps: int | None = 100_000,
     backend_options: Mapping[str, Any] | None = None,
-    adjoint: bool = False,
+    rtol: float | torch.Tensor | Sequence[float] | None = None,
+    atol: float | torch.Tensor | Sequence[float] | None = None,
+    options: Mapping[str, Any] | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
     adjoint_method: str | None = None,
@@ -58,25 +62,29 @@ def solve(
 
     Args:
         func: the right-hand side ``func(t, y) -> dy/dt``; ``t`` arrives as a 0-d tensor of y's dtype.
-        y0: initial state, a floating-point tensor of any shape or a tuple of such tensors.
+        y0: initial state, a real floating-point tensor of any shape or a tuple of such tensors.
         t: 1-D tensor of output times, strictly increasing or strictly decreasing (backwards in time).
-        method: see ``pynodeta.ode.METHODS`` for the torch backend ("dopri5", "tsit5", "bosh3",
-            "adaptive_heun", "euler", "midpoint", "rk4", "rk4_classic"); other backends list theirs.
-        rtol, atol: tolerances of adaptive methods (> 0); per-part sequences for tuple states.
+        method: a name (``pynodeta.METHODS`` for the torch backend: "dopri5", "tsit5", "bosh3",
+            "adaptive_heun", "euler", "midpoint", "rk4", "rk4_classic"; other backends list theirs) or a
+            ``Method``, e.g. ``Method.from_tableau(my_tableau, order=...)``.
+        controller: ``IController(rtol, atol, ...)`` / ``PIController(...)`` for adaptive methods,
+            ``FixedGrid(step_size, interpolation)`` for fixed-grid ones; None: the method's default
+            (torchdiffeq's: I controller, rtol 1e-7, atol 1e-9).
+        adjoint: gradients by the adjoint method (O(1) memory in the number of steps) instead of
+            backpropagating through the solver: True, or ``Adjoint(method, controller, norm, params)``.
         backend: "torch" (native, differentiable), "scipy", "julia", or a Backend instance.
-        controller: "i" (torchdiffeq's integral controller, the default) or "pi".
-        options: torchdiffeq's option names: step_size, first_step, max_num_steps, min_step, max_step,
-            dtype, norm; plus safety, ifactor, dfactor and interpolation ("linear"/"cubic", fixed grid).
-            ``dtype`` is accepted for compatibility: step control always runs in float64 on the host.
+        max_steps: limit on attempted steps (forward, and backward unless the Adjoint sets its own);
+            None: unlimited, as torchdiffeq.
+        warn_after_steps: warn once, with t and dt, when a solve takes more steps than this (None: never).
         backend_options: options only one backend understands (e.g. ``{"jacobian": "finite-difference"}``
             for scipy's implicit methods); the backend rejects keys it does not know.
-        adjoint: compute gradients by the adjoint method (O(1) memory in the number of steps)
-            instead of backpropagating through the solver.
-        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve;
-            default to the forward ones. ``adjoint_options={"norm": "seminorm"}`` leaves the parameter
-            gradients out of the backward error control.
-        adjoint_params: tensors to differentiate in the adjoint; default ``func.parameters()``
-            (func must then be an ``nn.Module``).
+        rtol, atol, options, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, adjoint_params:
+            torchdiffeq's arguments, kept as sugar for the typed parts (``controller="pi"`` too):
+            ``options`` takes step_size, first_step, max_num_steps, min_step, max_step, dtype, norm, safety,
+            ifactor, dfactor, interpolation; ``adjoint_options={"norm": "seminorm"}`` is
+            ``Adjoint(norm="seminorm")``. Unset adjoint settings default to the forward ones. A typed part
+            and its sugar cannot both be given. ``dtype`` is accepted for compatibility: step control always
+            runs in float64 on the host.
 
     Gradients with respect to ``t`` are those of the exact flow, ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` and
     ``dL/dt_0 = -<dL/dy_0, f(t_0, y_0)>`` through the solve, in both gradient modes.
@@ -84,22 +92,31 @@ def solve(
     be = get_backend(backend)
     t = check_times(t)
     y0_flat, state = flatten_state(y0)
-    if method not in be.methods():
-        raise ValueError(f"unknown method {method!r} for backend {be.name!r}; choose one of {list(be.methods())}")
-    if controller not in ("i", "pi"):
-        raise ValueError(f"controller must be 'i' (integral, torchdiffeq's) or 'pi', got {controller!r}")
-    options = check_options(options, be, method)
-    config = replace(_config(method, rtol, atol, controller, options, state, y0_flat),
-                     extra=dict(backend_options or {}))
-    flat_func = state.wrap(func)
-    stats = SolveStats(method=method, backend=be.name)
+    parts = typed_parts(be, method, controller, adjoint, max_steps, rtol=rtol, atol=atol, options=options,
+                        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                        adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    if warn_after_steps is not None and not (isinstance(warn_after_steps, int) and warn_after_steps >= 1):
+        raise ValueError(f"warn_after_steps must be an int >= 1, or None; got {warn_after_steps!r}")
+    config = solver_config(parts.method, parts.controller, parts.max_steps, warn_after_steps, backend_options,
+                           state, y0_flat)
+    if isinstance(parts.controller, IController):
+        warn_if_unresolvable(config, y0_flat)
+    stats = SolveStats(method=method_name(parts.method), backend=be.name)
     _publish(stats)
+    if y0_flat.numel() == 0:  # an empty batch: nothing to integrate, the same on every backend
+        ys = y0_flat.unsqueeze(0).expand(len(t), *y0_flat.shape).clone()
+        return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
+    flat_func = state.wrap(func)
 
     try:
-        if adjoint and torch.is_grad_enabled():
-            params = _adjoint_params(func, adjoint_params)
-            spec = _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, atol,
-                                 adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, y0_flat)
+        if parts.adjoint is not None and torch.is_grad_enabled():
+            params = _adjoint_params(func, parts.adjoint.params)
+            spec = AdjointSpec(
+                func=flat_func, backend=be, config=config, adjoint_config=adjoint_config(parts, config, be, y0_flat),
+                adjoint_norm=None if parts.adjoint.norm == "mixed" else parts.adjoint.norm,
+                state_sizes=state.sizes, state_norm=config.norm if _user_norm(parts.controller) else None,
+                stats=stats,
+            )
             ys = adjoint_integrate(spec, y0_flat, t, params)
         elif be.differentiable:
             ys = _integrate_direct(be, flat_func, y0_flat, t, config, stats)
@@ -115,37 +132,8 @@ def solve(
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
 
 
-def _config(method, rtol, atol, controller, options, state: FlatState, like: torch.Tensor) -> SolverConfig:
-    norm = options.get("norm")
-    if norm is not None and state.is_tuple:
-        user_norm = norm
-
-        def norm(flat: torch.Tensor, _split=state.split) -> torch.Tensor:
-            return user_norm(_split(flat))
-
-    elif norm is None and state.is_tuple:
-        norm = StateNorm(state.sizes)  # mixed RMS: the largest per-tensor RMS, as torchdiffeq
-    defaults = SolverConfig(method)
-    return SolverConfig(
-        method=method,
-        rtol=check_tolerance("rtol", rtol, state, like),
-        atol=check_tolerance("atol", atol, state, like),
-        controller=controller,
-        first_step=_float_or_none(options.get("first_step")),
-        max_num_steps=int(options.get("max_num_steps", defaults.max_num_steps)),
-        min_step=float(options.get("min_step", defaults.min_step)),
-        max_step=float(options.get("max_step", defaults.max_step)),
-        step_size=_float_or_none(options.get("step_size")),
-        norm=norm,
-        safety=float(options.get("safety", defaults.safety)),
-        ifactor=float(options.get("ifactor", defaults.ifactor)),
-        dfactor=float(options.get("dfactor", defaults.dfactor)),
-        interpolation=options.get("interpolation", defaults.interpolation),
-    )
-
-
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
+def _user_norm(controller: Controller) -> bool:
+    return isinstance(controller, IController) and controller.norm is not None
 
 
 def _integrate_direct(be, func, y0, t, config, stats) -> torch.Tensor:
@@ -207,39 +195,3 @@ def _adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
             )
         adjoint_params = func.parameters()
     return tuple(p for p in adjoint_params if p.requires_grad)
-
-
-def _adjoint_spec(flat_func, be, config, state, stats, options, method, rtol, atol,
-                  adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, like) -> AdjointSpec:
-    adjoint_method = adjoint_method or method
-    if adjoint_method != method and options and adjoint_options is None:
-        raise ValueError("adjoint_method differs from method, so adjoint_options cannot be inferred from "
-                         "options: pass adjoint_options too")
-    if adjoint_options is None:
-        adjoint_options = {k: v for k, v in options.items() if k != "norm"}
-    adjoint_options = dict(adjoint_options)
-    adjoint_norm = adjoint_options.pop("norm", None)
-    if not (adjoint_norm is None or adjoint_norm == "seminorm" or callable(adjoint_norm)):
-        raise ValueError(f"adjoint_options['norm'] must be 'seminorm' or a callable, got {adjoint_norm!r}")
-    if adjoint_method not in be.methods():
-        raise ValueError(f"unknown adjoint_method {adjoint_method!r} for backend {be.name!r}; "
-                         f"choose one of {list(be.methods())}")
-    adjoint_options = check_options(adjoint_options, be, adjoint_method)
-    # tolerances of the backward solve apply to the augmented state, which is not tuple-shaped
-    plain = FlatState(None)
-    adjoint_config = _config(adjoint_method,
-                             _scalar_tol("adjoint_rtol", rtol if adjoint_rtol is None else adjoint_rtol),
-                             _scalar_tol("adjoint_atol", atol if adjoint_atol is None else adjoint_atol),
-                             config.controller, adjoint_options, plain, like)
-    adjoint_config = replace(adjoint_config, extra=config.extra)
-    state_norm = options.get("norm")
-    return AdjointSpec(
-        func=flat_func, backend=be, config=config, adjoint_config=adjoint_config, adjoint_norm=adjoint_norm,
-        state_sizes=state.sizes, state_norm=config.norm if state_norm is not None else None, stats=stats,
-    )
-
-
-def _scalar_tol(name: str, tol):
-    if isinstance(tol, torch.Tensor) and tol.numel() > 1 or isinstance(tol, (tuple, list)):
-        raise ValueError(f"{name} must be a single number for the adjoint solve (pass {name}=... explicitly)")
-    return tol

@@ -6,8 +6,11 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
-__all__ = ["SolveStats", "record_stats"]
+from torch import nn
+
+__all__ = ["SolveStats", "record_stats", "SolvesODE", "find_ode_blocks"]
 
 
 @dataclass
@@ -76,3 +79,22 @@ def record_stats() -> Iterator[list[SolveStats]]:
 def _publish(stats: SolveStats) -> None:
     for log in _recorders.get():
         log.append(stats)
+
+
+@runtime_checkable
+class SolvesODE(Protocol):
+    """An ODE block: a module whose forward pass solves ``dy/dt = func(t, y)``.
+
+    It exposes its right-hand side as ``func`` (a module with ``forward(t, y)``, which ``pynodeta
+    diagnose`` audits) and the statistics of its last solve as ``last_stats`` (None before the first,
+    read for NFE logging). ``pynodeta.models.ODEBlock`` is one; a user module with these two attributes
+    is one too, without subclassing anything.
+    """
+
+    func: nn.Module
+    last_stats: SolveStats | None
+
+
+def find_ode_blocks(module: nn.Module) -> list[nn.Module]:
+    """Every ODE block (``SolvesODE``) inside ``module``, itself included, in module order."""
+    return [m for m in module.modules() if isinstance(m, SolvesODE)]

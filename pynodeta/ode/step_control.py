@@ -1,4 +1,7 @@
-"""Step-size control: the initial step rule and the I / PI controllers.
+"""Step-size control at run time: the initial step rule and the I / PI step-size rules.
+
+The user-facing settings are the typed ``IController`` / ``PIController`` of ``settings.py``; the
+classes here are their run-time state inside one solve.
 
 All step-size arithmetic runs on Python floats (float64 on the host): no tensor ops and no device
 round trips per step beyond reading the error ratio, and devices without float64 work unchanged.
@@ -11,7 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["select_initial_step", "IController", "PIController", "make_controller"]
+__all__ = ["select_initial_step", "StepControl", "make_step_control"]
+
+_RESOLVED_DTYPES = (torch.float32, torch.float64)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -33,9 +38,13 @@ def select_initial_step(
     """Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4, in torchdiffeq's exact form.
 
     ``probe(h, y)`` evaluates the right-hand side a step ``h`` (a positive magnitude) after t0.
-    Computed in y's dtype like torchdiffeq, so its first step is reproduced bit for bit.
+    Computed in y's dtype like torchdiffeq, so its first step is reproduced bit for bit; float16 and
+    bfloat16 states are measured in float32, where the norms of y / atol cannot overflow.
     """
     norm = norm or _rms
+    state_dtype = y0.dtype
+    if state_dtype not in _RESOLVED_DTYPES:
+        y0, f0 = y0.float(), f0.float()
     scale = atol + y0.abs() * rtol
     d0 = norm(y0 / scale)
     d1 = norm(f0 / scale)
@@ -43,8 +52,8 @@ def select_initial_step(
         h0 = torch.tensor(1e-6, dtype=y0.dtype, device=y0.device)
     else:
         h0 = 0.01 * d0 / d1
-    f1 = probe(float(h0), y0 + (direction * h0) * f0)
-    d2 = norm((f1 - f0) / scale) / h0
+    f1 = probe(float(h0), (y0 + (direction * h0) * f0).to(state_dtype))
+    d2 = norm((f1.to(f0.dtype) - f0) / scale) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = torch.clamp(h0 * 1e-3, min=1e-6)
     else:
@@ -53,8 +62,8 @@ def select_initial_step(
     return float(torch.minimum(100 * h0, h1))
 
 
-class IController:
-    """Integral controller, torchdiffeq's: accepted steps never shrink, growth capped by ``ifactor``."""
+class StepControl:
+    """Integral rule, torchdiffeq's: accepted steps never shrink, growth capped by ``ifactor``."""
 
     def __init__(self, error_order: int, safety: float, ifactor: float, dfactor: float):
         self.exponent = 1.0 / error_order
@@ -69,17 +78,19 @@ class IController:
         return dt * min(self.ifactor, max(self.safety / ratio**self.exponent, dfactor))
 
 
-class PIController(IController):
-    """Proportional-integral controller (Gustafsson; Hairer & Wanner II, Sec. IV.2).
+class _PIStepControl(StepControl):
+    """Proportional-integral rule (Gustafsson; Hairer & Wanner II, Sec. IV.2).
 
-    On acceptance ``factor = safety * ratio^(-0.7/k) * previous_ratio^(0.4/k)`` (k = error order), which
-    damps the step-size oscillations of the I controller on problems at the stability boundary;
-    a rejected step falls back to the I rule and keeps the previous ratio.
+    On acceptance ``factor = safety * ratio^(-alpha/k) * previous_ratio^(beta/k)`` (k = error order,
+    (alpha, beta) the gains, (0.7, 0.4) by default), which damps the step-size oscillations of the I rule
+    on problems at the stability boundary; a rejected step falls back to the I rule and keeps the
+    previous ratio.
     """
 
-    def __init__(self, error_order: int, safety: float, ifactor: float, dfactor: float):
+    def __init__(self, error_order: int, safety: float, ifactor: float, dfactor: float,
+                 gains: tuple[float, float]):
         super().__init__(error_order, safety, ifactor, dfactor)
-        self.alpha, self.beta = 0.7 / error_order, 0.4 / error_order
+        self.alpha, self.beta = gains[0] / error_order, gains[1] / error_order
         self.previous_ratio = 1.0
 
     def next_step(self, dt: float, ratio: float, accepted: bool) -> float:
@@ -90,9 +101,11 @@ class PIController(IController):
         return dt * min(self.ifactor, max(factor, self.dfactor))
 
 
-def make_controller(kind: str, error_order: int, safety: float, ifactor: float, dfactor: float) -> IController:
+def make_step_control(kind: str, error_order: int, safety: float, ifactor: float, dfactor: float,
+                      gains: tuple[float, float] = (0.7, 0.4)) -> StepControl:
+    """The run-time rule of an ``IController`` (kind "i") or ``PIController`` (kind "pi")."""
     if kind == "i":
-        return IController(error_order, safety, ifactor, dfactor)
+        return StepControl(error_order, safety, ifactor, dfactor)
     if kind == "pi":
-        return PIController(error_order, safety, ifactor, dfactor)
+        return _PIStepControl(error_order, safety, ifactor, dfactor, gains)
     raise ValueError(f"controller must be 'i' or 'pi', got {kind!r}")

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from .backends import Backend
+from .errors import warn_unresolvable_tolerance
 
-__all__ = ["FlatState", "check_times", "flatten_state", "check_tolerance", "check_options", "OPTION_KEYS"]
+__all__ = ["StateStructure", "check_times", "flatten_state", "check_tolerance", "check_options", "OPTION_KEYS"]
 
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
@@ -40,8 +40,10 @@ def check_times(t: Any) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class FlatState:
-    """A tensor or tuple of tensors viewed as one flat vector (tuples only; a tensor stays as it is)."""
+class StateStructure:
+    """The structure of the caller's state: one tensor, or a tuple of tensors that the solver sees as one
+    flat vector (the backends only ever see a single tensor; ``backends.external.FlatState`` is the next
+    step down, that tensor as a host numpy vector)."""
 
     shapes: tuple[torch.Size, ...] | None  # None: a single tensor
 
@@ -70,15 +72,19 @@ class FlatState:
             out = func(t, self.split(y))
             if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
                 raise ValueError(f"func must return a tuple of {len(self.shapes)} tensors for a tuple state")
+            for i, (part, shape) in enumerate(zip(out, self.shapes)):
+                if not isinstance(part, torch.Tensor) or part.shape != shape:
+                    got = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
+                    raise ValueError(f"func's output [{i}] must be shaped like y0[{i}] {tuple(shape)}, got {got}")
             return torch.cat([o.reshape(-1) for o in out])
 
         return flat_func
 
 
-def flatten_state(y0: Any) -> tuple[torch.Tensor, FlatState]:
+def flatten_state(y0: Any) -> tuple[torch.Tensor, StateStructure]:
     if isinstance(y0, torch.Tensor):
         _check_state_tensor("y0", y0)
-        return y0, FlatState(None)
+        return y0, StateStructure(None)
     if isinstance(y0, (tuple, list)) and y0 and all(isinstance(p, torch.Tensor) for p in y0):
         for i, part in enumerate(y0):
             _check_state_tensor(f"y0[{i}]", part)
@@ -86,29 +92,38 @@ def flatten_state(y0: Any) -> tuple[torch.Tensor, FlatState]:
         devices = {p.device for p in y0}
         if len(dtypes) > 1 or len(devices) > 1:
             raise ValueError(f"the tensors of a tuple y0 must share dtype and device, got {dtypes} on {devices}")
-        return torch.cat([p.reshape(-1) for p in y0]), FlatState(tuple(p.shape for p in y0))
+        return torch.cat([p.reshape(-1) for p in y0]), StateStructure(tuple(p.shape for p in y0))
     raise TypeError(f"y0 must be a floating-point tensor or a non-empty tuple of them, got {type(y0).__name__}")
 
 
 def _check_state_tensor(name: str, y: torch.Tensor) -> None:
-    if not (torch.is_floating_point(y) or torch.is_complex(y)):
+    if torch.is_complex(y):
+        raise TypeError(f"{name} is complex ({y.dtype}); complex states are not supported yet: integrate the "
+                        f"real and imaginary parts as a real state, e.g. torch.view_as_real({name})")
+    if not torch.is_floating_point(y):
         raise TypeError(f"{name} must be floating point, got {y.dtype}; convert with {name}.float()")
     if not torch.isfinite(y).all():
         raise ValueError(f"{name} contains NaN or Inf; the initial state must be finite")
 
 
-def check_tolerance(name: str, tol: Any, state: FlatState, like: torch.Tensor) -> float | torch.Tensor:
+def check_tolerance(name: str, tol: Any, state: StateStructure, like: torch.Tensor) -> float | torch.Tensor:
     """A positive float, a tensor broadcastable to the state, or (tuple states) one value per part."""
     if isinstance(tol, torch.Tensor):
         if tol.requires_grad:
             raise ValueError(f"{name} cannot require gradient; pass {name}.detach()")
-        if not (tol > 0).all():
-            raise ValueError(f"{name} must be > 0 everywhere, got min {tol.min().item():.3g}")
-        return float(tol) if tol.numel() == 1 else tol.to(like)
+        if not (tol > 0).all() or not torch.isfinite(tol).all():
+            raise ValueError(f"{name} must be > 0 and finite everywhere, got min {tol.min().item():.3g}, "
+                             f"max {tol.max().item():.3g}")
+        if tol.numel() == 1:
+            return float(tol)
+        if not _broadcasts(tol.shape, like.shape):
+            raise ValueError(f"{name} has shape {tuple(tol.shape)}, which does not broadcast to the state's "
+                             f"{tuple(like.shape)}; pass one value, or a tensor shaped like (or broadcastable to) y0")
+        return tol.to(like).expand(like.shape)
     if isinstance(tol, Sequence) and not isinstance(tol, str):
         if not state.is_tuple or len(tol) != len(state.shapes):
             raise ValueError(f"a sequence {name} needs a tuple y0 with one entry per tensor ({len(tol)} given)")
-        parts = [torch.as_tensor(check_tolerance(name, v, FlatState(None), like), dtype=like.dtype).expand(n)
+        parts = [torch.as_tensor(check_tolerance(name, v, StateStructure(None), like), dtype=like.dtype).expand(n)
                  for v, n in zip(tol, state.sizes)]
         return torch.cat(parts).to(like.device)
     try:
@@ -120,12 +135,34 @@ def check_tolerance(name: str, tol: Any, state: FlatState, like: torch.Tensor) -
     return value
 
 
-def check_options(options: Mapping[str, Any] | None, backend: Backend, method: str) -> dict[str, Any]:
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
+
+
+_warned_tolerances: set[tuple[torch.dtype, float, float]] = set()
+
+
+def warn_if_unresolvable(config: Any, y0: torch.Tensor) -> None:
+    """Warn when atol + rtol |y| is below ~10 ulps of the state: rounding noise then looks like error."""
+    if y0.numel() == 0:
+        return
+    rtol = float(config.rtol.min()) if isinstance(config.rtol, torch.Tensor) else config.rtol
+    atol = float(config.atol.min()) if isinstance(config.atol, torch.Tensor) else config.atol
+    eps = torch.finfo(y0.dtype).eps
+    scale = max(float(y0.detach().abs().max()), 1.0)  # the state's size, at least the O(1) it usually grows to
+    key = (y0.dtype, rtol, atol)
+    if atol + rtol * scale < 10 * eps * scale and key not in _warned_tolerances:
+        _warned_tolerances.add(key)  # once per process for each dtype and tolerance pair
+        warn_unresolvable_tolerance(y0.dtype, rtol, atol, eps)
+
+
+def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str) -> dict[str, Any]:
     options = dict(options or {})
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are {sorted(OPTION_KEYS)}")
-    adaptive = backend.is_adaptive(method)
     if "step_size" in options and options["step_size"] is not None:
         if adaptive:
             raise ValueError(f"options['step_size'] is for fixed-grid methods; {method!r} is adaptive "

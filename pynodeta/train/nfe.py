@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..ode.stats import find_ode_blocks
+
 __all__ = ["ode_solvers", "forward_nfe", "backward_nfe"]
 
 
 def ode_solvers(model: nn.Module) -> list[nn.Module]:
-    """Every submodule of ``model`` (itself included) that keeps the SolveStats of its last solve.
-
-    These are the modules with a ``last_stats`` attribute (``pynodeta.models.ODEBlock`` and any
-    user block that follows the same convention); ``last_stats`` is None before the first solve.
-    """
-    return [m for m in model.modules() if hasattr(m, "last_stats")]
+    """Every ODE block of ``model`` (itself included): ``pynodeta.ode.SolvesODE``, whose ``last_stats``
+    is None before the first solve."""
+    return find_ode_blocks(model)
 
 
 def forward_nfe(blocks: list[nn.Module]) -> int:

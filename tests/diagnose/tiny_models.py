@@ -69,16 +69,19 @@ class CountingFunc(nn.Module):
 
 
 class TinyODEBlock(nn.Module):
-    """x -> y(1) with dy/dt = func(t, y), by pynodeta.odeint (fixed-step rk4)."""
+    """x -> y(1) with dy/dt = func(t, y) by fixed-step rk4: a user's block following ``pynodeta.ode.SolvesODE``."""
 
     def __init__(self, func: nn.Module, t_span=(0.0, 1.0)):
         super().__init__()
         self.func = func
         self.t_span = t_span
+        self.last_stats = None
 
     def forward(self, x):
         t = torch.tensor(self.t_span, dtype=x.dtype)
-        return pn.odeint(self.func, x, t, method="rk4", options={"step_size": 0.5})[-1]
+        sol = pn.solve(self.func, x, t, method="rk4", controller=pn.FixedGrid(step_size=0.5))
+        self.last_stats = sol.stats
+        return sol.ys[-1]
 
 
 class TinyNODE(nn.Module):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from pynodeta.models import ODESettings
+from pynodeta.ode import FixedGrid, IController, SolverSettings
 
 # Fixed-step RK4 with two steps over [0, 1]: 8 evaluations, cheap and deterministic.
-RK4 = ODESettings(method="rk4", options={"step_size": 0.5}, adjoint=False)
-RK4_ADJOINT = ODESettings(method="rk4", options={"step_size": 0.5}, adjoint=True)
-LOOSE_DOPRI5 = ODESettings(method="dopri5", rtol=1e-2, atol=1e-2, adjoint=True)
+RK4 = SolverSettings(method="rk4", controller=FixedGrid(step_size=0.5))
+RK4_ADJOINT = SolverSettings(method="rk4", controller=FixedGrid(step_size=0.5), adjoint=True)
+LOOSE_DOPRI5 = SolverSettings(method="dopri5", controller=IController(rtol=1e-2, atol=1e-2), adjoint=True)
 
 NORMS = ("tabn", "popti-bn", "minibatch-bn", "gn", "none")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pynodeta.models import ODESettings, build_model, ode_blocks, total_nfe
+from pynodeta.models import build_model, ode_blocks, total_nfe
 from pynodeta.nn import tabn_regularizer
+from pynodeta.ode import IController, SolverSettings
 
 from .helpers import LOOSE_DOPRI5, NORMS, RK4, RK4_ADJOINT, tiny_batch, train_steps
 
@@ -63,7 +64,7 @@ def test_adjoint_gradients_match_backprop(family):
     grads = {}
     for adjoint in (True, False):
         torch.manual_seed(1)
-        solver = ODESettings(rtol=1e-6, atol=1e-6, adjoint=adjoint)
+        solver = SolverSettings(controller=IController(rtol=1e-6, atol=1e-6), adjoint=adjoint)
         model = make(family, norm="gn", activation="softplus", width=2, solver=solver).double().eval()
         torch.nn.functional.cross_entropy(model(x.double()), y).backward()
         grads[adjoint] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from pynodeta import solve
-from pynodeta.models import ODESettings, TrajectoryNODE, ode_blocks
+from pynodeta.models import TrajectoryNODE, ode_blocks
 from pynodeta.nn import TABatchNorm1d
+from pynodeta.ode import FixedGrid, IController, SolverSettings
 
 from .helpers import NORMS
 
-RK4_FINE = ODESettings(method="rk4", options={"step_size": 0.1}, adjoint=False)
+RK4_FINE = SolverSettings(method="rk4", controller=FixedGrid(step_size=0.1))
 
 
 def damped_oscillator(t: torch.Tensor, y0: torch.Tensor, zeta: float = 0.2) -> torch.Tensor:
@@ -49,7 +50,7 @@ def test_trajectory_shapes_and_norms(norm):
 
 def test_the_first_grid_point_may_lie_after_t0():
     torch.manual_seed(0)
-    model = TrajectoryNODE(2, hidden=8, solver=ODESettings(rtol=1e-8, atol=1e-8, adjoint=False)).double()
+    model = TrajectoryNODE(2, hidden=8, solver=SolverSettings(controller=IController(rtol=1e-8, atol=1e-8))).double()
     y0 = torch.randn(3, 2, dtype=torch.float64)
     full = model(0.0, y0, torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64))
     later = model(0.0, y0, torch.tensor([0.3, 0.7, 1.0], dtype=torch.float64))
@@ -63,7 +64,7 @@ def test_fits_a_damped_oscillator():
     y0 = torch.randn(16, 2)
     target = damped_oscillator(t, y0)
     model = TrajectoryNODE(2, hidden=32, depth=3, norm="tabn", norm_layers=1, time_horizon=2.0,
-                           solver=ODESettings(method="rk4", options={"step_size": 0.2}, adjoint=False))
+                           solver=SolverSettings(method="rk4", controller=FixedGrid(step_size=0.2)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):

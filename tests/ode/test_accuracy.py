@@ -7,8 +7,7 @@ from scipy.integrate import solve_ivp
 
 import pynodeta as pn
 from pynodeta.ode import ADAPTIVE_METHODS
-
-from .problems import MatrixSystem, lotka_volterra, van_der_pol
+from pynodeta.ode.problems import MatrixSystem, lotka_volterra, van_der_pol
 
 T_OUT = torch.linspace(0.0, 4.0, 9, dtype=torch.float64)
 

@@ -8,8 +8,7 @@ import torch
 
 import pynodeta as pn
 from pynodeta.ode import METHODS
-
-from .problems import linear_decay, linear_decay_exact, rational, rational_exact
+from pynodeta.ode.problems import linear_decay, linear_decay_exact, rational, rational_exact
 
 Y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
 

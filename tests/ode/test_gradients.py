@@ -5,8 +5,7 @@ import torch
 
 import pynodeta as pn
 from pynodeta.ode import ADAPTIVE_METHODS, METHODS
-
-from .problems import MLPField
+from pynodeta.ode.problems import MLPField
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -172,7 +171,7 @@ def test_adjoint_flags_backward_solve_for_layers():
             self.w = torch.nn.Parameter(torch.tensor(-1.0))
 
         def forward(self, t, y):
-            seen.append(pn.is_adjoint_backward())
+            seen.append(pn.ode.is_adjoint_backward())
             return self.w * y
 
     sol = pn.solve(Probe(), torch.ones(2, requires_grad=True), torch.tensor([0.0, 1.0]), adjoint=True)

@@ -7,8 +7,7 @@ import torch
 
 import pynodeta as pn
 from pynodeta.ode import METHODS
-
-from .problems import van_der_pol
+from pynodeta.ode.problems import van_der_pol
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -56,3 +55,19 @@ def test_reversed_time_records_actual_times():
     assert stats.t_evaluated[0] == 1.0
     assert max(stats.t_evaluated) <= 1.0
     assert all(h > 0 for h in stats.step_sizes)
+
+
+def test_ode_blocks_are_found_by_protocol_not_by_class():
+    class UserBlock(torch.nn.Module):  # follows SolvesODE without subclassing anything of pynodeta
+        def __init__(self):
+            super().__init__()
+            self.func, self.last_stats = torch.nn.Linear(2, 2), None
+
+    class FuncOnly(torch.nn.Module):  # a .func alone does not make an ODE block
+        def __init__(self):
+            super().__init__()
+            self.func = torch.nn.Linear(2, 2)
+
+    model = torch.nn.Sequential(UserBlock(), FuncOnly(), torch.nn.Sequential(UserBlock()))
+    assert pn.ode.find_ode_blocks(model) == [model[0], model[2][0]]
+    assert isinstance(model[0], pn.ode.SolvesODE) and not isinstance(model[1], pn.ode.SolvesODE)

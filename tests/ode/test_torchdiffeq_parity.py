@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import pynodeta as pn
-
-from .problems import MLPField, lotka_volterra, van_der_pol
+from pynodeta.ode.problems import MLPField, lotka_volterra, van_der_pol
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
@@ -86,9 +85,9 @@ def test_same_steps_with_first_step_and_max_step():
 
 
 def test_same_steps_for_tuple_states():
-    def field(t, state):
+    def field(t, state):  # parts of different sizes, so the mixed (per-part) norm is exercised
         x, v = state
-        return v, -x - 0.1 * v + torch.sin(t)
+        return torch.cat([v, 0.5 * v]), -x.sum(0, keepdim=True) - 0.1 * v + torch.sin(t)
 
     y0 = (torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
     theirs = Counted(field)

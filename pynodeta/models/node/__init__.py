@@ -7,7 +7,7 @@ from .backbones import BACKBONES, ConvChain, MLPField, build_backbone, conv_plan
 from .conv_classifier import TIME_INJECTIONS, ConvODEClassifier, ConvODEFunc, ResidualBlock
 from .conv_units import conv_unit, down_size
 from .hbnode import HeavyBallField
-from .ode_block import ODEBlock, ODESettings, ode_blocks, total_nfe
+from .ode_block import NODE_SOLVER, ODEBlock, ode_blocks, total_nfe
 from .sonode import SecondOrderField
 from .trajectory import TrajectoryNODE
 from .unet_field import UNetField
@@ -16,7 +16,7 @@ from .velocity import INITIAL_VELOCITIES, WithInitialVelocity
 
 __all__ = [
     "ODEBlock",
-    "ODESettings",
+    "NODE_SOLVER",
     "ode_blocks",
     "total_nfe",
     "ConvODEClassifier",

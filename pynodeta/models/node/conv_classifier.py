@@ -22,9 +22,10 @@ from ...nn import (
     TimeSequential,
     apply_bias_init_policy,
 )
+from ...ode import SolverSettings
 from ..common import check_in_shape, make_activation, ode_norm, static_norm
 from .conv_units import down_size
-from .ode_block import ODESettings, check_t_span
+from .ode_block import ODEBlock, check_t_span
 
 __all__ = ["ConvODEClassifier", "ConvODEFunc", "ResidualBlock", "TIME_INJECTIONS"]
 
@@ -105,7 +106,7 @@ class ConvODEClassifier(nn.Module):
         dropout: float = 0.5,
         norm_options: Mapping[str, Any] | None = None,  # make_norm options inside the ODE (TA-BN: M, ...)
         t_span: tuple[float, float] = (0.0, 1.0),
-        solver: ODESettings | None = None,       # default dopri5, rtol = atol = 1e-3, adjoint
+        solver: SolverSettings | None = None,       # default dopri5, rtol = atol = 1e-3, adjoint
     ):
         super().__init__()
         in_channels, height, width = check_in_shape(in_shape, dims=(3,))
@@ -131,7 +132,7 @@ class ConvODEClassifier(nn.Module):
                               positional_mode, t_span, norm_options)
         if bias_init_policy:
             apply_bias_init_policy(func)
-        self.ode = (solver or ODESettings()).block(func, t_span)
+        self.ode = ODEBlock(func, t_span, solver)
         self.head = nn.Sequential(static_norm(norm, channels, groups=groups), make_activation(activation),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(channels, num_classes))

@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...ode import SolveStats, get_backend, solve
-from ...ode.validation import check_options
+from ...ode import IController, SolverSettings, SolveStats, solve
+from ...ode.stats import SolvesODE, find_ode_blocks
 
-__all__ = ["ODESettings", "ODEBlock", "ode_blocks", "total_nfe"]
+__all__ = ["NODE_SOLVER", "ODEBlock", "ode_blocks", "total_nfe"]
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
 
 
-@dataclass(frozen=True)
-class ODESettings:
-    """How the models' ODE blocks solve: one typed bundle so configs can set it in one place.
-
-    The defaults are the papers' (dopri5, rtol = atol = 1e-3, adjoint gradients).
-    """
-
-    method: str = "dopri5"                      # see pynodeta.ode.METHODS
-    rtol: float = 1e-3                          # tolerances of adaptive methods (> 0)
-    atol: float = 1e-3
-    adjoint: bool = True                        # gradients by the adjoint (O(1) memory) or by backprop
-    options: dict[str, Any] | None = None       # solve's options, e.g. {"step_size": 0.1} for "rk4"
-    adjoint_options: dict[str, Any] | None = None  # e.g. {"norm": "seminorm"}
-    backend: str = "torch"                      # "torch", "scipy", "julia"
-    controller: str = "i"                       # "i" (torchdiffeq's step control) or "pi"
-
-    def block(self, func: nn.Module, t_span: tuple[float, float] = (0.0, 1.0)) -> ODEBlock:
-        """An ODEBlock integrating ``func`` over ``t_span`` with these settings."""
-        return ODEBlock(func, t_span=t_span, method=self.method, rtol=self.rtol, atol=self.atol,
-                        adjoint=self.adjoint, adjoint_options=self.adjoint_options, options=self.options,
-                        backend=self.backend, controller=self.controller)
+NODE_SOLVER = SolverSettings(controller=IController(rtol=1e-3, atol=1e-3), adjoint=True)
+"""The models' default: the papers' dopri5 with rtol = atol = 1e-3 and adjoint gradients."""
 
 
 def check_t_span(t_span) -> tuple[float, float]:
@@ -68,46 +47,34 @@ class ODEBlock(nn.Module):
         self,
         func: nn.Module,                              # time-aware right-hand side, forward(t, y)
         t_span: tuple[float, float] = (0.0, 1.0),     # integrate from t_span[0] to t_span[1]
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        adjoint: bool = True,                         # adjoint gradients (backward solve) or backprop
-        adjoint_options: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,     # solve's options (step_size, max_num_steps, ...)
-        backend: str = "torch",
-        **solve_kwargs: Any,                          # further pynodeta.solve arguments (controller, ...)
+        solver: SolverSettings | None = None,         # default NODE_SOLVER (dopri5, 1e-3, adjoint)
+        **solve_kwargs: Any,                          # or solve's own arguments (method=, rtol=, options=, ...)
     ):
         super().__init__()
         if not isinstance(func, nn.Module):
             raise TypeError(f"func must be an nn.Module with forward(t, y), got {type(func).__name__}")
         self.t_span = check_t_span(t_span)
-        for name, tol in (("rtol", rtol), ("atol", atol)):
-            if not (isinstance(tol, (int, float)) and tol > 0):
-                raise ValueError(f"{name} must be a number > 0, got {tol!r}")
-        be = get_backend(backend)
-        if method not in be.methods():
-            raise ValueError(f"unknown method {method!r} for backend {be.name!r}; choose one of {list(be.methods())}")
-        check_options(options, be, method)
-        if adjoint_options is not None and not adjoint:
-            raise ValueError("adjoint_options only apply with adjoint=True; drop them or set adjoint=True")
-        for reserved in ("t", "y0", "method", "rtol", "atol", "adjoint", "options", "backend"):
+        if solver is not None and solve_kwargs:
+            raise ValueError(f"pass either solver=SolverSettings(...) or solve's arguments {sorted(solve_kwargs)}, "
+                             "not both")
+        if solver is not None and not isinstance(solver, SolverSettings):
+            raise TypeError(f"solver must be a SolverSettings, got {type(solver).__name__}")
+        for reserved in ("t", "y0", "func"):
             if reserved in solve_kwargs:
                 raise ValueError(f"pass {reserved!r} as ODEBlock's own argument, not through solve_kwargs")
+        if solve_kwargs:  # the models' defaults for what is not given: tolerances 1e-3 and the adjoint
+            defaults = {"rtol": 1e-3, "atol": 1e-3, "adjoint": True}
+            if "controller" in solve_kwargs and not isinstance(solve_kwargs["controller"], str):
+                defaults = {"adjoint": True}
+            solver = SolverSettings.from_arguments(**{**defaults, **solve_kwargs})
         self.func = func
-        self.method, self.rtol, self.atol, self.adjoint, self.backend = method, rtol, atol, adjoint, backend
-        self.options = dict(options) if options else None
-        self.adjoint_options = dict(adjoint_options) if adjoint_options else None
-        self.solve_kwargs = solve_kwargs
+        self.solver = NODE_SOLVER if solver is None else solver
         self.last_stats: SolveStats | None = None
 
     def forward(self, x: State, t: torch.Tensor | None = None) -> State:
         like = x[0] if isinstance(x, tuple) else x
         times = torch.tensor(self.t_span, dtype=like.dtype, device=like.device) if t is None else t
-        extra = dict(self.solve_kwargs)
-        if self.adjoint and self.adjoint_options is not None:
-            extra["adjoint_options"] = self.adjoint_options
-        sol = solve(self.func, x, times, method=self.method, rtol=self.rtol, atol=self.atol,
-                    options=self.options, adjoint=self.adjoint, backend=self.backend, **extra)
+        sol = solve(self.func, x, times, **self.solver)
         self.last_stats = sol.stats
         if t is not None:
             return sol.ys
@@ -125,16 +92,15 @@ class ODEBlock(nn.Module):
         return 0 if self.last_stats is None else self.last_stats.nfe_adjoint
 
     def extra_repr(self) -> str:
-        return (f"t_span={self.t_span}, method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
-                f"adjoint={self.adjoint}, backend={self.backend!r}")
+        return f"t_span={self.t_span}, solver={self.solver}"
 
 
-def ode_blocks(model: nn.Module) -> list[ODEBlock]:
-    """Every ODEBlock inside ``model`` (itself included), in module order."""
-    return [m for m in model.modules() if isinstance(m, ODEBlock)]
+def ode_blocks(model: nn.Module) -> list[SolvesODE]:
+    """Every ODE block inside ``model`` (itself included), in module order (see ``find_ode_blocks``)."""
+    return find_ode_blocks(model)
 
 
 def total_nfe(model: nn.Module) -> tuple[int, int]:
     """(forward, backward) NFE of the last solve of every ODEBlock in ``model``, summed."""
-    blocks = ode_blocks(model)
-    return sum(b.nfe_forward for b in blocks), sum(b.nfe_backward for b in blocks)
+    stats = [b.last_stats for b in find_ode_blocks(model) if b.last_stats is not None]
+    return sum(s.nfe for s in stats), sum(s.nfe_adjoint for s in stats)

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...ode import SolverSettings
 from ..common import NormFactory, check_norm_kind
 from .backbones import MLPField
-from .ode_block import ODESettings
+from .ode_block import ODEBlock
 
 __all__ = ["TrajectoryNODE"]
 
@@ -38,7 +39,7 @@ class TrajectoryNODE(nn.Module):
         time_horizon: float = 1.0,         # T: the largest time asked about (TA-BN's grid is [0, T])
         groups: int | str | None = None,   # norm="gn": an int dividing the width, or "auto" (default; nn.group_count)
         norm_options: Mapping[str, Any] | None = None,  # make_norm options (TA-BN: M, momentum, ...)
-        solver: ODESettings | None = None,  # default dopri5, rtol = atol = 1e-3, adjoint
+        solver: SolverSettings | None = None,  # default dopri5, rtol = atol = 1e-3, adjoint
     ):
         super().__init__()
         if dim < 1:
@@ -52,7 +53,7 @@ class TrajectoryNODE(nn.Module):
         spec = NormFactory(norm, t_span=(0.0, self.time_horizon), groups=groups, options=norm_options)
         # the output layer stays unnormalised: it is the velocity of a physical state
         field = MLPField(dim, dim, hidden, depth, spec, activation, depth - 1 if norm_layers is None else norm_layers)
-        self.ode = (solver or ODESettings()).block(field, (0.0, self.time_horizon))
+        self.ode = ODEBlock(field, (0.0, self.time_horizon), solver)
 
     def forward(self, t0, y0: torch.Tensor, t_grid: torch.Tensor) -> torch.Tensor:
         if y0.dim() != 2 or y0.shape[1] != self.dim:

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...ode import SolverSettings
 from ..common import check_in_shape
 from .augnode import ZeroAugment
 from .backbones import build_backbone
 from .hbnode import HeavyBallField
-from .ode_block import ODESettings, check_t_span
+from .ode_block import ODEBlock, check_t_span
 from .sonode import SecondOrderField
 from .velocity import WithInitialVelocity
 
@@ -41,7 +42,7 @@ class UnmixedClassifier(nn.Module):
         num_classes: int,
         lift: nn.Module | None = None,     # x -> initial state (default: the identity)
         t_span: tuple[float, float] = (0.0, 1.0),
-        solver: ODESettings | None = None,
+        solver: SolverSettings | None = None,
         dropout: float = 0.5,              # the paper's 0.5
     ):
         super().__init__()
@@ -51,7 +52,7 @@ class UnmixedClassifier(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_shape = tuple(in_shape)
         self.lift = lift if lift is not None else nn.Identity()
-        self.ode = (solver or ODESettings()).block(field, t_span)
+        self.ode = ODEBlock(field, t_span, solver)
         self.head = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(num_features), nn.Dropout(dropout),
                                   nn.Linear(num_features, num_classes))
 
@@ -83,7 +84,7 @@ def build_unmixed_classifier(
     groups: int | str | None = None,   # norm="gn": int dividing every layer's width, or "auto" (default)
     norm_options: Mapping[str, Any] | None = None,  # make_norm options (TA-BN: M, momentum, ...)
     t_span: tuple[float, float] = (0.0, 1.0),
-    solver: ODESettings | None = None,  # method, tolerances, adjoint (default dopri5, 1e-3, adjoint)
+    solver: SolverSettings | None = None,  # method, tolerances, adjoint (default dopri5, 1e-3, adjoint)
     dropout: float = 0.5,
     aug_channels: int | None = None,   # augnode: zero channels appended (default: as many as the input's)
     gamma_logit: float | None = None,  # hbnode: initial θ of the damping γ = sigmoid(θ) (default -3)

@@ -29,11 +29,13 @@ class SolverConfig:
     """Validated solver settings handed to a backend.
 
     Attributes:
-        method: method name, one of the backend's ``methods``.
+        method: method name, one of the backend's ``methods``, or (torch backend) a ``Method`` object.
         rtol, atol: tolerances (> 0): floats, or flat per-element tensors shaped like the flat state.
         controller: ``"i"`` (integral controller, torchdiffeq's) or ``"pi"`` (proportional-integral).
+        gains: the PI controller's (alpha, beta); (1, 0) for the I controller.
         first_step: initial step size, or None to select it automatically (Hairer II.4).
         max_num_steps: limit on attempted steps over the whole solve.
+        warn_after_steps: warn once (with t and dt) when a solve takes more steps than this; None: never.
         min_step, max_step: bounds on the step size (magnitudes).
         step_size: the step of a fixed-grid method (None: step between consecutive output times).
         norm: norm of the scaled error; None means RMS over the whole state.
@@ -42,12 +44,14 @@ class SolverConfig:
         extra: backend-specific options, passed through untouched.
     """
 
-    method: str
+    method: Any  # str, or a pynodeta.ode.Method for the torch backend
     rtol: float | torch.Tensor = 1e-7
     atol: float | torch.Tensor = 1e-9
     controller: str = "i"
+    gains: tuple[float, float] = (1.0, 0.0)
     first_step: float | None = None
     max_num_steps: int = 2**31 - 1
+    warn_after_steps: int | None = None
     min_step: float = 0.0
     max_step: float = float("inf")
     step_size: float | None = None

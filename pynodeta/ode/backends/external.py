@@ -71,7 +71,10 @@ class FlatState:
 
     def to_numpy(self, y: torch.Tensor) -> np.ndarray:
         """``y: (*shape)`` -> contiguous flat numpy vector ``(size,)`` of the solver dtype (a host copy)."""
-        return np.ascontiguousarray(y.detach().reshape(-1).cpu().numpy(), dtype=self.solver_dtype)
+        flat = y.detach().reshape(-1)
+        if flat.dtype not in _NUMPY_DTYPES:  # float16/bfloat16: numpy has no bfloat16, so widen in torch first
+            flat = flat.to(torch.float64)
+        return np.ascontiguousarray(flat.cpu().numpy(), dtype=self.solver_dtype)
 
     def to_torch(self, y: np.ndarray) -> torch.Tensor:
         """Numpy ``(size,)`` or ``(n, size)`` -> ``(*shape)`` or ``(n, *shape)`` on the state's device."""

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError
+from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError, warn_long_solve
 from ..methods import METHODS, Method, hermite_weights, linear_weights
 from ..stats import SolveStats
-from ..step_control import make_controller, select_initial_step
+from ..step_control import make_step_control, select_initial_step
 from .base import RHS, Backend, SolverConfig
 
 __all__ = ["TorchBackend"]
@@ -108,7 +108,7 @@ class TorchBackend(Backend):
     ) -> torch.Tensor:
         if config.extra:
             raise ValueError(f"unknown backend_options {sorted(config.extra)} for backend 'torch' (it takes none)")
-        method = METHODS[config.method]
+        method = config.method if isinstance(config.method, Method) else METHODS[config.method]
         out_s, direction = _output_times(t)
         if len(out_s) == 1:
             return y0.unsqueeze(0)
@@ -117,42 +117,107 @@ class TorchBackend(Backend):
             outputs = _integrate_adaptive(method, call, y0, out_s, config, stats)
         else:
             outputs = _integrate_fixed(method, call, y0, out_s, config, stats)
+            _check_outputs_finite(outputs, out_s, direction)
         return torch.stack(outputs)
+
+
+class _Stages:
+    """Stage evaluation of one explicit Runge-Kutta step (the first of the adaptive loop's three ideas)."""
+
+    def __init__(self, method: Method, call: _RHSCaller):
+        tab = method.tableau
+        self.call, self.fsal = call, tab.fsal
+        self.a_rows, self.c, self.b_rows = tab.a_nonzero, tab.c, tab.b_nonzero
+        self.at_end = [ci == 1 for ci in tab.c]
+
+    def step(self, s: float, y: torch.Tensor, f: torch.Tensor, dt: float, h: float):
+        """(y1, ks): the solution after a step of size dt from (s, y), with f = func(s, y) as its first stage."""
+        call, a_rows, c = self.call, self.a_rows, self.c
+        s1 = s + dt
+        ks = [f]
+        y1 = y
+        for i in range(1, len(c)):
+            y1 = _combine(y, ks, a_rows[i], h)
+            ks.append(call.just_before(s1, y1) if self.at_end[i] else call(s + c[i] * dt, y1))
+        if not self.fsal:
+            y1 = _combine(y, ks, self.b_rows, h)
+        return y1, ks
+
+
+class _ErrorRatio:
+    """norm(error / (atol + rtol * max(|y|, |y1|))) of a step, a host float (the second idea, with the
+    step control that reads it)."""
+
+    def __init__(self, method: Method, config: SolverConfig, numel: int):
+        self.err_rows = method.tableau.b_err_nonzero
+        self.rtol, self.atol, self.norm = config.rtol, config.atol, config.norm
+        self.sqrt_n = math.sqrt(numel)
+
+    @torch.no_grad()
+    def __call__(self, ks: Sequence[torch.Tensor], y: torch.Tensor, y1: torch.Tensor, h: float) -> float:
+        error = _error_estimate(ks, self.err_rows, h)
+        tol = torch.maximum(y.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
+        scaled = error.div_(tol)
+        if self.norm is None:
+            return float(torch.linalg.vector_norm(scaled)) / self.sqrt_n
+        return float(self.norm(scaled))
+
+
+class _DenseOutput:
+    """The outputs requested inside an accepted step, from its stages (the third idea)."""
+
+    def __init__(self, method: Method, out_s: list[float], y0: torch.Tensor):
+        self.method, self.out_s = method, out_s
+        self.outputs = [y0]
+        self.next_out = 1
+
+    @property
+    def done(self) -> bool:
+        return self.next_out >= len(self.out_s)
+
+    def emit(self, s: float, dt: float, h: float, y: torch.Tensor, y1: torch.Tensor, ks, f1: torch.Tensor) -> None:
+        out_s, s1, method = self.out_s, s + dt, self.method
+        while self.next_out < len(out_s) and out_s[self.next_out] <= s1:
+            theta = (out_s[self.next_out] - s) / dt
+            if theta == 1.0:
+                self.outputs.append(y1)
+            else:
+                stage_values = ks + [f1] if method.dense_needs_f1 else ks
+                self.outputs.append(_combine(y, stage_values, _nonzero(method.dense(theta)), h))
+            self.next_out += 1
 
 
 def _integrate_adaptive(
     method: Method, call: _RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig, stats: SolveStats
 ) -> list[torch.Tensor]:
-    tab = method.tableau
-    a_rows, c = tab.a_nonzero, tab.c
-    b_rows, err_rows = tab.b_nonzero, tab.b_err_nonzero
-    last_stage_at_end = [ci == 1 for ci in c]
-    rtol, atol, norm = config.rtol, config.atol, config.norm
-    plain_rms = norm is None
-    sqrt_n = math.sqrt(y0.numel())
-    direction = call.direction
-    controller = make_controller(config.controller, method.error_order, config.safety, config.ifactor, config.dfactor)
+    stages = _Stages(method, call)
+    error_ratio = _ErrorRatio(method, config, y0.numel())
+    dense = _DenseOutput(method, out_s, y0)
+    control = make_step_control(config.controller, method.error_order, config.safety, config.ifactor,
+                                config.dfactor, config.gains)
     min_step, max_step, max_num_steps = config.min_step, config.max_step, config.max_num_steps
+    warn_after = config.warn_after_steps or math.inf
+    direction = call.direction
 
     s, y = out_s[0], y0
     f = call(s, y)
     _check_derivative(f, y0, direction * s)
     if config.first_step is None:
-        dt = select_initial_step(
-            lambda h, y_probe: call(s + h, y_probe), y, f, direction, method.error_order, rtol, atol, norm
-        )
+        dt = select_initial_step(lambda h, y_probe: call(s + h, y_probe), y, f, direction, method.error_order,
+                                 config.rtol, config.atol, config.norm)
     else:
         dt = config.first_step
-    outputs = [y0]
-    next_out, n_out = 1, len(out_s)
     n_steps = n_accepted = 0
     step_sizes = stats.step_sizes
     ratio = 0.0
     try:
-        while next_out < n_out:
+        while not dense.done:
             if n_steps >= max_num_steps:
-                raise MaxStepsReachedError(max_num_steps, direction * s, _partial_t(out_s, next_out, direction),
-                                           torch.stack(outputs))
+                raise MaxStepsReachedError(max_num_steps, direction * s,
+                                           _partial_t(out_s, dense.next_out, direction), torch.stack(dense.outputs))
+            if n_steps >= warn_after:
+                warn_long_solve(n_steps, direction * s, dt)
+                warn_after = math.inf
             dt = min(max(dt, min_step), max_step)
             s1 = s + dt
             if not s1 > s:
@@ -160,40 +225,34 @@ def _integrate_adaptive(
                     raise NonFiniteStateError(direction * s, "the state after a trial step")
                 raise StepSizeUnderflowError(direction * s, dt, len(stats.t_evaluated))
             h = direction * dt
-            ks = [f]
-            y1 = y
-            for i in range(1, len(c)):
-                y1 = _combine(y, ks, a_rows[i], h)
-                ks.append(call.just_before(s1, y1) if last_stage_at_end[i] else call(s + c[i] * dt, y1))
-            if not tab.fsal:
-                y1 = _combine(y, ks, b_rows, h)
+            y1, ks = stages.step(s, y, f, dt, h)
             n_steps += 1
-            with torch.no_grad():
-                error = _error_estimate(ks, err_rows, h)
-                tol = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
-                scaled = error.div_(tol)
-                ratio = float(torch.linalg.vector_norm(scaled)) / sqrt_n if plain_rms else float(norm(scaled))
-            accepted = ratio <= 1 or (dt <= min_step and math.isfinite(ratio))
+            ratio = error_ratio(ks, y, y1, h)
+            if not math.isfinite(ratio) and dt <= min_step:
+                # min_step cannot shrink further: retrying at min_step would repeat the same step forever
+                raise NonFiniteStateError(direction * s, f"the state after a trial step of min_step={min_step:.3g}")
+            accepted = ratio <= 1 or dt <= min_step
             if accepted:
                 n_accepted += 1
                 step_sizes.append(dt)
-                f1 = ks[-1] if tab.fsal else call(s1, y1)
-                while next_out < n_out and out_s[next_out] <= s1:
-                    theta = (out_s[next_out] - s) / dt
-                    if theta == 1.0:
-                        outputs.append(y1)
-                    else:
-                        stage_values = ks + [f1] if method.dense_needs_f1 else ks
-                        outputs.append(_combine(y, stage_values, _nonzero(method.dense(theta)), h))
-                    next_out += 1
+                f1 = ks[-1] if stages.fsal else call(s1, y1)
+                dense.emit(s, dt, h, y, y1, ks, f1)
                 s, y, f = s1, y1, f1
-            dt = controller.next_step(dt, ratio, accepted)
+            dt = control.next_step(dt, ratio, accepted)
     finally:
         stats.n_steps += n_steps
         stats.n_accepted += n_accepted
         stats.n_rejected += n_steps - n_accepted
         stats.nfe = len(stats.t_evaluated)
-    return outputs
+    return dense.outputs
+
+
+def _check_outputs_finite(outputs: list[torch.Tensor], out_s: list[float], direction: float) -> None:
+    """Fixed-grid methods have no error estimate to notice a blow-up; one check of the outputs at the end
+    (one host synchronisation per solve) turns NaN/Inf into an error naming the first bad output time."""
+    finite = torch.stack([torch.isfinite(y).all() for y in outputs]).tolist()
+    if not all(finite):
+        raise NonFiniteStateError(direction * out_s[finite.index(False)], "the fixed-grid solution")
 
 
 def _partial_t(out_s: list[float], reached: int, direction: float) -> torch.Tensor:

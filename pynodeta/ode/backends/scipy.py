@@ -101,6 +101,10 @@ def _make_solver(rhs: CountingRHS, y0: np.ndarray, times: np.ndarray, config: So
     if np.min(options["rtol"]) < 100 * np.finfo(np.float64).eps:
         raise ValueError(f"rtol must be >= {100 * np.finfo(np.float64).eps:.3g} with backend 'scipy'")
     if config.first_step is not None:
+        span = abs(float(times[-1] - times[0]))
+        if config.first_step > span:
+            raise ValueError(f"first_step={config.first_step:.6g} is larger than the integration span "
+                             f"|t[-1] - t[0]| = {span:.6g}; choose first_step <= {span:.6g} or leave it None")
         options["first_step"] = config.first_step
     if config.min_step > 0:
         options["min_step"] = config.min_step

@@ -1,4 +1,7 @@
-"""ODE problems with exact solutions, shared by the ODE tests."""
+"""Reference ODE problems, shared by the tests and the benchmarks (closed forms where they exist).
+
+Every right-hand side works on a single state ``(..., dim)`` and on a batch of them.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ class MatrixSystem(torch.nn.Module):
 
 
 def van_der_pol(mu: float = 1.0):
+    """x'' = mu (1 - x^2) x' - x as a first-order system in (x, x'); stiff for large mu."""
+
     def f(t, y):
         x, v = y[..., 0], y[..., 1]
         return torch.stack([v, mu * (1 - x**2) * v - x], dim=-1)
@@ -46,6 +51,7 @@ def van_der_pol(mu: float = 1.0):
 
 
 def lotka_volterra(t, y):
+    """x' = 1.5 x - x p, p' = x p - 3 p (the classic textbook parameters)."""
     x, p = y[..., 0], y[..., 1]
     return torch.stack([1.5 * x - x * p, -3.0 * p + x * p], dim=-1)
 

@@ -1,0 +1,227 @@
+"""The solver's typed parts: step-size controllers, the fixed grid and the adjoint, as frozen dataclasses.
+
+Each part checks its own fields when it is built, so a bad value fails where it is written (a config
+file, a constructor call) with a message naming the field, not deep inside a solve. They are plain
+dataclasses of numbers and strings, so jsonargparse reads them from YAML as typed fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["IController", "PIController", "FixedGrid", "Adjoint", "Controller", "SolverSettings"]
+
+Tolerance = float | tuple[float, ...]
+"""A tolerance: one number, or one per part of a tuple state (a per-element tensor is also accepted)."""
+
+
+def _require(ok: bool, field: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{field} must be {rule}, got {value!r}")
+
+
+def _check_tolerance(field: str, value: Any) -> None:
+    """Scalar and per-part tolerances are checked here; tensors are checked against the state in solve."""
+    if isinstance(value, torch.Tensor):
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise TypeError(f"{field} must be a number (or one number per part of a tuple state), got {value!r}")
+        _require(math.isfinite(v) and v > 0, field, value, "> 0 and finite")
+
+
+@dataclass(frozen=True)
+class IController:
+    """Adaptive steps with the integral controller (torchdiffeq's rule and defaults).
+
+    A step is accepted when ``norm(error / (atol + rtol * max(|y0|, |y1|))) <= 1``; the next step is
+    ``dt * clip(safety * ratio^(-1/k), dfactor, ifactor)`` (k the method's error order; accepted steps
+    never shrink), Hairer, Norsett & Wanner I, Sec. II.4.
+
+    Attributes:
+        rtol, atol: relative and absolute tolerances (> 0).
+        safety: in (0, 1]; the fraction of the optimal step taken.
+        ifactor: >= 1; largest growth of the step in one go.
+        dfactor: in (0, 1]; largest shrink of a rejected step in one go.
+        norm: norm of the scaled error (a callable on the state, a tuple for tuple states);
+            None: RMS over the whole state (the mixed RMS per part for tuple states).
+        first_step: the first step's size (> 0), or None for Hairer's automatic choice.
+        min_step, max_step: bounds on the step size, 0 <= min_step <= max_step (max_step may be inf).
+    """
+
+    rtol: Tolerance = 1e-7
+    atol: Tolerance = 1e-9
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    norm: Callable[..., torch.Tensor] | None = None
+    first_step: float | None = None
+    min_step: float = 0.0
+    max_step: float = math.inf
+
+    def __post_init__(self) -> None:
+        _check_tolerance("rtol", self.rtol)
+        _check_tolerance("atol", self.atol)
+        _require(0 < self.safety <= 1, "safety", self.safety, "in (0, 1] (e.g. 0.9)")
+        _require(1 <= self.ifactor < math.inf, "ifactor", self.ifactor, ">= 1 and finite (e.g. 10)")
+        _require(0 < self.dfactor <= 1, "dfactor", self.dfactor, "in (0, 1] (e.g. 0.2)")
+        _require(self.norm is None or callable(self.norm), "norm", self.norm,
+                 "None or a callable (state -> scalar tensor); 'seminorm' is an Adjoint(norm=...) setting")
+        if self.first_step is not None:
+            _require(0 < self.first_step < math.inf, "first_step", self.first_step, "> 0 and finite, or None")
+        _require(0 <= self.min_step < math.inf, "min_step", self.min_step, ">= 0 and finite")
+        _require(self.max_step > 0, "max_step", self.max_step, "> 0 (inf: no bound)")
+        _require(self.min_step <= self.max_step, "min_step", self.min_step,
+                 f"<= max_step ({self.max_step}); lower min_step or raise max_step")
+
+    @property
+    def kind(self) -> str:
+        return "i"
+
+    @property
+    def gains(self) -> tuple[float, float]:
+        """(alpha, beta) of ``ratio^(-alpha/k) * previous_ratio^(beta/k)``; the I controller is (1, 0)."""
+        return (1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class PIController(IController):
+    """Adaptive steps with a proportional-integral controller (Gustafsson; Hairer & Wanner II, Sec. IV.2).
+
+    On acceptance ``factor = safety * ratio^(-alpha/k) * previous_ratio^(beta/k)`` with
+    ``(alpha, beta) = gains``; it damps the step-size oscillations of the I controller at the stability
+    boundary. A rejected step falls back to the I rule. Other fields as ``IController``.
+    """
+
+    # a dataclass field shadows IController's read-only property of the same name
+    gains: tuple[float, float] = (0.7, 0.4)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = len(tuple(self.gains)) == 2 and all(isinstance(g, (int, float)) and math.isfinite(g) for g in self.gains)
+        _require(ok and self.gains[0] > 0, "gains", self.gains, "two finite numbers (alpha > 0, beta), e.g. (0.7, 0.4)")
+
+    @property
+    def kind(self) -> str:
+        return "pi"
+
+
+@dataclass(frozen=True)
+class FixedGrid:
+    """Fixed steps (euler, midpoint, rk4, ...).
+
+    Attributes:
+        step_size: the grid spacing (> 0); None steps from one output time to the next.
+        interpolation: how outputs between grid points are formed: "linear" (torchdiffeq's) or "cubic"
+            (Hermite through the neighbouring grid points and their derivatives).
+    """
+
+    step_size: float | None = None
+    interpolation: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.step_size is not None:
+            _require(0 < self.step_size < math.inf, "step_size", self.step_size, "> 0 and finite, or None")
+        _require(self.interpolation in ("linear", "cubic"), "interpolation", self.interpolation,
+                 "'linear' or 'cubic'")
+
+
+Controller = IController | PIController | FixedGrid
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """Gradients by the adjoint method: solve the augmented system backwards (O(1) memory in steps).
+
+    Attributes:
+        method: the backward solve's method; None: the forward one.
+        controller: the backward solve's controller; None: the forward one (whose tolerances must
+            then be scalars, and whose custom ``norm`` is not reused: see ``norm``).
+        norm: error norm of the backward solve: "mixed" (the largest RMS over the parts
+            t-adjoint / y / dL/dy / dL/dparams, torchdiffeq's), "seminorm" (leaves dL/dparams out of the
+            error control, Kidger et al. 2021: usually far fewer backward steps), or a callable taking
+            the tuple of those parts.
+        params: the tensors to differentiate; None: ``func.parameters()`` (func must be an nn.Module).
+        max_steps: step limit of the backward solve; None: the forward one.
+    """
+
+    method: Any = None  # str | Method | None (annotated loosely so configs can hold a name)
+    controller: Controller | None = None
+    norm: str | Callable[..., torch.Tensor] = "mixed"
+    params: Sequence[torch.Tensor] | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.norm in ("mixed", "seminorm") or callable(self.norm), "norm", self.norm,
+                 "'mixed', 'seminorm' or a callable")
+        if self.controller is not None and not isinstance(self.controller, (IController, FixedGrid)):
+            raise TypeError(f"controller must be an IController, PIController, FixedGrid or None, "
+                            f"got {type(self.controller).__name__}")
+        if self.max_steps is not None:
+            _require(isinstance(self.max_steps, int) and self.max_steps >= 1, "max_steps", self.max_steps,
+                     "an int >= 1, or None")
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Everything that says how to solve, declared and validated once: ``solve(func, y0, t, **settings)``.
+
+    Attributes:
+        method: a method name of the backend (see ``pynodeta.METHODS`` for the torch backend) or a
+            ``Method`` (e.g. ``Method.from_tableau(...)``, torch backend only).
+        controller: ``IController``/``PIController`` (adaptive methods) or ``FixedGrid`` (fixed-grid
+            methods); None: the method's default (``IController()`` or ``FixedGrid()``).
+        adjoint: False (backprop through the solver), True or an ``Adjoint`` (the adjoint method).
+        backend: "torch", "scipy" or "julia".
+        max_steps: limit on attempted steps; None: unlimited (torchdiffeq's default).
+        warn_after_steps: warn once, with t and dt, when a solve takes more steps than this.
+        backend_options: options only one backend understands (e.g. ``{"jacobian": "finite-difference"}``).
+    """
+
+    method: Any = "dopri5"  # str | Method (annotated loosely so configs can hold a name)
+    controller: Controller | None = None
+    adjoint: bool | Adjoint = False
+    backend: str = "torch"
+    max_steps: int | None = None
+    warn_after_steps: int | None = 100_000
+    backend_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        from .parts import check_parts  # the method/backend checks live with solve's
+
+        check_parts(self.method, self.controller, self.adjoint, self.backend, self.max_steps,
+                    self.warn_after_steps)
+
+    @classmethod
+    def from_arguments(cls, **arguments: Any) -> SolverSettings:
+        """The bundle for ``solve``'s keyword arguments, sugar included (``rtol=``, ``options=``, ...):
+        ``SolverSettings.from_arguments(method="rk4", options={"step_size": 0.1})``."""
+        from .backends import get_backend
+        from .parts import typed_parts
+
+        names = ("method", "controller", "adjoint", "backend", "max_steps")
+        typed = {"method": "dopri5", "controller": None, "adjoint": False, "backend": "torch", "max_steps": None}
+        typed.update({k: arguments.pop(k) for k in names if k in arguments})
+        kept = {k: arguments.pop(k) for k in ("warn_after_steps", "backend_options") if k in arguments}
+        parts = typed_parts(get_backend(typed["backend"]), typed["method"], typed["controller"], typed["adjoint"],
+                            typed["max_steps"], **arguments)
+        backend = typed["backend"]
+        return cls(method=parts.method, controller=parts.controller, adjoint=parts.adjoint or False,
+                   backend=backend if isinstance(backend, str) else backend.name, max_steps=parts.max_steps,
+                   **kept)
+
+    def keys(self) -> tuple[str, ...]:
+        """The argument names of ``solve`` this bundle sets, so that ``solve(..., **settings)`` works."""
+        return ("method", "controller", "adjoint", "backend", "max_steps", "warn_after_steps",
+                "backend_options")
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
