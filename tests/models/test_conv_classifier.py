@@ -30,7 +30,8 @@ def test_stem_strides_and_paper_defaults():
     assert tiny(stem_strides=(2, 1)).stem(torch.randn(1, 1, 8, 8)).shape == (1, 8, 4, 4)
     paper = ConvODEClassifier((3, 32, 32), 10)
     assert paper.ode.func[0].num_groups == 32 and paper.ode.func[2].conv.out_channels == 256
-    assert (paper.ode.method, paper.ode.rtol, paper.ode.atol, paper.ode.adjoint) == ("dopri5", 1e-3, 1e-3, True)
+    solver = paper.ode.solver
+    assert (solver.method, solver.controller.rtol, solver.controller.atol, solver.adjoint) == ("dopri5", 1e-3, 1e-3, True)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu", "elu", "softplus", "sigmoid"])
