@@ -1,7 +1,8 @@
 """pynodeta: time-dependent neural networks (neural ODEs, diffusion models) that keep their sense of time.
 
 The ODE core is re-exported here (``pn.solve``, ``pn.odeint``, ``pn.odeint_adjoint``); the other
-subpackages (``pn.nn``, ``pn.models``, ``pn.data``, ``pn.diagnose``, ``pn.train``) load on first use.
+subpackages (``pn.nn``, ``pn.models``, ``pn.data``, ``pn.diagnose``, ``pn.train``,
+``pn.diffusion``, ``pn.metrics``, ``pn.ema``) load on first use.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from .ode import __all__ as _ode_all
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("ode", "nn", "models", "data", "diagnose", "train")
+_SUBPACKAGES = ("ode", "nn", "models", "data", "diagnose", "train", "diffusion", "metrics", "ema")
 
 __all__ = [*_ode_all, *_SUBPACKAGES, "__version__"]
 

@@ -1,0 +1,31 @@
+"""The diffusion stack: noise schedules, samplers, the probability-flow ODE (through ``pynodeta.solve``)
+and likelihoods.
+
+Conventions: a *denoiser* is ``denoiser(x, sigma) -> x̂0`` with ``sigma`` of shape (batch,) (EDM,
+k-diffusion); an *ε-network* is time-first, ``eps_model(t, x) -> ε̂`` with integer ``t`` of shape
+(batch,) in [0, T). Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``.
+"""
+
+from ..ode.stats import SolveStats, record_stats
+from ._checks import NonFiniteDenoiserError
+from .ddpm_samplers import ddim_timesteps, sample_ddim, sample_ddpm
+from .denoisers import DenoiserFromEpsilon
+from .samplers import SAMPLERS, sample_dpmpp_2m, sample_euler, sample_heun
+from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
+
+__all__ = [
+    "karras_sigmas",
+    "DDPMSchedule",
+    "BETA_SCHEDULES",
+    "sample_euler",
+    "sample_heun",
+    "sample_dpmpp_2m",
+    "SAMPLERS",
+    "sample_ddpm",
+    "sample_ddim",
+    "ddim_timesteps",
+    "DenoiserFromEpsilon",
+    "NonFiniteDenoiserError",
+    "SolveStats",
+    "record_stats",
+]
