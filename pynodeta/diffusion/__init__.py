@@ -10,6 +10,9 @@ from ..ode.stats import SolveStats, record_stats
 from ._checks import NonFiniteDenoiserError
 from .ddpm_samplers import ddim_timesteps, sample_ddim, sample_ddpm
 from .denoisers import DenoiserFromEpsilon
+from .likelihood import bits_per_dim, dequantize, log_likelihood
+from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
+from .probability_flow import probability_flow
 from .samplers import SAMPLERS, sample_dpmpp_2m, sample_euler, sample_heun
 from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
 
@@ -25,6 +28,13 @@ __all__ = [
     "sample_ddim",
     "ddim_timesteps",
     "DenoiserFromEpsilon",
+    "EDMPrecond",
+    "edm_loss",
+    "edm_loss_weight",
+    "probability_flow",
+    "log_likelihood",
+    "bits_per_dim",
+    "dequantize",
     "NonFiniteDenoiserError",
     "SolveStats",
     "record_stats",

@@ -51,3 +51,25 @@ class GaussianData:
 
 def standard_case() -> GaussianData:
     return GaussianData(torch.tensor([0.7, -0.4]), std=0.5)
+
+
+class CorrelatedGaussian:
+    """Data x0 ~ N(mean, cov) with a full covariance: the drift's Jacobian is not diagonal."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor):
+        self.mean, self.cov = mean.to(torch.float64), cov.to(torch.float64)
+
+    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x] = m + Σ(Σ + σ²I)⁻¹(x − m), one σ per sample."""
+        eye = torch.eye(len(self.mean), dtype=x.dtype)
+        gains = self.cov @ torch.linalg.inv(self.cov + sigma[:, None, None] ** 2 * eye)
+        return self.mean + ((x - self.mean)[:, None, :] @ gains.transpose(1, 2))[:, 0]
+
+    def log_density(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        cov = self.cov + sigma**2 * torch.eye(len(self.mean), dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.mean, cov).log_prob(x)
+
+
+def correlated_case() -> CorrelatedGaussian:
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.5, 0.0], [-0.4, 0.3, 0.2]], dtype=torch.float64)
+    return CorrelatedGaussian(torch.zeros(3), a @ a.T)  # mean 0: the likelihood's prior N(0, σ_max²) fits
