@@ -8,13 +8,22 @@ k-diffusion); an *ε-network* is time-first, ``eps_model(t, x) -> ε̂`` with in
 
 from ..ode.stats import SolveStats, record_stats
 from ._checks import NonFiniteDenoiserError
+from .adaptive_sampler import AdaptiveTimestepSampler
 from .ddpm_samplers import ddim_timesteps, sample_ddim, sample_ddpm
 from .denoisers import DenoiserFromEpsilon
 from .likelihood import bits_per_dim, dequantize, log_likelihood
+from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
 from .samplers import SAMPLERS, sample_dpmpp_2m, sample_euler, sample_heun
 from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
+from .timestep_samplers import (
+    TIMESTEP_SAMPLERS,
+    LossSecondMomentSampler,
+    SpeeDSampler,
+    UniformSampler,
+    make_timestep_sampler,
+)
 
 __all__ = [
     "karras_sigmas",
@@ -35,6 +44,16 @@ __all__ = [
     "log_likelihood",
     "bits_per_dim",
     "dequantize",
+    "UniformSampler",
+    "LossSecondMomentSampler",
+    "SpeeDSampler",
+    "AdaptiveTimestepSampler",
+    "make_timestep_sampler",
+    "TIMESTEP_SAMPLERS",
+    "min_snr_weight",
+    "p2_weight",
+    "make_loss_weighting",
+    "LOSS_WEIGHTINGS",
     "NonFiniteDenoiserError",
     "SolveStats",
     "record_stats",
