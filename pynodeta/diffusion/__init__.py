@@ -11,6 +11,7 @@ from ._checks import NonFiniteDenoiserError
 from .adaptive_sampler import AdaptiveTimestepSampler
 from .ddpm_samplers import ddim_timesteps, sample_ddim, sample_ddpm
 from .denoisers import DenoiserFromEpsilon
+from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
@@ -38,6 +39,9 @@ __all__ = [
     "ddim_timesteps",
     "DenoiserFromEpsilon",
     "EDMPrecond",
+    "EDM2Precond",
+    "edm2_loss",
+    "edm2_learning_rate",
     "edm_loss",
     "edm_loss_weight",
     "probability_flow",

@@ -79,7 +79,10 @@ class MPConv(nn.Module):
 
     Forced weight normalisation: in training mode the stored W is first overwritten by normalize(W)
     (no grad), so the raw weights cannot grow; in eval mode W is never modified, which keeps EMA
-    copies exactly as averaged."""
+    copies exactly as averaged. As in the released code the overwrite is an in-place update that
+    autograd tracks: in training mode call each layer once per forward/backward pass (a second call
+    before backward makes backward fail with a clear in-place error instead of silently using the
+    renormalised weight)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...] = ()):
         super().__init__()
