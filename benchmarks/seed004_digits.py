@@ -191,6 +191,11 @@ def plot(results: list[dict], floor: float, path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+def write_partial(results: list[dict], floor: float, args) -> None:
+    with open(os.path.join(args.out, "seed004_digits.partial.json"), "w") as handle:
+        json.dump({"config": vars(args), "summary": {"floor": floor}, "runs": results}, handle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -224,8 +229,11 @@ def main() -> None:
         test_features = extract(test)
         floor = frechet_distance(extract(pool), test_features)
         print(f"real-data floor (pool vs test features): {floor:.3f}", flush=True)
-        results = [train_one(method, seed, args, pool, test_features, extract)
-                   for seed in args.seeds for method in args.methods]
+        results = []
+        for seed in args.seeds:
+            for method in args.methods:
+                results.append(train_one(method, seed, args, pool, test_features, extract))
+                write_partial(results, floor, args)  # a killed run still leaves its finished runs
     summary = summarise(results, floor)
     report = {"config": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
               "summary": summary, "runs": results}
