@@ -1,4 +1,5 @@
-"""The ``pynodeta`` command: ``pynodeta diagnose ...`` audits a model; everything else is training."""
+"""The ``pynodeta`` command: ``pynodeta diagnose ...`` audits a model, ``pynodeta phema ...`` reconstructs
+post-hoc EMA weights; everything else is training."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ def main(argv: list[str] | None = None) -> int | None:
         from pynodeta.diagnose.cli import main as diagnose_main
 
         return diagnose_main(argv[1:])
+    if argv and argv[0] == "phema":
+        from pynodeta.ema.cli import main as phema_main
+
+        return phema_main(argv[1:])
     from pynodeta.train.cli import main as train_main
 
     return train_main(argv)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .profiles import check_sigma_rel, power_function_beta, sigma_rel_to_gamma
-from .snapshots import SNAPSHOT_FORMAT, snapshot_path, state_fingerprint, write_snapshot_atomically
+from .snapshots import SNAPSHOT_FORMAT, snapshot_path, state_fingerprint, write_atomically
 
 __all__ = ["PowerFunctionEMA"]
 
@@ -111,5 +111,5 @@ class PowerFunctionEMA:
         payload = {"format": SNAPSHOT_FORMAT, "run_id": self.run_id, "step": step,
                    "fingerprint": state_fingerprint(profiles[0]["state_dict"]), "profiles": profiles}
         path = snapshot_path(directory, step)
-        write_snapshot_atomically(payload, path)
+        write_atomically(payload, path)
         return path

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SNAPSHOT_FORMAT", "SnapshotInfo", "list_snapshots", "state_fingerprint", "write_snapshot_atomically"]
+__all__ = ["SNAPSHOT_FORMAT", "SnapshotInfo", "list_snapshots", "state_fingerprint", "write_atomically"]
 
 SNAPSHOT_FORMAT = "pynodeta-phema-1"
 _NAME = re.compile(r"phema-(\d+)\.pt")
@@ -39,7 +39,7 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> list[list]:
     return [[name, list(value.shape), str(value.dtype)] for name, value in state_dict.items()]
 
 
-def write_snapshot_atomically(payload: dict, path: Path) -> None:
+def write_atomically(payload: dict, path: Path) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
     a reader (or a killed run) sees either the old file or the complete new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
