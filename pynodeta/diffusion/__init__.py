@@ -16,7 +16,7 @@ from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
-from .samplers import SAMPLERS, sample_dpmpp_2m, sample_euler, sample_heun
+from .samplers import SAMPLERS, get_sampler, sample_dpmpp_2m, sample_euler, sample_heun
 from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
 from .timestep_samplers import (
     TIMESTEP_SAMPLERS,
@@ -34,6 +34,7 @@ __all__ = [
     "sample_heun",
     "sample_dpmpp_2m",
     "SAMPLERS",
+    "get_sampler",
     "sample_ddpm",
     "sample_ddim",
     "ddim_timesteps",

@@ -17,7 +17,7 @@ import torch
 from ..ode.stats import SolveStats, _publish
 from ._checks import Denoiser, check_sigmas, denoise
 
-__all__ = ["sample_euler", "sample_heun", "sample_dpmpp_2m", "SAMPLERS"]
+__all__ = ["sample_euler", "sample_heun", "sample_dpmpp_2m", "SAMPLERS", "get_sampler"]
 
 Callback = Callable[[dict], None]
 
@@ -125,3 +125,11 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
 
 
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The noise-level sampler called ``name`` ("euler", "heun", "dpmpp_2m")."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {list(SAMPLERS)} "
+                         "(or sample_ddpm / sample_ddim for ε-networks)")
+    return SAMPLERS[name]

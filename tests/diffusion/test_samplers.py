@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from pynodeta import record_stats
-from pynodeta.diffusion import NonFiniteDenoiserError, karras_sigmas, sample_dpmpp_2m, sample_euler, sample_heun
+from pynodeta.diffusion import (
+    NonFiniteDenoiserError,
+    get_sampler,
+    karras_sigmas,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+)
 
 from .gaussian_data import standard_case
 
@@ -85,3 +92,9 @@ def test_non_finite_denoiser_output_names_the_noise_level(sampler):
     sigmas = torch.tensor([4.0, 2.0, 0.5, 0.0], dtype=torch.float64)
     with pytest.raises(NonFiniteDenoiserError, match="sigma=0.5"):
         sampler(broken, torch.ones(2, 2, dtype=torch.float64), sigmas)
+
+
+def test_samplers_by_name():
+    assert get_sampler("heun") is sample_heun
+    with pytest.raises(ValueError, match="unknown sampler 'lms'"):
+        get_sampler("lms")
