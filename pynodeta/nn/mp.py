@@ -84,19 +84,30 @@ class MPConv(nn.Module):
     before backward makes backward fail with a clear in-place error instead of silently using the
     renormalised weight)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...] = ()):
+    WEIGHT_NORMS = ("forced", "standard", "none")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, ...] = (),   # () linear, (k, k) convolution
+        weight_norm: str = "forced",    # EDM2; "standard": normalise only in forward; "none": W/√fan_in (ablations)
+    ):
         super().__init__()
         if len(kernel) not in (0, 2):
             raise ValueError(f"kernel must be () for a linear layer or (k, k) for a convolution, got {kernel}")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        if weight_norm not in self.WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {self.WEIGHT_NORMS}, got {weight_norm!r}")
+        self.in_channels, self.out_channels, self.weight_norm = in_channels, out_channels, weight_norm
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
         w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))
-        if self.training:
+        if self.training and self.weight_norm == "forced":
             with torch.no_grad():
                 self.weight.copy_(normalize(w))  # forced weight normalisation
-        w = normalize(w)  # standard weight normalisation: the gradient is orthogonal to W
+        if self.weight_norm != "none":
+            w = normalize(w)  # standard weight normalisation: the gradient is orthogonal to W
         w = w * (gain / math.sqrt(w[0].numel()))  # unit-norm rows: unit-variance in, unit-variance out
         w = w.to(x.dtype)
         if w.ndim == 2:

@@ -111,3 +111,19 @@ def test_resample_halves_and_doubles_resolution():
     assert torch.equal(resample(resample(x, "up"), "down"), x)
     with pytest.raises(ValueError, match="resample mode"):
         resample(x, "sideways")
+
+
+def test_ablation_modes_leave_the_stored_weight_alone():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6)
+    for mode in ("standard", "none"):
+        layer = MPConv(6, 4, weight_norm=mode).train()
+        with torch.no_grad():
+            layer.weight.mul_(5.0)
+        raw = layer.weight.detach().clone()
+        out = layer(x)
+        assert torch.equal(layer.weight, raw)
+        if mode == "none":  # no normalisation: the output grows with the weight
+            torch.testing.assert_close(out, x @ raw.t() / math.sqrt(6))
+    with pytest.raises(ValueError, match="weight_norm must be one of"):
+        MPConv(2, 2, weight_norm="sometimes")
