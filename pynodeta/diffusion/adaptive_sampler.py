@@ -133,7 +133,9 @@ class AdaptiveTimestepSampler(TimestepSampler):
         the continuous u and uses the Beta density at u; our ``sample`` returns only t (so checkpoints and
         DDP need only t), and the bin probability is the exact likelihood of the action taken.
         """
-        alpha, beta = self.policy(x0)
+        return self._bin_log_prob(*self.policy(x0), t, quadrature_points)
+
+    def _bin_log_prob(self, alpha: Tensor, beta: Tensor, t: Tensor, quadrature_points: int = 8) -> Tensor:
         if self.num_timesteps == 1:
             return alpha * 0.0  # t = 0 always: probability 1
         width = self.num_timesteps - 1
@@ -167,7 +169,8 @@ class AdaptiveTimestepSampler(TimestepSampler):
         advantage = reward - baseline if self.baseline_decay is not None else reward
         alpha, beta = self.policy(x0)
         entropy = Beta(alpha, beta).entropy()
-        loss = -(advantage.to(alpha.dtype) * self.log_prob(x0, t)).mean() - self.entropy_coef * entropy.mean()
+        log_prob = self._bin_log_prob(alpha, beta, t)
+        loss = -(advantage.to(alpha.dtype) * log_prob).mean() - self.entropy_coef * entropy.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._average_gradients_over_ranks()
