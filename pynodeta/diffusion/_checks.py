@@ -37,7 +37,9 @@ def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas") -> list[float]:
 
 def sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """One noise level per sample: a (batch,) tensor of x's dtype and device."""
-    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
+    if isinstance(sigma, torch.Tensor):
+        return sigma.to(dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
+    return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
 
 
 def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,8 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, s
     for i in range(n_steps):
         x, sigma_hat = _churn(x, levels[i], n_steps, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = model(x, sigma_hat)
-        x = x + (x - denoised) / sigma_hat * (levels[i + 1] - sigma_hat)
+        # x + (σ_{i+1} − σ̂)·(x − D)/σ̂ = D + (σ_{i+1}/σ̂)(x − D): one fused lerp instead of four passes
+        x = torch.lerp(denoised, x, levels[i + 1] / sigma_hat)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": levels[i], "sigma_hat": sigma_hat, "denoised": denoised})
     return x
@@ -87,14 +88,14 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, s_
     for i in range(n_steps):
         x, sigma_hat = _churn(x, levels[i], n_steps, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = model(x, sigma_hat)
-        slope = (x - denoised) / sigma_hat
-        step = levels[i + 1] - sigma_hat
-        x_euler = x + slope * step
-        if levels[i + 1] == 0:  # Algorithm 1, line 7: the last step to σ = 0 stays an Euler step
+        sigma_next, step = levels[i + 1], levels[i + 1] - sigma_hat
+        slope = (x - denoised).div_(sigma_hat)  # in-place ops where a fresh tensor is already ours: fewer passes
+        x_euler = torch.add(x, slope, alpha=step)
+        if sigma_next > 0:  # trapezoidal correction with the slope at the Euler point
+            slope_next = (x_euler - model(x_euler, sigma_next)).div_(sigma_next)
+            x = torch.add(x, slope.add_(slope_next), alpha=step / 2)
+        else:  # Algorithm 1, line 7: the last step to σ = 0 stays an Euler step
             x = x_euler
-        else:  # trapezoidal correction with the slope at the Euler point
-            slope_next = (x_euler - model(x_euler, levels[i + 1])) / levels[i + 1]
-            x = x + (slope + slope_next) / 2 * step
         if callback is not None:
             callback({"x": x, "i": i, "sigma": levels[i], "sigma_hat": sigma_hat, "denoised": denoised})
     return x
@@ -114,9 +115,9 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
             h = math.log(sigma) - math.log(sigma_next)  # λ_{i+1} − λ_i
             corrected = denoised
             if previous_denoised is not None:  # second-order multistep correction, r = h_{i−1}/h_i
-                r = previous_h / h
-                corrected = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous_denoised
-            x = (sigma_next / sigma) * x - math.expm1(-h) * corrected
+                r = previous_h / h  # (1 + 1/(2r))·D_i − (1/(2r))·D_{i−1} as one lerp from D_{i−1}
+                corrected = torch.lerp(previous_denoised, denoised, 1 + 1 / (2 * r))
+            x = torch.add(x * (sigma_next / sigma), corrected, alpha=-math.expm1(-h))
             previous_h = h
         previous_denoised = denoised
         if callback is not None:
