@@ -97,7 +97,7 @@ class AdaptiveTimestepSampler(TimestepSampler):
         return self.policy.head.weight.device
 
     def to(self, device: torch.device | str) -> AdaptiveTimestepSampler:
-        """Move the policy and its optimiser state (call once, before training, as for a model)."""
+        """Move the policy and its optimiser state (``sample`` does it when x0 arrives on another device)."""
         self.policy.to(device)
         for state in self.optimizer.state.values():
             for key, value in state.items():
@@ -112,9 +112,8 @@ class AdaptiveTimestepSampler(TimestepSampler):
         if x0.ndim != 4 or x0.shape[0] != batch_size or x0.shape[1] != self.in_channels:
             raise ValueError(f"x0 must have shape (batch_size={batch_size}, in_channels={self.in_channels}, H, W), "
                              f"got {tuple(x0.shape)}")
-        if x0.device != self.device:
-            raise ValueError(f"x0 is on {x0.device} but the policy is on {self.device}: call sampler.to(device) "
-                             "once before training")
+        if x0.device != self.device:  # the policy follows its input's device, as a module's buffers follow it
+            self.to(x0.device)
         return x0
 
     def sample(self, batch_size, device=None, generator=None, x0=None):

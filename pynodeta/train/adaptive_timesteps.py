@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from pynodeta.diffusion.adaptive_sampler import AdaptiveTimestepSampler
+from pynodeta.diffusion.timestep_samplers import LossAwareSampler, TimestepSampler
 
-__all__ = ["AdaptiveTimestepUpdater", "ddpm_vb_terms", "select_by_f_regression"]
+__all__ = ["AdaptiveTimestepUpdater", "TimestepSamplerTraining", "ddpm_vb_terms", "select_by_f_regression"]
 
 VBTerms = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x0, t, noise) -> L_t of each sample, (batch,)
 
@@ -154,13 +155,59 @@ class AdaptiveTimestepUpdater:
         return logs
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "selected": self.selected.clone(),
-                "queue": [(row.clone(), total.clone()) for row, total in self.queue],
+        """S, the queue and the time spent; the sampler's own state is its ``state_dict`` (saved by its owner)."""
+        return {"selected": self.selected.clone(), "queue": [(row.clone(), total.clone()) for row, total in self.queue],
                 "overhead_seconds": self.overhead_seconds}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
         self.selected = state["selected"].clone()
         self.queue.clear()
         self.queue.extend((row.clone(), total.clone()) for row, total in state["queue"])
         self.overhead_seconds = state["overhead_seconds"]
+
+
+class TimestepSamplerTraining:
+    """What a training loop owes its timestep sampler, for any sampler: two calls per iteration.
+
+    ``after_loss(step, x0, t, per_sample_losses)`` once the loss is formed (loss-aware samplers learn from the
+    unweighted per-sample losses; the adaptive sampler records its "before" terms), and
+    ``after_optimizer_step()`` once the weights changed (the adaptive sampler's update; returns its logs
+    every f_S steps, else None). ``state_dict`` holds the sampler's and the updater's state.
+
+    Args:
+        sampler: any ``TimestepSampler``.
+        vb_terms: (x0, t, noise) ↦ L_t of the current model; needed for the adaptive sampler only.
+        updater_options: ``AdaptiveTimestepUpdater`` options (update_every, queue_length, num_selected, ...).
+    """
+
+    def __init__(self, sampler: TimestepSampler, vb_terms: VBTerms | None = None, **updater_options):
+        self.sampler, self.updater = sampler, None
+        if isinstance(sampler, AdaptiveTimestepSampler):
+            if vb_terms is None:
+                raise ValueError("the adaptive sampler needs vb_terms: pass ddpm_vb_terms(eps_model, schedule)")
+            self.updater = AdaptiveTimestepUpdater(sampler, vb_terms, **updater_options)
+        elif updater_options:
+            raise ValueError(f"updater options {sorted(updater_options)} apply to the adaptive sampler only")
+        self._draw: tuple[Tensor, Tensor] | None = None
+
+    def after_loss(self, step: int, x0: Tensor, t: Tensor, per_sample_losses: Tensor) -> None:
+        if isinstance(self.sampler, LossAwareSampler):
+            self.sampler.update_with_local_losses(t, per_sample_losses.detach())
+        if self.updater is not None:
+            self.updater.before_optimizer_step(step, x0.detach())
+            self._draw = (x0.detach(), t.detach())
+
+    def after_optimizer_step(self) -> dict[str, float] | None:
+        if self._draw is None:
+            return None
+        (x0, t), self._draw = self._draw, None
+        return self.updater.after_optimizer_step(x0, t)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(),
+                "updater": self.updater.state_dict() if self.updater is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        if self.updater is not None:
+            self.updater.load_state_dict(state["updater"])

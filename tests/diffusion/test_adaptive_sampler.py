@@ -8,7 +8,13 @@ from sklearn.feature_selection import SelectKBest, f_regression
 
 from pynodeta.diffusion.adaptive_sampler import AdaptiveTimestepSampler
 from pynodeta.diffusion.schedules import DDPMSchedule
-from pynodeta.train.adaptive_timesteps import AdaptiveTimestepUpdater, ddpm_vb_terms, select_by_f_regression
+from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
+from pynodeta.train.adaptive_timesteps import (
+    AdaptiveTimestepUpdater,
+    TimestepSamplerTraining,
+    ddpm_vb_terms,
+    select_by_f_regression,
+)
 
 T = 50
 
@@ -186,3 +192,49 @@ def test_ddpm_vb_terms_uses_the_schedule_and_restores_the_training_mode():
     x_t = schedule.add_noise(x0, noise, t)
     torch.testing.assert_close(terms, schedule.vb_terms(x0, x_t, t, x_t, num_bins=17))  # dropout off: ε̂ = x_t
     assert model.training
+
+
+def _tiny_training(sampler_name, steps, update_every=2):
+    torch.manual_seed(0)
+    schedule = DDPMSchedule(20)
+    network = torch.nn.Conv2d(1, 1, 3, padding=1)
+    eps_model = lambda t, x: network(x) * (1 + t[:, None, None, None] / 20)  # noqa: E731
+    eps_model.eval, eps_model.train, eps_model.training = network.eval, network.train, True
+    sampler = make_timestep_sampler(sampler_name, 20, in_channels=1)
+    options = {"update_every": update_every} if sampler_name == "adaptive" else {}
+    training = TimestepSamplerTraining(sampler, ddpm_vb_terms(eps_model, schedule, 17), **options)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    logged = []
+    for step in range(1, steps + 1):
+        x0 = _images(8, seed=step).clamp(-1, 1)
+        t, weights = sampler.sample(8, x0=x0, generator=torch.Generator().manual_seed(step))
+        noise = torch.randn_like(x0)
+        per_sample = (eps_model(t, schedule.add_noise(x0, noise, t)) - noise).pow(2).flatten(1).mean(1)
+        training.after_loss(step, x0, t, per_sample)
+        optimizer.zero_grad()
+        (weights * per_sample).mean().backward()
+        optimizer.step()
+        logs = training.after_optimizer_step()
+        if logs is not None:
+            logged.append(step)
+    return training, logged
+
+
+def test_sampler_training_updates_the_adaptive_policy_every_f_s_steps_and_resumes():
+    training, logged = _tiny_training("adaptive", steps=6)
+    assert logged == [2, 4, 6] and len(training.updater.queue) == 3
+    assert training.sampler.policy.head.weight.abs().sum() > 0  # the policy moved off its zero-weight start
+    copy, _ = _tiny_training("adaptive", steps=0)
+    copy.load_state_dict(training.state_dict())
+    for ours, theirs in zip(training.sampler.policy.parameters(), copy.sampler.policy.parameters()):
+        assert torch.equal(ours, theirs)
+    assert torch.equal(copy.updater.selected, training.updater.selected)
+
+
+def test_sampler_training_feeds_loss_aware_samplers_every_loss():
+    training, logged = _tiny_training("importance", steps=3)
+    assert logged == [] and int(training.sampler.loss_counts.sum()) == 3 * 8
+    with pytest.raises(ValueError, match="apply to the adaptive sampler only"):
+        TimestepSamplerTraining(training.sampler, update_every=3)
+    with pytest.raises(ValueError, match="needs vb_terms"):
+        TimestepSamplerTraining(AdaptiveTimestepSampler(T, 1))
