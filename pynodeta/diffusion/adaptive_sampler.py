@@ -105,6 +105,9 @@ class AdaptiveTimestepSampler(TimestepSampler):
                     state[key] = value.to(device)
         return self
 
+    def probabilities(self) -> Tensor:
+        raise NotImplementedError("the adaptive sampler's p(t | x0) depends on x0: use log_prob(x0, t) or summary(x0)")
+
     def _check_x0(self, x0: Tensor | None, batch_size: int) -> Tensor:
         if x0 is None:
             raise ValueError("x0 is required: the adaptive sampler's policy π(t | x0) looks at the clean batch; "
