@@ -40,6 +40,8 @@ class EDM2Block(nn.Module):
         if flavor not in ("enc", "dec"):
             raise ValueError(f"flavor must be 'enc' or 'dec', got {flavor!r}")
         self.out_channels, self.flavor, self.resample_mode = out_channels, flavor, resample_mode
+        # The released code has out_channels // channels_per_head heads, i.e. none (silently no attention)
+        # below 64 channels; we keep at least one head so that small networks get the attention they ask for.
         self.num_heads = max(out_channels // channels_per_head, 1) if attention else 0
         self.dropout, self.res_balance, self.attn_balance, self.clip_act = dropout, res_balance, attn_balance, clip_act
         self.emb_gain = nn.Parameter(torch.zeros([]))
@@ -134,6 +136,14 @@ class EDM2UNet(nn.Module):
                     **block_kwargs)
                 channels = width
         self.out_conv = MPConv(channels, img_channels, kernel=(3, 3))
+
+    @property
+    def in_channels(self) -> int:  # the names pynodeta's DiffusionModule reads the sample shape from
+        return self.img_channels
+
+    @property
+    def image_size(self) -> int:
+        return self.img_resolution
 
     def _encoder(self, img_channels, block_channels, emb_channels, num_blocks, attn_resolutions, block_kwargs):
         encoder = nn.ModuleDict()
