@@ -26,7 +26,7 @@ class PowerFunctionEMACallback(lightning.Callback):
         self,
         sigma_rels: tuple[float, ...] = (0.05, 0.10),   # profile widths tracked (the paper's pair)
         snapshot_every: int | None = None,                # write a snapshot every N optimiser steps; None: never
-        snapshot_dir: str | None = None,                  # None: <trainer.default_root_dir>/phema
+        snapshot_dir: str | None = None,                  # None: <the run's log dir>/phema
         target: str = "model",                            # attribute path of the network in the LightningModule
     ):
         super().__init__()
@@ -59,7 +59,9 @@ class PowerFunctionEMACallback(lightning.Callback):
         return network
 
     def resolved_snapshot_dir(self, trainer: lightning.Trainer) -> Path:
-        return Path(self.snapshot_dir) if self.snapshot_dir is not None else Path(trainer.default_root_dir) / "phema"
+        if self.snapshot_dir is not None:
+            return Path(self.snapshot_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "phema"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimiser steps done; unchanged between gradient-accumulation micro-batches
