@@ -92,3 +92,22 @@ def test_time_awareness_audit_runs_and_sees_the_zero_gains():
                 p.fill_(1.0)
     report = time_awareness(net, x, times)
     assert not report.vanishing and report.output_sensitivity > 0.01
+
+
+# Parameter counts of the paper's ImageNet-512 models (Karras et al. 2024, Table 2), in millions.
+PAPER_PARAMETERS = {"xs": 125, "s": 280, "m": 498, "l": 777, "xl": 1119, "xxl": 1523}
+
+
+@pytest.mark.parametrize("size", sorted(PAPER_PARAMETERS))
+def test_preset_configs_build_the_papers_model_sizes(size):
+    from importlib import resources
+
+    import yaml
+
+    from pynodeta.diffusion.edm2 import EDM2Precond
+
+    text = resources.files("pynodeta.configs").joinpath(f"edm2_img512_{size}.yaml").read_text()
+    options = yaml.safe_load(text)["model"]["init_args"]["model"]["init_args"]
+    with torch.device("meta"):  # shapes only: no memory, no time
+        net = EDM2Precond(EDM2UNet(**{**options, "label_dim": 1000}))  # the paper's models are class-conditional
+    assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(PAPER_PARAMETERS[size], abs=0.5)
