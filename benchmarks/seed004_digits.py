@@ -9,7 +9,8 @@ DDPM with ε-prediction (T = 1000, seed 004's quad β schedule) and a tiny DDPMU
 and the Fréchet distance (DDIM sampling, the digits feature extractor of pynodeta.metrics) every
 ``--eval-every`` iterations, beside the real-data floor (training pool vs test features).
 
-    nice -n 10 python benchmarks/seed004_digits.py --iterations 400 --seeds 0 --eval-every 50
+    nice -n 10 python benchmarks/seed004_digits.py --iterations 500 --eval-every 100 --seeds 0
+    nice -n 10 python benchmarks/seed004_digits.py --overhead 120      # adaptive vs uniform, interleaved
 
 Writes seed004_digits.json, .md (table) and .png (FD curves) to --out. Wall times come from whatever
 machine runs it; on a shared machine the overhead ratio is the meaningful number.
@@ -126,6 +127,25 @@ def train_one(method: str, seed: int, args, pool: torch.Tensor, test_features, e
     return result
 
 
+def measure_overhead(args, pool: torch.Tensor) -> dict:
+    """Per-iteration wall time of the adaptive sampler vs uniform, steps interleaved so both see the same load."""
+    schedule = DDPMSchedule(args.num_timesteps, "quad")
+    runs = {method: Run(method, 0, args, schedule) for method in ("uniform", "adaptive")}
+    seconds = {method: 0.0 for method in runs}
+    batches = torch.Generator().manual_seed(1000)
+    for iteration in range(1, args.overhead + 1):
+        x0 = pool[torch.randint(0, len(pool), (args.batch_size,), generator=batches)]
+        for method, run in runs.items():
+            start = time.perf_counter()
+            run.step(iteration, x0)
+            seconds[method] += time.perf_counter() - start
+    updater_seconds = runs["adaptive"].updater.overhead_seconds
+    return {"iterations": args.overhead, "update_every": args.update_every,
+            "seconds_per_iteration": {m: s / args.overhead for m, s in seconds.items()},
+            "updater_seconds_per_iteration": updater_seconds / args.overhead,
+            "overhead": seconds["adaptive"] / seconds["uniform"] - 1}
+
+
 def iterations_to_reach(curve: list[dict], threshold: float) -> int | None:
     return next((point["iteration"] for point in curve if point["fd"] <= threshold), None)
 
@@ -213,9 +233,19 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="train nothing: merge the runs of these reports (e.g. one process per seed)")
+    parser.add_argument("--overhead", type=int, default=0, metavar="N",
+                        help="train nothing else: time N interleaved iterations of uniform and adaptive")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
+
+    if args.overhead:
+        report = {"config": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+                  **measure_overhead(args, digits_splits()[0])}
+        with open(os.path.join(args.out, "seed004_digits_overhead.json"), "w") as handle:
+            json.dump(report, handle, indent=1)
+        print(json.dumps(report, indent=1))
+        return
 
     if args.combine:
         reports = [json.load(open(path)) for path in args.combine]

@@ -32,8 +32,11 @@ __all__ = ["AdaptiveTimestepUpdater", "TimestepSamplerTraining", "ddpm_vb_terms"
 VBTerms = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x0, t, noise) -> L_t of each sample, (batch,)
 
 
-def ddpm_vb_terms(eps_model: nn.Module, schedule, num_bins: int = 256) -> VBTerms:
+def ddpm_vb_terms(eps_model: nn.Module, schedule, num_bins: int = 256, variance: str = "fixed_small") -> VBTerms:
     """(x0, t, noise) ↦ L_t (bits/dim, (batch,)) of the current ``eps_model(t, x_t)`` under ``schedule``.
+
+    ``variance`` is the reverse-process variance of p(x_{t−1} | x_t) in the KL: "fixed_small" (β̃_t, what
+    pynodeta's ancestral sampler uses by default) or "fixed_large" (β_t, the released seed-004 config).
 
     Runs in eval mode and without gradients (the mode is restored): dropout would make "before" and "after"
     differ even with unchanged weights, and that difference would be credited to the sampler.
@@ -45,7 +48,7 @@ def ddpm_vb_terms(eps_model: nn.Module, schedule, num_bins: int = 256) -> VBTerm
         eps_model.eval()
         try:
             x_t = schedule.add_noise(x0, noise, t)
-            return schedule.vb_terms(x0, x_t, t, eps_model(t, x_t), num_bins=num_bins)
+            return schedule.vb_terms(x0, x_t, t, eps_model(t, x_t), variance=variance, num_bins=num_bins)
         finally:
             eps_model.train(was_training)
 
