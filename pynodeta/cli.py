@@ -12,6 +12,10 @@ def main(argv: list[str] | None = None) -> int | None:
         from pynodeta.diagnose.cli import main as diagnose_main
 
         return diagnose_main(argv[1:])
+    if argv and argv[0] in ("sample", "evaluate"):
+        from pynodeta.train.sample_cli import evaluate_main, sample_main
+
+        return (sample_main if argv[0] == "sample" else evaluate_main)(argv[1:])
     if argv and argv[0] == "phema":
         from pynodeta.ema.cli import main as phema_main
 

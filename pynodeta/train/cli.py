@@ -18,11 +18,10 @@ import time
 import warnings
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from .base import NODEModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
 from .summary import RunSummary
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int | None:
             # sys.argv is also set, which it always is for a console command.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             PynodetaCLI(
-                model_class=NODEModule,
+                model_class=LightningModule,  # NODEModule, DiffusionModule, or any other LightningModule
                 subclass_mode_model=True,
                 datamodule_class=LightningDataModule,
                 subclass_mode_data=True,

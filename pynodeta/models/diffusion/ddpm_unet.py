@@ -149,9 +149,8 @@ class DDPMUNet(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         t = time_as_tensor(t, x)
-        t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        emb = self.time_embedding(
-            sinusoidal_timestep_embedding(self.time_scale * t, self.embedding_dim, **self.sinusoid))
+        t = self.time_scale * (t.expand(x.shape[0]) if t.dim() == 0 else t)  # also read by positional maps
+        emb = self.time_embedding(sinusoidal_timestep_embedding(t, self.embedding_dim, **self.sinusoid))
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
