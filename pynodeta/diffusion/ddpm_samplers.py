@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from ..ode.stats import SolveStats, _publish
-from ._checks import NonFiniteDenoiserError
+from ._checks import NonFiniteDenoiserError, all_finite
 from .schedules import DDPMSchedule
 
 __all__ = ["sample_ddpm", "sample_ddim", "ddim_timesteps"]
@@ -34,7 +34,7 @@ class _CountingEpsModel:
         eps = self.eps_model(torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), x)
         if eps.shape != x.shape:
             raise ValueError(f"eps_model must return x's shape {tuple(x.shape)}, got {tuple(eps.shape)}")
-        if not torch.isfinite(eps).all():
+        if not all_finite(eps):
             raise NonFiniteDenoiserError(f"eps_model returned NaN/Inf at timestep t={t}: check the network "
                                          "and its input scaling there")
         return eps

@@ -98,3 +98,12 @@ def test_samplers_by_name():
     assert get_sampler("heun") is sample_heun
     with pytest.raises(ValueError, match="unknown sampler 'lms'"):
         get_sampler("lms")
+
+
+def test_finiteness_check_is_exact_when_the_sum_overflows():
+    from pynodeta.diffusion._checks import all_finite
+
+    huge = torch.full((4, 4), 3e38)  # finite entries whose float32 sum is +inf
+    assert all_finite(huge)
+    assert not all_finite(torch.tensor([1.0, float("inf"), -float("inf")]))
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
