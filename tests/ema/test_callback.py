@@ -69,3 +69,19 @@ def test_bad_arguments_name_the_fix(tmp_path):
         _fit(tmp_path, 1, PowerFunctionEMACallback(target="net"))
     with pytest.raises(ValueError, match="snapshot_every must be >= 1"):
         PowerFunctionEMACallback(snapshot_every=0)
+
+
+def test_only_global_rank_zero_writes_snapshots(tmp_path):
+    from types import SimpleNamespace
+
+    module = _Regression()
+    for rank_zero, folder in ((False, "other_rank"), (True, "rank0")):
+        callback = PowerFunctionEMACallback(snapshot_every=1, snapshot_dir=str(tmp_path / folder))
+        trainer = SimpleNamespace(global_step=0, is_global_zero=rank_zero)
+        callback.setup(trainer, module, "fit")
+        for step in (1, 2):
+            trainer.global_step = step
+            callback.on_train_batch_end(trainer, module, None, None, 0)
+        assert callback.ema.step == 2  # every rank keeps the averages
+    assert not (tmp_path / "other_rank").exists()
+    assert len(list((tmp_path / "rank0").iterdir())) == 2
