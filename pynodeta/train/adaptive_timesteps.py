@@ -37,22 +37,27 @@ def ddpm_vb_terms(eps_model: nn.Module, schedule, num_bins: int = 256, variance:
 
     ``variance`` is the reverse-process variance of p(x_{t−1} | x_t) in the KL: "fixed_small" (β̃_t, what
     pynodeta's ancestral sampler uses by default) or "fixed_large" (β_t, the released seed-004 config).
-
     Runs in eval mode and without gradients (the mode is restored): dropout would make "before" and "after"
     differ even with unchanged weights, and that difference would be credited to the sampler.
     """
+    return _DDPMBoundTerms(eps_model, schedule, num_bins, variance)
+
+
+class _DDPMBoundTerms:
+    # a class rather than a closure, so that a LightningModule holding it can be pickled (ddp_spawn)
+    def __init__(self, eps_model: nn.Module, schedule, num_bins: int, variance: str):
+        self.eps_model, self.schedule, self.num_bins, self.variance = eps_model, schedule, num_bins, variance
 
     @torch.no_grad()
-    def vb_terms(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        was_training = eps_model.training
-        eps_model.eval()
+    def __call__(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        was_training = self.eps_model.training
+        self.eps_model.eval()
         try:
-            x_t = schedule.add_noise(x0, noise, t)
-            return schedule.vb_terms(x0, x_t, t, eps_model(t, x_t), variance=variance, num_bins=num_bins)
+            x_t = self.schedule.add_noise(x0, noise, t)
+            return self.schedule.vb_terms(x0, x_t, t, self.eps_model(t, x_t), variance=self.variance,
+                                          num_bins=self.num_bins)
         finally:
-            eps_model.train(was_training)
-
-    return vb_terms
+            self.eps_model.train(was_training)
 
 
 def select_by_f_regression(features: Tensor, target: Tensor, k: int) -> Tensor:

@@ -25,6 +25,7 @@ from pynodeta.diffusion.loss_weighting import make_loss_weighting
 from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
 from pynodeta.ema import EMA
 
+from .adaptive_timesteps import TimestepSamplerTraining, ddpm_vb_terms
 from .diffusion_objectives import PREDICTIONS, EpsilonView, Prediction, prediction_target
 from .diffusion_optim import DiffusionAdam
 from .diffusion_sampling import SAMPLER_NAMES, generate
@@ -86,6 +87,9 @@ class DiffusionModule(lightning.LightningModule):
         self.timestep_sampler = make_timestep_sampler(
             timestep_sampler, num_timesteps, alphas_cumprod=self.schedule.alphas_cumprod,
             in_channels=self.sample_shape[0], **(timestep_sampler_options or {}))
+        # what training owes the sampler: loss-aware updates, seed 004's update around the optimiser step
+        bound_terms = ddpm_vb_terms(self.eps_model(), self.schedule, num_bins) if objective == "ddpm" else None
+        self.sampler_training = TimestepSamplerTraining(self.timestep_sampler, bound_terms)
         self.loss_weighting = make_loss_weighting(loss_weighting, **(loss_weighting_options or {}))
         self.ema = EMA(model, ema_decay) if ema_decay is not None else None
         self.last_evaluation: dict = {}
@@ -126,6 +130,8 @@ class DiffusionModule(lightning.LightningModule):
         x_t = self.schedule.add_noise(x0, noise, t)
         target = prediction_target(self.prediction, self.schedule, x0, noise, t)
         per_sample = F.mse_loss(self.model(t, x_t), target, reduction="none").flatten(1).mean(dim=1)
+        if self.training:  # validation batches teach the sampler nothing
+            self.sampler_training.after_loss(self.global_step, x0, t, per_sample)
         return (per_sample * sampler_weights * self._loss_weights(t)).mean()
 
     def _draw_timesteps(self, x0: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +152,9 @@ class DiffusionModule(lightning.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.step(self.model)
+        sampler_logs = self.sampler_training.after_optimizer_step()  # the adaptive sampler, every f_S steps
+        if sampler_logs:
+            self.log_dict(sampler_logs, on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
         return self.optim.build(self)
@@ -207,7 +216,7 @@ class DiffusionModule(lightning.LightningModule):
     # --- exact resume ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pynodeta_rng_states"] = collect_rng_states()
-        checkpoint["pynodeta_timestep_sampler"] = self.timestep_sampler.state_dict()
+        checkpoint["pynodeta_timestep_sampler"] = self.sampler_training.state_dict()
         if self.ema is not None:
             checkpoint["pynodeta_ema"] = self.ema.state_dict()
 
@@ -215,7 +224,7 @@ class DiffusionModule(lightning.LightningModule):
         if "pynodeta_rng_states" in checkpoint:
             restore_rng_states(checkpoint["pynodeta_rng_states"])
         if "pynodeta_timestep_sampler" in checkpoint:
-            self.timestep_sampler.load_state_dict(checkpoint["pynodeta_timestep_sampler"])
+            self.sampler_training.load_state_dict(checkpoint["pynodeta_timestep_sampler"])
         if self.ema is not None and "pynodeta_ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["pynodeta_ema"])
 
