@@ -39,6 +39,7 @@ def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas") -> list[float]:
 def all_finite(values: torch.Tensor) -> bool:
     """No NaN/Inf in ``values``. One sum decides the common case (NaN and ±Inf propagate through it) at a
     third of the cost of ``isfinite().all()``; only a non-finite sum, possibly an overflow, takes the exact test."""
+    values = values.detach()
     return math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all())
 
 
