@@ -150,10 +150,11 @@ def iterations_to_reach(curve: list[dict], threshold: float) -> int | None:
     return next((point["iteration"] for point in curve if point["fd"] <= threshold), None)
 
 
-def summarise(results: list[dict], floor: float) -> dict:
+def summarise(results: list[dict], floor: float, threshold: float | None = None) -> dict:
     methods = list(dict.fromkeys(r["method"] for r in results))
     mean_curve = {m: _mean_curve([r for r in results if r["method"] == m]) for m in methods}
-    threshold = mean_curve["uniform"][-1]["fd"] if "uniform" in mean_curve else None
+    if threshold is None and "uniform" in mean_curve:
+        threshold = mean_curve["uniform"][-1]["fd"]
     per_iteration = {m: sum(r["seconds_per_iteration"] for r in results if r["method"] == m)
                      / sum(r["method"] == m for r in results) for m in methods}
     summary = {"floor": floor, "threshold_fd": threshold, "methods": {}}
@@ -175,10 +176,11 @@ def _mean_curve(runs: list[dict]) -> list[dict]:
 
 
 def table(summary: dict, args) -> str:
-    lines = [f"FD on digits features (floor {summary['floor']:.3f}); threshold = uniform's final mean FD "
-             f"{summary['threshold_fd']:.3f}; {args.iterations} iterations, batch {args.batch_size}, "
+    threshold = f"{summary['threshold_fd']:.3f}" if summary["threshold_fd"] is not None else "n/a (no uniform run)"
+    lines = [f"FD on digits features (floor {summary['floor']:.3f}); fixed FD threshold "
+             f"{threshold}; {args.iterations} iterations, batch {args.batch_size}, "
              f"seeds {args.seeds}.", "",
-             "| method | final FD (mean) | final FD per seed | best FD | iterations to threshold | s/iteration | "
+             "| method | final FD (mean) | final FD per seed | best mean FD | iterations to threshold | s/iteration | "
              "overhead vs uniform |", "|---|---|---|---|---|---|---|"]
     for method, row in summary["methods"].items():
         per_seed = ", ".join(f"{fd:.3f}" for fd in row["final_fd_per_seed"])
@@ -211,9 +213,17 @@ def plot(results: list[dict], floor: float, path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+MACHINE = f"{platform.machine()}, {os.cpu_count()} CPUs (shared)"
+
+
+def public_config(args) -> dict:
+    """The run's settings without where its files went (no machine paths in committed reports)."""
+    return {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
+
+
 def write_partial(results: list[dict], floor: float, args) -> None:
     with open(os.path.join(args.out, "seed004_digits.partial.json"), "w") as handle:
-        json.dump({"config": vars(args), "summary": {"floor": floor}, "runs": results}, handle)
+        json.dump({"config": public_config(args), "summary": {"floor": floor}, "runs": results}, handle)
 
 
 def main() -> None:
@@ -231,6 +241,8 @@ def main() -> None:
     parser.add_argument("--ddim-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the fixed FD each method must reach (default: uniform's final mean FD)")
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="train nothing: merge the runs of these reports (e.g. one process per seed)")
     parser.add_argument("--overhead", type=int, default=0, metavar="N",
@@ -240,7 +252,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
 
     if args.overhead:
-        report = {"config": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        report = {"config": public_config(args), "machine": MACHINE,
                   **measure_overhead(args, digits_splits()[0])}
         with open(os.path.join(args.out, "seed004_digits_overhead.json"), "w") as handle:
             json.dump(report, handle, indent=1)
@@ -250,6 +262,7 @@ def main() -> None:
     if args.combine:
         reports = [json.load(open(path)) for path in args.combine]
         results, floor = [run for report in reports for run in report["runs"]], reports[0]["summary"]["floor"]
+        run_configs = [{k: v for k, v in report["config"].items() if k not in ("out", "combine")} for report in reports]
         for key in ("iterations", "batch_size", "eval_every"):
             setattr(args, key, reports[0]["config"][key])
         args.seeds = sorted({run["seed"] for run in results})
@@ -264,8 +277,9 @@ def main() -> None:
             for method in args.methods:
                 results.append(train_one(method, seed, args, pool, test_features, extract))
                 write_partial(results, floor, args)  # a killed run still leaves its finished runs
-    summary = summarise(results, floor)
-    report = {"config": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+    summary = summarise(results, floor, args.threshold)
+    config = public_config(args)
+    report = {"config": config, "run_configs": run_configs if args.combine else [config], "machine": MACHINE,
               "summary": summary, "runs": results}
     with open(os.path.join(args.out, "seed004_digits.json"), "w") as handle:
         json.dump(report, handle, indent=1)
