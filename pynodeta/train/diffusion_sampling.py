@@ -57,10 +57,13 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, rtol: flo
     denoiser = module.denoiser()
     sigma_min, sigma_max = module.sigma_range()
     if sampler == "ode":
-        solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_min, method="dopri5",
-                                    rtol=rtol, atol=atol)
-        x = solution.ys[-1]  # still carries noise of level sigma_min: one denoiser call removes it
-        return denoiser(x, torch.full((x.shape[0],), sigma_min, dtype=x.dtype, device=x.device))
+        # dopri5 may step past the end of the span (then interpolates): stop at 10·σ_min, so that no
+        # drift evaluation reaches σ <= 0, and let one denoiser call remove the noise left there
+        sigma_end = 10 * sigma_min
+        solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_end, method="dopri5",
+                                       rtol=rtol, atol=atol, options={"first_step": sigma_max / 20})
+        x = solution.ys[-1]
+        return denoiser(x, torch.full((x.shape[0],), sigma_end, dtype=x.dtype, device=x.device))
     sigmas = pd.karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max).to(noise)
     return _NOISE_LEVEL_SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas)
 
