@@ -250,6 +250,7 @@ def _diffusion_module(sampler_name):
     return DiffusionModule(network, num_timesteps=20, timestep_sampler=sampler_name, ema_decay=None, num_bins=17)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # no Trainer here: the sampler's logs go nowhere
 @pytest.mark.parametrize("sampler_name", ["adaptive", "importance"])
 def test_diffusion_module_drives_its_sampler_and_checkpoints_it(sampler_name):
     module = _diffusion_module(sampler_name)
