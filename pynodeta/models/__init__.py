@@ -1,6 +1,6 @@
 """Neural-ODE models: the ODE block, the seed-001 NODE classifier, the TA-BN paper's unmixed
 classifiers and their Aug-NODE / HBNODE / SONODE variants, and a trajectory-regression NODE.
-Diffusion networks live in ``pynodeta.models.diffusion`` (``DDPMUNet`` is re-exported here).
+Diffusion networks live in ``pynodeta.models.diffusion`` (``DDPMUNet`` and ``EDM2UNet`` are re-exported here).
 
 ``build_model(name, **kwargs)`` builds one by name (see ``MODELS``); ``ode_blocks(model)`` finds the
 ODE blocks whose ``last_stats`` carry the NFE of the last solve.
@@ -9,7 +9,7 @@ ODE blocks whose ``last_stats`` carry the NFE of the last solve.
 from .augnode import ZeroAugment
 from .backbones import BACKBONES, ConvChain, MLPField, build_backbone, conv_plan
 from .common import ACTIVATIONS, group_count, make_activation, ode_norm, static_norm
-from .diffusion import DDPMUNet
+from .diffusion import DDPMUNet, EDM2UNet
 from .hbnode import HeavyBallField
 from .ode_block import ODEBlock, ODESettings, ode_blocks, total_nfe
 from .registry import MODELS, build_model
@@ -37,6 +37,7 @@ __all__ = [
     "ConvChain",
     "UNet18",
     "DDPMUNet",
+    "EDM2UNet",
     "MLPField",
     "VARIANTS",
     "UnmixedClassifier",
