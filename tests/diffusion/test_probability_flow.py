@@ -46,3 +46,12 @@ def test_non_finite_denoiser_is_named_with_its_noise_level():
     with pytest.raises(NonFiniteDenoiserError, match="sigma=4"):
         probability_flow(broken, torch.ones(2, 2, dtype=torch.float64), 80.0, 0.1, method="euler",
                          options={"step_size": 1.0})
+
+
+def test_other_backends_solve_the_same_flow():
+    """The ODE goes through pynodeta.solve, so a backend is one argument (here scipy's DOP853)."""
+    data = standard_case()
+    x = data.noisy(4, 20.0, torch.Generator().manual_seed(2))
+    solution = probability_flow(data.denoiser, x, 20.0, 0.01, method="dop853", backend="scipy", rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(solution.ys[-1], data.flow(x, 20.0, 0.01), atol=1e-5, rtol=1e-5)
+    assert solution.stats.backend == "scipy" and solution.stats.nfe > 0
