@@ -6,7 +6,8 @@
 With ``--checkpoint`` (a Lightning checkpoint of the run), ``--out`` is that checkpoint with the
 network's weights replaced by the reconstruction, so every command that reads checkpoints can use it;
 without, ``--out`` holds ``{"state_dict", "sigma_rel", "step"}``. The sweep draws samples from each
-reconstruction and scores them by the Fréchet distance in the digits feature space (8×8 digits runs).
+reconstruction with the module's own evaluation and scores it by the Fréchet distance (digits features
+for 8×8 digits, Inception where the module names its weights), beside the real-data floor.
 Exit status 0 on success, 2 on bad input.
 """
 
@@ -51,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=512, help="--sweep: images drawn per σ_rel")
     parser.add_argument("--sampler", default=None, help="--sweep: sampler (default: the module's)")
     parser.add_argument("--steps", type=int, default=None, help="--sweep: sampler steps (default: the module's)")
-    parser.add_argument("--seed", type=int, default=0, help="--sweep: noise seed, the same for every σ_rel")
     return parser
 
 
@@ -99,12 +99,13 @@ def _replace_network_weights(checkpoint: dict, state: dict, target: str, path: s
 def _sweep(args) -> None:
     if not args.checkpoint:
         raise _UsageError("--sweep needs --checkpoint (the run's Lightning checkpoint) to rebuild and sample the model")
-    from .sweep_fd import digits_fd_scorer
+    from .sweep_fd import fd_scorer
 
     sigma_rels = parse_sweep(args.sweep)
-    score, floor = digits_fd_scorer(args.checkpoint, args.target, args.num_samples, args.sampler, args.steps,
-                                    args.seed)
+    score, read_floor = fd_scorer(args.checkpoint, args.target, args.num_samples, args.sampler, args.steps,
+                                  Path(args.out_dir))
     rows = sweep_sigma_rels(args.snapshots, sigma_rels, score, args.step)
+    floor = read_floor()
     paths = write_sweep(rows, args.out_dir, "FD", reference={"real-data floor": floor})
     best = min(rows, key=lambda r: r["score"])
     summary = {"rows": rows, "fd_floor": floor, "best_sigma_rel": best["sigma_rel"], "best_fd": best["score"]}

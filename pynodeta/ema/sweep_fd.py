@@ -1,43 +1,48 @@
-"""The Fréchet-distance score of ``pynodeta phema --sweep`` for 8×8-digits diffusion runs."""
+"""The Fréchet-distance score of ``pynodeta phema --sweep``: each reconstruction is sampled and scored by
+the training module's own evaluation (``evaluate_samples``: the same noise for every σ_rel, FD against
+the test images beside the real-data floor, digits features for 8×8 digits, Inception where the module
+names its weights)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from pathlib import Path
 
-import torch
-
-
-def digits_real_features() -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits-extractor features of (training pool, test) images: the split of DigitsDataModule."""
-    from sklearn.datasets import load_digits
-
-    from pynodeta.data.sampling import stratified_split
-    from pynodeta.metrics import DigitsFeatureExtractor
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 8 - 1
-    pool, test = stratified_split(digits.target, 360, 1)
-    extractor = DigitsFeatureExtractor()
-    return extractor(images[pool]), extractor(images[test])
+import yaml
 
 
-def digits_fd_scorer(checkpoint: str, target: str, num_samples: int, sampler: str | None, steps: int | None,
-                     seed: int) -> tuple[Callable[[dict, float], float], float]:
-    """(score(state_dict, σ_rel) → FD of samples vs the test images, real-data floor FD(pool, test))."""
+def datamodule_of_run(checkpoint: str | Path):
+    """The DataModule of the ``config.yaml`` LightningCLI saved beside ``checkpoint`` (or one level up)."""
+    path = Path(checkpoint)
+    beside = [d / "config.yaml" for d in (path.parent, path.parent.parent) if (d / "config.yaml").is_file()]
+    if not beside:
+        raise ValueError(f"no config.yaml beside {str(path)!r} (or one level up): --sweep rebuilds the run's data "
+                         "from the config that `pynodeta fit` saves in the run directory")
+    data = (yaml.safe_load(beside[0].read_text()) or {}).get("data") or {}
+    if "class_path" not in data:
+        raise ValueError(f"{beside[0]} has no data: class_path section")
+    module_name, _, class_name = data["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)(**(data.get("init_args") or {}))
+
+
+def fd_scorer(checkpoint: str, target: str, num_samples: int, sampler: str | None, steps: int | None,
+              grid_dir: Path) -> tuple[Callable[[dict, float], float], Callable[[], float]]:
+    """(score(state_dict, σ_rel) → FD, floor() → the real-data floor FD(train, test))."""
     from pynodeta.diagnose.loading import load_checkpoint
-    from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
+    from pynodeta.train.diffusion_evaluation import evaluate_samples
 
     module, _ = load_checkpoint(checkpoint)
-    if not hasattr(module, "draw") or tuple(getattr(module, "sample_shape", ())) != (1, 8, 8):
-        raise ValueError("--sweep scores 8×8-digits diffusion runs (a DiffusionModule with sample_shape (1, 8, 8)); "
-                         "for other data write each reconstruction with --sigma-rel and evaluate it separately")
-    network = getattr(module, target)
-    extractor = DigitsFeatureExtractor()
-    pool_features, test_features = digits_real_features()
+    if not hasattr(module, "draw"):
+        raise ValueError(f"{checkpoint!r} is not a diffusion training run (its LightningModule has no draw()); "
+                         "--sweep needs a DiffusionModule checkpoint")
+    network, datamodule = getattr(module, target), datamodule_of_run(checkpoint)
+    result: dict = {}
 
     def score(state: dict, sigma_rel: float) -> float:
         network.load_state_dict(state)
-        samples = module.draw(num_samples, sampler, steps, generator=torch.Generator().manual_seed(seed))
-        return frechet_distance(extractor(samples.images.clamp(-1, 1)), test_features)
+        result.update(evaluate_samples(module, grid_dir / f"samples_sigma_rel_{sigma_rel:.3f}.png", datamodule,
+                                       num_samples, sampler, steps))
+        return result["fd"]
 
-    return score, frechet_distance(pool_features, test_features)
+    return score, lambda: result["fd_floor"]
