@@ -78,3 +78,17 @@ def test_sweep_finds_the_width_closest_to_a_known_profile(snapshots, tmp_path):
     with open(paths["csv"]) as file:
         assert len(list(csv.reader(file))) == 6
     assert paths["png"].stat().st_size > 0
+
+
+def test_sweep_rebuilds_the_data_from_the_run_config(tmp_path):
+    from pynodeta.data import DigitsDataModule
+    from pynodeta.ema.sweep_fd import datamodule_of_run
+
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    with pytest.raises(ValueError, match="no config.yaml beside"):
+        datamodule_of_run(checkpoint)
+    (tmp_path / "config.yaml").write_text("data:\n  class_path: pynodeta.data.DigitsDataModule\n"
+                                          "  init_args:\n    batch_size: 8\n    normalization: diffusion\n")
+    datamodule = datamodule_of_run(checkpoint)
+    assert isinstance(datamodule, DigitsDataModule) and datamodule.batch_size == 8
