@@ -41,7 +41,7 @@ TIMES = [0.0, 250.0, 500.0, 750.0, 999.0]
 def train(variant: str, seed: int, steps: int, channels: int, data: DigitsDataModule) -> DiffusionModule:
     torch.manual_seed(seed)
     net = DDPMUNet(image_size=8, channels=channels, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
-                   dropout=0.0, norm_groups=4, **VARIANTS[variant])
+                   dropout=0.0, **{"norm_groups": 4, **VARIANTS[variant]})
     module = DiffusionModule(net, ema_decay=0.99, sampler="ddim", sampler_steps=25, num_bins=17)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     module.train()
@@ -109,12 +109,15 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=360)
     parser.add_argument("--nll-images", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--append", action="store_true", help="add these runs to the existing JSON's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = DigitsDataModule(batch_size=64, normalization="diffusion")
     data.setup()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.append and (RESULTS / "diffusion_vanishing.json").is_file():
+        rows = json.loads((RESULTS / "diffusion_vanishing.json").read_text())["runs"]
     for seed in args.seeds:
         for variant in args.variants:
             rows.append(run(variant, seed, args, data))
