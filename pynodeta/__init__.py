@@ -2,7 +2,8 @@
 
 The solver's front door is re-exported here (``pn.solve``, ``pn.odeint``, the typed settings, errors);
 its engine room (backends, ``SolverConfig``, norms) stays in ``pn.ode``. The other subpackages
-(``pn.nn``, ``pn.models``, ``pn.data``, ``pn.diagnose``, ``pn.train``) load on first use.
+(``pn.nn``, ``pn.models``, ``pn.data``, ``pn.diagnose``, ``pn.train``, ``pn.diffusion``,
+``pn.metrics``, ``pn.ema``) load on first use.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .ode import (
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("ode", "nn", "models", "data", "diagnose", "train")
+_SUBPACKAGES = ("ode", "nn", "models", "data", "diagnose", "train", "diffusion", "metrics", "ema")
 
 __all__ = [
     "solve",

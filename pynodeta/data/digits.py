@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from .image_module import ImageDataModule, channel_stats
+from .image_module import DIFFUSION, ImageDataModule, channel_stats
 from .sampling import stratified_split
 from .transforms import RandomCrop
 
@@ -18,6 +20,8 @@ class DigitsDataModule(ImageDataModule):
     scaled to [0, 1] and normalised with the training split's mean and standard deviation. The
     optional augmentation shifts each image by up to ``max_shift`` pixels (zero-padded, i.e. the
     blank background), because flips and erasing destroy 8x8 digits.
+    ``normalization="diffusion"`` maps pixels to [-1, 1] for generative models (augmentation: flips
+    only, off by default since digits are not mirror-symmetric).
 
     Batches: x (batch, 1, 8, 8) float32, y (batch,) int64.
     """
@@ -38,14 +42,20 @@ class DigitsDataModule(ImageDataModule):
         split_seed: int = 0,
         augment: bool = False,
         max_shift: int = 1,
+        normalization: Literal["dataset", "diffusion"] = "dataset",
+        hflip: bool = False,
     ):
         super().__init__(batch_size, eval_batch_size, num_workers, val_size, seed, split_seed, augment)
+        if normalization not in ("dataset", DIFFUSION):
+            raise ValueError(f"normalization must be 'dataset' or 'diffusion', got {normalization!r}")
         if test_size < 1:
             raise ValueError(f"test_size must be >= 1, got {test_size}")
         if max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {max_shift}")
         self.test_size = test_size  # images held out for testing
         self.max_shift = max_shift  # largest shift in pixels when augment=True
+        self.normalization = normalization  # "diffusion": pixels in [-1, 1], augmentation = flips only
+        self.hflip = hflip  # with normalization="diffusion" and augment=True: random horizontal flips
 
     def _load_pool_and_test(self):
         from sklearn.datasets import load_digits  # bundled with scikit-learn, read from its package

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from .image_module import ImageDataModule
+from .image_module import DIFFUSION, ImageDataModule
 from .readers import (
     check_cifar10,
     check_cifar100,
@@ -63,12 +63,12 @@ class FileImageDataModule(ImageDataModule):
         split_seed: int = 0,
         augment: bool = True,
         hflip: bool = True,
-        normalization: Literal["paper", "dataset"] = "paper",
+        normalization: Literal["paper", "dataset", "diffusion"] = "paper",
     ):
         super().__init__(batch_size, eval_batch_size, num_workers, val_size, seed, split_seed, augment)
-        if normalization not in self.normalizations:
+        if normalization not in self.normalizations and normalization != DIFFUSION:
             raise ValueError(
-                f"normalization must be one of {sorted(self.normalizations)}, got {normalization!r}"
+                f"normalization must be one of {sorted([*self.normalizations, DIFFUSION])}, got {normalization!r}"
             )
         self.data_dir = Path(data_dir)  # folder holding the dataset in its standard layout
         self.hflip = hflip  # random horizontal flips in the augmentation

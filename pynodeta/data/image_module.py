@@ -15,8 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .sampling import EpochShuffleSampler, stratified_split
+from .transforms import RandomHorizontalFlip
 
-__all__ = ["ImageTensorDataset", "ImageDataModule"]
+__all__ = ["ImageTensorDataset", "ImageDataModule", "DIFFUSION", "diffusion_augmentation"]
+
+DIFFUSION = "diffusion"  # the normalization option of generative models: [-1, 1], flips only
+
+
+def diffusion_augmentation(hflip: bool):
+    """The training transform of ``normalization="diffusion"``: horizontal flips where asked, else none."""
+    return RandomHorizontalFlip() if hflip else None
 
 
 class ImageTensorDataset(Dataset):
@@ -58,7 +66,15 @@ class ImageDataModule(lightning.LightningDataModule):
 
     Subclasses set ``name``, ``num_classes``, ``input_shape``, ``pixel_max`` and implement
     ``_load_pool_and_test``, ``_normalization`` and ``_augmentation``.
+
+    ``normalization="diffusion"`` (a subclass option) replaces both for generative models: pixels
+    are mapped to [-1, 1] (x = 2·p/pixel_max − 1, the DDPM/EDM data scale) and the only
+    augmentation is a random horizontal flip, and only where ``hflip`` is true (not for digits,
+    which are not mirror-symmetric).
     """
+
+    normalization: str = "dataset"  # "diffusion": [-1, 1] and flips only (subclasses expose the option)
+    hflip: bool = False             # random horizontal flips (subclasses expose the option)
 
     name: str = "images"
     num_classes: int
@@ -126,7 +142,9 @@ class ImageDataModule(lightning.LightningDataModule):
             )
         train_idx, val_idx = stratified_split(pool_y.numpy(), self.val_size, self.split_seed)
         train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-        mean, std = self._normalization(pool_x[train_idx])
+        diffusion = self.normalization == DIFFUSION
+        channels = pool_x.shape[1]
+        mean, std = ([0.5] * channels, [0.5] * channels) if diffusion else self._normalization(pool_x[train_idx])
         self.mean = torch.as_tensor(mean, dtype=torch.float32)
         self.std = torch.as_tensor(std, dtype=torch.float32)
         make = lambda x, y: ImageTensorDataset(x, y, self.mean, self.std, self.pixel_max)  # noqa: E731
@@ -135,7 +153,11 @@ class ImageDataModule(lightning.LightningDataModule):
         self.test_set = make(test_x, test_y)
         if self.val_size == 0:  # the papers' setting: train on the whole pool, monitor the test set
             self.val_set = self.test_set
-        self.augmentation = self._augmentation(self.mean, self.std) if self.augment_enabled else None
+        self.augmentation = None
+        if self.augment_enabled and diffusion:
+            self.augmentation = diffusion_augmentation(self.hflip)
+        elif self.augment_enabled:
+            self.augmentation = self._augmentation(self.mean, self.std)
         rank = self.trainer.global_rank if self.trainer is not None else 0
         if self._generator is None:  # load_state_dict may already have restored it
             self._generator = torch.Generator().manual_seed(self.seed + 7919 * rank)

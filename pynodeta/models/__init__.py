@@ -1,13 +1,14 @@
 """Models of the two families: ``pynodeta.models.node`` (neural ODEs: the ODE block, the
 convolutional NODE classifier, the TA-BN paper's unmixed classifiers and their Aug-NODE / HBNODE /
 SONODE variants, derivative backbones, a trajectory-regression NODE) and
-``pynodeta.models.diffusion`` (diffusion networks).
+``pynodeta.models.diffusion`` (diffusion networks: ``DDPMUNet``, ``EDM2UNet``, re-exported here).
 
 ``build_model(name, **kwargs)`` builds one by name (see ``MODELS``); ``ode_blocks(model)`` finds the
 ODE blocks whose ``last_stats`` carry the NFE of the last solve.
 """
 
 from .common import ACTIVATIONS, NormFactory, make_activation, ode_norm, static_norm
+from .diffusion import DDPMUNet, EDM2UNet
 from .node import (
     BACKBONES,
     INITIAL_VELOCITIES,
@@ -51,6 +52,8 @@ __all__ = [
     "conv_plan",
     "ConvChain",
     "UNetField",
+    "DDPMUNet",
+    "EDM2UNet",
     "MLPField",
     "VARIANTS",
     "UnmixedClassifier",

@@ -1,2 +1,16 @@
-"""Diffusion-model networks (U-Nets with time-aware blocks); each keeps ``forward(t, x)`` at its
-boundary, as every time-aware pynodeta module does."""
+"""Diffusion networks with pynodeta's forward(t, x): the DDPM/ADM U-Net with the seed-001 options."""
+
+from .blocks import AttentionBlock, Downsample, ResidualBlock, TimeProjection, Upsample
+from .ddpm_unet import DDPMUNet
+from .edm2_unet import EDM2Block, EDM2UNet
+
+__all__ = [
+    "DDPMUNet",
+    "EDM2UNet",
+    "EDM2Block",
+    "ResidualBlock",
+    "AttentionBlock",
+    "TimeProjection",
+    "Downsample",
+    "Upsample",
+]

@@ -1,0 +1,135 @@
+"""Seed-001 reproduction on the 8×8 digits: a DDPM U-Net whose timestep embedding vanishes, and the fixes.
+
+Variants of one small DDPMUNet (ε-prediction, T = 1000 linear), all trained the same number of steps:
+  vanishing-gn   GroupNorm with one group per channel (G = C) right after the added embedding
+  vanishing-bn   BatchNorm right after it
+  gn-positional  G = C plus fix 1, a positional (H×W) timestep map after the injection
+  all-fixes      fix 1 + fix 2 (zero operand-branch biases) + fix 3 (one GroupNorm group)
+Per variant and seed: FD / real-data floor of DDIM samples, NLL in bits/dim (probability-flow ODE,
+Hutchinson), and the diagnose audit of the trained network (vanishing flag, lowest survival ratio).
+
+    python benchmarks/diffusion_vanishing.py --steps 200 --seeds 0 1
+Writes benchmarks/results/diffusion_vanishing.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pynodeta.data import DigitsDataModule
+from pynodeta.diagnose import time_awareness
+from pynodeta.models import DDPMUNet
+from pynodeta.train.diffusion import DiffusionModule
+from pynodeta.train.diffusion_evaluation import evaluate_samples, nll_bits_per_dim
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {
+    "vanishing-gn": dict(post_time_groups="channels"),
+    "vanishing-bn": dict(post_time_norm="batch"),
+    "gn-positional": dict(post_time_groups="channels", positional_embedding=True),
+    "all-fixes": dict(norm_groups=1, positional_embedding=True, bias_init="zero_operand"),
+}
+TIMES = [0.0, 250.0, 500.0, 750.0, 999.0]
+
+
+def train(variant: str, seed: int, steps: int, channels: int, data: DigitsDataModule) -> DiffusionModule:
+    torch.manual_seed(seed)
+    net = DDPMUNet(image_size=8, channels=channels, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+                   dropout=0.0, **{"norm_groups": 4, **VARIANTS[variant]})
+    module = DiffusionModule(net, ema_decay=0.99, sampler="ddim", sampler_steps=25, num_bins=17)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    module.train()
+    done = 0
+    while done < steps:
+        for x0, _ in data.train_dataloader():
+            loss = module._loss(x0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            module.ema.step(net)
+            done += 1
+            if done == steps:
+                break
+    return module
+
+
+def audit(module: DiffusionModule, data: DigitsDataModule) -> dict:
+    x = torch.stack([data.test_set[i][0] for i in range(8)])
+    report = time_awareness(module.model, x, TIMES)
+    survivals = [f.survival for f in report.findings if f.role == "normalisation" and f.survival is not None]
+    return {"vanishing": report.vanishing, "min_survival": min(survivals) if survivals else math.nan,
+            "output_sensitivity": report.output_sensitivity}
+
+
+def run(variant: str, seed: int, args, data: DigitsDataModule) -> dict:
+    started = time.perf_counter()
+    module = train(variant, seed, args.steps, args.channels, data)
+    train_seconds = time.perf_counter() - started
+    with module.ema_weights():
+        samples = evaluate_samples(module, RESULTS / f"diffusion_vanishing_{variant}_seed{seed}.png", data,
+                                   num=args.num_samples)
+        nll = nll_bits_per_dim(module, data, args.nll_images, rtol=1e-3, atol=1e-3)
+        diagnosis = audit(module, data)
+    return {"variant": variant, "seed": seed, "train_seconds": train_seconds, **samples, **nll, **diagnosis}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, label in zip(axes, ("fd_ratio", "bpd", "min_survival"),
+                              ("FD / real-data floor", "NLL (bits/dim)", "lowest survival ratio (diagnose)")):
+        for i, name in enumerate(names):
+            values = [r[key] for r in rows if r["variant"] == name]
+            ax.scatter([i] * len(values), values, color="k", s=14, zorder=3)
+            ax.bar(i, sum(values) / len(values), color="tab:red" if name.startswith("vanishing") else "tab:green")
+        ax.set_xticks(range(len(names)), names, rotation=20)
+        ax.set_title(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200, help="training steps (batch 64) per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--num-samples", type=int, default=360)
+    parser.add_argument("--nll-images", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--append", action="store_true", help="add these runs to the existing JSON's")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = DigitsDataModule(batch_size=64, normalization="diffusion")
+    data.setup()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if args.append and (RESULTS / "diffusion_vanishing.json").is_file():
+        rows = json.loads((RESULTS / "diffusion_vanishing.json").read_text())["runs"]
+    for seed in args.seeds:
+        for variant in args.variants:
+            rows.append(run(variant, seed, args, data))
+            r = rows[-1]
+            print(f"{variant:14s} seed {seed}: FD/floor {r['fd_ratio']:.2f}, NLL {r['bpd']:.3f} bits/dim, "
+                  f"vanishing {r['vanishing']}, lowest survival {r['min_survival']:.3g}, "
+                  f"train {r['train_seconds']:.0f} s", flush=True)
+            (RESULTS / "diffusion_vanishing.json").write_text(json.dumps(
+                {"steps": args.steps, "channels": args.channels, "threads": args.threads,
+                 "note": "timings on a shared, loaded 2-core machine", "runs": rows}, indent=2))
+            plot(rows, RESULTS / "diffusion_vanishing.png")  # after every run: partial results stay usable
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""pynodeta's digits_ddpm network and objective against diffusers' UNet2DModel + DDPMScheduler.
+
+Both train on the 8×8 digits in [-1, 1] (ε-prediction, T = 1000 linear betas, Adam with the same
+learning rate, warm-up, clipping and EMA) for the same wall time, one step of each in turn so that
+both see the same machine load; then each draws images with DDIM-50. Reported per model: parameter
+count, iterations/s (own time only), FD / real-data floor in the digits features, sampling time.
+
+    python benchmarks/diffusion_vs_diffusers.py --minutes 8        # needs: pip install diffusers
+Writes benchmarks/results/diffusion_vs_diffusers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from pynodeta.data import DigitsDataModule
+from pynodeta.diffusion import DDPMSchedule, sample_ddim
+from pynodeta.ema import EMA
+from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
+from pynodeta.models import DDPMUNet
+from pynodeta.train.configs import shipped_config_path
+
+RESULTS = Path(__file__).parent / "results" / "diffusion_vs_diffusers.json"
+
+
+def pynodeta_network() -> torch.nn.Module:
+    """The network of the shipped digits_ddpm config."""
+    config = yaml.safe_load(shipped_config_path("digits_ddpm").read_text())
+    return DDPMUNet(**config["model"]["init_args"]["model"]["init_args"])
+
+
+def diffusers_network(width: int) -> torch.nn.Module:
+    """UNet2DModel of about the same size: two levels (width, 2·width), attention at 4×4, as in its docs."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(width, 2 * width), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+class Trainer:
+    """ε-prediction training of one network with pynodeta's digits_ddpm optimiser settings."""
+
+    def __init__(self, name: str, network, call, schedule: DDPMSchedule, lr=2e-3, warmup=100, ema_decay=0.995):
+        self.name, self.network, self.call, self.schedule = name, network, call, schedule
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.ema = EMA(network, ema_decay)
+        self.seconds, self.steps = 0.0, 0
+
+    def step(self, x0: torch.Tensor, generator: torch.Generator) -> None:
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        started = time.perf_counter()
+        x_t = self.schedule.add_noise(x0, noise, t)
+        loss = (self.call(self.network, t, x_t) - noise).square().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.step(self.network)
+        self.seconds += time.perf_counter() - started
+        self.steps += 1
+
+
+def evaluate(trainer: Trainer, num: int, reference, extractor) -> dict:
+    trainer.ema.copy_to(trainer.network)
+    trainer.network.eval()
+    noise = torch.randn(num, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    started = time.perf_counter()
+    with torch.no_grad():
+        images = sample_ddim(lambda t, x: trainer.call(trainer.network, t, x), noise, trainer.schedule, num_steps=50)
+    seconds = time.perf_counter() - started
+    fd = frechet_distance(extractor(images).double(), reference["test"])
+    return {"parameters": sum(p.numel() for p in trainer.network.parameters()), "steps": trainer.steps,
+            "train_seconds": trainer.seconds, "iterations_per_second": trainer.steps / trainer.seconds,
+            "fd": fd, "fd_floor": reference["floor"], "fd_ratio": fd / reference["floor"],
+            "ddim50_seconds": seconds, "ddim50_images": num}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=8.0, help="training wall time of each model")
+    parser.add_argument("--diffusers-width", type=int, default=32, help="UNet2DModel block_out_channels[0]")
+    parser.add_argument("--num-samples", type=int, default=360, help="DDIM-50 images per model for the FD")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = DigitsDataModule(batch_size=64, normalization="diffusion", seed=args.seed)
+    data.setup()
+    schedule = DDPMSchedule(1000, "linear")
+    trainers = [
+        Trainer("pynodeta DDPMUNet (digits_ddpm)", pynodeta_network(), lambda net, t, x: net(t, x), schedule),
+        Trainer("diffusers UNet2DModel", diffusers_network(args.diffusers_width),
+                lambda net, t, x: net(x, t).sample, schedule),
+    ]
+    generator, budget = torch.Generator().manual_seed(args.seed), 60 * args.minutes
+    while any(tr.seconds < budget for tr in trainers):
+        for x0, _ in data.train_dataloader():
+            for trainer in trainers:  # one step each in turn: both see the same load
+                if trainer.seconds < budget:
+                    trainer.step(x0, generator)
+            if all(tr.seconds >= budget for tr in trainers):
+                break
+    extractor = DigitsFeatureExtractor()
+    real = lambda ds: extractor(torch.stack([ds[i][0] for i in range(len(ds))])).double()  # noqa: E731
+    test = real(data.test_set)
+    reference = {"test": test, "floor": frechet_distance(real(data.train_set), test)}
+    results = {tr.name: evaluate(tr, args.num_samples, reference, extractor) for tr in trainers}
+    record = {"minutes_per_model": args.minutes, "threads": args.threads, "seed": args.seed,
+              "note": "timings on a shared, loaded 2-core machine; steps interleaved so both saw the same load",
+              "results": results}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2))
+    for name, r in results.items():
+        print(f"{name}: {r['parameters']} params, {r['iterations_per_second']:.2f} it/s ({r['steps']} steps), "
+              f"FD {r['fd']:.2f} / floor {r['fd_floor']:.2f} = {r['fd_ratio']:.2f}x, "
+              f"DDIM-50 {r['ddim50_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

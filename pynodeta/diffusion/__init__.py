@@ -1,0 +1,65 @@
+"""The diffusion stack: noise schedules, samplers, the probability-flow ODE (through ``pynodeta.solve``)
+and likelihoods.
+
+Conventions: a *denoiser* is ``denoiser(x, sigma) -> x̂0`` with ``sigma`` of shape (batch,) (EDM,
+k-diffusion); an *ε-network* is time-first, ``eps_model(t, x) -> ε̂`` with integer ``t`` of shape
+(batch,) in [0, T). Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``.
+"""
+
+from ..ode.stats import SolveStats, record_stats
+from ._checks import NonFiniteDenoiserError
+from .adaptive_sampler import AdaptiveTimestepSampler
+from .ddpm_samplers import ddim_timesteps, sample_ddim, sample_ddpm
+from .denoisers import DenoiserFromEpsilon
+from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
+from .likelihood import bits_per_dim, dequantize, log_likelihood
+from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
+from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
+from .probability_flow import probability_flow
+from .samplers import SAMPLERS, get_sampler, sample_dpmpp_2m, sample_euler, sample_heun
+from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
+from .timestep_samplers import (
+    TIMESTEP_SAMPLERS,
+    LossSecondMomentSampler,
+    SpeeDSampler,
+    UniformSampler,
+    make_timestep_sampler,
+)
+
+__all__ = [
+    "karras_sigmas",
+    "DDPMSchedule",
+    "BETA_SCHEDULES",
+    "sample_euler",
+    "sample_heun",
+    "sample_dpmpp_2m",
+    "SAMPLERS",
+    "get_sampler",
+    "sample_ddpm",
+    "sample_ddim",
+    "ddim_timesteps",
+    "DenoiserFromEpsilon",
+    "EDMPrecond",
+    "EDM2Precond",
+    "edm2_loss",
+    "edm2_learning_rate",
+    "edm_loss",
+    "edm_loss_weight",
+    "probability_flow",
+    "log_likelihood",
+    "bits_per_dim",
+    "dequantize",
+    "UniformSampler",
+    "LossSecondMomentSampler",
+    "SpeeDSampler",
+    "AdaptiveTimestepSampler",
+    "make_timestep_sampler",
+    "TIMESTEP_SAMPLERS",
+    "min_snr_weight",
+    "p2_weight",
+    "make_loss_weighting",
+    "LOSS_WEIGHTINGS",
+    "NonFiniteDenoiserError",
+    "SolveStats",
+    "record_stats",
+]

@@ -1,0 +1,64 @@
+"""Input checks shared by the samplers, the probability-flow ODE and the likelihood."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteDenoiserError(FloatingPointError):
+    """The denoiser (or ε-network) returned NaN or Inf; the message names the noise level or step."""
+
+
+def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas") -> list[float]:
+    """Check a noise-level grid (1-D, finite, >= 0, strictly decreasing) and return it as floats."""
+    if not isinstance(sigmas, torch.Tensor):
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"{name} must be a 1-D tensor of at least 2 noise levels, got shape {tuple(sigmas.shape)}")
+    values = [float(s) for s in sigmas]
+    if not all(torch.isfinite(sigmas)):
+        raise ValueError(f"{name} must be finite, got {values}")
+    if min(values) < 0:
+        raise ValueError(f"{name} must be >= 0 (noise levels), got minimum {min(values)}; use e.g. karras_sigmas(n)")
+    steps = [b - a for a, b in zip(values[:-1], values[1:])]
+    if any(step >= 0 for step in steps):
+        where = next(i for i, step in enumerate(steps) if step >= 0)
+        raise ValueError(
+            f"{name} must be strictly decreasing (from the noisiest level down), but {name}[{where}]="
+            f"{values[where]:.6g} <= {name}[{where + 1}]={values[where + 1]:.6g}; pass sigmas.flip(0) "
+            "or build them with karras_sigmas(n)"
+        )
+    return values
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """No NaN/Inf in ``values``. One sum decides the common case (NaN and ±Inf propagate through it) at a
+    third of the cost of ``isfinite().all()``; only a non-finite sum, possibly an overflow, takes the exact test."""
+    values = values.detach()
+    return math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all())
+
+
+def sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """One noise level per sample: a (batch,) tensor of x's dtype and device."""
+    if isinstance(sigma, torch.Tensor):
+        return sigma.to(dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
+    return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+
+
+def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """D(x, σ) with σ broadcast to (batch,); refuses NaN/Inf output and a wrong output shape."""
+    sigmas = sigma_batch(sigma, x)
+    out = denoiser(x, sigmas)
+    if out.shape != x.shape:
+        raise ValueError(f"the denoiser must return x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    if not all_finite(out):
+        raise NonFiniteDenoiserError(
+            f"the denoiser returned NaN/Inf at sigma={float(sigmas[0]):.6g}: check the network's weights "
+            "and its input scaling at that noise level (e.g. EDMPrecond's c_in)"
+        )
+    return out

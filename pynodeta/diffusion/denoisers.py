@@ -1,0 +1,65 @@
+"""``DenoiserFromEpsilon``: a DDPM ε-network seen as an EDM/k-diffusion denoiser ``D(x, σ)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .schedules import DDPMSchedule
+
+__all__ = ["DenoiserFromEpsilon", "TIMESTEP_MODES"]
+
+TIMESTEP_MODES = ("nearest", "interpolate")
+
+
+class DenoiserFromEpsilon(nn.Module):
+    """D(x, σ) = x − σ·ε(t(σ), x/√(1 + σ²)) (k-diffusion's ``DiscreteEpsDDPMDenoiser``, VP → VE).
+
+    A VE state x at noise level σ is the VP state x_t = x·√ᾱ_t with σ = √((1 − ᾱ_t)/ᾱ_t), i.e.
+    √ᾱ = 1/√(1 + σ²). ``timestep="nearest"`` hands the network the integer timestep whose σ_t is
+    nearest in log σ; ``"interpolate"`` hands it the fractional timestep interpolated linearly in
+    log σ (a float tensor; fine for sinusoidal embeddings). σ outside [sigma_min, sigma_max] of the
+    schedule is refused, not clamped: build the grid with ``karras_sigmas(n, den.sigma_min, den.sigma_max)``.
+    """
+
+    def __init__(self, eps_model: nn.Module, schedule: DDPMSchedule, timestep: str = "nearest"):
+        super().__init__()
+        if timestep not in TIMESTEP_MODES:
+            raise ValueError(f"unknown timestep mode {timestep!r}; choose one of {list(TIMESTEP_MODES)}")
+        self.eps_model, self.schedule, self.timestep = eps_model, schedule, timestep
+        self.register_buffer("log_sigmas", schedule.sigmas.log(), persistent=False)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.schedule.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.schedule.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Timestep of each noise level: int64 (nearest) or float (interpolated in log σ), shape of sigma."""
+        sigma = torch.as_tensor(sigma)
+        low, high = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
+        if sigma.numel() and (float(sigma.min()) < low or float(sigma.max()) > high):
+            raise ValueError(f"sigma must lie in the schedule's range [{self.sigma_min:.6g}, {self.sigma_max:.6g}], "
+                             f"got [{float(sigma.min()):.6g}, {float(sigma.max()):.6g}]; build the noise levels "
+                             "with karras_sigmas(n, denoiser.sigma_min, denoiser.sigma_max)")
+        log_sigmas = self.log_sigmas.to(device=sigma.device)
+        log_sigma = sigma.to(log_sigmas.dtype).log()
+        if len(log_sigmas) == 1:
+            return torch.zeros_like(sigma, dtype=torch.long)
+        upper = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, len(log_sigmas) - 1)
+        lower = upper - 1
+        weight = ((log_sigma - log_sigmas[lower]) / (log_sigmas[upper] - log_sigmas[lower])).clamp(0, 1)
+        if self.timestep == "nearest":
+            return torch.where(weight > 0.5, upper, lower)
+        return (lower + weight).to(sigma.dtype if sigma.is_floating_point() else torch.float64)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x: (batch, ...) VE state; sigma: (batch,) or scalar noise levels → x̂0, shape of x."""
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        t = self.sigma_to_t(sigma)
+        sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        eps = self.eps_model(t, x / (1 + sigma_b**2).sqrt())
+        return x - sigma_b * eps

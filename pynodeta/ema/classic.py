@@ -1,0 +1,106 @@
+"""Classic exponential moving average of a module's weights, with diffusers' ``EMAModel`` habits.
+
+``ema.step(model)`` after each optimiser step; ``ema.store(model.parameters())``,
+``ema.copy_to(model)`` to evaluate with the averaged weights, ``ema.restore(model.parameters())``
+to go back to the raw ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+def _float_parameters(source: nn.Module | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    params = source.parameters() if isinstance(source, nn.Module) else source
+    return [p for p in params if p.is_floating_point()]
+
+
+class EMA:
+    """θ_ema ← d θ_ema + (1 − d) θ after each step (floating-point parameters only; buffers are not averaged).
+
+    With ``warmup=True`` the decay of update n is min(decay, (1 + n)/(10 + n)) as in diffusers'
+    default, so the early average is not dominated by the random initialisation.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,      # the network whose parameters are averaged (copied now)
+        decay: float = 0.9999,  # d in (0, 1): the per-step retention of the average
+        warmup: bool = True,    # diffusers' (1 + n)/(10 + n) cap on the decay of update n
+    ):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}; e.g. 0.999 averages over ~1000 steps")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.num_updates = 0
+        self.shadow_params = [p.detach().clone() for p in _float_parameters(module)]
+        self._stored: list[torch.Tensor] | None = None
+
+    def current_decay(self) -> float:
+        """The decay the next ``step`` uses."""
+        n = self.num_updates + 1
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def step(self, module: nn.Module | Iterable[torch.Tensor]) -> None:
+        """Fold the current parameters of ``module`` into the average."""
+        params = self._matching(module, "step")
+        decay = self.current_decay()
+        for shadow, param in zip(self.shadow_params, params):
+            shadow.lerp_(param.detach().to(shadow.dtype), 1.0 - decay)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module | Iterable[torch.Tensor]) -> None:
+        """Overwrite the parameters of ``module`` with the averaged ones."""
+        for shadow, param in zip(self.shadow_params, self._matching(module, "copy_to")):
+            param.copy_(shadow)
+
+    @torch.no_grad()
+    def store(self, parameters: nn.Module | Iterable[torch.Tensor]) -> None:
+        """Keep a copy of ``parameters`` so that ``restore`` can put them back after ``copy_to``."""
+        self._stored = [p.detach().clone() for p in self._matching(parameters, "store")]
+
+    @torch.no_grad()
+    def restore(self, parameters: nn.Module | Iterable[torch.Tensor]) -> None:
+        """Put back the parameters saved by the last ``store``."""
+        if self._stored is None:
+            raise RuntimeError("restore() needs a previous store(parameters); call ema.store(model.parameters()) "
+                               "before ema.copy_to(model)")
+        for saved, param in zip(self._stored, self._matching(parameters, "restore")):
+            param.copy_(saved)
+        self._stored = None
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
+                "shadow_params": [p.clone() for p in self.shadow_params]}
+
+    def load_state_dict(self, state: dict) -> None:
+        shadow = state["shadow_params"]
+        if len(shadow) != len(self.shadow_params) or any(
+                a.shape != b.shape for a, b in zip(shadow, self.shadow_params)):
+            raise ValueError("EMA state_dict does not match this model's parameters (different count or shapes); "
+                             "load the state saved for the same architecture")
+        self.decay, self.warmup = float(state["decay"]), bool(state["warmup"])
+        self.num_updates = int(state["num_updates"])
+        self.shadow_params = [s.to(device=p.device, dtype=p.dtype).clone() for s, p in zip(shadow, self.shadow_params)]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> EMA:
+        """Move the averaged parameters (e.g. next to the model on the GPU)."""
+        self.shadow_params = [p.to(device=device, dtype=dtype if dtype is not None else p.dtype)
+                              for p in self.shadow_params]
+        return self
+
+    def _matching(self, source: nn.Module | Iterable[torch.Tensor], caller: str) -> list[torch.Tensor]:
+        params = _float_parameters(source)
+        if len(params) != len(self.shadow_params) or any(
+                p.shape != s.shape for p, s in zip(params, self.shadow_params)):
+            raise ValueError(f"{caller}(): the given parameters do not match the averaged ones "
+                             f"({len(params)} vs {len(self.shadow_params)} tensors or different shapes); "
+                             "pass the same model the EMA was built from")
+        return params

@@ -1,0 +1,19 @@
+"""Sample-quality metrics: the Fréchet distance and the feature extractors it is computed in.
+
+Always report the real-data floor beside a generated score: the distance between two real sets
+(train vs test features of the same extractor), ``frechet_distance(train_feats, test_feats)``.
+"""
+
+from .digits import DigitsFeatureExtractor, DigitsFeatureNet
+from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
+from .inception import INCEPTION_URL, InceptionFeatureExtractor
+
+__all__ = [
+    "frechet_distance",
+    "frechet_distance_from_statistics",
+    "feature_statistics",
+    "DigitsFeatureExtractor",
+    "DigitsFeatureNet",
+    "InceptionFeatureExtractor",
+    "INCEPTION_URL",
+]

@@ -1,0 +1,163 @@
+"""The DDPM/ADM U-Net with the seed-001 timestep-embedding options, forward(t, x)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pynodeta.nn import TimestepEmbedding, apply_bias_init_policy, sinusoidal_timestep_embedding, time_as_tensor
+
+from .blocks import AttentionBlock, Downsample, Injection, PostTimeNorm, ResidualBlock, Upsample, group_norm
+
+__all__ = ["DDPMUNet"]
+
+
+class _Stage(nn.Module):
+    """One residual block, then attention where the resolution asks for it."""
+
+    def __init__(self, block: ResidualBlock, attention: AttentionBlock | None):
+        super().__init__()
+        self.block, self.attention = block, attention
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = self.block(x, emb, t)
+        return x if self.attention is None else self.attention(x)
+
+
+class DDPMUNet(nn.Module):
+    """DDPM (Ho et al. 2020) / ADM (Dhariwal & Nichol 2021) U-Net predicting a tensor of x's shape.
+
+    The timestep reaches every residual block through a sinusoidal embedding (diffusers'
+    ``flip_sin_to_cos`` / ``downscale_freq_shift``) → MLP (linear, SiLU, linear) → a per-block
+    linear, added to the features (DDPM) or applied as scale-shift after the norm (ADM).
+    The three fixes of seed 001 (Kim et al. 2024) are options: ``positional_embedding`` (an H×W
+    timestep map added after the injection), ``bias_init="zero_operand"`` (zero bias in every
+    operand-branch conv/linear, default bias in the timestep branch) and ``norm_groups`` (fewer
+    GroupNorm groups, e.g. 1). ``post_time_norm="batch"`` or ``post_time_groups="channels"`` build
+    the vanishing variant of the reproduction: a per-channel normalisation right after the added
+    embedding removes it.
+
+    forward(t, x): t a float, a 0-d tensor or a (batch,) tensor of times (integer DDPM timesteps or
+    a continuous noise label such as EDM's ln(σ)/4; multiplied by ``time_scale`` before the
+    sinusoid); x (batch, in_channels, image_size, image_size) -> (batch, out_channels, image_size,
+    image_size).
+    """
+
+    time_aware = True
+
+    def __init__(
+        self,
+        image_size: int = 8,                        # height = width of the inputs
+        in_channels: int = 1,
+        out_channels: int | None = None,            # default: in_channels
+        channels: int = 64,                         # base width; level i has channels·channel_mult[i]
+        channel_mult: Sequence[int] = (1, 2),       # one entry per resolution, halved after each but the last
+        num_res_blocks: int = 2,                    # residual blocks per level on the way down
+        attention_resolutions: Sequence[int] = (4,),  # spatial sizes with self-attention after each block
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        injection: Injection = "add",               # "add" (DDPM) or "scale_shift" (ADM)
+        flip_sin_to_cos: bool = False,              # DDPM: False, shift 1; ADM: True, shift 0
+        downscale_freq_shift: float = 1.0,
+        time_scale: float = 1.0,                    # t is multiplied by this before the sinusoid
+        norm_groups: int | str = 32,                # GroupNorm groups everywhere ("channels": G = C)
+        post_time_norm: PostTimeNorm = "group",     # the norm right after the injection: "group" or "batch"
+        post_time_groups: int | str | None = None,  # its groups (default: norm_groups)
+        positional_embedding: bool = False,         # fix 1: add an H×W timestep map after the injection
+        bias_init: Literal["default", "zero_operand"] = "default",  # fix 2: zero operand-branch biases
+    ):
+        super().__init__()
+        self._check(image_size, in_channels, channels, channel_mult, num_res_blocks, attention_resolutions,
+                    dropout, bias_init, time_scale)
+        self.image_size, self.in_channels = image_size, in_channels
+        self.out_channels = out_channels or in_channels
+        self.embedding_dim = channels
+        self.sinusoid = dict(flip_sin_to_cos=flip_sin_to_cos, downscale_freq_shift=downscale_freq_shift)
+        self.time_scale = time_scale
+        temb_dim = 4 * channels
+        self.time_embedding = TimestepEmbedding(channels, temb_dim)
+
+        def stage(c_in: int, c_out: int, size: int) -> _Stage:
+            block = ResidualBlock(
+                c_in, c_out, temb_dim, dropout, norm_groups, post_time_norm,
+                norm_groups if post_time_groups is None else post_time_groups, injection,
+                (size, size) if positional_embedding else None,
+                dict(embedding_dim=channels, **self.sinusoid))
+            attention = AttentionBlock(c_out, norm_groups, num_heads) if size in attention_resolutions else None
+            return _Stage(block, attention)
+
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        widths, size, skip_widths = [channels], image_size, [channels]
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(stage(widths[-1], channels * mult, size))
+                widths.append(channels * mult)
+                skip_widths.append(channels * mult)
+            if level < len(channel_mult) - 1:
+                self.down.append(Downsample(widths[-1]))
+                size //= 2
+                skip_widths.append(widths[-1])
+        width = widths[-1]
+        self.middle = nn.ModuleList([stage(width, width, size), stage(width, width, size)])
+        self.middle[0].attention = AttentionBlock(width, norm_groups, num_heads)
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(stage(width + skip_widths.pop(), channels * mult, size))
+                width = channels * mult
+            if level > 0:
+                self.up.append(Upsample(width))
+                size *= 2
+        self.norm_out = group_norm(width, norm_groups)
+        self.conv_out = nn.Conv2d(width, self.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # DDPM/ADM: the network starts by predicting 0
+        nn.init.zeros_(self.conv_out.bias)
+        if bias_init == "zero_operand":
+            apply_bias_init_policy(self)
+
+    @staticmethod
+    def _check(image_size, in_channels, channels, channel_mult, num_res_blocks, attention_resolutions,
+               dropout, bias_init, time_scale) -> None:
+        for name, value in [("image_size", image_size), ("in_channels", in_channels), ("channels", channels),
+                            ("num_res_blocks", num_res_blocks)]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not channel_mult or any(m < 1 for m in channel_mult):
+            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {list(channel_mult)}")
+        factor = 2 ** (len(channel_mult) - 1)
+        if image_size % factor:
+            raise ValueError(f"image_size={image_size} must be divisible by 2^(len(channel_mult) - 1) = {factor}; "
+                             f"use fewer channel_mult entries")
+        sizes = [image_size // 2**i for i in range(len(channel_mult))]
+        unknown = [r for r in attention_resolutions if r not in sizes]
+        if unknown:
+            raise ValueError(f"attention_resolutions {unknown} are not among this U-Net's resolutions {sizes}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if bias_init not in ("default", "zero_operand"):
+            raise ValueError(f"bias_init must be 'default' or 'zero_operand', got {bias_init!r}")
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+
+    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        t = time_as_tensor(t, x)
+        t = self.time_scale * (t.expand(x.shape[0]) if t.dim() == 0 else t)  # also read by positional maps
+        emb = self.time_embedding(sinusoidal_timestep_embedding(t, self.embedding_dim, **self.sinusoid))
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb, t) if isinstance(layer, _Stage) else layer(h)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb, t)
+        for layer in self.up:
+            h = layer(torch.cat([h, skips.pop()], dim=1), emb, t) if isinstance(layer, _Stage) else layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

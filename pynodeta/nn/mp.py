@@ -1,0 +1,118 @@
+"""Magnitude-preserving layers of EDM2 (Karras et al. 2024, "Analyzing and Improving the Training
+Dynamics of Diffusion Models", Sec. 2 and App. B; numerics as in NVlabs/edm2 networks_edm2.py).
+
+Each op keeps unit-variance inputs at unit variance. Shapes: images (batch, channels, height, width),
+vectors (batch, channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum", "normalize", "resample"]
+
+
+def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
+    """x / (eps + RMS(x)) over ``dim`` (default: all dims but 0; dim=1 is pixel norm).
+
+    The released code adds eps to the RMS (not inside the square root); we follow it."""
+    dims = tuple(range(1, x.ndim)) if dim is None else dim
+    accumulate = torch.promote_types(x.dtype, torch.float32)  # float32 at least, as released; float64 stays
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=accumulate)
+    norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))  # eps + ‖x‖/√N
+    return x / norm.to(x.dtype)
+
+
+def mp_silu(x: torch.Tensor) -> torch.Tensor:
+    """silu(x) / 0.596, where 0.596 = E[silu(z)²]^½ for z ~ N(0, 1)."""
+    return F.silu(x) / 0.596
+
+
+def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
+    """((1 − t) a + t b) / √((1 − t)² + t²): a blend of a (t = 0) and b (t = 1)."""
+    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t ** 2)
+
+
+def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
+    """Concatenation along ``dim`` with a's share (1 − t) and b's share t of the output magnitude:
+    C = √((Na + Nb)/((1 − t)² + t²)), [a · C(1 − t)/√Na, b · C t/√Nb]."""
+    size_a, size_b = a.shape[dim], b.shape[dim]
+    scale = math.sqrt((size_a + size_b) / ((1 - t) ** 2 + t ** 2))
+    return torch.cat([a * (scale * (1 - t) / math.sqrt(size_a)), b * (scale * t / math.sqrt(size_b))], dim=dim)
+
+
+def resample(x: torch.Tensor, mode: str = "keep") -> torch.Tensor:
+    """2× down (2×2 box filter, stride 2) or up (nearest) per channel; 'keep' returns x.
+
+    The released code's [1, 1] filter: average pooling down, and a transposed convolution with
+    4 × the normalised box filter up, which equals nearest-neighbour upsampling."""
+    if mode == "keep":
+        return x
+    if mode == "down":
+        return F.avg_pool2d(x, 2)
+    if mode == "up":
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    raise ValueError(f"resample mode must be 'keep', 'down' or 'up', got {mode!r}")
+
+
+class MPFourier(nn.Module):
+    """Fourier features √2 cos(2π(f x + φ)) with fixed f ~ N(0, bandwidth²), φ ~ U(0, 1): x (batch,) →
+    (batch, num_channels), unit RMS for any x."""
+
+    def __init__(self, num_channels: int, bandwidth: float = 1.0):
+        super().__init__()
+        self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels) * bandwidth)
+        self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(torch.float32).reshape(-1).outer(self.freqs.to(torch.float32)) + self.phases.to(torch.float32)
+        return (y.cos() * math.sqrt(2)).to(x.dtype)
+
+
+class MPConv(nn.Module):
+    """Linear (kernel=()) or 2-D convolution (kernel=(k, k), 'same' padding) without bias whose weight
+    rows are used at unit norm: w = gain · normalize(W) / √fan_in.
+
+    Forced weight normalisation: in training mode the stored W is first overwritten by normalize(W)
+    (no grad), so the raw weights cannot grow; in eval mode W is never modified, which keeps EMA
+    copies exactly as averaged. As in the released code the overwrite is an in-place update that
+    autograd tracks: in training mode call each layer once per forward/backward pass (a second call
+    before backward makes backward fail with a clear in-place error instead of silently using the
+    renormalised weight)."""
+
+    WEIGHT_NORMS = ("forced", "standard", "none")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, ...] = (),   # () linear, (k, k) convolution
+        weight_norm: str = "forced",    # EDM2; "standard": normalise only in forward; "none": W/√fan_in (ablations)
+    ):
+        super().__init__()
+        if len(kernel) not in (0, 2):
+            raise ValueError(f"kernel must be () for a linear layer or (k, k) for a convolution, got {kernel}")
+        if weight_norm not in self.WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {self.WEIGHT_NORMS}, got {weight_norm!r}")
+        self.in_channels, self.out_channels, self.weight_norm = in_channels, out_channels, weight_norm
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+
+    def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
+        w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))
+        if self.training and self.weight_norm == "forced":
+            with torch.no_grad():
+                self.weight.copy_(normalize(w))  # forced weight normalisation
+        if self.weight_norm != "none":
+            w = normalize(w)  # standard weight normalisation: the gradient is orthogonal to W
+        w = w * (gain / math.sqrt(w[0].numel()))  # unit-norm rows: unit-variance in, unit-variance out
+        w = w.to(x.dtype)
+        if w.ndim == 2:
+            return x @ w.t()
+        return F.conv2d(x, w, padding=(w.shape[-1] // 2,))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel={tuple(self.weight.shape[2:])}"

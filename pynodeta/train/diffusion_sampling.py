@@ -1,0 +1,128 @@
+"""Drawing images from a trained diffusion module with any of pynodeta's samplers, and saving grids.
+
+Noise-level samplers (``heun``, ``euler``, ``dpmpp_2m``) run on Karras noise levels between the
+model's ``sigma_min`` and ``sigma_max``; ``ode`` solves the probability-flow ODE adaptively through
+``pynodeta.solve``; ``ddim`` and ``ddpm`` are the discrete-time samplers of DDPM models.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pynodeta.diffusion as pd
+from pynodeta.ode.stats import record_stats
+
+__all__ = ["SAMPLER_NAMES", "Samples", "generate", "save_grid"]
+
+SAMPLER_NAMES = ("heun", "euler", "dpmpp_2m", "ode", "ddim", "ddpm")
+_NOISE_LEVEL_SAMPLERS = {"heun": pd.sample_heun, "euler": pd.sample_euler, "dpmpp_2m": pd.sample_dpmpp_2m}
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Generated images with what they cost."""
+
+    images: torch.Tensor    # (num, channels, height, width), the model's data scale ([-1, 1] for images)
+    sampler: str
+    nfe: float              # network evaluations per batch (mean over batches for "ode")
+    seconds: float          # wall time of the whole draw
+
+
+def _check(module, sampler: str, steps: int, num: int) -> None:
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    if sampler in ("ddim", "ddpm") and module.objective != "ddpm":
+        raise ValueError(f"sampler {sampler!r} needs a DDPM model (objective 'ddpm'); this one is "
+                         f"{module.objective!r}: use heun, euler, dpmpp_2m or ode")
+    if num < 1:
+        raise ValueError(f"num must be >= 1 images, got {num}")
+    if sampler != "ode" and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, rtol: float, atol: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """One batch from standard normal ``noise``."""
+    if sampler == "ddpm":
+        return pd.sample_ddpm(module.eps_model(), noise, module.schedule, generator=generator)
+    if sampler == "ddim":
+        return pd.sample_ddim(module.eps_model(), noise, module.schedule, num_steps=steps)
+    denoiser = module.denoiser()
+    sigma_min, sigma_max = module.sigma_range()
+    if sampler == "ode":
+        # dopri5 may step past the end of the span (then interpolates): stop at 10·σ_min, so that no
+        # drift evaluation reaches σ <= 0, and let one denoiser call remove the noise left there
+        sigma_end = 10 * sigma_min
+        solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_end, method="dopri5",
+                                       rtol=rtol, atol=atol, options={"first_step": sigma_max / 20})
+        x = solution.ys[-1]
+        return denoiser(x, torch.full((x.shape[0],), sigma_end, dtype=x.dtype, device=x.device))
+    sigmas = pd.karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max).to(noise)
+    return _NOISE_LEVEL_SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas)
+
+
+@torch.no_grad()
+def generate(
+    module,                                  # a DiffusionModule (its current weights are used)
+    num: int,                                # images to draw
+    sampler: str = "heun",                   # one of SAMPLER_NAMES
+    steps: int = 18,                         # noise levels / DDIM steps (ignored by "ode" and "ddpm")
+    *,
+    rtol: float = 1e-3,                      # "ode": dopri5 tolerances
+    atol: float = 1e-3,
+    batch_size: int = 256,                   # images per sampler call
+    generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
+) -> Samples:
+    """Draw ``num`` images; NFE is read from the samplers' published SolveStats."""
+    _check(module, sampler, steps, num)
+    shape, device = module.sample_shape, module.device
+    started, nfes, chunks = time.perf_counter(), [], []
+    was_training = module.training
+    module.eval()
+    try:
+        for first in range(0, num, batch_size):
+            count = min(batch_size, num - first)
+            noise = torch.randn(count, *shape, generator=generator).to(device)
+            with record_stats() as log:
+                chunks.append(_draw_batch(module, sampler, noise, steps, rtol, atol, generator))
+            nfes.append(sum(stats.nfe for stats in log))
+    finally:
+        module.train(was_training)
+    images = torch.cat(chunks)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError(f"sampler {sampler!r} produced NaN/Inf images; try more steps or tighter rtol")
+    return Samples(images, sampler, float(np.mean(nfes)), time.perf_counter() - started)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 4) -> Path:
+    """Save images (n, C, H, W) in [-1, 1] as one PNG grid (values outside are clipped for display only).
+
+    Each pixel becomes a ``scale``×``scale`` block so that 8×8 digits stay visible. Returns the path.
+    """
+    import matplotlib.image
+
+    images = images.detach().float().cpu()
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (n, 1 or 3, height, width), got {tuple(images.shape)}")
+    n, channels, height, width = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    pad = 1
+    grid = np.ones((rows * (height + pad) + pad, nrow * (width + pad) + pad, channels), dtype=np.float32)
+    pixels = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[top:top + height, left:left + width] = pixels[i]
+    grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.float32))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.image.imsave(path, grid[..., 0] if channels == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    return path

@@ -1,0 +1,56 @@
+"""The shipped digits extractor and the Inception extractor's loading rules."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, frechet_distance
+
+
+def _digits(n=600):
+    digits = load_digits()
+    return torch.from_numpy(digits.images[:n]).float().unsqueeze(1) / 8 - 1, torch.from_numpy(digits.target[:n])
+
+
+def test_shipped_digits_weights_classify_and_separate_real_from_noise():
+    extractor = DigitsFeatureExtractor()
+    images, labels = _digits()
+    feats = extractor(images)
+    assert feats.shape == (600, 64)
+    accuracy = float((extractor.net.classifier(feats).argmax(1) == labels).float().mean())
+    assert accuracy > 0.95  # the shipped file holds the trained classifier, not a random init
+    real_vs_real = frechet_distance(feats[:300], feats[300:])
+    noise = extractor(torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert frechet_distance(feats[:300], noise) > 10 * real_vs_real
+
+
+def test_digits_extractor_refuses_bad_input(tmp_path):
+    extractor = DigitsFeatureExtractor()
+    with pytest.raises(ValueError, match=r"\(batch, 1, 8, 8\)"):
+        extractor(torch.zeros(2, 1, 28, 28))
+    with pytest.raises(FileNotFoundError, match="train_digits_features"):
+        DigitsFeatureExtractor(tmp_path / "missing.pt")
+
+
+class _FakeDetector(nn.Module):
+    """NVlabs' detector's calling convention: uint8 RGB in, 2048 features out."""
+
+    def forward(self, images: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+        assert images.dtype == torch.uint8 and images.shape[1] == 3
+        return images.float().mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit, which the detector is
+def test_inception_extractor_needs_a_file_and_feeds_uint8_rgb(tmp_path):
+    with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pkl"):
+        InceptionFeatureExtractor(tmp_path / "missing.pkl")
+    path = tmp_path / "detector.pt"
+    torch.jit.save(torch.jit.script(_FakeDetector()), str(path))
+    feats = InceptionFeatureExtractor(path)(torch.zeros(2, 1, 8, 8))
+    assert feats.shape == (2, 2048)
+    np.testing.assert_allclose(feats.numpy(), 128.0)  # 0 in [−1, 1] is 127.5 → 128 in uint8
+    (tmp_path / "weights.bin").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="TorchScript"):
+        InceptionFeatureExtractor(tmp_path / "weights.bin")

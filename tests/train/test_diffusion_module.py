@@ -1,0 +1,108 @@
+"""DiffusionModule: the three DDPM parametrisations against closed forms, its options, and bad input."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pynodeta.diffusion import DDPMSchedule
+from pynodeta.models import DDPMUNet
+from pynodeta.train.diffusion import DiffusionModule
+from pynodeta.train.diffusion_objectives import EpsilonView, prediction_target
+
+MEAN, STD = 0.3, 0.7  # Gaussian data N(MEAN, STD²) per pixel
+
+
+class ExactGaussianNetwork(nn.Module):
+    """The exact ε-, x0- or v-prediction for Gaussian data at integer timesteps (REFERENCES §9)."""
+
+    def __init__(self, schedule: DDPMSchedule, prediction: str):
+        super().__init__()
+        self.schedule, self.prediction = schedule, prediction
+
+    def forward(self, t, x):
+        alpha_bar = self.schedule.alphas_cumprod[t.round().long()].to(x.dtype).reshape(-1, 1, 1, 1)
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        eps = s * (x - a * MEAN) / (alpha_bar * STD**2 + 1 - alpha_bar)
+        x0 = (x - s * eps) / a
+        return {"epsilon": eps, "sample": x0, "v": a * eps - s * x0}[self.prediction]
+
+
+def _tiny_unet(**options):
+    return DDPMUNet(image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                    dropout=0.0, norm_groups=2, **options)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+def test_each_parametrisation_gives_the_exact_gaussian_denoiser(prediction):
+    schedule = DDPMSchedule(1000)
+    module = DiffusionModule(ExactGaussianNetwork(schedule, prediction), prediction=prediction,
+                             sample_shape=(1, 8, 8), ema_decay=None)
+    sigma = schedule.sigmas[torch.tensor([10, 500, 900])].float()  # integer timesteps: no interpolation error
+    x = MEAN + torch.randn(3, 1, 8, 8) * (STD**2 + sigma.reshape(-1, 1, 1, 1) ** 2).sqrt()
+    expected = MEAN + STD**2 / (STD**2 + sigma.reshape(-1, 1, 1, 1) ** 2) * (x - MEAN)
+    torch.testing.assert_close(module.denoiser()(x, sigma), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["sample", "v"])
+def test_targets_convert_back_to_the_noise(prediction):
+    schedule = DDPMSchedule(100, "cosine")
+    x0, noise, t = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 50, 98, 99])
+    target = prediction_target(prediction, schedule, x0, noise, t)
+    view = EpsilonView(lambda t_, x_: target, schedule, prediction)
+    x_t = schedule.add_noise(x0, noise, t)
+    torch.testing.assert_close(view(t, x_t), noise, rtol=1e-4, atol=1e-4)
+    # a fractional timestep with zero fraction is the integer one
+    torch.testing.assert_close(view(t.double(), x_t), view(t, x_t))
+
+
+def test_loss_weighting_and_timestep_sampler_are_options():
+    module = DiffusionModule(_tiny_unet(), loss_weighting="min-snr", loss_weighting_options={"gamma": 5.0},
+                             timestep_sampler="importance", ema_decay=None)
+    t = torch.tensor([0, 100, 999])
+    snr = module.schedule.snr(t)
+    torch.testing.assert_close(module._loss_weights(t), (snr.clamp(max=5.0) / snr).float())
+    drawn, weights = module._draw_timesteps(torch.zeros(16, 1, 8, 8), torch.Generator().manual_seed(0))
+    assert drawn.shape == weights.shape == (16,) and int(drawn.max()) < 1000
+
+
+def test_ddpm_loss_is_the_mean_squared_noise_error():
+    module = DiffusionModule(_tiny_unet(), ema_decay=None)  # the fresh U-Net predicts exactly 0
+    x0 = torch.randn(256, 1, 8, 8) * 0.5
+    loss = module._loss(x0, torch.Generator().manual_seed(0))
+    assert math.isclose(float(loss.detach()), 1.0, rel_tol=0.03)  # E‖ε − 0‖²/dim = 1
+
+
+def test_ema_follows_the_weights():
+    module = DiffusionModule(_tiny_unet(), ema_decay=0.5)
+    with torch.no_grad():
+        module.model.conv_in.weight.add_(1.0)
+    module.ema.warmup = False
+    module.on_train_batch_end(None, None, 0)
+    raw = module.model.conv_in.weight.detach().clone()
+    with module.ema_weights():
+        averaged = module.model.conv_in.weight.detach().clone()
+    torch.testing.assert_close(averaged, raw - 0.5)  # halfway between the initial and the current weights
+    torch.testing.assert_close(module.model.conv_in.weight, raw)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(objective="score"), "objective"),
+    (dict(prediction="noise"), "prediction"),
+    (dict(objective="edm", sampler="ddim"), "ddim"),
+    (dict(objective="edm", prediction="v"), "prediction"),
+    (dict(sampler="rk4"), "sampler"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(timestep_sampler="sometimes"), "timestep_sampler"),
+    (dict(loss_weighting="snr"), "loss_weighting"),
+])
+def test_bad_options_name_the_argument(options, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionModule(_tiny_unet(), **options)
+
+
+def test_wrong_batch_shape_is_refused():
+    module = DiffusionModule(_tiny_unet(), ema_decay=None)
+    with pytest.raises(ValueError, match=r"batches must hold images \(batch, 1, 8, 8\)"):
+        module.training_step((torch.zeros(2, 3, 8, 8), torch.zeros(2)), 0)
