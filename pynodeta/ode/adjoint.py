@@ -105,7 +105,7 @@ class _AdjointSolve(torch.autograd.Function):
                 dl_dti = torch.sum(f_i * grad_ys[i])
                 time_vjps[i] = dl_dti
                 aug[0] -= dl_dti
-            segment = SolveStats(method=config.method, backend=spec.backend.name)
+            segment = SolveStats(method=getattr(config.method, "name", config.method), backend=spec.backend.name)
             with backward_solve():
                 aug = spec.backend.integrate(aug_func, aug, t[i - 1 : i + 1].flip(0), config, segment)[1].clone()
             spec.stats.absorb_adjoint(segment)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pynodeta.models import ACTIVATIONS, ConvODEClassifier
+from pynodeta.models import ACTIVATIONS, NODE_SOLVER, ConvODEClassifier
 from pynodeta.nn import ConcatConv2d, LinearTimestepEmbedding, PositionalTimestepEmbedding, TimeGroupNorm
+from pynodeta.ode import IController, SolverSettings
 
 from .helpers import RK4
 
@@ -30,8 +31,7 @@ def test_stem_strides_and_paper_defaults():
     assert tiny(stem_strides=(2, 1)).stem(torch.randn(1, 1, 8, 8)).shape == (1, 8, 4, 4)
     paper = ConvODEClassifier((3, 32, 32), 10)
     assert paper.ode.func[0].num_groups == 32 and paper.ode.func[2].conv.out_channels == 256
-    solver = paper.ode.solver
-    assert (solver.method, solver.controller.rtol, solver.controller.atol, solver.adjoint) == ("dopri5", 1e-3, 1e-3, True)
+    assert paper.ode.solver == NODE_SOLVER == SolverSettings(controller=IController(rtol=1e-3, atol=1e-3), adjoint=True)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu", "elu", "softplus", "sigmoid"])

@@ -141,3 +141,14 @@ def test_own_non_fsal_tableau_gets_hermite_dense_output_with_f1():
           pn.solve(f, y0, T, method="adaptive_heun", rtol=1e-5, atol=1e-7))
     with pytest.raises(ValueError, match="Method object runs on backend 'torch' only"):
         pn.solve(f, y0, T, method=mine, backend="scipy")
+
+
+def test_own_method_serves_the_adjoint_too():
+    field = MLPField(dtype=torch.float64)
+    y0 = torch.randn(4, 2, **F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    grads = []
+    for method in (pn.Method.from_tableau(BOSH3, order=3), "bosh3"):
+        sol = pn.solve(field, y0, T, method=method, rtol=1e-6, atol=1e-8, adjoint=True)
+        grads.append(torch.autograd.grad(sol.ys.sum(), (y0, *field.parameters())))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
