@@ -11,11 +11,14 @@ import json
 import sys
 import warnings
 
+import torch
 from torch import nn
+
+from pynodeta.nn import is_time_aware
 
 from .audit import DEFAULT_TIMES
 from .loading import input_batch, load_checkpoint, load_config
-from .ode_blocks import audit_ode_blocks
+from .ode_blocks import audit_ode_blocks, find_ode_functions
 
 __all__ = ["main", "build_parser"]
 
@@ -98,7 +101,12 @@ def main(argv: list[str]) -> int:
         model, batch = _model_and_batch(args)
         # A LightningModule holds its network in .model: run that; module paths start at the root.
         network = model.model if isinstance(getattr(model, "model", None), nn.Module) else model
-        reports = audit_ode_blocks(model, batch, args.times, module=args.module, run=lambda: network(batch),
+        module, run = args.module, lambda: network(batch)
+        if is_time_aware(network) and not find_ode_functions(model):
+            # a diffusion network is itself the time-aware function: forward(t, x) at one time
+            module = module or ("model" if network is not model else "")
+            run = lambda: network(torch.zeros(()), batch)  # noqa: E731
+        reports = audit_ode_blocks(model, batch, args.times, module=module, run=run,
                                    mode="train" if args.train_mode else "eval",
                                    threshold=args.threshold, seed=args.seed)
     except _UsageError as error:

@@ -4,6 +4,8 @@
   logging, exact RNG resume); ``pynodeta fit`` trains any subclass.
 - ``NODEModule`` and its ``NODEClassifier`` / ``TrajectoryRegressor``: neural-ODE modules logging
   loss, accuracy (or MSE/MAE), forward and backward NFE per batch and the TA-BN regulariser.
+- ``DiffusionModule`` (DDPM or EDM objective, EMA, sample grids, FD and bits/dim) and
+  ``EDM2DiffusionModule`` (EDM2's learned uncertainty), with ``DiffusionAdam`` / ``EDM2Adam``.
 - ``AdamWPreset``, ``PlateauSGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
   (a plain default and the two papers' setups).
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
@@ -13,6 +15,10 @@
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from .configs import shipped_config_path, shipped_configs
+from .diffusion import DiffusionModule
+from .diffusion_optim import DiffusionAdam
+from .edm2_module import EDM2DiffusionModule
+from .edm2_optim import EDM2Adam
 from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
 from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
@@ -24,10 +30,14 @@ __all__ = [
     "NODEModule",
     "NODEClassifier",
     "TrajectoryRegressor",
+    "DiffusionModule",
+    "EDM2DiffusionModule",
     "OptimizerPreset",
     "AdamWPreset",
     "PlateauSGD",
     "TABNAdamW",
+    "DiffusionAdam",
+    "EDM2Adam",
     "clip_grad_norms",
     "tabn_affine_parameters",
     "ode_solvers",

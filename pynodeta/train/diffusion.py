@@ -1,4 +1,4 @@
-"""``DiffusionModule``: a LightningModule training a ``forward(t, x)`` network as a diffusion model.
+"""``DiffusionModule``: a TrainingModule training a ``forward(t, x)`` network as a diffusion model.
 
 Objectives: "ddpm" (discrete DDPM schedule; ε-, x0- or v-prediction, Ho et al. 2020) and "edm"
 (EDM preconditioning and loss, Karras et al. 2022). The timestep sampler and the loss weighting
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import lightning
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,16 +25,16 @@ from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
 from pynodeta.ema import EMA
 
 from .adaptive_timesteps import TimestepSamplerTraining, ddpm_vb_terms
+from .base import TrainingModule
 from .diffusion_objectives import PREDICTIONS, EpsilonView, Prediction, prediction_target
 from .diffusion_optim import DiffusionAdam
 from .diffusion_sampling import SAMPLER_NAMES, generate
 from .optim import OptimizerPreset
-from .rng import collect_rng_states, restore_rng_states
 
 __all__ = ["DiffusionModule"]
 
 
-class DiffusionModule(lightning.LightningModule):
+class DiffusionModule(TrainingModule):
     """Trains ``model`` (forward(t, x) -> tensor of x's shape) as a DDPM or EDM diffusion model.
 
     Batches are ``x`` or ``(x, labels)`` with x (batch, C, H, W) in the data scale the model
@@ -69,14 +68,13 @@ class DiffusionModule(lightning.LightningModule):
         num_bins: int = 256,                          # values a pixel takes (bits/dim's dequantisation; digits: 17)
         inception_weights: str | None = None,         # FD features for images other than 8×8 digits
     ):
-        super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module with forward(t, x), got {type(model).__name__}")
+        super().__init__(optim)
         _check_options(objective, prediction, sampler, sampler_steps, ema_decay, eval_every_n_epochs,
                        eval_num_samples, nll_num_images, num_bins, sigma_data, p_std)
         self.model = model
         self.objective, self.prediction = objective, prediction
-        self.optim = optim if optim is not None else DiffusionAdam()
         self.sample_shape = _sample_shape(model, sample_shape)
         self.sampler, self.sampler_steps = sampler, sampler_steps
         self.eval_every_n_epochs, self.eval_num_samples = eval_every_n_epochs, eval_num_samples
@@ -156,10 +154,11 @@ class DiffusionModule(lightning.LightningModule):
         if sampler_logs:
             self.log_dict(sampler_logs, on_step=True, on_epoch=False)
 
-    def configure_optimizers(self):
-        return self.optim.build(self)
+    def default_optim(self) -> OptimizerPreset:
+        return DiffusionAdam()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # the network's gradients only: an adaptive timestep sampler's policy has its own optimiser
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         self.optim.clip(self.model)
 
@@ -215,14 +214,13 @@ class DiffusionModule(lightning.LightningModule):
 
     # --- exact resume ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pynodeta_rng_states"] = collect_rng_states()
+        super().on_save_checkpoint(checkpoint)  # the RNG states
         checkpoint["pynodeta_timestep_sampler"] = self.sampler_training.state_dict()
         if self.ema is not None:
             checkpoint["pynodeta_ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "pynodeta_rng_states" in checkpoint:
-            restore_rng_states(checkpoint["pynodeta_rng_states"])
+        super().on_load_checkpoint(checkpoint)
         if "pynodeta_timestep_sampler" in checkpoint:
             self.sampler_training.load_state_dict(checkpoint["pynodeta_timestep_sampler"])
         if self.ema is not None and "pynodeta_ema" in checkpoint:

@@ -184,3 +184,14 @@ def test_a_checkpoint_of_pynodeta_fit_is_audited_with_the_config_saved_beside_it
     assert main(["--checkpoint", str(checkpoint), "--json", "--batch-size", "8"]) == 0
     (report,) = json.loads(capsys.readouterr().out)["reports"]
     assert report["subject"] == "model.ode.func"
+
+
+def test_a_diffusion_network_is_audited_as_the_time_aware_function(capsys):
+    """A diffusion config's network takes forward(t, x) itself: the command audits it at the data's
+    input (no ODE block needed) and finds the positional embeddings of the digits_ddpm U-Net."""
+    status = main(["--config", "digits_ddpm", "--batch-size", "4", "--json"])
+    assert status in (0, 1)  # at initialisation the zero-initialised output layers hide time
+    reports = json.loads(capsys.readouterr().out)["reports"]
+    assert len(reports) == 1 and reports[0]["subject"] == "model"
+    entries = [f["kind"] for f in reports[0]["findings"] if f["role"] == "time entry"]
+    assert "PositionalTimestepEmbedding" in entries
