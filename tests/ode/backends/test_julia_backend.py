@@ -156,6 +156,6 @@ def test_the_python_method_list_is_the_julia_one_plus_alg():
 
     from pynodeta.ode.backends.julia import JULIA_METHODS
 
-    source = (Path(__file__).resolve().parents[2] / "pynodeta" / "julia" / "src" / "PyNoDeTa.jl").read_text()
+    source = (Path(__file__).resolve().parents[3] / "pynodeta" / "julia" / "src" / "PyNoDeTa.jl").read_text()
     table = source.split("const METHODS = Dict{String, Function}(")[1].split("\n)")[0]
     assert set(re.findall(r'"(\w+)" =>', table)) | {"alg"} == set(JULIA_METHODS)

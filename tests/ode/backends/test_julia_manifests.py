@@ -17,7 +17,7 @@ import pynodeta_julia
 
 tomllib = pytest.importorskip("tomllib")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 JULIA_PACKAGE = REPO_ROOT / "pynodeta" / "julia"
 JULIAPKG_JSON = REPO_ROOT / "pynodeta" / "juliapkg.json"
 

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 SOURCES = ("pyproject.toml", "README.md", "pynodeta", "pynodeta_julia.py")
 
 BUILD = """

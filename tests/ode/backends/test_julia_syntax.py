@@ -10,7 +10,7 @@ import pytest
 tree_sitter = pytest.importorskip("tree_sitter")
 tree_sitter_julia = pytest.importorskip("tree_sitter_julia")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def syntax_problems(source: str) -> list[str]:
