@@ -58,7 +58,7 @@ class FlatState:
         parts, start = [], 0
         for shape in self.shapes:
             end = start + shape.numel()
-            parts.append(flat[..., start:end].view(*lead, *shape))
+            parts.append(flat[..., start:end].view((*lead, *shape)))  # a tuple: 0-d parts too
             start = end
         return tuple(parts)
 

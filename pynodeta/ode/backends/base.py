@@ -42,6 +42,7 @@ class SolverConfig:
         safety, ifactor, dfactor: step-size controller constants (torchdiffeq's defaults).
         interpolation: how fixed-grid methods produce outputs between grid points ("linear" or "cubic").
         extra: backend-specific options, passed through untouched.
+        callbacks: ``StepCallbacks`` read from func (torchdiffeq's callback_step/accept/reject), or None.
     """
 
     method: Any  # str, or a pynodeta.ode.Method for the torch backend
@@ -61,6 +62,7 @@ class SolverConfig:
     dfactor: float = 0.2
     interpolation: str = "linear"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    callbacks: Any = None  # pynodeta.ode.callbacks.StepCallbacks
 
 
 class Backend(abc.ABC):

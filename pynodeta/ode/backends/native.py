@@ -210,6 +210,7 @@ def _integrate_adaptive(
     n_steps = n_accepted = 0
     step_sizes = stats.step_sizes
     ratio = 0.0
+    callbacks = config.callbacks
     try:
         while not dense.done:
             if n_steps >= max_num_steps:
@@ -225,6 +226,8 @@ def _integrate_adaptive(
                     raise NonFiniteStateError(direction * s, "the state after a trial step")
                 raise StepSizeUnderflowError(direction * s, dt, len(stats.t_evaluated))
             h = direction * dt
+            if callbacks is not None:
+                callbacks.on_step(direction * s, y, dt)
             y1, ks = stages.step(s, y, f, dt, h)
             n_steps += 1
             ratio = error_ratio(ks, y, y1, h)
@@ -232,6 +235,8 @@ def _integrate_adaptive(
                 # min_step cannot shrink further: retrying at min_step would repeat the same step forever
                 raise NonFiniteStateError(direction * s, f"the state after a trial step of min_step={min_step:.3g}")
             accepted = ratio <= 1 or dt <= min_step
+            if callbacks is not None:
+                (callbacks.on_accept if accepted else callbacks.on_reject)(direction * s, y, dt)
             if accepted:
                 n_accepted += 1
                 step_sizes.append(dt)
@@ -289,6 +294,8 @@ def _integrate_fixed(
                                        torch.stack(outputs))
         dt = s1 - s
         h = direction * dt
+        if config.callbacks is not None:
+            config.callbacks.on_step(direction * s, y, dt)
         ks = [f if f is not None else call(s, y)]
         for i in range(1, len(c)):
             ks.append(call(s + c[i] * dt, _combine(y, ks, a_rows[i], h)))

@@ -1,0 +1,151 @@
+"""torchdiffeq 0.2.5 behaviours its own test suite exercises: 0-d tuple parts, a single output time,
+step callbacks and the adjoint norm's layout."""
+
+import math
+
+import pytest
+import torch
+
+import pynodeta as pn
+
+from .problems import MatrixSystem
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+F64 = torch.float64
+
+
+def oscillator(t, state):
+    x, v = state
+    return v, -x
+
+
+def test_tuple_state_with_0d_parts_follows_the_oscillator():
+    y0 = (torch.tensor(1.0, dtype=F64), torch.tensor(0.0, dtype=F64))
+    t = torch.linspace(0, 2, 5, dtype=F64)
+    x, v = pn.odeint(oscillator, y0, t, rtol=1e-10, atol=1e-12)
+    assert x.shape == v.shape == (5,)
+    assert torch.allclose(x, torch.cos(t), atol=1e-8) and torch.allclose(v, -torch.sin(t), atol=1e-8)
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_single_output_time_requiring_grad_returns_y0_with_identity_gradient(door):
+    y0 = torch.tensor([1.0, -2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.3], dtype=F64, requires_grad=True)
+    kwargs = {"adjoint_params": ()} if door == "odeint_adjoint" else {}
+    ys = getattr(pn, door)(lambda t, y: -y, y0, t, **kwargs)
+    assert ys.shape == (1, 2) and torch.equal(ys[0].detach(), y0.detach())
+    (ys * torch.tensor([3.0, 5.0], dtype=F64)).sum().backward()
+    assert torch.equal(y0.grad, torch.tensor([3.0, 5.0], dtype=F64))
+    assert torch.equal(t.grad, torch.zeros(1, dtype=F64))  # y(t0) = y0 whatever t0 is
+
+
+class Recorder(torch.nn.Module):
+    """dy/dt = A y with every callback recording (t0, dt) and the state's layout."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.field = MatrixSystem()
+        self.calls = {name: [] for name in names}
+        for name in names:
+            setattr(self, name, self._recorder(name))
+
+    def _recorder(self, name):
+        def record(t0, y0, dt):
+            shapes = tuple(p.shape for p in y0) if isinstance(y0, tuple) else y0.shape
+            self.calls[name].append((float(t0), float(dt), shapes))
+        return record
+
+    def forward(self, t, y):
+        return self.field(t, y)
+
+
+FORWARD = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+@pytest.mark.parametrize("t_end", [2.0, -2.0])
+def test_adaptive_callbacks_match_the_steps_in_the_callers_time(t_end):
+    func = Recorder(FORWARD)
+    y0 = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64)
+    sol = pn.solve(func, y0, torch.tensor([0.0, t_end], dtype=F64), rtol=1e-6, atol=1e-8,
+                   options={"first_step": 1.0})  # a first step too large: at least one rejection
+    steps, accepted, rejected = (func.calls[n] for n in FORWARD)
+    assert len(steps) == sol.stats.n_steps and len(accepted) == sol.stats.n_accepted
+    assert len(rejected) == sol.stats.n_rejected >= 1
+    assert [dt for _, dt, _ in accepted] == pytest.approx(sol.stats.step_sizes, rel=1e-15)
+    starts = [t0 for t0, _, _ in accepted]
+    assert starts[0] == 0.0 and all(math.copysign(1, t_end) * (b - a) > 0 for a, b in zip(starts, starts[1:]))
+    assert all(shape == y0.shape for _, _, shape in steps)
+
+
+def test_fixed_grid_calls_callback_step_once_per_grid_step_and_warns_about_the_others():
+    func = Recorder(("callback_step", "callback_accept_step"))
+    with pytest.warns(UserWarning, match="callback_accept_step"):
+        pn.odeint(func, torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rk4",
+                  options={"step_size": 0.1})
+    assert [t0 for t0, _, _ in func.calls["callback_step"]] == pytest.approx([i / 10 for i in range(10)])
+    assert func.calls["callback_accept_step"] == []
+
+
+class _CallableWithCallbacks:
+    """A plain callable (not a Module) carrying a callback, as torchdiffeq allows."""
+
+    def __init__(self, f, recorder):
+        self.f, self.callback_step = f, recorder.callback_step
+
+    def __call__(self, t, y):
+        return self.f(t, y)
+
+
+def test_tuple_state_callbacks_receive_the_tuple():
+    recorder = Recorder(("callback_step",))
+    func = _CallableWithCallbacks(lambda t, y: (-y[0], -y[1]), recorder)
+    y0 = (torch.tensor(1.0, dtype=F64), torch.zeros(2, dtype=F64))
+    pn.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method="euler", options={"step_size": 0.5})
+    assert recorder.calls["callback_step"] == [(0.0, 0.5, ((), (2,))), (0.5, 0.5, ((), (2,)))]
+
+
+def test_adjoint_callbacks_run_on_the_backward_solve_with_torchdiffeqs_layout():
+    func = Recorder(tuple(n + "_adjoint" for n in FORWARD))
+    y0 = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    sol = pn.solve(func, y0, t, adjoint=True, rtol=1e-6, atol=1e-8)
+    assert not any(func.calls.values())  # nothing during the forward solve
+    sol.ys.sum().backward()
+    steps, accepted, rejected = (func.calls[n + "_adjoint"] for n in FORWARD)
+    assert len(steps) == sol.stats.n_steps_adjoint == len(accepted) + len(rejected) > 0
+    assert steps[0][0] == 2.0 and all(0.0 <= t0 <= 2.0 for t0, _, _ in steps)
+    assert steps[0][2] == ((), (1, 3), (1, 3), (3, 3))  # (t-adjoint, y, dL/dy, dL/dA)
+
+
+def test_scipy_backend_warns_that_it_cannot_call_callbacks():
+    func = Recorder(("callback_step",))
+    with pytest.warns(UserWarning, match="does not call the callbacks"):
+        pn.solve(func, torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), backend="scipy",
+                 method="rk45")
+
+
+def _norm_layouts(library, y0, **kwargs):
+    layouts = []
+
+    def norm(parts):
+        layouts.append(tuple(p.shape for p in parts))
+        return max(p.abs().max() if p.numel() else p.new_zeros(()) for p in parts)
+
+    func = MatrixSystem()
+    field = (lambda t, y: (func(t, y[0]), -y[1])) if isinstance(y0, tuple) else func
+    out = library.odeint_adjoint(field, y0, torch.tensor([0.0, 1.0], dtype=F64),
+                                 adjoint_params=tuple(func.parameters()), adjoint_options={"norm": norm}, **kwargs)
+    sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    return layouts
+
+
+@pytest.mark.parametrize("tuple_state", [False, True])
+def test_a_user_adjoint_norm_sees_torchdiffeqs_layout(tuple_state):
+    def y0():
+        first = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64, requires_grad=True)
+        return (first, torch.ones(2, dtype=F64, requires_grad=True)) if tuple_state else first
+
+    ours, theirs = _norm_layouts(pn, y0()), _norm_layouts(torchdiffeq, y0())
+    assert ours[0] == theirs[0]
+    assert ours[0][0] == ()  # the time part is a scalar
+    assert len(ours[0]) == (6 if tuple_state else 4)
