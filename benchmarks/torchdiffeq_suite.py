@@ -38,9 +38,11 @@ def pytest_runtest_logreport(report):
     if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
         return
     subtest = type(report).__name__ == "SubtestReport"
+    crash = getattr(report.longrepr, "reprcrash", None) if report.failed else None
+    message = crash.message.splitlines()[0][:200] if crash is not None and crash.message else ""
     with open(os.environ["SUITE_RECORD"], "a") as f:
         f.write(json.dumps({"nodeid": report.nodeid, "outcome": report.outcome, "subtest": subtest,
-                            "message": str(report.longrepr).splitlines()[-1][:300] if report.failed else ""}) + "\\n")
+                            "message": message}) + "\\n")
 '''
 
 
@@ -112,7 +114,7 @@ def main() -> None:
     path = save_report(name, f"torchdiffeq 0.2.5's test suite run against {args.library}",
                        [Table(["file", "passed", "failed", "skipped", "cases"], rows,
                               caption="one case = one subTest, or one test method without subtests")],
-                       notes=notes)
+                       notes=notes, directory=Path(__file__).resolve().parent / "results")
     print(f"report: {path}")
 
 
