@@ -6,6 +6,8 @@ or wrap calls in ``record_stats()`` to collect the statistics of code that calls
 
 from __future__ import annotations
 
+import torch
+
 from .solve import solve
 
 __all__ = ["odeint", "odeint_adjoint"]
@@ -17,9 +19,35 @@ def _no_events(event_fn) -> None:
                                   "integrate to a fixed time or use torchdiffeq.odeint_event")
 
 
+# torchdiffeq's multistep methods: not Runge-Kutta tableaus, so not yet in the native backend
+_ADAMS = ("explicit_adams", "implicit_adams", "fixed_adams")
+
+
+def _check_method_name(method) -> None:
+    if method in _ADAMS:
+        raise NotImplementedError(f"method {method!r} (torchdiffeq's Adams multistep family) is not supported by "
+                                  "pynodeta yet; use 'rk4' (fixed grid) or 'dopri5' (adaptive)")
+
+
+def _scipy_solver(func, y0, t, rtol, atol, options):
+    """torchdiffeq's method='scipy_solver': SciPy's solve_ivp with options['solver'] (default LSODA), run on
+    the 'scipy' backend. As torchdiffeq's wrapper, it returns states without gradient."""
+    options = dict(options or {})
+    solver = options.pop("solver", "LSODA")
+    if not isinstance(solver, str):
+        raise ValueError(f"options['solver'] must be a scipy.integrate.solve_ivp method name such as 'LSODA', "
+                         f"got {solver!r}")
+    with torch.no_grad():
+        return solve(func, y0, t, method=solver.lower(), backend="scipy", rtol=rtol, atol=atol,
+                     options=options).ys
+
+
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
     """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``."""
     _no_events(event_fn)
+    _check_method_name(method)
+    if method == "scipy_solver":
+        return _scipy_solver(func, y0, t, rtol, atol, options)
     return solve(func, y0, t, method=method or "dopri5", rtol=rtol, atol=atol, options=options).ys
 
 
@@ -28,6 +56,11 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
                    adjoint_params=None):
     """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``."""
     _no_events(event_fn)
+    _check_method_name(method)
+    _check_method_name(adjoint_method)
+    if "scipy_solver" in (method, adjoint_method):
+        raise ValueError("method='scipy_solver' computes no gradient (as in torchdiffeq): use odeint, or "
+                         "pynodeta.solve(..., backend='scipy', adjoint=True) for adjoint gradients")
     return solve(
         func, y0, t, method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,

@@ -156,8 +156,25 @@ def warn_if_unresolvable(config: Any, y0: torch.Tensor) -> None:
         warn_unresolvable_tolerance(y0.dtype, rtol, atol, eps)
 
 
+# torchdiffeq options pynodeta does not implement yet, and why a silent drop would be wrong
+_NOT_YET = {
+    "jump_t": "discontinuities of func would be stepped over without restarting at them",
+    "step_t": "the forced step points would not be stepped on",
+    "grid_constructor": "the fixed grid it builds would be ignored",
+    "perturb": "func would not be evaluated one-sided at discontinuities",
+}
+
+
 def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str) -> dict[str, Any]:
     options = dict(options or {})
+    if "interp" in options:  # torchdiffeq's name for the fixed-grid interpolation
+        if "interpolation" in options:
+            raise ValueError("options 'interp' and 'interpolation' are the same setting; pass one of them")
+        options["interpolation"] = options.pop("interp")
+    missing = sorted(set(options) & set(_NOT_YET))
+    if missing:
+        raise NotImplementedError(f"options {missing} (torchdiffeq's) are not supported by pynodeta yet: "
+                                  + "; ".join(f"{k}: {_NOT_YET[k]}" for k in missing))
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are {sorted(OPTION_KEYS)}")

@@ -149,3 +149,35 @@ def test_a_user_adjoint_norm_sees_torchdiffeqs_layout(tuple_state):
     assert ours[0] == theirs[0]
     assert ours[0][0] == ()  # the time part is a scalar
     assert len(ours[0]) == (6 if tuple_state else 4)
+
+
+@pytest.mark.parametrize("solver", ["RK45", "DOP853", "LSODA"])
+def test_scipy_solver_method_routes_to_scipy(solver):
+    t = torch.linspace(0, 2, 4, dtype=F64)
+    y0 = torch.tensor([1.0, -3.0], dtype=F64)
+    ys = pn.odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": solver})
+    assert torch.allclose(ys, y0 * torch.exp(-t)[:, None], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="computes no gradient"):
+        pn.odeint_adjoint(lambda t, y: -y, y0, t, method="scipy_solver", adjoint_params=())
+
+
+def test_interp_is_torchdiffeqs_name_for_interpolation():
+    t = torch.tensor([0.0, 0.33, 1.0], dtype=F64)
+    y0 = torch.tensor([1.0], dtype=F64)
+    ours = pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.25, "interpolation": "cubic"})
+    theirs = pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.25, "interp": "cubic"})
+    linear = pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.25})
+    assert torch.equal(ours, theirs) and not torch.equal(ours, linear)
+    with pytest.raises(ValueError, match="same setting"):
+        pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"interp": "cubic", "interpolation": "cubic"})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "implicit_adams"}, "Adams multistep"),
+    ({"options": {"jump_t": torch.tensor([0.5])}}, "jump_t"),
+    ({"options": {"step_t": torch.tensor([0.5])}}, "step_t"),
+    ({"method": "euler", "options": {"grid_constructor": lambda f, y0, t: t}}, "grid_constructor"),
+])
+def test_unsupported_torchdiffeq_features_are_refused_by_name(kwargs, match):
+    with pytest.raises(NotImplementedError, match=match):
+        pn.odeint(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), **kwargs)
