@@ -28,6 +28,7 @@ from .ode import (
     StepSizeUnderflowError,
     odeint,
     odeint_adjoint,
+    odeint_event,
     record_stats,
     solve,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "solve",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "Solution",
     "SolveStats",
     "record_stats",

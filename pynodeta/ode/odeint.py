@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from .events import solve_until_event
 from .solve import solve
 
-__all__ = ["odeint", "odeint_adjoint"]
-
-
-def _no_events(event_fn) -> None:
-    if event_fn is not None:
-        raise NotImplementedError("event_fn (terminating events) is not supported yet by pynodeta; "
-                                  "integrate to a fixed time or use torchdiffeq.odeint_event")
+__all__ = ["odeint", "odeint_adjoint", "odeint_event"]
 
 
 # torchdiffeq's multistep methods: not Runge-Kutta tableaus, so not yet in the native backend
@@ -44,25 +39,38 @@ def _scipy_solver(func, y0, t, rtol, atol, options):
 
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
     """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``."""
-    _no_events(event_fn)
     _check_method_name(method)
     if method == "scipy_solver":
+        if event_fn is not None:
+            raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
         return _scipy_solver(func, y0, t, rtol, atol, options)
-    return solve(func, y0, t, method=method or "dopri5", rtol=rtol, atol=atol, options=options).ys
+    kwargs = dict(method=method or "dopri5", rtol=rtol, atol=atol, options=options)
+    if event_fn is not None:
+        return solve_until_event(solve, func, y0, t, event_fn, **kwargs)
+    return solve(func, y0, t, **kwargs).ys
 
 
 def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None,
                    adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
                    adjoint_params=None):
     """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``."""
-    _no_events(event_fn)
     _check_method_name(method)
     _check_method_name(adjoint_method)
     if "scipy_solver" in (method, adjoint_method):
         raise ValueError("method='scipy_solver' computes no gradient (as in torchdiffeq): use odeint, or "
                          "pynodeta.solve(..., backend='scipy', adjoint=True) for adjoint gradients")
-    return solve(
-        func, y0, t, method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True,
-        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-        adjoint_options=adjoint_options, adjoint_params=adjoint_params,
-    ).ys
+    kwargs = dict(method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True,
+                  adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                  adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    if event_fn is not None:
+        return solve_until_event(solve, func, y0, t, event_fn, **kwargs)
+    return solve(func, y0, t, **kwargs).ys
+
+
+def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface=odeint, **kwargs):
+    """Solve from ``t0`` until ``event_fn(t, y)`` changes sign; return ``(event_t, solution)`` with
+    ``solution`` the states at ``[t0, event_t]``, as ``torchdiffeq.odeint_event``. Gradients flow through
+    the event time (implicit-function theorem), with ``odeint_interface=odeint_adjoint`` too."""
+    t0 = torch.as_tensor(t0).reshape(-1)
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)

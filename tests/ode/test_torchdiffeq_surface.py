@@ -181,3 +181,37 @@ def test_interp_is_torchdiffeqs_name_for_interpolation():
 def test_unsupported_torchdiffeq_features_are_refused_by_name(kwargs, match):
     with pytest.raises(NotImplementedError, match=match):
         pn.odeint(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), **kwargs)
+
+
+def _free_fall(g):
+    return lambda t, y: (y[1], -g * torch.ones_like(y[1]))
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_event_time_and_its_gradients_match_free_falls_closed_form(door):
+    """h(t) = h0 - g t^2 / 2 hits 0 at t* = t0 + sqrt(2 h0 / g): dt*/dh0 = 1/sqrt(2 h0 g),
+    dt*/dg = -sqrt(2 h0) g^(-3/2) / 2, dt*/dt0 = 1; the speed there is -sqrt(2 g h0)."""
+    g = torch.tensor(9.81, dtype=F64, requires_grad=True)
+    h0 = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    t0 = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    kwargs = {"adjoint_params": (g,)} if door == "odeint_adjoint" else {}
+    event_t, (h, v) = pn.odeint_event(_free_fall(g), (h0, torch.tensor(0.0, dtype=F64)), t0,
+                                      event_fn=lambda t, y: y[0], odeint_interface=getattr(pn, door),
+                                      rtol=1e-10, atol=1e-12, **kwargs)
+    assert float(event_t) == pytest.approx(0.5 + math.sqrt(2 * 2.0 / 9.81), abs=1e-10)
+    assert h.shape == (2,) and float(h[-1]) == pytest.approx(0.0, abs=1e-10)
+    assert float(v[-1]) == pytest.approx(-math.sqrt(2 * 9.81 * 2.0), rel=1e-9)
+    d_h0, d_g, d_t0 = torch.autograd.grad(event_t, (h0, g, t0))
+    assert float(d_h0) == pytest.approx(1 / math.sqrt(2 * 2.0 * 9.81), rel=1e-8)
+    assert float(d_g) == pytest.approx(-math.sqrt(2 * 2.0) / 2 * 9.81**-1.5, rel=1e-8)
+    assert float(d_t0) == pytest.approx(1.0, rel=1e-8)
+
+
+@pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", {"step_size": 0.01, "interp": "cubic"})])
+def test_event_backwards_in_time_on_exponential_decay(method, options):
+    """y' = -y from y(0) = 1 backwards: y = e^(-t) reaches 2 at t* = -ln 2."""
+    event_t, ys = pn.odeint_event(lambda t, y: -y, torch.tensor([1.0], dtype=F64), torch.tensor(0.0, dtype=F64),
+                                  event_fn=lambda t, y: y.sum() - 2.0, reverse_time=True, method=method,
+                                  options=options, rtol=1e-10, atol=1e-12)
+    assert float(event_t) == pytest.approx(-math.log(2), abs=1e-7)
+    assert ys.shape == (2, 1) and float(ys[-1]) == pytest.approx(2.0, abs=1e-7)
