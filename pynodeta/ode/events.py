@@ -45,7 +45,11 @@ def solve_until_event(solve_fn: Callable[..., Any], func, y0, t: torch.Tensor, e
 
 
 def _sign(value) -> float:
-    return float(torch.sign(torch.as_tensor(value).detach()))
+    value = torch.as_tensor(value).detach()
+    if value.numel() != 1:
+        raise ValueError(f"event_fn must return a single value (its sign change is the event), got shape "
+                         f"{tuple(value.shape)}; reduce it, e.g. event_fn=lambda t, y: y.sum() - 1")
+    return float(torch.sign(value))
 
 
 def _locate(solve_fn, func, y0, t0: torch.Tensor, window: float, event_fn, kwargs) -> torch.Tensor:

@@ -120,16 +120,25 @@ class FixedGrid:
         step_size: the grid spacing (> 0); None steps from one output time to the next.
         interpolation: how outputs between grid points are formed: "linear" (torchdiffeq's) or "cubic"
             (Hermite through the neighbouring grid points and their derivatives).
+        perturb: evaluate func one ulp inside each step at its ends (torchdiffeq's option), so that a
+            discontinuity at a grid point is seen from the side of the step being taken.
+        grid_constructor: ``(func, y0, t) -> grid``, torchdiffeq's option: a 1-D tensor of step points
+            from t[0] to t[-1] (in t's direction); overrides step_size.
     """
 
     step_size: float | None = None
     interpolation: str = "linear"
+    perturb: bool = False
+    grid_constructor: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.step_size is not None:
             _require(0 < self.step_size < math.inf, "step_size", self.step_size, "> 0 and finite, or None")
         _require(self.interpolation in ("linear", "cubic"), "interpolation", self.interpolation,
                  "'linear' or 'cubic'")
+        _require(isinstance(self.perturb, bool), "perturb", self.perturb, "True or False")
+        _require(self.grid_constructor is None or callable(self.grid_constructor), "grid_constructor",
+                 self.grid_constructor, "a callable (func, y0, t) -> grid, or None")
 
 
 Controller = IController | PIController | FixedGrid

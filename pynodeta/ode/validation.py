@@ -16,7 +16,7 @@ __all__ = ["FlatState", "check_times", "flatten_state", "check_tolerance", "chec
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
     {"step_size", "first_step", "max_num_steps", "min_step", "max_step", "dtype", "norm",
-     "safety", "ifactor", "dfactor", "interpolation"}
+     "safety", "ifactor", "dfactor", "interpolation", "perturb", "grid_constructor"}
 )
 
 
@@ -160,8 +160,6 @@ def warn_if_unresolvable(config: Any, y0: torch.Tensor) -> None:
 _NOT_YET = {
     "jump_t": "discontinuities of func would be stepped over without restarting at them",
     "step_t": "the forced step points would not be stepped on",
-    "grid_constructor": "the fixed grid it builds would be ignored",
-    "perturb": "func would not be evaluated one-sided at discontinuities",
 }
 
 
@@ -173,8 +171,8 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
         options["interpolation"] = options.pop("interp")
     missing = sorted(set(options) & set(_NOT_YET))
     if missing:
-        raise NotImplementedError(f"options {missing} (torchdiffeq's) are not supported by pynodeta yet: "
-                                  + "; ".join(f"{k}: {_NOT_YET[k]}" for k in missing))
+        raise ValueError(f"unknown option(s) {missing}: torchdiffeq's, not supported by pynodeta yet (ignoring "
+                         "them would be wrong: " + "; ".join(f"{k}: {_NOT_YET[k]}" for k in missing) + ")")
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are {sorted(OPTION_KEYS)}")
@@ -195,6 +193,11 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
                          f"got {options['dtype']}")
     if options.get("interpolation", "linear") not in ("linear", "cubic"):
         raise ValueError(f"options['interpolation'] must be 'linear' or 'cubic', got {options['interpolation']!r}")
+    for key in ("perturb", "grid_constructor"):
+        if options.get(key) is not None and adaptive:
+            raise ValueError(f"options[{key!r}] is for fixed-grid methods; {method!r} is adaptive")
+    if options.get("grid_constructor") is not None and not callable(options["grid_constructor"]):
+        raise ValueError("options['grid_constructor'] must be callable as (func, y0, t) -> grid")
     norm = options.get("norm")
     if norm is not None and not callable(norm):
         raise ValueError(f"options['norm'] must be callable (tensor -> scalar tensor), got {norm!r}; "

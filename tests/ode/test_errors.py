@@ -116,8 +116,8 @@ def test_nan_at_the_start_is_reported_immediately():
         pn.solve(lambda t, y: y * torch.nan, torch.ones(2), T)
 
 
-def test_events_are_refused_not_ignored():
-    with pytest.raises(NotImplementedError, match="event_fn"):
+def test_event_fn_must_return_one_value():
+    with pytest.raises(ValueError, match="event_fn must return a single value"):
         pn.odeint(decay, torch.ones(2), T, event_fn=lambda t, y: y)
 
 

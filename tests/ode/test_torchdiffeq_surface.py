@@ -172,14 +172,13 @@ def test_interp_is_torchdiffeqs_name_for_interpolation():
         pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"interp": "cubic", "interpolation": "cubic"})
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"method": "implicit_adams"}, "Adams multistep"),
-    ({"options": {"jump_t": torch.tensor([0.5])}}, "jump_t"),
-    ({"options": {"step_t": torch.tensor([0.5])}}, "step_t"),
-    ({"method": "euler", "options": {"grid_constructor": lambda f, y0, t: t}}, "grid_constructor"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"method": "implicit_adams"}, NotImplementedError, "Adams multistep"),
+    ({"options": {"jump_t": torch.tensor([0.5])}}, ValueError, "jump_t.*not supported by pynodeta yet"),
+    ({"options": {"step_t": torch.tensor([0.5])}}, ValueError, "step_t.*not supported by pynodeta yet"),
 ])
-def test_unsupported_torchdiffeq_features_are_refused_by_name(kwargs, match):
-    with pytest.raises(NotImplementedError, match=match):
+def test_unsupported_torchdiffeq_features_are_refused_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
         pn.odeint(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), **kwargs)
 
 
@@ -215,3 +214,46 @@ def test_event_backwards_in_time_on_exponential_decay(method, options):
                                   options=options, rtol=1e-10, atol=1e-12)
     assert float(event_t) == pytest.approx(-math.log(2), abs=1e-7)
     assert ys.shape == (2, 1) and float(ys[-1]) == pytest.approx(2.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("perturb", [True, False])
+def test_perturb_evaluates_one_sided_at_grid_points(perturb):
+    """f jumps at t = 0.5: with perturb each step sees only its own side, so rk4 with step 0.5 integrates
+    the piecewise-constant field exactly (0.5 * 1 + 0.5 * 3); without it, the c = 1 stage of the first
+    step and the c = 0 stage of the second read the other side's value at the grid point 0.5."""
+    times = []
+
+    def field(t, y):
+        times.append(float(t))
+        return torch.where(t < 0.5, 1.0, 3.0) * torch.ones_like(y)
+
+    ys = pn.odeint(field, torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rk4",
+                   options={"step_size": 0.5, "perturb": perturb})
+    assert (0.5 in times) != perturb and (0.0 in times) != perturb
+    if perturb:
+        assert float(ys[-1]) == pytest.approx(2.0, abs=1e-12)
+    else:
+        assert abs(float(ys[-1]) - 2.0) > 0.1
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_grid_constructor_sets_the_euler_grid_forward_and_backward(door):
+    """Euler on y' = y with 10 steps of 0.1 gives (1.1)^10 and, through the same grid backwards, the same
+    discrete gradient; the constructor sees t = [0, 1] forward and [1, 0] in the adjoint's backward solve."""
+    seen = []
+
+    def grid(func, y0, t):
+        seen.append(t.tolist())
+        return torch.linspace(float(t[0]), float(t[-1]), 11, dtype=F64)
+
+    x0 = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    kwargs = {"adjoint_params": ()} if door == "odeint_adjoint" else {}
+    xs = getattr(pn, door)(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+                           options={"grid_constructor": grid}, **kwargs)
+    assert float(xs[1]) == pytest.approx(1.1**10, rel=1e-12)
+    xs[1].backward()
+    assert float(x0.grad) == pytest.approx(1.1**10, rel=1e-12)
+    assert seen == ([[0.0, 1.0], [1.0, 0.0]] if door == "odeint_adjoint" else [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="grid_constructor"):
+        pn.odeint(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+                  options={"grid_constructor": lambda f, y0, t: torch.tensor([0.0, 0.5], dtype=F64)})

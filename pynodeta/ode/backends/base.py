@@ -63,6 +63,8 @@ class SolverConfig:
     interpolation: str = "linear"
     extra: Mapping[str, Any] = field(default_factory=dict)
     callbacks: Any = None  # pynodeta.ode.callbacks.StepCallbacks
+    perturb: bool = False  # fixed grid: evaluate one ulp inside the step at its ends
+    grid_constructor: Callable | None = None  # fixed grid: (func, y0, t) -> step points
 
 
 class Backend(abc.ABC):

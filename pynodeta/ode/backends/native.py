@@ -69,12 +69,19 @@ class _RHSCaller:
     def just_before(self, s: float, y: torch.Tensor) -> torch.Tensor:
         """Evaluate one ulp (of y's dtype) before t toward the step's start, as torchdiffeq does for c = 1
         stages, so a discontinuity at the step's end is seen from the inside."""
+        return self._nudged(s, y, self._toward_start)
+
+    def just_after(self, s: float, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate one ulp after t toward the step's end (torchdiffeq's perturb option at a step's start)."""
+        return self._nudged(s, y, -self._toward_start)
+
+    def _nudged(self, s: float, y: torch.Tensor, toward: float) -> torch.Tensor:
         if self._np_dtype is not None:
             as_dtype = self._np_dtype
-            t = float(np.nextafter(as_dtype(self.direction * s), as_dtype(self._toward_start)))
+            t = float(np.nextafter(as_dtype(self.direction * s), as_dtype(toward)))
         else:
             t = float(torch.nextafter(torch.tensor(self.direction * s, dtype=self.dtype),
-                                      torch.tensor(self._toward_start, dtype=self.dtype)))
+                                      torch.tensor(toward, dtype=self.dtype)))
         self.times.append(t)
         return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), y)
 
@@ -275,6 +282,17 @@ def _fixed_grid(out_s: list[float], step_size: float | None) -> list[float]:
     return grid
 
 
+def _constructed_grid(call: _RHSCaller, y0: torch.Tensor, out_s: list[float], constructor) -> list[float]:
+    """torchdiffeq's grid_constructor(func, y0, t): step points in the caller's time, from t[0] to t[-1]."""
+    direction = call.direction
+    t = torch.tensor([direction * v for v in out_s], dtype=y0.dtype, device=y0.device)
+    grid = [direction * float(v) for v in torch.as_tensor(constructor(call.func, y0, t)).reshape(-1).tolist()]
+    if len(grid) < 2 or grid[0] != out_s[0] or grid[-1] != out_s[-1] or any(b <= a for a, b in zip(grid, grid[1:])):
+        raise ValueError("options['grid_constructor'] must return a 1-D grid from t[0] to t[-1] (both included), "
+                         f"strictly monotone in t's direction; got {[direction * v for v in grid][:8]}")
+    return grid
+
+
 def _integrate_fixed(
     method: Method, call: _RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig, stats: SolveStats
 ) -> list[torch.Tensor]:
@@ -282,11 +300,16 @@ def _integrate_fixed(
     a_rows, c, b_rows = tab.a_nonzero, tab.c, tab.b_nonzero
     cubic = config.interpolation == "cubic"
     dense = hermite_weights(tab.b, fsal=False) if cubic else linear_weights(tab.b)
-    grid = _fixed_grid(out_s, config.step_size)
+    if config.grid_constructor is not None:
+        grid = _constructed_grid(call, y0, out_s, config.grid_constructor)
+    else:
+        grid = _fixed_grid(out_s, config.step_size)
     direction = call.direction
     outputs = [y0]
     next_out, n_out = 1, len(out_s)
-    y, f = y0, call(grid[0], y0)
+    perturb = config.perturb  # one-sided evaluations at the step's ends (torchdiffeq's Perturb.NEXT / PREV)
+    first_stage = call.just_after if perturb else call
+    y, f = y0, first_stage(grid[0], y0)
     _check_derivative(f, y0, direction * grid[0])
     for n_steps, (s, s1) in enumerate(zip(grid[:-1], grid[1:])):
         if n_steps >= config.max_num_steps:
@@ -296,9 +319,10 @@ def _integrate_fixed(
         h = direction * dt
         if config.callbacks is not None:
             config.callbacks.on_step(direction * s, y, dt)
-        ks = [f if f is not None else call(s, y)]
+        ks = [f if f is not None else first_stage(s, y)]
         for i in range(1, len(c)):
-            ks.append(call(s + c[i] * dt, _combine(y, ks, a_rows[i], h)))
+            y_stage = _combine(y, ks, a_rows[i], h)
+            ks.append(call.just_before(s1, y_stage) if perturb and c[i] == 1 else call(s + c[i] * dt, y_stage))
         y1 = _combine(y, ks, b_rows, h)
         f = None
         while next_out < n_out and out_s[next_out] <= s1:
@@ -315,5 +339,7 @@ def _integrate_fixed(
         stats.n_steps += 1
         stats.n_accepted += 1
         y = y1
+        if perturb:
+            f = None  # the cubic output's f(t1, y1) is not the next step's one-sided first stage
     stats.nfe = len(stats.t_evaluated)
     return outputs
