@@ -14,16 +14,6 @@ from .solve import solve
 __all__ = ["odeint", "odeint_adjoint", "odeint_event"]
 
 
-# torchdiffeq's multistep methods: not Runge-Kutta tableaus, so not yet in the native backend
-_ADAMS = ("explicit_adams", "implicit_adams", "fixed_adams")
-
-
-def _check_method_name(method) -> None:
-    if method in _ADAMS:
-        raise NotImplementedError(f"method {method!r} (torchdiffeq's Adams multistep family) is not supported by "
-                                  "pynodeta yet; use 'rk4' (fixed grid) or 'dopri5' (adaptive)")
-
-
 def _scipy_solver(func, y0, t, rtol, atol, options):
     """torchdiffeq's method='scipy_solver': SciPy's solve_ivp with options['solver'] (default LSODA), run on
     the 'scipy' backend. As torchdiffeq's wrapper, it returns states without gradient."""
@@ -39,7 +29,6 @@ def _scipy_solver(func, y0, t, rtol, atol, options):
 
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
     """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``."""
-    _check_method_name(method)
     if method == "scipy_solver":
         if event_fn is not None:
             raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
@@ -54,8 +43,6 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
                    adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
                    adjoint_params=None):
     """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``."""
-    _check_method_name(method)
-    _check_method_name(adjoint_method)
     if "scipy_solver" in (method, adjoint_method):
         raise ValueError("method='scipy_solver' computes no gradient (as in torchdiffeq): use odeint, or "
                          "pynodeta.solve(..., backend='scipy', adjoint=True) for adjoint gradients")

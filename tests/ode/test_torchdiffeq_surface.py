@@ -173,7 +173,6 @@ def test_interp_is_torchdiffeqs_name_for_interpolation():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"method": "implicit_adams"}, NotImplementedError, "Adams multistep"),
     ({"options": {"jump_t": torch.tensor([0.5])}}, ValueError, "jump_t.*not supported by pynodeta yet"),
     ({"options": {"step_t": torch.tensor([0.5])}}, ValueError, "step_t.*not supported by pynodeta yet"),
 ])
@@ -257,3 +256,33 @@ def test_grid_constructor_sets_the_euler_grid_forward_and_backward(door):
     with pytest.raises(ValueError, match="grid_constructor"):
         pn.odeint(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
                   options={"grid_constructor": lambda f, y0, t: torch.tensor([0.0, 0.5], dtype=F64)})
+
+
+def test_adams_weights_are_the_classical_ones():
+    from pynodeta.ode.adams import adams_weights
+
+    assert adams_weights(2, False) == pytest.approx((3 / 2, -1 / 2), abs=1e-15)
+    assert adams_weights(4, False) == pytest.approx(tuple(w / 24 for w in (55, -59, 37, -9)), abs=1e-15)
+    assert adams_weights(4, True) == pytest.approx(tuple(w / 24 for w in (9, 19, -5, 1)), abs=1e-15)
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
+def test_adams_methods_take_torchdiffeqs_steps(method):
+    from .problems import rational
+
+    y0, t = torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+    ours = pn.odeint(rational, y0, t, method=method, options={"step_size": 0.05})
+    theirs = torchdiffeq.odeint(rational, y0, t, method=method, options={"step_size": 0.05})
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-11)
+
+
+def test_implicit_adams_converges_at_order_four_or_more():
+    import numpy as np
+
+    from .problems import rational, rational_exact
+
+    y0, t = torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    steps = [0.05, 0.025, 0.0125]
+    errors = [float((pn.odeint(rational, y0, t, method="implicit_adams", options={"step_size": h})[-1]
+                     - rational_exact(y0, t)[-1]).abs().max()) for h in steps]
+    assert float(np.polyfit(np.log(steps), np.log(errors), 1)[0]) >= 3.7

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..adams import ADAMS_METHODS, integrate_adams
 from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError, warn_long_solve
 from ..methods import METHODS, Method, hermite_weights, linear_weights
 from ..stats import SolveStats
@@ -105,21 +106,27 @@ class TorchBackend(Backend):
     differentiable = True
 
     def methods(self) -> tuple[str, ...]:
-        return tuple(METHODS)
+        return (*METHODS, *ADAMS_METHODS)
 
     def is_adaptive(self, method: str) -> bool:
-        return METHODS[method].adaptive
+        return method not in ADAMS_METHODS and METHODS[method].adaptive
 
     def integrate(
         self, func: RHS, y0: torch.Tensor, t: torch.Tensor, config: SolverConfig, stats: SolveStats
     ) -> torch.Tensor:
         if config.extra:
             raise ValueError(f"unknown backend_options {sorted(config.extra)} for backend 'torch' (it takes none)")
-        method = config.method if isinstance(config.method, Method) else METHODS[config.method]
         out_s, direction = _output_times(t)
         if len(out_s) == 1:
             return y0.unsqueeze(0)
         call = _RHSCaller(func, y0, direction, stats)
+        if isinstance(config.method, str) and config.method in ADAMS_METHODS:
+            grid = (_constructed_grid(call, y0, out_s, config.grid_constructor) if config.grid_constructor
+                    else _fixed_grid(out_s, config.step_size))
+            outputs = integrate_adams(config.method, call, y0, out_s, grid, config, stats)
+            _check_outputs_finite(outputs, out_s, direction)
+            return torch.stack(outputs)
+        method = config.method if isinstance(config.method, Method) else METHODS[config.method]
         if method.adaptive:
             outputs = _integrate_adaptive(method, call, y0, out_s, config, stats)
         else:
