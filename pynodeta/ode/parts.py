@@ -24,7 +24,8 @@ __all__ = ["Parts", "typed_parts", "check_parts", "method_name", "solver_config"
 
 _UNLIMITED_STEPS = 2**31 - 1
 # option keys that belong to a controller; with a typed controller they must be set on it instead
-_CONTROLLER_OPTIONS = ("first_step", "min_step", "max_step", "norm", "safety", "ifactor", "dfactor")
+_CONTROLLER_OPTIONS = ("first_step", "min_step", "max_step", "norm", "safety", "ifactor", "dfactor", "step_t",
+                       "jump_t")
 _GRID_OPTIONS = ("step_size", "interpolation", "perturb", "grid_constructor")
 
 
@@ -212,7 +213,8 @@ def solver_config(method: str | Method, controller: Controller, max_steps: int |
         atol=check_tolerance("atol", controller.atol, state, like),
         controller=controller.kind, gains=controller.gains, norm=_state_norm(controller.norm, state),
         first_step=controller.first_step, min_step=controller.min_step, max_step=controller.max_step,
-        safety=controller.safety, ifactor=controller.ifactor, dfactor=controller.dfactor, **common,
+        safety=controller.safety, ifactor=controller.ifactor, dfactor=controller.dfactor,
+        step_t=controller.step_t, jump_t=controller.jump_t, **common,
     )
 
 

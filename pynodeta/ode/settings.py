@@ -53,6 +53,9 @@ class IController:
             None: RMS over the whole state (the mixed RMS per part for tuple states).
         first_step: the first step's size (> 0), or None for Hairer's automatic choice.
         min_step, max_step: bounds on the step size, 0 <= min_step <= max_step (max_step may be inf).
+        step_t: times every solve must step on (torchdiffeq's option), e.g. where func changes character.
+        jump_t: times where func jumps (torchdiffeq's option): steps end there and the next one starts
+            from func evaluated just after the jump, so no step straddles a discontinuity.
     """
 
     rtol: Tolerance = 1e-7
@@ -64,8 +67,14 @@ class IController:
     first_step: float | None = None
     min_step: float = 0.0
     max_step: float = math.inf
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("step_t", "jump_t"):
+            times = getattr(self, name)
+            _require(isinstance(times, tuple) and all(math.isfinite(v) for v in times), name, times,
+                     "a tuple of finite times (options accept a tensor or list)")
         _check_tolerance("rtol", self.rtol)
         _check_tolerance("atol", self.atol)
         _require(0 < self.safety <= 1, "safety", self.safety, "in (0, 1] (e.g. 0.9)")

@@ -16,7 +16,7 @@ __all__ = ["FlatState", "check_times", "flatten_state", "check_tolerance", "chec
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
     {"step_size", "first_step", "max_num_steps", "min_step", "max_step", "dtype", "norm",
-     "safety", "ifactor", "dfactor", "interpolation", "perturb", "grid_constructor"}
+     "safety", "ifactor", "dfactor", "interpolation", "perturb", "grid_constructor", "step_t", "jump_t"}
 )
 
 
@@ -157,10 +157,7 @@ def warn_if_unresolvable(config: Any, y0: torch.Tensor) -> None:
 
 
 # torchdiffeq options pynodeta does not implement yet, and why a silent drop would be wrong
-_NOT_YET = {
-    "jump_t": "discontinuities of func would be stepped over without restarting at them",
-    "step_t": "the forced step points would not be stepped on",
-}
+_NOT_YET: dict[str, str] = {}
 
 
 def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str) -> dict[str, Any]:
@@ -196,6 +193,14 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
     for key in ("perturb", "grid_constructor"):
         if options.get(key) is not None and adaptive:
             raise ValueError(f"options[{key!r}] is for fixed-grid methods; {method!r} is adaptive")
+    for key in ("step_t", "jump_t"):
+        if options.get(key) is not None:
+            if not adaptive:
+                raise ValueError(f"options[{key!r}] is for adaptive methods; {method!r} steps on a fixed grid "
+                                 "(put the times into its grid with grid_constructor)")
+            times = options[key]
+            times = times.detach().reshape(-1).tolist() if isinstance(times, torch.Tensor) else list(times)
+            options[key] = tuple(float(v) for v in times)  # a list stays float64 (no float32 tensor on the way)
     if options.get("grid_constructor") is not None and not callable(options["grid_constructor"]):
         raise ValueError("options['grid_constructor'] must be callable as (func, y0, t) -> grid")
     norm = options.get("norm")

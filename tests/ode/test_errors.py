@@ -54,8 +54,8 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_unknown_option_and_misused_options():
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['jump_t'\]"):
-        pn.odeint(decay, torch.ones(2), T, options={"jump_t": torch.tensor([0.5])})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['jump_times'\]"):
+        pn.odeint(decay, torch.ones(2), T, options={"jump_times": torch.tensor([0.5])})
     with pytest.raises(ValueError, match="step_size'\\] is for fixed-grid methods"):
         pn.odeint(decay, torch.ones(2), T, method="dopri5", options={"step_size": 0.1})
     with pytest.raises(ValueError, match="step_size'\\] must be > 0"):

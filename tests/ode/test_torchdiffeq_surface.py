@@ -172,13 +172,41 @@ def test_interp_is_torchdiffeqs_name_for_interpolation():
         pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"interp": "cubic", "interpolation": "cubic"})
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"options": {"jump_t": torch.tensor([0.5])}}, ValueError, "jump_t.*not supported by pynodeta yet"),
-    ({"options": {"step_t": torch.tensor([0.5])}}, ValueError, "step_t.*not supported by pynodeta yet"),
-])
-def test_unsupported_torchdiffeq_features_are_refused_by_name(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        pn.odeint(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), **kwargs)
+class _JumpingDecay(torch.nn.Module):
+    """y' = -y before t = 0.5 and -3y after: y(1) = y0 exp(-2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return torch.where(t < 0.5, -y, -3 * y)
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_jump_t_steps_on_the_discontinuity_and_saves_evaluations(door):
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    kwargs = {"adjoint_params": ()} if door == "odeint_adjoint" else {}
+    plain, told = _JumpingDecay(), _JumpingDecay()
+    ys_plain = getattr(pn, door)(plain, y0, t, rtol=1e-6, atol=1e-6, **kwargs)
+    ys_told = getattr(pn, door)(told, y0, t, rtol=1e-6, atol=1e-6, options={"jump_t": torch.tensor([0.5])},
+                                **kwargs)
+    assert told.nfe < plain.nfe / 2
+    exact = y0.detach() * math.exp(-2)
+    assert (ys_told[-1] - exact).abs().max() < (ys_plain[-1] - exact).abs().max() / 10
+    ys_told[-1].sum().backward()  # d y(1) / d y0 = exp(-2) for each component
+    assert torch.allclose(y0.grad, torch.full((2,), math.exp(-2), dtype=F64), rtol=1e-5)
+
+
+def test_step_t_points_are_stepped_on():
+    sol = pn.solve(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64),
+                   options={"step_t": [0.3, 1.7]}, rtol=1e-3, atol=1e-3)
+    ends = torch.tensor(sol.stats.step_sizes, dtype=F64).cumsum(0)
+    assert any(abs(float(e) - 0.3) < 1e-12 for e in ends) and any(abs(float(e) - 1.7) < 1e-12 for e in ends)
+    with pytest.raises(ValueError, match="for adaptive methods"):
+        pn.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="rk4", options={"step_t": [0.5]})
 
 
 def _free_fall(g):

@@ -65,6 +65,8 @@ class SolverConfig:
     callbacks: Any = None  # pynodeta.ode.callbacks.StepCallbacks
     perturb: bool = False  # fixed grid: evaluate one ulp inside the step at its ends
     grid_constructor: Callable | None = None  # fixed grid: (func, y0, t) -> step points
+    step_t: tuple[float, ...] = ()  # adaptive: times to step on
+    jump_t: tuple[float, ...] = ()  # adaptive: discontinuities of func, stepped on and restarted from
 
 
 class Backend(abc.ABC):

@@ -225,6 +225,7 @@ def _integrate_adaptive(
     step_sizes = stats.step_sizes
     ratio = 0.0
     callbacks = config.callbacks
+    stops = _stops(config, out_s, direction)  # (solver time, is a jump) to land on, nearest first
     try:
         while not dense.done:
             if n_steps >= max_num_steps:
@@ -234,6 +235,9 @@ def _integrate_adaptive(
                 warn_long_solve(n_steps, direction * s, dt)
                 warn_after = math.inf
             dt = min(max(dt, min_step), max_step)
+            at_jump = False
+            if stops and s + dt >= stops[-1][0]:  # land on the next step_t / jump_t point
+                dt, at_jump = stops[-1][0] - s, stops[-1][1]
             s1 = s + dt
             if not s1 > s:
                 if not math.isfinite(ratio):
@@ -257,6 +261,10 @@ def _integrate_adaptive(
                 f1 = ks[-1] if stages.fsal else call(s1, y1)
                 dense.emit(s, dt, h, y, y1, ks, f1)
                 s, y, f = s1, y1, f1
+                if stops and s >= stops[-1][0]:
+                    stops.pop()
+                    if at_jump:  # restart from func on the far side of the discontinuity
+                        f = call.just_after(s, y)
             dt = control.next_step(dt, ratio, accepted)
     finally:
         stats.n_steps += n_steps
@@ -264,6 +272,16 @@ def _integrate_adaptive(
         stats.n_rejected += n_steps - n_accepted
         stats.nfe = len(stats.t_evaluated)
     return dense.outputs
+
+
+def _stops(config: SolverConfig, out_s: list[float], direction: float) -> list[tuple[float, bool]]:
+    """step_t and jump_t inside the solve, in solver time, as a stack with the nearest on top."""
+    if not (config.step_t or config.jump_t):
+        return []
+    start, end = out_s[0], out_s[-1]
+    points = {direction * v: False for v in config.step_t}
+    points.update({direction * v: True for v in config.jump_t})  # a jump_t wins over an equal step_t
+    return sorted(((s, jump) for s, jump in points.items() if start < s < end), reverse=True)
 
 
 def _check_outputs_finite(outputs: list[torch.Tensor], out_s: list[float], direction: float) -> None:
