@@ -37,8 +37,8 @@ def solve_until_event(solve_fn: Callable[..., Any], func, y0, t: torch.Tensor, e
     if window == 0:
         raise ValueError("with event_fn, t[1] must differ from t[0]: its sign sets the direction of the search")
     search_kwargs = {k: v for k, v in solve_kwargs.items() if not k.startswith("adjoint")}
-    with torch.no_grad():
-        event_t = _locate(solve_fn, func, y0, t[0].detach(), window, event_fn, search_kwargs)
+    with torch.no_grad():  # search in float64 times whatever t's dtype, so that brackets can shrink far
+        event_t = _locate(solve_fn, func, y0, t[0].detach().to(torch.float64), window, event_fn, search_kwargs)
     times = torch.stack([t[0], event_t.to(t.dtype)])
     solution = solve_fn(func, y0, times, **solve_kwargs).ys
     return _reroute(func, event_fn, event_t.to(t.dtype), solution, y0)
@@ -84,6 +84,8 @@ def _refine(solve_fn, func, event_fn, kwargs, lo, y_lo, g_lo: float, hi, g_hi: f
         frac = g_lo / (g_lo - g_hi) if g_lo != g_hi else 0.5
         frac = min(max(frac, 0.01), 0.99)  # keep strictly inside so that the bracket shrinks
         mid = lo + frac * (hi - lo)
+        if mid == lo or mid == hi:  # the bracket is as small as t's floating point allows
+            break
         y_mid = _at(solve_fn(func, y_lo, torch.stack([lo, mid]), **kwargs).ys, 1)
         g_mid = float(event_fn(mid, y_mid))
         if g_mid == 0:

@@ -14,17 +14,22 @@ from .solve import solve
 __all__ = ["odeint", "odeint_adjoint", "odeint_event"]
 
 
-def _scipy_solver(func, y0, t, rtol, atol, options):
-    """torchdiffeq's method='scipy_solver': SciPy's solve_ivp with options['solver'] (default LSODA), run on
-    the 'scipy' backend. As torchdiffeq's wrapper, it returns states without gradient."""
+def _scipy_method(options):
+    """torchdiffeq's method='scipy_solver' + options['solver'] (default LSODA) as a scipy backend method."""
     options = dict(options or {})
     solver = options.pop("solver", "LSODA")
     if not isinstance(solver, str):
         raise ValueError(f"options['solver'] must be a scipy.integrate.solve_ivp method name such as 'LSODA', "
                          f"got {solver!r}")
+    return solver.lower(), options
+
+
+def _scipy_solver(func, y0, t, rtol, atol, options):
+    """method='scipy_solver' on the 'scipy' backend. As torchdiffeq's wrapper, it returns states without
+    gradient (odeint_adjoint with it gives adjoint gradients)."""
+    method, options = _scipy_method(options)
     with torch.no_grad():
-        return solve(func, y0, t, method=solver.lower(), backend="scipy", rtol=rtol, atol=atol,
-                     options=options).ys
+        return solve(func, y0, t, method=method, backend="scipy", rtol=rtol, atol=atol, options=options).ys
 
 
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
@@ -43,10 +48,15 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
                    adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
                    adjoint_params=None):
     """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``."""
+    backend = "torch"
     if "scipy_solver" in (method, adjoint_method):
-        raise ValueError("method='scipy_solver' computes no gradient (as in torchdiffeq): use odeint, or "
-                         "pynodeta.solve(..., backend='scipy', adjoint=True) for adjoint gradients")
-    kwargs = dict(method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True,
+        if adjoint_method not in (None, method):
+            raise ValueError("method='scipy_solver' runs forward and backward on SciPy: adjoint_method must be "
+                             "None or 'scipy_solver' too")
+        method, options = _scipy_method(options)
+        adjoint_method, adjoint_options = (None, None) if adjoint_options is None else _scipy_method(adjoint_options)
+        backend = "scipy"
+    kwargs = dict(method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True, backend=backend,
                   adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
                   adjoint_options=adjoint_options, adjoint_params=adjoint_params)
     if event_fn is not None:

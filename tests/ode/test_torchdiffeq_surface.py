@@ -157,8 +157,11 @@ def test_scipy_solver_method_routes_to_scipy(solver):
     y0 = torch.tensor([1.0, -3.0], dtype=F64)
     ys = pn.odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": solver})
     assert torch.allclose(ys, y0 * torch.exp(-t)[:, None], rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="computes no gradient"):
-        pn.odeint_adjoint(lambda t, y: -y, y0, t, method="scipy_solver", adjoint_params=())
+    y0.requires_grad_(True)
+    ys = pn.odeint_adjoint(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": solver},
+                           adjoint_params=())
+    (grad,) = torch.autograd.grad(ys[-1].sum(), y0)  # d y(2) / d y0 = exp(-2)
+    assert torch.allclose(grad, torch.full_like(y0, math.exp(-2)), rtol=1e-5)
 
 
 def test_interp_is_torchdiffeqs_name_for_interpolation():
@@ -314,3 +317,9 @@ def test_implicit_adams_converges_at_order_four_or_more():
     errors = [float((pn.odeint(rational, y0, t, method="implicit_adams", options={"step_size": h})[-1]
                      - rational_exact(y0, t)[-1]).abs().max()) for h in steps]
     assert float(np.polyfit(np.log(steps), np.log(errors), 1)[0]) >= 3.7
+
+
+def test_event_in_float32_is_located_to_float32_resolution():
+    event_t, ys = pn.odeint(lambda t, y: -y, torch.tensor([1.0]), torch.tensor([0.0, 1.0]),
+                            event_fn=lambda t, y: y.sum() - 0.5, rtol=1e-5, atol=1e-7)
+    assert event_t.dtype == torch.float32 and float(event_t) == pytest.approx(math.log(2), abs=1e-5)
