@@ -29,6 +29,7 @@ from .ode import (
     StepSizeUnderflowError,
     odeint,
     odeint_adjoint,
+    odeint_event,
     record_stats,
     solve,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "solve",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "Solution",
     "SolveStats",
     "record_stats",

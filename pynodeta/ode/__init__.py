@@ -16,7 +16,7 @@ from .errors import (
 )
 from .methods import ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS, Method
 from .norms import StateNorm, rms_norm
-from .odeint import odeint, odeint_adjoint
+from .odeint import odeint, odeint_adjoint, odeint_event
 from .settings import Adjoint, FixedGrid, IController, PIController, SolverSettings
 from .solve import Solution, solve
 from .stats import SolvesODE, SolveStats, find_ode_blocks, record_stats
@@ -27,6 +27,7 @@ __all__ = [
     "Solution",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "SolverSettings",
     "IController",
     "PIController",

@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backends import Backend, SolverConfig
+from .callbacks import find_callbacks
 from .norms import StateNorm, rms_norm
 from .stats import SolveStats
 
@@ -62,6 +63,8 @@ class AdjointSpec:
     state_sizes: tuple[int, ...]  # sizes of the parts of a tuple state, or () for a single tensor
     state_norm: Callable[[torch.Tensor], torch.Tensor] | None  # a custom forward norm, if any
     stats: SolveStats
+    split_state: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None  # flat -> a tuple state's parts
+    callback_owner: object = None  # func as the caller passed it: its callback_*_adjoint methods run backward
 
 
 def adjoint_integrate(spec: AdjointSpec, y0: torch.Tensor, t: torch.Tensor, params: Sequence[torch.Tensor]):
@@ -95,6 +98,10 @@ class _AdjointSolve(torch.autograd.Function):
         layout = _AugmentedLayout(ys[0], params, need_t)
         aug_func = _augmented_dynamics(spec.func, layout, params, need_t)
         config = _with_norm(spec.adjoint_config, _adjoint_norm(spec, layout))
+        callbacks = find_callbacks(spec.callback_owner, adjoint=True,
+                                   shape_state=lambda x: _augmented_parts(x, layout))
+        if callbacks is not None:
+            config = replace(config, callbacks=callbacks)
 
         aug = layout.pack(ys[-1], grad_ys[-1])
         time_vjps = torch.zeros(len(t), dtype=t.dtype, device=t.device) if need_t else None
@@ -129,6 +136,7 @@ class _AugmentedLayout:
     def __init__(self, y: torch.Tensor, params: Sequence[torch.Tensor], need_t: bool):
         self.shape, self.n, self.offset = y.shape, y.numel(), int(need_t)
         self.param_sizes = [p.numel() for p in params]
+        self.param_shapes = [p.shape for p in params]
         self.dtype, self.device = y.dtype, y.device
 
     def pack(self, y: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -178,10 +186,15 @@ def _adjoint_norm(spec: AdjointSpec, layout: _AugmentedLayout):
     state_sizes = spec.state_sizes or (layout.n,)
     n_param_parts = len(layout.param_sizes)
     if callable(spec.adjoint_norm):
-        user_norm = spec.adjoint_norm
+        user_norm, split_state = spec.adjoint_norm, spec.split_state
 
         def custom(x: torch.Tensor) -> torch.Tensor:
-            return user_norm(_split_augmented(x, layout))
+            # torchdiffeq's layout: (t, y, a, *params), each part shaped as the caller's; a tuple state's
+            # y and a are spread into their parts: (t, *y, *a, *params).
+            t_part, y, a, *p = _augmented_parts(x, layout)
+            if split_state is not None:
+                return user_norm((t_part, *split_state(y), *split_state(a), *p))
+            return user_norm((t_part, y, a, *p))
 
         return custom
     include_params = spec.adjoint_norm != "seminorm"
@@ -199,6 +212,15 @@ def _adjoint_norm(spec: AdjointSpec, layout: _AugmentedLayout):
         return torch.stack([torch.as_tensor(n, dtype=x.dtype, device=x.device) for n in norms]).max()
 
     return mixed_with_custom_state_norm
+
+
+def _augmented_parts(x: torch.Tensor, layout: _AugmentedLayout) -> tuple[torch.Tensor, ...]:
+    """(t-adjoint of shape (), y, a, *params) shaped as torchdiffeq shows them to norms and callbacks; the
+    t part is zero when no time gradient is tracked (torchdiffeq carries it always)."""
+    t_part, y, a, *p = _split_augmented(x, layout)
+    t_part = t_part.reshape(()) if layout.offset else x.new_zeros(())
+    return (t_part, y.view(layout.shape), a.view(layout.shape),
+            *(part.view(shape) for part, shape in zip(p, layout.param_shapes)))
 
 
 def _split_augmented(x: torch.Tensor, layout: _AugmentedLayout) -> tuple[torch.Tensor, ...]:

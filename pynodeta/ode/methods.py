@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .extra_tableaus import DOPRI8, DOPRI8_MID, FEHLBERG2, HEUN2, HEUN3, quartic_weights
 from .tableau import ButcherTableau
 
 __all__ = ["Method", "METHODS", "ADAPTIVE_METHODS", "FIXED_GRID_METHODS"]
@@ -238,6 +239,12 @@ METHODS: dict[str, Method] = {
         Method("midpoint", MIDPOINT, order=2),
         Method("rk4", RK4_38, order=4),
         Method("rk4_classic", RK4_CLASSIC, order=4),
+        # torchdiffeq's remaining Runge-Kutta methods (tableaus in extra_tableaus.py)
+        Method("dopri8", DOPRI8, order=8, error_order=8, dense=quartic_weights(DOPRI8.b, DOPRI8_MID), dense_order=4),
+        Method("fehlberg2", FEHLBERG2, order=2, error_order=2, dense=hermite_weights(FEHLBERG2.b, fsal=False),
+               dense_needs_f1=True, dense_order=2),
+        Method("heun2", HEUN2, order=2),
+        Method("heun3", HEUN3, order=3),
     )
 }
 ADAPTIVE_METHODS = tuple(name for name, m in METHODS.items() if m.adaptive)

@@ -6,30 +6,68 @@ or wrap calls in ``record_stats()`` to collect the statistics of code that calls
 
 from __future__ import annotations
 
+import torch
+
+from .events import solve_until_event
 from .solve import solve
 
-__all__ = ["odeint", "odeint_adjoint"]
+__all__ = ["odeint", "odeint_adjoint", "odeint_event"]
 
 
-def _no_events(event_fn) -> None:
-    if event_fn is not None:
-        raise NotImplementedError("event_fn (terminating events) is not supported yet by pynodeta; "
-                                  "integrate to a fixed time or use torchdiffeq.odeint_event")
+def _scipy_method(options):
+    """torchdiffeq's method='scipy_solver' + options['solver'] (default LSODA) as a scipy backend method."""
+    options = dict(options or {})
+    solver = options.pop("solver", "LSODA")
+    if not isinstance(solver, str):
+        raise ValueError(f"options['solver'] must be a scipy.integrate.solve_ivp method name such as 'LSODA', "
+                         f"got {solver!r}")
+    return solver.lower(), options
+
+
+def _scipy_solver(func, y0, t, rtol, atol, options):
+    """method='scipy_solver' on the 'scipy' backend. As torchdiffeq's wrapper, it returns states without
+    gradient (odeint_adjoint with it gives adjoint gradients)."""
+    method, options = _scipy_method(options)
+    with torch.no_grad():
+        return solve(func, y0, t, method=method, backend="scipy", rtol=rtol, atol=atol, options=options).ys
 
 
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
     """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``."""
-    _no_events(event_fn)
-    return solve(func, y0, t, method=method or "dopri5", rtol=rtol, atol=atol, options=options).ys
+    if method == "scipy_solver":
+        if event_fn is not None:
+            raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
+        return _scipy_solver(func, y0, t, rtol, atol, options)
+    kwargs = dict(method=method or "dopri5", rtol=rtol, atol=atol, options=options)
+    if event_fn is not None:
+        return solve_until_event(solve, func, y0, t, event_fn, **kwargs)
+    return solve(func, y0, t, **kwargs).ys
 
 
 def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None,
                    adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
                    adjoint_params=None):
     """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``."""
-    _no_events(event_fn)
-    return solve(
-        func, y0, t, method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True,
-        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-        adjoint_options=adjoint_options, adjoint_params=adjoint_params,
-    ).ys
+    backend = "torch"
+    if "scipy_solver" in (method, adjoint_method):
+        if adjoint_method not in (None, method):
+            raise ValueError("method='scipy_solver' runs forward and backward on SciPy: adjoint_method must be "
+                             "None or 'scipy_solver' too")
+        method, options = _scipy_method(options)
+        adjoint_method, adjoint_options = (None, None) if adjoint_options is None else _scipy_method(adjoint_options)
+        backend = "scipy"
+    kwargs = dict(method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True, backend=backend,
+                  adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                  adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    if event_fn is not None:
+        return solve_until_event(solve, func, y0, t, event_fn, **kwargs)
+    return solve(func, y0, t, **kwargs).ys
+
+
+def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface=odeint, **kwargs):
+    """Solve from ``t0`` until ``event_fn(t, y)`` changes sign; return ``(event_t, solution)`` with
+    ``solution`` the states at ``[t0, event_t]``, as ``torchdiffeq.odeint_event``. Gradients flow through
+    the event time (implicit-function theorem), with ``odeint_interface=odeint_adjoint`` too."""
+    t0 = torch.as_tensor(t0).reshape(-1)
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)

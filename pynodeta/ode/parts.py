@@ -24,8 +24,9 @@ __all__ = ["Parts", "typed_parts", "check_parts", "method_name", "solver_config"
 
 _UNLIMITED_STEPS = 2**31 - 1
 # option keys that belong to a controller; with a typed controller they must be set on it instead
-_CONTROLLER_OPTIONS = ("first_step", "min_step", "max_step", "norm", "safety", "ifactor", "dfactor")
-_GRID_OPTIONS = ("step_size", "interpolation")
+_CONTROLLER_OPTIONS = ("first_step", "min_step", "max_step", "norm", "safety", "ifactor", "dfactor", "step_t",
+                       "jump_t")
+_GRID_OPTIONS = ("step_size", "interpolation", "perturb", "grid_constructor")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ def _controller_from_options(method, be: Backend, kind: str, rtol, atol, options
         if kind != "i":
             raise ValueError(f"controller={kind!r} is for adaptive methods; {method_name(method)!r} is fixed-grid")
         return FixedGrid(step_size=None if options.get("step_size") is None else float(options["step_size"]),
-                         interpolation=options.get("interpolation", "linear"))
+                         interpolation=options.get("interpolation", "linear"),
+                         perturb=bool(options.get("perturb", False)),
+                         grid_constructor=options.get("grid_constructor"))
     fields = {k: options[k] for k in _CONTROLLER_OPTIONS if options.get(k) is not None}
     for key in ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor"):
         if key in fields:
@@ -203,13 +206,15 @@ def solver_config(method: str | Method, controller: Controller, max_steps: int |
     common = dict(method=method, max_num_steps=_UNLIMITED_STEPS if max_steps is None else max_steps,
                   warn_after_steps=warn_after_steps, extra=dict(extra or {}))
     if isinstance(controller, FixedGrid):
-        return SolverConfig(step_size=controller.step_size, interpolation=controller.interpolation, **common)
+        return SolverConfig(step_size=controller.step_size, interpolation=controller.interpolation,
+                            perturb=controller.perturb, grid_constructor=controller.grid_constructor, **common)
     return SolverConfig(
         rtol=check_tolerance("rtol", controller.rtol, state, like),
         atol=check_tolerance("atol", controller.atol, state, like),
         controller=controller.kind, gains=controller.gains, norm=_state_norm(controller.norm, state),
         first_step=controller.first_step, min_step=controller.min_step, max_step=controller.max_step,
-        safety=controller.safety, ifactor=controller.ifactor, dfactor=controller.dfactor, **common,
+        safety=controller.safety, ifactor=controller.ifactor, dfactor=controller.dfactor,
+        step_t=controller.step_t, jump_t=controller.jump_t, **common,
     )
 
 

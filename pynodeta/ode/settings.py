@@ -53,6 +53,9 @@ class IController:
             None: RMS over the whole state (the mixed RMS per part for tuple states).
         first_step: the first step's size (> 0), or None for Hairer's automatic choice.
         min_step, max_step: bounds on the step size, 0 <= min_step <= max_step (max_step may be inf).
+        step_t: times every solve must step on (torchdiffeq's option), e.g. where func changes character.
+        jump_t: times where func jumps (torchdiffeq's option): steps end there and the next one starts
+            from func evaluated just after the jump, so no step straddles a discontinuity.
     """
 
     rtol: Tolerance = 1e-7
@@ -64,8 +67,14 @@ class IController:
     first_step: float | None = None
     min_step: float = 0.0
     max_step: float = math.inf
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("step_t", "jump_t"):
+            times = getattr(self, name)
+            _require(isinstance(times, tuple) and all(math.isfinite(v) for v in times), name, times,
+                     "a tuple of finite times (options accept a tensor or list)")
         _check_tolerance("rtol", self.rtol)
         _check_tolerance("atol", self.atol)
         _require(0 < self.safety <= 1, "safety", self.safety, "in (0, 1] (e.g. 0.9)")
@@ -120,16 +129,25 @@ class FixedGrid:
         step_size: the grid spacing (> 0); None steps from one output time to the next.
         interpolation: how outputs between grid points are formed: "linear" (torchdiffeq's) or "cubic"
             (Hermite through the neighbouring grid points and their derivatives).
+        perturb: evaluate func one ulp inside each step at its ends (torchdiffeq's option), so that a
+            discontinuity at a grid point is seen from the side of the step being taken.
+        grid_constructor: ``(func, y0, t) -> grid``, torchdiffeq's option: a 1-D tensor of step points
+            from t[0] to t[-1] (in t's direction); overrides step_size.
     """
 
     step_size: float | None = None
     interpolation: str = "linear"
+    perturb: bool = False
+    grid_constructor: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.step_size is not None:
             _require(0 < self.step_size < math.inf, "step_size", self.step_size, "> 0 and finite, or None")
         _require(self.interpolation in ("linear", "cubic"), "interpolation", self.interpolation,
                  "'linear' or 'cubic'")
+        _require(isinstance(self.perturb, bool), "perturb", self.perturb, "True or False")
+        _require(self.grid_constructor is None or callable(self.grid_constructor), "grid_constructor",
+                 self.grid_constructor, "a callable (func, y0, t) -> grid, or None")
 
 
 Controller = IController | PIController | FixedGrid

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from .adjoint import AdjointSpec, adjoint_integrate
-from .backends import Backend, get_backend
+from .backends import Backend, SolverConfig, get_backend
+from .callbacks import find_callbacks, warn_unsupported_callbacks
 from .errors import MaxStepsReachedError
 from .methods import Method
 from .parts import adjoint_config, method_name, solver_config, typed_parts
-from .settings import Adjoint, Controller, IController
+from .settings import Adjoint, Controller, FixedGrid, IController
 from .stats import SolveStats, _publish
-from .validation import check_times, flatten_state, warn_if_unresolvable
+from .validation import FlatState, check_times, flatten_state, warn_if_unresolvable
 
 __all__ = ["Solution", "solve"]
 
@@ -101,6 +102,7 @@ def solve(
                            state, y0_flat)
     if isinstance(parts.controller, IController):
         warn_if_unresolvable(config, y0_flat)
+    config = _with_callbacks(config, func, state, be, parts)
     stats = SolveStats(method=method_name(parts.method), backend=be.name)
     _publish(stats)
     if y0_flat.numel() == 0:  # an empty batch: nothing to integrate, the same on every backend
@@ -115,7 +117,7 @@ def solve(
                 func=flat_func, backend=be, config=config, adjoint_config=adjoint_config(parts, config, be, y0_flat),
                 adjoint_norm=None if parts.adjoint.norm == "mixed" else parts.adjoint.norm,
                 state_sizes=state.sizes, state_norm=config.norm if _user_norm(parts.controller) else None,
-                stats=stats,
+                stats=stats, split_state=state.split if state.is_tuple else None, callback_owner=func,
             )
             ys = adjoint_integrate(spec, y0_flat, t, params)
         elif be.differentiable:
@@ -132,6 +134,15 @@ def solve(
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
 
 
+def _with_callbacks(config: SolverConfig, func, state: FlatState, be: Backend, parts) -> SolverConfig:
+    """func's torchdiffeq step callbacks, called with the caller's state layout; a warning for those the
+    method cannot call (as torchdiffeq warns)."""
+    warn_unsupported_callbacks(func, method_name(parts.method), not isinstance(parts.controller, FixedGrid),
+                               native=be.differentiable)
+    callbacks = find_callbacks(func, shape_state=state.split if state.is_tuple else None)
+    return config if callbacks is None else replace(config, callbacks=callbacks)
+
+
 def _user_norm(controller: Controller) -> bool:
     return isinstance(controller, IController) and controller.norm is not None
 
@@ -145,7 +156,8 @@ def _integrate_direct(be, func, y0, t, config, stats) -> torch.Tensor:
         f_start = func(t[0].detach().to(y0.dtype), y0.detach())
     ys = be.integrate(func, _StartTime.apply(t, y0, f_start), t, config, stats)
     with torch.no_grad():
-        f_out = torch.stack([func(t[i].detach().to(y0.dtype), ys[i].detach()) for i in range(1, len(t))])
+        f_out = [func(t[i].detach().to(y0.dtype), ys[i].detach()) for i in range(1, len(t))]
+        f_out = torch.stack(f_out) if f_out else y0.new_zeros((0, *y0.shape))  # a single output time: none
     stats.nfe += len(t)
     stats.t_evaluated.extend(t.detach().tolist())
     ys = torch.cat([y0.unsqueeze(0), ys[1:]])  # y(t0) = y0 does not move with t0
@@ -181,7 +193,8 @@ class _OutputTimes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (f_out,) = ctx.saved_tensors
-        per_time = (grad[1:] * f_out).reshape(len(f_out), -1).sum(1)
+        products = grad[1:] * f_out
+        per_time = products.reshape(len(f_out), -1).sum(1) if len(f_out) else products.new_zeros(0)
         grad_t = torch.cat([per_time.new_zeros(1), per_time]).to(ctx.t_dtype)
         return grad_t, grad, None
 

@@ -16,7 +16,7 @@ __all__ = ["StateStructure", "check_times", "flatten_state", "check_tolerance", 
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
     {"step_size", "first_step", "max_num_steps", "min_step", "max_step", "dtype", "norm",
-     "safety", "ifactor", "dfactor", "interpolation"}
+     "safety", "ifactor", "dfactor", "interpolation", "perturb", "grid_constructor", "step_t", "jump_t"}
 )
 
 
@@ -60,7 +60,7 @@ class StateStructure:
         parts, start = [], 0
         for shape in self.shapes:
             end = start + shape.numel()
-            parts.append(flat[..., start:end].view(*lead, *shape))
+            parts.append(flat[..., start:end].view((*lead, *shape)))  # a tuple: 0-d parts too
             start = end
         return tuple(parts)
 
@@ -158,8 +158,20 @@ def warn_if_unresolvable(config: Any, y0: torch.Tensor) -> None:
         warn_unresolvable_tolerance(y0.dtype, rtol, atol, eps)
 
 
+# torchdiffeq options pynodeta does not implement yet, and why a silent drop would be wrong
+_NOT_YET: dict[str, str] = {}
+
+
 def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str) -> dict[str, Any]:
     options = dict(options or {})
+    if "interp" in options:  # torchdiffeq's name for the fixed-grid interpolation
+        if "interpolation" in options:
+            raise ValueError("options 'interp' and 'interpolation' are the same setting; pass one of them")
+        options["interpolation"] = options.pop("interp")
+    missing = sorted(set(options) & set(_NOT_YET))
+    if missing:
+        raise ValueError(f"unknown option(s) {missing}: torchdiffeq's, not supported by pynodeta yet (ignoring "
+                         "them would be wrong: " + "; ".join(f"{k}: {_NOT_YET[k]}" for k in missing) + ")")
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are {sorted(OPTION_KEYS)}")
@@ -180,6 +192,19 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
                          f"got {options['dtype']}")
     if options.get("interpolation", "linear") not in ("linear", "cubic"):
         raise ValueError(f"options['interpolation'] must be 'linear' or 'cubic', got {options['interpolation']!r}")
+    for key in ("perturb", "grid_constructor"):
+        if options.get(key) is not None and adaptive:
+            raise ValueError(f"options[{key!r}] is for fixed-grid methods; {method!r} is adaptive")
+    for key in ("step_t", "jump_t"):
+        if options.get(key) is not None:
+            if not adaptive:
+                raise ValueError(f"options[{key!r}] is for adaptive methods; {method!r} steps on a fixed grid "
+                                 "(put the times into its grid with grid_constructor)")
+            times = options[key]
+            times = times.detach().reshape(-1).tolist() if isinstance(times, torch.Tensor) else list(times)
+            options[key] = tuple(float(v) for v in times)  # a list stays float64 (no float32 tensor on the way)
+    if options.get("grid_constructor") is not None and not callable(options["grid_constructor"]):
+        raise ValueError("options['grid_constructor'] must be callable as (func, y0, t) -> grid")
     norm = options.get("norm")
     if norm is not None and not callable(norm):
         raise ValueError(f"options['norm'] must be callable (tensor -> scalar tensor), got {norm!r}; "

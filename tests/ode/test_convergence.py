@@ -27,6 +27,8 @@ def _solve(name: str, h: float, t: torch.Tensor):
 
 def _steps(order: int) -> list[float]:
     # errors between ~1e-5 and ~1e-12: asymptotic regime, above float64 round-off
+    if order >= 8:  # dopri8 reaches round-off already at h = 0.05
+        return [0.5, 0.4, 1 / 3, 0.25]
     return [0.1, 0.05, 0.025, 0.0125] if order >= 4 else [0.05, 0.025, 0.0125, 0.00625]
 
 
@@ -41,7 +43,10 @@ def test_convergence_order_at_grid_points(name):
     exact = rational_exact(Y0, t)[-1]
     steps = _steps(order)
     errors = [float((_solve(name, h, t)[-1] - exact).abs().max()) for h in steps]
-    assert _fitted_order(steps, errors) == pytest.approx(order, abs=0.3)
+    if order >= 8:  # here the h^9, h^10 error terms dominate h^8 until round-off: check the order as a floor
+        assert _fitted_order(steps, errors) >= order - 0.3
+    else:
+        assert _fitted_order(steps, errors) == pytest.approx(order, abs=0.3)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if m.dense is not None))

@@ -73,7 +73,11 @@ def test_gradcheck_output_times(name):
 @pytest.mark.parametrize("name", ADAPTIVE_METHODS)
 def test_adjoint_matches_direct_backprop(name, seminorm):
     """Both are accurate to the solver tolerance, so they agree to a small multiple of it."""
-    tol = {"dopri5": 1e-10, "tsit5": 1e-10, "bosh3": 1e-8, "adaptive_heun": 1e-6}[name]
+    # dopri8 takes long steps, and its dense output (torchdiffeq's quartic) is only 4th order
+    tol = {"dopri5": 1e-10, "tsit5": 1e-10, "dopri8": 1e-6, "bosh3": 1e-8, "adaptive_heun": 1e-6,
+           "fehlberg2": 1e-6}[name]
+    # fehlberg2's error estimate (weights +-1/512) underrates its error ~1e3-fold, in torchdiffeq too
+    slack = 10.0 if name == "fehlberg2" else 1.0
     field = MLPField(dim=2, hidden=8, dtype=torch.float64)
     y0 = torch.randn(4, 2, dtype=torch.float64, generator=GEN, requires_grad=True)
     t = torch.tensor([0.0, 0.5, 1.2], dtype=torch.float64, requires_grad=True)
@@ -85,7 +89,7 @@ def test_adjoint_matches_direct_backprop(name, seminorm):
         return torch.autograd.grad(ys.square().sum(), params)
 
     for direct, adjoint in zip(grads(False), grads(True)):
-        assert torch.allclose(direct, adjoint, rtol=1e4 * tol, atol=1e3 * tol)
+        assert torch.allclose(direct, adjoint, rtol=1e4 * tol * slack, atol=1e3 * tol * slack)
 
 
 def test_seminorm_takes_fewer_backward_evaluations():

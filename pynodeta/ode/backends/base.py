@@ -42,6 +42,7 @@ class SolverConfig:
         safety, ifactor, dfactor: step-size controller constants (torchdiffeq's defaults).
         interpolation: how fixed-grid methods produce outputs between grid points ("linear" or "cubic").
         extra: backend-specific options, passed through untouched.
+        callbacks: ``StepCallbacks`` read from func (torchdiffeq's callback_step/accept/reject), or None.
     """
 
     method: Any  # str, or a pynodeta.ode.Method for the torch backend
@@ -61,6 +62,11 @@ class SolverConfig:
     dfactor: float = 0.2
     interpolation: str = "linear"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    callbacks: Any = None  # pynodeta.ode.callbacks.StepCallbacks
+    perturb: bool = False  # fixed grid: evaluate one ulp inside the step at its ends
+    grid_constructor: Callable | None = None  # fixed grid: (func, y0, t) -> step points
+    step_t: tuple[float, ...] = ()  # adaptive: times to step on
+    jump_t: tuple[float, ...] = ()  # adaptive: discontinuities of func, stepped on and restarted from
 
 
 class Backend(abc.ABC):

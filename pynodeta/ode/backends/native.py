@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..adams import ADAMS_METHODS, integrate_adams
 from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError, warn_long_solve
 from ..methods import METHODS, Method, hermite_weights, linear_weights
 from ..stats import SolveStats
@@ -69,12 +70,19 @@ class _RHSCaller:
     def just_before(self, s: float, y: torch.Tensor) -> torch.Tensor:
         """Evaluate one ulp (of y's dtype) before t toward the step's start, as torchdiffeq does for c = 1
         stages, so a discontinuity at the step's end is seen from the inside."""
+        return self._nudged(s, y, self._toward_start)
+
+    def just_after(self, s: float, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate one ulp after t toward the step's end (torchdiffeq's perturb option at a step's start)."""
+        return self._nudged(s, y, -self._toward_start)
+
+    def _nudged(self, s: float, y: torch.Tensor, toward: float) -> torch.Tensor:
         if self._np_dtype is not None:
             as_dtype = self._np_dtype
-            t = float(np.nextafter(as_dtype(self.direction * s), as_dtype(self._toward_start)))
+            t = float(np.nextafter(as_dtype(self.direction * s), as_dtype(toward)))
         else:
             t = float(torch.nextafter(torch.tensor(self.direction * s, dtype=self.dtype),
-                                      torch.tensor(self._toward_start, dtype=self.dtype)))
+                                      torch.tensor(toward, dtype=self.dtype)))
         self.times.append(t)
         return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), y)
 
@@ -98,21 +106,27 @@ class TorchBackend(Backend):
     differentiable = True
 
     def methods(self) -> tuple[str, ...]:
-        return tuple(METHODS)
+        return (*METHODS, *ADAMS_METHODS)
 
     def is_adaptive(self, method: str) -> bool:
-        return METHODS[method].adaptive
+        return method not in ADAMS_METHODS and METHODS[method].adaptive
 
     def integrate(
         self, func: RHS, y0: torch.Tensor, t: torch.Tensor, config: SolverConfig, stats: SolveStats
     ) -> torch.Tensor:
         if config.extra:
             raise ValueError(f"unknown backend_options {sorted(config.extra)} for backend 'torch' (it takes none)")
-        method = config.method if isinstance(config.method, Method) else METHODS[config.method]
         out_s, direction = _output_times(t)
         if len(out_s) == 1:
             return y0.unsqueeze(0)
         call = _RHSCaller(func, y0, direction, stats)
+        if isinstance(config.method, str) and config.method in ADAMS_METHODS:
+            grid = (_constructed_grid(call, y0, out_s, config.grid_constructor) if config.grid_constructor
+                    else _fixed_grid(out_s, config.step_size))
+            outputs = integrate_adams(config.method, call, y0, out_s, grid, config, stats)
+            _check_outputs_finite(outputs, out_s, direction)
+            return torch.stack(outputs)
+        method = config.method if isinstance(config.method, Method) else METHODS[config.method]
         if method.adaptive:
             outputs = _integrate_adaptive(method, call, y0, out_s, config, stats)
         else:
@@ -210,6 +224,8 @@ def _integrate_adaptive(
     n_steps = n_accepted = 0
     step_sizes = stats.step_sizes
     ratio = 0.0
+    callbacks = config.callbacks
+    stops = _stops(config, out_s, direction)  # (solver time, is a jump) to land on, nearest first
     try:
         while not dense.done:
             if n_steps >= max_num_steps:
@@ -219,12 +235,17 @@ def _integrate_adaptive(
                 warn_long_solve(n_steps, direction * s, dt)
                 warn_after = math.inf
             dt = min(max(dt, min_step), max_step)
+            at_jump = False
+            if stops and s + dt >= stops[-1][0]:  # land on the next step_t / jump_t point
+                dt, at_jump = stops[-1][0] - s, stops[-1][1]
             s1 = s + dt
             if not s1 > s:
                 if not math.isfinite(ratio):
                     raise NonFiniteStateError(direction * s, "the state after a trial step")
                 raise StepSizeUnderflowError(direction * s, dt, len(stats.t_evaluated))
             h = direction * dt
+            if callbacks is not None:
+                callbacks.on_step(direction * s, y, dt)
             y1, ks = stages.step(s, y, f, dt, h)
             n_steps += 1
             ratio = error_ratio(ks, y, y1, h)
@@ -232,12 +253,18 @@ def _integrate_adaptive(
                 # min_step cannot shrink further: retrying at min_step would repeat the same step forever
                 raise NonFiniteStateError(direction * s, f"the state after a trial step of min_step={min_step:.3g}")
             accepted = ratio <= 1 or dt <= min_step
+            if callbacks is not None:
+                (callbacks.on_accept if accepted else callbacks.on_reject)(direction * s, y, dt)
             if accepted:
                 n_accepted += 1
                 step_sizes.append(dt)
                 f1 = ks[-1] if stages.fsal else call(s1, y1)
                 dense.emit(s, dt, h, y, y1, ks, f1)
                 s, y, f = s1, y1, f1
+                if stops and s >= stops[-1][0]:
+                    stops.pop()
+                    if at_jump:  # restart from func on the far side of the discontinuity
+                        f = call.just_after(s, y)
             dt = control.next_step(dt, ratio, accepted)
     finally:
         stats.n_steps += n_steps
@@ -245,6 +272,16 @@ def _integrate_adaptive(
         stats.n_rejected += n_steps - n_accepted
         stats.nfe = len(stats.t_evaluated)
     return dense.outputs
+
+
+def _stops(config: SolverConfig, out_s: list[float], direction: float) -> list[tuple[float, bool]]:
+    """step_t and jump_t inside the solve, in solver time, as a stack with the nearest on top."""
+    if not (config.step_t or config.jump_t):
+        return []
+    start, end = out_s[0], out_s[-1]
+    points = {direction * v: False for v in config.step_t}
+    points.update({direction * v: True for v in config.jump_t})  # a jump_t wins over an equal step_t
+    return sorted(((s, jump) for s, jump in points.items() if start < s < end), reverse=True)
 
 
 def _check_outputs_finite(outputs: list[torch.Tensor], out_s: list[float], direction: float) -> None:
@@ -270,6 +307,17 @@ def _fixed_grid(out_s: list[float], step_size: float | None) -> list[float]:
     return grid
 
 
+def _constructed_grid(call: _RHSCaller, y0: torch.Tensor, out_s: list[float], constructor) -> list[float]:
+    """torchdiffeq's grid_constructor(func, y0, t): step points in the caller's time, from t[0] to t[-1]."""
+    direction = call.direction
+    t = torch.tensor([direction * v for v in out_s], dtype=y0.dtype, device=y0.device)
+    grid = [direction * float(v) for v in torch.as_tensor(constructor(call.func, y0, t)).reshape(-1).tolist()]
+    if len(grid) < 2 or grid[0] != out_s[0] or grid[-1] != out_s[-1] or any(b <= a for a, b in zip(grid, grid[1:])):
+        raise ValueError("options['grid_constructor'] must return a 1-D grid from t[0] to t[-1] (both included), "
+                         f"strictly monotone in t's direction; got {[direction * v for v in grid][:8]}")
+    return grid
+
+
 def _integrate_fixed(
     method: Method, call: _RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig, stats: SolveStats
 ) -> list[torch.Tensor]:
@@ -277,11 +325,16 @@ def _integrate_fixed(
     a_rows, c, b_rows = tab.a_nonzero, tab.c, tab.b_nonzero
     cubic = config.interpolation == "cubic"
     dense = hermite_weights(tab.b, fsal=False) if cubic else linear_weights(tab.b)
-    grid = _fixed_grid(out_s, config.step_size)
+    if config.grid_constructor is not None:
+        grid = _constructed_grid(call, y0, out_s, config.grid_constructor)
+    else:
+        grid = _fixed_grid(out_s, config.step_size)
     direction = call.direction
     outputs = [y0]
     next_out, n_out = 1, len(out_s)
-    y, f = y0, call(grid[0], y0)
+    perturb = config.perturb  # one-sided evaluations at the step's ends (torchdiffeq's Perturb.NEXT / PREV)
+    first_stage = call.just_after if perturb else call
+    y, f = y0, first_stage(grid[0], y0)
     _check_derivative(f, y0, direction * grid[0])
     for n_steps, (s, s1) in enumerate(zip(grid[:-1], grid[1:])):
         if n_steps >= config.max_num_steps:
@@ -289,9 +342,12 @@ def _integrate_fixed(
                                        torch.stack(outputs))
         dt = s1 - s
         h = direction * dt
-        ks = [f if f is not None else call(s, y)]
+        if config.callbacks is not None:
+            config.callbacks.on_step(direction * s, y, dt)
+        ks = [f if f is not None else first_stage(s, y)]
         for i in range(1, len(c)):
-            ks.append(call(s + c[i] * dt, _combine(y, ks, a_rows[i], h)))
+            y_stage = _combine(y, ks, a_rows[i], h)
+            ks.append(call.just_before(s1, y_stage) if perturb and c[i] == 1 else call(s + c[i] * dt, y_stage))
         y1 = _combine(y, ks, b_rows, h)
         f = None
         while next_out < n_out and out_s[next_out] <= s1:
@@ -308,5 +364,7 @@ def _integrate_fixed(
         stats.n_steps += 1
         stats.n_accepted += 1
         y = y1
+        if perturb:
+            f = None  # the cubic output's f(t1, y1) is not the next step's one-sided first stage
     stats.nfe = len(stats.t_evaluated)
     return outputs

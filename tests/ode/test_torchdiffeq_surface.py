@@ -1,0 +1,325 @@
+"""torchdiffeq 0.2.5 behaviours its own test suite exercises: 0-d tuple parts, a single output time,
+step callbacks and the adjoint norm's layout."""
+
+import math
+
+import pytest
+import torch
+
+import pynodeta as pn
+
+from .problems import MatrixSystem
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+F64 = torch.float64
+
+
+def oscillator(t, state):
+    x, v = state
+    return v, -x
+
+
+def test_tuple_state_with_0d_parts_follows_the_oscillator():
+    y0 = (torch.tensor(1.0, dtype=F64), torch.tensor(0.0, dtype=F64))
+    t = torch.linspace(0, 2, 5, dtype=F64)
+    x, v = pn.odeint(oscillator, y0, t, rtol=1e-10, atol=1e-12)
+    assert x.shape == v.shape == (5,)
+    assert torch.allclose(x, torch.cos(t), atol=1e-8) and torch.allclose(v, -torch.sin(t), atol=1e-8)
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_single_output_time_requiring_grad_returns_y0_with_identity_gradient(door):
+    y0 = torch.tensor([1.0, -2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.3], dtype=F64, requires_grad=True)
+    kwargs = {"adjoint_params": ()} if door == "odeint_adjoint" else {}
+    ys = getattr(pn, door)(lambda t, y: -y, y0, t, **kwargs)
+    assert ys.shape == (1, 2) and torch.equal(ys[0].detach(), y0.detach())
+    (ys * torch.tensor([3.0, 5.0], dtype=F64)).sum().backward()
+    assert torch.equal(y0.grad, torch.tensor([3.0, 5.0], dtype=F64))
+    assert torch.equal(t.grad, torch.zeros(1, dtype=F64))  # y(t0) = y0 whatever t0 is
+
+
+class Recorder(torch.nn.Module):
+    """dy/dt = A y with every callback recording (t0, dt) and the state's layout."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.field = MatrixSystem()
+        self.calls = {name: [] for name in names}
+        for name in names:
+            setattr(self, name, self._recorder(name))
+
+    def _recorder(self, name):
+        def record(t0, y0, dt):
+            shapes = tuple(p.shape for p in y0) if isinstance(y0, tuple) else y0.shape
+            self.calls[name].append((float(t0), float(dt), shapes))
+        return record
+
+    def forward(self, t, y):
+        return self.field(t, y)
+
+
+FORWARD = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+@pytest.mark.parametrize("t_end", [2.0, -2.0])
+def test_adaptive_callbacks_match_the_steps_in_the_callers_time(t_end):
+    func = Recorder(FORWARD)
+    y0 = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64)
+    sol = pn.solve(func, y0, torch.tensor([0.0, t_end], dtype=F64), rtol=1e-6, atol=1e-8,
+                   options={"first_step": 1.0})  # a first step too large: at least one rejection
+    steps, accepted, rejected = (func.calls[n] for n in FORWARD)
+    assert len(steps) == sol.stats.n_steps and len(accepted) == sol.stats.n_accepted
+    assert len(rejected) == sol.stats.n_rejected >= 1
+    assert [dt for _, dt, _ in accepted] == pytest.approx(sol.stats.step_sizes, rel=1e-15)
+    starts = [t0 for t0, _, _ in accepted]
+    assert starts[0] == 0.0 and all(math.copysign(1, t_end) * (b - a) > 0 for a, b in zip(starts, starts[1:]))
+    assert all(shape == y0.shape for _, _, shape in steps)
+
+
+def test_fixed_grid_calls_callback_step_once_per_grid_step_and_warns_about_the_others():
+    func = Recorder(("callback_step", "callback_accept_step"))
+    with pytest.warns(UserWarning, match="callback_accept_step"):
+        pn.odeint(func, torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rk4",
+                  options={"step_size": 0.1})
+    assert [t0 for t0, _, _ in func.calls["callback_step"]] == pytest.approx([i / 10 for i in range(10)])
+    assert func.calls["callback_accept_step"] == []
+
+
+class _CallableWithCallbacks:
+    """A plain callable (not a Module) carrying a callback, as torchdiffeq allows."""
+
+    def __init__(self, f, recorder):
+        self.f, self.callback_step = f, recorder.callback_step
+
+    def __call__(self, t, y):
+        return self.f(t, y)
+
+
+def test_tuple_state_callbacks_receive_the_tuple():
+    recorder = Recorder(("callback_step",))
+    func = _CallableWithCallbacks(lambda t, y: (-y[0], -y[1]), recorder)
+    y0 = (torch.tensor(1.0, dtype=F64), torch.zeros(2, dtype=F64))
+    pn.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method="euler", options={"step_size": 0.5})
+    assert recorder.calls["callback_step"] == [(0.0, 0.5, ((), (2,))), (0.5, 0.5, ((), (2,)))]
+
+
+def test_adjoint_callbacks_run_on_the_backward_solve_with_torchdiffeqs_layout():
+    func = Recorder(tuple(n + "_adjoint" for n in FORWARD))
+    y0 = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    sol = pn.solve(func, y0, t, adjoint=True, rtol=1e-6, atol=1e-8)
+    assert not any(func.calls.values())  # nothing during the forward solve
+    sol.ys.sum().backward()
+    steps, accepted, rejected = (func.calls[n + "_adjoint"] for n in FORWARD)
+    assert len(steps) == sol.stats.n_steps_adjoint == len(accepted) + len(rejected) > 0
+    assert steps[0][0] == 2.0 and all(0.0 <= t0 <= 2.0 for t0, _, _ in steps)
+    assert steps[0][2] == ((), (1, 3), (1, 3), (3, 3))  # (t-adjoint, y, dL/dy, dL/dA)
+
+
+def test_scipy_backend_warns_that_it_cannot_call_callbacks():
+    func = Recorder(("callback_step",))
+    with pytest.warns(UserWarning, match="does not call the callbacks"):
+        pn.solve(func, torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), backend="scipy",
+                 method="rk45")
+
+
+def _norm_layouts(library, y0, **kwargs):
+    layouts = []
+
+    def norm(parts):
+        layouts.append(tuple(p.shape for p in parts))
+        return max(p.abs().max() if p.numel() else p.new_zeros(()) for p in parts)
+
+    func = MatrixSystem()
+    field = (lambda t, y: (func(t, y[0]), -y[1])) if isinstance(y0, tuple) else func
+    out = library.odeint_adjoint(field, y0, torch.tensor([0.0, 1.0], dtype=F64),
+                                 adjoint_params=tuple(func.parameters()), adjoint_options={"norm": norm}, **kwargs)
+    sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    return layouts
+
+
+@pytest.mark.parametrize("tuple_state", [False, True])
+def test_a_user_adjoint_norm_sees_torchdiffeqs_layout(tuple_state):
+    def y0():
+        first = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64, requires_grad=True)
+        return (first, torch.ones(2, dtype=F64, requires_grad=True)) if tuple_state else first
+
+    ours, theirs = _norm_layouts(pn, y0()), _norm_layouts(torchdiffeq, y0())
+    assert ours[0] == theirs[0]
+    assert ours[0][0] == ()  # the time part is a scalar
+    assert len(ours[0]) == (6 if tuple_state else 4)
+
+
+@pytest.mark.parametrize("solver", ["RK45", "DOP853", "LSODA"])
+def test_scipy_solver_method_routes_to_scipy(solver):
+    t = torch.linspace(0, 2, 4, dtype=F64)
+    y0 = torch.tensor([1.0, -3.0], dtype=F64)
+    ys = pn.odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": solver})
+    assert torch.allclose(ys, y0 * torch.exp(-t)[:, None], rtol=1e-5, atol=1e-7)
+    y0.requires_grad_(True)
+    ys = pn.odeint_adjoint(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": solver},
+                           adjoint_params=())
+    (grad,) = torch.autograd.grad(ys[-1].sum(), y0)  # d y(2) / d y0 = exp(-2)
+    assert torch.allclose(grad, torch.full_like(y0, math.exp(-2)), rtol=1e-5)
+
+
+def test_interp_is_torchdiffeqs_name_for_interpolation():
+    t = torch.tensor([0.0, 0.33, 1.0], dtype=F64)
+    y0 = torch.tensor([1.0], dtype=F64)
+    ours = pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.25, "interpolation": "cubic"})
+    theirs = pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.25, "interp": "cubic"})
+    linear = pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.25})
+    assert torch.equal(ours, theirs) and not torch.equal(ours, linear)
+    with pytest.raises(ValueError, match="same setting"):
+        pn.odeint(lambda t, y: -y, y0, t, method="rk4", options={"interp": "cubic", "interpolation": "cubic"})
+
+
+class _JumpingDecay(torch.nn.Module):
+    """y' = -y before t = 0.5 and -3y after: y(1) = y0 exp(-2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return torch.where(t < 0.5, -y, -3 * y)
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_jump_t_steps_on_the_discontinuity_and_saves_evaluations(door):
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    kwargs = {"adjoint_params": ()} if door == "odeint_adjoint" else {}
+    plain, told = _JumpingDecay(), _JumpingDecay()
+    ys_plain = getattr(pn, door)(plain, y0, t, rtol=1e-6, atol=1e-6, **kwargs)
+    ys_told = getattr(pn, door)(told, y0, t, rtol=1e-6, atol=1e-6, options={"jump_t": torch.tensor([0.5])},
+                                **kwargs)
+    assert told.nfe < plain.nfe / 2
+    exact = y0.detach() * math.exp(-2)
+    assert (ys_told[-1] - exact).abs().max() < (ys_plain[-1] - exact).abs().max() / 10
+    ys_told[-1].sum().backward()  # d y(1) / d y0 = exp(-2) for each component
+    assert torch.allclose(y0.grad, torch.full((2,), math.exp(-2), dtype=F64), rtol=1e-5)
+
+
+def test_step_t_points_are_stepped_on():
+    sol = pn.solve(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64),
+                   options={"step_t": [0.3, 1.7]}, rtol=1e-3, atol=1e-3)
+    ends = torch.tensor(sol.stats.step_sizes, dtype=F64).cumsum(0)
+    assert any(abs(float(e) - 0.3) < 1e-12 for e in ends) and any(abs(float(e) - 1.7) < 1e-12 for e in ends)
+    with pytest.raises(ValueError, match="for adaptive methods"):
+        pn.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="rk4", options={"step_t": [0.5]})
+
+
+def _free_fall(g):
+    return lambda t, y: (y[1], -g * torch.ones_like(y[1]))
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_event_time_and_its_gradients_match_free_falls_closed_form(door):
+    """h(t) = h0 - g t^2 / 2 hits 0 at t* = t0 + sqrt(2 h0 / g): dt*/dh0 = 1/sqrt(2 h0 g),
+    dt*/dg = -sqrt(2 h0) g^(-3/2) / 2, dt*/dt0 = 1; the speed there is -sqrt(2 g h0)."""
+    g = torch.tensor(9.81, dtype=F64, requires_grad=True)
+    h0 = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    t0 = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    kwargs = {"adjoint_params": (g,)} if door == "odeint_adjoint" else {}
+    event_t, (h, v) = pn.odeint_event(_free_fall(g), (h0, torch.tensor(0.0, dtype=F64)), t0,
+                                      event_fn=lambda t, y: y[0], odeint_interface=getattr(pn, door),
+                                      rtol=1e-10, atol=1e-12, **kwargs)
+    assert float(event_t) == pytest.approx(0.5 + math.sqrt(2 * 2.0 / 9.81), abs=1e-10)
+    assert h.shape == (2,) and float(h[-1]) == pytest.approx(0.0, abs=1e-10)
+    assert float(v[-1]) == pytest.approx(-math.sqrt(2 * 9.81 * 2.0), rel=1e-9)
+    d_h0, d_g, d_t0 = torch.autograd.grad(event_t, (h0, g, t0))
+    assert float(d_h0) == pytest.approx(1 / math.sqrt(2 * 2.0 * 9.81), rel=1e-8)
+    assert float(d_g) == pytest.approx(-math.sqrt(2 * 2.0) / 2 * 9.81**-1.5, rel=1e-8)
+    assert float(d_t0) == pytest.approx(1.0, rel=1e-8)
+
+
+@pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", {"step_size": 0.01, "interp": "cubic"})])
+def test_event_backwards_in_time_on_exponential_decay(method, options):
+    """y' = -y from y(0) = 1 backwards: y = e^(-t) reaches 2 at t* = -ln 2."""
+    event_t, ys = pn.odeint_event(lambda t, y: -y, torch.tensor([1.0], dtype=F64), torch.tensor(0.0, dtype=F64),
+                                  event_fn=lambda t, y: y.sum() - 2.0, reverse_time=True, method=method,
+                                  options=options, rtol=1e-10, atol=1e-12)
+    assert float(event_t) == pytest.approx(-math.log(2), abs=1e-7)
+    assert ys.shape == (2, 1) and float(ys[-1]) == pytest.approx(2.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("perturb", [True, False])
+def test_perturb_evaluates_one_sided_at_grid_points(perturb):
+    """f jumps at t = 0.5: with perturb each step sees only its own side, so rk4 with step 0.5 integrates
+    the piecewise-constant field exactly (0.5 * 1 + 0.5 * 3); without it, the c = 1 stage of the first
+    step and the c = 0 stage of the second read the other side's value at the grid point 0.5."""
+    times = []
+
+    def field(t, y):
+        times.append(float(t))
+        return torch.where(t < 0.5, 1.0, 3.0) * torch.ones_like(y)
+
+    ys = pn.odeint(field, torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rk4",
+                   options={"step_size": 0.5, "perturb": perturb})
+    assert (0.5 in times) != perturb and (0.0 in times) != perturb
+    if perturb:
+        assert float(ys[-1]) == pytest.approx(2.0, abs=1e-12)
+    else:
+        assert abs(float(ys[-1]) - 2.0) > 0.1
+
+
+@pytest.mark.parametrize("door", ["odeint", "odeint_adjoint"])
+def test_grid_constructor_sets_the_euler_grid_forward_and_backward(door):
+    """Euler on y' = y with 10 steps of 0.1 gives (1.1)^10 and, through the same grid backwards, the same
+    discrete gradient; the constructor sees t = [0, 1] forward and [1, 0] in the adjoint's backward solve."""
+    seen = []
+
+    def grid(func, y0, t):
+        seen.append(t.tolist())
+        return torch.linspace(float(t[0]), float(t[-1]), 11, dtype=F64)
+
+    x0 = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    kwargs = {"adjoint_params": ()} if door == "odeint_adjoint" else {}
+    xs = getattr(pn, door)(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+                           options={"grid_constructor": grid}, **kwargs)
+    assert float(xs[1]) == pytest.approx(1.1**10, rel=1e-12)
+    xs[1].backward()
+    assert float(x0.grad) == pytest.approx(1.1**10, rel=1e-12)
+    assert seen == ([[0.0, 1.0], [1.0, 0.0]] if door == "odeint_adjoint" else [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="grid_constructor"):
+        pn.odeint(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+                  options={"grid_constructor": lambda f, y0, t: torch.tensor([0.0, 0.5], dtype=F64)})
+
+
+def test_adams_weights_are_the_classical_ones():
+    from pynodeta.ode.adams import adams_weights
+
+    assert adams_weights(2, False) == pytest.approx((3 / 2, -1 / 2), abs=1e-15)
+    assert adams_weights(4, False) == pytest.approx(tuple(w / 24 for w in (55, -59, 37, -9)), abs=1e-15)
+    assert adams_weights(4, True) == pytest.approx(tuple(w / 24 for w in (9, 19, -5, 1)), abs=1e-15)
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
+def test_adams_methods_take_torchdiffeqs_steps(method):
+    from .problems import rational
+
+    y0, t = torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+    ours = pn.odeint(rational, y0, t, method=method, options={"step_size": 0.05})
+    theirs = torchdiffeq.odeint(rational, y0, t, method=method, options={"step_size": 0.05})
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-11)
+
+
+def test_implicit_adams_converges_at_order_four_or_more():
+    import numpy as np
+
+    from .problems import rational, rational_exact
+
+    y0, t = torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    steps = [0.05, 0.025, 0.0125]
+    errors = [float((pn.odeint(rational, y0, t, method="implicit_adams", options={"step_size": h})[-1]
+                     - rational_exact(y0, t)[-1]).abs().max()) for h in steps]
+    assert float(np.polyfit(np.log(steps), np.log(errors), 1)[0]) >= 3.7
+
+
+def test_event_in_float32_is_located_to_float32_resolution():
+    event_t, ys = pn.odeint(lambda t, y: -y, torch.tensor([1.0]), torch.tensor([0.0, 1.0]),
+                            event_fn=lambda t, y: y.sum() - 0.5, rtol=1e-5, atol=1e-7)
+    assert event_t.dtype == torch.float32 and float(event_t) == pytest.approx(math.log(2), abs=1e-5)
