@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import atomic_torch_save
 from .posthoc import posthoc_reconstruct
-from .snapshots import list_snapshots, write_atomically
+from .snapshots import list_snapshots
 from .sweep import parse_sweep, sweep_sigma_rels, write_sweep
 
 __all__ = ["build_parser", "main"]
@@ -79,7 +80,7 @@ def _reconstruct_one(args) -> None:
         payload["pynodeta_phema"] = {"sigma_rel": args.sigma_rel, "step": step}
     else:
         payload = {"state_dict": state, "sigma_rel": args.sigma_rel, "step": step}
-    write_atomically(payload, Path(args.out))
+    atomic_torch_save(payload, Path(args.out))
     print(f"wrote {args.out}: σ_rel {args.sigma_rel} at step {step}")
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._atomic import atomic_torch_save
 from .profiles import check_sigma_rel, power_function_beta, sigma_rel_to_gamma
-from .snapshots import SNAPSHOT_FORMAT, snapshot_path, state_fingerprint, write_atomically
+from .snapshots import SNAPSHOT_FORMAT, snapshot_path, state_fingerprint
 
 __all__ = ["PowerFunctionEMA"]
 
@@ -111,5 +112,5 @@ class PowerFunctionEMA:
         payload = {"format": SNAPSHOT_FORMAT, "run_id": self.run_id, "step": step,
                    "fingerprint": state_fingerprint(profiles[0]["state_dict"]), "profiles": profiles}
         path = snapshot_path(directory, step)
-        write_atomically(payload, path)
+        atomic_torch_save(payload, path)
         return path

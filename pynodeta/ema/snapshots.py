@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["SNAPSHOT_FORMAT", "SnapshotInfo", "list_snapshots", "state_fingerprint", "write_atomically"]
+__all__ = ["SNAPSHOT_FORMAT", "SnapshotInfo", "list_snapshots", "state_fingerprint"]
 
 SNAPSHOT_FORMAT = "pynodeta-phema-1"
 _NAME = re.compile(r"phema-(\d+)\.pt")
@@ -37,29 +36,6 @@ def snapshot_path(directory: str | os.PathLike, step: int) -> Path:
 def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> list[list]:
     """[[name, shape, dtype], ...]: what must agree between snapshots of the same model."""
     return [[name, list(value.shape), str(value.dtype)] for name, value in state_dict.items()]
-
-
-def write_atomically(payload: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
-    a reader (or a killed run) sees either the old file or the complete new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        directory_handle = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(directory_handle)
-        finally:
-            os.close(directory_handle)
 
 
 def load_snapshot(path: Path) -> dict:

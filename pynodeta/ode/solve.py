@@ -16,7 +16,7 @@ from .methods import Method
 from .parts import adjoint_config, method_name, solver_config, typed_parts
 from .settings import Adjoint, Controller, FixedGrid, IController
 from .stats import SolveStats, _publish
-from .validation import FlatState, check_times, flatten_state, warn_if_unresolvable
+from .validation import StateStructure, check_times, flatten_state, warn_if_unresolvable
 
 __all__ = ["Solution", "solve"]
 
@@ -134,7 +134,7 @@ def solve(
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
 
 
-def _with_callbacks(config: SolverConfig, func, state: FlatState, be: Backend, parts) -> SolverConfig:
+def _with_callbacks(config: SolverConfig, func, state: StateStructure, be: Backend, parts) -> SolverConfig:
     """func's torchdiffeq step callbacks, called with the caller's state layout; a warning for those the
     method cannot call (as torchdiffeq warns)."""
     warn_unsupported_callbacks(func, method_name(parts.method), not isinstance(parts.controller, FixedGrid),

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import pynodeta as pn
-
-from .problems import MatrixSystem
+from pynodeta.ode.problems import MatrixSystem
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 F64 = torch.float64
@@ -299,7 +298,7 @@ def test_adams_weights_are_the_classical_ones():
 
 @pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
 def test_adams_methods_take_torchdiffeqs_steps(method):
-    from .problems import rational
+    from pynodeta.ode.problems import rational
 
     y0, t = torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64)
     ours = pn.odeint(rational, y0, t, method=method, options={"step_size": 0.05})
@@ -310,7 +309,7 @@ def test_adams_methods_take_torchdiffeqs_steps(method):
 def test_implicit_adams_converges_at_order_four_or_more():
     import numpy as np
 
-    from .problems import rational, rational_exact
+    from pynodeta.ode.problems import rational, rational_exact
 
     y0, t = torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     steps = [0.05, 0.025, 0.0125]

@@ -11,7 +11,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pynodeta.data import DigitsDataModule
 from pynodeta.train import AtomicCheckpointIO, NODEClassifier, TABNAdamW, atomic_torch_save
-from pynodeta.train import checkpoint_io as checkpoint_io_module
 
 from .tiny_models import TinyDigitsClassifier
 
@@ -79,7 +78,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         f.write(b"partial bytes")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(checkpoint_io_module.torch, "save", dying_save)
+    monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError, match="No space left"):
         AtomicCheckpointIO().save_checkpoint({"step": 2}, target)
     monkeypatch.undo()
