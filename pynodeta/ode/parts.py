@@ -119,7 +119,10 @@ def typed_parts(
         max_steps = int(options["max_num_steps"])
     sugar = dict(adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
                  adjoint_options=adjoint_options, adjoint_params=adjoint_params)
-    if adjoint is True:
+    if adjoint is True and all(v is None for k, v in sugar.items() if k != "adjoint_params"):
+        # nothing said about the backward solve: it reuses the forward parts, typed or sugar alike
+        adjoint = Adjoint(params=adjoint_params)
+    elif adjoint is True:
         adjoint = _adjoint_from_sugar(be, method, kind, rtol, atol, options, **sugar)
     elif isinstance(adjoint, Adjoint):
         _refuse_mixing("adjoint", adjoint, **sugar)

@@ -152,3 +152,17 @@ def test_own_method_serves_the_adjoint_too():
         grads.append(torch.autograd.grad(sol.ys.sum(), (y0, *field.parameters())))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def test_adjoint_true_reuses_a_typed_forward_controller():
+    """adjoint=True with a typed controller must solve backwards at the forward's tolerances, exactly as
+    the rtol=/atol= sugar does (a regression: it once fell back to the 1e-7/1e-9 defaults)."""
+    field = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+    y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+    counts = []
+    for kwargs in ({"controller": pn.IController(rtol=1e-2, atol=1e-2)}, {"rtol": 1e-2, "atol": 1e-2}):
+        sol = pn.solve(lambda s, y: field(y), y0, t, adjoint=True, adjoint_params=tuple(field.parameters()), **kwargs)
+        sol.ys.square().sum().backward()
+        counts.append((sol.stats.nfe, sol.stats.nfe_adjoint))
+    assert counts[0] == counts[1]
+    assert counts[0][1] < 100  # the 1e-7 defaults take several times more evaluations
