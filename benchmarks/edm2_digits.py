@@ -253,7 +253,7 @@ def dynamics_table(result: dict) -> Table:
     for mode, data in result["curves"].items():
         curve = data["curve"]
         for row in (curve[0], curve[len(curve) // 2], curve[-1]):
-            rows.append([mode, row["step"], row["loss"], row["weight_rms"],
+            rows.append([mode, row["step"], f"{row['loss']:.3f}", f"{row['weight_rms']:.3f}",
                          f"{row['activation_rms']:.2f} / {row['activation_rms_max']:.2f}"])
     return Table(["weight normalisation", "step", "loss", "stored weight RMS", "block output RMS (mean / max)"],
                  rows, "magnitudes on a fixed batch at sigma = 1")
