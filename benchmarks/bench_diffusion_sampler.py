@@ -1,7 +1,7 @@
 """Diffusion core overheads: (1) samplers vs the bare network evaluations they make; (2) the likelihood ODE
 through pynodeta's dopri5 vs the same ODE through torchdiffeq, in one process.
 
-    PYTHONPATH=. python3 benchmarks/bench_diffusion_sampler.py [--repeats 10] [--threads 1] [--width 32] [--out FILE]
+    PYTHONPATH=. python3 benchmarks/bench_diffusion_sampler.py [--repeats 10] [--threads 1] [--width 32]
 
 Times are CPU seconds of this (single-threaded) process, medians over repeats.
 (1) For each sampler (digits-sized batch, an EDMPrecond-wrapped conv net), the overhead over the bare
@@ -10,16 +10,17 @@ calls over the time inside them ("split", the primary figure); and a full run ag
 making the same denoiser calls with nothing else ("separate runs"; alternated, but noisier).
 (2) ``log_likelihood`` (dopri5, Hutchinson, rtol = atol = 1e-5) against a torchdiffeq ``odeint`` of the
 identical augmented ODE with the same probes: time ratio, NFE of each, largest difference in log p.
-Writes benchmarks/results/bench_diffusion_sampler.json.
+Saves the report benchmarks/results/bench_diffusion_sampler[_width<W>].json (rendered into docs/results.md)
+and the raw measurements under benchmarks/results/raw/; ``--from-raw FILE`` rebuilds the report from them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ import pynodeta.diffusion as pd
 from pynodeta import record_stats
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
 
 
 class BenchNet(nn.Module):
@@ -150,14 +153,44 @@ def likelihood_comparison(name: str, denoiser, x: torch.Tensor, repeats: int, to
             "mean_bits_per_dim": float(-(ours.mean() / (x[0].numel() * math.log(2))))}
 
 
+def report_name(width: int) -> str:
+    return "bench_diffusion_sampler" if width == 32 else f"bench_diffusion_sampler_width{width}"
+
+
+def save_sampler_report(raw: dict) -> Path:
+    """The report (sampler overheads, likelihood against torchdiffeq) from the raw dict :func:`main` builds."""
+    samplers = Table(["sampler", "NFE", "bare network ms / run", "sampler ms / run", "overhead, in-run split (%)",
+                      "overhead, separate runs (%)"],
+                     [[name, r["nfe"], r["bare_ms"], r["sampler_ms"], r["overhead_percent_split"],
+                       r["overhead_percent_separate_runs"]] for name, r in raw["samplers"].items()],
+                     f"{raw['steps']} Karras steps, batch {raw['batch']} x 1 x 8 x 8, EDMPrecond around a conv net "
+                     f"of width {raw['width']}; {raw['clock']}, medians of {raw['repeats']} repeats; target <= 5 %")
+    likelihood = Table(["problem", "batch x dim", "pynodeta s", "torchdiffeq s", "time ratio",
+                        "NFE pynodeta / torchdiffeq", "max abs diff log p (nats)"],
+                       [[r["problem"], f"{r['batch']} x {r['dim']}", r["pynodeta_s"], r["torchdiffeq_s"],
+                         r["time_ratio"], f"{r['nfe_pynodeta']} / {r['nfe_torchdiffeq']}", r["max_abs_diff_log_p"]]
+                        for r in raw["likelihood"]],
+                       "log_likelihood (dopri5, Hutchinson, rtol = atol = 1e-5, sigma 0.002 -> 80) against the "
+                       "identical augmented ODE through torchdiffeq.odeint")
+    notes = ["One thread on a shared machine under heavy load, so times are process CPU seconds; the "
+             "'separate runs' overhead compares two noisy runs and can come out negative."]
+    return save_report(report_name(raw["width"]), f"Diffusion samplers and likelihood: overhead (width {raw['width']})",
+                       [samplers, likelihood], notes=notes, command=raw["command"],
+                       machine={"threads": raw["threads"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--width", type=int, default=32, help="channels of the benchmark conv net")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_diffusion_sampler.json")
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild the report from a raw file written by an earlier run, without measuring")
     args = parser.parse_args()
+    if args.from_raw is not None:
+        print(save_sampler_report(load_raw(args.from_raw)))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -179,9 +212,8 @@ def main() -> None:
         likelihood_comparison("gaussian, exact denoiser", gaussian_denoiser, data, max(3, args.repeats // 3)),
         likelihood_comparison("EDMPrecond(BenchNet), digits shape", denoiser, digits, 3),
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    raw = save_raw(report_name(args.width), report)
+    print(save_sampler_report(load_raw(raw)))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ The two libraries run alternately so that both see the same machine load.
     python benchmarks/bench_solver.py            # all workloads
     python benchmarks/bench_solver.py --repeats 3 --workloads mlp-forward
 
-The table is also written as JSON to benchmarks/results/bench_solver.json.
+The table is saved as a report (benchmarks/results/bench_solver.json, rendered into docs/results.md) and
+the raw measurements to benchmarks/results/raw/bench_solver.json; ``--from-raw FILE`` rebuilds the report
+from such a file without re-running.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,9 @@ import torchdiffeq
 
 import pynodeta as pn
 from pynodeta.nn import ConcatConv2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
 
 
 class MLPField(torch.nn.Module):
@@ -157,12 +162,34 @@ def measure(w: Workload, repeats: int) -> list[dict]:
     return rows
 
 
+def _nfe(pair) -> str:
+    return f"{pair[0]} / {pair[1] or '–'}"
+
+
+def save_solver_report(raw: dict) -> Path:
+    """The report (one row per workload) from the raw rows that :func:`main` collects."""
+    rows = [[r["workload"], _nfe(r["nfe_torchdiffeq"]), _nfe(r["nfe_pynodeta"]), r["median_s_torchdiffeq"] * 1e3,
+             r["median_s_pynodeta"] * 1e3, r["ratio"]] for r in raw["rows"]]
+    table = Table(["workload", "NFE fwd / bwd (torchdiffeq)", "NFE fwd / bwd (pynodeta)", "torchdiffeq ms",
+                   "pynodeta ms", "pynodeta / torchdiffeq"], rows,
+                  f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
+    notes = ["Timings on a shared, loaded machine; the two libraries run alternately in one process so both "
+             "see the same load, so the ratio is the figure to read, not the absolute times."]
+    return save_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", [table],
+                       notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild the report from a raw file written by an earlier run, without measuring")
     args = parser.parse_args(argv)
+    if args.from_raw is not None:
+        print(save_solver_report(load_raw(args.from_raw)))
+        return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
     print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead |")
@@ -179,10 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         results.append(dict(workload=w.name, nfe_torchdiffeq=reference["nfe"], nfe_pynodeta=ours["nfe"],
                             median_s_torchdiffeq=reference["median"], median_s_pynodeta=ours["median"],
                             ratio=ours["median"] / reference["median"]))
-    out = Path(__file__).parent / "results" / "bench_solver.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                                   command="python3 benchmarks/bench_solver.py", rows=results), indent=1))
+    raw = save_raw("bench_solver", dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
+                                        rows=results))
+    print(save_solver_report(load_raw(raw)))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ Per variant and seed: FD / real-data floor of DDIM samples, NLL in bits/dim (pro
 Hutchinson), and the diagnose audit of the trained network (vanishing flag, lowest survival ratio).
 
     python benchmarks/diffusion_vanishing.py --steps 200 --seeds 0 1
-Writes benchmarks/results/diffusion_vanishing.json and .png.
+Saves the report benchmarks/results/diffusion_vanishing.json (rendered into docs/results.md) with its
+.png and the sample grids; the raw runs go to benchmarks/results/raw/diffusion_vanishing.json (``--append``
+adds to them) and ``--from-raw FILE`` rebuilds the report from such a file without training.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,10 @@ from pynodeta.models import DDPMUNet
 from pynodeta.train.diffusion import DiffusionModule
 from pynodeta.train.diffusion_evaluation import evaluate_samples, nll_bits_per_dim
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import RAW_DIR, RESULTS_DIR, Table, load_raw, save_raw, save_report  # noqa: E402
+
+RESULTS = RESULTS_DIR
 VARIANTS = {
     "vanishing-gn": dict(post_time_groups="channels"),
     "vanishing-bn": dict(post_time_norm="batch"),
@@ -100,6 +105,21 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def save_vanishing_report(raw: dict) -> Path:
+    """The report (one row per variant and seed) from the raw runs :func:`main` collects."""
+    rows = [[r["variant"], r["seed"], r["fd_ratio"], f"{r['bpd']:.2f} ± {r['bpd_stderr']:.2f}",
+             "yes" if r["vanishing"] else "no", r["min_survival"], round(r["train_seconds"])] for r in raw["runs"]]
+    table = Table(["variant", "seed", "FD / floor", "NLL (bits/dim, ± s.e.)", "diagnose: vanishing",
+                   "lowest survival", "train s"], rows,
+                  f"DDPMUNet, {raw['channels']} channels, {raw['steps']} steps of batch 64; FD of DDIM samples "
+                  "over the real-data floor")
+    grids = [Path(r["grid"]).name for r in raw["runs"] if r.get("grid")]
+    notes = ["Train times on a shared, loaded 2-core machine, one thread."]
+    return save_report("diffusion_vanishing", "Seed 001 on digits: a vanishing timestep embedding and its fixes",
+                       [table], notes=notes, plots=["diffusion_vanishing.png", *grids], command=raw["command"],
+                       machine={"threads": raw["threads"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="training steps (batch 64) per run")
@@ -109,15 +129,20 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=360)
     parser.add_argument("--nll-images", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--append", action="store_true", help="add these runs to the existing JSON's")
+    parser.add_argument("--append", action="store_true", help="add these runs to the existing raw JSON's")
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild the report from a raw file written by an earlier run, without training")
     args = parser.parse_args()
+    if args.from_raw is not None:
+        print(save_vanishing_report(load_raw(args.from_raw)))
+        return
     torch.set_num_threads(args.threads)
     data = DigitsDataModule(batch_size=64, normalization="diffusion")
     data.setup()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
-    if args.append and (RESULTS / "diffusion_vanishing.json").is_file():
-        rows = json.loads((RESULTS / "diffusion_vanishing.json").read_text())["runs"]
+    if args.append and (RAW_DIR / "diffusion_vanishing.json").is_file():
+        rows = load_raw(RAW_DIR / "diffusion_vanishing.json")["runs"]
     for seed in args.seeds:
         for variant in args.variants:
             rows.append(run(variant, seed, args, data))
@@ -125,10 +150,10 @@ def main() -> None:
             print(f"{variant:14s} seed {seed}: FD/floor {r['fd_ratio']:.2f}, NLL {r['bpd']:.3f} bits/dim, "
                   f"vanishing {r['vanishing']}, lowest survival {r['min_survival']:.3g}, "
                   f"train {r['train_seconds']:.0f} s", flush=True)
-            (RESULTS / "diffusion_vanishing.json").write_text(json.dumps(
-                {"steps": args.steps, "channels": args.channels, "threads": args.threads,
-                 "note": "timings on a shared, loaded 2-core machine", "runs": rows}, indent=2))
+            raw = save_raw("diffusion_vanishing", {"steps": args.steps, "channels": args.channels,
+                                                   "threads": args.threads, "runs": rows})
             plot(rows, RESULTS / "diffusion_vanishing.png")  # after every run: partial results stay usable
+            save_vanishing_report(load_raw(raw))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ both see the same machine load; then each draws images with DDIM-50. Reported pe
 count, iterations/s (own time only), FD / real-data floor in the digits features, sampling time.
 
     python benchmarks/diffusion_vs_diffusers.py --minutes 8        # needs: pip install diffusers
-Writes benchmarks/results/diffusion_vs_diffusers.json.
+Saves the report benchmarks/results/diffusion_vs_diffusers.json (rendered into docs/results.md) and the
+raw record to benchmarks/results/raw/; ``--from-raw FILE`` rebuilds the report from such a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
 from pynodeta.models import DDPMUNet
 from pynodeta.train.configs import shipped_config_path
 
-RESULTS = Path(__file__).parent / "results" / "diffusion_vs_diffusers.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
 
 
 def pynodeta_network() -> torch.nn.Module:
@@ -86,6 +88,20 @@ def evaluate(trainer: Trainer, num: int, reference, extractor) -> dict:
             "ddim50_seconds": seconds, "ddim50_images": num}
 
 
+def save_comparison_report(raw: dict) -> Path:
+    """The report (one row per network) from the raw record :func:`main` writes."""
+    rows = [[name, r["parameters"], r["iterations_per_second"], r["steps"], r["ddim50_seconds"], r["fd_ratio"]]
+            for name, r in raw["results"].items()]
+    table = Table(["network", "parameters", "it/s (batch 64)", "steps", "DDIM-50 s (360 images)", "FD / floor"],
+                  rows, f"{raw['minutes_per_model']:g} minutes of training each, one step of each in turn, "
+                  f"{raw['threads']} thread(s), seed {raw['seed']}")
+    notes = ["Timings on a shared, loaded 2-core machine; the steps are interleaved so both networks saw the "
+             "same load. FD is of raw (unclipped) DDIM samples: after a few dozen steps it says nothing about "
+             "either model."]
+    return save_report("diffusion_vs_diffusers", "pynodeta's digits_ddpm against diffusers at equal wall time",
+                       [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time of each model")
@@ -93,7 +109,12 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=360, help="DDIM-50 images per model for the FD")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild the report from a raw file written by an earlier run, without training")
     args = parser.parse_args()
+    if args.from_raw is not None:
+        print(save_comparison_report(load_raw(args.from_raw)))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = DigitsDataModule(batch_size=64, normalization="diffusion", seed=args.seed)
@@ -117,11 +138,9 @@ def main() -> None:
     test = real(data.test_set)
     reference = {"test": test, "floor": frechet_distance(real(data.train_set), test)}
     results = {tr.name: evaluate(tr, args.num_samples, reference, extractor) for tr in trainers}
-    record = {"minutes_per_model": args.minutes, "threads": args.threads, "seed": args.seed,
-              "note": "timings on a shared, loaded 2-core machine; steps interleaved so both saw the same load",
-              "results": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2))
+    raw = save_raw("diffusion_vs_diffusers", {"minutes_per_model": args.minutes, "threads": args.threads,
+                                               "seed": args.seed, "results": results})
+    save_comparison_report(load_raw(raw))
     for name, r in results.items():
         print(f"{name}: {r['parameters']} params, {r['iterations_per_second']:.2f} it/s ({r['steps']} steps), "
               f"FD {r['fd']:.2f} / floor {r['fd_floor']:.2f} = {r['fd_ratio']:.2f}x, "

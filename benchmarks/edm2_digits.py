@@ -3,7 +3,7 @@
     nice -n 10 python benchmarks/edm2_digits.py dynamics --steps 600
     nice -n 10 python benchmarks/edm2_digits.py phema --steps 1500
     nice -n 10 python benchmarks/edm2_digits.py cost
-    python benchmarks/edm2_digits.py report      # tables (.md) and plots from the JSON files
+    python benchmarks/edm2_digits.py report      # rebuild the reports from the raw JSON files in --out
 
 dynamics  weight and activation magnitudes over training of the EDM2 U-Net with forced weight
           normalisation (EDM2), with standard weight normalisation only (stored weights free to grow),
@@ -14,7 +14,9 @@ phema     one run with power-function EMA snapshots (σ_rel 0.05, 0.10), FD vs �
 cost      a training step of EDM2UNet vs an equal-width DDPMUNet (alternating, same process) and the
           share of a step taken by the power-function EMA update with two profiles
 
-Writes benchmarks/results/edm2_<name>.json (+ .png, .md) under --out.
+Each mode saves its report benchmarks/results/edm2_<mode>.json (rendered into docs/results.md) with its plot
+(edm2_dynamics.png, edm2_phema_sweep.png) and its raw result to --out (default benchmarks/results/raw/);
+``--from-raw FILE`` (or the ``report`` mode, for every raw file in --out) rebuilds the reports without training.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +44,9 @@ from pynodeta.ema.sweep import write_sweep
 from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
 from pynodeta.models.diffusion.edm2_unet import EDM2Block, EDM2UNet
 from pynodeta.nn.mp import MPConv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import RAW_DIR, RESULTS_DIR, Table, command_line, load_raw, save_report  # noqa: E402
 
 
 def digits_splits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,40 +248,64 @@ def run_cost(args) -> dict:
             "timings": timings}
 
 
-def write_report(out: Path) -> None:
-    """Markdown tables (and the dynamics plot) from whichever result JSON files exist in ``out``."""
-    lines = []
-    if (out / "edm2_dynamics.json").is_file():
-        result = json.loads((out / "edm2_dynamics.json").read_text())
-        plot_dynamics(result, out / "edm2_dynamics.png")
-        lines += ["| weight normalisation | step | loss | stored weight RMS | block output RMS (mean / max) |",
-                  "|---|---|---|---|---|"]
-        for mode, data in result["curves"].items():
-            curve = data["curve"]
-            for row in (curve[0], curve[len(curve) // 2], curve[-1]):
-                lines.append(f"| {mode} | {row['step']} | {row['loss']:.3f} | {row['weight_rms']:.3f} | "
-                             f"{row['activation_rms']:.2f} / {row['activation_rms_max']:.2f} |")
-        lines.append("")
-    if (out / "edm2_phema.json").is_file():
-        result = json.loads((out / "edm2_phema.json").read_text())
-        check = result["check_0.07"]
-        lines += ["| quantity | value |", "|---|---|",
-                  f"| FD real-data floor | {result['fd_floor']:.2f} |",
-                  f"| best σ_rel (post hoc) / FD | {result['best']['sigma_rel']:.2f} / {result['best']['score']:.2f} |",
-                  f"| FD raw weights | {check['fd_raw_weights']:.2f} |",
-                  f"| FD σ_rel 0.07 tracked / post hoc | {check['fd_direct_0.07']:.2f} / "
-                  f"{check['fd_posthoc_0.07']:.2f} |",
-                  f"| ‖post hoc − tracked‖ / ‖raw − tracked‖ at 0.07 | {check['relative_error']:.2e} |", ""]
-    if (out / "edm2_cost.json").is_file():
-        result = json.loads((out / "edm2_cost.json").read_text())
-        median = result["seconds_per_step_median"]
-        lines += ["| quantity | value |", "|---|---|",
-                  f"| EDM2UNet step / DDPMUNet step (equal width) | {result['edm2_over_ddpm']:.2f} |",
-                  f"| seconds per step EDM2 / DDPM / EMA update | {median['edm2']:.3f} / {median['ddpm']:.3f} / "
-                  f"{median['ema_update']:.4f} |",
-                  f"| EMA update (2 profiles) share of a step | {100 * result['ema_share_of_edm2_step']:.1f} % |", ""]
-    (out / "edm2_report.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+def dynamics_table(result: dict) -> Table:
+    rows = []
+    for mode, data in result["curves"].items():
+        curve = data["curve"]
+        for row in (curve[0], curve[len(curve) // 2], curve[-1]):
+            rows.append([mode, row["step"], f"{row['loss']:.3f}", f"{row['weight_rms']:.3f}",
+                         f"{row['activation_rms']:.2f} / {row['activation_rms_max']:.2f}"])
+    return Table(["weight normalisation", "step", "loss", "stored weight RMS", "block output RMS (mean / max)"],
+                 rows, "magnitudes on a fixed batch at sigma = 1")
+
+
+def phema_table(result: dict) -> Table:
+    check = result["check_0.07"]
+    ema_seconds = result["ema_update_seconds_per_step"]
+    ema_share = ema_seconds / (result["train_seconds"] / result["settings"]["steps"])
+    rows = [["FD real-data floor", f"{result['fd_floor']:.2f}"],
+            ["best sigma_rel (post hoc) / FD", f"{result['best']['sigma_rel']:.2f} / {result['best']['score']:.2f}"],
+            ["FD raw weights", f"{check['fd_raw_weights']:.2f}"],
+            ["FD sigma_rel 0.07 tracked / post hoc", f"{check['fd_direct_0.07']:.2f} / {check['fd_posthoc_0.07']:.2f}"],
+            ["‖post hoc − tracked‖ / ‖raw − tracked‖ at 0.07", f"{check['relative_error']:.2e}"],
+            ["EMA update per step / share of a training step",
+             f"{ema_seconds:.3f} s / {100 * ema_share:.1f} %"]]
+    return Table(["quantity", "value"], rows, f"one run, {result['num_snapshots']} snapshots; FD in digits features")
+
+
+def cost_table(result: dict) -> Table:
+    median = result["seconds_per_step_median"]
+    rows = [["EDM2UNet step / DDPMUNet step (equal width)", f"{result['edm2_over_ddpm']:.2f}"],
+            ["seconds per step EDM2 / DDPM / EMA update",
+             f"{median['edm2']:.3f} / {median['ddpm']:.3f} / {median['ema_update']:.4f}"],
+            ["EMA update (2 profiles) share of a step", f"{100 * result['ema_share_of_edm2_step']:.1f} %"],
+            ["parameters EDM2 / DDPM", f"{result['parameters']['edm2']} / {result['parameters']['ddpm']}"]]
+    return Table(["quantity", "value"], rows, "median seconds per step, alternating rounds in one process")
+
+
+TITLES = {"dynamics": "EDM2 on digits: weight and activation magnitudes over training",
+          "phema": "EDM2 on digits: post-hoc EMA, FD against sigma_rel",
+          "cost": "EDM2 on digits: cost of a training step and of the power-function EMA"}
+
+
+def save_edm2_report(result: dict) -> Path:
+    """The report of one mode (``result["settings"]["what"]``) and its plot, from the raw result."""
+    what = result["settings"]["what"]
+    plots = []
+    if what == "dynamics":
+        plot_dynamics(result, RESULTS_DIR / "edm2_dynamics.png")
+        plots = ["edm2_dynamics.png"]
+    if what == "phema":
+        with tempfile.TemporaryDirectory() as directory:
+            paths = write_sweep(result["rows"], directory, "FD (digits features)",
+                                reference={"real-data floor": result["fd_floor"]})
+            shutil.copyfile(paths["png"], RESULTS_DIR / "edm2_phema_sweep.png")
+        plots = ["edm2_phema_sweep.png"]
+    table = {"dynamics": dynamics_table, "phema": phema_table, "cost": cost_table}[what](result)
+    notes = ["One thread under nice on a shared, loaded machine: wall times are indicative, ratios come from "
+             "alternating rounds in one process."]
+    return save_report(f"edm2_{what}", TITLES[what], [table], notes=notes, plots=plots, command=result["command"],
+                       machine={"threads": result["settings"]["threads"]})
 
 
 def main() -> None:
@@ -295,28 +325,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="cost: steps per timing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RAW_DIR), help="directory of the raw JSON files")
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild one report from a raw file written by an earlier run, without training")
     args = parser.parse_args()
+    if args.from_raw is not None:
+        print(save_edm2_report(load_raw(args.from_raw)))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.what == "report":
-        write_report(out)
+        for what in ("dynamics", "phema", "cost"):
+            if (out / f"edm2_{what}.json").is_file():
+                print(save_edm2_report(load_raw(out / f"edm2_{what}.json")))
         return
     started = time.perf_counter()
     result = {"dynamics": run_dynamics, "phema": run_phema, "cost": run_cost}[args.what](args)
-    result["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    result["command"] = command_line()
+    result["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "from_raw")}
     result["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
                          "cpus": os.cpu_count(), "note": "shared, loaded machine: wall times are indicative"}
     result["wall_seconds"] = time.perf_counter() - started
     stem = out / f"edm2_{args.what}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    if args.what == "dynamics":
-        plot_dynamics(result, stem.with_suffix(".png"))
-    if args.what == "phema":
-        write_sweep(result["rows"], out / "edm2_phema_sweep", "FD (digits features)",
-                    reference={"real-data floor": result["fd_floor"]})
-    print(f"wrote {stem}.json ({result['wall_seconds']:.0f} s)")
+    print(f"wrote {stem}.json ({result['wall_seconds']:.0f} s) and {save_edm2_report(result)}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# a script's own raw measurements, kept so its report can be rebuilt (``--from-raw``) without re-running;
+# make_results reads only the top level of RESULTS_DIR, so nothing here is mistaken for a report
+RAW_DIR = RESULTS_DIR / "raw"
 
 
 @dataclass
@@ -68,10 +71,14 @@ def command_line() -> str:
 
 def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequence[str] = (),
                 plots: Sequence[str] = (), command: str | None = None,
-                directory: Path | str = RESULTS_DIR) -> Path:
-    """Write ``<directory>/<name>.json`` atomically and return its path."""
+                directory: Path | str = RESULTS_DIR, machine: dict | None = None) -> Path:
+    """Write ``<directory>/<name>.json`` atomically and return its path.
+
+    ``machine`` overrides entries of :func:`machine_facts` (a report rebuilt from raw data keeps the
+    thread count and date of the run that measured it).
+    """
     report = Report(name=name, title=title, command=command or command_line(), tables=list(tables),
-                    notes=list(notes), plots=list(plots), machine=machine_facts())
+                    notes=list(notes), plots=list(plots), machine={**machine_facts(), **(machine or {})})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
@@ -81,6 +88,19 @@ def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequen
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def save_raw(name: str, data: dict, directory: Path | str = RAW_DIR) -> Path:
+    """Write a script's raw measurements to ``<directory>/<name>.json`` (with the command that made them)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps({"command": command_line(), **data}, indent=1, default=float) + "\n")
+    return path
+
+
+def load_raw(path: Path | str) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def load_report(path: Path | str) -> Report:

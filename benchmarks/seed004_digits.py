@@ -12,8 +12,10 @@ and the Fréchet distance (DDIM sampling, the digits feature extractor of pynode
     nice -n 10 python benchmarks/seed004_digits.py --iterations 500 --eval-every 100 --seeds 0
     nice -n 10 python benchmarks/seed004_digits.py --overhead 120      # adaptive vs uniform, interleaved
 
-Writes seed004_digits.json, .md (table) and .png (FD curves) to --out. Wall times come from whatever
-machine runs it; on a shared machine the overhead ratio is the meaningful number.
+Saves the report benchmarks/results/seed004_digits.json (or seed004_digits_overhead.json; rendered into
+docs/results.md) with the FD curves' .png, and the raw runs to --out (default benchmarks/results/raw/), which
+``--combine`` merges; ``--from-raw FILE`` rebuilds the report from one raw file without training. Wall times
+come from whatever machine runs it; on a shared machine the overhead ratio is the meaningful number.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,9 @@ from pynodeta.diffusion.timestep_samplers import LossAwareSampler, make_timestep
 from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
 from pynodeta.models.diffusion.ddpm_unet import DDPMUNet
 from pynodeta.train.adaptive_timesteps import AdaptiveTimestepUpdater, ddpm_vb_terms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import RAW_DIR, RESULTS_DIR, Table, command_line, load_raw, save_report  # noqa: E402
 
 METHODS = {  # name: (timestep_sampler, loss_weighting)
     "uniform": ("uniform", "none"),
@@ -175,19 +182,41 @@ def _mean_curve(runs: list[dict]) -> list[dict]:
             for points in zip(*(r["curve"] for r in runs))]
 
 
-def table(summary: dict, args) -> str:
+def summary_table(summary: dict, config: dict) -> Table:
+    """One row per strategy: final and best mean FD, iterations to the fixed threshold, time per iteration."""
     threshold = f"{summary['threshold_fd']:.3f}" if summary["threshold_fd"] is not None else "n/a (no uniform run)"
-    lines = [f"FD on digits features (floor {summary['floor']:.3f}); fixed FD threshold "
-             f"{threshold}; {args.iterations} iterations, batch {args.batch_size}, "
-             f"seeds {args.seeds}.", "",
-             "| method | final FD (mean) | final FD per seed | best mean FD | iterations to threshold | s/iteration | "
-             "overhead vs uniform |", "|---|---|---|---|---|---|---|"]
+    rows = []
     for method, row in summary["methods"].items():
-        per_seed = ", ".join(f"{fd:.3f}" for fd in row["final_fd_per_seed"])
         reached = row["iterations_to_threshold"] if row["iterations_to_threshold"] is not None else "not reached"
-        lines.append(f"| {method} | {row['final_fd_mean']:.3f} | {per_seed} | {row['best_fd_mean']:.3f} | {reached} | "
-                     f"{row['seconds_per_iteration']:.3f} | {100 * row['overhead_vs_uniform']:+.0f} % |")
-    return "\n".join(lines) + "\n"
+        rows.append([method, row["final_fd_mean"], ", ".join(f"{fd:.1f}" for fd in row["final_fd_per_seed"]),
+                     row["best_fd_mean"], reached, row["seconds_per_iteration"],
+                     f"{100 * row['overhead_vs_uniform']:+.0f} %"])
+    return Table(["method", "final FD (mean)", "final FD per seed", "best mean FD", "iterations to threshold",
+                  "s/iteration", "overhead vs uniform"], rows,
+                 f"FD on digits features (floor {summary['floor']:.3f}); fixed FD threshold {threshold}; "
+                 f"{config['iterations']} iterations, batch {config['batch_size']}, seeds {config['seeds']}")
+
+
+def save_seed004_report(raw: dict) -> Path:
+    """The report and its FD-curve plot from a raw file (one run or a --combine of several)."""
+    plot(raw["runs"], raw["summary"]["floor"], str(RESULTS_DIR / "seed004_digits.png"))
+    notes = ["The s/iteration column comes from runs that did not overlap in time on a shared, loaded machine "
+             "and are not comparable with each other; seed004_digits_overhead times them interleaved."]
+    return save_report("seed004_digits", "Seed 004 on digits: FD vs iterations for five timestep strategies",
+                       [summary_table(raw["summary"], raw["config"])], notes=notes, plots=["seed004_digits.png"],
+                       command=raw["command"], machine={"threads": raw["config"]["threads"]})
+
+
+def save_overhead_report(raw: dict) -> Path:
+    """The report of the interleaved timing of the adaptive sampler against uniform (``--overhead N``)."""
+    per_iteration = raw["seconds_per_iteration"]
+    table = Table(["uniform s/iteration", "adaptive s/iteration", "updater s/iteration", "overhead of adaptive"],
+                  [[per_iteration["uniform"], per_iteration["adaptive"], raw["updater_seconds_per_iteration"],
+                    f"{100 * raw['overhead']:+.0f} %"]],
+                  f"{raw['iterations']} iterations of each, interleaved, f_S = {raw['update_every']}")
+    notes = ["Uniform and adaptive steps alternate so both see the same load of a shared machine."]
+    return save_report("seed004_digits_overhead", "Seed 004 on digits: wall time of the learned timestep sampler",
+                       [table], notes=notes, command=raw["command"], machine={"threads": raw["config"]["threads"]})
 
 
 def plot(results: list[dict], floor: float, path: str) -> None:
@@ -218,7 +247,7 @@ MACHINE = f"{platform.machine()}, {os.cpu_count()} CPUs (shared)"
 
 def public_config(args) -> dict:
     """The run's settings without where its files went (no machine paths in committed reports)."""
-    return {k: v for k, v in vars(args).items() if k not in ("out", "combine")}
+    return {k: v for k, v in vars(args).items() if k not in ("out", "combine", "from_raw")}
 
 
 def write_partial(results: list[dict], floor: float, args) -> None:
@@ -240,23 +269,30 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=360, help="generated images per FD")
     parser.add_argument("--ddim-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--out", default=str(RAW_DIR), help="directory of the raw JSON (the report goes to "
+                        "benchmarks/results/)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="the fixed FD each method must reach (default: uniform's final mean FD)")
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="train nothing: merge the runs of these reports (e.g. one process per seed)")
     parser.add_argument("--overhead", type=int, default=0, metavar="N",
                         help="train nothing else: time N interleaved iterations of uniform and adaptive")
+    parser.add_argument("--from-raw", metavar="JSON", default=None,
+                        help="train nothing: rebuild the report from a raw file (seed004_digits*.json)")
     args = parser.parse_args()
+    if args.from_raw:
+        raw = load_raw(args.from_raw)
+        print(save_overhead_report(raw) if "overhead" in raw and "runs" not in raw else save_seed004_report(raw))
+        return
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
 
     if args.overhead:
-        report = {"config": public_config(args), "machine": MACHINE,
-                  **measure_overhead(args, digits_splits()[0])}
+        raw = {"command": command_line(), "config": public_config(args), "machine": MACHINE,
+               **measure_overhead(args, digits_splits()[0])}
         with open(os.path.join(args.out, "seed004_digits_overhead.json"), "w") as handle:
-            json.dump(report, handle, indent=1)
-        print(json.dumps(report, indent=1))
+            json.dump(raw, handle, indent=1)
+        print(save_overhead_report(raw))
         return
 
     if args.combine:
@@ -279,15 +315,11 @@ def main() -> None:
                 write_partial(results, floor, args)  # a killed run still leaves its finished runs
     summary = summarise(results, floor, args.threshold)
     config = public_config(args)
-    report = {"config": config, "run_configs": run_configs if args.combine else [config], "machine": MACHINE,
-              "summary": summary, "runs": results}
+    raw = {"command": command_line(), "config": config, "run_configs": run_configs if args.combine else [config],
+           "machine": MACHINE, "summary": summary, "runs": results}
     with open(os.path.join(args.out, "seed004_digits.json"), "w") as handle:
-        json.dump(report, handle, indent=1)
-    text = table(summary, args)
-    with open(os.path.join(args.out, "seed004_digits.md"), "w") as handle:
-        handle.write(text)
-    plot(results, floor, os.path.join(args.out, "seed004_digits.png"))
-    print(text)
+        json.dump(raw, handle, indent=1)
+    print(save_seed004_report(raw))
 
 
 if __name__ == "__main__":

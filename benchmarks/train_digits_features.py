@@ -6,15 +6,16 @@ Deterministic (seeded, one thread, deterministic kernels): running it again repr
 for bit on the same torch version. The classifier learns on the digits' training pool (the 1437
 images the DigitsDataModule keeps for train + validation) in the diffusion data scale pixel/8 − 1,
 with small Gaussian jitter so that generated (continuous-valued) images stay in distribution.
-Writes benchmarks/results/digits_features.json: test accuracy, the FD floor (pool vs test features)
-and the weights' SHA-256.
+Saves the report benchmarks/results/digits_features.json (rendered into docs/results.md): test accuracy,
+the FD floor (pool vs test features) and the weights' SHA-256; the raw record goes to
+benchmarks/results/raw/, and ``--from-raw FILE`` rebuilds the report from it without training.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,9 @@ from torch import nn
 
 from pynodeta.data.sampling import stratified_split
 from pynodeta.metrics import DigitsFeatureExtractor, DigitsFeatureNet, frechet_distance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SIZE, SPLIT_SEED = 360, 0  # DigitsDataModule's defaults: its test split is stratified_split(.., seed + 1)
@@ -54,12 +58,29 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int) ->
     return net.eval()
 
 
+def save_features_report(raw: dict) -> Path:
+    """The report (accuracy, FD floor, checksum of the shipped weights) from the raw record."""
+    table = Table(["weights", "epochs", "seed", "test accuracy", "FD floor (pool vs test)", "pool / test images",
+                   "SHA-256"],
+                  [[raw["weights"], raw["epochs"], raw["seed"], raw["test_accuracy"], raw["fd_floor_pool_vs_test"],
+                    f"{raw['num_pool']} / {raw['num_test']}", raw["sha256"][:16] + "…"]],
+                  "the digits feature extractor behind every FD on digits")
+    notes = ["Deterministic: rerunning the command reproduces the weights bit for bit on the same torch version."]
+    return save_report("digits_features", "The digits feature extractor: accuracy and FD floor", [table],
+                       notes=notes, command=raw["command"], machine={"threads": 1, "torch": raw["torch"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "pynodeta/metrics/weights/digits_features.pt")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild the report from a raw file written by an earlier run, without training")
     args = parser.parse_args()
+    if args.from_raw is not None:
+        print(save_features_report(load_raw(args.from_raw)))
+        return
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
 
@@ -79,10 +100,7 @@ def main() -> None:
         "test_accuracy": accuracy, "fd_floor_pool_vs_test": floor,
         "num_pool": len(pool_y), "num_test": len(test_y),
     }
-    results = ROOT / "benchmarks/results/digits_features.json"
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(save_features_report(load_raw(save_raw("digits_features", report))))
 
 
 if __name__ == "__main__":

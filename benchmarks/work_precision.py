@@ -4,7 +4,9 @@ Solvers: the torch backend (dopri5, tsit5, bosh3), the scipy backend (rk45, dop8
 torchdiffeq 0.2.5's dopri5 in the same process (the reference the ratios are taken against), and the
 julia backend when juliacall and Julia are installed. Problems: Van der Pol mu=1 (non-stiff),
 Lotka-Volterra, a 4-d linear system (exact matrix-exponential solution), and Van der Pol mu=1000
-(stiff; implicit methods only). Prints one markdown table per problem.
+(stiff; implicit methods only). Saves one table per problem as the report
+benchmarks/results/work_precision.json (rendered into docs/results.md) and the raw rows under
+benchmarks/results/raw/; ``--from-raw FILE`` rebuilds the report from them without solving.
 
     python benchmarks/work_precision.py
     python benchmarks/work_precision.py --problems linear --tolerances 1e-4 1e-8 --repeats 3
@@ -13,9 +15,11 @@ Lotka-Volterra, a 4-d linear system (exact matrix-exponential solution), and Van
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torchdiffeq
@@ -23,6 +27,9 @@ import torchdiffeq
 import pynodeta as pn
 from pynodeta.ode.errors import BackendUnavailableError, ODESolveError
 from pynodeta.ode.problems import lotka_volterra, van_der_pol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
 
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -136,24 +143,38 @@ def measure(solver: Solver, problem: Problem, rtol: float, ref: torch.Tensor, re
     return (ys - ref).abs().max().item(), nfe, 1e3 * min(times)
 
 
-def table(problem: Problem, solvers: list[Solver], tolerances: list[float], repeats: int) -> str:
+def measure_problem(problem: Problem, solvers: list[Solver], tolerances: list[float], repeats: int) -> dict:
     """Rows per tolerance; ratios against torchdiffeq dopri5 (non-stiff) or scipy radau (stiff)."""
     ref = reference(problem)
     baseline_solver = next(s for s in solvers if s.label == ("scipy radau" if problem.stiff else SOLVERS[0].label))
-    rows = [f"| solver | rtol | max error | NFE | time (ms) | NFE / {baseline_solver.label} | time / baseline |",
-            "|---|---|---|---|---|---|---|"]
+    rows = []
     for rtol in tolerances:
         baseline = measure(baseline_solver, problem, rtol, ref, repeats)
         for solver in solvers:
             result = baseline if solver is baseline_solver else measure(solver, problem, rtol, ref, repeats)
             if result is None:
-                rows.append(f"| {solver.label} | {rtol:.0e} | failed | | | | |")
+                rows.append([solver.label, f"{rtol:.0e}", "failed", "", "", "", ""])
                 continue
             err, nfe, ms = result
-            ratios = f"{nfe / baseline[1]:.2f} | {ms / baseline[2]:.2f}" if baseline else "- | -"
-            rows.append(f"| {solver.label} | {rtol:.0e} | {err:.2e} | {nfe} | {ms:.1f} | {ratios} |")
+            ratios = [nfe / baseline[1], ms / baseline[2]] if baseline else ["-", "-"]
+            rows.append([solver.label, f"{rtol:.0e}", err, nfe, ms, *ratios])
     reference_note = "exact solution" if problem.exact else "scipy radau at rtol = atol = 1e-13"
-    return f"### {problem.name} (error vs {reference_note}; atol = rtol * 1e-3)\n\n" + "\n".join(rows)
+    return {"problem": problem.name, "reference": reference_note, "baseline": baseline_solver.label, "rows": rows}
+
+
+def problem_table(measured: dict) -> Table:
+    return Table(["solver", "rtol", "max error", "NFE", "time (ms)", f"NFE / {measured['baseline']}",
+                  "time / baseline"], measured["rows"],
+                 f"{measured['problem']} (error vs {measured['reference']}; atol = rtol * 1e-3)")
+
+
+def save_work_precision_report(raw: dict) -> Path:
+    notes = ["Best of the timed runs per cell, one thread; timings on a shared, loaded machine."]
+    if not raw["julia"]:
+        notes.append("The julia backend was unavailable: its rows are left out.")
+    return save_report("work_precision", "Work-precision: error against NFE and time for every solver",
+                       [problem_table(m) for m in raw["problems"]], notes=notes, command=raw["command"],
+                       machine={"threads": 1})
 
 
 def main() -> None:
@@ -163,16 +184,25 @@ def main() -> None:
     parser.add_argument("--problems", nargs="+", default=list(problems()), choices=list(problems()))
     parser.add_argument("--tolerances", nargs="+", type=float, default=[1e-3, 1e-5, 1e-7, 1e-9])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best is reported)")
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild the report from a raw file written by an earlier run, without solving")
     args = parser.parse_args()
+    if args.from_raw is not None:
+        print(save_work_precision_report(load_raw(args.from_raw)))
+        return
     with_julia = julia_available()
     if not with_julia:
         print("(julia backend unavailable: its rows are left out; see README for enabling it)\n")
     torch.set_num_threads(1)
+    measured = []
     for key in args.problems:
         problem = problems()[key]
         chosen = [s for s in SOLVERS if (s.backend != "julia" or with_julia)
                   and (s.stiff_capable if problem.stiff else s.nonstiff)]
-        print(table(problem, chosen, args.tolerances, args.repeats), end="\n\n")
+        measured.append(measure_problem(problem, chosen, args.tolerances, args.repeats))
+        print(f"{problem.name}: {len(measured[-1]['rows'])} rows", flush=True)
+    raw = save_raw("work_precision", {"julia": with_julia, "problems": measured})
+    print(save_work_precision_report(load_raw(raw)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""Every committed report is what its script's own table code makes from the committed raw measurements.
+
+This is what keeps docs/results.md honest: a number there can only change by rerunning a benchmark
+(or its ``--from-raw`` path), never by editing a report.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+RESULTS, RAW = BENCHMARKS / "results", BENCHMARKS / "results" / "raw"
+
+# raw file stem -> (script, the script's function that turns the raw record into its report)
+BUILDERS = {
+    "bench_solver": ("bench_solver", "save_solver_report"),
+    "bench_diffusion_sampler": ("bench_diffusion_sampler", "save_sampler_report"),
+    "bench_diffusion_sampler_width8": ("bench_diffusion_sampler", "save_sampler_report"),
+    "diffusion_vanishing": ("diffusion_vanishing", "save_vanishing_report"),
+    "diffusion_vs_diffusers": ("diffusion_vs_diffusers", "save_comparison_report"),
+    "digits_features": ("train_digits_features", "save_features_report"),
+    "seed004_digits": ("seed004_digits", "save_seed004_report"),
+    "seed004_digits_overhead": ("seed004_digits", "save_overhead_report"),
+    "edm2_dynamics": ("edm2_digits", "save_edm2_report"),
+    "edm2_phema": ("edm2_digits", "save_edm2_report"),
+    "edm2_cost": ("edm2_digits", "save_edm2_report"),
+}
+
+
+def _script(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the script look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_raw_file_has_a_builder():
+    assert sorted(p.stem for p in RAW.glob("*.json")) == sorted(BUILDERS)
+
+
+@pytest.mark.parametrize("stem", sorted(BUILDERS))
+def test_report_is_rebuilt_from_its_raw_file(stem, tmp_path, monkeypatch):
+    script, builder = BUILDERS[stem]
+    module = _script(script)
+    saved = {}
+
+    def capture(name, title, tables, **kwargs):
+        saved.update(name=name, title=title, tables=json.loads(json.dumps([t.__dict__ for t in tables])), **kwargs)
+        return tmp_path / f"{name}.json"
+
+    monkeypatch.setattr(module, "save_report", capture)
+    if hasattr(module, "RESULTS_DIR"):  # plots go to a scratch folder, not over the committed ones
+        monkeypatch.setattr(module, "RESULTS_DIR", tmp_path)
+    getattr(module, builder)(json.loads((RAW / f"{stem}.json").read_text()))
+    committed = json.loads((RESULTS / f"{saved['name']}.json").read_text())
+    assert saved["name"] == stem
+    assert (saved["title"], saved["command"]) == (committed["title"], committed["command"])
+    assert json.loads(json.dumps(saved["tables"], default=float)) == committed["tables"]
+    assert list(saved.get("plots", [])) == committed["plots"]
