@@ -8,6 +8,10 @@ from torch import nn
 
 import pynodeta as pn
 
+from ..tiny_ode_block import TinyODEBlock
+
+RK4_HALF_STEPS = pn.SolverSettings(method="rk4", controller=pn.FixedGrid(step_size=0.5))
+
 
 class OwnConcatConv(nn.Module):
     """A user's own ConcatConv, written in plain torch: conv over [t·1, x]."""
@@ -68,22 +72,6 @@ class CountingFunc(nn.Module):
         return self.drop(self.norm(self.conv(t, x)))
 
 
-class TinyODEBlock(nn.Module):
-    """x -> y(1) with dy/dt = func(t, y) by fixed-step rk4: a user's block following ``pynodeta.ode.SolvesODE``."""
-
-    def __init__(self, func: nn.Module, t_span=(0.0, 1.0)):
-        super().__init__()
-        self.func = func
-        self.t_span = t_span
-        self.last_stats = None
-
-    def forward(self, x):
-        t = torch.tensor(self.t_span, dtype=x.dtype)
-        sol = pn.solve(self.func, x, t, method="rk4", controller=pn.FixedGrid(step_size=0.5))
-        self.last_stats = sol.stats
-        return sol.ys[-1]
-
-
 class TinyNODE(nn.Module):
     """stem conv -> ODE block [time injection – norm – tanh] -> pooled linear head.
 
@@ -100,7 +88,7 @@ class TinyNODE(nn.Module):
         norms = {"bn": lambda: nn.BatchNorm2d(channels), "gn": lambda: nn.GroupNorm(1, channels),
                  "tabn": lambda: pn.nn.TABatchNorm2d(channels, M=4)}
         layers.append(norms[norm]())
-        self.ode = TinyODEBlock(pn.nn.TimeSequential(*layers, nn.Tanh()))
+        self.ode = TinyODEBlock(pn.nn.TimeSequential(*layers, nn.Tanh()), solver=RK4_HALF_STEPS)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3))
 
     def forward(self, x):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning
 import pytest
 import torch
@@ -40,7 +42,7 @@ def test_classifier_one_batch_fit_logs_loss_accuracy_and_nfe(tmp_path):
 
 def test_backward_nfe_is_zero_without_adjoint(tmp_path):
     model = TinyDigitsClassifier()
-    model.ode.adjoint = False
+    model.ode.solver = dataclasses.replace(model.ode.solver, adjoint=False)
     trainer = _trainer(tmp_path, limit_val_batches=0)
     trainer.fit(NODEClassifier(model, optim=TABNAdamW(step_epochs=1)), datamodule=DigitsDataModule(batch_size=16))
     assert trainer.callback_metrics["train/nfe_forward"] >= 8

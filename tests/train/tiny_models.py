@@ -6,23 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import pynodeta as pn
 from pynodeta.nn import ConcatLinear, TimeSequential, make_norm
 from pynodeta.train import OptimizerPreset, TrainingModule
 
-
-class TinyODEBlock(nn.Module):
-    """y(t1) of dy/dt = func(t, y) by dopri5 with the adjoint; keeps ``last_stats`` like ODEBlock."""
-
-    def __init__(self, func: nn.Module, adjoint: bool = True):
-        super().__init__()
-        self.func, self.adjoint, self.last_stats = func, adjoint, None
-
-    def forward(self, y0: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        times = torch.tensor([0.0, 1.0]) if t is None else t
-        sol = pn.solve(self.func, y0, times, method="dopri5", rtol=1e-3, atol=1e-3, adjoint=self.adjoint)
-        self.last_stats = sol.stats
-        return sol.ys if t is not None else sol.ys[-1]
+from ..tiny_ode_block import TinyODEBlock
 
 
 def tiny_field(width: int, norm: str) -> TimeSequential:
