@@ -16,6 +16,7 @@ from torch import nn
 
 from pynodeta.nn import is_time_aware
 
+from .._cli import ArgumentParser, UsageError
 from .audit import DEFAULT_TIMES
 from .loading import input_batch, load_checkpoint, load_config
 from .ode_blocks import audit_ode_blocks, find_ode_functions
@@ -23,17 +24,8 @@ from .ode_blocks import audit_ode_blocks, find_ode_functions
 __all__ = ["main", "build_parser"]
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # report instead of exiting, so main() returns 2
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="pynodeta diagnose",
         description="Find where a model's timestep signal dies: for every ODE block, where time enters "
                     "its right-hand side and whether it survives each normalisation after that "
@@ -77,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_and_batch(args):
     if args.config is None and args.checkpoint is None:
-        raise _UsageError("pass --config CONFIG.yaml, --checkpoint CKPT, or both")
+        raise UsageError("pass --config CONFIG.yaml, --checkpoint CKPT, or both")
     if args.config is not None and args.input_shape is not None:
         raise ValueError("--input-shape conflicts with --config, whose data section gives the input")
     with warnings.catch_warnings():  # main() has printed the --unsafe-load warning once already
@@ -109,7 +101,7 @@ def main(argv: list[str]) -> int:
         reports = audit_ode_blocks(model, batch, args.times, module=module, run=run,
                                    mode="train" if args.train_mode else "eval",
                                    threshold=args.threshold, seed=args.seed)
-    except _UsageError as error:
+    except UsageError as error:
         build_parser().print_usage(sys.stderr)
         print(f"pynodeta diagnose: error: {error}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import atomic_torch_save
+from .._cli import ArgumentParser, UsageError
 from .posthoc import posthoc_reconstruct
 from .snapshots import list_snapshots
 from .sweep import parse_sweep, sweep_sigma_rels, write_sweep
@@ -28,17 +29,8 @@ from .sweep import parse_sweep, sweep_sigma_rels, write_sweep
 __all__ = ["build_parser", "main"]
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # report instead of exiting, so main() returns 2
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pynodeta phema", description="Post-hoc EMA reconstruction (Karras et al. 2024, "
+    parser = ArgumentParser(prog="pynodeta phema", description="Post-hoc EMA reconstruction (Karras et al. 2024, "
                      "Sec. 3): any EMA length σ_rel from the power-function snapshots of one training run.")
     parser.add_argument("--snapshots", required=True, help="directory of phema-<step>.pt snapshot files")
     what = parser.add_mutually_exclusive_group(required=True)
@@ -63,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             _reconstruct_one(args)
         else:
             _sweep(args)
-    except (_UsageError, ValueError, FileNotFoundError, KeyError) as error:
+    except (UsageError, ValueError, FileNotFoundError, KeyError) as error:
         print(f"pynodeta phema: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -71,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _reconstruct_one(args) -> None:
     if not args.out:
-        raise _UsageError("--sigma-rel needs --out FILE for the reconstructed weights")
+        raise UsageError("--sigma-rel needs --out FILE for the reconstructed weights")
     state = posthoc_reconstruct(args.snapshots, args.sigma_rel, args.step)
     step = args.step if args.step is not None else list_snapshots(args.snapshots)[-1].step
     if args.checkpoint:
@@ -99,7 +91,7 @@ def _replace_network_weights(checkpoint: dict, state: dict, target: str, path: s
 
 def _sweep(args) -> None:
     if not args.checkpoint:
-        raise _UsageError("--sweep needs --checkpoint (the run's Lightning checkpoint) to rebuild and sample the model")
+        raise UsageError("--sweep needs --checkpoint (the run's Lightning checkpoint) to rebuild and sample the model")
     from .sweep_fd import fd_scorer
 
     sigma_rels = parse_sweep(args.sweep)

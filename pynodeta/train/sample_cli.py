@@ -18,18 +18,10 @@ from pathlib import Path
 
 import torch
 
+from .._cli import ArgumentParser, UsageError
 from .diffusion_sampling import SAMPLER_NAMES, save_grid
 
 __all__ = ["sample_main", "evaluate_main", "load_diffusion_run"]
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # report instead of exiting, so the command returns 2
-        raise _UsageError(message)
 
 
 def _common_arguments(parser: argparse.ArgumentParser, num_default: int) -> None:
@@ -60,7 +52,7 @@ def _config_path(checkpoint: Path, config: str | None) -> Path:
 def load_diffusion_run(checkpoint: str | Path, config: str | None = None):
     """(DiffusionModule with the checkpoint's weights and EMA, its DataModule) of a ``pynodeta fit`` run."""
     import yaml
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser as ConfigParser
     from lightning.pytorch import LightningDataModule, LightningModule
 
     from .diffusion import DiffusionModule
@@ -72,7 +64,7 @@ def load_diffusion_run(checkpoint: str | Path, config: str | None = None):
     if not path.is_file():
         raise ValueError(f"--config {str(path)!r} does not exist")
     content = yaml.safe_load(path.read_text())
-    parser = ArgumentParser(exit_on_error=False)
+    parser = ConfigParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model", required=True)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
@@ -91,7 +83,7 @@ def _setup(args):
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     if args.num < 1:
-        raise _UsageError(f"--num must be >= 1, got {args.num}")
+        raise UsageError(f"--num must be >= 1, got {args.num}")
     module, datamodule = load_diffusion_run(args.checkpoint, args.config)
     module.eval()
     if args.no_ema or module.ema is None:
@@ -103,7 +95,7 @@ def _setup(args):
 def _run(main, argv: list[str], prog: str) -> int:
     try:
         return main(argv)
-    except _UsageError as error:
+    except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
@@ -112,7 +104,7 @@ def _run(main, argv: list[str], prog: str) -> int:
 
 
 def _sample(argv: list[str]) -> int:
-    parser = _Parser(prog="pynodeta sample", description="Draw images from a trained diffusion model.")
+    parser = ArgumentParser(prog="pynodeta sample", description="Draw images from a trained diffusion model.")
     _common_arguments(parser, num_default=64)
     parser.add_argument("--out", default="samples.png", help="PNG grid to write (default samples.png)")
     parser.add_argument("--save-tensor", default=None, help="also save the images as a .pt tensor here")
@@ -131,7 +123,7 @@ def _sample(argv: list[str]) -> int:
 def _evaluate(argv: list[str]) -> int:
     from .diffusion_evaluation import evaluate_samples, nll_bits_per_dim, summary_line
 
-    parser = _Parser(prog="pynodeta evaluate", description="FD (with the real-data floor) and NLL in bits/dim.")
+    parser = ArgumentParser(prog="pynodeta evaluate", description="FD (with the real-data floor) and NLL in bits/dim.")
     _common_arguments(parser, num_default=500)
     parser.add_argument("--nll-images", type=int, default=None, help="test images of the NLL (default: the run's)")
     parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
