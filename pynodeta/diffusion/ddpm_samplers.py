@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._random import randn
 from ..ode.stats import SolveStats, _publish
 from ._checks import NonFiniteDenoiserError, all_finite
 from .schedules import DDPMSchedule
@@ -59,7 +60,7 @@ def sample_ddpm(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule,
         mean, _, log_var = schedule.p_mean_variance(x, t_batch, model(t, x), variance, clip_x0)
         if t == 0:  # the last step returns the mean (DDPM Algorithm 2, z = 0 at t = 1)
             return mean
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = mean + torch.exp(0.5 * log_var) * noise
     raise AssertionError("unreachable: the loop returns at t = 0")
 
@@ -92,5 +93,5 @@ def sample_ddim(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule, 
         sigma = eta * ((1 - alpha_next) / (1 - alpha) * (1 - alpha / alpha_next)) ** 0.5
         x = alpha_next**0.5 * x0 + max(1 - alpha_next - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + sigma * randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x

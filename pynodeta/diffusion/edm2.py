@@ -11,6 +11,7 @@ from torch import nn
 
 from pynodeta.nn.mp import MPConv, MPFourier
 
+from .._random import randn
 from .preconditioning import EDMPrecond, edm_loss_weight
 
 __all__ = ["EDM2_ADAM_BETAS", "EDM2Precond", "edm2_learning_rate", "edm2_loss"]
@@ -66,9 +67,9 @@ def edm2_loss(precond: EDM2Precond, x0: torch.Tensor, class_labels: torch.Tensor
     if not p_std > 0:
         raise ValueError(f"p_std must be > 0, got {p_std}")
     batch = x0.shape[0]
-    log_sigma = p_mean + p_std * torch.randn(batch, generator=generator, dtype=x0.dtype, device=x0.device)
+    log_sigma = p_mean + p_std * randn(batch, generator=generator, dtype=x0.dtype, device=x0.device)
     sigma = log_sigma.exp()
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    noise = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     shape = (-1, *([1] * (x0.ndim - 1)))
     denoised, logvar = precond(x0 + sigma.reshape(shape) * noise, sigma, class_labels, return_logvar=True)
     weight = edm_loss_weight(sigma, precond.sigma_data) / logvar.exp()

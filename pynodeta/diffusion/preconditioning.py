@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._random import randn
 from ._checks import Denoiser
 
 __all__ = ["EDMPrecond", "edm_loss", "edm_loss_weight"]
@@ -62,9 +63,9 @@ def edm_loss(denoiser: Denoiser, x0: torch.Tensor, *, p_mean: float = -1.2, p_st
         raise ValueError(f"p_std must be > 0, got {p_std}")
     sigma_data = getattr(denoiser, "sigma_data", 0.5) if sigma_data is None else sigma_data
     batch = x0.shape[0]
-    log_sigma = p_mean + p_std * torch.randn(batch, generator=generator, dtype=x0.dtype, device=x0.device)
+    log_sigma = p_mean + p_std * randn(batch, generator=generator, dtype=x0.dtype, device=x0.device)
     sigma = log_sigma.exp()
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    noise = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     noisy = x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * noise
     squared_error = (denoiser(noisy, sigma) - x0) ** 2
     return edm_loss_weight(sigma, sigma_data) * squared_error.reshape(batch, -1).mean(dim=1)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._random import randn
 from ..ode.stats import SolveStats, _publish
 from ._checks import Denoiser, check_sigmas, denoise
 
@@ -50,7 +51,7 @@ def _churn(x: torch.Tensor, sigma: float, n_steps: int, s_churn: float, s_tmin: 
     if gamma == 0:
         return x, sigma
     sigma_hat = sigma * (1 + gamma)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    noise = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x + noise * s_noise * math.sqrt(sigma_hat**2 - sigma**2), sigma_hat
 
 

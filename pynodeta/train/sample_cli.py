@@ -35,6 +35,8 @@ def _common_arguments(parser: argparse.ArgumentParser, num_default: int) -> None
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default=None,
+                        help="where the network runs, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
 
 
 def _config_path(checkpoint: Path, config: str | None) -> Path:
@@ -79,13 +81,26 @@ def load_diffusion_run(checkpoint: str | Path, config: str | None = None):
     return module, datamodule
 
 
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name!r}: this machine has no CUDA device; use --device cpu")
+    return device
+
+
 def _setup(args):
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     if args.num < 1:
         raise UsageError(f"--num must be >= 1, got {args.num}")
+    device = _device(args.device)
     module, datamodule = load_diffusion_run(args.checkpoint, args.config)
-    module.eval()
+    module.to(device).eval()
     if args.no_ema or module.ema is None:
         return module, datamodule
     module.ema.copy_to(module.model)  # this process only evaluates: the raw weights are not needed again

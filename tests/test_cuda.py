@@ -1,0 +1,168 @@
+"""The CUDA paths: the same results on a GPU as on the CPU, and every shipped digits job end to end on a GPU.
+
+Skipped where no CUDA device exists (CI has none); run them on a GPU machine with
+``python3 -m pytest -q tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from pynodeta import Adjoint, IController, SolverSettings, odeint_event, record_stats, solve
+from pynodeta.diffusion import (
+    DDPMSchedule,
+    DenoiserFromEpsilon,
+    karras_sigmas,
+    log_likelihood,
+    sample_ddpm,
+    sample_heun,
+)
+from pynodeta.ema import PowerFunctionEMA, posthoc_reconstruct
+
+from .diffusion.gaussian_data import standard_case
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CUDA = torch.device("cuda")
+
+
+class Field(nn.Module):
+    """A small nonlinear vector field with parameters: dy/dt = W2 tanh(W1 y + b t)."""
+
+    def __init__(self, dim: int = 6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inner, self.outer = nn.Linear(dim, 16), nn.Linear(16, dim)
+        self.time = nn.Parameter(torch.randn(16))
+
+    def forward(self, t, y):
+        return self.outer(torch.tanh(self.inner(y) + self.time * t))
+
+
+def _solve_on(device, adjoint: bool):
+    func = Field().double().to(device)
+    y0 = torch.linspace(-1, 1, 24, dtype=torch.float64, device=device).reshape(4, 6).requires_grad_(True)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64, device=device)
+    settings = SolverSettings(method="dopri5", controller=IController(rtol=1e-7, atol=1e-9), adjoint=Adjoint() if adjoint else False)
+    with record_stats() as log:
+        sol = solve(func, y0, t, **settings)
+        sol.ys.square().sum().backward()
+    grads = [y0.grad] + [p.grad for p in func.parameters()]
+    return sol.ys.detach().cpu(), [g.cpu() for g in grads], sum(s.nfe for s in log)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_dopri5_and_its_gradients_agree_on_gpu_and_cpu(adjoint):
+    ys_cpu, grads_cpu, nfe_cpu = _solve_on(torch.device("cpu"), adjoint)
+    ys_gpu, grads_gpu, nfe_gpu = _solve_on(CUDA, adjoint)
+    assert nfe_gpu == nfe_cpu  # float64: the same accept/reject decisions
+    torch.testing.assert_close(ys_gpu, ys_cpu, rtol=1e-9, atol=1e-11)
+    for g_gpu, g_cpu in zip(grads_gpu, grads_cpu):
+        torch.testing.assert_close(g_gpu, g_cpu, rtol=1e-7, atol=1e-9)
+
+
+def test_event_time_and_its_gradient_on_gpu():
+    """Free fall y'' = −g from height h: the ground is hit at √(2h/g), and d t_event / d h = 1/√(2 g h)."""
+    g, h = 9.81, torch.tensor(2.0, dtype=torch.float64, device=CUDA, requires_grad=True)
+    y0 = torch.stack([h, torch.zeros((), dtype=torch.float64, device=CUDA)])
+    t0 = torch.tensor(0.0, dtype=torch.float64, device=CUDA)
+    event_t, _ = odeint_event(lambda t, y: torch.stack([y[1], torch.full_like(y[1], -g)]), y0, t0,
+                              event_fn=lambda t, y: y[0], rtol=1e-9, atol=1e-11)
+    assert event_t.device.type == "cuda"
+    assert abs(float(event_t) - math.sqrt(2 * 2.0 / g)) < 1e-7
+    event_t.backward()
+    assert abs(float(h.grad) - 1 / math.sqrt(2 * g * 2.0)) < 1e-6
+
+
+def _gaussian_eps(schedule: DDPMSchedule, mean: torch.Tensor, std: float):
+    """The exact ε-predictor of N(mean, std² I) data (see diffusion/gaussian_data.py), on mean's device."""
+    alphas = schedule.alphas_cumprod.to(mean.device)
+
+    def eps(t, x):
+        alpha = alphas[t].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return (1 - alpha).sqrt() * (x - alpha.sqrt() * mean) / (alpha * std**2 + 1 - alpha)
+
+    return eps
+
+
+def test_stochastic_samplers_take_a_cpu_generator_for_gpu_tensors():
+    """The same seed gives the same images on both devices: the noise is drawn on the generator's device."""
+    data, schedule = standard_case(), DDPMSchedule(100)
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    images = {device: sample_ddpm(_gaussian_eps(schedule, data.mean.to(device), data.std), x_T.to(device),
+                                  schedule, generator=torch.Generator().manual_seed(1)).cpu()
+              for device in ("cpu", "cuda")}
+    torch.testing.assert_close(images["cuda"], images["cpu"], rtol=1e-9, atol=1e-9)
+    sigmas = karras_sigmas(10, dtype=torch.float64, device=CUDA)
+    gpu_data = type(data)(data.mean.to(CUDA), data.std)
+    x = torch.randn(8, 2, dtype=torch.float64, device=CUDA) * sigmas[0]
+    churned = sample_heun(gpu_data.denoiser, x, sigmas, s_churn=5.0, generator=torch.Generator().manual_seed(2))
+    assert churned.device.type == "cuda" and torch.isfinite(churned).all()
+
+
+def test_log_likelihood_on_gpu_matches_the_cpu():
+    data = standard_case()
+    x = data.noisy(8, 0.0, torch.Generator().manual_seed(0))
+    cpu = log_likelihood(data.denoiser, x, divergence="exact")
+    gpu_data = type(data)(data.mean.to(CUDA), data.std)
+    gpu = log_likelihood(gpu_data.denoiser, x.to(CUDA), divergence="exact")
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-6)
+    hutchinson = log_likelihood(gpu_data.denoiser, x.to(CUDA), generator=torch.Generator().manual_seed(0))
+    assert hutchinson.device.type == "cuda" and torch.isfinite(hutchinson).all()
+    schedule = DDPMSchedule(1000)
+    from_eps = DenoiserFromEpsilon(_gaussian_eps(schedule, gpu_data.mean, data.std), schedule)
+    sigma = torch.full((8,), 1.0, dtype=torch.float64, device=CUDA)
+    torch.testing.assert_close(from_eps(x.to(CUDA), sigma), gpu_data.denoiser(x.to(CUDA), sigma), rtol=1e-2, atol=1e-2)
+
+
+def test_power_function_ema_snapshots_of_a_gpu_model_reconstruct_on_the_cpu(tmp_path):
+    model = nn.Linear(4, 3).to(CUDA)
+    ema = PowerFunctionEMA(model, sigma_rels=(0.05, 0.10))
+    for step in range(1, 41):
+        with torch.no_grad():
+            model.weight.add_(0.01 * step)
+        ema.update(step)
+        if step % 10 == 0:
+            ema.save_snapshot(tmp_path, step)
+    assert next(ema.averaged(0.10).parameters()).device.type == "cuda"
+    state = posthoc_reconstruct(tmp_path, 0.10)
+    torch.testing.assert_close(state["weight"].cpu(), ema.averaged(0.10).weight.detach().cpu(), rtol=5e-3, atol=5e-3)
+
+
+def _fit_on_gpu(tmp_path, capsys, config: str, extra: list[str]) -> str:
+    from pynodeta.cli import main
+
+    args = ["fit", "--config", config, "--trainer.accelerator", "gpu", "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "0.2", "--trainer.limit_val_batches", "0.5",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *extra]
+    assert main(args) == 0
+    return capsys.readouterr().out
+
+
+def test_main_job_on_gpu(tmp_path, capsys):
+    out = _fit_on_gpu(tmp_path, capsys, "digits_tabn", ["--trainer.limit_test_batches", "0.5"])
+    assert re.search(r"test[/_ ]acc", out), out[-2000:]
+
+
+@pytest.mark.parametrize("config", ["digits_ddpm", "digits_edm", "digits_edm2"])
+def test_diffusion_jobs_on_gpu_then_sample_and_evaluate(tmp_path, capsys, config):
+    from pynodeta.cli import main
+
+    out = _fit_on_gpu(tmp_path, capsys, config, ["--model.init_args.eval_num_samples", "64",
+                                                 "--model.init_args.nll_num_images", "4"])
+    assert "pynodeta summary: FD" in out, out[-2000:]
+    summary = json.loads(next((tmp_path / "runs").rglob("summary.json")).read_text())
+    assert math.isfinite(summary["fd"]) and math.isfinite(summary["bpd"])
+    checkpoint = str(next((tmp_path / "runs").rglob("last.ckpt")))
+    samplers = ("ddpm", "heun", "ode") if config == "digits_ddpm" else ("heun", "dpmpp_2m", "ode")
+    for sampler in samplers:
+        assert main(["sample", "--checkpoint", checkpoint, "--sampler", sampler, "--steps", "8", "--num", "8",
+                     "--device", "cuda", "--out", str(tmp_path / f"{sampler}.png")]) == 0
+    assert main(["evaluate", "--checkpoint", checkpoint, "--device", "cuda", "--num", "32", "--steps", "4",
+                 "--nll-images", "2", "--out", str(tmp_path / "eval.png")]) == 0
