@@ -57,7 +57,7 @@ def _locate(solve_fn, func, y0, t0: torch.Tensor, window: float, event_fn, kwarg
     start, y_start = t0, y0
     sign0 = _sign(event_fn(t0, y0))
     for _ in range(_MAX_WINDOWS):
-        grid = start + torch.linspace(0.0, window, _SAMPLES_PER_WINDOW + 1, dtype=t0.dtype)
+        grid = start + torch.linspace(0.0, window, _SAMPLES_PER_WINDOW + 1, dtype=t0.dtype, device=t0.device)
         ys = solve_fn(func, y_start, grid, **kwargs).ys
         for k in range(1, len(grid)):
             state = _at(ys, k)
