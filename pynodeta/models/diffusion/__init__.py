@@ -1,6 +1,6 @@
 """Diffusion networks with pynodeta's forward(t, x): the DDPM/ADM U-Net with the seed-001 options."""
 
-from .blocks import AttentionBlock, Downsample, ResidualBlock, TimeProjection, Upsample
+from .blocks import AttentionBlock, DDPMResidualBlock, Downsample, TimeProjection, Upsample
 from .ddpm_unet import DDPMUNet
 from .edm2_unet import EDM2Block, EDM2UNet
 
@@ -8,7 +8,7 @@ __all__ = [
     "DDPMUNet",
     "EDM2UNet",
     "EDM2Block",
-    "ResidualBlock",
+    "DDPMResidualBlock",
     "AttentionBlock",
     "TimeProjection",
     "Downsample",

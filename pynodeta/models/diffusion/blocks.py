@@ -17,7 +17,7 @@ from torch import nn
 
 from pynodeta.nn import PositionalTimestepEmbedding
 
-__all__ = ["TimeProjection", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample", "group_norm"]
+__all__ = ["TimeProjection", "DDPMResidualBlock", "AttentionBlock", "Downsample", "Upsample", "group_norm"]
 
 Injection = Literal["add", "scale_shift"]
 PostTimeNorm = Literal["group", "batch"]
@@ -49,7 +49,7 @@ class TimeProjection(nn.Module):
         return self.linear(F.silu(emb))[:, :, None, None]
 
 
-class ResidualBlock(nn.Module):
+class DDPMResidualBlock(nn.Module):
     """DDPM residual block: norm → SiLU → conv, inject time, norm → SiLU → dropout → conv, plus skip.
 
     Injection "add" (DDPM): h = conv1(...) + proj(temb), then the post-time norm. "scale_shift"

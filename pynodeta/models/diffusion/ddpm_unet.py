@@ -11,7 +11,7 @@ from torch import nn
 
 from pynodeta.nn import TimestepEmbedding, apply_bias_init_policy, sinusoidal_timestep_embedding, time_as_tensor
 
-from .blocks import AttentionBlock, Downsample, Injection, PostTimeNorm, ResidualBlock, Upsample, group_norm
+from .blocks import AttentionBlock, DDPMResidualBlock, Downsample, Injection, PostTimeNorm, Upsample, group_norm
 
 __all__ = ["DDPMUNet"]
 
@@ -19,7 +19,7 @@ __all__ = ["DDPMUNet"]
 class _Stage(nn.Module):
     """One residual block, then attention where the resolution asks for it."""
 
-    def __init__(self, block: ResidualBlock, attention: AttentionBlock | None):
+    def __init__(self, block: DDPMResidualBlock, attention: AttentionBlock | None):
         super().__init__()
         self.block, self.attention = block, attention
 
@@ -82,7 +82,7 @@ class DDPMUNet(nn.Module):
         self.time_embedding = TimestepEmbedding(channels, temb_dim)
 
         def stage(c_in: int, c_out: int, size: int) -> _Stage:
-            block = ResidualBlock(
+            block = DDPMResidualBlock(
                 c_in, c_out, temb_dim, dropout, norm_groups, post_time_norm,
                 norm_groups if post_time_groups is None else post_time_groups, injection,
                 (size, size) if positional_embedding else None,
