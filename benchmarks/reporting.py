@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -66,7 +67,7 @@ def command_line() -> str:
         script = script.resolve().relative_to(Path.cwd())
     except ValueError:
         script = Path("benchmarks") / script.name
-    return " ".join(["python3", script.as_posix(), *sys.argv[1:]])
+    return shlex.join(["python3", script.as_posix(), *sys.argv[1:]])
 
 
 def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequence[str] = (),
