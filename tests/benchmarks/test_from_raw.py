@@ -21,6 +21,7 @@ BUILDERS = {
     "bench_diffusion_sampler_width8": ("bench_diffusion_sampler", "save_sampler_report"),
     "diffusion_vanishing": ("diffusion_vanishing", "save_vanishing_report"),
     "diffusion_vs_diffusers": ("diffusion_vs_diffusers", "save_comparison_report"),
+    "digits_diffusion_fits": ("digits_diffusion_fits", "save_fits_report"),
     "digits_features": ("train_digits_features", "save_features_report"),
     "seed004_digits": ("seed004_digits", "save_seed004_report"),
     "seed004_digits_overhead": ("seed004_digits", "save_overhead_report"),
