@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "results.md"
 ORDER = ["bench_solver", "work_precision", "torchdiffeq_suite", "torchdiffeq_suite_before", "bench_tabn", "tabn_digits",
          "diagnose_groups", "bench_diffusion_sampler", "bench_diffusion_sampler_width8", "digits_features",
-         "digits_diffusion_fits", "diffusion_vs_diffusers", "diffusion_vanishing", "seed004_digits", "seed004_digits_overhead",
-         "edm2_phema", "edm2_dynamics", "edm2_cost"]
+         "digits_diffusion_fits", "diffusion_vs_diffusers", "diffusion_vanishing", "seed004_digits",
+         "seed004_digits_overhead", "edm2_phema", "edm2_dynamics", "edm2_cost"]
 
 HEADER = """# Measured results
 

@@ -49,7 +49,8 @@ def _solve_on(device, adjoint: bool):
     func = Field().double().to(device)
     y0 = torch.linspace(-1, 1, 24, dtype=torch.float64, device=device).reshape(4, 6).requires_grad_(True)
     t = torch.linspace(0, 2, 5, dtype=torch.float64, device=device)
-    settings = SolverSettings(method="dopri5", controller=IController(rtol=1e-7, atol=1e-9), adjoint=Adjoint() if adjoint else False)
+    settings = SolverSettings(method="dopri5", controller=IController(rtol=1e-7, atol=1e-9),
+                              adjoint=Adjoint() if adjoint else False)
     with record_stats() as log:
         sol = solve(func, y0, t, **settings)
         sol.ys.square().sum().backward()
