@@ -105,6 +105,18 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _mean_sd(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def _variant_row(variant: str, runs: list[dict]) -> list:
+    flagged = sum(bool(r["vanishing"]) for r in runs)
+    return [variant, len(runs), _mean_sd([r["fd_ratio"] for r in runs]), _mean_sd([r["bpd"] for r in runs]),
+            f"{flagged} of {len(runs)}"]
+
+
 def save_vanishing_report(raw: dict) -> Path:
     """The report (one row per variant and seed) from the raw runs :func:`main` collects."""
     rows = [[r["variant"], r["seed"], r["fd_ratio"], f"{r['bpd']:.2f} ± {r['bpd_stderr']:.2f}",
@@ -113,10 +125,15 @@ def save_vanishing_report(raw: dict) -> Path:
                    "lowest survival", "train s"], rows,
                   f"DDPMUNet, {raw['channels']} channels, {raw['steps']} steps of batch 64; FD of DDIM samples "
                   "over the real-data floor")
-    grids = [Path(r["grid"]).name for r in raw["runs"] if r.get("grid")]
-    notes = ["Train times on a shared, loaded 2-core machine, one thread."]
+    variants = list(dict.fromkeys(r["variant"] for r in raw["runs"]))
+    summary = Table(["variant", "seeds", "FD / floor (mean ± sd)", "NLL bits/dim (mean ± sd)", "vanishing in"],
+                    [_variant_row(v, [r for r in raw["runs"] if r["variant"] == v]) for v in variants],
+                    "per variant, over its seeds (each run below)")
+    grids = [Path(r["grid"]).name for r in raw["runs"] if r.get("grid") and r["seed"] == raw["runs"][0]["seed"]]
+    notes = [raw.get("machine_note", "Train times: one thread.")]
     return save_report("diffusion_vanishing", "Seed 001 on digits: a vanishing timestep embedding and its fixes",
-                       [table], notes=notes, plots=["diffusion_vanishing.png", *grids], command=raw["command"],
+                       [summary, table], notes=notes, plots=["diffusion_vanishing.png", *grids],
+                       command=raw["command"],
                        machine={"threads": raw["threads"]})
 
 
