@@ -302,8 +302,10 @@ def save_edm2_report(result: dict) -> Path:
             shutil.copyfile(paths["png"], RESULTS_DIR / "edm2_phema_sweep.png")
         plots = ["edm2_phema_sweep.png"]
     table = {"dynamics": dynamics_table, "phema": phema_table, "cost": cost_table}[what](result)
-    notes = ["One thread under nice on a shared, loaded machine: wall times are indicative, ratios come from "
-             "alternating rounds in one process."]
+    machine_note = result.get("machine", {}).get("note", "")
+    notes = [f"{machine_note[:1].upper()}{machine_note[1:]}; " if machine_note else ""]
+    notes = [notes[0] + "ratios come from alternating rounds in one process." if what == "cost" else
+             notes[0] + "one run per figure."]
     return save_report(f"edm2_{what}", TITLES[what], [table], notes=notes, plots=plots, command=result["command"],
                        machine={"threads": result["settings"]["threads"]})
 
@@ -324,6 +326,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="cost: alternating timing rounds")
     parser.add_argument("--repeats", type=int, default=10, help="cost: steps per timing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--machine-note", default="", help="how the machine was shared during the run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RAW_DIR), help="directory of the raw JSON files")
     parser.add_argument("--from-raw", type=Path, default=None,
@@ -345,7 +348,7 @@ def main() -> None:
     result["command"] = command_line()
     result["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "from_raw")}
     result["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                         "cpus": os.cpu_count(), "note": "shared, loaded machine: wall times are indicative"}
+                         "cpus": os.cpu_count(), "note": args.machine_note}
     result["wall_seconds"] = time.perf_counter() - started
     stem = out / f"edm2_{args.what}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
