@@ -85,17 +85,15 @@ class StepRule:
 
     @torch.no_grad()
     def next_step(self, dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
-        finite = torch.isfinite(ratio)
-        positive = finite & (ratio > 0)
-        safe_ratio = torch.where(positive, ratio, torch.ones_like(ratio))
-        lower = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, self.dfactor))
-        factor = (self.safety / safe_ratio.pow(self.exponent)).clamp(max=self.ifactor).maximum(lower)
+        # ratio 0 -> safety/0 = inf, clamped to ifactor; ratio inf -> 0, raised to dfactor; NaN -> dfactor
+        # (fmax ignores NaN): the shared-step rule's special cases without extra branches.
+        lower = torch.where(ratio < 1, 1.0, self.dfactor)
+        factor = torch.fmax((self.safety / ratio.pow(self.exponent)).clamp(max=self.ifactor), lower)
         if self.pi is not None:
             alpha, beta = self.pi
-            use_pi = accepted & positive
-            pi_factor = (self.safety * safe_ratio.pow(-alpha) * self.previous_ratio.pow(beta))
+            use_pi = accepted & torch.isfinite(ratio) & (ratio > 0)
+            safe_ratio = torch.where(use_pi, ratio, 1.0)
+            pi_factor = self.safety * safe_ratio.pow(-alpha) * self.previous_ratio.pow(beta)
             factor = torch.where(use_pi, pi_factor.clamp(self.dfactor, self.ifactor), factor)
-            self.previous_ratio = torch.where(use_pi, ratio.clamp(min=1e-4), self.previous_ratio)
-        factor = torch.where(ratio == 0, torch.full_like(ratio, self.ifactor), factor)
-        factor = torch.where(finite, factor, torch.full_like(ratio, self.dfactor))
+            self.previous_ratio = torch.where(use_pi, safe_ratio.clamp(min=1e-4), self.previous_ratio)
         return dt * factor

@@ -67,136 +67,182 @@ def _combine_stages(ks, weights) -> torch.Tensor:
 
 
 class _Caller:
-    """Calls func at per-sample solver times and counts the calls."""
+    """Calls func at per-sample times (the caller's time, in y's dtype) and counts the calls."""
 
-    def __init__(self, rhs: RHS, times: SampleTimes, dtype: torch.dtype, stats: BatchedSolveStats):
-        self.rhs, self.times, self.dtype, self.stats = rhs, times, dtype, stats
+    def __init__(self, rhs: RHS, stats: BatchedSolveStats):
+        self.rhs, self.stats = rhs, stats
 
-    def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.stats.nfe += 1
-        return self.rhs(self.times.user_time(s).to(self.dtype), y)
+        return self.rhs(t, y)
 
 
 class _Outputs:
-    """Dense output per sample: the outputs that fall inside an accepted step, from that step's stages."""
+    """Dense output per sample. The last output of every sample is its end state (each sample lands exactly
+    on its end time); the ones before it fall inside accepted steps and come from those steps' stages."""
 
     def __init__(self, method: Method, times: SampleTimes, y0: torch.Tensor):
-        self.method, self.s_out = method, times.s
-        batch, n = self.s_out.shape
-        self.filled = torch.zeros(batch, n, dtype=torch.bool, device=y0.device)
-        self.filled[:, 0] = True
-        self.ys = y0.new_zeros(batch, n, y0.shape[1])
-        self.ys[:, 0] = y0
+        self.method, self.s_interior = method, times.s[:, 1:-1]
+        self.has_interior = self.s_interior.shape[1] > 0
+        self.pending = torch.ones_like(self.s_interior, dtype=torch.bool)
+        self.interior: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (sample, index, value)
+        self.y0 = y0
 
-    def due(self, accepted: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        """(batch, n) mask of outputs inside this step, for samples that accepted it."""
-        return ~self.filled & accepted[:, None] & (self.s_out <= s1[:, None])
+    def due(self, moved: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        """(batch, n - 2) mask of interior outputs inside this step, for samples that accepted it."""
+        return self.pending & moved[:, None] & (self.s_interior <= s1[:, None])
 
-    def write(self, due, s, dt, h, y, y1, ks) -> None:
+    def write(self, due, s, dt, h, y, ks) -> None:
         sample, index = due.nonzero(as_tuple=True)
-        s_out = self.s_out[sample, index]
-        theta = (s_out - s[sample]) / dt[sample]
+        theta = (self.s_interior[sample, index] - s[sample]) / dt[sample]
         weights = torch.stack([torch.as_tensor(w, dtype=theta.dtype, device=theta.device).expand_as(theta)
                                for w in self.method.dense(theta)], dim=1).to(y.dtype)  # (pairs, stages)
         stages = torch.stack(ks, dim=0)[:, sample]  # (stages, pairs, features)
-        values = y[sample] + h[sample] * torch.einsum("ps,spf->pf", weights, stages)
-        at_end = (s_out == s[sample] + dt[sample])[:, None]
-        values = torch.where(at_end, y1[sample], values)  # the step's own end: its solution, not a fit
-        self.ys = self.ys.index_put((sample, index), values)
-        self.filled = self.filled | due
+        values = torch.addcmul(y[sample], h[sample], torch.einsum("ps,spf->pf", weights, stages))
+        self.interior.append((sample, index + 1, values))
+        self.pending = self.pending & ~due
+
+    def assemble(self, y_end: torch.Tensor) -> torch.Tensor:
+        batch, features = y_end.shape
+        n = self.s_interior.shape[1] + 2
+        ys = torch.cat([self.y0[:, None], self.y0.new_zeros(batch, n - 2, features), y_end[:, None]], dim=1)
+        for sample, index, values in self.interior:
+            ys = ys.index_put((sample, index), values)
+        return ys
+
+
+class _Stages:
+    """The trial step of an explicit Runge-Kutta method with a per-sample step (scalar tableau weights, so
+    each stage is a chain of one-kernel adds and one addcmul with the per-sample h)."""
+
+    def __init__(self, method: Method, call: _Caller, reuse_first: bool):
+        tab = method.tableau
+        self.call, self.reuse_first, self.fsal = call, reuse_first, tab.fsal
+        self.a_rows, self.b_row, self.n = tab.a_nonzero, tab.b_nonzero, len(tab.c)
+        self.c, self.at_end = tab.c, [ci == 1 for ci in tab.c]
+
+    def step(self, s, s1, dt, direction, y, f, observer):
+        """(y1, ks, h) of a step of size dt (float64 (batch,)) from (s, y) to s1, with f = func(s, y)."""
+        dtype = y.dtype
+        c = torch.tensor(self.c, dtype=s.dtype, device=s.device)[:, None]
+        t_stages = (direction * (s + c * dt)).to(dtype)  # multiplying by +-1 is exact: t = direction * s
+        t_end = (direction * s1).to(dtype)
+        h = (direction * dt).to(dtype)[:, None]
+        observer.begin_step()
+        ks = [f if self.reuse_first else self.call(t_stages[0], y)]
+        y1 = y
+        for i in range(1, self.n):
+            y1 = torch.addcmul(y, h, _combine_stages(ks, self.a_rows[i]))
+            ks.append(self.call(t_end if self.at_end[i] else t_stages[i], y1))
+        if not self.fsal:
+            y1 = torch.addcmul(y, h, _combine_stages(ks, self.b_row))
+        return y1, ks, h, t_end
 
 
 def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Method, settings: LoopSettings,
                       stats: BatchedSolveStats, observer: StepObserver | None = None) -> torch.Tensor:
     """Solve every row of ``y0: (batch, features)`` from its start to its end time; returns
     ``(batch, n, features)``, the state at each sample's output times."""
+    watched = observer is not None
     observer = observer or StepObserver()
-    tab = method.tableau
-    a_rows, c, b_row = tab.a_nonzero, tab.c, tab.b_nonzero
-    reuse_first, n_stages = not observer.fresh_first_stage, len(tab.c)
-    call = _Caller(rhs, times, y0.dtype, stats)
-    error_ratio = ErrorRatio(tab.b_err_nonzero, settings.rtol, settings.atol, settings.error_norm)
-    outputs = _Outputs(method, times, y0)
-    batch = y0.shape[0]
-    rule = StepRule(method.error_order, settings.safety, settings.ifactor, settings.dfactor, settings.gains, batch,
-                    y0.device)
+    call = _Caller(rhs, stats)
     s, end, direction = times.start.clone(), times.end, times.direction
-    y = y0
-    f = call(s, y)
-    if f.shape != y.shape:
-        raise ValueError(f"func must return dy/dt shaped like y, got {tuple(f.shape)} for a state {tuple(y.shape)}")
-    running = s < end
+    f = call(times.user_time(s).to(y0.dtype), y0)
+    if f.shape != y0.shape:
+        raise ValueError(f"func must return dy/dt shaped like y, got {tuple(f.shape)} for a state {tuple(y0.shape)}")
     if settings.first_step is None:
-        dt = select_initial_steps(lambda h, y_probe: call(s + h, y_probe), y, f, direction, method.error_order,
-                                  settings.rtol, settings.atol, settings.initial_norm)
-        stats.nfe_per_sample += 2 * running
+        def probe(h, y_probe):
+            return call(times.user_time(s + h).to(y0.dtype), y_probe)
+
+        dt = select_initial_steps(probe, y0, f, direction, method.error_order, settings.rtol, settings.atol,
+                                  settings.initial_norm)
     else:
         dt = torch.full_like(s, settings.first_step)
-        stats.nfe_per_sample += running
-    evaluations_per_step = (n_stages - 1 if reuse_first else n_stages) + (0 if tab.fsal else 1)
-    warn_after = settings.warn_after_steps or math.inf
-    iteration = 0
-    while True:
-        dt = dt.clamp(settings.min_step, settings.max_step)
-        dt_step = torch.where(running, torch.minimum(dt, end - s), torch.zeros_like(dt))
-        reaches_end = s + dt_step >= end
-        s1 = torch.where(reaches_end, end, s + dt_step)
-        h = (direction * dt_step).to(y.dtype)[:, None]
-        observer.begin_step()
-        ks = [f if reuse_first else call(s, y)]
-        y1 = y
-        for i in range(1, n_stages):
-            y1 = torch.addcmul(y, h, _combine_stages(ks, a_rows[i]))
-            ks.append(call(s1 if c[i] == 1 else s + c[i] * dt_step, y1))
-        if not tab.fsal:
-            y1 = torch.addcmul(y, h, _combine_stages(ks, b_row))
-        ratio = error_ratio(ks, y, y1, h)
-        accepted = (ratio <= 1) | (dt_step <= settings.min_step)
-        moved = accepted & running
-        observer.end_step(torch.where(moved[:, None], h, torch.zeros_like(h)))
-        f1 = ks[-1] if tab.fsal else call(s1, y1)
-        due = outputs.due(moved, s1)
-        stepped_back = running & ~(s1 > s)
-        stats.n_steps_per_sample += running
-        stats.n_accepted_per_sample += moved
-        stats.nfe_per_sample += evaluations_per_step * running
-        flags = torch.stack([due.any(), stepped_back.any(), (running & ~torch.isfinite(ratio)).any()])
-        dt_next = torch.where(running, rule.next_step(dt_step, ratio, accepted), dt)
-        s_new = torch.where(moved, s1, s)
-        running_next = running & (s_new < end)
-        iteration += 1
-        too_many = running_next & (stats.n_steps_per_sample >= settings.max_steps)
-        any_running, write, underflow, non_finite, over_limit = torch.cat(
-            [running_next.any()[None], flags, too_many.any()[None]]).tolist()
-        if write:
-            outputs.write(due, s, dt_step, h, y, y1, [*ks, f1] if method.dense_needs_f1 else ks)
-        if underflow:
-            _raise_underflow(stepped_back, non_finite, times, s, dt_step, stats)
-        y = torch.where(moved[:, None], y1, y)
-        f = torch.where(moved[:, None], f1, f)
-        s, dt, running = s_new, dt_next, running_next
-        if not any_running:
-            break
-        if over_limit:
-            _raise_max_steps(too_many, settings.max_steps, times, s, outputs)
-        if iteration >= warn_after:
-            warn_long_solve(iteration, float(times.user_time(s)[running].flatten()[0]), float(dt[running].min()))
-            warn_after = math.inf
+    stages = _Stages(method, call, reuse_first=not observer.fresh_first_stage)
+    loop = _Loop(method, settings, stats, times, y0, observer if watched else None)
+    y = loop.run(stages, s, dt, y0, f)
+    tab = method.tableau
+    per_step = (len(tab.c) - 1 if stages.reuse_first else len(tab.c)) + (0 if tab.fsal else 1)
+    initial = 1 if settings.first_step is not None else 2
+    stats.nfe_per_sample += (initial + per_step * stats.n_steps_per_sample) * (times.start < end)
     stats.total_steps()
-    return outputs.ys
+    return loop.outputs.assemble(y)
 
 
-def _raise_underflow(stepped_back, non_finite, times, s, dt, stats) -> None:
+class _Loop:
+    """The accept/reject loop: per-sample decisions, dense output, and the one host read per step."""
+
+    def __init__(self, method, settings: LoopSettings, stats, times: SampleTimes, y0, observer):
+        self.method, self.settings, self.stats, self.times, self.observer = method, settings, stats, times, observer
+        self.error_ratio = ErrorRatio(method.tableau.b_err_nonzero, settings.rtol, settings.atol, settings.error_norm)
+        self.rule = StepRule(method.error_order, settings.safety, settings.ifactor, settings.dfactor,
+                             settings.gains, y0.shape[0], y0.device)
+        self.outputs = _Outputs(method, times, y0)
+        self.clamp = settings.min_step > 0 or settings.max_step < math.inf
+        self.limited = settings.max_steps < 2**31 - 1
+
+    def run(self, stages: _Stages, s, dt, y, f) -> torch.Tensor:
+        settings, stats, outputs, end = self.settings, self.stats, self.outputs, self.times.end
+        direction, fsal = self.times.direction, self.method.tableau.fsal
+        running = s < end
+        warn_after, iteration = settings.warn_after_steps or math.inf, 0
+        hooks = self.observer or StepObserver()
+        while True:
+            if self.clamp:
+                dt = dt.clamp(settings.min_step, settings.max_step)
+            dt_step = torch.minimum(dt, end - s)  # finished samples sit at s == end: a zero step
+            s_plain = s + dt_step
+            s1 = torch.where(s_plain >= end, end, s_plain)  # land exactly on the end time
+            y1, ks, h, t_end = stages.step(s, s1, dt_step, direction, y, f, hooks)
+            ratio = self.error_ratio(ks, y, y1, h)
+            accepted = ratio <= 1
+            if settings.min_step > 0:
+                accepted = accepted | (dt_step <= settings.min_step)
+            moved = accepted & running
+            if self.observer is not None:
+                self.observer.end_step(h * moved[:, None])
+            f1 = ks[-1] if fsal else stages.call(t_end, y1)
+            stats.n_steps_per_sample += running
+            stats.n_accepted_per_sample += moved
+            stuck = running & (s1 <= s)  # the step is too small to move time: underflow
+            s_start, s = s, torch.where(moved, s1, s)
+            flags = [stuck.any(), (s < end).any()]
+            if outputs.has_interior:
+                due = outputs.due(moved, s1)
+                flags.append(due.any())
+            if self.limited:
+                flags.append((stats.n_steps_per_sample >= settings.max_steps).any())
+            underflow, any_running, *rest = torch.stack(flags).tolist()
+            if underflow:
+                _raise_underflow(stuck, ratio, self.times, s, dt_step, stats)
+            if outputs.has_interior and rest.pop(0):
+                outputs.write(due, s_start, dt_step, h, y, [*ks, f1] if self.method.dense_needs_f1 else ks)
+            dt = self.rule.next_step(dt_step, ratio, accepted)
+            keep = moved[:, None]
+            y, f = torch.where(keep, y1, y), torch.where(keep, f1, f)
+            running = s < end
+            iteration += 1
+            if not any_running:
+                return y
+            if self.limited and rest.pop(0):
+                _raise_max_steps(running & (stats.n_steps_per_sample >= settings.max_steps), settings.max_steps,
+                                 self.times, s, outputs)
+            if iteration >= warn_after:
+                warn_long_solve(iteration, float(self.times.user_time(s)[running][0]), float(dt[running].min()))
+                warn_after = math.inf
+
+
+def _raise_underflow(stepped_back, ratio, times, s, dt, stats) -> None:
     sample = int(stepped_back.nonzero()[0])
     t = float(times.user_time(s)[sample])
-    if non_finite:
+    if not bool(torch.isfinite(ratio[sample])):
         raise NonFiniteStateError(t, f"the state of sample {sample} after a trial step")
     raise StepSizeUnderflowError(t, float(dt[sample]), int(stats.nfe_per_sample[sample]))
 
 
 def _raise_max_steps(too_many, max_steps, times, s, outputs) -> None:
     sample = int(too_many.nonzero()[0])
-    reached = int(outputs.filled[sample].sum())
+    reached = 1 + int((~outputs.pending[sample]).sum())
     t_out = times.user_time(times.s.T).T
-    raise MaxStepsReachedError(max_steps, float(times.user_time(s)[sample]), t_out[sample, :reached],
-                               outputs.ys[sample, :reached])
+    partial = outputs.assemble(outputs.y0)[sample, :reached]  # the end column is not reached: dropped
+    raise MaxStepsReachedError(max_steps, float(times.user_time(s)[sample]), t_out[sample, :reached], partial)
