@@ -120,12 +120,15 @@ class _Stages:
         self.call, self.reuse_first, self.fsal = call, reuse_first, tab.fsal
         self.a_rows, self.b_row, self.n = tab.a_nonzero, tab.b_nonzero, len(tab.c)
         self.c, self.at_end = tab.c, [ci == 1 for ci in tab.c]
+        self.c_column: torch.Tensor | None = None
 
     def step(self, s, s1, dt, direction, y, f, observer):
         """(y1, ks, h) of a step of size dt (float64 (batch,)) from (s, y) to s1, with f = func(s, y)."""
         dtype = y.dtype
-        c = torch.tensor(self.c, dtype=s.dtype, device=s.device)[:, None]
-        t_stages = (direction * (s + c * dt)).to(dtype)  # multiplying by +-1 is exact: t = direction * s
+        if self.c_column is None or self.c_column.device != s.device:
+            self.c_column = torch.tensor(self.c, dtype=s.dtype, device=s.device)[:, None]
+        # multiplying by +-1 is exact: t = direction * s; one (stages, batch) tensor, unbound once
+        t_stages = (direction * torch.addcmul(s, self.c_column, dt)).to(dtype).unbind(0)
         t_end = (direction * s1).to(dtype)
         h = (direction * dt).to(dtype)[:, None]
         observer.begin_step()
