@@ -41,6 +41,7 @@ def test_gradcheck_direct(method):
     assert torch.autograd.gradcheck(run, inputs, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradcheck_adjoint():
     """The adjoint integrates its own backward ODE per sample: it matches finite differences to tolerance."""
 
