@@ -176,3 +176,25 @@ def test_user_norm_is_per_sample():
 def test_max_steps_names_the_limit():
     with pytest.raises(pn.MaxStepsReachedError, match="max_num_steps=5"):
         pn.solve(decay(RATES), Y0, T_PER_SAMPLE, batched=True, rtol=1e-10, atol=1e-12, max_steps=5)
+
+
+def test_ode_block_with_per_sample_steps_keeps_its_layout():
+    from pynodeta.models import ODEBlock
+
+    field = MLPField(dim=2, hidden=8, seed=1, dtype=F64)
+    block = ODEBlock(_PerSampleTime(field), t_span=(0.0, 1.0), solver=pn.SolverSettings(
+        batched=True, controller=pn.IController(rtol=1e-6, atol=1e-8)))
+    x = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    out = block(x)
+    shared = ODEBlock(_PerSampleTime(field), t_span=(0.0, 1.0), rtol=1e-6, atol=1e-8, adjoint=False)(x)
+    assert out.shape == (5, 2) and torch.allclose(out, shared, rtol=1e-4, atol=1e-6)
+    assert block.last_stats.nfe_per_sample.shape == (5,)
+
+
+class _PerSampleTime(torch.nn.Module):
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+
+    def forward(self, t, y):
+        return self.field(t.reshape(-1, 1).expand(y.shape[0], 1), y)
