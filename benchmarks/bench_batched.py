@@ -35,6 +35,7 @@ import pynodeta as pn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_solver import ConvField, MLPField  # noqa: E402
+
 from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
 
 
