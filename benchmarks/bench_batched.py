@@ -74,15 +74,18 @@ def workloads() -> list[Workload]:
 
 
 class Counting(torch.nn.Module):
-    """Counts calls of the wrapped field (each call evaluates the whole batch)."""
+    """Counts calls of the wrapped field (each call evaluates the whole batch) and the time spent inside them."""
 
     def __init__(self, field):
         super().__init__()
-        self.field, self.calls = field, 0
+        self.field, self.calls, self.seconds = field, 0, 0.0
 
     def forward(self, t, y):
         self.calls += 1
-        return self.field(t, y)
+        start = time.perf_counter()
+        out = self.field(t, y)
+        self.seconds += time.perf_counter() - start
+        return out
 
 
 class _Flat(torch.nn.Module):
@@ -118,7 +121,7 @@ def _torchode_solver(w: Workload, counting: Counting):
 def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     """One solve (and backward): seconds, calls of func forward/backward, mean per-sample trial steps."""
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
-    counting.calls = 0
+    counting.calls, counting.seconds = 0, 0.0
     grad = torch.no_grad() if w.mode == "forward" else torch.enable_grad()
     start = time.perf_counter()
     with grad:
@@ -135,7 +138,7 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
             ys[:, -1].square().sum().backward()
     elapsed = time.perf_counter() - start
     return dict(seconds=elapsed, calls=(forward_calls, counting.calls - forward_calls),
-                steps=float(steps.float().mean()))
+                steps=float(steps.float().mean()), in_func=counting.seconds)
 
 
 def measure(w: Workload, repeats: int) -> dict:
@@ -153,6 +156,7 @@ def measure(w: Workload, repeats: int) -> dict:
         row[f"median_s_{library}"] = statistics.median(r["seconds"] for r in runs[library])
         row[f"calls_{library}"] = runs[library][-1]["calls"]
         row[f"steps_{library}"] = runs[library][-1]["steps"]
+        row[f"in_func_{library}"] = statistics.median(r["in_func"] / r["seconds"] for r in runs[library])
     row["ratio"] = row["median_s_pynodeta"] / row["median_s_torchode"]
     return row
 
@@ -163,11 +167,12 @@ def _calls(pair) -> str:
 
 def save_batched_report(raw: dict) -> Path:
     rows = [[r["workload"], _calls(r["calls_torchode"]), _calls(r["calls_pynodeta"]), r["steps_torchode"],
-             r["steps_pynodeta"], r["median_s_torchode"] * 1e3, r["median_s_pynodeta"] * 1e3, r["ratio"]]
-            for r in raw["rows"]]
+             r["steps_pynodeta"], r["median_s_torchode"] * 1e3, r["median_s_pynodeta"] * 1e3, r["ratio"],
+             f"{r['in_func_torchode']:.0%} / {r['in_func_pynodeta']:.0%}"] for r in raw["rows"]]
     table = Table(["workload", "func calls fwd / bwd (torchode)", "func calls fwd / bwd (pynodeta)",
                    "mean steps per sample, fwd (torchode)", "mean steps per sample, fwd (pynodeta)",
-                   "torchode ms", "pynodeta ms", "pynodeta / torchode"], rows,
+                   "torchode ms", "pynodeta ms", "pynodeta / torchode",
+                   "time inside func calls (torchode / pynodeta)"], rows,
                   f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
     notes = [
         "Both libraries solve every sample as its own problem (dopri5, I controller, equal rtol/atol, RMS norm "

@@ -117,7 +117,14 @@ def _flat_rhs(func: Callable, shape: torch.Size) -> RHS:
             raise ValueError(f"func must return dy/dt shaped like y {tuple(shape)}, got {got}")
         return out.reshape(shape[0], -1)
 
-    return rhs
+    def rhs_2d(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (batch, features) already: no reshapes
+        out = func(t, y)
+        if not isinstance(out, torch.Tensor) or out.shape != shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"func must return dy/dt shaped like y {tuple(shape)}, got {got}")
+        return out
+
+    return rhs_2d if len(shape) == 2 else rhs
 
 
 def solve_batched(func: Callable, y0: torch.Tensor, t: torch.Tensor, parts, backend: Backend,
