@@ -93,3 +93,8 @@ def test_single_output_time_and_empty_batch():
     assert sol.ys.shape == (3, 1, 2) and torch.equal(sol.ys[:, 0], Y0)
     empty = pn.solve(decay, torch.ones(0, 2), T, batched=True)
     assert empty.ys.shape == (0, 2, 2)
+
+
+def test_float32_with_tolerances_below_its_resolution_warns():
+    with pytest.warns(pn.SolverWarning, match="ask for more than a torch.float32 state can resolve"):
+        pn.solve(decay, Y0, T, batched=True, rtol=1e-9, atol=1e-12)

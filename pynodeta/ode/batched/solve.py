@@ -17,6 +17,7 @@ from ..backends import Backend
 from ..callbacks import find_callbacks
 from ..methods import METHODS, Method
 from ..settings import Adjoint, FixedGrid, IController, PIController
+from ..validation import warn_if_unresolvable
 from .adjoint import BatchedAdjointSpec, adjoint_settings, batched_adjoint
 from .control import Norm, rms_per_sample
 from .loop import RHS, LoopSettings, integrate_batched
@@ -144,6 +145,7 @@ def solve_batched(func: Callable, y0: torch.Tensor, t: torch.Tensor, parts, back
     times = solver_times(t.to(y0.device))
     settings = _settings(parts.controller, method, parts.max_steps, warn_after_steps,
                          _user_norm(parts.controller, shape))
+    warn_if_unresolvable(settings, y0)  # the same warning as the shared-step mode (one ulp-scale check)
     rhs = _flat_rhs(func, shape)
     y_flat = y0.reshape(batch, -1)
     if parts.adjoint is not None and torch.is_grad_enabled():
