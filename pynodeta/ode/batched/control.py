@@ -21,7 +21,7 @@ Norm = Callable[[torch.Tensor], torch.Tensor]  # (batch, features) -> (batch,)
 def rms_per_sample(x: torch.Tensor) -> torch.Tensor:
     """Root mean square over each row of ``x: (batch, features)``: one sample's features only (the reduction
     of the shared-step mode's error ratio, so a batch of one takes its steps)."""
-    return torch.linalg.vector_norm(x, dim=1) / math.sqrt(max(x.shape[1], 1))
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).div_(math.sqrt(max(x.shape[1], 1)))
 
 
 def mixed_rms(sizes: tuple[int, ...]) -> Norm:
@@ -82,13 +82,18 @@ class StepRule:
         self.safety, self.ifactor, self.dfactor = safety, ifactor, dfactor
         self.pi = None if gains is None else (gains[0] / error_order, gains[1] / error_order)
         self.previous_ratio = torch.ones(batch, dtype=torch.float64, device=device)
+        self.constants: tuple[torch.Tensor, ...] | None = None  # safety, 1, dfactor as 0-d tensors
 
     @torch.no_grad()
     def next_step(self, dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
         # ratio 0 -> safety/0 = inf, clamped to ifactor; ratio inf -> 0, raised to dfactor; NaN -> dfactor
         # (fmax ignores NaN): the shared-step rule's special cases without extra branches.
-        lower = torch.where(ratio < 1, 1.0, self.dfactor)
-        factor = torch.fmax((self.safety / ratio.pow(self.exponent)).clamp(max=self.ifactor), lower)
+        if self.constants is None or self.constants[0].device != ratio.device:
+            self.constants = tuple(torch.tensor(v, dtype=torch.float64, device=ratio.device)
+                                   for v in (self.safety, 1.0, self.dfactor))
+        safety, one, dfactor = self.constants
+        lower = torch.where(ratio < 1, one, dfactor)
+        factor = torch.fmax(torch.div(safety, ratio.pow(self.exponent)).clamp(max=self.ifactor), lower)
         if self.pi is not None:
             alpha, beta = self.pi
             use_pi = accepted & torch.isfinite(ratio) & (ratio > 0)

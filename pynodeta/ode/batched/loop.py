@@ -209,7 +209,8 @@ class _Loop:
             stats.n_accepted_per_sample += moved
             stuck = running & (s1 <= s)  # the step is too small to move time: underflow
             s_start, s = s, torch.where(moved, s1, s)
-            flags = [stuck.any(), (s < end).any()]
+            running = s < end
+            flags = [stuck.any(), running.any()]
             if outputs.has_interior:
                 due = outputs.due(moved, s1)
                 flags.append(due.any())
@@ -223,7 +224,6 @@ class _Loop:
             dt = self.rule.next_step(dt_step, ratio, accepted)
             keep = moved[:, None]
             y, f = torch.where(keep, y1, y), torch.where(keep, f1, f)
-            running = s < end
             iteration += 1
             if not any_running:
                 return y
