@@ -69,11 +69,6 @@ def test_bad_states_and_func():
         pn.solve(lambda t, y: y.sum(1), Y0, T, batched=True)
 
 
-def test_time_gradients_are_refused_with_a_fix():
-    with pytest.raises(ValueError, match=r"does not differentiate with respect to t; pass t.detach\(\)"):
-        pn.solve(decay, Y0, T.clone().requires_grad_(True), batched=True)
-
-
 def test_a_per_sample_norm_must_return_one_value_per_sample():
     with pytest.raises(ValueError, match=r"controller.norm must map .* shape \(3,\); got \(\)"):
         pn.solve(decay, Y0, T, batched=True, options=dict(norm=lambda x: x.abs().max()))

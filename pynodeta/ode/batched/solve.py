@@ -22,6 +22,7 @@ from .adjoint import BatchedAdjointSpec, adjoint_settings, batched_adjoint
 from .control import Norm, rms_per_sample
 from .loop import RHS, LoopSettings, integrate_batched
 from .stats import BatchedSolveStats
+from .time_gradients import solve_with_time_gradients
 from .times import check_sample_times, solver_times
 
 __all__ = ["solve_batched", "check_batched_parts"]
@@ -135,9 +136,6 @@ def solve_batched(func: Callable, y0: torch.Tensor, t: torch.Tensor, parts, back
     _check_state(y0, func)
     batch = y0.shape[0]
     t = check_sample_times(t, batch)
-    if t.requires_grad and torch.is_grad_enabled():
-        raise ValueError("batched=True does not differentiate with respect to t; pass t.detach() "
-                         "(or batched=False, which does)")
     stats.reset_per_sample(batch, y0.device)
     shape = y0.shape
     if batch == 0 or t.shape[1] == 1:
@@ -150,9 +148,17 @@ def solve_batched(func: Callable, y0: torch.Tensor, t: torch.Tensor, parts, back
     y_flat = y0.reshape(batch, -1)
     if parts.adjoint is not None and torch.is_grad_enabled():
         spec = _adjoint_spec(parts, rhs, times, method, settings, warn_after_steps, stats, y_flat.shape[1])
-        ys = batched_adjoint(spec, y_flat, _adjoint_params(func, parts.adjoint.params))
+        params = _adjoint_params(func, parts.adjoint.params)
+
+        def run(y_start: torch.Tensor) -> torch.Tensor:
+            return batched_adjoint(spec, y_start, params)
     else:
-        ys = integrate_batched(rhs, y_flat, times, method, settings, stats)
+        def run(y_start: torch.Tensor) -> torch.Tensor:
+            return integrate_batched(rhs, y_start, times, method, settings, stats)
+    if t.requires_grad and torch.is_grad_enabled():
+        ys = solve_with_time_gradients(rhs, t.to(y0.device), y_flat, run, stats)
+    else:
+        ys = run(y_flat)
     return ys.view(batch, t.shape[1], *shape[1:])
 
 
