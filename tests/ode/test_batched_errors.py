@@ -93,3 +93,14 @@ def test_single_output_time_and_empty_batch():
 def test_float32_with_tolerances_below_its_resolution_warns():
     with pytest.warns(pn.SolverWarning, match="ask for more than a torch.float32 state can resolve"):
         pn.solve(decay, Y0, T, batched=True, rtol=1e-9, atol=1e-12)
+
+
+def test_a_sample_that_finishes_on_its_last_allowed_step_is_not_an_error():
+    t = torch.tensor([[0.0, 0.1], [0.0, 1.0]], dtype=torch.float64)
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    steps = pn.solve(decay, y0, t, batched=True).stats.n_steps_per_sample
+    assert steps[0] < steps[1]
+    sol = pn.solve(decay, y0[:1], t[:1], batched=True, max_steps=int(steps[0]))  # exactly enough
+    assert sol.stats.n_steps_per_sample[0] == steps[0]
+    with pytest.raises(pn.MaxStepsReachedError):
+        pn.solve(decay, y0, t, batched=True, max_steps=int(steps[0]))  # the other sample needs more

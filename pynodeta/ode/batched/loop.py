@@ -215,7 +215,7 @@ class _Loop:
                 due = outputs.due(moved, s1)
                 flags.append(due.any())
             if self.limited:
-                flags.append((stats.n_steps_per_sample >= settings.max_steps).any())
+                flags.append((running & (stats.n_steps_per_sample >= settings.max_steps)).any())
             underflow, any_running, *rest = torch.stack(flags).tolist()
             if underflow:
                 _raise_underflow(stuck, ratio, self.times, s, dt_step, stats)
@@ -240,7 +240,7 @@ def _raise_underflow(stepped_back, ratio, times, s, dt, stats) -> None:
     t = float(times.user_time(s)[sample])
     if not bool(torch.isfinite(ratio[sample])):
         raise NonFiniteStateError(t, f"the state of sample {sample} after a trial step")
-    raise StepSizeUnderflowError(t, float(dt[sample]), int(stats.nfe_per_sample[sample]))
+    raise StepSizeUnderflowError(t, float(dt[sample]), stats.nfe)  # calls of func so far
 
 
 def _raise_max_steps(too_many, max_steps, times, s, outputs) -> None:
