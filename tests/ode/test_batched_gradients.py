@@ -103,14 +103,14 @@ def test_adjoint_with_typed_parts_and_seminorm():
         assert torch.allclose(d, a, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("adjoint", [False, True], ids=["direct", "adjoint"])
+@pytest.mark.parametrize("adjoint", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["direct", "adjoint"])
 def test_gradcheck_output_times(adjoint):
     """Per-sample time gradients follow the exact flow (the shared-step mode's formulas), per sample."""
     y0 = Y0[:2]
     kwargs = dict(adjoint=True, adjoint_params=()) if adjoint else {}
 
     def run(times):
-        return pn.solve(lambda t, y: field(t, y, WEIGHT, BIAS), y0, times, batched=True, rtol=1e-10, atol=1e-12,
+        return pn.solve(lambda t, y: field(t, y, WEIGHT, BIAS), y0, times, batched=True, rtol=1e-9, atol=1e-11,
                         **kwargs).ys
 
     assert torch.autograd.gradcheck(run, (T[:2].clone().requires_grad_(True),), atol=1e-5, rtol=1e-4)
