@@ -8,8 +8,9 @@ Runge-Kutta weights as the state, one sample-weighted vector-Jacobian product pe
 accept/reject decision, ``sum_b sum_i h_b b_i (-a_ib)^T df/dparams(t_ib, y_ib)`` over the samples b that
 accepted it is one backward pass through the step's retained stage graphs (a weighted cotangent sums the
 per-sample products). So the parameter part never enters error control (the seminorm of Kidger et al.
-2021 is the only choice), and the first stage of every backward step is evaluated afresh, because its graph
-must belong to the step (one evaluation more per step than an FSAL method's forward).
+2021 is the only choice). The graphs of the evaluations a step needs are kept until its decision; the
+first stage's (f at the step's start, reused FSAL-style) lives on until every sample starting there has
+accepted a step, so the backward takes as many evaluations per step as the forward.
 """
 
 from __future__ import annotations
@@ -47,38 +48,69 @@ def batched_adjoint(spec: BatchedAdjointSpec, y0: torch.Tensor, params: Sequence
 
 
 class _ParameterGradient(StepObserver):
-    """Keeps the graphs of the stages with b_i != 0 for one step and, after the decision, adds the
-    accepted samples' weighted vector-Jacobian products to the parameter gradient."""
+    """Keeps the graphs of the evaluations whose parameter products a step needs and, after the decision, adds
+    the accepted samples' weighted vector-Jacobian products to the parameter gradient.
 
-    fresh_first_stage = True
+    A step's stages 2..s with b_i != 0 are its own evaluations. Its first stage is f at the step's start,
+    evaluated earlier (FSAL: the previous accepted step's last stage; at first: the solve's first call) and
+    reused, so its graph is kept as a *start graph* owned by the samples that start there; a sample that
+    accepts a step consumes its start graph's product (weight h b_1) and owns the new one from then on.
+    """
 
-    def __init__(self, params: Sequence[torch.Tensor], b: Sequence[float]):
-        self.params, self.b = tuple(params), tuple(b)
+    def __init__(self, params: Sequence[torch.Tensor], method: Method):
+        tab = method.tableau
+        self.params, self.b, self.fsal, self.n = tuple(params), tuple(tab.b), tab.fsal, len(tab.b)
         self.grads = [torch.zeros_like(p) for p in self.params]
-        self.stage = len(self.b)  # calls outside a step (initial-step probes) are not stages
-        self.records: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+        self.begin_solve()
+
+    def begin_solve(self) -> None:
+        self.stage: int | None = None  # None: outside a step
+        self.outside_calls = 0
+        self.records: list[tuple[float, torch.Tensor, torch.Tensor]] = []  # (b_i, f, a) of this step
+        self.starts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (f, a, owners)
+        self.next_start: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def begin_step(self) -> None:
-        self.stage, self.records = 0, []
+        self.stage, self.records, self.next_start = 1, [], None  # stage 0 is the kept f
+
+    def _is_next_start(self) -> bool:
+        # f(t1, y1): the FSAL last stage, or the extra evaluation after a non-FSAL step
+        return self.stage == (self.n - 1 if self.fsal else self.n)
 
     def keeps_graph(self) -> bool:
-        return bool(self.params) and self.stage < len(self.b) and self.b[self.stage] != 0
+        if not self.params:
+            return False
+        if self.stage is None:
+            return self.outside_calls == 0  # the solve's first call is the first start graph; not the probe
+        return (self.stage < self.n and self.b[self.stage] != 0) or self._is_next_start()
 
     def record(self, f: torch.Tensor, a: torch.Tensor) -> None:
-        if self.keeps_graph() and f.requires_grad:
+        keep = self.keeps_graph() and f.requires_grad
+        if self.stage is None:
+            if keep:
+                self.starts = [(f, a, torch.ones(f.shape[0], dtype=torch.bool, device=f.device))]
+            self.outside_calls += 1
+            return
+        if keep and self.stage < self.n and self.b[self.stage] != 0:
             self.records.append((self.b[self.stage], f, a))
+        if keep and self._is_next_start():
+            self.next_start = (f, a)
         self.stage += 1
 
-    def end_step(self, weight: torch.Tensor) -> None:
-        if not self.records:
-            return
-        outputs = [f for _, f, _ in self.records]
-        cotangents = [a.mul(-b_i * weight).view_as(f) for b_i, f, a in self.records]
-        grads = torch.autograd.grad(outputs, self.params, cotangents, allow_unused=True)
-        for total, g in zip(self.grads, grads):
-            if g is not None:
-                total.add_(g)
-        self.records = []
+    def end_step(self, weight: torch.Tensor, moved: torch.Tensor) -> None:
+        outputs = [f for _, f, _ in self.records] + [f for f, _, _ in self.starts]
+        cotangents = ([a.mul(-b_i * weight) for b_i, _, a in self.records]
+                      + [a.mul(-self.b[0] * weight * owners[:, None]) for _, a, owners in self.starts])
+        if outputs and (self.records or self.b[0] != 0):
+            grads = torch.autograd.grad(outputs, self.params, cotangents, retain_graph=True, allow_unused=True)
+            for total, g in zip(self.grads, grads):
+                if g is not None:
+                    total.add_(g)
+        starts = [(f, a, owners & ~moved) for f, a, owners in self.starts]
+        self.starts = [entry for entry in starts if bool(entry[2].any())]  # graphs nobody starts from: freed
+        if self.next_start is not None:
+            self.starts.append((*self.next_start, moved))
+        self.stage, self.records, self.next_start = None, [], None
 
 
 def _augmented_dynamics(rhs: RHS, n: int, observer: _ParameterGradient) -> Callable:
@@ -112,7 +144,7 @@ class _BatchedAdjoint(torch.autograd.Function):
         spec: BatchedAdjointSpec = ctx.spec
         ys, *params = ctx.saved_tensors
         n = ys.shape[2]
-        observer = _ParameterGradient(params, spec.adjoint_method.tableau.b)
+        observer = _ParameterGradient(params, spec.adjoint_method)
         dynamics = _augmented_dynamics(spec.rhs, n, observer)
         settings = spec.adjoint_settings
         s_out, direction = spec.times.s, spec.times.direction

@@ -48,13 +48,15 @@ class LoopSettings:
 class StepObserver:
     """Hooks for a right-hand side that keeps per-step state (the adjoint's parameter gradients)."""
 
-    fresh_first_stage = False  # True: evaluate the first stage anew each step instead of reusing f(t1, y1)
+    def begin_solve(self) -> None:
+        """Called once before the first evaluation (f at the start, then the initial-step probe)."""
 
     def begin_step(self) -> None:
         """Called before the first stage of every trial step."""
 
-    def end_step(self, weight: torch.Tensor) -> None:
-        """Called after the decision with ``weight = h`` for samples that accepted the step, 0 otherwise."""
+    def end_step(self, weight: torch.Tensor, moved: torch.Tensor) -> None:
+        """Called after the decision (and after f(t1, y1) of a non-FSAL method) with ``moved``, the samples
+        that accepted the step, and ``weight = h`` for them, 0 otherwise."""
 
 
 def _combine_stages(ks, weights) -> torch.Tensor:
@@ -115,9 +117,9 @@ class _Stages:
     """The trial step of an explicit Runge-Kutta method with a per-sample step (scalar tableau weights, so
     each stage is a chain of one-kernel adds and one addcmul with the per-sample h)."""
 
-    def __init__(self, method: Method, call: _Caller, reuse_first: bool):
+    def __init__(self, method: Method, call: _Caller):
         tab = method.tableau
-        self.call, self.reuse_first, self.fsal = call, reuse_first, tab.fsal
+        self.call, self.fsal = call, tab.fsal
         self.a_rows, self.b_row, self.n = tab.a_nonzero, tab.b_nonzero, len(tab.c)
         self.c, self.at_end = tab.c, [ci == 1 for ci in tab.c]
         self.c_column: torch.Tensor | None = None
@@ -132,7 +134,7 @@ class _Stages:
         t_end = (direction * s1).to(dtype)
         h = (direction * dt).to(dtype)[:, None]
         observer.begin_step()
-        ks = [f if self.reuse_first else self.call(t_stages[0], y)]
+        ks = [f]  # f(t, y), kept from the previous step (FSAL) or its f(t1, y1)
         y1 = y
         for i in range(1, self.n):
             y1 = torch.addcmul(y, h, _combine_stages(ks, self.a_rows[i]))
@@ -146,9 +148,9 @@ def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Me
                       stats: BatchedSolveStats, observer: StepObserver | None = None) -> torch.Tensor:
     """Solve every row of ``y0: (batch, features)`` from its start to its end time; returns
     ``(batch, n, features)``, the state at each sample's output times."""
-    watched = observer is not None
-    observer = observer or StepObserver()
     call = _Caller(rhs, stats)
+    if observer is not None:
+        observer.begin_solve()
     s, end, direction = times.start.clone(), times.end, times.direction
     f = call(times.user_time(s).to(y0.dtype), y0)
     if f.shape != y0.shape:
@@ -161,11 +163,11 @@ def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Me
                                   settings.initial_norm)
     else:
         dt = torch.full_like(s, settings.first_step)
-    stages = _Stages(method, call, reuse_first=not observer.fresh_first_stage)
-    loop = _Loop(method, settings, stats, times, y0, observer if watched else None)
+    stages = _Stages(method, call)
+    loop = _Loop(method, settings, stats, times, y0, observer)
     y = loop.run(stages, s, dt, y0, f)
     tab = method.tableau
-    per_step = (len(tab.c) - 1 if stages.reuse_first else len(tab.c)) + (0 if tab.fsal else 1)
+    per_step = len(tab.c) - 1 + (0 if tab.fsal else 1)
     initial = 1 if settings.first_step is not None else 2
     stats.nfe_per_sample += (initial + per_step * stats.n_steps_per_sample) * (times.start < end)
     stats.total_steps()
@@ -202,9 +204,9 @@ class _Loop:
             if settings.min_step > 0:
                 accepted = accepted | (dt_step <= settings.min_step)
             moved = accepted & running
-            if self.observer is not None:
-                self.observer.end_step(h * moved[:, None])
             f1 = ks[-1] if fsal else stages.call(t_end, y1)
+            if self.observer is not None:
+                self.observer.end_step(h * moved[:, None], moved)
             stats.n_steps_per_sample += running
             stats.n_accepted_per_sample += moved
             stuck = running & (s1 <= s)  # the step is too small to move time: underflow
