@@ -193,8 +193,8 @@ def save_batched_report(raw: dict) -> Path:
         "control, as pynodeta). adjoint = backsolve adjoint with per-sample backward steps (torchode: "
         "BacksolveAdjoint, its backward norm restricted to the t, y, dL/dy columns to match pynodeta's "
         "seminorm; torchode carries per-sample parameter gradients through vmap, pynodeta sums them over the "
-        "batch with one weighted vector-Jacobian product per step and evaluates the first stage of each "
-        "backward step afresh).",
+        "batch with one weighted vector-Jacobian product per step, keeping the graph of each start point's "
+        "evaluation until its samples move on).",
         "The libraries run alternately in one process, so both see the same machine load: the ratio is the "
         "figure to read. Measured on a shared, loaded machine (one core shared with other jobs); rerun on a "
         "quiet core for final figures.",
