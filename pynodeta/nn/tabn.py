@@ -113,8 +113,9 @@ class TABatchNorm(nn.Module):
     ``isinstance(m, TABatchNorm)`` finds every TA-BN layer.
 
     forward(t, x):
-        t: float or 0-d tensor in [t_min, t_max]; in eval mode also a (batch,) tensor of per-sample times.
-           Per-sample times are not supported in train mode (batch statistics mix all samples).
+        t: float, 0-d tensor, or a (batch,) tensor of per-sample times (``solve(..., batched=True)`` passes
+           one), in [t_min, t_max]. In eval mode each sample is normalised with the statistics interpolated
+           at its own time; in train mode see ``_forward_train_per_sample`` (batch statistics, own γ, β).
         x: (batch, num_features, *spatial) -> same shape.
     Train mode: normalise with the batch mean/variance, scale/shift with γ(t), β(t); the two
     neighbouring grid points' running statistics move towards the batch statistics with momentum
@@ -188,10 +189,7 @@ class TABatchNorm(nn.Module):
         t = time_as_tensor(t, x) if isinstance(t, torch.Tensor) else float(t)
         if isinstance(t, torch.Tensor) and t.dim() == 1:
             if self.training:
-                raise ValueError(
-                    "per-sample t of shape (batch,) is only supported in eval mode: train-mode batch "
-                    "statistics mix all samples, so they must share one time; pass a scalar t"
-                )
+                return self._forward_train_per_sample(t, x)
             return self._forward_per_sample(t, x)
         l, w1, w2 = grid_weights(t, self.M, self.t_max, outside=self.outside, t_min=self.t_min)
         if isinstance(w2, torch.Tensor):  # lerp needs its tensor weight in the parameters' dtype
@@ -242,6 +240,33 @@ class TABatchNorm(nn.Module):
             gamma = torch.lerp(self.weight[l], self.weight[l + 1], w)
             beta = torch.lerp(self.bias[l], self.bias[l + 1], w)
         return _normalise(x, mean, var, gamma, beta, self.eps)
+
+    def _forward_train_per_sample(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Train mode with per-sample times (a per-sample-step solve): the batch statistics are one set for the
+        whole batch, as in any train-mode BN; each sample is scaled and shifted with its own γ(t_b), β(t_b);
+        and every grid point's running statistics move towards the batch statistics with momentum
+        η·mean_b(ω_bm), ω_bm the Eq. 7 weight of sample b on point m (with equal times: η·ω1, η·ω2, the
+        scalar-t update). Outputs depend on the batch here; in eval mode they do not."""
+        if self.sync_stats and _distributed():
+            raise ValueError("sync_stats with per-sample t is not supported; pass a scalar t or sync_stats=False")
+        l, w2 = _grid_weights_per_sample(t, self.M, self.t_min, self.t_max, self.outside)
+        w = w2[:, None].to(self.running_mean.dtype)
+        batch_mean = torch.zeros_like(self.running_mean[0])
+        batch_var = torch.zeros_like(self.running_var[0])
+        y = F.batch_norm(x, batch_mean, batch_var, None, None, True, 1.0, self.eps)
+        if stat_updates_allowed(self.update_stats_in_backward):
+            with torch.no_grad():
+                share = torch.zeros(self.M + 1, dtype=w.dtype, device=w.device)
+                share.index_add_(0, l, 1.0 - w[:, 0]).index_add_(0, l + 1, w[:, 0])
+                rate = (self.momentum * share / len(t))[:, None]
+                self.running_mean.lerp_(batch_mean.expand_as(self.running_mean), rate)
+                self.running_var.lerp_(batch_var.expand_as(self.running_var), rate)
+        if not self.affine:
+            return y
+        gamma = torch.lerp(self.weight[l], self.weight[l + 1], w)   # (batch, C)
+        beta = torch.lerp(self.bias[l], self.bias[l + 1], w)
+        view = (len(t), -1, *([1] * (x.dim() - 2)))
+        return y * gamma.reshape(view).to(y.dtype) + beta.reshape(view).to(y.dtype)
 
     def _forward_synced(self, x, l, w1, w2, gamma, beta, update):
         """Batch statistics over all ranks (like SyncBatchNorm), through differentiable all-reduces."""

@@ -6,6 +6,7 @@ The front door (``solve``, ``odeint``, the typed settings, ``Solution``, ``Solve
 
 from .adjoint import backward_solve, is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
+from .batched import BatchedSolveStats
 from .errors import (
     BackendUnavailableError,
     MaxStepsReachedError,
@@ -53,6 +54,7 @@ __all__ = [
     "StateNorm",
     "rms_norm",
     "SolveStats",
+    "BatchedSolveStats",
     "record_stats",
     "SolvesODE",
     "find_ode_blocks",

@@ -200,6 +200,8 @@ class SolverSettings:
         max_steps: limit on attempted steps; None: unlimited (torchdiffeq's default).
         warn_after_steps: warn once, with t and dt, when a solve takes more steps than this.
         backend_options: options only one backend understands (e.g. ``{"jacobian": "finite-difference"}``).
+        batched: per-sample step sizes (``solve(..., batched=True)``): each row of y0 is its own problem;
+            adaptive Runge-Kutta methods on the torch backend only.
     """
 
     method: Any = "dopri5"  # str | Method (annotated loosely so configs can hold a name)
@@ -209,12 +211,19 @@ class SolverSettings:
     max_steps: int | None = None
     warn_after_steps: int | None = 100_000
     backend_options: dict[str, Any] | None = None
+    batched: bool = False
 
     def __post_init__(self) -> None:
         from .parts import check_parts  # the method/backend checks live with solve's
 
-        check_parts(self.method, self.controller, self.adjoint, self.backend, self.max_steps,
-                    self.warn_after_steps)
+        backend = check_parts(self.method, self.controller, self.adjoint, self.backend, self.max_steps,
+                              self.warn_after_steps)
+        _require(isinstance(self.batched, bool), "batched", self.batched, "True or False")
+        if self.batched:
+            from .batched.solve import check_batched_parts
+
+            check_batched_parts(self.method, self.controller, self.adjoint, backend)
+            _require(not self.backend_options, "backend_options", self.backend_options, "empty with batched=True")
 
     @classmethod
     def from_arguments(cls, **arguments: Any) -> SolverSettings:
@@ -226,7 +235,7 @@ class SolverSettings:
         names = ("method", "controller", "adjoint", "backend", "max_steps")
         typed = {"method": "dopri5", "controller": None, "adjoint": False, "backend": "torch", "max_steps": None}
         typed.update({k: arguments.pop(k) for k in names if k in arguments})
-        kept = {k: arguments.pop(k) for k in ("warn_after_steps", "backend_options") if k in arguments}
+        kept = {k: arguments.pop(k) for k in ("warn_after_steps", "backend_options", "batched") if k in arguments}
         parts = typed_parts(get_backend(typed["backend"]), typed["method"], typed["controller"], typed["adjoint"],
                             typed["max_steps"], **arguments)
         backend = typed["backend"]
@@ -237,7 +246,7 @@ class SolverSettings:
     def keys(self) -> tuple[str, ...]:
         """The argument names of ``solve`` this bundle sets, so that ``solve(..., **settings)`` works."""
         return ("method", "controller", "adjoint", "backend", "max_steps", "warn_after_steps",
-                "backend_options")
+                "backend_options", "batched")
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.keys():

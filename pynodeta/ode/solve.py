@@ -10,6 +10,7 @@ import torch
 
 from .adjoint import AdjointSpec, adjoint_integrate
 from .backends import Backend, SolverConfig, get_backend
+from .batched.solve import BatchedSolveStats, check_batched_parts, solve_batched
 from .callbacks import find_callbacks, warn_unsupported_callbacks
 from .errors import MaxStepsReachedError
 from .methods import Method
@@ -29,8 +30,10 @@ class Solution:
 
     Attributes:
         t: the output times (the ``t`` that was passed in).
-        ys: the state at every output time, ``(len(t), *y0.shape)`` (a tuple of such for a tuple ``y0``).
-        stats: the solve's statistics; the adjoint fields fill in when backward runs.
+        ys: the state at every output time, ``(len(t), *y0.shape)`` (a tuple of such for a tuple ``y0``);
+            with ``batched=True``, ``(batch, n, *y0.shape[1:])``: sample first, then its output times.
+        stats: the solve's statistics; the adjoint fields fill in when backward runs (a
+            ``BatchedSolveStats`` with per-sample counts when ``batched=True``).
     """
 
     t: torch.Tensor
@@ -58,6 +61,7 @@ def solve(
     adjoint_method: str | None = None,
     adjoint_options: Mapping[str, Any] | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
+    batched: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, reporting the state at every time in ``t``.
 
@@ -86,11 +90,22 @@ def solve(
             ``Adjoint(norm="seminorm")``. Unset adjoint settings default to the forward ones. A typed part
             and its sugar cannot both be given. ``dtype`` is accepted for compatibility: step control always
             runs in float64 on the host.
+        batched: per-sample step sizes: the leading dimension of ``y0`` is a batch of independent problems,
+            each with its own time, steps and statistics (``BatchedSolveStats``); ``func`` receives ``t`` of
+            shape ``(batch,)``; ``t`` may be ``(n,)`` or ``(batch, n)``; ``ys`` is ``(batch, n, *features)``.
+            Adaptive Runge-Kutta methods on the torch backend; see docs/solver.md.
 
     Gradients with respect to ``t`` are those of the exact flow, ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` and
     ``dL/dt_0 = -<dL/dy_0, f(t_0, y_0)>`` through the solve, in both gradient modes.
     """
     be = get_backend(backend)
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be True or False, got {batched!r}")
+    if batched:
+        return _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn_after_steps,
+                              backend_options, rtol=rtol, atol=atol, options=options, adjoint_rtol=adjoint_rtol,
+                              adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                              adjoint_options=adjoint_options, adjoint_params=adjoint_params)
     t = check_times(t)
     y0_flat, state = flatten_state(y0)
     parts = typed_parts(be, method, controller, adjoint, max_steps, rtol=rtol, atol=atol, options=options,
@@ -132,6 +147,22 @@ def solve(
             error.ys = state.split(error.ys, (len(error.t),))
         raise
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
+
+
+def _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn_after_steps, backend_options,
+                   **sugar) -> Solution:
+    """The per-sample mode (``pynodeta.ode.batched``): the same typed parts, a loop with per-sample steps."""
+    if backend_options:
+        raise ValueError(f"batched=True takes no backend_options, got {sorted(backend_options)}")
+    check_batched_parts(method, controller if not isinstance(controller, str) else None,
+                        adjoint if isinstance(adjoint, Adjoint) else False, be)
+    parts = typed_parts(be, method, controller, adjoint, max_steps, **sugar)
+    if warn_after_steps is not None and not (isinstance(warn_after_steps, int) and warn_after_steps >= 1):
+        raise ValueError(f"warn_after_steps must be an int >= 1, or None; got {warn_after_steps!r}")
+    stats = BatchedSolveStats(method=method_name(parts.method), backend=be.name)
+    _publish(stats)
+    ys = solve_batched(func, y0, t, parts, be, warn_after_steps, stats)
+    return Solution(t, ys, stats)
 
 
 def _with_callbacks(config: SolverConfig, func, state: StateStructure, be: Backend, parts) -> SolverConfig:

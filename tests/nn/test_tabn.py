@@ -100,10 +100,8 @@ def test_train_update_between_grid_points_weights_momentum_by_eq7():
     torch.testing.assert_close(tabn.running_var[2], (1 - 0.04) + 0.04 * var)
 
 
-def test_train_rejects_per_sample_times_and_wrong_shapes():
+def test_train_rejects_wrong_shapes():
     tabn = TABatchNorm2d(3)
-    with pytest.raises(ValueError, match=r"per-sample t .* only supported in eval mode"):
-        tabn(torch.rand(4), torch.randn(4, 3, 2, 2))
     with pytest.raises(ValueError, match=r"expects x of shape \(batch, C, H, W\)"):
         tabn(0.5, torch.randn(4, 3))
     with pytest.raises(ValueError, match="x has 2 channels, this layer was built for 3"):

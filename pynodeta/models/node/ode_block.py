@@ -76,9 +76,11 @@ class ODEBlock(nn.Module):
         times = torch.tensor(self.t_span, dtype=like.dtype, device=like.device) if t is None else t
         sol = solve(self.func, x, times, **self.solver)
         self.last_stats = sol.stats
+        # a per-sample solve returns (batch, n, ...); the block keeps the shared layout (n, batch, ...)
+        ys = sol.ys.transpose(0, 1) if self.solver.batched else sol.ys
         if t is not None:
-            return sol.ys
-        return tuple(y[-1] for y in sol.ys) if isinstance(sol.ys, tuple) else sol.ys[-1]
+            return ys
+        return tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]
 
     @property
     def nfe_forward(self) -> int:
