@@ -42,9 +42,10 @@ def variational_bound(
     calls per sample: L_T and the decoder term L_0 exactly, plus stratified sampling of the KL terms,
     Σ_{t=1}^{T−1} L_t ≈ Σ_k n_k L_{t_k}, where {1, …, T − 1} is cut into K contiguous strata of n_k
     timesteps and t_k is drawn uniformly in stratum k, independently per sample (unbiased because
-    E[n_k L_{t_k}] is stratum k's sum; far less variance than uniform draws over all T). K = T − 1 gives
-    the exact sum with the same noise; T = 1 has no KL terms, so the bound is L_T + L_0 for any K. The
-    spread of the per-sample estimates over a batch gives the standard error of its mean.
+    E[n_k L_{t_k}] is stratum k's sum; stratifying removes the between-strata variance that uniform
+    draws over all T would have, and L_t varies mostly with t). K = T − 1 evaluates every timestep once;
+    T = 1 has no KL terms, so the bound is L_T + L_0 for any K. The spread of the per-sample values over
+    a batch gives the standard error of its mean.
 
     Call it with the network in eval mode (dropout would make the bound random in yet another way).
     """
@@ -69,7 +70,8 @@ def _timesteps_and_weights(num_timesteps: int, batch: int, sampled: int | None,
     edges = [1 + (num_timesteps - 1) * k // sampled for k in range(sampled + 1)]
     low = torch.tensor(edges[:-1])
     sizes = torch.tensor(edges[1:]) - low
-    uniform = torch.rand(batch, sampled, generator=generator, dtype=torch.float64)
+    device = generator.device if generator is not None else None
+    uniform = torch.rand(batch, sampled, generator=generator, dtype=torch.float64, device=device).cpu()
     drawn = low + (uniform * sizes).long().clamp(max=sizes - 1)
     timesteps = torch.cat([torch.zeros(batch, 1, dtype=torch.long), drawn], dim=1)
     weights = torch.cat([torch.ones(1, dtype=torch.float64), sizes.double()]).expand(batch, sampled + 1)
