@@ -42,8 +42,11 @@ def variational_bound(
     calls per sample: L_T and the decoder term L_0 exactly, plus stratified sampling of the KL terms,
     Σ_{t=1}^{T−1} L_t ≈ Σ_k n_k L_{t_k}, where {1, …, T − 1} is cut into K contiguous strata of n_k
     timesteps and t_k is drawn uniformly in stratum k, independently per sample (unbiased because
-    E[n_k L_{t_k}] is stratum k's sum; stratifying removes the between-strata variance that uniform
-    draws over all T would have, and L_t varies mostly with t). K = T − 1 evaluates every timestep once;
+    E[n_k L_{t_k}] is stratum k's sum). The strata edges grow quadratically, 1 + (T − 1)(k/K)² (each
+    stratum non-empty): the terms at small t are the largest and change fastest, so the first strata
+    are single timesteps, computed exactly, and the long flat tail is sampled sparsely (on digits_ddpm
+    at K = 50 this cut the standard error over 32 images from 0.58 bits/dim with equal strata to 0.06,
+    the exact sum's being 0.04; benchmarks/ddpm_vlb_cost.py). K = T − 1 evaluates every timestep once;
     T = 1 has no KL terms, so the bound is L_T + L_0 for any K. The spread of the per-sample values over
     a batch gives the standard error of its mean.
 
@@ -66,8 +69,7 @@ def _timesteps_and_weights(num_timesteps: int, batch: int, sampled: int | None,
     if sampled is None or num_timesteps == 1:
         timesteps = torch.arange(num_timesteps).expand(batch, num_timesteps)
         return timesteps, torch.ones(batch, num_timesteps, dtype=torch.float64)
-    # K contiguous strata of {1, …, T − 1}, sizes differing by at most one
-    edges = [1 + (num_timesteps - 1) * k // sampled for k in range(sampled + 1)]
+    edges = _strata_edges(num_timesteps, sampled)
     low = torch.tensor(edges[:-1])
     sizes = torch.tensor(edges[1:]) - low
     device = generator.device if generator is not None else None
@@ -76,6 +78,16 @@ def _timesteps_and_weights(num_timesteps: int, batch: int, sampled: int | None,
     timesteps = torch.cat([torch.zeros(batch, 1, dtype=torch.long), drawn], dim=1)
     weights = torch.cat([torch.ones(1, dtype=torch.float64), sizes.double()]).expand(batch, sampled + 1)
     return timesteps, weights
+
+
+def _strata_edges(num_timesteps: int, sampled: int) -> list[int]:
+    """K + 1 edges of K contiguous, non-empty strata of {1, …, T − 1} (stratum k is [edges[k], edges[k+1])),
+    spaced quadratically in k/K: the KL terms are largest and steepest at small t, where the strata are
+    then single timesteps (evaluated exactly), and flat at large t, where one draw stands for many."""
+    edges = [1 + round((num_timesteps - 1) * (k / sampled) ** 2) for k in range(sampled + 1)]
+    for k in range(1, sampled + 1):  # at least one timestep each; the last edge stays T since K <= T − 1
+        edges[k] = max(edges[k], edges[k - 1] + 1)
+    return edges
 
 
 def _chunk_terms(eps_model: EpsModel, x0: torch.Tensor, schedule: DDPMSchedule, timesteps: torch.Tensor,

@@ -156,9 +156,8 @@ def final_summary(module, out_dir: str | os.PathLike, datamodule=None) -> dict:
     out_dir = Path(out_dir)
     result = evaluate_samples(module, out_dir / "samples_final.png", datamodule)
     result.update(nll_bits_per_dim(module, datamodule))
-    # exact over all T: 24 CPU-seconds for digits_ddpm's 32 images at T = 1000, beside 13 s for its DDIM-50
-    # FD samples; the 50-timestep estimate took 1.2 s but had a standard error of 0.58 bits/dim against
-    # the exact sum's 0.04 (benchmarks/ddpm_vlb_cost.py)
+    # exact over all T: 25 CPU-seconds for digits_ddpm's 32 images at T = 1000, beside 12 s for its DDIM-50
+    # FD samples and 11 s for the ODE NLL, within the config's budget (benchmarks/ddpm_vlb_cost.py)
     result.update(vlb_bits_per_dim(module, datamodule))
     trainer = module._trainer
     if trainer is None or trainer.is_global_zero:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pynodeta.diffusion import DDPMSchedule, NonFiniteDenoiserError, variational_bound
-from pynodeta.diffusion.variational_bound import _timesteps_and_weights
+from pynodeta.diffusion.variational_bound import _strata_edges, _timesteps_and_weights
 
 from .gaussian_data import GaussianData
 
@@ -86,13 +86,18 @@ def test_monte_carlo_estimate_is_unbiased():
 
 def test_strata_cover_the_kl_terms_once_and_k_equal_to_t_minus_one_is_every_timestep():
     generator = torch.Generator().manual_seed(5)
-    timesteps, weights = _timesteps_and_weights(10, 1000, 4, generator)  # strata {1,2}, {3,4}, {5,6}, {7,8,9}
+    # edges 1 + 9(k/4)²: strata {1}, {2}, {3, 4, 5}, {6, 7, 8, 9}
+    timesteps, weights = _timesteps_and_weights(10, 1000, 4, generator)
     assert timesteps.shape == weights.shape == (1000, 5)
-    assert (timesteps[:, 0] == 0).all() and weights[0].tolist() == [1.0, 2.0, 2.0, 2.0, 3.0]
-    for column, stratum in enumerate([{1, 2}, {3, 4}, {5, 6}, {7, 8, 9}], start=1):
+    assert (timesteps[:, 0] == 0).all() and weights[0].tolist() == [1.0, 1.0, 1.0, 3.0, 4.0]
+    for column, stratum in enumerate([{1}, {2}, {3, 4, 5}, {6, 7, 8, 9}], start=1):
         assert set(timesteps[:, column].tolist()) == stratum  # every member drawn, nothing outside
     timesteps, weights = _timesteps_and_weights(9, 3, 8, generator)
     assert (timesteps == torch.arange(9)).all() and (weights == 1).all()
+    for num_timesteps, sampled in [(1000, 50), (1000, 999), (3, 2), (2, 1), (57, 13)]:
+        edges = _strata_edges(num_timesteps, sampled)
+        assert edges[0] == 1 and edges[-1] == num_timesteps and len(edges) == sampled + 1
+        assert all(b > a for a, b in zip(edges, edges[1:]))  # K non-empty strata covering 1 … T − 1
 
 
 def test_chunking_does_not_change_the_sum():
