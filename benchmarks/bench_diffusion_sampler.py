@@ -125,8 +125,9 @@ def torchdiffeq_log_likelihood(denoiser, x, probe, sigma_min, sigma_max, rtol, a
 
     times = torch.tensor([sigma_min, sigma_max], dtype=x.dtype)
     with torch.no_grad():
+        # log_likelihood lands its last step on σ_max (step_t at both ends of the span): the same here
         xs, deltas = torchdiffeq.odeint(augmented, (x, torch.zeros(x.shape[0], dtype=x.dtype)), times,
-                                        method="dopri5", rtol=rtol, atol=atol)
+                                        method="dopri5", rtol=rtol, atol=atol, options={"step_t": times})
     dim = x[0].numel()
     prior = -0.5 * (xs[-1].reshape(x.shape[0], -1) ** 2).sum(1) / sigma_max**2 \
         - 0.5 * dim * math.log(2 * math.pi * sigma_max**2)

@@ -25,6 +25,7 @@ from .timestep_samplers import (
     UniformSampler,
     make_timestep_sampler,
 )
+from .variational_bound import variational_bound
 
 __all__ = [
     "karras_sigmas",
@@ -48,6 +49,7 @@ __all__ = [
     "probability_flow",
     "log_likelihood",
     "bits_per_dim",
+    "variational_bound",
     "dequantize",
     "UniformSampler",
     "LossSecondMomentSampler",

@@ -9,6 +9,9 @@ import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# EDM's noise levels (Karras et al. 2022, Sec. 5): the defaults where a denoiser declares no finite range
+EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
+
 
 class NonFiniteDenoiserError(FloatingPointError):
     """The denoiser (or ε-network) returned NaN or Inf; the message names the noise level or step."""
@@ -62,3 +65,29 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor) ->
             "and its input scaling at that noise level (e.g. EDMPrecond's c_in)"
         )
     return out
+
+
+def denoiser_sigma_range(denoiser: Denoiser) -> tuple[float, float]:
+    """The noise levels a denoiser accepts, from its ``sigma_min``/``sigma_max`` attributes (NVlabs EDM's
+    convention: ``EDMPrecond`` declares 0 and inf, a ``DenoiserFromEpsilon`` its schedule's σ_0 and σ_{T−1});
+    (0, inf) for a denoiser that declares none."""
+    low, high = getattr(denoiser, "sigma_min", 0.0), getattr(denoiser, "sigma_max", math.inf)
+    return float(low), float(high)
+
+
+def default_sigma_range(denoiser: Denoiser) -> tuple[float, float]:
+    """(σ_min, σ_max) of a solve over the denoiser's whole range: its declared ends where they are finite
+    and > 0, EDM's 0.002 and 80 otherwise."""
+    low, high = denoiser_sigma_range(denoiser)
+    return (low if low > 0 else EDM_SIGMA_MIN), (high if math.isfinite(high) else EDM_SIGMA_MAX)
+
+
+def check_within_denoiser_range(denoiser: Denoiser, noise_levels: dict[str, float], hint: str = "") -> None:
+    """Refuse (never clamp) a requested noise level outside the denoiser's declared range, naming the argument."""
+    low, high = denoiser_sigma_range(denoiser)
+    for name, value in noise_levels.items():
+        if not low <= value <= high:
+            raise ValueError(
+                f"{name}={value:.6g} lies outside the noise levels the denoiser accepts, [{low:.6g}, {high:.6g}] "
+                f"(its sigma_min/sigma_max; a DDPM model has no σ beyond its schedule's): pass a {name} in that "
+                f"range{hint}")

@@ -20,6 +20,8 @@ class DenoiserFromEpsilon(nn.Module):
     nearest in log σ; ``"interpolate"`` hands it the fractional timestep interpolated linearly in
     log σ (a float tensor; fine for sinusoidal embeddings). σ outside [sigma_min, sigma_max] of the
     schedule is refused, not clamped: build the grid with ``karras_sigmas(n, den.sigma_min, den.sigma_max)``.
+    ``log_likelihood`` and ``probability_flow`` read the same two attributes: the likelihood integrates
+    over [sigma_min, sigma_max] by default and refuses limits outside it.
     """
 
     def __init__(self, eps_model: nn.Module, schedule: DDPMSchedule, timestep: str = "nearest"):
@@ -31,10 +33,12 @@ class DenoiserFromEpsilon(nn.Module):
 
     @property
     def sigma_min(self) -> float:
+        """σ_0, the smallest noise level of the schedule."""
         return float(self.schedule.sigmas[0])
 
     @property
     def sigma_max(self) -> float:
+        """σ_{T−1}, the largest noise level of the schedule."""
         return float(self.schedule.sigmas[-1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:

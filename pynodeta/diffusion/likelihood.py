@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from ..ode.solve import solve
-from ._checks import Denoiser, denoise
-from .probability_flow import check_sigma_range
+from ._checks import Denoiser, check_within_denoiser_range, default_sigma_range, denoise
+from .probability_flow import check_sigma_range, staying_inside_the_span
 
 __all__ = ["log_likelihood", "bits_per_dim", "dequantize", "DIVERGENCES"]
 
@@ -32,7 +32,7 @@ def _hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, probe: torch.Te
     return (vjp * probe).reshape(x.shape[0], -1).sum(dim=1)
 
 
-def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0,
+def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None = None, sigma_max: float | None = None,
                    method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "hutchinson",
                    generator: torch.Generator | None = None, backend: str = "torch",
                    **solve_options: Any) -> torch.Tensor:
@@ -43,8 +43,18 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float = 0.002
     vector-Jacobian product per dimension (cost ∝ dimension); ``"hutchinson"`` one per evaluation with a
     Rademacher probe per sample, fixed for the whole solve (an unbiased estimate of log p). The denoiser
     must treat samples independently (no batch statistics). Not differentiable; NFE via ``record_stats``.
+
+    ``sigma_min``/``sigma_max`` default to the noise levels the denoiser declares (its ``sigma_min`` and
+    ``sigma_max`` attributes: a ``DenoiserFromEpsilon`` its schedule's σ_0 and σ_{T−1}), and to EDM's
+    0.002 and 80 where it declares no finite one (``EDMPrecond``, plain functions). A level outside the
+    declared range is refused, not clamped, and no solver evaluation leaves [sigma_min, sigma_max].
     """
+    default_min, default_max = default_sigma_range(denoiser)
+    sigma_min = default_min if sigma_min is None else sigma_min
+    sigma_max = default_max if sigma_max is None else sigma_max
     check_sigma_range(sigma_min, sigma_max, "sigma_min", "sigma_max")
+    check_within_denoiser_range(denoiser, {"sigma_min": sigma_min, "sigma_max": sigma_max},
+                                " (or leave it out: the default is that range)")
     if sigma_min >= sigma_max:
         raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if divergence not in DIVERGENCES:
@@ -63,6 +73,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float = 0.002
 
     start = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     times = torch.tensor([sigma_min, sigma_max], dtype=x.dtype, device=x.device)
+    solve_options = staying_inside_the_span(times, method, backend, solve_options)
     with torch.no_grad():
         solution = solve(augmented, start, times, method=method, rtol=rtol, atol=atol, backend=backend,
                          **solve_options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -20,7 +22,13 @@ class EDMPrecond(nn.Module):
     Args:
         net: ``net(c_noise, x_in) -> F``, c_noise of shape (batch,), F of x's shape.
         sigma_data: the data's standard deviation (0.5 for images in [-1, 1]).
+
+    It accepts every σ > 0: ``sigma_min = 0`` and ``sigma_max = inf`` declare that range (NVlabs EDM's
+    attributes), so ``log_likelihood`` uses EDM's 0.002 and 80 by default.
     """
+
+    sigma_min: float = 0.0
+    sigma_max: float = math.inf
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
         super().__init__()

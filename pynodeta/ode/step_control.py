@@ -34,10 +34,12 @@ def select_initial_step(
     rtol,
     atol,
     norm: Callable[[torch.Tensor], torch.Tensor] | None,
+    max_probe: float = math.inf,
 ) -> float:
     """Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4, in torchdiffeq's exact form.
 
-    ``probe(h, y)`` evaluates the right-hand side a step ``h`` (a positive magnitude) after t0.
+    ``probe(h, y)`` evaluates the right-hand side a step ``h`` (a positive magnitude) after t0, with
+    h <= ``max_probe`` (Hairer's HINIT caps it at HMAX, by default |x_end − x0|; torchdiffeq does not).
     Computed in y's dtype like torchdiffeq, so its first step is reproduced bit for bit; float16 and
     bfloat16 states are measured in float32, where the norms of y / atol cannot overflow.
     """
@@ -52,6 +54,8 @@ def select_initial_step(
         h0 = torch.tensor(1e-6, dtype=y0.dtype, device=y0.device)
     else:
         h0 = 0.01 * d0 / d1
+    if h0 > max_probe:
+        h0 = torch.tensor(max_probe, dtype=y0.dtype, device=y0.device)
     f1 = probe(float(h0), (y0 + (direction * h0) * f0).to(state_dtype))
     d2 = norm((f1.to(f0.dtype) - f0) / scale) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:

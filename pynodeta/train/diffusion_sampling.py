@@ -57,8 +57,8 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, rtol: flo
     denoiser = module.denoiser()
     sigma_min, sigma_max = module.sigma_range()
     if sampler == "ode":
-        # dopri5 may step past the end of the span (then interpolates): stop at 10·σ_min, so that no
-        # drift evaluation reaches σ <= 0, and let one denoiser call remove the noise left there
+        # stop at 10·σ_min and let one denoiser call remove the noise left there (probability_flow keeps
+        # every drift evaluation inside [σ_end, σ_max] on its own)
         sigma_end = 10 * sigma_min
         solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_end, method="dopri5",
                                        rtol=rtol, atol=atol, options={"first_step": sigma_max / 20})

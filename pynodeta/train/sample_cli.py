@@ -3,7 +3,7 @@
     pynodeta sample --checkpoint runs/digits_edm/version_0/checkpoints/last.ckpt \\
         --sampler heun --steps 32 --num 64 --out samples.png
     pynodeta sample --checkpoint CKPT --sampler ode --rtol 1e-4 --out samples.png
-    pynodeta evaluate --checkpoint CKPT --sampler ddim --steps 50
+    pynodeta evaluate --checkpoint CKPT --sampler ddim --steps 50          # DDPM: also the variational bound
 
 The model and data are rebuilt from the ``config.yaml`` that ``pynodeta fit`` saves beside the run's
 ``checkpoints/`` folder (or ``--config``); the EMA weights are used unless ``--no-ema``.
@@ -136,11 +136,15 @@ def _sample(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    from .diffusion_evaluation import evaluate_samples, nll_bits_per_dim, summary_line
+    from .diffusion_evaluation import evaluate_samples, nll_bits_per_dim, summary_line, vlb_bits_per_dim
 
-    parser = ArgumentParser(prog="pynodeta evaluate", description="FD (with the real-data floor) and NLL in bits/dim.")
+    parser = ArgumentParser(prog="pynodeta evaluate", description="FD (with the real-data floor), NLL in bits/dim "
+                            "and, for DDPM models, the variational bound in bits/dim.")
     _common_arguments(parser, num_default=500)
-    parser.add_argument("--nll-images", type=int, default=None, help="test images of the NLL (default: the run's)")
+    parser.add_argument("--nll-images", type=int, default=None,
+                        help="test images of the NLL and the bound (default: the run's)")
+    parser.add_argument("--vlb-timesteps", type=int, default=None,
+                        help="DDPM: estimate the bound from K stratified timesteps per image (default: all T, exact)")
     parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -149,6 +153,7 @@ def _evaluate(argv: list[str]) -> int:
     result = evaluate_samples(module, args.out, datamodule, num=args.num, sampler=args.sampler, steps=args.steps,
                               rtol=args.rtol, atol=args.atol)
     result.update(nll_bits_per_dim(module, datamodule, args.nll_images, rtol=args.rtol, atol=args.atol))
+    result.update(vlb_bits_per_dim(module, datamodule, args.nll_images, sampled_timesteps=args.vlb_timesteps))
     print(json.dumps(result, indent=2) if args.json else summary_line(result).replace("summary", "evaluate", 1))
     return 0
 

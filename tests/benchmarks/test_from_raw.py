@@ -29,6 +29,7 @@ BUILDERS = {
     "edm2_dynamics": ("edm2_digits", "save_edm2_report"),
     "edm2_phema": ("edm2_digits", "save_edm2_report"),
     "edm2_cost": ("edm2_digits", "save_edm2_report"),
+    "ddpm_vlb_cost": ("ddpm_vlb_cost", "save_vlb_cost_report"),
 }
 
 

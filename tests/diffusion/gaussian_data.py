@@ -33,6 +33,22 @@ class GaussianData:
 
         return eps
 
+    def fractional_eps_model(self, schedule: DDPMSchedule):
+        """The exact ε-predictor at fractional timesteps t, whose σ is interpolated linearly in log σ between
+        the grid's neighbours, as ``DenoiserFromEpsilon(timestep="interpolate")`` maps σ to t: the denoiser
+        seen through it is then the exact Gaussian one at every σ of the schedule's range."""
+        log_sigmas = schedule.sigmas.log()
+
+        def eps(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            t = t.to(torch.float64)
+            low = t.floor().long().clamp(0, len(log_sigmas) - 1)
+            high = (low + 1).clamp(max=len(log_sigmas) - 1)
+            sigma = torch.lerp(log_sigmas[low], log_sigmas[high], t - low).exp()
+            alpha = (1 / (1 + sigma**2)).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+            return (1 - alpha).sqrt() * (x - alpha.sqrt() * self.mean) / (alpha * self.std**2 + 1 - alpha)
+
+        return eps
+
     def noisy(self, n: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
         """Samples of the data convolved with N(0, σ²I): N(m, (s² + σ²) I)."""
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)

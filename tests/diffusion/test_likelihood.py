@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from pynodeta import record_stats
-from pynodeta.diffusion import bits_per_dim, dequantize, log_likelihood
+from pynodeta.diffusion import (
+    DDPMSchedule,
+    DenoiserFromEpsilon,
+    EDMPrecond,
+    bits_per_dim,
+    dequantize,
+    log_likelihood,
+    probability_flow,
+)
 
 from .gaussian_data import correlated_case, standard_case
 
@@ -78,3 +86,70 @@ def test_bad_arguments_are_refused(kwargs, match):
     data = standard_case()
     with pytest.raises(ValueError, match=match):
         log_likelihood(data.denoiser, torch.zeros(2, 2, dtype=torch.float64), **kwargs)
+
+
+def _prior_and_flow_identity(data, x, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """log N(x_T; 0, σ_max²I) + log p_σmin(x) − log p_σmax(x_T) along the exact flow x → x_T: what
+    log_likelihood computes for Gaussian data, for any σ_max (the prior ignores the data mean)."""
+    x_end = data.flow(x, sigma_min, sigma_max)
+    prior = -0.5 * (x_end**2).sum(dim=1) / sigma_max**2 - 0.5 * data.dim * math.log(2 * math.pi * sigma_max**2)
+    return prior + data.log_density(x, sigma_min) - data.log_density(x_end, sigma_max)
+
+
+@pytest.mark.parametrize("schedule", [DDPMSchedule(1000), DDPMSchedule(1000, "cosine"), DDPMSchedule(20)],
+                         ids=["linear", "cosine", "short"])
+def test_ddpm_likelihood_with_defaults_integrates_the_schedules_range(schedule):
+    """Defaults from the denoiser's sigma_min/sigma_max (the short schedule ends at σ = 0.47 < 80); no
+    evaluation leaves the range (dopri5 would step past σ_max and the denoiser refuse it)."""
+    data = standard_case()
+    denoiser = DenoiserFromEpsilon(data.fractional_eps_model(schedule), schedule, timestep="interpolate")
+    x = data.noisy(8, 0.0, torch.Generator().manual_seed(3))
+    with record_stats() as log:
+        log_p = log_likelihood(denoiser, x, divergence="exact")
+    low, high = denoiser.sigma_min, denoiser.sigma_max
+    assert low <= min(log[-1].t_evaluated) and max(log[-1].t_evaluated) <= high
+    expected = _prior_and_flow_identity(data, x, low, high)
+    assert (log_p - expected).abs().max() / data.dim < 1e-3  # the issue's bound for the exact divergence
+    if high > 100:  # the prior's O(|m|/σ_max) error per dimension is small: the Gaussian density itself
+        assert (log_p - data.log_density(x, low)).abs().max() / data.dim < 2 * 0.7 / high + 1e-3
+
+
+def test_ddpm_likelihood_in_float32_and_the_adjoint_flow_stay_inside_the_range():
+    data, schedule = standard_case(), DDPMSchedule(50)
+    denoiser = DenoiserFromEpsilon(data.fractional_eps_model(schedule), schedule, timestep="interpolate")
+    x = data.noisy(4, 0.0, torch.Generator().manual_seed(4)).float()
+    log_p = log_likelihood(denoiser, x, divergence="exact", rtol=1e-4, atol=1e-4)
+    expected = _prior_and_flow_identity(data, x.double(), denoiser.sigma_min, denoiser.sigma_max)
+    assert (log_p.double() - expected).abs().max() / data.dim < 1e-3
+    start = x.double().mul(denoiser.sigma_max).requires_grad_(True)
+    solution = probability_flow(denoiser, start, denoiser.sigma_max, denoiser.sigma_min, adjoint=True,
+                                adjoint_params=())
+    solution.ys[-1].sum().backward()  # the backward solve, from σ_min back to σ_max, also stays inside
+    evaluated = solution.stats.t_evaluated + solution.stats.t_evaluated_adjoint
+    assert denoiser.sigma_min <= min(evaluated) and max(evaluated) <= denoiser.sigma_max
+    scale = math.sqrt((data.std**2 + denoiser.sigma_min**2) / (data.std**2 + denoiser.sigma_max**2))
+    torch.testing.assert_close(start.grad, torch.full_like(start, scale), rtol=1e-4, atol=0)
+
+
+def test_noise_levels_outside_the_denoisers_range_are_refused_not_clamped():
+    data, schedule = standard_case(), DDPMSchedule(1000)
+    denoiser = DenoiserFromEpsilon(data.fractional_eps_model(schedule), schedule, timestep="interpolate")
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"sigma_max=200 lies outside .* \[0.0100005, 157.407\]"):
+        log_likelihood(denoiser, x, sigma_max=200.0)
+    with pytest.raises(ValueError, match=r"sigma_min=0.002 lies outside"):
+        log_likelihood(denoiser, x, sigma_min=0.002)
+    with pytest.raises(ValueError, match=r"sigma_start=80 lies outside"):
+        probability_flow(DenoiserFromEpsilon(data.fractional_eps_model(DDPMSchedule(20)), DDPMSchedule(20)),
+                         x, 80.0, 0.1)
+    with pytest.raises(ValueError, match=r"sigma_end=0.005 lies outside"):
+        probability_flow(denoiser, x, 100.0, 0.005)
+
+
+def test_edm_preconditioning_declares_every_positive_sigma():
+    """EDMPrecond accepts σ in (0, inf): log_likelihood's defaults are EDM's 0.002 and 80."""
+    precond = EDMPrecond(lambda c_noise, x: torch.zeros_like(x), sigma_data=0.5)
+    assert (precond.sigma_min, precond.sigma_max) == (0.0, math.inf)
+    with record_stats() as log:
+        log_likelihood(precond, torch.zeros(2, 2, dtype=torch.float64), divergence="exact", rtol=1e-3, atol=1e-3)
+    assert min(log[-1].t_evaluated) == pytest.approx(0.002) and max(log[-1].t_evaluated) == pytest.approx(80.0)

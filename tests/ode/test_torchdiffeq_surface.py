@@ -211,6 +211,56 @@ def test_step_t_points_are_stepped_on():
         pn.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="rk4", options={"step_t": [0.5]})
 
 
+class _CountedDecay:
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, t, y):
+        self.times.append(float(t))
+        return -y
+
+
+@pytest.mark.parametrize("end", [2.5, -2.5])
+def test_a_step_t_at_the_end_lands_the_last_step_there_as_torchdiffeq_does(end):
+    """Without it dopri5 steps past t[-1] and interpolates (torchdiffeq's stepping); with it no evaluation
+    lies beyond t[-1], with torchdiffeq's evaluation times."""
+    y0, t = torch.ones(1, dtype=F64), torch.tensor([0.0, end], dtype=F64)
+    plain = pn.solve(lambda t, y: -y, y0, t, rtol=1e-5, atol=1e-5)
+    assert max(abs(v) for v in plain.stats.t_evaluated) > abs(end)  # what the option prevents
+    theirs, ours = _CountedDecay(), _CountedDecay()
+    torchdiffeq.odeint(theirs, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": torch.tensor([end], dtype=F64)})
+    sol = pn.solve(ours, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": [end]})
+    assert max(abs(v) for v in ours.times) <= abs(end)
+    assert ours.times == pytest.approx(theirs.times, rel=1e-12, abs=1e-12)
+    assert float(sol.ys[-1]) == pytest.approx(math.exp(-end), rel=1e-3)
+
+
+def test_the_initial_step_probe_stays_short_of_the_first_stop():
+    """Hairer's initial-step rule probes t0 + h0 with h0 = 0.01·|y|/|f| = 0.01 here; over a span of 1e-3
+    torchdiffeq probes past the end (Hairer's HINIT caps h0 at |t_end − t0|), pynodeta stops at the end."""
+    y0, t = torch.ones(1, dtype=F64), torch.tensor([0.0, 1e-3], dtype=F64)
+    theirs, ours = _CountedDecay(), _CountedDecay()
+    torchdiffeq.odeint(theirs, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": t[1:]})
+    sol = pn.solve(ours, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": [1e-3]})
+    assert max(theirs.times) == pytest.approx(1e-2)
+    assert max(ours.times) <= 1e-3
+    assert float(sol.ys[-1]) == pytest.approx(math.exp(-1e-3), rel=1e-9)
+
+
+def test_a_jump_t_bounds_the_initial_step_probe():
+    """A probe across a jump sees the other side's field; the probe now stops at the jump."""
+    jumping = _JumpingDecay()
+    times = []
+
+    def field(t, y):
+        times.append(float(t))
+        return jumping(t, y)
+
+    pn.solve(field, torch.ones(1, dtype=F64), torch.tensor([0.499, 1.0], dtype=F64), rtol=1e-6, atol=1e-6,
+             options={"jump_t": [0.5]})
+    assert times[1] <= 0.5  # the probe: the second evaluation, after f(t0)
+
+
 def _free_fall(g):
     return lambda t, y: (y[1], -g * torch.ones_like(y[1]))
 

@@ -42,8 +42,9 @@ def test_fit_sample_evaluate(tmp_path, capsys, objective):
     assert main(["fit", "--config", _config(tmp_path, objective)]) == 0
     run = tmp_path / "runs" / objective / "version_0"
     line = capsys.readouterr().out
-    match = re.search(r"pynodeta summary: FD ([\d.]+) / floor ([\d.]+) = [\d.]+× \| NLL ([\d.]+) bits/dim \| "
-                      r"sampler heun, NFE 5 \| grid (\S+)", line)
+    bound = r" \| VLB [\d.]+ ± [\d.]+ bits/dim \(all 1000 timesteps\)" if objective == "ddpm" else ""
+    match = re.search(r"pynodeta summary: FD ([\d.]+) / floor ([\d.]+) = [\d.]+× \| NLL ([\d.]+) bits/dim"
+                      rf"{bound} \| sampler heun, NFE 5 \| grid (\S+)", line)
     assert match, line
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sampler_nfe"] == 5  # Heun on 3 levels + 0: two corrected steps and a last Euler step
@@ -60,6 +61,9 @@ def test_fit_sample_evaluate(tmp_path, capsys, objective):
                  "--nll-images", "1", "--out", str(tmp_path / "eval.png"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["fd"] > 0 and result["fd_floor"] > 0 and result["bpd"] > 0
+    if objective == "ddpm":  # the exact bound over all 1000 timesteps by default
+        assert result["vlb_bpd"] > 0 and result["vlb_sampled_timesteps"] is None
+    assert ("vlb_bpd" in result) == (objective == "ddpm")
 
 
 def test_sample_refuses_a_missing_checkpoint_and_an_unknown_sampler(tmp_path, capsys):

@@ -216,16 +216,19 @@ def _integrate_adaptive(
     s, y = out_s[0], y0
     f = call(s, y)
     _check_derivative(f, y0, direction * s)
+    stops = _stops(config, out_s, direction)  # (solver time, is a jump) to land on, nearest first
     if config.first_step is None:
+        # the probe of the initial-step rule stays short of the first stop, as Hairer's HINIT keeps it
+        # short of x_end: func may be undefined past it (a jump, the end of a DDPM schedule's σ range)
         dt = select_initial_step(lambda h, y_probe: call(s + h, y_probe), y, f, direction, method.error_order,
-                                 config.rtol, config.atol, config.norm)
+                                 config.rtol, config.atol, config.norm,
+                                 max_probe=stops[-1][0] - s if stops else math.inf)
     else:
         dt = config.first_step
     n_steps = n_accepted = 0
     step_sizes = stats.step_sizes
     ratio = 0.0
     callbacks = config.callbacks
-    stops = _stops(config, out_s, direction)  # (solver time, is a jump) to land on, nearest first
     try:
         while not dense.done:
             if n_steps >= max_num_steps:
@@ -275,13 +278,16 @@ def _integrate_adaptive(
 
 
 def _stops(config: SolverConfig, out_s: list[float], direction: float) -> list[tuple[float, bool]]:
-    """step_t and jump_t inside the solve, in solver time, as a stack with the nearest on top."""
+    """step_t and jump_t after the start, up to and including the end, in solver time, as a stack with the
+    nearest on top. A point at the end makes the last step land there instead of stepping past it and
+    interpolating, so func is never evaluated beyond the end (torchdiffeq honours step_t = t[-1] too);
+    a jump there needs no restart, the solve is over."""
     if not (config.step_t or config.jump_t):
         return []
     start, end = out_s[0], out_s[-1]
     points = {direction * v: False for v in config.step_t}
     points.update({direction * v: True for v in config.jump_t})  # a jump_t wins over an equal step_t
-    return sorted(((s, jump) for s, jump in points.items() if start < s < end), reverse=True)
+    return sorted(((s, jump and s < end) for s, jump in points.items() if start < s <= end), reverse=True)
 
 
 def _check_outputs_finite(outputs: list[torch.Tensor], out_s: list[float], direction: float) -> None:
