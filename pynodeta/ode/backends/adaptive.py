@@ -128,7 +128,8 @@ class ErrorRatio:
 
     def _ratio(self, ks: Sequence[torch.Tensor], y: torch.Tensor, y1: torch.Tensor, h: float) -> float:
         j, w = self.err_first
-        error = torch.mul(ks[j], h * w)
+        # a 0-d operand of y's dtype rounds h * w as a Python number would, at a fraction of the cost
+        error = torch.mul(ks[j], torch.scalar_tensor(h * w, dtype=y.dtype, device=y.device))
         for j, w in self.err_rest:
             error.add_(ks[j], alpha=h * w)
         abs_y, abs_y1 = self._absolute(y), y1.abs()

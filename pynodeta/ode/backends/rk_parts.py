@@ -23,9 +23,9 @@ __all__ = ["RHSCaller", "combine", "nonzero", "check_derivative", "partial_t", "
 
 def combine(y: torch.Tensor, ks: Sequence[torch.Tensor], weights, h: float) -> torch.Tensor:
     """y + h * sum_j w_j k_j over the nonzero (j, w_j) pairs, as one out-of-place add then in-place adds."""
-    j, w = weights[0]
+    (j, w), *rest = weights
     out = y.add(ks[j], alpha=h * w)
-    for j, w in weights[1:]:
+    for j, w in rest:
         out.add_(ks[j], alpha=h * w)
     return out
 
@@ -45,6 +45,7 @@ class RHSCaller:
         # one-ulp nudges of c = 1 stages without creating tensors: math.nextafter is float64's, numpy
         # gives float32's; float16/bfloat16 have no host twin and go through torch.nextafter
         self._np_dtype = {torch.float32: np.float32}.get(self.dtype)
+        self._np_infinity = {-math.inf: np.float32(-math.inf), math.inf: np.float32(math.inf)}
 
     def __call__(self, s: float, y: torch.Tensor) -> torch.Tensor:
         t = self.direction * s
@@ -65,7 +66,7 @@ class RHSCaller:
         if self.dtype == torch.float64:
             t = math.nextafter(t, toward)
         elif self._np_dtype is not None:
-            t = float(np.nextafter(self._np_dtype(t), self._np_dtype(toward)))
+            t = float(np.nextafter(self._np_dtype(t), self._np_infinity[toward]))
         else:
             t = float(torch.nextafter(torch.tensor(t, dtype=self.dtype), torch.tensor(toward, dtype=self.dtype)))
         self.times.append(t)
