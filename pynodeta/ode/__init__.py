@@ -6,6 +6,7 @@ The front door (``solve``, ``odeint``, the typed settings, ``Solution``, ``Solve
 
 from .adjoint import backward_solve, is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
+from .dense import DenseSolution, odeint_dense
 from .errors import (
     BackendUnavailableError,
     MaxStepsReachedError,
@@ -28,6 +29,8 @@ __all__ = [
     "odeint",
     "odeint_adjoint",
     "odeint_event",
+    "odeint_dense",
+    "DenseSolution",
     "SolverSettings",
     "IController",
     "PIController",
