@@ -17,7 +17,8 @@ __all__ = ["StateStructure", "check_times", "flatten_state", "check_tolerance", 
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
     {"step_size", "first_step", "max_num_steps", "min_step", "max_step", "dtype", "norm",
-     "safety", "ifactor", "dfactor", "interpolation", "perturb", "grid_constructor", "step_t", "jump_t"}
+     "safety", "ifactor", "dfactor", "interpolation", "perturb", "grid_constructor", "step_t", "jump_t",
+     "max_iters", "max_order"}
 )
 
 
@@ -170,6 +171,8 @@ def warn_if_unresolvable(config: Any, y0: torch.Tensor) -> None:
         warn_unresolvable_tolerance(y0.dtype, rtol, atol, eps)
 
 
+_ADAMS = ("explicit_adams", "implicit_adams", "fixed_adams")  # the methods that read max_iters / max_order
+
 # torchdiffeq options pynodeta does not implement yet, and why a silent drop would be wrong
 _NOT_YET: dict[str, str] = {}
 
@@ -215,6 +218,9 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
             times = options[key]
             times = times.detach().reshape(-1).tolist() if isinstance(times, torch.Tensor) else list(times)
             options[key] = tuple(float(v) for v in times)  # a list stays float64 (no float32 tensor on the way)
+    for key in ("max_iters", "max_order"):
+        if options.get(key) is not None and method not in _ADAMS:
+            raise ValueError(f"options[{key!r}] is for the Adams methods {sorted(_ADAMS)}; {method!r} has no corrector")
     if options.get("grid_constructor") is not None and not callable(options["grid_constructor"]):
         raise ValueError("options['grid_constructor'] must be callable as (func, y0, t) -> grid")
     norm = options.get("norm")
