@@ -22,7 +22,7 @@ from ..methods import METHODS, Method, hermite_weights, linear_weights
 from ..stats import SolveStats
 from .adaptive import integrate_adaptive
 from .base import RHS, Backend, SolverConfig
-from .rk_parts import RHSCaller, check_derivative, combine, nonzero, output_times, partial_t
+from .rk_parts import RHSCaller, add_increment, check_derivative, combine, nonzero, output_times, partial_t
 
 __all__ = ["TorchBackend"]
 
@@ -119,9 +119,9 @@ def _integrate_fixed(
             config.callbacks.on_step(direction * s, y, dt)
         ks = [f if f is not None else first_stage(s, y)]
         for i in range(1, len(c)):
-            y_stage = combine(y, ks, a_rows[i], h)
+            y_stage = add_increment(y, ks, a_rows[i], h)
             ks.append(call.just_before(s1, y_stage) if perturb and c[i] == 1 else call(s + c[i] * dt, y_stage))
-        y1 = combine(y, ks, b_rows, h)
+        y1 = add_increment(y, ks, b_rows, h)
         f = None
         while next_out < n_out and out_s[next_out] <= s1:
             theta = (out_s[next_out] - s) / dt if dt != 0 else 1.0
