@@ -189,6 +189,8 @@ def save_solver_report(raw: dict) -> Path:
              "overhead = (solve time - time inside func) / solve time, medians over the runs: the time inside "
              "func is measured around every call; the backward through func's own graph is estimated as "
              "(evaluations) x (the median time of one VJP), so the gradient rows' overhead is an estimate."]
+    if raw.get("note"):
+        notes.append(raw["note"])
     return save_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", [table],
                        notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
 
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
+    parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
     parser.add_argument("--from-raw", type=Path, default=None,
                         help="rebuild the report from a raw file written by an earlier run, without measuring")
     args = parser.parse_args(argv)
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                             ratio=ours["median"] / reference["median"], overhead_torchdiffeq=reference["overhead"],
                             overhead_pynodeta=ours["overhead"]))
     raw = save_raw("bench_solver", dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                                        rows=results))
+                                        rows=results, note=args.note))
     print(save_solver_report(load_raw(raw)))
 
 
