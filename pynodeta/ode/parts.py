@@ -147,7 +147,8 @@ def _controller_from_options(method, be: Backend, kind: str, rtol, atol, options
         if kind != "i":
             raise ValueError(f"controller={kind!r} is for adaptive methods; {method_name(method)!r} is fixed-grid")
         adams = {k: int(options[k]) for k in ("max_iters", "max_order") if options.get(k) is not None}
-        adams.update({k: _tolerance_value(v) for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
+        if method in ADAMS_METHODS:  # the only fixed-grid methods that read tolerances (their corrector)
+            adams.update({k: _tolerance_value(v) for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
         return FixedGrid(step_size=None if options.get("step_size") is None else float(options["step_size"]),
                          interpolation=options.get("interpolation", "linear"),
                          perturb=bool(options.get("perturb", False)),
