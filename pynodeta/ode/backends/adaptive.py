@@ -128,8 +128,9 @@ class ErrorRatio:
 
     def _ratio(self, ks: Sequence[torch.Tensor], y: torch.Tensor, y1: torch.Tensor, h: float) -> float:
         j, w = self.err_first
-        # a 0-d operand of y's dtype rounds h * w as a Python number would, at a fraction of the cost
-        error = torch.mul(ks[j], torch.scalar_tensor(h * w, dtype=y.dtype, device=y.device))
+        # a 0-d operand of y's dtype rounds h * w as a Python number would, at a fraction of the cost; kept on
+        # the host, it reaches a GPU kernel as an argument (no copy, no extra launch)
+        error = torch.mul(ks[j], torch.scalar_tensor(h * w, dtype=y.dtype))
         for j, w in self.err_rest:
             error.add_(ks[j], alpha=h * w)
         abs_y, abs_y1 = self._absolute(y), y1.abs()
@@ -150,10 +151,11 @@ class ErrorRatio:
 
 
 def _operand(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A tolerance as a tensor operand on the state's device (a Python number would be wrapped per op)."""
+    """A tolerance as a tensor operand (a Python number would be wrapped again by every op); a scalar one
+    is a 0-d host tensor, which a GPU kernel takes as an argument like a number."""
     if isinstance(tol, torch.Tensor):
         return tol
-    return torch.scalar_tensor(tol, dtype=like.dtype, device=like.device)
+    return torch.scalar_tensor(tol, dtype=like.dtype)
 
 
 class DenseOutput:
