@@ -7,6 +7,7 @@ The front door (``solve``, ``odeint``, the typed settings, ``Solution``, ``Solve
 from .adjoint import backward_solve, is_adjoint_backward
 from .backends import Backend, SolverConfig, available_backends, get_backend
 from .batched import BatchedSolveStats
+from .dense import DenseSolution, odeint_dense
 from .errors import (
     BackendUnavailableError,
     MaxStepsReachedError,
@@ -29,6 +30,8 @@ __all__ = [
     "odeint",
     "odeint_adjoint",
     "odeint_event",
+    "odeint_dense",
+    "DenseSolution",
     "SolverSettings",
     "IController",
     "PIController",

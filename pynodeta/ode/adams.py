@@ -1,9 +1,10 @@
 """torchdiffeq's fixed-grid Adams methods: "explicit_adams" (Adams-Bashforth) and "implicit_adams"
 (Adams-Bashforth predictor, Adams-Moulton corrector by functional iteration; "fixed_adams" is its old name).
 
-As torchdiffeq 0.2.5: the first three steps are rk4 (3/8 rule) steps that fill the history of f, then
-the order grows with the history up to 11 past values (12 for the corrector). The weights assume equal
-steps, as torchdiffeq's do. They are computed exactly (Fractions) from their defining property,
+As torchdiffeq 0.2.5: the first two steps are rk4 (3/8 rule) steps that fill the history of f, then
+the order grows with the history up to max_order - 1 past values (max_order for the corrector, 12 by
+default); the corrector's convergence test and iteration limit are torchdiffeq's (``_adams_step``).
+The weights assume equal steps, as torchdiffeq's do. They are computed exactly (Fractions) from their defining property,
 ``sum_j w_j p(u_j) = int_0^1 p(u) du`` for every polynomial p of degree < k at the nodes u_j
 (Hairer, Norsett & Wanner I, III.1).
 """
@@ -21,8 +22,6 @@ __all__ = ["ADAMS_METHODS", "adams_weights", "integrate_adams"]
 
 ADAMS_METHODS = {"explicit_adams": False, "implicit_adams": True, "fixed_adams": True}  # name -> implicit
 _MIN_HISTORY = 3  # below this many past f values, take an rk4 step (torchdiffeq's _MIN_ORDER - 1)
-_MAX_ORDER = 12
-_MAX_ITERS = 4
 
 
 @functools.cache
@@ -49,39 +48,55 @@ def _rk4_38(call, s, y, f0, dt, h, perturb):
     return y.add(f0, alpha=h / 8).add_(k2, alpha=3 * h / 8).add_(k3, alpha=3 * h / 8).add_(k4, alpha=h / 8)
 
 
-def _converged(old: torch.Tensor, new: torch.Tensor, y: torch.Tensor, rtol, atol) -> bool:
+def _converged(old: torch.Tensor, new: torch.Tensor, rtol, atol) -> bool:
+    """torchdiffeq's corrector test on two successive increments dy: the max norm of their difference
+    scaled by atol + rtol * max(|dy_old|, |dy_new|) is below 1."""
     tol = atol + rtol * torch.maximum(old.abs(), new.abs())
-    return bool(((old - new).abs() / tol).max() < 1)  # max norm, as torchdiffeq's corrector test
+    return bool(((old - new).abs() / tol).max() < 1)
+
+
+def _weighted_sum(values, weights, h: float) -> torch.Tensor:
+    """h * sum_j w_j values_j, as torchdiffeq forms its Adams increments (the increment, not y + it)."""
+    total = torch.mul(values[0], h * weights[0])
+    for w, value in zip(weights[1:], list(values)[1:]):
+        total.add_(value, alpha=h * w)
+    return total
 
 
 def _adams_step(call, history, s, y, dt, h, implicit, config):
-    """y1 after one step from (s, y); history holds f at the previous grid points, newest first."""
-    order = min(len(history), _MAX_ORDER - 1)
+    """y1 after one step from (s, y); history holds f at the previous grid points, newest first.
+
+    As torchdiffeq 0.2.5: the predictor's increment dy is corrected by functional iteration until two
+    successive increments pass ``_converged`` at the solve's rtol/atol, at most ``max_iters`` times; when
+    they never do, a warning is given and the oldest f is dropped, so the next steps run at a lower order.
+    """
+    order = min(len(history), config.max_order - 1)
     if order < _MIN_HISTORY:
         return _rk4_38(call, s, y, history[0], dt, h, config.perturb)
-    y1 = y.clone()
-    for w, f in zip(adams_weights(order, False), history):
-        y1.add_(f, alpha=h * w)
+    dy = _weighted_sum(history, adams_weights(order, False), h)
     if not implicit:
-        return y1
+        return y + dy
     moulton = adams_weights(order + 1, True)
-    known = y.clone()
-    for w, f in zip(moulton[1:], history):
-        known.add_(f, alpha=h * w)
-    for _ in range(_MAX_ITERS):
+    known = _weighted_sum(history, moulton[1:], h)
+    for _ in range(config.max_iters):
+        y1 = y + dy
         f1 = call.just_before(s + dt, y1) if config.perturb else call(s + dt, y1)
-        previous, y1 = y1, known.add(f1, alpha=h * moulton[0])
-        if _converged(previous - y, y1 - y, y, config.rtol, config.atol):
-            return y1
+        previous, dy = dy, known.add(f1, alpha=h * moulton[0])
+        if _converged(previous, dy, config.rtol, config.atol):
+            return y + dy
     warnings.warn("implicit_adams: the corrector's functional iteration did not converge; the solution may be "
-                  "inaccurate (use a smaller step_size)", stacklevel=6)
-    return y1
+                  "inaccurate (use a smaller step_size, or raise options['max_iters'])", stacklevel=6)
+    history.pop()
+    return y + dy
 
 
 def integrate_adams(name, call, y0, out_s, grid, config, stats) -> list[torch.Tensor]:
     """Step along ``grid`` (solver times) and return the states at ``out_s``, interpolated as configured."""
     implicit = ADAMS_METHODS[name]
-    history = collections.deque(maxlen=_MAX_ORDER - 1)
+    if config.max_order < _MIN_HISTORY + 1:
+        warnings.warn(f"{name}: max_order={config.max_order} is below {_MIN_HISTORY + 1}, so every step is an rk4 "
+                      "step (as torchdiffeq)", stacklevel=5)
+    history = collections.deque(maxlen=config.max_order - 1)
     outputs, next_out = [y0], 1
     direction, y = call.direction, y0
     for s, s1 in zip(grid[:-1], grid[1:]):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .adams import ADAMS_METHODS
 from .backends import Backend, SolverConfig, get_backend
 from .methods import Method
 from .norms import StateNorm
@@ -26,7 +27,7 @@ _UNLIMITED_STEPS = 2**31 - 1
 # option keys that belong to a controller; with a typed controller they must be set on it instead
 _CONTROLLER_OPTIONS = ("first_step", "min_step", "max_step", "norm", "safety", "ifactor", "dfactor", "step_t",
                        "jump_t")
-_GRID_OPTIONS = ("step_size", "interpolation", "perturb", "grid_constructor")
+_GRID_OPTIONS = ("step_size", "interpolation", "perturb", "grid_constructor", "max_iters", "max_order")
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,13 @@ def _controller_from_options(method, be: Backend, kind: str, rtol, atol, options
     if not _is_adaptive(method, be):
         if kind != "i":
             raise ValueError(f"controller={kind!r} is for adaptive methods; {method_name(method)!r} is fixed-grid")
+        adams = {k: int(options[k]) for k in ("max_iters", "max_order") if options.get(k) is not None}
+        if method in ADAMS_METHODS:  # the only fixed-grid methods that read tolerances (their corrector)
+            adams.update({k: _tolerance_value(v) for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
         return FixedGrid(step_size=None if options.get("step_size") is None else float(options["step_size"]),
                          interpolation=options.get("interpolation", "linear"),
                          perturb=bool(options.get("perturb", False)),
-                         grid_constructor=options.get("grid_constructor"))
+                         grid_constructor=options.get("grid_constructor"), **adams)
     fields = {k: options[k] for k in _CONTROLLER_OPTIONS if options.get(k) is not None}
     for key in ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor"):
         if key in fields:
@@ -209,6 +213,10 @@ def solver_config(method: str | Method, controller: Controller, max_steps: int |
     common = dict(method=method, max_num_steps=_UNLIMITED_STEPS if max_steps is None else max_steps,
                   warn_after_steps=warn_after_steps, extra=dict(extra or {}))
     if isinstance(controller, FixedGrid):
+        if method in ADAMS_METHODS:  # only their corrector reads tolerances on a fixed grid
+            common.update(rtol=check_tolerance("rtol", controller.rtol, state, like),
+                          atol=check_tolerance("atol", controller.atol, state, like),
+                          max_iters=controller.max_iters, max_order=controller.max_order)
         return SolverConfig(step_size=controller.step_size, interpolation=controller.interpolation,
                             perturb=controller.perturb, grid_constructor=controller.grid_constructor, **common)
     return SolverConfig(

@@ -133,12 +133,20 @@ class FixedGrid:
             discontinuity at a grid point is seen from the side of the step being taken.
         grid_constructor: ``(func, y0, t) -> grid``, torchdiffeq's option: a 1-D tensor of step points
             from t[0] to t[-1] (in t's direction); overrides step_size.
+        rtol, atol, max_iters: the Adams methods' corrector (torchdiffeq's): functional iteration stops when
+            ``max |dy_new - dy_old| / (atol + rtol max(|dy_old|, |dy_new|)) < 1`` or after max_iters
+            evaluations; other methods ignore them.
+        max_order: the Adams methods' highest order, 2 to 12 (below 4 they reduce to rk4).
     """
 
     step_size: float | None = None
     interpolation: str = "linear"
     perturb: bool = False
     grid_constructor: Callable[..., torch.Tensor] | None = None
+    rtol: Tolerance = 1e-7
+    atol: Tolerance = 1e-9
+    max_iters: int = 4
+    max_order: int = 12
 
     def __post_init__(self) -> None:
         if self.step_size is not None:
@@ -148,6 +156,11 @@ class FixedGrid:
         _require(isinstance(self.perturb, bool), "perturb", self.perturb, "True or False")
         _require(self.grid_constructor is None or callable(self.grid_constructor), "grid_constructor",
                  self.grid_constructor, "a callable (func, y0, t) -> grid, or None")
+        _check_tolerance("rtol", self.rtol)
+        _check_tolerance("atol", self.atol)
+        _require(isinstance(self.max_iters, int) and self.max_iters >= 1, "max_iters", self.max_iters, "an int >= 1")
+        _require(isinstance(self.max_order, int) and 2 <= self.max_order <= 12, "max_order", self.max_order,
+                 "an int in [2, 12] (torchdiffeq's range; it fails below 2)")
 
 
 Controller = IController | PIController | FixedGrid

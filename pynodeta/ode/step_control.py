@@ -12,16 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 __all__ = ["select_initial_step", "StepControl", "make_step_control"]
 
 _RESOLVED_DTYPES = (torch.float32, torch.float64)
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    # The same reduction torchdiffeq uses, so the first step (and hence every step) matches it.
-    return x.abs().pow(2).mean().sqrt()
+_HOST_SCALARS = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 @torch.no_grad()
@@ -40,30 +37,51 @@ def select_initial_step(
 
     ``probe(h, y)`` evaluates the right-hand side a step ``h`` (a positive magnitude) after t0, with
     h <= ``max_probe`` (Hairer's HINIT caps it at HMAX, by default |x_end − x0|; torchdiffeq does not).
-    Computed in y's dtype like torchdiffeq, so its first step is reproduced bit for bit; float16 and
-    bfloat16 states are measured in float32, where the norms of y / atol cannot overflow.
+    Computed in y's dtype like torchdiffeq, so its first step is reproduced bit for bit: the norms are
+    tensor reductions, the scalar arithmetic between them runs on host scalars of the same dtype (numpy's
+    float32/float64, whose IEEE operations round as torch's 0-d ones do), with two host reads instead of
+    one per comparison. float16 and bfloat16 states are measured in float32, where the norms of y / atol
+    cannot overflow.
     """
-    norm = norm or _rms
     state_dtype = y0.dtype
     if state_dtype not in _RESOLVED_DTYPES:
         y0, f0 = y0.float(), f0.float()
+    real = _HOST_SCALARS[y0.dtype]
     scale = atol + y0.abs() * rtol
-    d0 = norm(y0 / scale)
-    d1 = norm(f0 / scale)
-    if d0 < 1e-5 or d1 < 1e-5:
-        h0 = torch.tensor(1e-6, dtype=y0.dtype, device=y0.device)
+    d0, d1 = _norms(norm, real, y0 / scale, f0 / scale)
+    if d0 < real(1e-5) or d1 < real(1e-5):
+        h0 = real(1e-6)
     else:
-        h0 = 0.01 * d0 / d1
+        h0 = real(0.01) * d0 / d1
     if h0 > max_probe:
-        h0 = torch.tensor(max_probe, dtype=y0.dtype, device=y0.device)
-    f1 = probe(float(h0), (y0 + (direction * h0) * f0).to(state_dtype))
-    d2 = norm((f1.to(f0.dtype) - f0) / scale) / h0
-    if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = torch.clamp(h0 * 1e-3, min=1e-6)
+        h0 = real(max_probe)
+    f1 = probe(float(h0), (y0 + f0 * float(direction * h0)).to(state_dtype))
+    (d2,) = _norms(norm, real, (f1.to(f0.dtype) - f0) / scale)
+    d2 = d2 / h0
+    if d1 <= real(1e-15) and d2 <= real(1e-15):
+        h1 = np.maximum(h0 * real(1e-3), real(1e-6))
     else:
-        # torchdiffeq passes order - 1 and takes the (order)-th root; error_order is that order.
-        h1 = (0.01 / torch.maximum(d1, d2)) ** (1.0 / error_order)
-    return float(torch.minimum(100 * h0, h1))
+        # torchdiffeq passes order - 1 and takes the (order)-th root; error_order is that order. The power
+        # stays a torch op: numpy's float32 pow rounds differently.
+        base = real(1) / np.maximum(d1, d2) * real(0.01)  # torch's 0.01 / x is x.reciprocal() * 0.01
+        h1 = real(float(torch.tensor(float(base), dtype=y0.dtype) ** (1.0 / error_order)))
+    return float(np.minimum(real(100) * h0, h1))
+
+
+def _norms(norm: Callable[[torch.Tensor], torch.Tensor] | None, real: type, *xs: torch.Tensor) -> list:
+    """The norms of ``xs`` as host scalars of type ``real``, with one host read.
+
+    The default is torchdiffeq's RMS, ``x.abs().pow(2).mean().sqrt()``: |x|^2 is x*x exactly and mean is
+    sum / n exactly, so stacking the sums first gives the same values bit for bit. (The square root stays
+    a torch op: torch's CPU sqrt is not always the correctly rounded one that the host computes.)
+    """
+    if norm is None:
+        sums = torch.stack([x.square().sum() for x in xs])
+        return [real(v) for v in sums.div_(xs[0].numel()).sqrt_().tolist()]
+    values = [norm(x) for x in xs]
+    if all(isinstance(v, torch.Tensor) for v in values) and len({v.dtype for v in values}) == 1:
+        values = torch.stack(values).tolist()
+    return [real(float(v)) for v in values]
 
 
 class StepControl:

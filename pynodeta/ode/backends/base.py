@@ -67,6 +67,8 @@ class SolverConfig:
     grid_constructor: Callable | None = None  # fixed grid: (func, y0, t) -> step points
     step_t: tuple[float, ...] = ()  # adaptive: times to step on
     jump_t: tuple[float, ...] = ()  # adaptive: discontinuities of func, stepped on and restarted from
+    max_iters: int = 4  # Adams: corrector iterations per step (rtol/atol are its convergence test)
+    max_order: int = 12  # Adams: highest order
 
 
 class Backend(abc.ABC):
