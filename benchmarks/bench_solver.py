@@ -7,6 +7,7 @@ The two libraries run alternately so that both see the same machine load.
 
     python benchmarks/bench_solver.py            # all workloads
     python benchmarks/bench_solver.py --repeats 3 --workloads mlp-forward
+    python benchmarks/bench_solver.py --device cuda   # the same workloads on a GPU (report bench_solver_cuda)
 
 The table is saved as a report (benchmarks/results/bench_solver.json, rendered into docs/results.md) and
 the raw measurements to benchmarks/results/raw/bench_solver.json; ``--from-raw FILE`` rebuilds the report
@@ -73,16 +74,23 @@ class Workload:
     mode: str  # "forward", "direct", "adjoint", "adjoint-seminorm"
 
 
-def workloads() -> list[Workload]:
+def workloads(device: str = "cpu") -> list[Workload]:
     torch.manual_seed(1)
-    mlp, y_mlp, t_mlp = MLPField(), torch.randn(256, 2), torch.tensor([0.0, 5.0])
-    conv, y_conv = ConvField(), torch.randn(32, 64, 8, 8)
+    mlp, y_mlp, t_mlp = MLPField().to(device), torch.randn(256, 2).to(device), torch.tensor([0.0, 5.0]).to(device)
+    conv, y_conv = ConvField().to(device), torch.randn(32, 64, 8, 8).to(device)
+    t_conv = torch.tensor([0.0, 1.0]).to(device)
     return [
         Workload("a: MLP forward (no grad)", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "forward"),
         Workload("a: MLP fwd+bwd direct", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "direct"),
         Workload("a: MLP fwd+bwd adjoint seminorm", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "adjoint-seminorm"),
-        Workload("b: conv fwd+bwd adjoint", conv, y_conv, torch.tensor([0.0, 1.0]), 1e-3, 1e-3, "adjoint"),
+        Workload("b: conv fwd+bwd adjoint", conv, y_conv, t_conv, 1e-3, 1e-3, "adjoint"),
     ]
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wall times of GPU work need the queue drained; on the CPU this is a no-op."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Counting(torch.nn.Module):
@@ -112,10 +120,12 @@ def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int,
     odeint_adjoint = {"pynodeta": pn.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}[library]
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
     counting.calls, counting.seconds = 0, 0.0
+    _synchronize(y0.device)
     start = time.perf_counter()
     if w.mode == "forward":
         with torch.no_grad():
             odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
+        _synchronize(y0.device)
         return time.perf_counter() - start, counting.calls, 0, counting.seconds
     if w.mode == "direct":
         ys = odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
@@ -124,6 +134,7 @@ def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int,
         ys = odeint_adjoint(counting, y0, w.t, rtol=w.rtol, atol=w.atol, adjoint_options=adjoint_options)
     forward_calls = counting.calls
     ys[-1].square().sum().backward()
+    _synchronize(y0.device)
     return time.perf_counter() - start, forward_calls, counting.calls - forward_calls, counting.seconds
 
 
@@ -163,8 +174,9 @@ def measure(w: Workload, repeats: int) -> list[dict]:
         # (direct backprop: one per forward evaluation; adjoint: one per backward evaluation)
         with_backward = {"forward": 0, "direct": nfe[library][0]}.get(w.mode, nfe[library][1])
         in_func = statistics.median(inside[library]) + with_backward * vjp
-        rows.append(dict(workload=w.name, library=library, nfe=nfe[library], median=median,
-                         overhead=max(0.0, (median - in_func) / median)))
+        # on a GPU the time around a func call is only its launch time: the split is not measured there
+        overhead = max(0.0, (median - in_func) / median) if w.y0.device.type == "cpu" else None
+        rows.append(dict(workload=w.name, library=library, nfe=nfe[library], median=median, overhead=overhead))
     return rows
 
 
@@ -189,10 +201,16 @@ def save_solver_report(raw: dict) -> Path:
              "overhead = (solve time - time inside func) / solve time, medians over the runs: the time inside "
              "func is measured around every call; the backward through func's own graph is estimated as "
              "(evaluations) x (the median time of one VJP), so the gradient rows' overhead is an estimate."]
+    device = raw.get("device", "cpu")
+    if device != "cpu":
+        notes[1] = (f"On {raw.get('device_name', device)} every timed run ends with a device synchronisation; the "
+                    "overhead split is not measured there (the time around a func call is its launch time).")
     if raw.get("note"):
         notes.append(raw["note"])
-    return save_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", [table],
-                       notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+    name, title = "bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads"
+    if device != "cpu":
+        name, title = f"bench_solver_{device}", f"{title}, on {raw.get('device_name', device)}"
+    return save_report(name, title, [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run")
     parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
     parser.add_argument("--from-raw", type=Path, default=None,
                         help="rebuild the report from a raw file written by an earlier run, without measuring")
@@ -212,20 +231,22 @@ def main(argv: list[str] | None = None) -> None:
     print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead |")
     print("|---|---|---|---|---|---|---|")
     results = []
-    for w in workloads():
+    for w in workloads(args.device):
         if args.workloads and not any(s in w.name for s in args.workloads):
             continue
         reference, ours = measure(w, args.repeats)
         for row in (reference, ours):
             ratio = f"{ours['median'] / reference['median']:.2f}" if row is ours else ""
             print(f"| {row['workload']} | {row['library']} | {row['nfe'][0]} | {row['nfe'][1]} | "
-                  f"{row['median'] * 1e3:.1f} | {ratio} | {row['overhead']:.0%} |")
+                  f"{row['median'] * 1e3:.1f} | {ratio} | {_percent(row['overhead'])} |")
         results.append(dict(workload=w.name, nfe_torchdiffeq=reference["nfe"], nfe_pynodeta=ours["nfe"],
                             median_s_torchdiffeq=reference["median"], median_s_pynodeta=ours["median"],
                             ratio=ours["median"] / reference["median"], overhead_torchdiffeq=reference["overhead"],
                             overhead_pynodeta=ours["overhead"]))
-    raw = save_raw("bench_solver", dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                                        rows=results, note=args.note))
+    device = {"device": args.device, "device_name": torch.cuda.get_device_name()} if args.device == "cuda" else {}
+    raw = save_raw("bench_solver" if args.device == "cpu" else f"bench_solver_{args.device}",
+                   dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats, rows=results,
+                        note=args.note, **device))
     print(save_solver_report(load_raw(raw)))
 
 
