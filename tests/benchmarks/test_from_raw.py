@@ -17,6 +17,7 @@ RESULTS, RAW = BENCHMARKS / "results", BENCHMARKS / "results" / "raw"
 # raw file stem -> (script, the script's function that turns the raw record into its report)
 BUILDERS = {
     "bench_solver": ("bench_solver", "save_solver_report"),
+    "bench_solver_cuda": ("bench_solver", "save_solver_report"),
     "bench_batched": ("bench_batched", "save_batched_report"),
     "bench_diffusion_sampler": ("bench_diffusion_sampler", "save_sampler_report"),
     "bench_diffusion_sampler_width8": ("bench_diffusion_sampler", "save_sampler_report"),
