@@ -82,6 +82,7 @@ def run(variant: str, seed: int, args, data: DigitsDataModule) -> dict:
                                    num=args.num_samples)
         nll = nll_bits_per_dim(module, data, args.nll_images, rtol=1e-3, atol=1e-3)
         diagnosis = audit(module, data)
+    samples["grid"] = Path(samples["grid"]).name  # the file sits beside the report; no machine path in the record
     return {"variant": variant, "seed": seed, "train_seconds": train_seconds, **samples, **nll, **diagnosis}
 
 

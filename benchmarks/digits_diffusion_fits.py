@@ -51,6 +51,7 @@ def run_config(name: str, workdir: Path) -> dict:
         raise RuntimeError(f"expected one summary.json under {save_dir}, found {len(summaries)}")
     summary = json.loads(summaries[0].read_text())
     line = next(line for line in finished.stdout.splitlines() if line.startswith("pynodeta summary:"))
+    line = line.replace(str(save_dir), name)  # the run folder was temporary: keep no machine path in the record
     return {"config": name, "wall_s": wall, "steps": training_steps(save_dir), "summary_line": line,
             **{key: summary[key] for key in ("fd", "fd_floor", "fd_ratio", "bpd", "sampler", "sampler_nfe")}}
 
