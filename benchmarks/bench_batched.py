@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchode
 
 import pynodeta as pn
 
@@ -102,8 +101,18 @@ class _Flat(torch.nn.Module):
         return self.field(t, y.view(self.shape)).reshape(self.shape[0], -1)
 
 
+def _torchode():
+    """torchode, imported only when measuring: rebuilding the report from raw data needs no benchmark extras."""
+    try:
+        import torchode
+    except ImportError as error:
+        raise SystemExit("bench_batched.py measures against torchode 1.0.1: pip install -e '.[bench]'") from error
+    return torchode
+
+
 def _torchode_solver(w: Workload, counting: Counting):
     """torchode's term (flat states, as it requires) and solver for the workload's gradient mode."""
+    torchode = _torchode()
     shape = w.y0.shape
     term = torchode.ODETerm(_Flat(counting, shape))
     method = torchode.Dopri5(term=term)
@@ -123,6 +132,7 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
     counting.calls, counting.seconds = 0, 0.0
     grad = torch.no_grad() if w.mode == "forward" else torch.enable_grad()
+    torchode = _torchode() if library == "torchode" else None
     start = time.perf_counter()
     with grad:
         if library == "pynodeta":
@@ -216,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         print(save_batched_report(load_raw(args.from_raw)))
         return
     torch.set_num_threads(args.threads)
+    torchode = _torchode()
     print(f"torch {torch.__version__}, torchode {torchode.__version__}, {args.threads} thread(s), "
           f"median of {args.repeats}\n")
     rows = []
