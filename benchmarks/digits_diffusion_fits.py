@@ -64,6 +64,10 @@ def save_fits_report(raw: dict) -> Path:
                                 "then evaluates 360 samples and the NLL of 32 test images")
     notes = [raw.get("machine_note", ""), "FD in the digits feature space (pynodeta.metrics), floor = train vs "
              "test features; NLL by the probability-flow ODE (dopri5) with uniform dequantisation."]
+    for r in raw["runs"]:  # DDPM runs also print the variational bound in their summary line
+        vlb = next((part.strip() for part in r["summary_line"].split("|") if part.strip().startswith("VLB")), None)
+        if vlb:
+            notes.append(f"{r['config']}'s summary also gives the DDPM variational bound: {vlb}.")
     return save_report("digits_diffusion_fits", "The digits diffusion configs at equal wall time",
                        [table], notes=[n for n in notes if n], command=raw["command"])
 
