@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._random import randn
 from ._checks import NonFiniteDenoiserError, all_finite
 from .schedules import VARIANCES, DDPMSchedule
 
@@ -110,8 +111,7 @@ def _chunk_terms(eps_model: EpsModel, x0: torch.Tensor, schedule: DDPMSchedule, 
 
 
 def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
+    return randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
 def _check_arguments(x0: torch.Tensor, schedule: DDPMSchedule, num_bins: int, sampled: int | None,

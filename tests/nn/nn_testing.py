@@ -37,3 +37,13 @@ class CallAgainInBackward(torch.autograd.Function):
             y = ctx.layer(0.0, x)
             (grad_x,) = torch.autograd.grad(y, x, grad)
         return grad_x, None
+
+
+def randomised(layer):
+    """Give every grid point of a TA-BN layer different statistics and affine parameters, as after training."""
+    with torch.no_grad():
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.normal_()
+    return layer

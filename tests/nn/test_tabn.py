@@ -16,18 +16,7 @@ from pynodeta.nn import (
     tabn_regularizer,
 )
 
-from .nn_testing import CallAgainInBackward
-
-
-def _randomised(layer):
-    """Give every grid point different statistics and affine parameters, as after training."""
-    with torch.no_grad():
-        layer.running_mean.normal_()
-        layer.running_var.uniform_(0.5, 2.0)
-        layer.weight.uniform_(0.5, 1.5)
-        layer.bias.normal_()
-    return layer
-
+from .nn_testing import CallAgainInBackward, randomised
 
 # --- Eq. 7 weights ---------------------------------------------------------------------------
 
@@ -155,7 +144,7 @@ def test_activation_checkpointing_recomputes_the_same_graph():
 
 def test_eval_interpolates_statistics_and_affine():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm2d(4, M=4)).eval()
+    tabn = randomised(TABatchNorm2d(4, M=4)).eval()
     x = torch.randn(5, 4, 3, 3)
     l, w1, w2 = 1, 0.6, 0.4  # t = 0.35
     mean = w1 * tabn.running_mean[l] + w2 * tabn.running_mean[l + 1]
@@ -169,7 +158,7 @@ def test_eval_interpolates_statistics_and_affine():
 
 def test_eval_output_continuous_across_a_grid_point():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm2d(4, M=4)).double().eval()
+    tabn = randomised(TABatchNorm2d(4, M=4)).double().eval()
     x = torch.randn(3, 4, 2, 2, dtype=torch.float64)
     at = tabn(0.5, x)
     for h in (1e-4, 1e-7):
@@ -179,7 +168,7 @@ def test_eval_output_continuous_across_a_grid_point():
 
 def test_eval_output_does_not_depend_on_the_batch():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm2d(4, M=10)).eval()
+    tabn = randomised(TABatchNorm2d(4, M=10)).eval()
     batch = torch.randn(256, 4, 3, 3) * 3
     y_big = tabn(0.437, batch)
     y_pair = tabn(0.437, batch[:2])
@@ -188,7 +177,7 @@ def test_eval_output_does_not_depend_on_the_batch():
 
 def test_eval_per_sample_times_match_scalar_calls():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm2d(4, M=10)).eval()
+    tabn = randomised(TABatchNorm2d(4, M=10)).eval()
     x = torch.randn(3, 4, 2, 2)
     t = torch.tensor([0.0, 0.437, 1.0])
     y = tabn(t, x)
@@ -203,7 +192,7 @@ def test_eval_per_sample_times_match_scalar_calls():
 
 def test_default_clamps_times_beyond_the_grid_to_the_end_point():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm1d(3, M=4))
+    tabn = randomised(TABatchNorm1d(3, M=4))
     x = torch.randn(8, 3)
     torch.testing.assert_close(tabn.eval()(1.3, x), tabn(1.0, x))
     torch.testing.assert_close(tabn(-0.2, x), tabn(0.0, x))
@@ -216,7 +205,7 @@ def test_default_clamps_times_beyond_the_grid_to_the_end_point():
 
 def test_state_dict_round_trip_keeps_statistics():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm1d(3, M=5))
+    tabn = randomised(TABatchNorm1d(3, M=5))
     state = tabn.state_dict()
     assert set(state) == {"running_mean", "running_var", "weight", "bias"}
     assert state["running_mean"].shape == (6, 3)
@@ -261,7 +250,7 @@ def test_regularizer_is_lambda_times_sum_of_mse():
 
 def test_reversed_time_visits_the_same_grid_points():
     torch.manual_seed(0)
-    tabn = _randomised(TABatchNorm2d(2, M=4)).eval()
+    tabn = randomised(TABatchNorm2d(2, M=4)).eval()
     x = torch.randn(2, 2, 2, 2)
     times = [0.1, 0.35, 0.8]
     forward = [tabn(t, x) for t in times]

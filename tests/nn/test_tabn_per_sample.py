@@ -6,19 +6,12 @@ import torch
 import pynodeta as pn
 from pynodeta.nn import TABatchNorm1d, TABatchNorm2d
 
-
-def _randomised(layer):
-    with torch.no_grad():
-        layer.running_mean.normal_()
-        layer.running_var.uniform_(0.5, 2.0)
-        layer.weight.uniform_(0.5, 1.5)
-        layer.bias.normal_()
-    return layer
+from .nn_testing import randomised
 
 
 def test_train_mode_with_equal_per_sample_times_is_the_scalar_update():
     torch.manual_seed(0)
-    scalar, per_sample = _randomised(TABatchNorm2d(3, M=5)), TABatchNorm2d(3, M=5)
+    scalar, per_sample = randomised(TABatchNorm2d(3, M=5)), TABatchNorm2d(3, M=5)
     per_sample.load_state_dict(scalar.state_dict())
     x = torch.randn(6, 3, 2, 2) * 2 + 1
     y_scalar = scalar(0.37, x)
@@ -31,7 +24,7 @@ def test_train_mode_with_equal_per_sample_times_is_the_scalar_update():
 def test_train_mode_uses_batch_statistics_and_each_samples_own_affine():
     """Eq. 7 per sample for γ, β; one set of batch statistics; grid point m moves with rate η·mean_b ω_bm."""
     torch.manual_seed(1)
-    layer = _randomised(TABatchNorm1d(2, M=4))
+    layer = randomised(TABatchNorm1d(2, M=4))
     before_mean = layer.running_mean.clone()
     x = torch.randn(4, 2) * 3
     t = torch.tensor([0.0, 0.1, 0.6, 1.0])  # grid spacing 0.25: points 0; 0/1 (0.6, 0.4); 2/3 (0.6, 0.4); 4
@@ -56,7 +49,7 @@ class _TABNField(torch.nn.Module):
         super().__init__()
         torch.manual_seed(2)
         self.linear = torch.nn.Linear(3, 3, dtype=torch.float64)
-        self.norm = _randomised(TABatchNorm1d(3, M=8, t_min=0.0, t_max=2.0).double())
+        self.norm = randomised(TABatchNorm1d(3, M=8, t_min=0.0, t_max=2.0).double())
 
     def forward(self, t, y):
         return torch.tanh(self.norm(t, self.linear(y)))
