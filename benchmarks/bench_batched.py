@@ -56,14 +56,14 @@ class Workload:
     mode: str  # "forward", "direct", "adjoint"
 
 
-def workloads() -> list[Workload]:
+def workloads(device: str = "cpu") -> list[Workload]:
     """bench_solver's workloads; the output times differ per sample (spans 0..5 stretched by up to 20 %)."""
     torch.manual_seed(1)
-    mlp, y_mlp = PerSampleMLP(), torch.randn(256, 2)
-    conv, y_conv = ConvField(), torch.randn(32, 64, 8, 8)
+    mlp, y_mlp = PerSampleMLP().to(device), torch.randn(256, 2).to(device)
+    conv, y_conv = ConvField().to(device), torch.randn(32, 64, 8, 8).to(device)
     stretch = torch.linspace(0.8, 1.0, 256)[:, None]
-    t_mlp = torch.tensor([0.0, 5.0]) * stretch
-    t_conv = torch.tensor([0.0, 1.0]) * torch.linspace(0.8, 1.0, 32)[:, None]
+    t_mlp = (torch.tensor([0.0, 5.0]) * stretch).to(device)
+    t_conv = (torch.tensor([0.0, 1.0]) * torch.linspace(0.8, 1.0, 32)[:, None]).to(device)
     return [
         Workload("a: MLP forward (no grad)", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "forward"),
         Workload("a: MLP fwd+bwd direct", mlp, y_mlp, t_mlp, 1e-5, 1e-7, "direct"),
@@ -133,6 +133,7 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     counting.calls, counting.seconds = 0, 0.0
     grad = torch.no_grad() if w.mode == "forward" else torch.enable_grad()
     torchode = _torchode() if library == "torchode" else None
+    _synchronize(y0.device)
     start = time.perf_counter()
     with grad:
         if library == "pynodeta":
@@ -146,9 +147,16 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
         forward_calls = counting.calls
         if w.mode != "forward":
             ys[:, -1].square().sum().backward()
+    _synchronize(y0.device)
     elapsed = time.perf_counter() - start
     return dict(seconds=elapsed, calls=(forward_calls, counting.calls - forward_calls),
                 steps=float(steps.float().mean()), in_func=counting.seconds)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wall times of GPU work need the queue drained; on the CPU this is a no-op."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure(w: Workload, repeats: int) -> dict:
@@ -166,7 +174,9 @@ def measure(w: Workload, repeats: int) -> dict:
         row[f"median_s_{library}"] = statistics.median(r["seconds"] for r in runs[library])
         row[f"calls_{library}"] = runs[library][-1]["calls"]
         row[f"steps_{library}"] = runs[library][-1]["steps"]
-        row[f"in_func_{library}"] = statistics.median(r["in_func"] / r["seconds"] for r in runs[library])
+        # on a GPU the time around a func call is its launch time only: the split is not measured there
+        row[f"in_func_{library}"] = (statistics.median(r["in_func"] / r["seconds"] for r in runs[library])
+                                     if w.y0.device.type == "cpu" else None)
     row["ratio"] = row["median_s_pynodeta"] / row["median_s_torchode"]
     return row
 
@@ -186,10 +196,16 @@ def _floor_note(row: dict) -> str:
             f"solver overhead to {overhead_p / overhead_t:.0%} of torchode's.")
 
 
+def _inside(row: dict) -> str:
+    if row["in_func_torchode"] is None:
+        return "–"
+    return f"{row['in_func_torchode']:.0%} / {row['in_func_pynodeta']:.0%}"
+
+
 def save_batched_report(raw: dict) -> Path:
     rows = [[r["workload"], _calls(r["calls_torchode"]), _calls(r["calls_pynodeta"]), r["steps_torchode"],
              r["steps_pynodeta"], r["median_s_torchode"] * 1e3, r["median_s_pynodeta"] * 1e3, r["ratio"],
-             f"{r['in_func_torchode']:.0%} / {r['in_func_pynodeta']:.0%}"] for r in raw["rows"]]
+             _inside(r)] for r in raw["rows"]]
     table = Table(["workload", "func calls fwd / bwd (torchode)", "func calls fwd / bwd (pynodeta)",
                    "mean steps per sample, fwd (torchode)", "mean steps per sample, fwd (pynodeta)",
                    "torchode ms", "pynodeta ms", "pynodeta / torchode",
@@ -206,12 +222,19 @@ def save_batched_report(raw: dict) -> Path:
         "batch with one weighted vector-Jacobian product per step, keeping the graph of each start point's "
         "evaluation until its samples move on).",
         "The libraries run alternately in one process, so both see the same machine load: the ratio is the "
-        "figure to read. Measured on a shared, loaded machine (one core shared with other jobs); rerun on a "
-        "quiet core for final figures.",
+        "figure to read.",
     ]
-    notes += [_floor_note(r) for r in raw["rows"] if r["workload"].startswith("a: MLP forward")]
-    return save_report("bench_batched", "Per-sample step sizes: pynodeta batched=True against torchode 1.0.1",
-                       [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+    if raw.get("note"):
+        notes.append(raw["note"])
+    notes += [_floor_note(r) for r in raw["rows"]
+              if r["workload"].startswith("a: MLP forward") and r["in_func_torchode"] is not None]
+    device = raw.get("device", "cpu")
+    name, title = "bench_batched", "Per-sample step sizes: pynodeta batched=True against torchode 1.0.1"
+    if device != "cpu":
+        name, title = f"bench_batched_{device}", f"{title}, on {raw.get('device_name', device)}"
+        notes.append("Every timed run ends with a device synchronisation; the time inside func is not measured "
+                     "on a GPU (around a call it is the launch time only).")
+    return save_report(name, title, [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run")
+    parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
     parser.add_argument("--from-raw", type=Path, default=None,
                         help="rebuild the report from a raw file written by an earlier run, without measuring")
     args = parser.parse_args(argv)
@@ -230,14 +255,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, torchode {torchode.__version__}, {args.threads} thread(s), "
           f"median of {args.repeats}\n")
     rows = []
-    for w in workloads():
+    for w in workloads(args.device):
         if args.workloads and not any(s in w.name for s in args.workloads):
             continue
         row = measure(w, args.repeats)
         print(row, flush=True)
         rows.append(row)
-    raw = save_raw("bench_batched", dict(torch=torch.__version__, torchode=torchode.__version__,
-                                         threads=args.threads, repeats=args.repeats, rows=rows))
+    device = {"device": args.device, "device_name": torch.cuda.get_device_name()} if args.device == "cuda" else {}
+    raw = save_raw("bench_batched" if args.device == "cpu" else f"bench_batched_{args.device}",
+                   dict(torch=torch.__version__, torchode=torchode.__version__, threads=args.threads,
+                        repeats=args.repeats, rows=rows, note=args.note, **device))
     print(save_batched_report(load_raw(raw)))
 
 
