@@ -19,6 +19,7 @@ BUILDERS = {
     "bench_solver": ("bench_solver", "save_solver_report"),
     "bench_solver_cuda": ("bench_solver", "save_solver_report"),
     "bench_batched": ("bench_batched", "save_batched_report"),
+    "bench_batched_cuda": ("bench_batched", "save_batched_report"),
     "bench_diffusion_sampler": ("bench_diffusion_sampler", "save_sampler_report"),
     "bench_diffusion_sampler_width8": ("bench_diffusion_sampler", "save_sampler_report"),
     "diffusion_vanishing": ("diffusion_vanishing", "save_vanishing_report"),
