@@ -1,15 +1,19 @@
-"""Atomic file writes shared by checkpoints and EMA snapshots (Lightning-free, so ``pynodeta.ema`` can use it)."""
+"""Atomic file writes shared by checkpoints, EMA snapshots and run summaries.
+
+Lightning-free, so that ``pynodeta.ema`` can use them.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["atomic_torch_save"]
+__all__ = ["atomic_torch_save", "atomic_write_text"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -19,12 +23,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     a copy, which a crash can leave half-done), is flushed to disk, then renamed over the target;
     the folder is synced so the rename itself survives a power cut.
     """
+    _atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that readers see the old file or the whole new one, never a part."""
+    _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

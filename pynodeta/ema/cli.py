@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import atomic_torch_save
+from .._atomic import atomic_torch_save, atomic_write_text
 from .._cli import ArgumentParser, UsageError
 from .posthoc import posthoc_reconstruct
 from .snapshots import list_snapshots
@@ -102,6 +102,6 @@ def _sweep(args) -> None:
     paths = write_sweep(rows, args.out_dir, "FD", reference={"real-data floor": floor})
     best = min(rows, key=lambda r: r["score"])
     summary = {"rows": rows, "fd_floor": floor, "best_sigma_rel": best["sigma_rel"], "best_fd": best["score"]}
-    (Path(args.out_dir) / "sweep.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(Path(args.out_dir) / "sweep.json", json.dumps(summary, indent=2))
     print(f"best σ_rel {best['sigma_rel']:.3f}: FD {best['score']:.4g} (floor {floor:.4g}); wrote {paths['csv']}, "
           f"{paths['png']}")

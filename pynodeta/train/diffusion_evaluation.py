@@ -20,6 +20,7 @@ from pynodeta.diffusion import bits_per_dim, variational_bound
 from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, frechet_distance
 from pynodeta.ode.stats import record_stats
 
+from .._atomic import atomic_write_text
 from .diffusion_sampling import save_grid
 
 __all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary", "summary_line"]
@@ -162,6 +163,5 @@ def final_summary(module, out_dir: str | os.PathLike, datamodule=None) -> dict:
     trainer = module._trainer
     if trainer is None or trainer.is_global_zero:
         print(summary_line(result), flush=True)
-        with open(out_dir / "summary.json", "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2))
     return result

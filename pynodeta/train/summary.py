@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from .._atomic import atomic_write_text
+
 __all__ = ["RunSummary"]
 
 DEFAULT_TEST_FORMAT = "test {name} {{:.4f}}"  # for a test/<name> metric the module gives no format
@@ -54,6 +56,5 @@ class RunSummary:
             return
         print(self.line(), flush=True)
         if trainer.log_dir is not None:
-            os.makedirs(trainer.log_dir, exist_ok=True)
-            with open(os.path.join(trainer.log_dir, "summary.json"), "w") as f:
-                json.dump(asdict(self)["metrics"], f, indent=2)
+            atomic_write_text(os.path.join(trainer.log_dir, "summary.json"),
+                              json.dumps(asdict(self)["metrics"], indent=2))

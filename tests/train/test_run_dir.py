@@ -164,3 +164,20 @@ def test_a_corrupt_dataset_file_is_a_clear_error(tmp_path, capsys):
     assert main(["fit", "--config", _write_config(tmp_path, cifar)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pynodeta: error:") and str(batch) in err and "truncated" in err
+
+
+def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    from pynodeta import _atomic
+
+    target = tmp_path / "summary.json"
+    _atomic.atomic_write_text(target, '{"a": 1}')
+    assert target.read_text() == '{"a": 1}'
+
+    def failing_replace(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        _atomic.atomic_write_text(target, '{"a": 2}')
+    assert target.read_text() == '{"a": 1}'  # the old file is intact, and no temporary is left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
