@@ -178,6 +178,9 @@ class DenseOutput:
     def emit(self, s: float, dt: float, h: float, y: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor],
              f1: torch.Tensor) -> None:
         out_s, s1, method = self.out_s, s + dt, self.method
+        has_output = self.next_out < len(out_s) and out_s[self.next_out] <= s1
+        if self.keep_steps is None and not has_output:
+            return  # most accepted steps contain no output time: no stage list to build
         stage_values = ks + [f1] if method.dense_needs_f1 else ks
         if self.keep_steps is not None:
             self.keep_steps.append((s, dt, y, stage_values))
