@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .optim import OptimizerPreset, _check_positive
+from .optim import OptimizerPreset, _check_betas, _check_positive
 
 __all__ = ["DiffusionAdam"]
 
@@ -29,8 +29,7 @@ class DiffusionAdam(OptimizerPreset):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
+        _check_betas(betas)
         self.lr, self.warmup_steps, self.weight_decay = lr, warmup_steps, weight_decay
         self.betas, self.max_norm = tuple(betas), max_norm
 

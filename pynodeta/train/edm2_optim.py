@@ -7,7 +7,7 @@ import torch
 
 from pynodeta.diffusion.edm2 import EDM2_ADAM_BETAS, edm2_learning_rate
 
-from .optim import OptimizerPreset, _check_positive
+from .optim import OptimizerPreset, _check_betas, _check_positive
 
 __all__ = ["EDM2Adam"]
 
@@ -30,8 +30,7 @@ class EDM2Adam(OptimizerPreset):
         _check_positive(ref_lr=ref_lr, max_norm=max_norm)
         if ref_steps < 0 or warmup_steps < 0:
             raise ValueError(f"ref_steps and warmup_steps must be >= 0, got {ref_steps} and {warmup_steps}")
-        if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
+        _check_betas(betas)
         self.ref_lr, self.ref_steps, self.warmup_steps = ref_lr, ref_steps, warmup_steps
         self.betas, self.max_norm = tuple(betas), max_norm
 

@@ -46,6 +46,11 @@ def _check_positive(**values: float | None) -> None:
             raise ValueError(f"{name} must be > 0 (or None to disable), got {value}")
 
 
+def _check_betas(betas) -> None:
+    if not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
+
+
 class OptimizerPreset:
     """An optimiser, its learning-rate schedule and its gradient clipping.
 
