@@ -35,7 +35,15 @@ import pynodeta as pn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_solver import ConvField, MLPField  # noqa: E402
 
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    Table,
+    device_record,
+    device_report,
+    load_raw,
+    save_raw,
+    save_report,
+    synchronize,
+)
 
 
 class PerSampleMLP(MLPField):
@@ -133,7 +141,7 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     counting.calls, counting.seconds = 0, 0.0
     grad = torch.no_grad() if w.mode == "forward" else torch.enable_grad()
     torchode = _torchode() if library == "torchode" else None
-    _synchronize(y0.device)
+    synchronize(y0.device)
     start = time.perf_counter()
     with grad:
         if library == "pynodeta":
@@ -147,16 +155,11 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
         forward_calls = counting.calls
         if w.mode != "forward":
             ys[:, -1].square().sum().backward()
-    _synchronize(y0.device)
+    synchronize(y0.device)
     elapsed = time.perf_counter() - start
     return dict(seconds=elapsed, calls=(forward_calls, counting.calls - forward_calls),
                 steps=float(steps.float().mean()), in_func=counting.seconds)
 
-
-def _synchronize(device: torch.device) -> None:
-    """Wall times of GPU work need the queue drained; on the CPU this is a no-op."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(w: Workload, repeats: int) -> dict:
@@ -228,10 +231,9 @@ def save_batched_report(raw: dict) -> Path:
         notes.append(raw["note"])
     notes += [_floor_note(r) for r in raw["rows"]
               if r["workload"].startswith("a: MLP forward") and r["in_func_torchode"] is not None]
-    device = raw.get("device", "cpu")
-    name, title = "bench_batched", "Per-sample step sizes: pynodeta batched=True against torchode 1.0.1"
-    if device != "cpu":
-        name, title = f"bench_batched_{device}", f"{title}, on {raw.get('device_name', device)}"
+    name, title = device_report("bench_batched", "Per-sample step sizes: pynodeta batched=True against torchode 1.0.1",
+                                raw)
+    if raw.get("device", "cpu") != "cpu":
         notes.append("Every timed run ends with a device synchronisation; the time inside func is not measured "
                      "on a GPU (around a call it is the launch time only).")
     return save_report(name, title, [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
@@ -261,8 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         row = measure(w, args.repeats)
         print(row, flush=True)
         rows.append(row)
-    device = {"device": args.device, "device_name": torch.cuda.get_device_name()} if args.device == "cuda" else {}
-    raw = save_raw("bench_batched" if args.device == "cpu" else f"bench_batched_{args.device}",
+    device = device_record(args.device)
+    raw = save_raw(device_report("bench_batched", "", device)[0],
                    dict(torch=torch.__version__, torchode=torchode.__version__, threads=args.threads,
                         repeats=args.repeats, rows=rows, note=args.note, **device))
     print(save_batched_report(load_raw(raw)))

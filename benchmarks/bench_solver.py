@@ -30,7 +30,15 @@ import pynodeta as pn
 from pynodeta.nn import ConcatConv2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    Table,
+    device_record,
+    device_report,
+    load_raw,
+    save_raw,
+    save_report,
+    synchronize,
+)
 
 
 class MLPField(torch.nn.Module):
@@ -87,11 +95,6 @@ def workloads(device: str = "cpu") -> list[Workload]:
     ]
 
 
-def _synchronize(device: torch.device) -> None:
-    """Wall times of GPU work need the queue drained; on the CPU this is a no-op."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 class Counting(torch.nn.Module):
     """Counts calls of the wrapped field and the wall time spent inside them.
@@ -120,12 +123,12 @@ def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int,
     odeint_adjoint = {"pynodeta": pn.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}[library]
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
     counting.calls, counting.seconds = 0, 0.0
-    _synchronize(y0.device)
+    synchronize(y0.device)
     start = time.perf_counter()
     if w.mode == "forward":
         with torch.no_grad():
             odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
-        _synchronize(y0.device)
+        synchronize(y0.device)
         return time.perf_counter() - start, counting.calls, 0, counting.seconds
     if w.mode == "direct":
         ys = odeint(counting, y0, w.t, rtol=w.rtol, atol=w.atol)
@@ -134,7 +137,7 @@ def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int,
         ys = odeint_adjoint(counting, y0, w.t, rtol=w.rtol, atol=w.atol, adjoint_options=adjoint_options)
     forward_calls = counting.calls
     ys[-1].square().sum().backward()
-    _synchronize(y0.device)
+    synchronize(y0.device)
     return time.perf_counter() - start, forward_calls, counting.calls - forward_calls, counting.seconds
 
 
@@ -207,9 +210,7 @@ def save_solver_report(raw: dict) -> Path:
                     "overhead split is not measured there (the time around a func call is its launch time).")
     if raw.get("note"):
         notes.append(raw["note"])
-    name, title = "bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads"
-    if device != "cpu":
-        name, title = f"bench_solver_{device}", f"{title}, on {raw.get('device_name', device)}"
+    name, title = device_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", raw)
     return save_report(name, title, [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
 
 
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                             median_s_torchdiffeq=reference["median"], median_s_pynodeta=ours["median"],
                             ratio=ours["median"] / reference["median"], overhead_torchdiffeq=reference["overhead"],
                             overhead_pynodeta=ours["overhead"]))
-    device = {"device": args.device, "device_name": torch.cuda.get_device_name()} if args.device == "cuda" else {}
-    raw = save_raw("bench_solver" if args.device == "cpu" else f"bench_solver_{args.device}",
+    device = device_record(args.device)
+    raw = save_raw(device_report("bench_solver", "", device)[0],
                    dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats, rows=results,
                         note=args.note, **device))
     print(save_solver_report(load_raw(raw)))

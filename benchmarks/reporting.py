@@ -91,6 +91,31 @@ def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequen
     return path
 
 
+def synchronize(device) -> None:
+    """Wall times of GPU work need the device's queue drained; on the CPU this is a no-op."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def device_report(name: str, title: str, raw: dict) -> tuple[str, str]:
+    """(report name, title) of a run on ``raw['device']``: a GPU run gets its own report beside the CPU one."""
+    device = raw.get("device", "cpu")
+    if device == "cpu":
+        return name, title
+    return f"{name}_{device}", f"{title}, on {raw.get('device_name', device)}"
+
+
+def device_record(device: str) -> dict:
+    """What a raw record says about the device it was measured on (nothing for the CPU)."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"device": device, "device_name": torch.cuda.get_device_name()}
+
+
 def save_raw(name: str, data: dict, directory: Path | str = RAW_DIR) -> Path:
     """Write a script's raw measurements to ``<directory>/<name>.json`` (with the command that made them)."""
     directory = Path(directory)
