@@ -58,7 +58,9 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, rtol: flo
     sigma_min, sigma_max = module.sigma_range()
     if sampler == "ode":
         # stop at 10·σ_min and let one denoiser call remove the noise left there (probability_flow keeps
-        # every drift evaluation inside [σ_end, σ_max] on its own)
+        # every drift evaluation inside [σ_end, σ_max] on its own). The first step is set, not guessed: the
+        # initial-step rule proposes one across most of the σ range, whose error estimate passes at
+        # rtol 1e-3 while the samples come out too narrow (std 0.59 instead of 0.70 on Gaussian data)
         sigma_end = 10 * sigma_min
         solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_end, method="dopri5",
                                        rtol=rtol, atol=atol, options={"first_step": sigma_max / 20})

@@ -106,3 +106,16 @@ def test_wrong_batch_shape_is_refused():
     module = DiffusionModule(_tiny_unet(), ema_decay=None)
     with pytest.raises(ValueError, match=r"batches must hold images \(batch, 1, 8, 8\)"):
         module.training_step((torch.zeros(2, 3, 8, 8), torch.zeros(2)), 0)
+
+
+def test_ode_sampler_reproduces_gaussian_data():
+    """The probability-flow sampler of a DDPM model with the exact ε-predictor draws N(MEAN, STD²) pixels."""
+    from pynodeta.train.diffusion_sampling import generate
+
+    schedule = DDPMSchedule(1000)
+    module = DiffusionModule(ExactGaussianNetwork(schedule, "epsilon"), prediction="epsilon", sample_shape=(1, 8, 8),
+                             ema_decay=None)
+    samples = generate(module, 256, "ode", generator=torch.Generator().manual_seed(0))
+    assert abs(float(samples.images.mean()) - MEAN) < 0.02
+    assert abs(float(samples.images.std()) - STD) < 0.02
+    assert samples.nfe > 0
