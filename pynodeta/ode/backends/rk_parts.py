@@ -18,7 +18,8 @@ from ..stats import SolveStats
 from ..validation import all_finite
 from .base import RHS
 
-__all__ = ["RHSCaller", "combine", "add_increment", "nonzero", "check_derivative", "partial_t", "output_times"]
+__all__ = ["RHSCaller", "combine", "add_increment", "weighted_sum", "nonzero", "check_derivative", "partial_t",
+           "output_times"]
 
 
 def combine(y: torch.Tensor, ks: Sequence[torch.Tensor], weights, h: float) -> torch.Tensor:
@@ -38,11 +39,17 @@ def add_increment(y: torch.Tensor, ks: Sequence[torch.Tensor], weights, h: float
     The op count is the number of nonzero weights, as ``combine``'s."""
     if len(weights) == 1:
         return combine(y, ks, weights, h)
+    return y.add(weighted_sum(ks, weights), alpha=h * weights[0][1])
+
+
+def weighted_sum(ks: Sequence[torch.Tensor], weights) -> torch.Tensor:
+    """sum_j (w_j / w_first) k_j over two or more nonzero (j, w_j) pairs: the sum in units of its first
+    weight, which the caller applies with the step size in one op (no op of its own for scaling)."""
     (j, first), (k, w), *rest = weights
-    increment = ks[j].add(ks[k], alpha=w / first)
+    out = ks[j].add(ks[k], alpha=w / first)
     for k, w in rest:
-        increment.add_(ks[k], alpha=w / first)
-    return y.add(increment, alpha=h * first)
+        out.add_(ks[k], alpha=w / first)
+    return out
 
 
 def nonzero(weights: Sequence[float]) -> tuple[tuple[int, float], ...]:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..backends.rk_parts import weighted_sum
+
 __all__ = ["rms_per_sample", "ErrorRatio", "select_initial_steps", "StepRule"]
 
 Norm = Callable[[torch.Tensor], torch.Tensor]  # (batch, features) -> (batch,)
@@ -34,18 +36,22 @@ def mixed_rms(sizes: tuple[int, ...]) -> Norm:
 
 
 class ErrorRatio:
-    """norm(error / (atol + rtol * max(|y|, |y1|))) per sample, as a float64 ``(batch,)`` tensor."""
+    """norm(error / (atol + rtol * max(|y|, |y1|))) per sample, as a float64 ``(batch,)`` tensor.
+
+    The error h * sum_j e_j k_j is summed in units of its first weight e_0, and |e_0| divides the
+    tolerances instead (a norm is absolutely homogeneous): no op of its own for the scaling."""
 
     def __init__(self, err_rows, rtol: float, atol: float, norm: Norm):
-        self.err_rows, self.rtol, self.atol, self.norm = err_rows, rtol, atol, norm
+        self.err_rows, self.norm = err_rows, norm
+        first = abs(err_rows[0][1])
+        self.rtol, self.atol = rtol / first, atol / first
 
     @torch.no_grad()
     def __call__(self, ks, y: torch.Tensor, y1: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        (j, w), *rest = self.err_rows
-        error = torch.mul(ks[j], w)
-        for j, w in rest:
-            error.add_(ks[j], alpha=w)
-        error.mul_(h)
+        if len(self.err_rows) == 1:
+            error = torch.mul(ks[self.err_rows[0][0]], h)
+        else:
+            error = weighted_sum(ks, self.err_rows).mul_(h)
         tol = torch.maximum(y.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
         return self.norm(error.div_(tol)).to(torch.float64)
 

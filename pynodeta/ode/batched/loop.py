@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backends.rk_parts import weighted_sum
 from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError, warn_long_solve
 from ..methods import Method
 from .control import ErrorRatio, Norm, StepRule, select_initial_steps
@@ -59,13 +60,16 @@ class StepObserver:
         that accepted the step, and ``weight = h`` for them, 0 otherwise."""
 
 
-def _combine_stages(ks, weights) -> torch.Tensor:
-    """sum_j w_j k_j over the nonzero (j, w_j) pairs (scalar weights: one kernel each)."""
-    (j, w), *rest = weights
-    out = torch.mul(ks[j], w)
-    for j, w in rest:
-        out.add_(ks[j], alpha=w)
-    return out
+def _stage_state(y: torch.Tensor, h: torch.Tensor, ks, weights) -> torch.Tensor:
+    """y + h * sum_j w_j k_j over the nonzero (j, w_j) pairs, with the per-sample h: (batch, 1).
+
+    The sum is taken in units of its first weight, which joins h in the closing addcmul as its scalar
+    ``value``: one kernel per nonzero weight, none for scaling (a multiplication by a Python number costs
+    several times an add)."""
+    (j, first), *rest = weights
+    if not rest:
+        return torch.addcmul(y, h, ks[j], value=first)
+    return torch.addcmul(y, h, weighted_sum(ks, weights), value=first)
 
 
 class _Caller:
@@ -137,10 +141,10 @@ class _Stages:
         ks = [f]  # f(t, y), kept from the previous step (FSAL) or its f(t1, y1)
         y1 = y
         for i in range(1, self.n):
-            y1 = torch.addcmul(y, h, _combine_stages(ks, self.a_rows[i]))
+            y1 = _stage_state(y, h, ks, self.a_rows[i])
             ks.append(self.call(t_end if self.at_end[i] else t_stages[i], y1))
         if not self.fsal:
-            y1 = torch.addcmul(y, h, _combine_stages(ks, self.b_row))
+            y1 = _stage_state(y, h, ks, self.b_row)
         return y1, ks, h, t_end
 
 
