@@ -99,30 +99,73 @@ def workloads(device: str = "cpu") -> list[Workload]:
 class Counting(torch.nn.Module):
     """Counts calls of the wrapped field and the wall time spent inside them.
 
-    ``__call__`` is overridden so that the wrapper skips nn.Module's hook dispatch: what it costs itself is
-    counted as solver time for both libraries, so it should cost as little as possible.
+    ``__call__`` is overridden so that the wrapper skips nn.Module's hook dispatch, and the tallies live in
+    a list (assigning a module attribute goes through nn.Module.__setattr__): what the wrapper costs itself
+    is counted as solver time for both libraries, so it should cost as little as possible.
     """
 
     def __init__(self, field):
         super().__init__()
-        self.field, self.calls, self.seconds = field, 0, 0.0
+        self.field = field
+        self.tally = [0, 0.0]  # calls, seconds inside them
+
+    @property
+    def calls(self) -> int:
+        return self.tally[0]
+
+    @property
+    def seconds(self) -> float:
+        return self.tally[1]
+
+    def reset(self) -> None:
+        self.tally[:] = [0, 0.0]
 
     def __call__(self, t, y):
-        self.calls += 1
+        tally = self.tally
+        tally[0] += 1
         start = time.perf_counter()
         out = self.field(t, y)
-        self.seconds += time.perf_counter() - start
+        tally[1] += time.perf_counter() - start
         return out
 
     forward = __call__
 
 
+class Replay:
+    """Returns the outputs that func gave in a recorded solve, in order: solving again with it takes the
+    same steps with a func that costs nothing, which times the solver's own work alone."""
+
+    def __init__(self, field, solve):
+        self.outputs, self.next = [], 0
+
+        def recording(t, y):
+            out = field(t, y)
+            self.outputs.append(out)
+            return out
+
+        solve(recording)
+
+    def __call__(self, t, y):
+        out = self.outputs[self.next]
+        self.next += 1
+        return out
+
+    def rewind(self) -> None:
+        if self.next not in (0, len(self.outputs)):
+            raise RuntimeError(f"the replayed solve asked for {self.next} of {len(self.outputs)} recorded "
+                               "outputs: it did not take the recorded steps")
+        self.next = 0
+
+
+ODEINT = {"pynodeta": pn.odeint, "torchdiffeq": torchdiffeq.odeint}
+ODEINT_ADJOINT = {"pynodeta": pn.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}
+
+
 def run_once(library: str, w: Workload, counting: Counting) -> tuple[float, int, int, float]:
     """One solve (and backward): (seconds, forward NFE, backward NFE, seconds spent inside func)."""
-    odeint = {"pynodeta": pn.odeint, "torchdiffeq": torchdiffeq.odeint}[library]
-    odeint_adjoint = {"pynodeta": pn.odeint_adjoint, "torchdiffeq": torchdiffeq.odeint_adjoint}[library]
+    odeint, odeint_adjoint = ODEINT[library], ODEINT_ADJOINT[library]
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
-    counting.calls, counting.seconds = 0, 0.0
+    counting.reset()
     synchronize(y0.device)
     start = time.perf_counter()
     if w.mode == "forward":
@@ -154,14 +197,44 @@ def time_of_vjp_part(w: Workload, repeats: int = 50) -> float:
     return statistics.median(samples)
 
 
+def forward_solver(library: str, w: Workload):
+    """solve(func): the forward workload's solve without gradients, with func given."""
+    odeint = ODEINT[library]
+
+    def solve(func):
+        with torch.no_grad():
+            return odeint(func, w.y0, w.t, rtol=w.rtol, atol=w.atol)
+
+    return solve
+
+
+def time_replayed(solve, replay: Replay) -> float:
+    """Seconds of one solve whose func replays recorded outputs (the solver's own work)."""
+    replay.rewind()
+    synchronize(replay.outputs[0].device)
+    start = time.perf_counter()
+    solve(replay)
+    synchronize(replay.outputs[0].device)
+    elapsed = time.perf_counter() - start
+    replay.rewind()  # checks that every recorded output was used
+    return elapsed
+
+
 def measure(w: Workload, repeats: int) -> list[dict]:
-    """Runs the two libraries alternately (swapping who goes first), so both see the same machine load."""
+    """Runs the two libraries alternately (swapping who goes first), so both see the same machine load.
+
+    Forward workloads are also solved with func replaying its recorded outputs, alternated in the same way:
+    the solver's own time, apart from func and from what func's calls cost the code around them."""
     vjp = time_of_vjp_part(w)
     libraries = ("torchdiffeq", "pynodeta")
     counting = {library: Counting(w.field) for library in libraries}
+    replayed = w.mode == "forward"
+    solvers = {library: forward_solver(library, w) for library in libraries}
+    replays = {library: Replay(w.field, solvers[library]) for library in libraries} if replayed else {}
     for library in libraries:
         run_once(library, w, counting[library])  # warm-up
     times: dict[str, list[float]] = {library: [] for library in libraries}
+    solver_alone: dict[str, list[float]] = {library: [] for library in libraries}
     nfe: dict[str, tuple[int, int]] = {}
     inside: dict[str, list[float]] = {library: [] for library in libraries}
     for repeat in range(repeats):
@@ -170,6 +243,8 @@ def measure(w: Workload, repeats: int) -> list[dict]:
             times[library].append(elapsed)
             inside[library].append(in_func)
             nfe[library] = (nfe_fwd, nfe_bwd)
+            if replayed:
+                solver_alone[library].append(time_replayed(solvers[library], replays[library]))
     rows = []
     for library in libraries:
         median = statistics.median(times[library])
@@ -179,12 +254,22 @@ def measure(w: Workload, repeats: int) -> list[dict]:
         in_func = statistics.median(inside[library]) + with_backward * vjp
         # on a GPU the time around a func call is only its launch time: the split is not measured there
         overhead = max(0.0, (median - in_func) / median) if w.y0.device.type == "cpu" else None
-        rows.append(dict(workload=w.name, library=library, nfe=nfe[library], median=median, overhead=overhead))
+        alone = statistics.median(solver_alone[library]) if replayed else None
+        rows.append(dict(workload=w.name, library=library, nfe=nfe[library], median=median, overhead=overhead,
+                         solver_alone=alone))
     return rows
 
 
 def _percent(fraction: float | None) -> str:
     return "–" if fraction is None else f"{fraction:.0%}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _ms_pair(first: float | None, second: float | None) -> str:
+    return "–" if first is None or second is None else f"{_ms(first)} / {_ms(second)}"
 
 
 def _nfe(pair) -> str:
@@ -195,19 +280,26 @@ def save_solver_report(raw: dict) -> Path:
     """The report (one row per workload) from the raw rows that :func:`main` collects."""
     rows = [[r["workload"], _nfe(r["nfe_torchdiffeq"]), _nfe(r["nfe_pynodeta"]), r["median_s_torchdiffeq"] * 1e3,
              r["median_s_pynodeta"] * 1e3, r["ratio"], _percent(r.get("overhead_torchdiffeq")),
-             _percent(r.get("overhead_pynodeta"))] for r in raw["rows"]]
+             _percent(r.get("overhead_pynodeta")),
+             _ms_pair(r.get("solver_alone_s_torchdiffeq"), r.get("solver_alone_s_pynodeta"))] for r in raw["rows"]]
     table = Table(["workload", "NFE fwd / bwd (torchdiffeq)", "NFE fwd / bwd (pynodeta)", "torchdiffeq ms",
-                   "pynodeta ms", "pynodeta / torchdiffeq", "overhead (torchdiffeq)", "overhead (pynodeta)"], rows,
+                   "pynodeta ms", "pynodeta / torchdiffeq", "overhead (torchdiffeq)", "overhead (pynodeta)",
+                   "solver alone ms (torchdiffeq / pynodeta)"], rows,
                   f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
     notes = ["The two libraries run alternately in one process, so both see the same machine load: the ratio "
              "is the figure to read; it moves by about ±0.05 from run to run.",
              "overhead = (solve time - time inside func) / solve time, medians over the runs: the time inside "
              "func is measured around every call; the backward through func's own graph is estimated as "
-             "(evaluations) x (the median time of one VJP), so the gradient rows' overhead is an estimate."]
+             "(evaluations) x (the median time of one VJP), so the gradient rows' overhead is an estimate.",
+             "solver alone (forward rows): the same solve with func replaced by a replay of the outputs it gave "
+             "in a recorded solve (identical steps, a func that costs nothing), alternated with the other runs. "
+             "The overhead also holds what func's calls cost the code around them (caches, allocator), which "
+             "the replay leaves out."]
     device = raw.get("device", "cpu")
     if device != "cpu":
         notes[1] = (f"On {raw.get('device_name', device)} every timed run ends with a device synchronisation; the "
                     "overhead split is not measured there (the time around a func call is its launch time).")
+        notes[2] = "solver alone (forward rows): the solve with func replaced by a replay of its recorded outputs."
     if raw.get("note"):
         notes.append(raw["note"])
     name, title = device_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", raw)
@@ -229,8 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
-    print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead |")
-    print("|---|---|---|---|---|---|---|")
+    print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead | "
+          "solver alone ms |")
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for w in workloads(args.device):
         if args.workloads and not any(s in w.name for s in args.workloads):
@@ -239,11 +332,13 @@ def main(argv: list[str] | None = None) -> None:
         for row in (reference, ours):
             ratio = f"{ours['median'] / reference['median']:.2f}" if row is ours else ""
             print(f"| {row['workload']} | {row['library']} | {row['nfe'][0]} | {row['nfe'][1]} | "
-                  f"{row['median'] * 1e3:.1f} | {ratio} | {_percent(row['overhead'])} |")
+                  f"{row['median'] * 1e3:.1f} | {ratio} | {_percent(row['overhead'])} | "
+                  f"{_ms(row['solver_alone'])} |")
         results.append(dict(workload=w.name, nfe_torchdiffeq=reference["nfe"], nfe_pynodeta=ours["nfe"],
                             median_s_torchdiffeq=reference["median"], median_s_pynodeta=ours["median"],
                             ratio=ours["median"] / reference["median"], overhead_torchdiffeq=reference["overhead"],
-                            overhead_pynodeta=ours["overhead"]))
+                            overhead_pynodeta=ours["overhead"], solver_alone_s_torchdiffeq=reference["solver_alone"],
+                            solver_alone_s_pynodeta=ours["solver_alone"]))
     device = device_record(args.device)
     raw = save_raw(device_report("bench_solver", "", device)[0],
                    dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats, rows=results,
