@@ -33,7 +33,7 @@ import torch
 import pynodeta as pn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_solver import ConvField, MLPField  # noqa: E402
+from bench_solver import ConvField, Counting, MLPField  # noqa: E402
 
 from reporting import (  # noqa: E402
     Table,
@@ -80,21 +80,6 @@ def workloads(device: str = "cpu") -> list[Workload]:
     ]
 
 
-class Counting(torch.nn.Module):
-    """Counts calls of the wrapped field (each call evaluates the whole batch) and the time spent inside them."""
-
-    def __init__(self, field):
-        super().__init__()
-        self.field, self.calls, self.seconds = field, 0, 0.0
-
-    def forward(self, t, y):
-        self.calls += 1
-        start = time.perf_counter()
-        out = self.field(t, y)
-        self.seconds += time.perf_counter() - start
-        return out
-
-
 class _Flat(torch.nn.Module):
     """The field on torchode's flat (batch, features) states; BacksolveAdjoint's backward vmaps over samples,
     so there it sees one unbatched sample."""
@@ -138,7 +123,7 @@ def _torchode_solver(w: Workload, counting: Counting):
 def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     """One solve (and backward): seconds, calls of func forward/backward, mean per-sample trial steps."""
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
-    counting.calls, counting.seconds = 0, 0.0
+    counting.reset()
     grad = torch.no_grad() if w.mode == "forward" else torch.enable_grad()
     torchode = _torchode() if library == "torchode" else None
     synchronize(y0.device)
