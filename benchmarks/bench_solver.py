@@ -3,6 +3,8 @@
 Prints a markdown table: forward/backward NFE, median wall time, the ratio pynodeta / torchdiffeq and
 the solver-overhead fraction (time - time spent evaluating func) / time, where the time inside func
 calls is measured and the backward through func's graph is estimated as (evaluations) x (one VJP).
+Forward workloads are also split apart: the solve with func replaying its recorded outputs (the solver
+alone) and func's recorded calls back to back (func alone).
 The two libraries run alternately so that both see the same machine load.
 
     python benchmarks/bench_solver.py            # all workloads
@@ -133,13 +135,15 @@ class Counting(torch.nn.Module):
 
 class Replay:
     """Returns the outputs that func gave in a recorded solve, in order: solving again with it takes the
-    same steps with a func that costs nothing, which times the solver's own work alone."""
+    same steps with a func that costs nothing, which times the solver's own work alone. The recorded inputs
+    time func alone: its calls back to back, with nothing of the solver between them."""
 
     def __init__(self, field, solve):
-        self.outputs, self.next = [], 0
+        self.field, self.inputs, self.outputs, self.next = field, [], [], 0
 
         def recording(t, y):
             out = field(t, y)
+            self.inputs.append((t.clone(), y.clone()))
             self.outputs.append(out)
             return out
 
@@ -155,6 +159,17 @@ class Replay:
             raise RuntimeError(f"the replayed solve asked for {self.next} of {len(self.outputs)} recorded "
                                "outputs: it did not take the recorded steps")
         self.next = 0
+
+    @torch.no_grad()
+    def time_func_alone(self) -> float:
+        """Seconds of func's recorded calls made back to back."""
+        device = self.outputs[0].device
+        synchronize(device)
+        start = time.perf_counter()
+        for t, y in self.inputs:
+            self.field(t, y)
+        synchronize(device)
+        return time.perf_counter() - start
 
 
 ODEINT = {"pynodeta": pn.odeint, "torchdiffeq": torchdiffeq.odeint}
@@ -235,6 +250,7 @@ def measure(w: Workload, repeats: int) -> list[dict]:
         run_once(library, w, counting[library])  # warm-up
     times: dict[str, list[float]] = {library: [] for library in libraries}
     solver_alone: dict[str, list[float]] = {library: [] for library in libraries}
+    func_alone: dict[str, list[float]] = {library: [] for library in libraries}
     nfe: dict[str, tuple[int, int]] = {}
     inside: dict[str, list[float]] = {library: [] for library in libraries}
     for repeat in range(repeats):
@@ -245,6 +261,7 @@ def measure(w: Workload, repeats: int) -> list[dict]:
             nfe[library] = (nfe_fwd, nfe_bwd)
             if replayed:
                 solver_alone[library].append(time_replayed(solvers[library], replays[library]))
+                func_alone[library].append(replays[library].time_func_alone())
     rows = []
     for library in libraries:
         median = statistics.median(times[library])
@@ -254,9 +271,9 @@ def measure(w: Workload, repeats: int) -> list[dict]:
         in_func = statistics.median(inside[library]) + with_backward * vjp
         # on a GPU the time around a func call is only its launch time: the split is not measured there
         overhead = max(0.0, (median - in_func) / median) if w.y0.device.type == "cpu" else None
-        alone = statistics.median(solver_alone[library]) if replayed else None
         rows.append(dict(workload=w.name, library=library, nfe=nfe[library], median=median, overhead=overhead,
-                         solver_alone=alone))
+                         solver_alone=statistics.median(solver_alone[library]) if replayed else None,
+                         func_alone=statistics.median(func_alone[library]) if replayed else None))
     return rows
 
 
@@ -281,25 +298,28 @@ def save_solver_report(raw: dict) -> Path:
     rows = [[r["workload"], _nfe(r["nfe_torchdiffeq"]), _nfe(r["nfe_pynodeta"]), r["median_s_torchdiffeq"] * 1e3,
              r["median_s_pynodeta"] * 1e3, r["ratio"], _percent(r.get("overhead_torchdiffeq")),
              _percent(r.get("overhead_pynodeta")),
-             _ms_pair(r.get("solver_alone_s_torchdiffeq"), r.get("solver_alone_s_pynodeta"))] for r in raw["rows"]]
+             _ms_pair(r.get("solver_alone_s_torchdiffeq"), r.get("solver_alone_s_pynodeta")),
+             _ms_pair(r.get("func_alone_s_torchdiffeq"), r.get("func_alone_s_pynodeta"))] for r in raw["rows"]]
     table = Table(["workload", "NFE fwd / bwd (torchdiffeq)", "NFE fwd / bwd (pynodeta)", "torchdiffeq ms",
                    "pynodeta ms", "pynodeta / torchdiffeq", "overhead (torchdiffeq)", "overhead (pynodeta)",
-                   "solver alone ms (torchdiffeq / pynodeta)"], rows,
+                   "solver alone ms (torchdiffeq / pynodeta)", "func alone ms (torchdiffeq / pynodeta)"], rows,
                   f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
     notes = ["The two libraries run alternately in one process, so both see the same machine load: the ratio "
              "is the figure to read; it moves by about ±0.05 from run to run.",
              "overhead = (solve time - time inside func) / solve time, medians over the runs: the time inside "
              "func is measured around every call; the backward through func's own graph is estimated as "
              "(evaluations) x (the median time of one VJP), so the gradient rows' overhead is an estimate.",
-             "solver alone (forward rows): the same solve with func replaced by a replay of the outputs it gave "
-             "in a recorded solve (identical steps, a func that costs nothing), alternated with the other runs. "
-             "The overhead also holds what func's calls cost the code around them (caches, allocator), which "
-             "the replay leaves out."]
+             "solver alone / func alone (forward rows): the same solve with func replaced by a replay of the "
+             "outputs it gave in a recorded solve (identical steps, a func that costs nothing), and func's "
+             "recorded calls made back to back, each alternated with the other runs. What the solve takes "
+             "beyond the two is what interleaving them costs (the solver's small ops and func's kernels evict "
+             "each other's code and data from the caches); the overhead column counts it as solver time."]
     device = raw.get("device", "cpu")
     if device != "cpu":
         notes[1] = (f"On {raw.get('device_name', device)} every timed run ends with a device synchronisation; the "
                     "overhead split is not measured there (the time around a func call is its launch time).")
-        notes[2] = "solver alone (forward rows): the solve with func replaced by a replay of its recorded outputs."
+        notes[2] = ("solver alone / func alone (forward rows): the solve with func replaced by a replay of its "
+                    "recorded outputs, and func's recorded calls back to back.")
     if raw.get("note"):
         notes.append(raw["note"])
     name, title = device_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", raw)
@@ -322,8 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
     print("| workload | library | NFE fwd | NFE bwd | median ms | pynodeta / torchdiffeq | solver overhead | "
-          "solver alone ms |")
-    print("|---|---|---|---|---|---|---|---|")
+          "solver alone ms | func alone ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     for w in workloads(args.device):
         if args.workloads and not any(s in w.name for s in args.workloads):
@@ -333,12 +353,13 @@ def main(argv: list[str] | None = None) -> None:
             ratio = f"{ours['median'] / reference['median']:.2f}" if row is ours else ""
             print(f"| {row['workload']} | {row['library']} | {row['nfe'][0]} | {row['nfe'][1]} | "
                   f"{row['median'] * 1e3:.1f} | {ratio} | {_percent(row['overhead'])} | "
-                  f"{_ms(row['solver_alone'])} |")
+                  f"{_ms(row['solver_alone'])} | {_ms(row['func_alone'])} |")
         results.append(dict(workload=w.name, nfe_torchdiffeq=reference["nfe"], nfe_pynodeta=ours["nfe"],
                             median_s_torchdiffeq=reference["median"], median_s_pynodeta=ours["median"],
                             ratio=ours["median"] / reference["median"], overhead_torchdiffeq=reference["overhead"],
                             overhead_pynodeta=ours["overhead"], solver_alone_s_torchdiffeq=reference["solver_alone"],
-                            solver_alone_s_pynodeta=ours["solver_alone"]))
+                            solver_alone_s_pynodeta=ours["solver_alone"],
+                            func_alone_s_torchdiffeq=reference["func_alone"], func_alone_s_pynodeta=ours["func_alone"]))
     device = device_record(args.device)
     raw = save_raw(device_report("bench_solver", "", device)[0],
                    dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats, rows=results,
