@@ -38,12 +38,12 @@ def mixed_rms(sizes: tuple[int, ...]) -> Norm:
 class ErrorRatio:
     """norm(error / (atol + rtol * max(|y|, |y1|))) per sample, as a float64 ``(batch,)`` tensor.
 
-    The error h * sum_j e_j k_j is summed in units of its first weight e_0, and |e_0| divides the
-    tolerances instead (a norm is absolutely homogeneous): no op of its own for the scaling."""
+    The error h * sum_j e_j k_j is summed in units of its first weight e_0, and e_0 divides the
+    tolerances instead, so the quotient the norm sees is unchanged: no op of its own for the scaling."""
 
     def __init__(self, err_rows, rtol: float, atol: float, norm: Norm):
         self.err_rows, self.norm = err_rows, norm
-        first = abs(err_rows[0][1])
+        first = err_rows[0][1]
         self.rtol, self.atol = rtol / first, atol / first
 
     @torch.no_grad()
