@@ -122,6 +122,23 @@ def test_finished_samples_stop_and_statistics_add_up():
     assert stats.nfe == int(stats.nfe_per_sample.max())
 
 
+def test_step_counts_of_long_solves_add_up_with_and_without_a_step_limit():
+    """Hundreds of steps per sample (the counts are summed in blocks of iterations unless a step limit
+    needs them every step): both ways give the same counts, and they match the evaluations made."""
+    mus = torch.tensor([0.5, 5.0, 20.0], dtype=F64)
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [2.0, -1.0]], dtype=F64)
+    t = torch.tensor([0.0, 9.0], dtype=F64)
+    free = pn.solve(van_der_pol(mus), y0, t, rtol=1e-9, atol=1e-11, batched=True)
+    limited = pn.solve(van_der_pol(mus), y0, t, rtol=1e-9, atol=1e-11, batched=True, max_steps=10**6)
+    stats = free.stats
+    assert int(stats.n_steps_per_sample.min()) > 100 and bool((stats.n_rejected_per_sample > 0).any())
+    for name in ("n_steps_per_sample", "n_accepted_per_sample", "nfe_per_sample"):
+        assert torch.equal(getattr(stats, name), getattr(limited.stats, name)), name
+    assert torch.equal(stats.nfe_per_sample, 2 + 6 * stats.n_steps_per_sample)
+    assert stats.nfe == int(stats.nfe_per_sample.max())
+    assert torch.equal(free.ys, limited.ys)
+
+
 def test_a_batch_of_one_agrees_with_the_shared_step_mode():
     t = torch.linspace(0, 2, 5, dtype=F64)
     shared = pn.solve(lambda tt, y: -RATES[2] * y * torch.cos(tt), Y0[2], t, rtol=1e-9, atol=1e-11)

@@ -39,20 +39,31 @@ class ErrorRatio:
     """norm(error / (atol + rtol * max(|y|, |y1|))) per sample, as a float64 ``(batch,)`` tensor.
 
     The error h * sum_j e_j k_j is summed in units of its first weight e_0, and e_0 divides the
-    tolerances instead, so the quotient the norm sees is unchanged: no op of its own for the scaling."""
+    tolerances instead, so the quotient the norm sees is unchanged: no op of its own for the scaling.
+    The tolerances are 0-d host tensors of y's dtype, made once: a Python-number operand is converted
+    by every op that takes it, and a 0-d host tensor reaches a GPU kernel as an argument, like a number."""
 
     def __init__(self, err_rows, rtol: float, atol: float, norm: Norm):
         self.err_rows, self.norm = err_rows, norm
         first = err_rows[0][1]
-        self.rtol, self.atol = rtol / first, atol / first
+        self.tolerances = (rtol / first, atol / first)
+        self.operands: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @torch.no_grad()
     def __call__(self, ks, y: torch.Tensor, y1: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # the decision needs no graph; outside autograd the context is skipped
+            with torch.no_grad():
+                return self._ratio(ks, y, y1, h)
+        return self._ratio(ks, y, y1, h)
+
+    def _ratio(self, ks, y: torch.Tensor, y1: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if self.operands is None or self.operands[0].dtype != y.dtype:
+            self.operands = tuple(torch.scalar_tensor(v, dtype=y.dtype) for v in self.tolerances)
+        rtol, atol = self.operands
         if len(self.err_rows) == 1:
             error = torch.mul(ks[self.err_rows[0][0]], h)
         else:
             error = weighted_sum(ks, self.err_rows).mul_(h)
-        tol = torch.maximum(y.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
+        tol = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
         return self.norm(error.div_(tol)).to(torch.float64)
 
 
@@ -90,15 +101,28 @@ class StepRule:
         self.previous_ratio = torch.ones(batch, dtype=torch.float64, device=device)
         self.constants: tuple[torch.Tensor, ...] | None = None  # safety, 1, dfactor as 0-d tensors
 
-    @torch.no_grad()
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        # tensor operands: a Python number would be converted by every op that takes it
+        if self.constants is None or self.constants[0].device != device:
+            self.constants = tuple(torch.tensor(v, dtype=torch.float64, device=device)
+                                   for v in (self.safety, 1.0, self.dfactor))
+        return self.constants
+
+    def accepts(self, ratio: torch.Tensor) -> torch.Tensor:
+        """ratio <= 1, per sample."""
+        return ratio <= self._constants(ratio.device)[1]
+
     def next_step(self, dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # step sizes need no graph; outside autograd the context is skipped
+            with torch.no_grad():
+                return self._next_step(dt, ratio, accepted)
+        return self._next_step(dt, ratio, accepted)
+
+    def _next_step(self, dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
         # ratio 0 -> safety/0 = inf, clamped to ifactor; ratio inf -> 0, raised to dfactor; NaN -> dfactor
         # (fmax ignores NaN): the shared-step rule's special cases without extra branches.
-        if self.constants is None or self.constants[0].device != ratio.device:
-            self.constants = tuple(torch.tensor(v, dtype=torch.float64, device=ratio.device)
-                                   for v in (self.safety, 1.0, self.dfactor))
-        safety, one, dfactor = self.constants
-        lower = torch.where(ratio < 1, one, dfactor)
+        safety, one, dfactor = self._constants(ratio.device)
+        lower = torch.where(ratio < one, one, dfactor)
         factor = torch.fmax(torch.div(safety, ratio.pow(self.exponent)).clamp(max=self.ifactor), lower)
         if self.pi is not None:
             alpha, beta = self.pi

@@ -133,10 +133,11 @@ class _Stages:
         dtype = y.dtype
         if self.c_column is None or self.c_column.device != s.device:
             self.c_column = torch.tensor(self.c, dtype=s.dtype, device=s.device)[:, None]
-        # multiplying by +-1 is exact: t = direction * s; one (stages, batch) tensor, unbound once
-        t_stages = (direction * torch.addcmul(s, self.c_column, dt)).to(dtype).unbind(0)
-        t_end = (direction * s1).to(dtype)
-        h = (direction * dt).to(dtype)[:, None]
+        # the stage times, the end time and h in one (stages + 2, batch) tensor, taken to the caller's time
+        # (multiplying by +-1 is exact) and to y's dtype at once, then unbound
+        solver_times = torch.cat([torch.addcmul(s, self.c_column, dt), s1[None], dt[None]])
+        *t_stages, t_end, h = (direction * solver_times).to(dtype).unbind(0)
+        h = h[:, None]
         observer.begin_step()
         ks = [f]  # f(t, y), kept from the previous step (FSAL) or its f(t1, y1)
         y1 = y
@@ -178,6 +179,31 @@ def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Me
     return loop.outputs.assemble(y)
 
 
+class _StepCounts:
+    """The per-sample trial and accepted step counts, added up from each iteration's flags.
+
+    Adding a bool flag to an int64 count converts the flag first, which costs more than the add: the flags
+    are kept and summed every ``every`` iterations (and when the loop ends, however it ends) instead. A step
+    limit needs the running count, so then they are added every iteration."""
+
+    def __init__(self, stats: BatchedSolveStats, every: int):
+        self.stats, self.every = stats, every
+        self.trials: list[torch.Tensor] = []
+        self.accepted: list[torch.Tensor] = []
+
+    def add(self, trial: torch.Tensor, accepted: torch.Tensor) -> None:
+        self.trials.append(trial)
+        self.accepted.append(accepted)
+        if len(self.trials) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.trials:
+            self.stats.n_steps_per_sample += torch.stack(self.trials).sum(dim=0)
+            self.stats.n_accepted_per_sample += torch.stack(self.accepted).sum(dim=0)
+            self.trials, self.accepted = [], []
+
+
 class _Loop:
     """The accept/reject loop: per-sample decisions, dense output, and the one host read per step."""
 
@@ -191,6 +217,13 @@ class _Loop:
         self.limited = settings.max_steps < 2**31 - 1
 
     def run(self, stages: _Stages, s, dt, y, f) -> torch.Tensor:
+        counts = _StepCounts(self.stats, every=1 if self.limited else 32)
+        try:
+            return self._iterate(stages, s, dt, y, f, counts)
+        finally:
+            counts.flush()  # the counts are complete even when the solve stops with an error
+
+    def _iterate(self, stages: _Stages, s, dt, y, f, counts: _StepCounts) -> torch.Tensor:
         settings, stats, outputs, end = self.settings, self.stats, self.outputs, self.times.end
         direction, fsal = self.times.direction, self.method.tableau.fsal
         running = s < end
@@ -204,15 +237,14 @@ class _Loop:
             s1 = torch.where(s_plain >= end, end, s_plain)  # land exactly on the end time
             y1, ks, h, t_end = stages.step(s, s1, dt_step, direction, y, f, hooks)
             ratio = self.error_ratio(ks, y, y1, h)
-            accepted = ratio <= 1
+            accepted = self.rule.accepts(ratio)
             if settings.min_step > 0:
                 accepted = accepted | (dt_step <= settings.min_step)
             moved = accepted & running
             f1 = ks[-1] if fsal else stages.call(t_end, y1)
             if self.observer is not None:
                 self.observer.end_step(h * moved[:, None], moved)
-            stats.n_steps_per_sample += running
-            stats.n_accepted_per_sample += moved
+            counts.add(running, moved)
             stuck = running & (s1 <= s)  # the step is too small to move time: underflow
             s_start, s = s, torch.where(moved, s1, s)
             running = s < end
