@@ -192,6 +192,10 @@ class _StepCounts:
         self.accepted: list[torch.Tensor] = []
 
     def add(self, trial: torch.Tensor, accepted: torch.Tensor) -> None:
+        if self.every == 1:
+            self.stats.n_steps_per_sample += trial
+            self.stats.n_accepted_per_sample += accepted
+            return
         self.trials.append(trial)
         self.accepted.append(accepted)
         if len(self.trials) >= self.every:
