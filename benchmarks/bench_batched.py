@@ -37,9 +37,12 @@ from bench_solver import ConvField, Counting, MLPField  # noqa: E402
 
 from reporting import (  # noqa: E402
     Table,
+    add_timing_arguments,
     device_record,
     device_report,
     load_raw,
+    raw_machine,
+    rebuilt_from_raw,
     save_raw,
     save_report,
     synchronize,
@@ -221,21 +224,15 @@ def save_batched_report(raw: dict) -> Path:
     if raw.get("device", "cpu") != "cpu":
         notes.append("Every timed run ends with a device synchronisation; the time inside func is not measured "
                      "on a GPU (around a call it is the launch time only).")
-    return save_report(name, title, [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+    return save_report(name, title, [table], notes=notes, command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run")
-    parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without measuring")
+    add_timing_arguments(parser, repeats=7)
     args = parser.parse_args(argv)
-    if args.from_raw is not None:
-        print(save_batched_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_batched_report):
         return
     torch.set_num_threads(args.threads)
     torchode = _torchode()

@@ -33,7 +33,7 @@ from pynodeta import record_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
 
 class BenchNet(nn.Module):
@@ -177,7 +177,7 @@ def save_sampler_report(raw: dict) -> Path:
              "'separate runs' overhead compares two noisy runs and can come out negative."]
     return save_report(report_name(raw["width"]), f"Diffusion samplers and likelihood: overhead (width {raw['width']})",
                        [samplers, likelihood], notes=notes, command=raw["command"],
-                       machine={"threads": raw["threads"]})
+                       machine=raw_machine(raw, threads=raw["threads"]))
 
 
 def main() -> None:
@@ -186,11 +186,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--width", type=int, default=32, help="channels of the benchmark conv net")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without measuring")
+    add_from_raw(parser, "measuring")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_sampler_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_sampler_report):
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

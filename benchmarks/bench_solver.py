@@ -34,9 +34,12 @@ from pynodeta.nn import ConcatConv2d
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reporting import (  # noqa: E402
     Table,
+    add_timing_arguments,
     device_record,
     device_report,
     load_raw,
+    raw_machine,
+    rebuilt_from_raw,
     save_raw,
     save_report,
     synchronize,
@@ -323,21 +326,15 @@ def save_solver_report(raw: dict) -> Path:
     if raw.get("note"):
         notes.append(raw["note"])
     name, title = device_report("bench_solver", "pynodeta against torchdiffeq 0.2.5: the same ODE workloads", raw)
-    return save_report(name, title, [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+    return save_report(name, title, [table], notes=notes, command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run")
-    parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without measuring")
+    add_timing_arguments(parser, repeats=11)
     args = parser.parse_args(argv)
-    if args.from_raw is not None:
-        print(save_solver_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_solver_report):
         return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")

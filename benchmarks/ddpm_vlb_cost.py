@@ -32,7 +32,7 @@ from pynodeta.train.diffusion import DiffusionModule
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
 NAME = "ddpm_vlb_cost"
 
@@ -117,7 +117,8 @@ def save_vlb_cost_report(raw: dict) -> Path:
              "0.37. The end-of-fit summary and pynodeta evaluate sum over all timesteps; --vlb-timesteps K "
              "estimates."]
     return save_report(NAME, "DDPM variational bound: exact sum vs stratified estimate (digits_ddpm)",
-                       [bound, rest], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+                       [bound, rest], notes=notes, command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]))
 
 
 def main() -> None:
@@ -125,10 +126,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--draws", type=int, default=8, help="seeds of each Monte-Carlo estimate")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--from-raw", type=Path, default=None, help="rebuild the report from an earlier raw file")
+    add_from_raw(parser, "measuring")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_vlb_cost_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_vlb_cost_report):
         return
     torch.set_num_threads(args.threads)
     raw = measure(args.train_steps, args.draws)

@@ -31,7 +31,17 @@ from pynodeta.train.diffusion import DiffusionModule
 from pynodeta.train.diffusion_evaluation import evaluate_samples, nll_bits_per_dim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import RAW_DIR, RESULTS_DIR, Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    RAW_DIR,
+    RESULTS_DIR,
+    Table,
+    add_from_raw,
+    load_raw,
+    raw_machine,
+    rebuilt_from_raw,
+    save_raw,
+    save_report,
+)
 
 RESULTS = RESULTS_DIR
 VARIANTS = {
@@ -135,7 +145,7 @@ def save_vanishing_report(raw: dict) -> Path:
     return save_report("diffusion_vanishing", "Seed 001 on digits: a vanishing timestep embedding and its fixes",
                        [summary, table], notes=notes, plots=["diffusion_vanishing.png", *grids],
                        command=raw["command"],
-                       machine={"threads": raw["threads"]})
+                       machine=raw_machine(raw, threads=raw["threads"]))
 
 
 def main() -> None:
@@ -148,11 +158,9 @@ def main() -> None:
     parser.add_argument("--nll-images", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--append", action="store_true", help="add these runs to the existing raw JSON's")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without training")
+    add_from_raw(parser, "training")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_vanishing_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_vanishing_report):
         return
     torch.set_num_threads(args.threads)
     data = DigitsDataModule(batch_size=64, normalization="diffusion")

@@ -28,7 +28,7 @@ from pynodeta.models import DDPMUNet
 from pynodeta.train.configs import shipped_config_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
 
 def pynodeta_network() -> torch.nn.Module:
@@ -103,7 +103,7 @@ def save_comparison_report(raw: dict) -> Path:
              f"Iterations/s times parameters, pynodeta over diffusers: {per_parameter:.2f} (the two networks "
              f"differ in size by {ours['parameters'] / theirs['parameters']:.2f}x)."]
     return save_report("diffusion_vs_diffusers", "pynodeta's digits_ddpm against diffusers at equal wall time",
-                       [table], notes=notes, command=raw["command"], machine={"threads": raw["threads"]})
+                       [table], notes=notes, command=raw["command"], machine=raw_machine(raw, threads=raw["threads"]))
 
 
 def main() -> None:
@@ -113,11 +113,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=360, help="DDIM-50 images per model for the FD")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without training")
+    add_from_raw(parser, "training")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_comparison_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_comparison_report):
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

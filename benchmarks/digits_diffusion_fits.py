@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    Table,
+    add_from_raw,
+    load_raw,
+    raw_machine,
+    rebuilt_from_raw,
+    save_raw,
+    save_report,
+)
 
 CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
 
@@ -69,18 +77,16 @@ def save_fits_report(raw: dict) -> Path:
         if vlb:
             notes.append(f"{r['config']}'s summary also gives the DDPM variational bound: {vlb}.")
     return save_report("digits_diffusion_fits", "The digits diffusion configs at equal wall time",
-                       [table], notes=[n for n in notes if n], command=raw["command"])
+                       [table], notes=[n for n in notes if n], command=raw["command"], machine=raw_machine(raw))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--machine-note", default="", help="how the machine was shared during the runs")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without training")
+    add_from_raw(parser, "training")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_fits_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_fits_report):
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

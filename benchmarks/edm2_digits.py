@@ -46,7 +46,17 @@ from pynodeta.models.diffusion.edm2_unet import EDM2Block, EDM2UNet
 from pynodeta.nn.mp import MPConv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import RAW_DIR, RESULTS_DIR, Table, command_line, load_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    RAW_DIR,
+    RESULTS_DIR,
+    Table,
+    add_from_raw,
+    command_line,
+    load_raw,
+    raw_machine,
+    rebuilt_from_raw,
+    save_report,
+)
 
 
 def digits_splits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,12 +312,13 @@ def save_edm2_report(result: dict) -> Path:
             shutil.copyfile(paths["png"], RESULTS_DIR / "edm2_phema_sweep.png")
         plots = ["edm2_phema_sweep.png"]
     table = {"dynamics": dynamics_table, "phema": phema_table, "cost": cost_table}[what](result)
-    machine_note = result.get("machine", {}).get("note", "")
+    facts = dict(result.get("machine", {}))
+    machine_note = facts.pop("note", "")  # a note, not a fact: it opens the report's notes
     notes = [f"{machine_note[:1].upper()}{machine_note[1:]}; " if machine_note else ""]
     notes = [notes[0] + "ratios come from alternating rounds in one process." if what == "cost" else
              notes[0] + "one run per figure."]
     return save_report(f"edm2_{what}", TITLES[what], [table], notes=notes, plots=plots, command=result["command"],
-                       machine={"threads": result["settings"]["threads"]})
+                       machine=raw_machine({"machine": facts}, threads=result["settings"]["threads"]))
 
 
 def main() -> None:
@@ -329,11 +340,9 @@ def main() -> None:
     parser.add_argument("--machine-note", default="", help="how the machine was shared during the run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RAW_DIR), help="directory of the raw JSON files")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild one report from a raw file written by an earlier run, without training")
+    add_from_raw(parser, "training")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_edm2_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_edm2_report):
         return
     torch.set_num_threads(args.threads)
     out = Path(args.out)

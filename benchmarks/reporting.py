@@ -75,8 +75,8 @@ def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequen
                 directory: Path | str = RESULTS_DIR, machine: dict | None = None) -> Path:
     """Write ``<directory>/<name>.json`` atomically and return its path.
 
-    ``machine`` overrides entries of :func:`machine_facts` (a report rebuilt from raw data keeps the
-    thread count and date of the run that measured it).
+    ``machine`` overrides entries of :func:`machine_facts` (a report built from raw data passes
+    :func:`raw_machine`: the facts of the run that measured it).
     """
     report = Report(name=name, title=title, command=command or command_line(), tables=list(tables),
                     notes=list(notes), plots=list(plots), machine={**machine_facts(), **(machine or {})})
@@ -117,16 +117,50 @@ def device_record(device: str) -> dict:
 
 
 def save_raw(name: str, data: dict, directory: Path | str = RAW_DIR) -> Path:
-    """Write a script's raw measurements to ``<directory>/<name>.json`` (with the command that made them)."""
+    """Write a script's raw measurements to ``<directory>/<name>.json``, with the command that made them and
+    the facts of the machine that ran it (see :func:`raw_machine`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
-    path.write_text(json.dumps({"command": command_line(), **data}, indent=1, default=float) + "\n")
+    record = {"command": command_line(), "machine": machine_facts(), **data}
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
     return path
+
+
+def raw_machine(raw: dict, **overrides) -> dict:
+    """The machine facts for a report built from ``raw``: those of the machine that measured it (a report
+    rebuilt elsewhere, e.g. a GPU run's on a CPU machine, must not take the rebuilding machine's), then
+    ``overrides``."""
+    facts = raw.get("machine")
+    return {**(facts if isinstance(facts, dict) else {}), **overrides}  # seed004's raw files keep a line of text
 
 
 def load_raw(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def add_from_raw(parser, skipped: str) -> None:
+    """``--from-raw FILE``: rebuild the report from an earlier run's raw file instead of ``skipped`` again."""
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help=f"rebuild the report from a raw file written by an earlier run, without {skipped}")
+
+
+def rebuilt_from_raw(args, build) -> bool:
+    """With ``--from-raw``: print the report that ``build(raw)`` saves from that file and return True."""
+    if args.from_raw is None:
+        return False
+    print(build(load_raw(args.from_raw)))
+    return True
+
+
+def add_timing_arguments(parser, repeats: int) -> None:
+    """The options of the solver timing scripts (bench_solver, bench_batched), ``--from-raw`` included."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workloads", nargs="*", default=None, help="substrings of workload names to run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the workloads run")
+    parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
+    add_from_raw(parser, "measuring")
 
 
 def load_report(path: Path | str) -> Report:

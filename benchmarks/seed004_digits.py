@@ -41,7 +41,16 @@ from pynodeta.models.diffusion.ddpm_unet import DDPMUNet
 from pynodeta.train.adaptive_timesteps import AdaptiveTimestepUpdater, ddpm_vb_terms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import RAW_DIR, RESULTS_DIR, Table, command_line, load_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    RAW_DIR,
+    RESULTS_DIR,
+    Table,
+    add_from_raw,
+    command_line,
+    raw_machine,
+    rebuilt_from_raw,
+    save_report,
+)
 
 METHODS = {  # name: (timestep_sampler, loss_weighting)
     "uniform": ("uniform", "none"),
@@ -204,7 +213,7 @@ def save_seed004_report(raw: dict) -> Path:
              "and are not comparable with each other; seed004_digits_overhead times them interleaved."]
     return save_report("seed004_digits", "Seed 004 on digits: FD vs iterations for five timestep strategies",
                        [summary_table(raw["summary"], raw["config"])], notes=notes, plots=["seed004_digits.png"],
-                       command=raw["command"], machine={"threads": raw["config"]["threads"]})
+                       command=raw["command"], machine=raw_machine(raw, threads=raw["config"]["threads"]))
 
 
 def save_overhead_report(raw: dict) -> Path:
@@ -216,7 +225,8 @@ def save_overhead_report(raw: dict) -> Path:
                   f"{raw['iterations']} iterations of each, interleaved, f_S = {raw['update_every']}")
     notes = ["Uniform and adaptive steps alternate so both see the same load of a shared machine."]
     return save_report("seed004_digits_overhead", "Seed 004 on digits: wall time of the learned timestep sampler",
-                       [table], notes=notes, command=raw["command"], machine={"threads": raw["config"]["threads"]})
+                       [table], notes=notes, command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["config"]["threads"]))
 
 
 def plot(results: list[dict], floor: float, path: str) -> None:
@@ -255,6 +265,11 @@ def write_partial(results: list[dict], floor: float, args) -> None:
         json.dump({"config": public_config(args), "summary": {"floor": floor}, "runs": results}, handle)
 
 
+def _save_either_report(raw: dict) -> Path:
+    """The overhead report for a raw file of ``--overhead``, the seed004 report otherwise."""
+    return save_overhead_report(raw) if "overhead" in raw and "runs" not in raw else save_seed004_report(raw)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -277,12 +292,9 @@ def main() -> None:
                         help="train nothing: merge the runs of these reports (e.g. one process per seed)")
     parser.add_argument("--overhead", type=int, default=0, metavar="N",
                         help="train nothing else: time N interleaved iterations of uniform and adaptive")
-    parser.add_argument("--from-raw", metavar="JSON", default=None,
-                        help="train nothing: rebuild the report from a raw file (seed004_digits*.json)")
+    add_from_raw(parser, "training")
     args = parser.parse_args()
-    if args.from_raw:
-        raw = load_raw(args.from_raw)
-        print(save_overhead_report(raw) if "overhead" in raw and "runs" not in raw else save_seed004_report(raw))
+    if rebuilt_from_raw(args, _save_either_report):
         return
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)

@@ -26,7 +26,7 @@ from pynodeta.data.sampling import stratified_split
 from pynodeta.metrics import DigitsFeatureExtractor, DigitsFeatureNet, frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SIZE, SPLIT_SEED = 360, 0  # DigitsDataModule's defaults: its test split is stratified_split(.., seed + 1)
@@ -67,7 +67,7 @@ def save_features_report(raw: dict) -> Path:
                   "the digits feature extractor behind every FD on digits")
     notes = ["Deterministic: rerunning the command reproduces the weights bit for bit on the same torch version."]
     return save_report("digits_features", "The digits feature extractor: accuracy and FD floor", [table],
-                       notes=notes, command=raw["command"], machine={"threads": 1, "torch": raw["torch"]})
+                       notes=notes, command=raw["command"], machine=raw_machine(raw, threads=1, torch=raw["torch"]))
 
 
 def main() -> None:
@@ -75,11 +75,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "pynodeta/metrics/weights/digits_features.pt")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without training")
+    add_from_raw(parser, "training")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_features_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_features_report):
         return
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -29,7 +29,7 @@ from pynodeta.ode.errors import BackendUnavailableError, ODESolveError
 from pynodeta.ode.problems import lotka_volterra, van_der_pol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, load_raw, save_raw, save_report  # noqa: E402
+from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -174,7 +174,7 @@ def save_work_precision_report(raw: dict) -> Path:
         notes.append("The julia backend was unavailable: its rows are left out.")
     return save_report("work_precision", "Work-precision: error against NFE and time for every solver",
                        [problem_table(m) for m in raw["problems"]], notes=notes, command=raw["command"],
-                       machine={"threads": 1})
+                       machine=raw_machine(raw, threads=1))
 
 
 def main() -> None:
@@ -184,11 +184,9 @@ def main() -> None:
     parser.add_argument("--problems", nargs="+", default=list(problems()), choices=list(problems()))
     parser.add_argument("--tolerances", nargs="+", type=float, default=[1e-3, 1e-5, 1e-7, 1e-9])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best is reported)")
-    parser.add_argument("--from-raw", type=Path, default=None,
-                        help="rebuild the report from a raw file written by an earlier run, without solving")
+    add_from_raw(parser, "solving")
     args = parser.parse_args()
-    if args.from_raw is not None:
-        print(save_work_precision_report(load_raw(args.from_raw)))
+    if rebuilt_from_raw(args, save_work_precision_report):
         return
     with_julia = julia_available()
     if not with_julia:

@@ -36,6 +36,20 @@ def test_report_round_trip_and_rendering(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # written atomically, nothing left behind
 
 
+def test_a_report_rebuilt_from_raw_keeps_the_measuring_machine(tmp_path, monkeypatch):
+    """A raw file records the machine that measured it; a report rebuilt from it elsewhere (a GPU run's, on
+    a CPU machine) states that machine, not the rebuilding one."""
+    path = reporting.save_raw("demo", {"threads": 1, "rows": []}, directory=tmp_path)
+    raw = reporting.load_raw(path)
+    assert raw["machine"] == {**reporting.machine_facts(), "date": raw["machine"]["date"]}
+    raw["machine"] = {"cpus": 16, "torch": "2.11.0+cu130", "python": "3.12.3"}
+    monkeypatch.setattr(reporting, "machine_facts", lambda: {"cpus": 2, "torch": "2.13.0+cpu", "python": "3.11.7"})
+    report = reporting.load_report(reporting.save_report("demo", "Demo", [], command="x", directory=tmp_path,
+                                                         machine=reporting.raw_machine(raw, threads=4)))
+    assert report.machine == {"cpus": 16, "torch": "2.11.0+cu130", "python": "3.12.3", "threads": 4}
+    assert reporting.raw_machine({"machine": "x86_64, 2 CPUs (shared)"}, threads=1) == {"threads": 1}
+
+
 def test_rows_must_match_columns():
     with pytest.raises(ValueError, match="row 0 has 1 entries but the table has 2 columns"):
         reporting.Table(["a", "b"], [[1]])
