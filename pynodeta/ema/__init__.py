@@ -1,6 +1,7 @@
 """Weight averaging for any torch module (no Lightning needed): a classic EMA and the power-function
 EMA of EDM2 with post-hoc reconstruction of any profile width from stored snapshots."""
 
+from .average import WeightAverage
 from .classic import EMA
 from .posthoc import posthoc_coefficients, posthoc_reconstruct
 from .power_ema import PowerFunctionEMA
@@ -18,4 +19,5 @@ __all__ = [
     "posthoc_reconstruct",
     "power_function_beta",
     "sigma_rel_to_gamma",
+    "WeightAverage",
 ]

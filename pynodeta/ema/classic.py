@@ -2,17 +2,21 @@
 
 ``ema.step(model)`` after each optimiser step; ``ema.store(model.parameters())``,
 ``ema.copy_to(model)`` to evaluate with the averaged weights, ``ema.restore(model.parameters())``
-to go back to the raw ones.
+to go back to the raw ones. It also speaks the protocol every weight average of pynodeta shares
+(:class:`pynodeta.ema.WeightAverage`): ``update(step)``, ``averaged("ema")``, ``state_dict()``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 __all__ = ["EMA"]
+
+EMA_KEY = "ema"  # the one average a classic EMA holds, as WeightAverage.averaged() names it
 
 
 def _float_parameters(source: nn.Module | Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -38,8 +42,10 @@ class EMA:
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
+        self.module = module  # the live network that update(step) folds in
         self.shadow_params = [p.detach().clone() for p in _float_parameters(module)]
         self._stored: list[torch.Tensor] | None = None
+        self._average_copy: nn.Module | None = None
 
     def current_decay(self) -> float:
         """The decay the next ``step`` uses."""
@@ -54,6 +60,27 @@ class EMA:
         for shadow, param in zip(self.shadow_params, params):
             shadow.lerp_(param.detach().to(shadow.dtype), 1.0 - decay)
         self.num_updates += 1
+
+    # --- the WeightAverage protocol --------------------------------------------------------------------
+    def update(self, step: int) -> None:
+        """Fold in the live module's parameters after optimiser step ``step`` (the count is not used:
+        a classic EMA's decay is per update)."""
+        self.step(self.module)
+
+    def keys(self) -> tuple[str, ...]:
+        return (EMA_KEY,)
+
+    @torch.no_grad()
+    def averaged(self, key: str = EMA_KEY) -> nn.Module:
+        """The averaged network (eval mode, buffers from the live module): the EMA's own copy, read it only."""
+        if key != EMA_KEY:
+            raise KeyError(f"a classic EMA holds one average, {EMA_KEY!r}; got {key!r}")
+        if self._average_copy is None:
+            self._average_copy = copy.deepcopy(self.module).requires_grad_(False)
+        self.copy_to(self._average_copy)
+        for b_average, b_live in zip(self._average_copy.buffers(), self.module.buffers()):
+            b_average.copy_(b_live)
+        return self._average_copy.eval()
 
     @torch.no_grad()
     def copy_to(self, module: nn.Module | Iterable[torch.Tensor]) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_torch_save
+from .average import parse_sigma_rel_key, sigma_rel_key
 from .profiles import check_sigma_rel, power_function_beta, sigma_rel_to_gamma
 from .snapshots import SNAPSHOT_FORMAT, snapshot_path, state_fingerprint
 
@@ -68,12 +69,17 @@ class PowerFunctionEMA:
                 p_average.lerp_(p_live.detach().to(p_average.dtype), 1.0 - beta)
         self.step = step
 
+    def keys(self) -> tuple[str, ...]:
+        """The averages held, as :meth:`averaged` takes them: ``("sigma_rel=0.05", "sigma_rel=0.1")``."""
+        return tuple(sigma_rel_key(s) for s in self.sigma_rels)
+
     @torch.no_grad()
-    def averaged(self, sigma_rel: float) -> nn.Module:
-        """The averaged module for a tracked ``sigma_rel``, in eval mode (buffers taken from the live module).
+    def averaged(self, sigma_rel: float | str) -> nn.Module:
+        """The averaged module for a tracked ``sigma_rel`` (a number or its key ``"sigma_rel=0.10"``), in
+        eval mode (buffers taken from the live module).
 
         It is the EMA's own copy: read it, do not train it."""
-        index = self._profile_index(sigma_rel)
+        index = self._profile_index(parse_sigma_rel_key(sigma_rel) if isinstance(sigma_rel, str) else sigma_rel)
         average = self._averages[index]
         for b_average, b_live in zip(average.buffers(), self.module.buffers()):
             b_average.copy_(b_live)

@@ -23,6 +23,7 @@ import pynodeta.diffusion as pd
 from pynodeta.diffusion.loss_weighting import make_loss_weighting
 from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
 from pynodeta.ema import EMA
+from pynodeta.ema.average import RAW_WEIGHTS
 
 from .adaptive_timesteps import TimestepSamplerTraining, ddpm_vb_terms
 from .base import TrainingModule
@@ -30,6 +31,7 @@ from .diffusion_objectives import PREDICTIONS, EpsilonView, Prediction, predicti
 from .diffusion_optim import DiffusionAdam
 from .diffusion_sampling import SAMPLER_NAMES, generate
 from .optim import OptimizerPreset
+from .weight_averages import store_average, stored_average_state
 
 __all__ = ["DiffusionModule"]
 
@@ -149,7 +151,7 @@ class DiffusionModule(TrainingModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.step(self.model)
+            self.ema.update(self.global_step)
         sampler_logs = self.sampler_training.after_optimizer_step()  # the adaptive sampler, every f_S steps
         if sampler_logs:
             self.log_dict(sampler_logs, on_step=True, on_epoch=False)
@@ -190,6 +192,12 @@ class DiffusionModule(TrainingModule):
         with self.ema_weights():
             final_summary(self, self._output_dir())
 
+    @property
+    def evaluation_average(self) -> str:
+        """The weight average that validation, samples and the summary use: ``"ema"`` or ``"none"``
+        (``pynodeta sample``/``evaluate`` default to it)."""
+        return "ema" if self.ema is not None else RAW_WEIGHTS
+
     @contextlib.contextmanager
     def ema_weights(self):
         """Within the block the network holds the EMA weights (no-op without EMA)."""
@@ -206,7 +214,8 @@ class DiffusionModule(TrainingModule):
 
     def draw(self, num: int, sampler: str | None = None, steps: int | None = None, **options):
         """``generate`` with the module's sampler settings as defaults (current weights)."""
-        return generate(self, num, sampler or self.sampler, steps or self.sampler_steps, **options)
+        return generate(self, num, self.sampler if sampler is None else sampler,
+                        self.sampler_steps if steps is None else steps, **options)
 
     def _output_dir(self) -> Path:
         log_dir = self.trainer.log_dir if self._trainer is not None else None
@@ -217,14 +226,15 @@ class DiffusionModule(TrainingModule):
         super().on_save_checkpoint(checkpoint)  # the RNG states
         checkpoint["pynodeta_timestep_sampler"] = self.sampler_training.state_dict()
         if self.ema is not None:
-            checkpoint["pynodeta_ema"] = self.ema.state_dict()
+            store_average(checkpoint, "ema", self.ema)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         if "pynodeta_timestep_sampler" in checkpoint:
             self.sampler_training.load_state_dict(checkpoint["pynodeta_timestep_sampler"])
-        if self.ema is not None and "pynodeta_ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["pynodeta_ema"])
+        state = stored_average_state(checkpoint, "ema") if self.ema is not None else None
+        if state is not None:
+            self.ema.load_state_dict(state)
 
 
 def _check_options(objective, prediction, sampler, sampler_steps, ema_decay, eval_every_n_epochs,

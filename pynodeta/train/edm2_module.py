@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pynodeta.diffusion.edm2 import EDM2Precond, edm2_loss
+from pynodeta.ema.average import RAW_WEIGHTS, sigma_rel_key
 
 from .diffusion import DiffusionModule
 from .edm2_optim import EDM2Adam
@@ -56,6 +57,11 @@ class EDM2DiffusionModule(DiffusionModule):
         # A view, not a child: its network is self.model and its head self.uncertainty (registered above).
         object.__setattr__(self, "_precond", precond)
         self.ema_sigma_rel = ema_sigma_rel
+
+    @property
+    def evaluation_average(self) -> str:
+        """``"sigma_rel=<ema_sigma_rel>"``, or ``"none"`` when evaluating with the raw weights."""
+        return RAW_WEIGHTS if self.ema_sigma_rel is None else sigma_rel_key(self.ema_sigma_rel)
 
     def denoiser(self) -> nn.Module:
         return self._precond

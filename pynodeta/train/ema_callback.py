@@ -11,6 +11,8 @@ from torch import nn
 
 from pynodeta.ema import PowerFunctionEMA
 
+from .weight_averages import AVERAGES_KEY, store_average, stored_average_state
+
 __all__ = ["PowerFunctionEMACallback"]
 
 
@@ -77,12 +79,24 @@ class PowerFunctionEMACallback(lightning.Callback):
             raise RuntimeError("the EMA exists once fit() has started; call averaged() during or after training")
         return self.ema.averaged(sigma_rel)
 
-    def state_dict(self) -> dict:
+    # The averages travel in the checkpoint's weight-average entry, where the classic EMA's do
+    # (pynodeta.train.weight_averages), so that sample/evaluate read both kinds one way.
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self.ema is not None:
-            return self.ema.state_dict()
-        return dict(self._pending_state or {})
+            store_average(checkpoint, "power_ema", self.ema, self.target)
+        elif self._pending_state:
+            checkpoint.setdefault(AVERAGES_KEY, {})["power_ema"] = {"target": self.target,
+                                                                    "state": self._pending_state}
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = stored_average_state(checkpoint, "power_ema")
+        if state is not None:
+            self.load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        return {}  # see on_save_checkpoint
+
+    def load_state_dict(self, state_dict: dict) -> None:  # also a checkpoint from before the shared entry
         if not state_dict:
             return
         if self.ema is not None:

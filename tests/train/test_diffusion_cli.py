@@ -51,7 +51,8 @@ def test_fit_sample_evaluate(tmp_path, capsys, objective):
     assert (run / "samples_final.png").is_file()
     ckpt = str(next((run / "checkpoints").glob("*.ckpt")))
     checkpoint = torch.load(ckpt, weights_only=False)
-    assert {"pynodeta_ema", "pynodeta_rng_states"} <= set(checkpoint)
+    assert {"pynodeta_weight_averages", "pynodeta_rng_states"} <= set(checkpoint)
+    assert set(checkpoint["pynodeta_weight_averages"]) == {"ema"}
 
     out = tmp_path / "samples.png"
     assert main(["sample", "--checkpoint", ckpt, "--sampler", "euler",
