@@ -18,7 +18,7 @@ from pynodeta.nn import is_time_aware
 
 from .._cli import ArgumentParser, UsageError
 from .audit import DEFAULT_TIMES
-from .loading import input_batch, load_checkpoint, load_config
+from .loading import input_batch, load_model_and_input
 from .ode_blocks import audit_ode_blocks, find_ode_functions
 
 __all__ = ["main", "build_parser"]
@@ -74,11 +74,8 @@ def _model_and_batch(args):
         raise ValueError("--input-shape conflicts with --config, whose data section gives the input")
     with warnings.catch_warnings():  # main() has printed the --unsafe-load warning once already
         warnings.filterwarnings("ignore", message="--unsafe-load")
-        if args.config is None:
-            model, example = load_checkpoint(args.checkpoint, unsafe_load=args.unsafe_load,
-                                             allowed_modules=args.allow_module)
-        else:
-            model, example = load_config(args.config, args.checkpoint, unsafe_load=args.unsafe_load)
+        model, example = load_model_and_input(args.config, args.checkpoint, unsafe_load=args.unsafe_load,
+                                              allowed_modules=args.allow_module)
     return model, input_batch(example, args.batch_size, args.input_shape, args.seed)
 
 

@@ -9,6 +9,8 @@
 - ``AdamWPreset``, ``PlateauSGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
   (a plain default and the two papers' setups).
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
+- ``load_run``: a trained run read back (module, data, weight averages) under one trust policy, as
+  every command reads it; ``Run.use_average("ema" | "sigma_rel=0.10" | "none")`` picks the weights.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
@@ -23,6 +25,7 @@ from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
 from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
 from .rng import collect_rng_states, restore_rng_states
+from .run_loader import Run, load_run
 from .summary import RunSummary
 
 __all__ = [
@@ -50,4 +53,6 @@ __all__ = [
     "shipped_configs",
     "shipped_config_path",
     "RunSummary",
+    "Run",
+    "load_run",
 ]

@@ -34,6 +34,7 @@ from .configs import resolve_config_args
 from .plots import plot_after_fit
 from .resume import prepare_ckpt_path
 from .run_dir import RunDirectoryError, RunDirLock, keep_csv_metrics, remove_stale_tmp_files
+from .run_loader import root_cause
 from .safe_load import CheckpointError
 from .summary import RunSummary
 
@@ -42,14 +43,6 @@ __all__ = ["main", "PynodetaCLI", "ConfigurationError"]
 
 class ConfigurationError(Exception):
     """A config that parses but cannot be built (a bad value, missing data); raised before training."""
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    # jsonargparse re-raises a constructor's error as "Does not validate against any of the Union
-    # subtypes ..."; the constructor's own message, at the end of the chain, is the one that helps.
-    while (cause := error.__cause__ or error.__context__) is not None:
-        error = cause
-    return error
 
 
 class PynodetaCLI(LightningCLI):
@@ -99,7 +92,7 @@ class PynodetaCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
-            raise ConfigurationError(str(_root_cause(error))) from error
+            raise ConfigurationError(str(root_cause(error))) from error
         check_files = getattr(self.datamodule, "check_files", None)
         if callable(check_files):  # a missing dataset is reported now, not after setup work
             try:

@@ -55,19 +55,24 @@ def read_checkpoint(path: str | Path, *, unsafe: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        # torch words the refusal differently across versions ("Unsupported global: GLOBAL os.system ...",
+        # "unsupported GLOBAL posix.system whose module posix is blocked"); both name the GLOBAL.
+        refused = re.search(r"GLOBAL\s+([\w.]+)", str(error), flags=re.IGNORECASE)
         if refused is None:  # a bad opcode: garbage, not a hostile object
             raise _unreadable(path, error) from error
         raise CheckpointError(
-            f"checkpoint {str(path)!r} holds the pickled Python object {refused.group(1)}, which a safe load refuses "
-            f"(loading it would run code from the file). A whole saved nn.Module needs --unsafe-load; pass it "
-            f"only for a file you made or fully trust"
+            f"refused to load checkpoint {str(path)!r} as unsafe: it holds the pickled Python object "
+            f"{refused.group(1)}, and unpickling it could run code from the file. If you made the file or fully "
+            f"trust it, opt in with --unsafe-load (a whole saved nn.Module needs it)"
         ) from error
     except Exception as error:  # noqa: BLE001 - zip, pickle and EOF errors all mean a corrupt file
         raise _unreadable(path, error) from error
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # torch's weights-only errors open with advice to set weights_only=False; the cause comes after
+    after = [i + 1 for i, line in enumerate(lines) if "WeightsUnpickler error" in line and i + 1 < len(lines)]
+    first_line = lines[after[0]] if after else lines[0] if lines else "no detail"
     return CheckpointError(f"could not read checkpoint {str(path)!r}: it is truncated or not a torch.save "
                            f"file ({type(error).__name__}: {first_line})")

@@ -159,7 +159,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
     path = tmp_path / "weights.pt"
     torch.save([1, 2, 3], path)
     assert main(["--checkpoint", str(path)]) == 2  # plain data: no --unsafe-load needed to see what it is
-    assert "holds a list; expected an nn.Module" in capsys.readouterr().err
+    assert "holds a list; expected a Lightning checkpoint" in capsys.readouterr().err
 
 
 def test_a_shipped_config_is_found_by_name(capsys):

@@ -1,9 +1,9 @@
-"""Which classes a checkpoint may make ``pynodeta diagnose`` build.
+"""Which classes a checkpoint, or the config that came beside it, may make pynodeta build.
 
 A Lightning checkpoint names its module and datamodule classes as strings (``_class_path``, and
-``class_path`` entries nested in the hyperparameters); building them means importing a module and
-calling the named object with the file's arguments. A plain-data file could thus name
-``subprocess.Popen`` or ``os.system``. So a class path is accepted only when
+``class_path`` entries nested in the hyperparameters), and so does a run's ``config.yaml``; building
+them means importing a module and calling the named object with the file's arguments. A plain-data
+file could thus name ``subprocess.Popen`` or ``os.system``. So a class path is accepted only when
 
 * its module is pynodeta's own or under a module the user allowed (``--allow-module mypkg``), and
 * (for the top-level classes) it names a ``LightningModule`` / ``LightningDataModule`` subclass,

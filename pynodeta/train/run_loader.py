@@ -1,0 +1,285 @@
+"""Reading a training run back: one loader, one trust policy, for every command that opens a run.
+
+``load_run(checkpoint, config=None, *, allow_modules=(), unsafe=False)`` is what ``pynodeta
+diagnose``, ``sample``, ``evaluate`` and ``phema`` call; ``fit/validate/test --ckpt_path`` check the
+file through :func:`read_run_checkpoint`, the same policy, before Lightning reads it. The policy:
+
+* The checkpoint is read with ``torch.load(weights_only=True)`` (:func:`~pynodeta.train.safe_load.read_checkpoint`),
+  which runs no code from the file. ``unsafe=True`` (``--unsafe-load``, warned) is the one opt-in to
+  full unpickling, needed only for a whole pickled ``nn.Module``.
+* The model and data are rebuilt from a config: the one the user names (``--config``: the user's own,
+  built as given, as ``pynodeta fit --config`` builds it), else the ``config.yaml`` that ``pynodeta fit``
+  saved beside the run's ``checkpoints/`` folder, else the class paths in the checkpoint's
+  hyperparameters. Class paths from files the user did not name are checked against the allowlist
+  (:mod:`pynodeta.train.trust`: pynodeta and ``allow_modules``), top-level and nested, **before any
+  import**.
+* The weights must fit the rebuilt model tensor for tensor and be finite; the weight averages stored
+  with them (:mod:`pynodeta.train.weight_averages`) are rebuilt beside the network.
+
+Every failure is a :class:`~pynodeta.train.safe_load.CheckpointError` or a ``ValueError`` naming the
+file and the fix, which the commands print as one ``pynodeta <command>: error:`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pynodeta.ema import WeightAverage
+from pynodeta.ema.average import RAW_WEIGHTS, check_average_key
+from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
+
+from .safe_load import CheckpointError, read_checkpoint
+from .trust import check_class_paths, import_allowed_class
+from .weight_averages import stored_averages
+
+__all__ = ["Run", "load_run", "read_run_checkpoint", "find_run_config", "build_from_config", "resolve_config",
+           "root_cause"]
+
+
+@dataclass
+class Run:
+    """A trained run, rebuilt: the module with the checkpoint's weights, its data, its weight averages."""
+
+    module: nn.Module                           # the LightningModule (a bare nn.Module from an --unsafe-load file)
+    datamodule: Any = None                      # the run's LightningDataModule, when a config or the file names one
+    checkpoint: Path | None = None
+    config: Path | None = None                  # the config the module was built from (None: the checkpoint's hparams)
+    step: int | None = None                     # optimiser steps the checkpoint had done (its global_step)
+    averages: list[tuple[str, WeightAverage]] = field(default_factory=list)  # (network attribute, average)
+    example_input: torch.Tensor | None = None   # an example batch stored with a pickled module (diagnose)
+
+    @property
+    def evaluated_with(self) -> str:
+        """The average training evaluated with (``"ema"``, ``"sigma_rel=0.1"`` or ``"none"``)."""
+        return getattr(self.module, "evaluation_average", RAW_WEIGHTS)
+
+    def average_keys(self) -> tuple[str, ...]:
+        """Every stored average, e.g. ``("ema",)`` or ``("sigma_rel=0.05", "sigma_rel=0.1")``."""
+        return tuple(key for _, average in self.averages for key in average.keys())
+
+    @property
+    def run_id(self) -> str | None:
+        """The identity the run's power-function EMA gives its snapshots (None without one)."""
+        return next((average.run_id for _, average in self.averages if hasattr(average, "run_id")), None)
+
+    @torch.no_grad()
+    def use_average(self, key: str | None = None) -> str:
+        """Put the average ``key`` (default: :attr:`evaluated_with`) into the network's weights, in place;
+        ``"none"`` keeps the raw weights. Returns the key used, in its canonical spelling."""
+        key = check_average_key(self.evaluated_with if key is None else key, self.average_keys())
+        if key == RAW_WEIGHTS:
+            return key
+        target, average = next((t, a) for t, a in self.averages if key in a.keys())
+        network = self.module.get_submodule(target)
+        for param, averaged in zip(network.parameters(), average.averaged(key).parameters()):
+            param.copy_(averaged)
+        return key
+
+
+def read_run_checkpoint(path: str | Path, *, unsafe: bool = False, allow_modules: Iterable[str] = (),
+                        how_to_allow: str = "pass --allow-module {module}") -> Any:
+    """The content of a checkpoint, read under the trust policy: safe load, a snapshot or a non-checkpoint
+    named as such, the hyperparameters' class paths checked against the allowlist (nothing imported)."""
+    content = read_checkpoint(path, unsafe=unsafe)
+    if isinstance(content, dict) and content.get("format") == SNAPSHOT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is a power-function EMA snapshot, not a training checkpoint; pass "
+                              f"its folder to `pynodeta phema --snapshots` and the run's checkpoint here")
+    if isinstance(content, dict) and "state_dict" in content:
+        where = f"the checkpoint {str(path)!r}"
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            check_class_paths(content.get(key) or {}, allow_modules, f"{where} ({key})", how_to_allow)
+    return content
+
+
+def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_modules: Iterable[str] = (),
+             unsafe: bool = False) -> Run:
+    """The run of ``checkpoint``, rebuilt under the trust policy of the module docstring.
+
+    ``config``: the run's training config (a YAML path or a shipped config's name); default the
+    ``config.yaml`` beside the checkpoint, else the checkpoint's own hyperparameters. ``allow_modules``:
+    modules besides pynodeta whose classes a file the user did not name may build. ``unsafe``: also
+    accept whole pickled modules (runs code from the file).
+    """
+    path = Path(checkpoint)
+    allow_modules = tuple(allow_modules)
+    content = read_run_checkpoint(path, unsafe=unsafe, allow_modules=allow_modules)
+    pickled = _pickled_module(content, path)
+    if pickled is not None:
+        return pickled
+    if not isinstance(content, dict) or "state_dict" not in content:
+        keys = f" with keys {sorted(map(str, content))[:6]}" if isinstance(content, dict) else ""
+        raise CheckpointError(f"{str(path)!r} holds a {type(content).__name__}{keys}; expected a Lightning checkpoint "
+                              f"(with a 'state_dict') as `pynodeta fit` writes it, or, with --unsafe-load, an "
+                              f"nn.Module saved with torch.save(model, path)")
+    config_path = resolve_config(config) if config is not None else find_run_config(path)
+    if config_path is not None:
+        module, datamodule = build_from_config(config_path, allow_modules=None if config else allow_modules)
+        _load_weights(module, content["state_dict"], path, config_path)
+    else:
+        module, datamodule = _build_from_hyperparameters(path, content, allow_modules, unsafe)
+    _check_finite(content["state_dict"], path)
+    averages = _averages(content, module, path)
+    step = content.get("global_step")
+    return Run(module, datamodule, path, config_path, int(step) if step is not None else None, averages)
+
+
+def find_run_config(checkpoint: Path) -> Path | None:
+    """``config.yaml`` beside the checkpoint or one level up (``<run>/checkpoints/X.ckpt``), if any."""
+    found = [d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent) if (d / "config.yaml").is_file()]
+    return found[0] if found else None
+
+
+def _pickled_module(content, path: Path) -> Run | None:
+    """A whole pickled module, or ``{"model": module, "example_input": batch}`` (``--unsafe-load`` files)."""
+    if isinstance(content, nn.Module):
+        return Run(content, checkpoint=path)
+    if isinstance(content, dict) and isinstance(content.get("model"), nn.Module):
+        example = content.get("example_input")
+        if example is not None and not isinstance(example, torch.Tensor):
+            raise ValueError(f"'example_input' in {str(path)!r} must be a tensor, got {type(example).__name__}")
+        return Run(content["model"], checkpoint=path, example_input=example)
+    return None
+
+
+def resolve_config(config: str | Path) -> Path:
+    """A config's path: an existing file, or the name of a shipped config (``digits_tabn``)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    if path.suffix or len(path.parts) > 1:
+        raise ValueError(f"config {str(config)!r} does not exist or is not a file")
+    from .configs import shipped_config_path  # a bare name: a shipped config
+
+    return shipped_config_path(str(config))
+
+
+def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = None, seed: int | None = None):
+    """(LightningModule, LightningDataModule) of a training config's ``model:`` and ``data:`` sections.
+
+    ``allow_modules`` None: the config is the user's own and is built as given; else every class path
+    in the two sections must lie in pynodeta or these modules, checked before anything is imported.
+    Initial weights are drawn with the config's ``seed_everything`` (``seed`` overrides it); the global
+    RNG is left as it was.
+    """
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    try:
+        content = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"config {str(config)!r} is not readable YAML: {str(error).splitlines()[0]}") from error
+    missing = [k for k in ("model", "data") if not isinstance(content, dict) or not isinstance(content.get(k), dict)]
+    if missing:
+        raise ValueError(f"config {str(config)!r} has no {' and no '.join(missing)} section; expected a training "
+                         f"config with model: and data: (class_path, init_args)")
+    sections = {"model": content["model"], "data": content["data"]}
+    where = f"the config {str(config)!r}"
+    if allow_modules is not None:
+        check_class_paths(sections, allow_modules, f"{where} found beside the checkpoint")
+    for name, base in (("model", LightningModule), ("data", LightningDataModule)):
+        # imports the top-level classes (already vetted) and refuses a non-Lightning class before any call
+        import_allowed_class(sections[name].get("class_path"), base,
+                             allow_modules if allow_modules is not None else (_module_of(sections[name]),),
+                             f"{where} ({name}: class_path)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    # ``instantiate`` replaced ``instantiate_classes`` in jsonargparse 4.49
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    seed = content.get("seed_everything") if seed is None else seed
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
+            built = instantiate(parser.parse_object(sections))
+    except Exception as error:  # noqa: BLE001 - jsonargparse and constructors report bad configs this way
+        raise ValueError(f"config {str(config)!r} does not build: {_first_line(root_cause(error))}") from error
+    return built.model, built.data
+
+
+def _module_of(section: dict) -> str:
+    class_path = section.get("class_path")
+    return class_path.rpartition(".")[0] if isinstance(class_path, str) else ""
+
+
+def _build_from_hyperparameters(path: Path, content: dict, allow_modules: tuple[str, ...], unsafe: bool):
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    hyperparameters = content.get("hyper_parameters") or {}
+    model_class = hyperparameters.get("_class_path") if isinstance(hyperparameters, dict) else None
+    if model_class is None:
+        raise ValueError(f"the Lightning checkpoint {str(path)!r} does not name its model class and has no "
+                         f"config.yaml beside it; pass the training config as well: --config CONFIG.yaml")
+    where = f"the checkpoint {str(path)!r}"
+    model_type = import_allowed_class(model_class, LightningModule, allow_modules, f"{where} (hyper_parameters)")
+    data = content.get("datamodule_hyper_parameters") or {}
+    data_type = None
+    if isinstance(data, dict) and "_class_path" in data:
+        data_type = import_allowed_class(data["_class_path"], LightningDataModule, allow_modules,
+                                         f"{where} (datamodule_hyper_parameters)")
+    try:
+        module = model_type.load_from_checkpoint(path, map_location="cpu", weights_only=not unsafe)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {str(path)!r} do not fit the model its hyperparameters build: "
+                              f"{_first_line(error)}") from error
+    datamodule = None if data_type is None else data_type(**{k: v for k, v in data.items() if not k.startswith("_")})
+    return module, datamodule
+
+
+def _load_weights(module: nn.Module, weights: dict, path: Path, config: Path) -> None:
+    """Load strictly; a mismatch is named by its first tensor instead of PyTorch's page-long list."""
+    expected = module.state_dict()
+    problems = [f"{name} is missing" for name in expected if name not in weights]
+    problems += [f"{name} is not in the model" for name in weights if name not in expected]
+    problems += [f"{name} has shape {tuple(weights[name].shape)} in the checkpoint, {tuple(value.shape)} in the model"
+                 for name, value in expected.items()
+                 if name in weights and hasattr(weights[name], "shape") and weights[name].shape != value.shape]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"the weights in {str(path)!r} do not fit the model built from {str(config)!r}: "
+                              f"{problems[0]}{more}; pass the run's own config (--config)")
+    module.load_state_dict(weights)
+
+
+def _check_finite(weights: dict, path: Path) -> None:
+    bad = [name for name, value in weights.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CheckpointError(f"the weights in {str(path)!r} are not finite: {bad[0]} holds NaN or Inf{more}; the run "
+                              f"diverged before this checkpoint was written, use an earlier one")
+
+
+def _averages(content: dict, module: nn.Module, path: Path) -> list[tuple[str, WeightAverage]]:
+    try:
+        averages = stored_averages(content, module)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"the weight averages in {str(path)!r} do not fit the rebuilt model: "
+                              f"{_first_line(error)}") from error
+    for target, average in averages:
+        for key in average.keys():
+            for name, value in average.averaged(key).state_dict().items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise CheckpointError(f"the weight average {key!r} in {str(path)!r} is not finite ({target}."
+                                          f"{name} holds NaN or Inf); use an earlier checkpoint or --average none")
+    return averages
+
+
+def root_cause(error: BaseException) -> BaseException:
+    # jsonargparse re-raises a constructor's error as "Does not validate against any of the Union
+    # subtypes ..."; the constructor's own message, at the end of the chain, is the one that helps.
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
