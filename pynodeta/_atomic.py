@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_text", "atomic_write"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -23,15 +23,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     a copy, which a crash can leave half-done), is flushed to disk, then renamed over the target;
     the folder is synced so the rename itself survives a power cut.
     """
-    _atomic_write(path, lambda file: torch.save(obj, file))
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` so that readers see the old file or the whole new one, never a part."""
-    _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``: readers see
+    the old file or the whole new one, and a failed ``write`` leaves nothing behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

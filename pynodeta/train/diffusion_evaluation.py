@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, 
 from pynodeta.ode.stats import record_stats
 
 from .._atomic import atomic_write_text
-from .diffusion_sampling import save_grid
+from .diffusion_sampling import generate_batches, save_grid
 
 __all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary", "summary_line"]
 
@@ -65,23 +66,38 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
                      sampler: str | None = None, steps: int | None = None, **sampler_options) -> dict:
     """Draw ``num`` images (default ``module.eval_num_samples``) with the module's current weights, save
     the first 64 as a grid, and compute FD against the test images beside the floor. The images are
-    scored as pixels, clipped to the data range [-1, 1].
+    scored as pixels, clipped to the data range [-1, 1], one batch at a time: memory holds one batch of
+    images and the features of all.
 
     Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_nfe", "sampling_seconds", "grid"}; the FD
     entries are NaN when there is no feature extractor for these images.
     """
-    generator = torch.Generator().manual_seed(_EVAL_SEED)
-    samples = module.draw(num or module.eval_num_samples, sampler, steps, generator=generator, **sampler_options)
-    grid = save_grid(samples.images[:64], grid_path)
-    fd = floor = math.nan
+    num = module.eval_num_samples if num is None else num
+    if num < 2:
+        raise ValueError(f"the Fréchet distance needs at least 2 images (it estimates a covariance), got num={num}")
+    sampler = module.sampler if sampler is None else sampler
+    steps = module.sampler_steps if steps is None else steps
     extractor = _extractor(module)
-    if extractor is not None:
-        reference = _reference(module, _datamodule(module, datamodule), extractor)
-        # scored as pixels: clipped to the data range [-1, 1], as saving or quantising the images would
-        fd = frechet_distance(extractor(samples.images.clamp(-1, 1).cpu()).double(), reference["test"])
-        floor = reference["floor"]
-    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": samples.sampler,
-            "sampler_nfe": samples.nfe, "sampling_seconds": samples.seconds, "grid": str(grid)}
+    reference = _reference(module, _datamodule(module, datamodule), extractor) if extractor is not None else None
+    generator = torch.Generator().manual_seed(_EVAL_SEED)
+    batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
+    shown, features, nfes, seconds = [], [], [], 0.0
+    while True:
+        started = time.perf_counter()
+        batch = next(batches, None)
+        seconds += time.perf_counter() - started  # the sampler's time; feature extraction is not counted
+        if batch is None:
+            break
+        nfes.append(batch.nfe)
+        shown.append(batch.images[: 64 - sum(len(s) for s in shown)].cpu())
+        if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
+            features.append(extractor(batch.images.clamp(-1, 1).cpu()).double())
+    grid = save_grid(torch.cat(shown), grid_path)
+    fd = floor = math.nan
+    if reference is not None:
+        fd, floor = frechet_distance(torch.cat(features), reference["test"]), reference["floor"]
+    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
+            "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds, "grid": str(grid)}
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import numpy as np
 import torch
 
 import pynodeta.diffusion as pd
+from pynodeta._atomic import atomic_write
 from pynodeta.ode.stats import record_stats
 
-__all__ = ["SAMPLER_NAMES", "Samples", "generate", "save_grid"]
+__all__ = ["SAMPLER_NAMES", "Samples", "SampleBatch", "generate", "generate_batches", "save_grid"]
 
 SAMPLER_NAMES = ("heun", "euler", "dpmpp_2m", "ode", "ddim", "ddpm")
 _NOISE_LEVEL_SAMPLERS = {"heun": pd.sample_heun, "euler": pd.sample_euler, "dpmpp_2m": pd.sample_dpmpp_2m}
@@ -70,8 +72,15 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, rtol: flo
     return _NOISE_LEVEL_SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas)
 
 
-@torch.no_grad()
-def generate(
+@dataclass(frozen=True)
+class SampleBatch:
+    """One batch of generated images and the network evaluations it took."""
+
+    images: torch.Tensor    # (count, channels, height, width)
+    nfe: float
+
+
+def generate_batches(
     module,                                  # a DiffusionModule (its current weights are used)
     num: int,                                # images to draw
     sampler: str = "heun",                   # one of SAMPLER_NAMES
@@ -81,26 +90,38 @@ def generate(
     atol: float = 1e-3,
     batch_size: int = 256,                   # images per sampler call
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
-) -> Samples:
-    """Draw ``num`` images; NFE is read from the samplers' published SolveStats."""
+) -> Iterator[SampleBatch]:
+    """Draw ``num`` images ``batch_size`` at a time, so that memory stays that of one batch whatever ``num``.
+
+    The noise of each batch is drawn when the batch is, from ``generator``: the images are the same as
+    :func:`generate`'s. NFE is read from the samplers' published SolveStats. A batch with NaN/Inf images
+    raises FloatingPointError.
+    """
     _check(module, sampler, steps, num)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shape, device = module.sample_shape, module.device
-    started, nfes, chunks = time.perf_counter(), [], []
-    was_training = module.training
-    module.eval()
-    try:
-        for first in range(0, num, batch_size):
-            count = min(batch_size, num - first)
-            noise = torch.randn(count, *shape, generator=generator).to(device)
-            with record_stats() as log:
-                chunks.append(_draw_batch(module, sampler, noise, steps, rtol, atol, generator))
-            nfes.append(sum(stats.nfe for stats in log))
-    finally:
-        module.train(was_training)
-    images = torch.cat(chunks)
-    if not torch.isfinite(images).all():
-        raise FloatingPointError(f"sampler {sampler!r} produced NaN/Inf images; try more steps or tighter rtol")
-    return Samples(images, sampler, float(np.mean(nfes)), time.perf_counter() - started)
+    for first in range(0, num, batch_size):
+        count = min(batch_size, num - first)
+        noise = torch.randn(count, *shape, generator=generator).to(device)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), record_stats() as log:
+                images = _draw_batch(module, sampler, noise, steps, rtol, atol, generator)
+        finally:
+            module.train(was_training)
+        if not torch.isfinite(images).all():
+            raise FloatingPointError(f"sampler {sampler!r} produced NaN/Inf images; try more steps or tighter rtol")
+        yield SampleBatch(images, float(sum(stats.nfe for stats in log)))
+
+
+def generate(module, num: int, sampler: str = "heun", steps: int = 18, **options) -> Samples:
+    """Draw ``num`` images at once (:func:`generate_batches`' options); NFE is the mean over batches."""
+    started = time.perf_counter()
+    batches = list(generate_batches(module, num, sampler, steps, **options))
+    return Samples(torch.cat([b.images for b in batches]), sampler, float(np.mean([b.nfe for b in batches])),
+                   time.perf_counter() - started)
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 4) -> Path:
@@ -125,6 +146,6 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
         grid[top:top + height, left:left + width] = pixels[i]
     grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.float32))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    matplotlib.image.imsave(path, grid[..., 0] if channels == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    atomic_write(path, lambda file: matplotlib.image.imsave(file, grid[..., 0] if channels == 1 else grid,
+                                                            cmap="gray", vmin=0, vmax=1, format="png"))
     return path

@@ -2,83 +2,82 @@
 
     pynodeta sample --checkpoint runs/digits_edm/version_0/checkpoints/last.ckpt \\
         --sampler heun --steps 32 --num 64 --out samples.png
-    pynodeta sample --checkpoint CKPT --sampler ode --rtol 1e-4 --out samples.png
-    pynodeta evaluate --checkpoint CKPT --sampler ddim --steps 50          # DDPM: also the variational bound
+    pynodeta sample --checkpoint CKPT --num 50000 --save-tensor samples.npy   # streamed, memory O(batch)
+    pynodeta evaluate --checkpoint CKPT                                        # fit's own FD, reproduced
+    pynodeta evaluate --checkpoint CKPT --average none --sampler ddim --steps 50
 
-The model and data are rebuilt from the ``config.yaml`` that ``pynodeta fit`` saves beside the run's
-``checkpoints/`` folder (or ``--config``); the EMA weights are used unless ``--no-ema``.
+The run is read by :func:`~pynodeta.train.run_loader.load_run` (``weights_only=True``, class paths
+vetted before any import; ``--unsafe-load`` the one opt-in). Weights: the average ``fit`` evaluated
+with unless ``--average`` says otherwise (``ema``, ``sigma_rel=0.10``, ``none``). Every output path
+is checked before anything is loaded or drawn, and written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from .._cli import ArgumentParser, UsageError
-from .diffusion_sampling import SAMPLER_NAMES, save_grid
+from .diffusion_sampling import SAMPLER_NAMES
+from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_output_path
 
 __all__ = ["sample_main", "evaluate_main", "load_diffusion_run"]
 
 
-def _common_arguments(parser: argparse.ArgumentParser, num_default: int) -> None:
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint written by pynodeta fit")
     parser.add_argument("--config", default=None, help="the run's config (default: config.yaml beside checkpoints/)")
+    parser.add_argument("--average", default=None, metavar="KEY",
+                        help="weights to use: ema, sigma_rel=0.10 (a tracked power-function EMA profile) or none "
+                             "(raw); default: what fit evaluated with")
+    parser.add_argument("--no-ema", action="store_true", help="the raw weights: the same as --average none")
     parser.add_argument("--sampler", default=None, choices=SAMPLER_NAMES, help="default: the run's sampler")
     parser.add_argument("--steps", type=int, default=None, help="noise levels or DDIM steps (default: the run's)")
-    parser.add_argument("--num", type=int, default=num_default, help=f"images to draw (default {num_default})")
     parser.add_argument("--rtol", type=float, default=1e-3, help="--sampler ode (and the NLL): dopri5 rtol")
     parser.add_argument("--atol", type=float, default=1e-3, help="--sampler ode (and the NLL): dopri5 atol")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default=None,
                         help="where the network runs, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                        help="a module besides pynodeta whose classes the run's files may name; repeatable")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle the checkpoint with weights_only=False, which runs any code it holds; only "
+                             "for files you made or fully trust")
 
 
-def _config_path(checkpoint: Path, config: str | None) -> Path:
-    if config is not None:
-        from .configs import shipped_configs
+def _check_numbers(args) -> None:
+    """Every number a user types is checked here, by name: none falls back to a default silently."""
+    for name, value, low in (("--num", args.num, 1), ("--steps", args.steps, 1), ("--num_threads", args.num_threads, 1),
+                             ("--nll-images", getattr(args, "nll_images", None), 1),
+                             ("--vlb-timesteps", getattr(args, "vlb_timesteps", None), 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    for name, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a positive number, got {value}")
+    if args.no_ema and args.average not in (None, "none"):
+        raise UsageError(f"--no-ema conflicts with --average {args.average}; pass one of them")
 
-        path = Path(config)
-        return path if path.is_file() else shipped_configs().get(config, path)
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return folder / "config.yaml"
-    raise ValueError(f"no config.yaml beside {str(checkpoint)!r} or its parent; pass --config CONFIG.yaml")
 
-
-def load_diffusion_run(checkpoint: str | Path, config: str | None = None):
-    """(DiffusionModule with the checkpoint's weights and EMA, its DataModule) of a ``pynodeta fit`` run."""
-    import yaml
-    from jsonargparse import ArgumentParser as ConfigParser
-    from lightning.pytorch import LightningDataModule, LightningModule
-
+def load_diffusion_run(checkpoint: str | Path, config: str | None = None, *, average: str | None = None,
+                       allow_modules=(), unsafe: bool = False):
+    """(Run, the key of the weights used) with the weights ``average`` (default: what fit evaluated with) put
+    into the run's DiffusionModule."""
     from .diffusion import DiffusionModule
+    from .run_loader import load_run
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ValueError(f"--checkpoint {str(checkpoint)!r} does not exist or is not a file")
-    path = _config_path(checkpoint, config)
-    if not path.is_file():
-        raise ValueError(f"--config {str(path)!r} does not exist")
-    content = yaml.safe_load(path.read_text())
-    parser = ConfigParser(exit_on_error=False)
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    built = instantiate(parser.parse_object({"model": content["model"], "data": content["data"]}))
-    module, datamodule = built.model, built.data
-    if not isinstance(module, DiffusionModule):
-        raise ValueError(f"{str(path)!r} trains a {type(module).__name__}, not a DiffusionModule")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own run's file
-    module.load_state_dict(state["state_dict"])
-    if module.ema is not None and "pynodeta_ema" in state:
-        module.ema.load_state_dict(state["pynodeta_ema"])
-    return module, datamodule
+    run = load_run(checkpoint, config, allow_modules=allow_modules, unsafe=unsafe)
+    if not isinstance(run.module, DiffusionModule):
+        raise ValueError(f"{str(checkpoint)!r} is a run of {type(run.module).__name__}, not of a DiffusionModule; "
+                         f"`pynodeta sample` and `evaluate` draw images from diffusion runs")
+    return run, run.use_average(average)
 
 
 def _device(name: str | None) -> torch.device:
@@ -93,69 +92,112 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _setup(args):
+def _setup(args, prog: str):
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
-    if args.num < 1:
-        raise UsageError(f"--num must be >= 1, got {args.num}")
     device = _device(args.device)
-    module, datamodule = load_diffusion_run(args.checkpoint, args.config)
-    module.to(device).eval()
-    if args.no_ema or module.ema is None:
-        return module, datamodule
-    module.ema.copy_to(module.model)  # this process only evaluates: the raw weights are not needed again
-    return module, datamodule
+    if args.unsafe_load:
+        print(f"{prog}: warning: --unsafe-load unpickles the checkpoint with torch.load(weights_only=False), which "
+              f"runs any code it contains; use it only on files you made or fully trust", file=sys.stderr)
+    with warnings.catch_warnings():  # the warning is printed above, once, in the command's words
+        warnings.filterwarnings("ignore", message="--unsafe-load")
+        run, weights = load_diffusion_run(args.checkpoint, args.config, allow_modules=args.allow_module,
+                                          average="none" if args.no_ema else args.average, unsafe=args.unsafe_load)
+    run.module.to(device).eval()
+    return run, weights
 
 
 def _run(main, argv: list[str], prog: str) -> int:
     try:
-        return main(argv)
-    except UsageError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        return main(argv, prog)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FloatingPointError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
 
 
-def _sample(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="pynodeta sample", description="Draw images from a trained diffusion model.")
-    _common_arguments(parser, num_default=64)
-    parser.add_argument("--out", default="samples.png", help="PNG grid to write (default samples.png)")
-    parser.add_argument("--save-tensor", default=None, help="also save the images as a .pt tensor here")
+def _sample(argv: list[str], prog: str) -> int:
+    from .diffusion_sampling import generate_batches
+
+    parser = ArgumentParser(prog=prog, description="Draw images from a trained diffusion model.")
+    _common_arguments(parser)
+    parser.add_argument("--num", type=int, default=64, help="images to draw (default 64)")
+    parser.add_argument("--out", default="samples.png",
+                        help=f"PNG grid of the first {GRID_MAX} images (default samples.png)")
+    parser.add_argument("--save-tensor", default=None,
+                        help="also save every image: .npy (written as drawn, memory O(batch)) or .pt (one tensor)")
     args = parser.parse_args(argv)
-    module, _ = _setup(args)
-    generator = torch.Generator().manual_seed(args.seed)
-    samples = module.draw(args.num, args.sampler, args.steps, generator=generator, rtol=args.rtol, atol=args.atol)
-    grid = save_grid(samples.images, args.out)
+    _check_numbers(args)
+    check_output_path(args.out, "--out", (".png",))
     if args.save_tensor:
-        torch.save(samples.images, args.save_tensor)
-    print(f"pynodeta sample: {args.num} images, sampler {samples.sampler}, NFE {samples.nfe:.0f}, "
-          f"{samples.seconds:.2f} s -> {grid}")
+        check_output_path(args.save_tensor, "--save-tensor", (".npy", ".pt"))
+    run, weights = _setup(args, prog)
+    module = run.module
+    sampler = module.sampler if args.sampler is None else args.sampler
+    steps = module.sampler_steps if args.steps is None else args.steps
+    generator = torch.Generator().manual_seed(args.seed)
+    grid = GridWriter(args.out)
+    tensor = TensorWriter(args.save_tensor, args.num, module.sample_shape) if args.save_tensor else None
+    nfes = []
+    try:
+        for batch in generate_batches(module, args.num, sampler, steps, generator=generator, rtol=args.rtol,
+                                      atol=args.atol):
+            nfes.append(batch.nfe)
+            grid.add(batch.images)
+            if tensor is not None:
+                tensor.add(batch.images)
+        written = [grid.close()] + ([tensor.close()] if tensor is not None else [])
+    finally:
+        if tensor is not None:
+            tensor.discard()  # nothing left behind if drawing failed; a no-op once closed
+    print(f"{prog}: {args.num} images, sampler {sampler}, NFE {sum(nfes) / len(nfes):.0f}, weights {weights} "
+          f"-> {', '.join(map(str, written))}")
     return 0
 
 
-def _evaluate(argv: list[str]) -> int:
+def _evaluate(argv: list[str], prog: str) -> int:
     from .diffusion_evaluation import evaluate_samples, nll_bits_per_dim, summary_line, vlb_bits_per_dim
 
-    parser = ArgumentParser(prog="pynodeta evaluate", description="FD (with the real-data floor), NLL in bits/dim "
+    parser = ArgumentParser(prog=prog, description="FD (with the real-data floor), NLL in bits/dim "
                             "and, for DDPM models, the variational bound in bits/dim.")
-    _common_arguments(parser, num_default=500)
+    _common_arguments(parser)
+    parser.add_argument("--num", type=int, default=None, help="images drawn for the FD (default: the run's, as fit)")
     parser.add_argument("--nll-images", type=int, default=None,
                         help="test images of the NLL and the bound (default: the run's)")
     parser.add_argument("--vlb-timesteps", type=int, default=None,
                         help="DDPM: estimate the bound from K stratified timesteps per image (default: all T, exact)")
     parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     args = parser.parse_args(argv)
-    module, datamodule = _setup(args)
+    _check_numbers(args)
+    if args.num is not None and args.num < 2:
+        raise UsageError(f"--num must be >= 2: the Fréchet distance estimates a covariance, got {args.num}")
+    check_output_path(args.out, "--out", (".png",))
+    run, weights = _setup(args, prog)
+    module, datamodule = run.module, run.datamodule
+    if datamodule is None:
+        raise ValueError(f"{args.checkpoint!r}: the run names no DataModule, so there are no test images to score "
+                         f"against; pass the run's config with --config")
     datamodule.setup("test")
-    result = evaluate_samples(module, args.out, datamodule, num=args.num, sampler=args.sampler, steps=args.steps,
+    result = {"weights": weights}
+    result |= evaluate_samples(module, args.out, datamodule, num=args.num, sampler=args.sampler, steps=args.steps,
                               rtol=args.rtol, atol=args.atol)
     result.update(nll_bits_per_dim(module, datamodule, args.nll_images, rtol=args.rtol, atol=args.atol))
     result.update(vlb_bits_per_dim(module, datamodule, args.nll_images, sampled_timesteps=args.vlb_timesteps))
-    print(json.dumps(result, indent=2) if args.json else summary_line(result).replace("summary", "evaluate", 1))
+    if args.json:
+        print(json.dumps(_json_safe(result), indent=2, allow_nan=False))
+    else:
+        print(summary_line(result).replace("pynodeta summary", prog, 1))
     return 0
+
+
+def _json_safe(value):
+    """NaN and Inf as null: the JSON standard has no such numbers, and strict parsers refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
 
 
 def sample_main(argv: list[str]) -> int:
