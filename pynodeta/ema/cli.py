@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
-
-import torch
 
 from .._atomic import atomic_torch_save, atomic_write_text
 from .._cli import ArgumentParser, UsageError
 from .posthoc import posthoc_reconstruct
+from .run_match import check_same_run
 from .snapshots import list_snapshots
 from .sweep import parse_sweep, sweep_sigma_rels, write_sweep
 
@@ -39,10 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="training step to reconstruct at (default: last)")
     parser.add_argument("--out", help="output file of --sigma-rel")
     parser.add_argument("--out-dir", default="phema_sweep", help="output directory of --sweep (CSV, PNG, JSON)")
-    parser.add_argument("--checkpoint", help="Lightning checkpoint of the run (read with torch.load("
-                                             "weights_only=False): only pass files you trust)")
+    parser.add_argument("--checkpoint", help="Lightning checkpoint of the same run (read with weights_only=True; "
+                                             "its run, step and tensor shapes must match the snapshots)")
     parser.add_argument("--target", default="model", help="attribute of the network in the LightningModule")
-    parser.add_argument("--num-samples", type=int, default=512, help="--sweep: images drawn per σ_rel")
+    parser.add_argument("--num-samples", type=int, default=512, help="--sweep: images drawn per σ_rel (>= 2)")
+    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                        help="a module besides pynodeta whose classes the run's files may name; repeatable")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle the checkpoint with weights_only=False, which runs any code it holds; only "
+                             "for files you made or fully trust")
     parser.add_argument("--sampler", default=None, help="--sweep: sampler (default: the module's)")
     parser.add_argument("--steps", type=int, default=None, help="--sweep: sampler steps (default: the module's)")
     return parser
@@ -51,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.num_samples < 2:
+            raise UsageError(f"--num-samples must be >= 2 (the Fréchet distance estimates a covariance), got "
+                             f"{args.num_samples}")
+        if args.unsafe_load:
+            print("pynodeta phema: warning: --unsafe-load unpickles the checkpoint with torch.load(weights_only="
+                  "False), which runs any code it contains; use it only on files you made or fully trust",
+                  file=sys.stderr)
         if args.sigma_rel is not None:
             _reconstruct_one(args)
         else:
@@ -64,10 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 def _reconstruct_one(args) -> None:
     if not args.out:
         raise UsageError("--sigma-rel needs --out FILE for the reconstructed weights")
+    snapshots = list_snapshots(args.snapshots)
+    step = args.step if args.step is not None else snapshots[-1].step
+    payload = None
+    if args.checkpoint:  # checked against the snapshots before the reconstruction's work
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="--unsafe-load")  # printed once by main()
+            payload = read_run_checkpoint(args.checkpoint, unsafe=args.unsafe_load, allow_modules=args.allow_module)
+        check_same_run(payload, snapshots, step, args.target, args.checkpoint)
     state = posthoc_reconstruct(args.snapshots, args.sigma_rel, args.step)
-    step = args.step if args.step is not None else list_snapshots(args.snapshots)[-1].step
-    if args.checkpoint:
-        payload = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if payload is not None:
         _replace_network_weights(payload, state, args.target, args.checkpoint)
         payload["pynodeta_phema"] = {"sigma_rel": args.sigma_rel, "step": step}
     else:
@@ -89,14 +107,23 @@ def _replace_network_weights(checkpoint: dict, state: dict, target: str, path: s
         weights[prefix + name] = value.to(weights[prefix + name].dtype)
 
 
+def read_run_checkpoint(path, *, unsafe: bool, allow_modules):
+    from pynodeta.train.run_loader import read_run_checkpoint as read  # the one trust policy; Lightning on demand
+
+    return read(path, unsafe=unsafe, allow_modules=allow_modules)
+
+
 def _sweep(args) -> None:
     if not args.checkpoint:
         raise UsageError("--sweep needs --checkpoint (the run's Lightning checkpoint) to rebuild and sample the model")
     from .sweep_fd import fd_scorer
 
     sigma_rels = parse_sweep(args.sweep)
-    score, read_floor = fd_scorer(args.checkpoint, args.target, args.num_samples, args.sampler, args.steps,
-                                  Path(args.out_dir))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="--unsafe-load")  # printed once by main()
+        score, read_floor = fd_scorer(args.checkpoint, args.snapshots, args.target, args.num_samples, args.sampler,
+                                      args.steps, Path(args.out_dir), allow_modules=args.allow_module,
+                                      unsafe=args.unsafe_load)
     rows = sweep_sigma_rels(args.snapshots, sigma_rels, score, args.step)
     floor = read_floor()
     paths = write_sweep(rows, args.out_dir, "FD", reference={"real-data floor": floor})

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .profiles import check_sigma_rel, power_function_correlation, sigma_rel_to_gamma
-from .snapshots import list_snapshots, load_snapshot
+from .snapshots import SnapshotInfo, list_snapshots, load_snapshot
 
 __all__ = ["posthoc_coefficients", "posthoc_reconstruct"]
 
@@ -76,10 +76,27 @@ def posthoc_reconstruct(
     for info in used:
         payload = load_snapshot(info.path)
         for profile in payload["profiles"]:
+            _check_profile(profile["state_dict"], info, profile["sigma_rel"])
             _accumulate(result, dtypes, profile["state_dict"], float(weights[position]))
             position += 1
         del payload
     return {name: value.to(dtypes[name]) for name, value in result.items()}
+
+
+def _check_profile(state: dict[str, torch.Tensor], info: SnapshotInfo, sigma_rel: float) -> None:
+    """Each profile must hold exactly the tensors its file's fingerprint lists, finite: a profile missing a
+    tensor would otherwise be rebuilt from the other snapshots alone, a NaN one would poison every width."""
+    expected = [(name, tuple(shape), dtype) for name, shape, dtype in info.fingerprint]
+    found = [(name, tuple(value.shape), str(value.dtype)) for name, value in state.items()]
+    if found != expected:
+        missing = sorted({e[0] for e in expected} - {f[0] for f in found})
+        what = f"lacks {missing[0]}" if missing else "does not match the file's fingerprint (names, shapes, dtypes)"
+        raise ValueError(f"snapshot {info.path.name}: the profile σ_rel {sigma_rel:g} {what}; the file is damaged or "
+                         f"was edited, remove it from the folder")
+    for name, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"snapshot {info.path.name}: {name} of the profile σ_rel {sigma_rel:g} holds NaN or Inf "
+                             f"(the run diverged before step {info.step}); reconstruct at an earlier --step")
 
 
 def _accumulate(result: dict, dtypes: dict, state: dict[str, torch.Tensor], weight: float) -> None:

@@ -39,8 +39,19 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> list[list]:
 
 
 def load_snapshot(path: Path) -> dict:
-    """Memory-mapped: tensors are read from disk only when touched, so listing and streaming stay cheap."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """Memory-mapped: tensors are read from disk only when touched, so listing and streaming stay cheap.
+    A file that is empty, truncated, not a torch.save file or not a snapshot is a ValueError naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - zip, pickle, mmap and EOF errors all mean a damaged file
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"snapshot {str(path)!r} cannot be read (empty, truncated or not a torch.save file: "
+                         f"{detail}); remove it from the folder") from error
+    if not isinstance(payload, dict) or payload.get("format") != SNAPSHOT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{str(path)!r} is not a pynodeta power-function EMA snapshot (format {found!r}, expected "
+                         f"{SNAPSHOT_FORMAT!r})")
+    return payload
 
 
 def list_snapshots(directory: str | os.PathLike) -> list[SnapshotInfo]:
@@ -55,9 +66,6 @@ def list_snapshots(directory: str | os.PathLike) -> list[SnapshotInfo]:
         if not _NAME.fullmatch(path.name):
             continue
         payload = load_snapshot(path)
-        if payload.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"{path.name} is not a pynodeta power-function EMA snapshot (format "
-                             f"{payload.get('format')!r}, expected {SNAPSHOT_FORMAT!r})")
         infos.append(SnapshotInfo(path, int(payload["step"]), tuple(p["sigma_rel"] for p in payload["profiles"]),
                                   payload["run_id"], _freeze(payload["fingerprint"])))
     if not infos:

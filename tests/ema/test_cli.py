@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pynodeta.cli import main
-from pynodeta.ema import PowerFunctionEMA, posthoc_reconstruct
+from pynodeta.ema import PowerFunctionEMA, list_snapshots, posthoc_reconstruct
 from pynodeta.ema.sweep import parse_sweep, sweep_sigma_rels, write_sweep
 
 
@@ -34,17 +34,37 @@ def test_reconstruct_to_a_file(snapshots, tmp_path):
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in expected.items())
 
 
+def _run_checkpoint(path, snapshots, step=60, weight_shape=(3, 4), run_id=None):
+    """A checkpoint of the run that wrote ``snapshots`` (its power-function EMA carries the run's identity)."""
+    run_id = run_id or list_snapshots(snapshots)[0].run_id
+    torch.save({"state_dict": {"model.weight": torch.zeros(weight_shape), "model.bias": torch.zeros(3), "other": 1.0},
+                "epoch": 3, "global_step": step,
+                "pynodeta_weight_averages": {"power_ema": {"target": "model", "state": {"run_id": run_id}}}}, path)
+    return path
+
+
 def test_reconstruct_into_a_lightning_checkpoint(snapshots, tmp_path):
-    checkpoint = tmp_path / "run.ckpt"
-    torch.save({"state_dict": {"model.weight": torch.zeros(3, 4), "model.bias": torch.zeros(3), "other": 1.0},
-                "epoch": 3}, checkpoint)
+    checkpoint = _run_checkpoint(tmp_path / "run.ckpt", snapshots)
     out = tmp_path / "phema.ckpt"
     args = ["phema", "--snapshots", str(snapshots), "--sigma-rel", "0.1", "--checkpoint", str(checkpoint)]
     assert main([*args, "--out", str(out)]) == 0
-    saved = torch.load(out, weights_only=False)
+    saved = torch.load(out, weights_only=True)
     assert saved["epoch"] == 3 and saved["state_dict"]["other"] == 1.0
     assert torch.equal(saved["state_dict"]["model.weight"], posthoc_reconstruct(snapshots, 0.1)["weight"])
     assert main([*args, "--out", str(out), "--target", "net"]) == 2
+
+
+@pytest.mark.parametrize(("checkpoint_args", "message"), [
+    ({"run_id": "another-run"}, "checkpoint of run another-run"),
+    ({"weight_shape": (3, 5)}, "has shape (3, 4) in the snapshots but (3, 5)"),
+    ({"step": 30}, "beyond the checkpoint's step 30"),
+])
+def test_snapshots_of_another_run_step_or_network_are_refused(snapshots, tmp_path, capsys, checkpoint_args, message):
+    checkpoint = _run_checkpoint(tmp_path / "run.ckpt", snapshots, **checkpoint_args)
+    out = tmp_path / "phema.ckpt"
+    assert main(["phema", "--snapshots", str(snapshots), "--sigma-rel", "0.1", "--checkpoint", str(checkpoint),
+                 "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
 
 
 def test_bad_input_exits_with_status_2(snapshots, tmp_path, capsys):
@@ -80,15 +100,32 @@ def test_sweep_finds_the_width_closest_to_a_known_profile(snapshots, tmp_path):
     assert paths["png"].stat().st_size > 0
 
 
-def test_sweep_rebuilds_the_data_from_the_run_config(tmp_path):
-    from pynodeta.data import DigitsDataModule
-    from pynodeta.ema.sweep_fd import datamodule_of_run
+def test_sweep_vets_the_config_beside_the_checkpoint_before_importing_it(snapshots, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    checkpoint = _run_checkpoint(run / "checkpoints" / "last.ckpt", snapshots)
+    (run / "config.yaml").write_text(
+        "model:\n  class_path: pynodeta.train.DiffusionModule\n  init_args: {}\n"
+        f"data:\n  class_path: subprocess.Popen\n  init_args:\n    args: [touch, {marker}]\n")
+    assert main(["phema", "--snapshots", str(snapshots), "--sweep", "0.05:0.1:0.05", "--checkpoint",
+                 str(checkpoint), "--out-dir", str(tmp_path / "sweep")]) == 2
+    assert "'subprocess.Popen', which is outside the allowed modules" in capsys.readouterr().err
+    assert not marker.exists()
 
-    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
-    checkpoint.parent.mkdir()
-    with pytest.raises(ValueError, match="no config.yaml beside"):
-        datamodule_of_run(checkpoint)
-    (tmp_path / "config.yaml").write_text("data:\n  class_path: pynodeta.data.DigitsDataModule\n"
-                                          "  init_args:\n    batch_size: 8\n    normalization: diffusion\n")
-    datamodule = datamodule_of_run(checkpoint)
-    assert isinstance(datamodule, DigitsDataModule) and datamodule.batch_size == 8
+
+def test_a_damaged_or_nan_snapshot_is_named(snapshots, tmp_path, capsys):
+    files = sorted(snapshots.iterdir())
+    payload = torch.load(files[2], weights_only=True)
+    payload["profiles"][0]["state_dict"]["weight"][0, 0] = float("nan")
+    torch.save(payload, files[2])
+    assert main(["phema", "--snapshots", str(snapshots), "--sigma-rel", "0.07", "--out", str(tmp_path / "x.pt")]) == 2
+    assert f"snapshot {files[2].name}: weight of the profile σ_rel 0.05 holds NaN" in capsys.readouterr().err
+    del payload["profiles"][0]["state_dict"]["weight"]
+    torch.save(payload, files[2])
+    assert main(["phema", "--snapshots", str(snapshots), "--sigma-rel", "0.07", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "the profile σ_rel 0.05 lacks weight" in capsys.readouterr().err
+    files[2].write_bytes(files[3].read_bytes()[:100])
+    assert main(["phema", "--snapshots", str(snapshots), "--sigma-rel", "0.07", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pynodeta phema: error: snapshot") and "cannot be read" in err and len(err.splitlines()) == 1
