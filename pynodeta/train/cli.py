@@ -63,6 +63,9 @@ class PynodetaCLI(LightningCLI):
                             help="torch.set_num_threads for this run (e.g. 2 on a 2-core machine)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the final weights and print a summary line")
+        parser.add_argument("--unsafe_load", type=bool, default=False,
+                            help="read --ckpt_path with torch.load(weights_only=False), which runs any code the file "
+                                 "holds; only for files you made or fully trust")
         parser.add_argument("--plots", type=bool, default=True,
                             help="after fit, write PNGs of loss, metrics and NFE over training beside "
                                  "metrics.csv (needs matplotlib: pip install 'pynodeta[plot]')")
@@ -73,13 +76,31 @@ class PynodetaCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         self._resumed_epochs = None
         if subcommand:
+            unsafe = bool(self.config[subcommand].get("unsafe_load"))
+            self._check_weights_only(subcommand, unsafe)
             try:
-                self._resumed_epochs = prepare_ckpt_path(subcommand, self.config[subcommand])
+                self._resumed_epochs = prepare_ckpt_path(subcommand, self.config[subcommand], unsafe)
             except (CheckpointError, RunDirectoryError) as error:
                 raise ConfigurationError(str(error)) from error
+            if unsafe:  # Lightning's own read of the hyperparameters is weights-only: the config stands as given
+                return
         if self._resumed_epochs is not None:  # keep_csv_metrics keeps the rows CSVLogger warns it deletes
             warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
         super()._parse_ckpt_path()
+
+    def _check_weights_only(self, subcommand: str, unsafe: bool) -> None:
+        """``--unsafe_load`` is the one opt-in to unpickling a checkpoint; Lightning's ``--weights_only false``
+        alone would be a second, unwarned one."""
+        config = self.config[subcommand]
+        if "weights_only" not in config:
+            return
+        if config.get("weights_only") is False and not unsafe:
+            raise ConfigurationError("--weights_only false unpickles the checkpoint, which can run code from it; "
+                                     "pynodeta's opt-in for that is --unsafe_load true (warned)")
+        if unsafe:
+            print("pynodeta: warning: --unsafe_load unpickles --ckpt_path with torch.load(weights_only=False), which "
+                  "runs any code it contains; use it only on files you made or fully trust", file=sys.stderr)
+            config["weights_only"] = False
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "num_threads")

@@ -3,7 +3,8 @@
 Called by :class:`pynodeta.train.cli.PynodetaCLI` on the parsed (not yet instantiated) config of
 the subcommand. A missing, truncated or garbage checkpoint is reported here as a
 :class:`~pynodeta.train.safe_load.CheckpointError` instead of as a traceback from inside
-``trainer.fit``; the file is read with ``weights_only=True``, as Lightning then reads it.
+``trainer.fit``; the file is read under the policy every command shares (``weights_only=True``, class
+paths vetted before import), as :mod:`pynodeta.train.run_loader` states it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .run_dir import RunDirectoryError, newest_last_checkpoint, run_dir_of_checkpoint
-from .safe_load import CheckpointError, read_checkpoint
+from .run_loader import read_run_checkpoint
+from .safe_load import CheckpointError
 
 __all__ = ["prepare_ckpt_path"]
 
@@ -22,10 +24,11 @@ __all__ = ["prepare_ckpt_path"]
 _IN_PROCESS_KEYWORDS = ("best", "hpc", "registry")
 
 
-def prepare_ckpt_path(subcommand: str, config) -> int | None:
+def prepare_ckpt_path(subcommand: str, config, unsafe: bool = False) -> int | None:
     """Check ``config.ckpt_path`` and, for ``fit``, pin the logger to the checkpoint's run folder.
 
-    ``config`` is the subcommand's jsonargparse Namespace; it is edited in place. Returns, when a
+    ``config`` is the subcommand's jsonargparse Namespace; it is edited in place. ``unsafe``: the user's
+    ``--unsafe_load``, the one opt-in to full unpickling. Returns, when a
     fit resumes into an existing run folder, the number of epochs the checkpoint completed (the
     logged rows to keep), else None. Raises CheckpointError / RunDirectoryError.
     """
@@ -44,8 +47,7 @@ def prepare_ckpt_path(subcommand: str, config) -> int | None:
     elif ckpt_path.split(":")[0] in _IN_PROCESS_KEYWORDS:
         raise RunDirectoryError(f"--ckpt_path {ckpt_path} refers to a checkpoint of a fit in this same process, "
                                 f"which `pynodeta {subcommand}` does not have; pass the checkpoint file's path")
-    state = read_checkpoint(ckpt_path)
-    _check_hyperparameter_classes(state, ckpt_path, config)
+    state = _read_under_policy(ckpt_path, config, unsafe)
     if subcommand != "fit" or logger is None or logger.get("version") is not None:
         return None  # an explicit version is the user's choice of folder
     run = _stored_run_dir(state, Path(ckpt_path)) or run_dir_of_checkpoint(ckpt_path)
@@ -81,22 +83,22 @@ def _stored_run_dir(state: dict, ckpt_path: Path) -> Path | None:
     return None
 
 
-def _check_hyperparameter_classes(state, ckpt_path: str, config) -> None:
-    """LightningCLI rebuilds the model from class paths in the checkpoint's hyperparameters (and
-    imports their modules): accept only modules that pynodeta or the user's own config names."""
-    from pynodeta.diagnose.trust import check_class_paths
-
-    hyperparameters = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if not hyperparameters:
-        return
+def _read_under_policy(ckpt_path: str, config, unsafe: bool) -> dict:
+    """The checkpoint, read as every command reads runs (:func:`~pynodeta.train.run_loader.read_run_checkpoint`).
+    LightningCLI rebuilds the model from the class paths in its hyperparameters (and imports their modules):
+    they must lie in pynodeta or in a package that the user's own config's model section names."""
     model = config.get("model")
     named = _class_paths(model.as_dict() if hasattr(model, "as_dict") else model)
+    allowed = sorted({path.partition(".")[0] for path in named})
     try:
-        check_class_paths(hyperparameters, sorted({path.partition(".")[0] for path in named}),
-                          f"the checkpoint {ckpt_path!r} (hyper_parameters)",
-                          how_to_allow="name a class of {module} in the config's model section")
+        state = read_run_checkpoint(ckpt_path, unsafe=unsafe, allow_modules=allowed,
+                                    how_to_allow="name a class of {module} in the config's model section")
     except ValueError as error:
         raise CheckpointError(str(error)) from error
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"--ckpt_path {ckpt_path!r} is not a Lightning checkpoint (no state_dict); pass a "
+                              f"checkpoint that `pynodeta fit` wrote")
+    return state
 
 
 def _class_paths(tree) -> list[str]:

@@ -65,6 +65,11 @@ def test_fit_sample_evaluate(tmp_path, capsys, objective):
     if objective == "ddpm":  # the exact bound over all 1000 timesteps by default
         assert result["vlb_bpd"] > 0 and result["vlb_sampled_timesteps"] is None
     assert ("vlb_bpd" in result) == (objective == "ddpm")
+    # with the run's own settings and averaged weights, evaluate gives fit's FD again
+    assert main(["evaluate", "--checkpoint", ckpt, "--nll-images", "1", "--out", str(tmp_path / "eval.png"),
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["weights"] == "ema" and again["fd"] == pytest.approx(summary["fd"], rel=1e-6, abs=1e-9)
 
 
 def test_sample_refuses_a_missing_checkpoint_and_an_unknown_sampler(tmp_path, capsys):
