@@ -15,9 +15,13 @@ from typing import Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["WeightAverage", "RAW_WEIGHTS", "sigma_rel_key", "parse_sigma_rel_key", "check_average_key"]
+__all__ = ["WeightAverage", "RAW_WEIGHTS", "POSTHOC_KEY", "sigma_rel_key", "parse_sigma_rel_key",
+           "check_average_key"]
 
 RAW_WEIGHTS = "none"  # the key of the raw (not averaged) weights
+# A checkpoint whose network weights `pynodeta phema` replaced by a reconstruction says so under this key
+# ({"sigma_rel", "step"}): its "raw" weights are then that average, and the default for sampling.
+POSTHOC_KEY = "pynodeta_phema"
 _SIGMA_REL_PREFIX = "sigma_rel="
 
 
@@ -70,5 +74,6 @@ def check_average_key(key: str, available: tuple[str, ...]) -> str:
     if canonical not in available:
         held = ", ".join([*available, RAW_WEIGHTS])
         raise ValueError(f"the average {key!r} is not stored in this run (it holds: {held}); other power-function "
-                         f"EMA widths come from the run's snapshots through `pynodeta phema`")
+                         f"EMA widths are rebuilt from the run's snapshots when its phema/ folder is beside "
+                         f"checkpoints/, or through `pynodeta phema`")
     return canonical

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .._atomic import atomic_torch_save, atomic_write_text
 from .._cli import ArgumentParser, UsageError
+from .average import POSTHOC_KEY
 from .posthoc import posthoc_reconstruct
 from .run_match import check_same_run
 from .snapshots import list_snapshots
@@ -87,7 +88,7 @@ def _reconstruct_one(args) -> None:
     state = posthoc_reconstruct(args.snapshots, args.sigma_rel, args.step)
     if payload is not None:
         _replace_network_weights(payload, state, args.target, args.checkpoint)
-        payload["pynodeta_phema"] = {"sigma_rel": args.sigma_rel, "step": step}
+        payload[POSTHOC_KEY] = {"sigma_rel": args.sigma_rel, "step": step}
     else:
         payload = {"state_dict": state, "sigma_rel": args.sigma_rel, "step": step}
     atomic_torch_save(payload, Path(args.out))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pynodeta.ema import WeightAverage
-from pynodeta.ema.average import RAW_WEIGHTS, check_average_key
+from pynodeta.ema.average import POSTHOC_KEY, RAW_WEIGHTS, check_average_key, parse_sigma_rel_key, sigma_rel_key
 from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
 from .safe_load import CheckpointError, read_checkpoint
@@ -53,11 +53,43 @@ class Run:
     step: int | None = None                     # optimiser steps the checkpoint had done (its global_step)
     averages: list[tuple[str, WeightAverage]] = field(default_factory=list)  # (network attribute, average)
     example_input: torch.Tensor | None = None   # an example batch stored with a pickled module (diagnose)
+    posthoc: dict | None = None                 # {"sigma_rel", "step"} when `pynodeta phema` wrote the weights
+    _reconstructed: dict[str, int] = field(default_factory=dict, repr=False)  # key -> step, of use_average
 
     @property
     def evaluated_with(self) -> str:
-        """The average training evaluated with (``"ema"``, ``"sigma_rel=0.1"`` or ``"none"``)."""
+        """The default weights: the average training evaluated with (``"ema"``, ``"sigma_rel=0.1"`` or
+        ``"none"``), or ``"none"`` for a checkpoint whose network weights are a post-hoc reconstruction."""
+        if self.posthoc is not None:
+            return RAW_WEIGHTS
         return getattr(self.module, "evaluation_average", RAW_WEIGHTS)
+
+    def describe(self, key: str) -> str:
+        """What the weights of ``key`` are, for messages: a post-hoc checkpoint's raw weights are its average."""
+        if key == RAW_WEIGHTS and self.posthoc is not None:
+            return f"sigma_rel={self.posthoc['sigma_rel']:g} (post hoc, step {self.posthoc['step']})"
+        if key in self._reconstructed:
+            return f"{key} (post hoc from {self.snapshot_dir}, step {self._reconstructed[key]})"
+        return key
+
+    def _use_reconstruction(self, key: str) -> str:
+        """Rebuild the power-function EMA ``key`` from the run's snapshots at the last snapshot step at or
+        before the checkpoint's (EDM2's post-hoc EMA), after checking they are of this run."""
+        from pynodeta.ema import list_snapshots, posthoc_reconstruct
+
+        snapshots = list_snapshots(self.snapshot_dir)
+        if self.run_id is not None and snapshots[0].run_id != self.run_id:
+            raise ValueError(f"the snapshots in {str(self.snapshot_dir)!r} are of run {snapshots[0].run_id}, the "
+                             f"checkpoint of run {self.run_id}; they cannot give this run's {key}")
+        steps = [info.step for info in snapshots if self.step is None or info.step <= self.step]
+        if not steps:
+            raise ValueError(f"no snapshot in {str(self.snapshot_dir)!r} at or before the checkpoint's step "
+                             f"{self.step}")
+        target = next((t for t, a in self.averages if hasattr(a, "run_id")), "model")
+        state = posthoc_reconstruct(self.snapshot_dir, parse_sigma_rel_key(key), steps[-1])
+        self.module.get_submodule(target).load_state_dict(state)
+        self._reconstructed[key] = steps[-1]
+        return key
 
     def average_keys(self) -> tuple[str, ...]:
         """Every stored average, e.g. ``("ema",)`` or ``("sigma_rel=0.05", "sigma_rel=0.1")``."""
@@ -68,11 +100,25 @@ class Run:
         """The identity the run's power-function EMA gives its snapshots (None without one)."""
         return next((average.run_id for _, average in self.averages if hasattr(average, "run_id")), None)
 
+    @property
+    def snapshot_dir(self) -> Path | None:
+        """``<run>/phema``, where the power-function EMA callback writes by default, if it exists."""
+        if self.checkpoint is None or self.checkpoint.parent.name != "checkpoints":
+            return None
+        folder = self.checkpoint.parent.parent / "phema"
+        return folder if folder.is_dir() else None
+
     @torch.no_grad()
     def use_average(self, key: str | None = None) -> str:
         """Put the average ``key`` (default: :attr:`evaluated_with`) into the network's weights, in place;
-        ``"none"`` keeps the raw weights. Returns the key used, in its canonical spelling."""
-        key = check_average_key(self.evaluated_with if key is None else key, self.average_keys())
+        ``"none"`` keeps the raw weights. A ``sigma_rel=X`` the run did not track is reconstructed post hoc
+        from the run's snapshots (:attr:`snapshot_dir`). Returns the key used, in its canonical spelling."""
+        key = self.evaluated_with if key is None else key
+        if key.strip().startswith("sigma_rel=") and self.snapshot_dir is not None:
+            wanted = sigma_rel_key(parse_sigma_rel_key(key))
+            if wanted not in self.average_keys():
+                return self._use_reconstruction(wanted)
+        key = check_average_key(key, self.average_keys())
         if key == RAW_WEIGHTS:
             return key
         target, average = next((t, a) for t, a in self.averages if key in a.keys())
@@ -126,7 +172,9 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
     _check_finite(content["state_dict"], path)
     averages = _averages(content, module, path)
     step = content.get("global_step")
-    return Run(module, datamodule, path, config_path, int(step) if step is not None else None, averages)
+    posthoc = content.get(POSTHOC_KEY) if isinstance(content.get(POSTHOC_KEY), dict) else None
+    return Run(module, datamodule, path, config_path, int(step) if step is not None else None, averages,
+               posthoc=posthoc)
 
 
 def find_run_config(checkpoint: Path) -> Path | None:

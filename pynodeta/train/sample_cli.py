@@ -77,7 +77,7 @@ def load_diffusion_run(checkpoint: str | Path, config: str | None = None, *, ave
     if not isinstance(run.module, DiffusionModule):
         raise ValueError(f"{str(checkpoint)!r} is a run of {type(run.module).__name__}, not of a DiffusionModule; "
                          f"`pynodeta sample` and `evaluate` draw images from diffusion runs")
-    return run, run.use_average(average)
+    return run, run.describe(run.use_average(average))
 
 
 def _device(name: str | None) -> torch.device:

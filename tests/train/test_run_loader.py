@@ -240,23 +240,36 @@ def test_evaluate_json_is_strict_json(checkpoint, tmp_path, capsys):
 # --- evaluate reproduces fit ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_evaluate_reproduces_fits_fd_of_a_shipped_edm2_config_with_its_power_ema(tmp_path, capsys):
-    overrides = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.max_time", "null",
-                 "--trainer.logger.init_args.save_dir", str(tmp_path), "--num_threads", "1", "--plots", "false",
-                 "--model.init_args.eval_num_samples", "16", "--model.init_args.nll_num_images", "1",
-                 "--model.init_args.sampler_steps", "3"]
-    assert main(["fit", "--config", "digits_edm2", *overrides]) == 0
+    from pynodeta.train import shipped_config_path
+
+    config = yaml.safe_load(shipped_config_path("digits_edm2").read_text())
+    config["trainer"].update(max_epochs=1, limit_train_batches=6, max_time=None)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    config["trainer"]["callbacks"][1]["init_args"]["snapshot_every"] = 2
+    config["model"]["init_args"].update(eval_num_samples=16, nll_num_images=1, sampler_steps=3)
+    (tmp_path / "edm2.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(tmp_path / "edm2.yaml"), "--num_threads", "1", "--plots", "false"]) == 0
     run = tmp_path / "digits_edm2" / "version_0"
     fit_fd = json.loads((run / "summary.json").read_text())["fd"]
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert load_run(checkpoint).average_keys() == ("sigma_rel=0.05", "sigma_rel=0.1")
     capsys.readouterr()
-    results = {}
-    for average in (None, "sigma_rel=0.10", "none"):
-        flags = [] if average is None else ["--average", average]
-        assert main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.png"), "--json",
-                     *flags]) == 0
-        results[average] = json.loads(capsys.readouterr().out)
-    assert results[None]["weights"] == "sigma_rel=0.1"
-    assert results[None]["fd"] == pytest.approx(fit_fd, rel=1e-6, abs=1e-9)
-    assert results["sigma_rel=0.10"]["fd"] == results[None]["fd"]
-    assert results["none"]["fd"] != results[None]["fd"]  # the raw weights are another model
+
+    def evaluate(*flags, path=checkpoint):
+        assert main(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "e.png"), "--json",
+                     "--config", str(run / "config.yaml"), *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    default, tracked, raw = evaluate(), evaluate("--average", "sigma_rel=0.10"), evaluate("--average", "none")
+    assert default["weights"] == "sigma_rel=0.1"
+    assert default["fd"] == pytest.approx(fit_fd, rel=1e-6, abs=1e-9)
+    assert tracked["fd"] == default["fd"]
+    assert raw["fd"] != default["fd"]  # the raw weights are another model
+    # an untracked width is rebuilt from the run's snapshots, as `pynodeta phema` rebuilds it into a checkpoint
+    posthoc = evaluate("--average", "sigma_rel=0.07")
+    assert posthoc["weights"].startswith("sigma_rel=0.07 (post hoc from") and posthoc["weights"].endswith("step 6)")
+    assert main(["phema", "--snapshots", str(run / "phema"), "--sigma-rel", "0.07", "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "phema.ckpt")]) == 0
+    capsys.readouterr()
+    written = evaluate(path=tmp_path / "phema.ckpt")
+    assert written["weights"] == "sigma_rel=0.07 (post hoc, step 6)" and written["fd"] == posthoc["fd"]
