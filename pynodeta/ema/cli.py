@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             print("pynodeta phema: warning: --unsafe-load unpickles the checkpoint with torch.load(weights_only="
                   "False), which runs any code it contains; use it only on files you made or fully trust",
                   file=sys.stderr)
+        _check_output(args.out if args.sigma_rel is not None else args.out_dir, "--out" if args.sigma_rel is not None
+                      else "--out-dir", folder=args.sigma_rel is None)
         if args.sigma_rel is not None:
             _reconstruct_one(args)
         else:
@@ -72,6 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pynodeta phema: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_output(path: str | None, option: str, folder: bool) -> None:
+    """Refuse an output that cannot be written before any reconstruction work."""
+    if path is None:
+        return
+    out = Path(path)
+    blocking = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UsageError(f"{option} {path!r}: {str(blocking)!r} is a file, not a folder")
+    if out.exists() and out.is_dir() != folder:
+        raise UsageError(f"{option} {path!r} is {'a file' if folder else 'a folder'}; name "
+                         f"{'a folder' if folder else 'a file'}")
 
 
 def _reconstruct_one(args) -> None:

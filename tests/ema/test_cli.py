@@ -129,3 +129,16 @@ def test_a_damaged_or_nan_snapshot_is_named(snapshots, tmp_path, capsys):
     assert main(["phema", "--snapshots", str(snapshots), "--sigma-rel", "0.07", "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pynodeta phema: error: snapshot") and "cannot be read" in err and len(err.splitlines()) == 1
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(snapshots, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    base = ["phema", "--snapshots", str(snapshots)]
+    assert main([*base, "--sigma-rel", "0.07", "--out", str(tmp_path / "afile" / "m.pt")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main([*base, "--sweep", "0.05:0.1:0.05", "--out-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file; name a folder" in capsys.readouterr().err
+    assert main([*base, "--sigma-rel", "0.07", "--out", str(tmp_path), "--num-samples", "2"]) == 2
+    assert "is a folder; name a file" in capsys.readouterr().err
+    assert main([*base, "--sweep", "0.05:0.1:0.05", "--num-samples", "0"]) == 2
+    assert "--num-samples must be >= 2" in capsys.readouterr().err
