@@ -39,6 +39,19 @@ def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas") -> list[float]:
     return values
 
 
+def check_option(name: str, value: float, hint: str, allow_inf: bool = False) -> float:
+    """A sampler's float option as a float, refused (naming it) when NaN, negative, or infinite without
+    ``allow_inf``: NaN passes every ``value < 0`` test and would turn all samples into NaN silently."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number ({hint}), got {value!r}") from None
+    if math.isnan(number) or number < 0 or (math.isinf(number) and not allow_inf):
+        rule = ">= 0 (inf allowed)" if allow_inf else "finite and >= 0"
+        raise ValueError(f"{name} must be {rule} ({hint}), got {value!r}")
+    return number
+
+
 def all_finite(values: torch.Tensor) -> bool:
     """No NaN/Inf in ``values``. One sum decides the common case (NaN and ±Inf propagate through it) at a
     third of the cost of ``isfinite().all()``; only a non-finite sum, possibly an overflow, takes the exact test."""

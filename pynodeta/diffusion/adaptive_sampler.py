@@ -81,9 +81,11 @@ class AdaptiveTimestepSampler(TimestepSampler):
         super().__init__(num_timesteps)
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be an integer >= 1 (channels of x0), got {in_channels!r}")
-        if not lr > 0 or not max_grad_norm > 0 or not entropy_coef >= 0:
-            raise ValueError("need lr > 0, max_grad_norm > 0, entropy_coef >= 0; "
-                             f"got {lr}, {max_grad_norm}, {entropy_coef}")
+        # inf lr or entropy_coef would turn the policy's weights into NaN at the first update;
+        # max_grad_norm = inf is torch's "no clipping"
+        if not 0 < lr < math.inf or not max_grad_norm > 0 or not 0 <= entropy_coef < math.inf:
+            raise ValueError("need lr > 0 and finite, max_grad_norm > 0, entropy_coef >= 0 and finite; "
+                             f"got lr={lr}, max_grad_norm={max_grad_norm}, entropy_coef={entropy_coef}")
         if baseline_decay is not None and not 0 <= baseline_decay < 1:
             raise ValueError(f"baseline_decay must lie in [0, 1) or be None (no baseline), got {baseline_decay}")
         self.in_channels, self.max_grad_norm, self.entropy_coef = in_channels, max_grad_norm, entropy_coef

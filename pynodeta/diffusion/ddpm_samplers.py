@@ -13,7 +13,7 @@ import torch
 
 from .._random import randn
 from ..ode.stats import SolveStats, _publish
-from ._checks import NonFiniteDenoiserError, all_finite
+from ._checks import NonFiniteDenoiserError, all_finite, check_option
 from .schedules import DDPMSchedule
 
 __all__ = ["sample_ddpm", "sample_ddim", "ddim_timesteps"]
@@ -79,8 +79,7 @@ def sample_ddim(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule, 
                 eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """DDIM, Song et al. 2021 Eq. 12 (η = 0: deterministic; η = 1: DDPM-like), ``num_steps`` evaluations."""
     _check_start(x_T, schedule)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM), got {eta}")
+    eta = check_option("eta", eta, "0: deterministic DDIM, 1: DDPM-like")
     timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
     model = _CountingEpsModel(eps_model, "ddim", len(timesteps))
     alphas_cumprod = schedule.alphas_cumprod.tolist()

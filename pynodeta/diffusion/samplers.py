@@ -16,7 +16,7 @@ import torch
 
 from .._random import randn
 from ..ode.stats import SolveStats, _publish
-from ._checks import Denoiser, check_sigmas, denoise
+from ._checks import Denoiser, check_option, check_sigmas, denoise
 
 __all__ = ["sample_euler", "sample_heun", "sample_dpmpp_2m", "SAMPLERS", "get_sampler"]
 
@@ -55,18 +55,18 @@ def _churn(x: torch.Tensor, sigma: float, n_steps: int, s_churn: float, s_tmin: 
     return x + noise * s_noise * math.sqrt(sigma_hat**2 - sigma**2), sigma_hat
 
 
-def _check_churn(s_churn: float, s_noise: float) -> None:
-    if s_churn < 0:
-        raise ValueError(f"s_churn must be >= 0 (0: deterministic), got {s_churn}")
-    if s_noise < 0:
-        raise ValueError(f"s_noise must be >= 0, got {s_noise}")
+def _check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> None:
+    check_option("s_churn", s_churn, "0: deterministic")
+    check_option("s_tmin", s_tmin, "the lowest noise level that gets churn")
+    check_option("s_tmax", s_tmax, "the highest noise level that gets churn; inf: no bound", allow_inf=True)
+    check_option("s_noise", s_noise, "1: fresh noise of the exact churned level")
 
 
 def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, s_churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
                  generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Euler steps of the probability-flow ODE, with optional churn (EDM Algorithm 2 with first-order steps)."""
-    _check_churn(s_churn, s_noise)
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     levels, model = _start(denoiser, x, sigmas, "euler")
     n_steps = len(levels) - 1
     for i in range(n_steps):
@@ -83,7 +83,7 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, s_
                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
                 generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Heun's second-order sampler, EDM Algorithm 1 (deterministic) and 2 (with churn, s_churn > 0)."""
-    _check_churn(s_churn, s_noise)
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     levels, model = _start(denoiser, x, sigmas, "heun")
     n_steps = len(levels) - 1
     for i in range(n_steps):

@@ -14,6 +14,8 @@ Each sampler's ``state_dict()`` holds everything it learned, so a checkpoint res
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -227,8 +229,9 @@ class SpeeDSampler(TimestepSampler):
         if isinstance(tau, bool) or not isinstance(tau, int) or not 0 < tau <= T:
             raise ValueError(f"tau must be an integer in (0, T] = (0, {T}] (the code uses 700 for T = 1000), "
                              f"got {tau!r}")
-        if not k >= 1:
-            raise ValueError(f"k must be >= 1 (how many times likelier a step below tau is; SpeeD uses 5), got {k}")
+        if not 1 <= k < math.inf:  # inf would make every probability inf / inf = NaN
+            raise ValueError(f"k must be >= 1 and finite (how many times likelier a step below tau is; SpeeD uses "
+                             f"5), got {k}")
         if not 0.5 <= lam <= 1:
             raise ValueError(f"lam must lie in [0.5, 1] (weights span [1 - lam, lam]; SpeeD uses 0.6), got {lam}")
         self.k, self.tau, self.lam, self.dual_sampling = float(k), tau, float(lam), bool(dual_sampling)

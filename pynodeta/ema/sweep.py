@@ -4,11 +4,11 @@ the curve (CSV + plot with the optimum marked), as in the paper's Fig. 5."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .posthoc import posthoc_reconstruct
@@ -17,19 +17,45 @@ from .profiles import check_sigma_rel
 __all__ = ["parse_sweep", "sweep_sigma_rels", "write_sweep"]
 
 
+MAX_SWEEP_VALUES = 1000  # each value is one reconstruction and one sampled FD: more is a typo, not a sweep
+_SWEEP_FORM = "start:stop:step, e.g. 0.02:0.20:0.01"
+
+
 def parse_sweep(text: str) -> list[float]:
-    """'start:stop:step' (stop included when on the grid), e.g. '0.02:0.20:0.01' → [0.02, 0.03, ..., 0.20]."""
+    """'start:stop:step' (stop included when on the grid), e.g. '0.02:0.20:0.01' → [0.02, 0.03, ..., 0.20].
+
+    Refused, with the expected form: other than three finite numbers, step <= 0, stop < start, or more
+    than ``MAX_SWEEP_VALUES`` values (a step of 1e-11 would otherwise allocate billions of floats).
+    """
     parts = text.split(":")
     if len(parts) != 3:
-        raise ValueError(f"--sweep must be start:stop:step, e.g. 0.02:0.20:0.01, got {text!r}")
-    start, stop, step = (float(p) for p in parts)
-    if not step > 0 or stop < start:
-        raise ValueError(f"--sweep needs step > 0 and stop >= start, got {text!r}")
-    count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        raise ValueError(f"--sweep must be {_SWEEP_FORM}, got {text!r}")
+    start, stop, step = (_sweep_number(text, name, part) for name, part in zip(("start", "stop", "step"), parts))
+    if not step > 0:
+        raise ValueError(f"--sweep step must be > 0, got {text!r}; expected {_SWEEP_FORM}")
+    if stop < start:
+        raise ValueError(f"--sweep stop must be >= start, got {text!r}; expected {_SWEEP_FORM}")
+    intervals = (stop - start) / step + 1e-9  # may overflow to inf: compared as a float, floored only when small
+    if not intervals < MAX_SWEEP_VALUES:
+        raise ValueError(f"--sweep {text!r} gives {intervals + 1:.3g} values, more than the {MAX_SWEEP_VALUES} "
+                         f"allowed (each is one reconstruction and one FD); use a larger step, e.g. "
+                         f"{(stop - start) / 20:.3g}")
+    count = math.floor(intervals) + 1
     values = [round(start + i * step, 10) for i in range(count)]
     for value in values:
         check_sigma_rel(value, "--sweep values")
     return values
+
+
+def _sweep_number(text: str, name: str, part: str) -> float:
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(f"--sweep {name} {part!r} is not a number: --sweep must be {_SWEEP_FORM}, "
+                         f"got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"--sweep {name} must be finite, got {part!r} in {text!r}; expected {_SWEEP_FORM}")
+    return value
 
 
 def sweep_sigma_rels(

@@ -1,33 +1,105 @@
 """The standard FID feature extractor (Inception-v3, pool3, 2048 features) from weights on the user's disk.
 
-Its weights cannot be downloaded here, so the extractor takes a path: NVlabs' TorchScript detector
-``inception-2015-12-05.pkl`` (the file EDM, EDM2 and StyleGAN compute FID with) or the same module
-saved with ``torch.jit.save`` (``.pt``). Only load files you trust: a ``.pkl`` is unpickled.
+Its weights cannot be downloaded here, so the extractor takes a path, to either of NVlabs' two copies of
+the same TorchScript detector: ``inception-2015-12-05.pkl`` (the file EDM, EDM2 and StyleGAN3 compute
+FID with, and the one their users already have in their download cache) or the TorchScript archive
+``inception-2015-12-05.pt`` (StyleGAN2-ADA's, also what ``torch.jit.save`` writes).
+
+Nothing here unpickles. A config or checkpoint may name this class with any ``weights_path``, so
+``pickle.load`` on that path would run whatever code the file names. A TorchScript module cannot be
+pickled itself (PyTorch refuses), so a ``.pkl`` that holds one carries the module's ``torch.jit.save``
+archive as a byte string, handed to a loader when unpickled. We read the pickle's opcodes with
+``pickletools.genops``, which parses and never imports or calls anything the file names, take the one
+byte string that is a TorchScript archive and give it to ``torch.jit.load``. A ``.pkl`` without such an
+archive is refused, with a one-line conversion to a ``.pt`` for a file the user trusts.
+
+``torch.jit.load`` runs no Python from the file (TorchScript code only calls TorchScript operators),
+but PyTorch does not harden it against crafted archives: use the files from NVlabs' addresses.
 """
 
 from __future__ import annotations
 
-import pickle
+import io
+import pickletools
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["InceptionFeatureExtractor", "INCEPTION_URL"]
+__all__ = ["InceptionFeatureExtractor", "INCEPTION_URL", "INCEPTION_TORCHSCRIPT_URL"]
 
 INCEPTION_URL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/"
                  "inception-2015-12-05.pkl")
+INCEPTION_TORCHSCRIPT_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                             "inception-2015-12-05.pt")
+_ZIP_MAGIC = b"PK\x03\x04"
+# for a .pkl we cannot read: the user unpickles their own trusted copy once, with NVlabs' own loader
+_CONVERSION = ("python -c \"import pickle, torch; torch.jit.save(pickle.load(open('inception-2015-12-05.pkl', "
+               "'rb')), 'inception-2015-12-05.pt')\"")
+
+
+def _is_torchscript_archive(data: bytes | Path) -> bool:
+    """A ``torch.jit.save`` zip: it holds ``constants.pkl`` (a ``torch.save`` zip does not; PyTorch tells
+    the two apart the same way)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _as_archive_bytes(argument) -> bytes | None:
+    """An opcode's argument as bytes when it may be a zip archive: a byte string, or (Python 3 bytes in a
+    protocol-2 pickle, rebuilt by ``_codecs.encode``) a latin-1 text string."""
+    if isinstance(argument, (bytes, bytearray)) and argument[:4] == _ZIP_MAGIC:
+        return bytes(argument)
+    if isinstance(argument, str) and argument[:4] == _ZIP_MAGIC.decode("latin-1"):
+        try:
+            return argument.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+    return None
+
+
+def _archives_in_pickle(path: Path) -> list[bytes]:
+    """The TorchScript archives a pickle file carries as byte strings, read without unpickling it."""
+    archives = []
+    with path.open("rb") as file:
+        try:
+            for _opcode, argument, _position in pickletools.genops(file):
+                data = _as_archive_bytes(argument)
+                if data is not None and _is_torchscript_archive(data):
+                    archives.append(data)
+        except (ValueError, EOFError) as error:  # genops' errors for bytes that are not a pickle
+            raise ValueError(f"weights_path {str(path)!r} is not a readable pickle ({error}); pass NVlabs' "
+                             f"{INCEPTION_URL} or the TorchScript {INCEPTION_TORCHSCRIPT_URL}") from None
+    return archives
+
+
+def _refused_pickle(path: Path, found: int) -> ValueError:
+    what = "holds no TorchScript archive" if found == 0 else f"holds {found} TorchScript archives, not one"
+    return ValueError(
+        f"weights_path {str(path)!r} {what}, so it is not NVlabs' Inception detector; pickles are never "
+        f"unpickled here (that would run any code the file names). Pass the TorchScript copy "
+        f"{INCEPTION_TORCHSCRIPT_URL}, or convert a .pkl you trust once with: {_CONVERSION}")
 
 
 def _load_detector(path: Path) -> nn.Module:
-    if zipfile.is_zipfile(path):  # a torch.jit.save archive
+    with path.open("rb") as file:
+        is_zip = file.read(4) == _ZIP_MAGIC
+    if is_zip:
+        if not _is_torchscript_archive(path):
+            raise ValueError(f"weights_path {str(path)!r} is a torch.save archive (e.g. a state dict), not a "
+                             f"TorchScript module; pass {INCEPTION_TORCHSCRIPT_URL} or NVlabs' {INCEPTION_URL}")
         return torch.jit.load(str(path), map_location="cpu")
-    if path.suffix == ".pkl":
-        with path.open("rb") as f:
-            return pickle.load(f)  # noqa: S301 (the user's own detector file; see the module docstring)
-    raise ValueError(f"{str(path)!r} is neither a TorchScript archive nor NVlabs' .pkl detector; download "
-                     f"{INCEPTION_URL} and pass its path")
+    if path.suffix != ".pkl":
+        raise ValueError(f"weights_path {str(path)!r} is neither a TorchScript archive nor NVlabs' .pkl detector; "
+                         f"download {INCEPTION_URL} (or {INCEPTION_TORCHSCRIPT_URL}) and pass its path")
+    archives = _archives_in_pickle(path)
+    if len(archives) != 1:
+        raise _refused_pickle(path, len(archives))
+    return torch.jit.load(io.BytesIO(archives[0]), map_location="cpu")
 
 
 class InceptionFeatureExtractor(nn.Module):
@@ -37,7 +109,8 @@ class InceptionFeatureExtractor(nn.Module):
     what the detector expects; it resizes to 299×299 itself.
 
     Args:
-        weights_path: path of ``inception-2015-12-05.pkl`` or a ``torch.jit.save`` copy of it.
+        weights_path: path of ``inception-2015-12-05.pkl`` or of the TorchScript ``inception-2015-12-05.pt``
+            (read without unpickling: see the module docstring).
     """
 
     def __init__(self, weights_path: str | Path):

@@ -8,6 +8,7 @@ dataclasses of numbers and strings, so jsonargparse reads them from YAML as type
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,23 @@ Tolerance = float | tuple[float, ...]
 def _require(ok: bool, field: str, value: Any, rule: str) -> None:
     if not ok:
         raise ValueError(f"{field} must be {rule}, got {value!r}")
+
+
+def _require_number(field: str, value: Any, optional: bool = False) -> None:
+    """A TypeError naming the field before a comparison with a string (say) fails without naming it."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{field} must be a number{' or None' if optional else ''}, got {value!r} of type "
+                        f"{type(value).__name__}")
+
+
+def _require_integer(field: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{field} must be an int{' or None' if optional else ''}, got {value!r} of type "
+                        f"{type(value).__name__}")
 
 
 def _check_tolerance(field: str, value: Any) -> None:
@@ -71,9 +89,14 @@ class IController:
     jump_t: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("safety", "ifactor", "dfactor", "min_step", "max_step"):
+            _require_number(name, getattr(self, name))
+        _require_number("first_step", self.first_step, optional=True)
         for name in ("step_t", "jump_t"):
             times = getattr(self, name)
-            _require(isinstance(times, tuple) and all(math.isfinite(v) for v in times), name, times,
+            ok = isinstance(times, tuple) and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                  for v in times)
+            _require(ok and all(math.isfinite(v) for v in times), name, times,
                      "a tuple of finite times (options accept a tensor or list)")
         _check_tolerance("rtol", self.rtol)
         _check_tolerance("atol", self.atol)
@@ -149,6 +172,9 @@ class FixedGrid:
     max_order: int = 12
 
     def __post_init__(self) -> None:
+        _require_number("step_size", self.step_size, optional=True)
+        _require_integer("max_iters", self.max_iters)
+        _require_integer("max_order", self.max_order)
         if self.step_size is not None:
             _require(0 < self.step_size < math.inf, "step_size", self.step_size, "> 0 and finite, or None")
         _require(self.interpolation in ("linear", "cubic"), "interpolation", self.interpolation,
@@ -194,9 +220,9 @@ class Adjoint:
         if self.controller is not None and not isinstance(self.controller, (IController, FixedGrid)):
             raise TypeError(f"controller must be an IController, PIController, FixedGrid or None, "
                             f"got {type(self.controller).__name__}")
+        _require_integer("max_steps", self.max_steps, optional=True)
         if self.max_steps is not None:
-            _require(isinstance(self.max_steps, int) and self.max_steps >= 1, "max_steps", self.max_steps,
-                     "an int >= 1, or None")
+            _require(self.max_steps >= 1, "max_steps", self.max_steps, "an int >= 1, or None")
 
 
 @dataclass(frozen=True)

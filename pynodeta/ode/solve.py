@@ -184,11 +184,11 @@ def _integrate_direct(be, func, y0, t, config, stats) -> torch.Tensor:
     # Time gradients by the exact-flow formulas (see solve's docstring): the solver itself steps on
     # detached times, and two thin autograd nodes route dL/dt.
     with torch.no_grad():
-        f_start = func(t[0].detach().to(y0.dtype), y0.detach())
+        f_start = func(t[0].detach().to(y0.dtype), y0.detach()).to(y0.dtype)  # dy/dt in y's dtype, as the solve
     ys = be.integrate(func, _StartTime.apply(t, y0, f_start), t, config, stats)
     with torch.no_grad():
         f_out = [func(t[i].detach().to(y0.dtype), ys[i].detach()) for i in range(1, len(t))]
-        f_out = torch.stack(f_out) if f_out else y0.new_zeros((0, *y0.shape))  # a single output time: none
+        f_out = torch.stack(f_out).to(y0.dtype) if f_out else y0.new_zeros((0, *y0.shape))  # one output time: none
     stats.nfe += len(t)
     stats.t_evaluated.extend(t.detach().tolist())
     ys = torch.cat([y0.unsqueeze(0), ys[1:]])  # y(t0) = y0 does not move with t0

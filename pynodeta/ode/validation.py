@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +178,66 @@ _ADAMS = ("explicit_adams", "implicit_adams", "fixed_adams")  # the methods that
 _NOT_YET: dict[str, str] = {}
 
 
+# options read as numbers; each is converted to float (or int) once its type is checked, so the later
+# float()/int() calls never fail with a message that names neither the option nor the type
+_NUMBER_OPTIONS = ("step_size", "first_step", "min_step", "max_step", "safety", "ifactor", "dfactor")
+_INTEGER_OPTIONS = ("max_num_steps", "max_iters", "max_order")
+_TIME_OPTIONS = ("step_t", "jump_t")
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element real tensor as its Python number; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool and not value.is_complex():
+        return value.item()
+    return value
+
+
+def _number_option(key: str, value: Any) -> float:
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"options[{key!r}] must be a number (int or float), got {value!r} of type "
+                        f"{type(value).__name__}")
+    return float(value)
+
+
+def _integer_option(key: str, value: Any) -> int:
+    value = _scalar(value)
+    integral = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not integral:  # 1e6 is accepted; 2.5 or 'abc' is not
+        raise TypeError(f"options[{key!r}] must be an int, got {value!r} of type {type(value).__name__}")
+    return int(value)
+
+
+def _time_option(key: str, value: Any) -> tuple[float, ...]:
+    try:
+        times = value.detach().reshape(-1).tolist() if isinstance(value, torch.Tensor) else list(value)
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in times):
+            raise TypeError
+    except TypeError:
+        raise TypeError(f"options[{key!r}] must be a 1-D tensor or a sequence of times (numbers), got "
+                        f"{value!r} of type {type(value).__name__}") from None
+    return tuple(float(v) for v in times)  # a list stays float64 (no float32 tensor on the way)
+
+
+def _check_option_types(options: dict[str, Any]) -> None:
+    """Replace the numeric options by checked floats/ints; a wrong type is a TypeError naming the key."""
+    for key in _NUMBER_OPTIONS:
+        if options.get(key) is not None:
+            options[key] = _number_option(key, options[key])
+    for key in _INTEGER_OPTIONS:
+        if options.get(key) is not None:
+            options[key] = _integer_option(key, options[key])
+    for key in _TIME_OPTIONS:
+        if options.get(key) is not None:
+            options[key] = _time_option(key, options[key])
+    if options.get("perturb") is not None and not isinstance(options["perturb"], bool):
+        raise TypeError(f"options['perturb'] must be True or False, got {options['perturb']!r} of type "
+                        f"{type(options['perturb']).__name__}")
+    if not isinstance(options.get("interpolation", "linear"), str):
+        raise TypeError(f"options['interpolation'] must be the string 'linear' or 'cubic', got "
+                        f"{options['interpolation']!r}")
+
+
 def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str) -> dict[str, Any]:
     options = dict(options or {})
     if "interp" in options:  # torchdiffeq's name for the fixed-grid interpolation
@@ -190,6 +251,7 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid options are {sorted(OPTION_KEYS)}")
+    _check_option_types(options)
     if "step_size" in options and options["step_size"] is not None:
         if adaptive:
             raise ValueError(f"options['step_size'] is for fixed-grid methods; {method!r} is adaptive "
@@ -198,9 +260,9 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
     for key in ("first_step", "max_step"):
         if options.get(key) is not None:
             _positive(options, key)
-    if options.get("min_step") is not None and float(options["min_step"]) < 0:
-        raise ValueError(f"options['min_step'] must be >= 0, got {options['min_step']}")
-    if "max_num_steps" in options and int(options["max_num_steps"]) < 1:
+    if options.get("min_step") is not None and not 0 <= options["min_step"] < math.inf:
+        raise ValueError(f"options['min_step'] must be >= 0 and finite, got {options['min_step']}")
+    if options.get("max_num_steps") is not None and options["max_num_steps"] < 1:
         raise ValueError(f"options['max_num_steps'] must be >= 1, got {options['max_num_steps']}")
     if options.get("dtype") not in (None, torch.float64, torch.float32):
         raise ValueError(f"options['dtype'] (the time dtype) must be torch.float64 or torch.float32, "
@@ -210,14 +272,10 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
     for key in ("perturb", "grid_constructor"):
         if options.get(key) is not None and adaptive:
             raise ValueError(f"options[{key!r}] is for fixed-grid methods; {method!r} is adaptive")
-    for key in ("step_t", "jump_t"):
-        if options.get(key) is not None:
-            if not adaptive:
-                raise ValueError(f"options[{key!r}] is for adaptive methods; {method!r} steps on a fixed grid "
-                                 "(put the times into its grid with grid_constructor)")
-            times = options[key]
-            times = times.detach().reshape(-1).tolist() if isinstance(times, torch.Tensor) else list(times)
-            options[key] = tuple(float(v) for v in times)  # a list stays float64 (no float32 tensor on the way)
+    for key in _TIME_OPTIONS:
+        if options.get(key) is not None and not adaptive:
+            raise ValueError(f"options[{key!r}] is for adaptive methods; {method!r} steps on a fixed grid "
+                             "(put the times into its grid with grid_constructor)")
     for key in ("max_iters", "max_order"):
         if options.get(key) is not None and method not in _ADAMS:
             raise ValueError(f"options[{key!r}] is for the Adams methods {sorted(_ADAMS)}; {method!r} has no corrector")
@@ -231,7 +289,7 @@ def check_options(options: Mapping[str, Any] | None, adaptive: bool, method: str
 
 
 def _positive(options: Mapping[str, Any], key: str) -> None:
-    value = float(options[key])
+    value = options[key]  # already a float: _check_option_types
     finite_needed = key != "max_step"  # max_step = inf means "no bound"
     if not value > 0 or (finite_needed and not math.isfinite(value)):
         raise ValueError(f"options[{key!r}] must be > 0{' and finite' if finite_needed else ''}, got {value}")

@@ -5,6 +5,11 @@ row holds the epoch means logged at the end of an epoch) and writes one PNG per 
 it: ``loss.png`` (train and val), one per other metric (``acc.png``, ``mse.png``, ...) and
 ``nfe.png`` (forward and backward function evaluations per batch). matplotlib is optional
 (``pip install 'pynodeta[plot]'``); only its object API is used, so no global backend is set.
+
+A ``metrics.csv`` that cannot be plotted (empty, binary, a value that is not a number, or a header
+with no rows yet) is a ``MetricsFileError`` naming the file: ``pynodeta plot`` prints it on one line
+and exits with status 2 (a header alone counts too: a run that has logged nothing has nothing to
+plot, and exit 0 with no PNG would read as success); after ``pynodeta fit`` it is a note.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["read_metrics", "metric_panels", "plot_run", "plot_after_fit", "MatplotlibMissingError", "main"]
+__all__ = ["read_metrics", "metric_panels", "plot_run", "plot_after_fit", "MatplotlibMissingError",
+           "MetricsFileError", "main"]
 
 METRICS_FILE = "metrics.csv"
 NFE_PANEL = "nfe"
@@ -40,23 +46,55 @@ def _metrics_file(run_dir: Path) -> Path:
         f"(e.g. runs/digits_tabn/version_0), written by a config with lightning's CSVLogger")
 
 
+class MetricsFileError(ValueError):
+    """``metrics.csv`` exists but cannot be plotted: empty, not text, not numbers, or no rows yet."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
 def read_metrics(run_dir: str | Path) -> Series:
     """Every logged metric of a run as ``{key: (epochs, values)}``, in the order the CSV holds them.
 
     Rows without a value for a key are skipped (train and val metrics are logged on separate rows).
+    Raises MetricsFileError naming the file when it is empty, not UTF-8 text, holds a value that is not
+    a number, or has a header but no rows yet (a run that has not finished an epoch: nothing to plot).
     """
     path = _metrics_file(Path(run_dir))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            series = _read_series(path, csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as error:  # binary bytes, NUL characters
+        raise MetricsFileError(path, f"is not a CSV text file ({error}); it should be the metrics.csv that "
+                                     "lightning's CSVLogger writes") from None
+    return series
+
+
+def _read_series(path: Path, rows: csv.DictReader) -> Series:
+    if rows.fieldnames is None:
+        raise MetricsFileError(path, "is empty: no header, no rows (was the run killed before it logged?)")
     series: Series = defaultdict(lambda: ([], []))
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = float(row["epoch"]) if row.get("epoch") else math.nan
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in (None, ""):
-                    continue
-                epochs, values = series[key]
-                epochs.append(epoch)
-                values.append(float(value))
+    for row in rows:
+        line = rows.line_num
+        epoch = _number(path, line, "epoch", row["epoch"]) if row.get("epoch") else math.nan
+        for key, value in row.items():
+            if key in ("epoch", "step") or value in (None, ""):
+                continue
+            epochs, values = series[key]
+            epochs.append(epoch)
+            values.append(_number(path, line, key, value))
+    if not series:
+        raise MetricsFileError(path, "has a header but no logged values yet: nothing to plot (plot again once "
+                                     "the run has logged an epoch)")
     return dict(series)
+
+
+def _number(path: Path, line: int, key: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # TypeError: a row with more fields than the header gives a list
+        raise MetricsFileError(path, f"line {line}, column {key!r}: {value!r} is not a number") from None
 
 
 def metric_panels(series: Series) -> dict[str, Series]:
@@ -88,7 +126,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     """Write ``{panel}.png`` for every panel of the run's metrics; returns the paths written.
 
     out_dir: where the PNGs go (default: beside ``metrics.csv``). Raises MatplotlibMissingError
-    without matplotlib, FileNotFoundError without a metrics file.
+    without matplotlib, FileNotFoundError without a metrics file, MetricsFileError for one that
+    cannot be plotted.
     """
     figure_class = _require_matplotlib()
     csv_path = _metrics_file(Path(run_dir))
@@ -120,7 +159,7 @@ def plot_after_fit(trainer) -> list[Path]:
         return []
     try:
         paths = plot_run(log_dir)
-    except MatplotlibMissingError as error:
+    except (MatplotlibMissingError, MetricsFileError) as error:  # the fit itself succeeded: a note, no failure
         print(f"pynodeta: no plots: {error}", file=sys.stderr)
         return []
     print(f"pynodeta: plots of the training curves in {log_dir} ({', '.join(p.name for p in paths)})",
@@ -140,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = plot_run(args.run_dir, args.out)
-    except (MatplotlibMissingError, FileNotFoundError) as error:
-        print(f"pynodeta: error: {error}", file=sys.stderr)
+    except (MatplotlibMissingError, FileNotFoundError, MetricsFileError) as error:
+        print(f"pynodeta plot: error: {error}", file=sys.stderr)
         return 2
     for path in paths:
         print(path)

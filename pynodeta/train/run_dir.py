@@ -8,8 +8,9 @@
 * Lock: a run holds ``<run>.lock`` (beside the folder, so loggers still see an empty new folder),
   an advisory ``flock`` that the operating system drops when the process dies, and holding its pid
   for the message. A second live run on the same folder is refused; a dead run's lock is taken over.
-* Clean: leftover ``.<name>.ckpt.*.tmp`` files (a run killed while
-  :func:`~pynodeta.train.checkpoint_io.atomic_torch_save` wrote) are removed once the lock is held.
+* Clean: leftover ``.<name>.ckpt.*.tmp`` and ``.phema-<step>.pt.*.tmp`` files (a run killed while
+  :func:`pynodeta._atomic.atomic_torch_save` wrote a checkpoint or a power-EMA snapshot) are removed
+  once the lock is held, when no writer of this run can be alive.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["RunDirectoryError", "RunDirLock", "remove_stale_tmp_files", "newest_last_checkpoint",
-           "run_dir_of_checkpoint", "keep_csv_metrics"]
+__all__ = ["RunDirectoryError", "RunDirLock", "remove_stale_tmp_files", "remove_stale_run_tmp_files",
+           "newest_last_checkpoint", "run_dir_of_checkpoint", "keep_csv_metrics"]
 
 
 class RunDirectoryError(Exception):
@@ -92,13 +93,28 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
+# what pynodeta._atomic's writes leave when the process dies mid-write: ".<target name>.<random>.tmp"
+STALE_TMP_PATTERNS = (".*.ckpt.*.tmp", ".phema-*.pt.*.tmp")  # checkpoints, power-EMA snapshots
+SNAPSHOT_FOLDER = "phema"  # EMACallback's default snapshot folder inside the run folder
+
+
 def remove_stale_tmp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a killed checkpoint write left in ``folder``; returns them."""
+    """Delete the temporary files a killed checkpoint or snapshot write left in ``folder``; returns them.
+
+    Call it only while holding the run-folder lock: a live writer's temporary file matches too.
+    """
     folder = Path(folder)
-    stale = sorted(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []
+    stale = sorted({p for pattern in STALE_TMP_PATTERNS for p in folder.glob(pattern)}) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def remove_stale_run_tmp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """``remove_stale_tmp_files`` for a run folder's ``checkpoints/`` and ``phema/`` (the snapshots that
+    ``EMACallback`` writes there by default); only under the run-folder lock, as it."""
+    run_dir = Path(run_dir)
+    return remove_stale_tmp_files(run_dir / "checkpoints") + remove_stale_tmp_files(run_dir / SNAPSHOT_FOLDER)
 
 
 def run_dir_of_checkpoint(checkpoint: str | os.PathLike) -> Path | None:

@@ -118,6 +118,10 @@ def test_bad_input_names_the_argument_and_the_fix():
         AdaptiveTimestepSampler(0, 1)
     with pytest.raises(ValueError, match="in_channels"):
         AdaptiveTimestepSampler(T, 0)
+    for bad in ({"lr": float("inf")}, {"entropy_coef": float("inf")}, {"lr": float("nan")}):
+        name = next(iter(bad))  # inf used to pass and make the policy NaN at its first update
+        with pytest.raises(ValueError, match=rf"and finite.*got .*{name}={bad[name]}"):
+            AdaptiveTimestepSampler(T, 1, **bad)
 
 
 def test_f_regression_selection_matches_sklearn_and_finds_the_predictive_columns():

@@ -98,3 +98,11 @@ def test_bad_input_is_refused():
 
     with pytest.raises(NonFiniteDenoiserError, match="t=3"):
         sample_ddpm(broken, x, schedule)
+
+
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), -0.5])
+def test_ddim_refuses_a_non_finite_or_negative_eta(eta):
+    """eta = NaN used to pass the eta < 0 check and return all-NaN images."""
+    schedule, x = DDPMSchedule(10), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"eta must be finite and >= 0 \(0: deterministic DDIM"):
+        sample_ddim(lambda t, x: x, x, schedule, num_steps=5, eta=eta)

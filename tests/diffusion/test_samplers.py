@@ -107,3 +107,22 @@ def test_finiteness_check_is_exact_when_the_sum_overflows():
     assert all_finite(huge)
     assert not all_finite(torch.tensor([1.0, float("inf"), -float("inf")]))
     assert not all_finite(torch.tensor([1.0, float("nan")]))
+
+
+@pytest.mark.parametrize("sampler", [sample_euler, sample_heun])
+@pytest.mark.parametrize("option, value", [("s_churn", math.nan), ("s_churn", math.inf), ("s_noise", math.nan),
+                                           ("s_noise", math.inf), ("s_noise", -1.0), ("s_tmin", math.nan),
+                                           ("s_tmin", -0.5), ("s_tmax", math.nan), ("s_tmax", -1.0)])
+def test_churn_options_refuse_nan_inf_and_negative_values(sampler, option, value):
+    """A NaN option passed the old `< 0` checks and turned every sample into NaN (or was silently ignored)."""
+    data, x = standard_case(), torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"^{option} must be"):
+        sampler(data.denoiser, x, karras_sigmas(4, dtype=torch.float64), **{"s_churn": 10.0, option: value})
+
+
+def test_churn_accepts_an_unbounded_s_tmax():
+    data = standard_case()
+    x = data.noisy(2, 80.0, torch.Generator().manual_seed(0))
+    sigmas = karras_sigmas(4, dtype=torch.float64)
+    out = sample_euler(data.denoiser, x, sigmas, s_churn=10.0, s_tmax=math.inf, generator=torch.Generator())
+    assert torch.isfinite(out).all()

@@ -192,6 +192,8 @@ def test_bad_speed_parameters_name_the_argument():
     alphas = DDPMSchedule(100).alphas_cumprod
     with pytest.raises(ValueError, match="k must be >= 1"):
         SpeeDSampler(alphas, k=0.5)
+    with pytest.raises(ValueError, match="k must be >= 1 and finite"):  # inf made the probabilities NaN
+        SpeeDSampler(alphas, k=float("inf"))
     with pytest.raises(ValueError, match=r"lam must lie in \[0.5, 1\]"):
         SpeeDSampler(alphas, lam=0.3)
     with pytest.raises(ValueError, match="tau must be an integer"):

@@ -86,6 +86,30 @@ def test_parse_sweep():
         parse_sweep("0.1:0.4:0.1")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("a:b:c", r"--sweep start 'a' is not a number: --sweep must be start:stop:step"),
+    ("0.05:x:0.01", r"--sweep stop 'x' is not a number"),
+    ("nan:0.1:0.01", r"--sweep start must be finite, got 'nan'.*expected start:stop:step"),
+    ("0.05:inf:0.01", r"--sweep stop must be finite, got 'inf'"),
+    ("0.05:0.1:nan", r"--sweep step must be finite"),
+    ("0.05:0.1:0", r"--sweep step must be > 0"),
+    ("0.05:0.1:-0.01", r"--sweep step must be > 0"),
+    ("0.1:0.05:0.01", r"--sweep stop must be >= start"),
+    ("0.05:0.1:1e-11", r"gives 5e\+09 values, more than the 1000 allowed"),
+    ("0:1e308:1e-308", r"gives inf values, more than the 1000 allowed"),
+])
+def test_parse_sweep_refuses_bad_ranges_quickly_and_names_the_option(text, message):
+    """'0.05:0.1:1e-11' used to build a list of five billion floats; 'a:b:c' and 'nan:...' gave messages
+    that did not name --sweep, '0.05:inf:0.01' an OverflowError traceback."""
+    with pytest.raises(ValueError, match=message):
+        parse_sweep(text)
+
+
+def test_parse_sweep_allows_up_to_1000_values():
+    assert len(parse_sweep("0.001:0.2:0.0002")) == 996
+    assert parse_sweep("0.05:0.05:0.01") == [0.05]
+
+
 def test_sweep_finds_the_width_closest_to_a_known_profile(snapshots, tmp_path):
     target = posthoc_reconstruct(snapshots, 0.08)  # scoring by distance to it puts the optimum at 0.08
 

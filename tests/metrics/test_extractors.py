@@ -1,5 +1,9 @@
 """The shipped digits extractor and the Inception extractor's loading rules."""
 
+import io
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +58,57 @@ def test_inception_extractor_needs_a_file_and_feeds_uint8_rgb(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="TorchScript"):
         InceptionFeatureExtractor(tmp_path / "weights.bin")
+
+
+def _load_and_mark(archive: bytes, marker: str):
+    """What a pickled detector's reduce call does when plain pickle.load runs it; the marker shows it ran."""
+    Path(marker).touch()
+    return torch.jit.load(io.BytesIO(archive))
+
+
+class _PickledDetector:
+    """Pickles as NVlabs' .pkl is laid out: a call that receives the module's torch.jit.save archive."""
+
+    def __init__(self, archive: bytes, marker: Path):
+        self.archive, self.marker = archive, marker
+
+    def __reduce__(self):
+        return _load_and_mark, (self.archive, str(self.marker))
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit, which the detector is
+@pytest.mark.parametrize("protocol", [2, 4])  # 2 stores bytes as latin-1 text rebuilt by _codecs.encode
+def test_inception_pkl_is_read_without_running_its_pickle(tmp_path, protocol):
+    archive = io.BytesIO()
+    torch.jit.save(torch.jit.script(_FakeDetector()), archive)
+    marker, path = tmp_path / "pickle-ran", tmp_path / "inception-2015-12-05.pkl"
+    path.write_bytes(pickle.dumps({"detector": _PickledDetector(archive.getvalue(), marker)}, protocol=protocol))
+    feats = InceptionFeatureExtractor(path)(torch.zeros(2, 3, 8, 8))
+    np.testing.assert_allclose(feats.numpy(), 128.0)
+    assert not marker.exists()  # the archive was taken from the file; the call the pickle names never ran
+
+
+def test_inception_refuses_a_pkl_that_would_run_code(tmp_path):
+    marker, path = tmp_path / "pickle-ran", tmp_path / "inception-2015-12-05.pkl"
+    path.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(ValueError, match="holds no TorchScript archive.*never unpickled.*torch.jit.save"):
+        InceptionFeatureExtractor(path)
+    assert not marker.exists()
+    path.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match="not a readable pickle"):
+        InceptionFeatureExtractor(path)
+
+
+def test_inception_refuses_a_state_dict_archive(tmp_path):
+    path = tmp_path / "inception.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="torch.save archive"):
+        InceptionFeatureExtractor(path)

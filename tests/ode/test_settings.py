@@ -37,6 +37,61 @@ def test_each_field_is_validated_where_it_is_written(build, field):
         build()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "method", "expected"),
+    [
+        ("max_num_steps", "abc", "dopri5", "an int"),
+        ("max_num_steps", 2.5, "dopri5", "an int"),
+        ("max_num_steps", True, "dopri5", "an int"),
+        ("step_size", "0.1", "rk4", "a number"),
+        ("first_step", "abc", "dopri5", "a number"),
+        ("min_step", [0.1], "dopri5", "a number"),
+        ("max_step", "abc", "dopri5", "a number"),
+        ("safety", "abc", "dopri5", "a number"),
+        ("ifactor", None.__class__, "dopri5", "a number"),
+        ("dfactor", "abc", "dopri5", "a number"),
+        ("step_t", 0.5, "dopri5", "a 1-D tensor or a sequence of times"),
+        ("jump_t", ["a"], "dopri5", "a 1-D tensor or a sequence of times"),
+        ("perturb", "false", "rk4", "True or False"),
+        ("interpolation", 1, "rk4", "the string 'linear' or 'cubic'"),
+        ("max_iters", 2.7, "implicit_adams", "an int"),
+        ("max_order", "12", "implicit_adams", "an int"),
+    ],
+)
+def test_an_option_of_the_wrong_type_names_the_key_and_the_type(key, value, method, expected):
+    """'abc' for max_num_steps used to fail inside int() without naming the option; 'false' for perturb
+    was read as True and 2.7 for max_iters as 2, silently."""
+    options = {key: value, **({"step_size": 0.5} if method != "dopri5" and key != "step_size" else {})}
+    with pytest.raises(TypeError, match=rf"^options\['{key}'\] must be {expected}.*, got"):
+        pn.odeint(lambda t, y: -y, torch.ones(2, **F64), T, method=method, options=options)
+
+
+def test_numeric_options_accept_numbers_of_any_kind():
+    import numpy as np
+
+    reference = pn.odeint(lambda t, y: -y, torch.ones(2, **F64), T, options={"max_num_steps": 1000,
+                                                                               "first_step": 0.01})
+    for options in ({"max_num_steps": 1e3, "first_step": np.float32(0.01)},
+                    {"max_num_steps": torch.tensor(1000), "first_step": torch.tensor(0.01, **F64)}):
+        torch.testing.assert_close(pn.odeint(lambda t, y: -y, torch.ones(2, **F64), T, options=options), reference)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: pn.IController(first_step="0.1"), "first_step"),
+        (lambda: pn.IController(safety="0.9"), "safety"),
+        (lambda: pn.IController(max_step=None), "max_step"),
+        (lambda: pn.FixedGrid(step_size="0.1"), "step_size"),
+        (lambda: pn.FixedGrid(max_iters=True), "max_iters"),
+        (lambda: pn.Adjoint(max_steps=10.0), "max_steps"),
+    ],
+)
+def test_a_typed_field_of_the_wrong_type_names_the_field(build, field):
+    with pytest.raises(TypeError, match=rf"^{field} must be (a number|an int)"):
+        build()
+
+
 def _same(a: pn.Solution, b: pn.Solution) -> None:
     assert torch.equal(a.ys, b.ys)
     assert a.stats.t_evaluated == b.stats.t_evaluated

@@ -114,3 +114,37 @@ def test_adjoint_backward_matches_torchdiffeq_with_the_default_norm():
     assert sol.stats.nfe_adjoint <= len(counted.times) - n_forward
     for ours, reference in zip(grads, expected):
         assert torch.allclose(ours, reference, rtol=1e-6, atol=1e-8)
+
+
+def _float64_field(t, y):
+    """dy/dt in float64 whatever y's dtype: a float64 constant promotes a float32 state."""
+    return torch.tensor([-1.0, 0.5], dtype=torch.float64) * y + 0.25 * y.flip(-1)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "euler", "implicit_adams"])
+def test_a_float64_derivative_keeps_a_float32_state_float32_as_torchdiffeq(method):
+    """Such a func used to turn the whole solution into float64; torchdiffeq returns y0's dtype."""
+    y0, t = torch.tensor([1.0, 2.0]), torch.linspace(0.0, 1.0, 5)
+    options = None if method == "dopri5" else {"step_size": 0.125}
+    expected = torchdiffeq.odeint(_float64_field, y0, t, method=method, options=options, rtol=1e-5, atol=1e-7)
+    ys = pn.odeint(_float64_field, y0, t, method=method, options=options, rtol=1e-5, atol=1e-7)
+    assert ys.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(ys, expected, rtol=1e-5, atol=1e-6)
+    batched = pn.solve(_float64_field, y0.expand(3, 2), t, batched=True, rtol=1e-5, atol=1e-7).ys
+    assert batched.dtype == torch.float32
+
+
+def test_the_derivative_dtype_is_checked_once_per_solve():
+    """Matching dtypes: after the first evaluation the solver calls func itself (no per-step wrapper);
+    a non-floating dy/dt is refused naming both dtypes."""
+    from pynodeta.ode.backends.rk_parts import RHSCaller
+    from pynodeta.ode.stats import SolveStats
+
+    y = torch.ones(2)
+    call = RHSCaller(lambda t, y: -y, y, 1.0, SolveStats(method="rk4", backend="torch"))
+    call(0.0, y)
+    assert call.func is call.user_func
+    call = RHSCaller(_float64_field, y, 1.0, SolveStats(method="rk4", backend="torch"))
+    assert call(0.0, y).dtype == torch.float32 and call(0.1, y).dtype == torch.float32
+    with pytest.raises(TypeError, match="dy/dt of dtype torch.int64 for a state y of dtype torch.float32"):
+        pn.odeint(lambda t, y: torch.zeros_like(y, dtype=torch.long), y, torch.linspace(0.0, 1.0, 3))

@@ -62,3 +62,21 @@ def test_plot_command_errors_name_the_fix(tmp_path, tiny_run, monkeypatch, capsy
     assert main(["plot", str(tiny_run), "--out", str(tmp_path)]) == 2
     assert "pip install 'pynodeta[plot]'" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty: no header, no rows"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "is not a CSV text file"),
+    (b"epoch,step,train/loss\n0,0,abc\n", "line 2, column 'train/loss': 'abc' is not a number"),
+    (b"epoch,step,train/loss\nzero,0,0.5\n", "column 'epoch': 'zero' is not a number"),
+    (b"epoch,step,train/loss\n", "has a header but no logged values yet: nothing to plot"),
+])
+def test_plot_command_refuses_an_unplottable_metrics_file_in_one_line(tmp_path, capsys, content, message):
+    """These used to exit 0 with no plot (empty, header only) or end in a traceback (binary, text values)."""
+    from pynodeta.train.plots import main as plot_main
+
+    (tmp_path / "metrics.csv").write_bytes(content)
+    assert plot_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pynodeta plot: error: {tmp_path / 'metrics.csv'}: ") and message in err
+    assert err.count("\n") == 1 and not list(tmp_path.glob("*.png"))

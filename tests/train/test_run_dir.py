@@ -7,6 +7,8 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,6 +141,25 @@ def test_a_killed_runs_temporary_checkpoint_files_are_removed_at_start(tmp_path)
     unrelated.write_text("not ours")
     assert main(["fit", "--config", config, "--trainer.logger.init_args.version", "v"]) == 0
     assert not leftover.exists() and unrelated.exists()
+
+
+def test_a_killed_runs_temporary_snapshot_files_are_removed_with_the_checkpoint_ones(tmp_path):
+    """A run killed while a power-EMA snapshot was written left .phema-*.tmp files that nothing removed."""
+    run = tmp_path / "v"
+    written = []
+    for folder, name in (("checkpoints", "last.ckpt"), ("phema", "phema-0000000200.pt")):
+        (run / folder).mkdir(parents=True)
+        (run / folder / name).write_bytes(b"a finished file")
+        # the temporary name pynodeta._atomic gives, as a kill mid-write leaves it
+        handle, temporary = tempfile.mkstemp(dir=run / folder, prefix=f".{name}.", suffix=".tmp")
+        os.close(handle)
+        written.append(Path(temporary))
+    (run / "phema" / "notes.tmp").write_text("not ours")
+    assert sorted(run_dir_module.remove_stale_run_tmp_files(run)) == sorted(written)
+    assert not any(path.exists() for path in written)
+    assert (run / "phema" / "phema-0000000200.pt").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "phema" / "notes.tmp").exists()
+    assert run_dir_module.remove_stale_run_tmp_files(tmp_path / "no-such-run") == []
 
 
 def test_checkpoint_hyperparameters_may_not_name_foreign_classes(tmp_path, capsys):

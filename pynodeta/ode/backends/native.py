@@ -84,7 +84,7 @@ def _constructed_grid(call: RHSCaller, y0: torch.Tensor, out_s: list[float], con
     """torchdiffeq's grid_constructor(func, y0, t): step points in the caller's time, from t[0] to t[-1]."""
     direction = call.direction
     t = torch.tensor([direction * v for v in out_s], dtype=y0.dtype, device=y0.device)
-    grid = [direction * float(v) for v in torch.as_tensor(constructor(call.func, y0, t)).reshape(-1).tolist()]
+    grid = [direction * float(v) for v in torch.as_tensor(constructor(call.user_func, y0, t)).reshape(-1).tolist()]
     if len(grid) < 2 or grid[0] != out_s[0] or grid[-1] != out_s[-1] or any(b <= a for a, b in zip(grid, grid[1:])):
         raise ValueError("options['grid_constructor'] must return a 1-D grid from t[0] to t[-1] (both included), "
                          f"strictly monotone in t's direction; got {[direction * v for v in grid][:8]}")

@@ -18,8 +18,8 @@ from ..stats import SolveStats
 from ..validation import all_finite
 from .base import RHS
 
-__all__ = ["RHSCaller", "combine", "add_increment", "weighted_sum", "nonzero", "check_derivative", "partial_t",
-           "output_times"]
+__all__ = ["RHSCaller", "matched_to_state", "combine", "add_increment", "weighted_sum", "nonzero",
+           "check_derivative", "partial_t", "output_times"]
 
 
 def combine(y: torch.Tensor, ks: Sequence[torch.Tensor], weights, h: float) -> torch.Tensor:
@@ -56,11 +56,39 @@ def nonzero(weights: Sequence[float]) -> tuple[tuple[int, float], ...]:
     return tuple((j, w) for j, w in enumerate(weights) if w != 0)
 
 
+class _CastToStateDtype:
+    """func with its output cast to the state's dtype: torchdiffeq's result for a func whose dy/dt comes
+    back in another floating dtype (a float64 constant promoting a float32 state, say)."""
+
+    def __init__(self, func: RHS, dtype: torch.dtype):
+        self.func, self.dtype = func, dtype
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.func(t, y).to(self.dtype)
+
+
+def matched_to_state(func: RHS, out, dtype: torch.dtype) -> tuple[RHS, object]:
+    """After func's first evaluation: the callable to use for the rest of the solve, and ``out`` in the
+    state's ``dtype``. When the dtypes agree that is func itself, so the check costs nothing per step; a
+    non-floating dy/dt (integer, bool, complex) is refused, naming both dtypes."""
+    if not isinstance(out, torch.Tensor) or out.dtype == dtype:
+        return func, out  # a non-tensor is check_derivative's to report
+    if not out.is_floating_point():
+        raise TypeError(f"func returned dy/dt of dtype {out.dtype} for a state y of dtype {dtype}; return a "
+                        f"floating-point tensor, e.g. of y's dtype")
+    return _CastToStateDtype(func, dtype), out.to(dtype)
+
+
 class RHSCaller:
-    """Calls func at solver time s (t = direction * s) and keeps the statistics."""
+    """Calls func at solver time s (t = direction * s) and keeps the statistics.
+
+    func's first output fixes how it is called from then on (``matched_to_state``): as it is, or with
+    dy/dt cast to y0's dtype when it returns another floating dtype, so the solution keeps y0's dtype.
+    """
 
     def __init__(self, func: RHS, y0: torch.Tensor, direction: float, stats: SolveStats):
-        self.func, self.direction, self.stats = func, direction, stats
+        self.user_func, self.direction, self.stats = func, direction, stats
+        self.func: RHS = self._first_evaluation  # replaced by its first call
         self.dtype, self.device = y0.dtype, y0.device
         self.times = stats.t_evaluated
         self._toward_start = -direction * math.inf
@@ -73,6 +101,11 @@ class RHSCaller:
         t = self.direction * s
         self.times.append(t)
         return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), y)
+
+    def _first_evaluation(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.user_func(t, y)
+        self.func, out = matched_to_state(self.user_func, out, self.dtype)
+        return out
 
     def just_before(self, s: float, y: torch.Tensor) -> torch.Tensor:
         """Evaluate one ulp (of y's dtype) before t toward the step's start, as torchdiffeq does for c = 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends.rk_parts import weighted_sum
+from ..backends.rk_parts import matched_to_state, weighted_sum
 from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError, warn_long_solve
 from ..methods import Method
 from .control import ErrorRatio, Norm, StepRule, select_initial_steps
@@ -73,14 +73,21 @@ def _stage_state(y: torch.Tensor, h: torch.Tensor, ks, weights) -> torch.Tensor:
 
 
 class _Caller:
-    """Calls func at per-sample times (the caller's time, in y's dtype) and counts the calls."""
+    """Calls func at per-sample times (the caller's time, in y's dtype) and counts the calls; dy/dt in
+    another floating dtype is cast to y's, as by the unbatched solver (``matched_to_state``)."""
 
     def __init__(self, rhs: RHS, stats: BatchedSolveStats):
-        self.rhs, self.stats = rhs, stats
+        self.user_rhs, self.stats = rhs, stats
+        self.rhs: RHS = self._first_evaluation  # replaced by its first call
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.stats.nfe += 1
         return self.rhs(t, y)
+
+    def _first_evaluation(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.user_rhs(t, y)
+        self.rhs, out = matched_to_state(self.user_rhs, out, y.dtype)
+        return out
 
 
 class _Outputs:
