@@ -9,11 +9,14 @@
 - ``AdamWPreset``, ``PlateauSGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
   (a plain default and the two papers' setups).
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
+- ``ModelCheckpoint``: Lightning's, except that ``last.ckpt`` is always the newest state (written
+  every epoch, N steps or time interval, and when training ends); every shipped config uses it.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from .checkpointing import ModelCheckpoint
 from .configs import shipped_config_path, shipped_configs
 from .diffusion import DiffusionModule
 from .diffusion_optim import DiffusionAdam
@@ -45,6 +48,7 @@ __all__ = [
     "backward_nfe",
     "AtomicCheckpointIO",
     "atomic_torch_save",
+    "ModelCheckpoint",
     "collect_rng_states",
     "restore_rng_states",
     "shipped_configs",
