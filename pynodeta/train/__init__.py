@@ -11,6 +11,8 @@
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
 - ``ModelCheckpoint``: Lightning's, except that ``last.ckpt`` is always the newest state (written
   every epoch, N steps or time interval, and when training ends); every shipped config uses it.
+- ``StopOnNonFiniteLoss`` / ``TrainingDiverged``: every ``pynodeta fit`` stops at its first NaN or
+  infinite training loss, before the optimiser step.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
@@ -20,6 +22,7 @@ from .checkpointing import ModelCheckpoint
 from .configs import shipped_config_path, shipped_configs
 from .diffusion import DiffusionModule
 from .diffusion_optim import DiffusionAdam
+from .divergence import StopOnNonFiniteLoss, TrainingDiverged
 from .edm2_module import EDM2DiffusionModule
 from .edm2_optim import EDM2Adam
 from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
@@ -49,6 +52,8 @@ __all__ = [
     "AtomicCheckpointIO",
     "atomic_torch_save",
     "ModelCheckpoint",
+    "StopOnNonFiniteLoss",
+    "TrainingDiverged",
     "collect_rng_states",
     "restore_rng_states",
     "shipped_configs",
