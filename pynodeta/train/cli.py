@@ -10,9 +10,9 @@
 Every class in a config is given by ``class_path``/``init_args`` and checked by jsonargparse
 before anything is built; constructors validate their arguments, so a typo or a bad value stops
 the run before training starts, with the message printed as ``pynodeta: error: ...``. So does a
-missing or corrupt ``--ckpt_path`` file, and a run folder that another live run holds
-(:mod:`pynodeta.train.run_dir`). A training loss that turns NaN or infinite stops the run at that
-step (:mod:`pynodeta.train.divergence`), exit status 1.
+missing or corrupt ``--ckpt_path`` file, a run folder that another live run holds, and a ``fit``
+into a folder that holds another run's files (:mod:`pynodeta.train.run_dir`). A training loss that
+turns NaN or infinite stops the run at that step (:mod:`pynodeta.train.divergence`), exit status 1.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .configs import resolve_config_args
 from .divergence import StopOnNonFiniteLoss, TrainingDiverged
 from .plots import plot_after_fit
 from .resume import prepare_ckpt_path
-from .run_dir import RunDirectoryError, RunDirLock, keep_csv_metrics, remove_stale_tmp_files
+from .run_dir import RunDirectoryError, RunDirLock, check_fit_run_dir, keep_csv_metrics, remove_stale_tmp_files
 from .safe_load import CheckpointError
 from .summary import RunSummary
 
@@ -129,6 +129,12 @@ class PynodetaCLI(LightningCLI):
         try:
             lock.acquire()
         except RunDirectoryError as error:
+            raise ConfigurationError(str(error)) from error
+        try:
+            if subcommand == "fit":  # checked under the lock: a live run's folder gets the "in use" message
+                check_fit_run_dir(log_dir, self.config[subcommand].get("ckpt_path"))
+        except RunDirectoryError as error:
+            lock.release()
             raise ConfigurationError(str(error)) from error
         try:  # a run killed mid-write left these; nobody else writes here while we hold the lock
             remove_stale_tmp_files(Path(log_dir) / "checkpoints")
