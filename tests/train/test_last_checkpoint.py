@@ -155,7 +155,16 @@ def test_every_shipped_config_writes_last_periodically(name):
 
 # --- a diffusion run: last.ckpt holds exactly the weights and EMA states the end-of-fit evaluation uses ----------
 class _StateAtFitEnd(Callback):
-    """Copies, when fit ends (before the module's end-of-fit evaluation), the step, weights and both EMAs."""
+    """Copies, when fit ends (before the module's end-of-fit evaluation), the step, weights and both EMAs;
+    records the classic EMA's update count in each periodic last.ckpt."""
+
+    def __init__(self, path):
+        self.path, self.periodic_ema_updates = path, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.path.is_file():
+            held = torch.load(self.path, weights_only=False)
+            self.periodic_ema_updates[held["global_step"]] = held["pynodeta_ema"]["num_updates"]
 
     def on_fit_end(self, trainer, pl_module):
         from pynodeta.train.ema_callback import PowerFunctionEMACallback
@@ -178,7 +187,7 @@ def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_ep
                     attention_resolutions=[], dropout=0.0, norm_groups=1)
     module = DiffusionModule(unet, objective="edm", ema_decay=0.9, sampler_steps=2, eval_num_samples=16,
                              nll_num_images=1, num_bins=17)
-    at_end = _StateAtFitEnd()
+    at_end = _StateAtFitEnd(tmp_path / "last.ckpt")
     callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=4),
                  PowerFunctionEMACallback(snapshot_every=None), at_end]
     trainer = lightning.Trainer(max_steps=6, limit_val_batches=0, logger=False, enable_progress_bar=False,
@@ -188,6 +197,7 @@ def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_ep
     trainer.fit(module, datamodule=datamodule)
     assert trainer.num_training_batches > 6  # max_steps stopped the run inside its first epoch
 
+    assert at_end.periodic_ema_updates == {4: 4}  # the step-4 save held that step's EMA, not step 3's
     last = _held(tmp_path / "last.ckpt")
     assert last["global_step"] == at_end.step == 6
     for name, value in at_end.weights.items():
