@@ -11,14 +11,20 @@
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
 - ``load_run``: a trained run read back (module, data, weight averages) under one trust policy, as
   every command reads it; ``Run.use_average("ema" | "sigma_rel=0.10" | "none")`` picks the weights.
+- ``ModelCheckpoint``: Lightning's, except that ``last.ckpt`` is always the newest state (written
+  every epoch, N steps or time interval, and when training ends); every shipped config uses it.
+- ``StopOnNonFiniteLoss`` / ``TrainingDiverged``: every ``pynodeta fit`` stops at its first NaN or
+  infinite training loss, before the optimiser step.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from .checkpointing import ModelCheckpoint
 from .configs import shipped_config_path, shipped_configs
 from .diffusion import DiffusionModule
 from .diffusion_optim import DiffusionAdam
+from .divergence import StopOnNonFiniteLoss, TrainingDiverged
 from .edm2_module import EDM2DiffusionModule
 from .edm2_optim import EDM2Adam
 from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
@@ -48,6 +54,9 @@ __all__ = [
     "backward_nfe",
     "AtomicCheckpointIO",
     "atomic_torch_save",
+    "ModelCheckpoint",
+    "StopOnNonFiniteLoss",
+    "TrainingDiverged",
     "collect_rng_states",
     "restore_rng_states",
     "shipped_configs",

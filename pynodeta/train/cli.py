@@ -10,8 +10,9 @@
 Every class in a config is given by ``class_path``/``init_args`` and checked by jsonargparse
 before anything is built; constructors validate their arguments, so a typo or a bad value stops
 the run before training starts, with the message printed as ``pynodeta: error: ...``. So does a
-missing or corrupt ``--ckpt_path`` file, and a run folder that another live run holds
-(:mod:`pynodeta.train.run_dir`).
+missing or corrupt ``--ckpt_path`` file, a run folder that another live run holds, and a ``fit``
+into a folder that holds another run's files (:mod:`pynodeta.train.run_dir`). A training loss that
+turns NaN or infinite stops the run at that step (:mod:`pynodeta.train.divergence`), exit status 1.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -31,9 +31,10 @@ from pynodeta.data.errors import DatasetFileError
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
+from .divergence import StopOnNonFiniteLoss, TrainingDiverged
 from .plots import plot_after_fit
 from .resume import prepare_ckpt_path
-from .run_dir import RunDirectoryError, RunDirLock, keep_csv_metrics, remove_stale_tmp_files
+from .run_dir import RunDirectoryError, RunDirLock, check_fit_run_dir, keep_csv_metrics, remove_stale_run_tmp_files
 from .run_loader import root_cause
 from .safe_load import CheckpointError
 from .summary import RunSummary
@@ -55,7 +56,8 @@ class PynodetaCLI(LightningCLI):
     (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO plugin. ``model`` may be
     any :class:`TrainingModule` subclass, of any model family. ``--ckpt_path`` is checked before
     anything is built; ``fit`` resumes in the checkpoint's run folder. The run folder is locked for the
-    run and cleared of a killed run's temporary files.
+    run and cleared of a killed run's temporary files. Every trainer stops at the first non-finite
+    training loss (:class:`StopOnNonFiniteLoss`).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -127,7 +129,8 @@ class PynodetaCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, callbacks)
+        # every fit of every model family stops at its first non-finite loss (TrainingDiverged)
+        return super()._instantiate_trainer(config, [*callbacks, StopOnNonFiniteLoss()])
 
     def _run_subcommand(self, subcommand: str) -> None:
         log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
@@ -140,8 +143,14 @@ class PynodetaCLI(LightningCLI):
             lock.acquire()
         except RunDirectoryError as error:
             raise ConfigurationError(str(error)) from error
+        try:
+            if subcommand == "fit":  # checked under the lock: a live run's folder gets the "in use" message
+                check_fit_run_dir(log_dir, self.config[subcommand].get("ckpt_path"))
+        except RunDirectoryError as error:
+            lock.release()
+            raise ConfigurationError(str(error)) from error
         try:  # a run killed mid-write left these; nobody else writes here while we hold the lock
-            remove_stale_tmp_files(Path(log_dir) / "checkpoints")
+            remove_stale_run_tmp_files(log_dir)
             if self._resumed_epochs is not None:
                 keep_csv_metrics(self.trainer.logger, log_dir, self._resumed_epochs)
             super()._run_subcommand(subcommand)
@@ -187,5 +196,8 @@ def main(argv: list[str] | None = None) -> int | None:
     except (ConfigurationError, DatasetFileError) as error:  # a dataset file is read in setup, inside fit
         print(f"pynodeta: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:  # a run that failed, not a usage error: status 1
+        print(f"pynodeta: error: {error}", file=sys.stderr)
+        return 1
     print(f"pynodeta: finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0

@@ -149,9 +149,15 @@ class DiffusionModule(TrainingModule):
         return edm_loss(self.denoiser(), x0, p_mean=self.p_mean, p_std=self.p_std, sigma_data=self.sigma_data,
                         generator=generator).mean()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: Lightning runs callbacks' batch-end hooks before the
+        # module's, and a checkpoint a callback writes at this step must hold this step's EMA.
+        # Once per optimiser step, also under gradient accumulation.
         if self.ema is not None:
-            self.ema.update(self.global_step)
+            self.ema.update(self.global_step)  # a classic EMA's decay is per update; the count is not used
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         sampler_logs = self.sampler_training.after_optimizer_step()  # the adaptive sampler, every f_S steps
         if sampler_logs:
             self.log_dict(sampler_logs, on_step=True, on_epoch=False)

@@ -25,7 +25,8 @@ _IN_PROCESS_KEYWORDS = ("best", "hpc", "registry")
 
 
 def prepare_ckpt_path(subcommand: str, config, unsafe: bool = False) -> int | None:
-    """Check ``config.ckpt_path`` and, for ``fit``, pin the logger to the checkpoint's run folder.
+    """Check ``config.ckpt_path`` and, for ``fit``, pin the logger to the checkpoint's run folder
+    (an explicit logger version is left as the user gave it).
 
     ``config`` is the subcommand's jsonargparse Namespace; it is edited in place. ``unsafe``: the user's
     ``--unsafe_load``, the one opt-in to full unpickling. Returns, when a
@@ -48,15 +49,25 @@ def prepare_ckpt_path(subcommand: str, config, unsafe: bool = False) -> int | No
         raise RunDirectoryError(f"--ckpt_path {ckpt_path} refers to a checkpoint of a fit in this same process, "
                                 f"which `pynodeta {subcommand}` does not have; pass the checkpoint file's path")
     state = _read_under_policy(ckpt_path, config, unsafe)
-    if subcommand != "fit" or logger is None or logger.get("version") is not None:
-        return None  # an explicit version is the user's choice of folder
+    if subcommand != "fit" or logger is None:
+        return None
     run = _stored_run_dir(state, Path(ckpt_path)) or run_dir_of_checkpoint(ckpt_path)
     if run is None:
         return None
+    if logger.get("version") is not None:  # an explicit version is the user's choice of folder
+        return _completed_epochs(state) if _is_logger_folder(logger, run) else None
     # The same spelling as the original run, so ModelCheckpoint recognises its dirpath and keeps
     # its best-k tracking (it compares the strings).
     logger["save_dir"], logger["name"], logger["version"] = str(run.parent.parent), run.parent.name, run.name
     return _completed_epochs(state)
+
+
+def _is_logger_folder(logger, run: Path) -> bool:
+    """Whether the logger's ``<save_dir>/<name>/<version>`` (as CSV and TensorBoard loggers name it) is ``run``."""
+    version = logger.get("version")
+    folder = Path(str(logger.get("save_dir") or ".")) / str(logger.get("name") or "") / (
+        version if isinstance(version, str) else f"version_{version}")
+    return folder.is_dir() and run.is_dir() and folder.samefile(run)
 
 
 def _completed_epochs(state: dict) -> int:

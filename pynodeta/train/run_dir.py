@@ -8,6 +8,9 @@
 * Lock: a run holds ``<run>.lock`` (beside the folder, so loggers still see an empty new folder),
   an advisory ``flock`` that the operating system drops when the process dies, and holding its pid
   for the message. A second live run on the same folder is refused; a dead run's lock is taken over.
+* New or resumed: ``fit`` into a folder that already holds another run's files (an explicit
+  ``--trainer.logger.init_args.version`` naming a used folder) is refused unless it resumes from a
+  checkpoint inside that folder; two runs' metrics and checkpoints would otherwise mix.
 * Clean: leftover ``.<name>.ckpt.*.tmp`` and ``.phema-<step>.pt.*.tmp`` files (a run killed while
   :func:`pynodeta._atomic.atomic_torch_save` wrote a checkpoint or a power-EMA snapshot) are removed
   once the lock is held, when no writer of this run can be alive.
@@ -21,7 +24,7 @@ import os
 from pathlib import Path
 
 __all__ = ["RunDirectoryError", "RunDirLock", "remove_stale_tmp_files", "remove_stale_run_tmp_files",
-           "newest_last_checkpoint", "run_dir_of_checkpoint", "keep_csv_metrics"]
+           "newest_last_checkpoint", "run_dir_of_checkpoint", "keep_csv_metrics", "check_fit_run_dir"]
 
 
 class RunDirectoryError(Exception):
@@ -115,6 +118,21 @@ def remove_stale_run_tmp_files(run_dir: str | os.PathLike) -> list[Path]:
     ``EMACallback`` writes there by default); only under the run-folder lock, as it."""
     run_dir = Path(run_dir)
     return remove_stale_tmp_files(run_dir / "checkpoints") + remove_stale_tmp_files(run_dir / SNAPSHOT_FOLDER)
+
+
+def check_fit_run_dir(run_dir: str | os.PathLike, ckpt_path: str | os.PathLike | None) -> None:
+    """Refuse a ``fit`` into ``run_dir`` when it holds files and ``ckpt_path`` is not a checkpoint inside it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return  # a new folder, or one a killed run only created
+    if ckpt_path is not None and Path(ckpt_path).is_file() and run_dir.resolve() in Path(ckpt_path).resolve().parents:
+        return  # resuming this folder's own run
+    names = sorted(p.name for p in run_dir.iterdir())
+    found = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise RunDirectoryError(
+        f"run directory {str(run_dir)!r} already holds another run's files ({found}); a new fit there would mix "
+        f"their metrics and checkpoints. Pick a new folder, e.g. --trainer.logger.init_args.version <new name>, or "
+        f"resume that run with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'}")
 
 
 def run_dir_of_checkpoint(checkpoint: str | os.PathLike) -> Path | None:

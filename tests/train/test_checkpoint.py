@@ -7,10 +7,9 @@ import os
 import lightning
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pynodeta.data import DigitsDataModule
-from pynodeta.train import AtomicCheckpointIO, NODEClassifier, TABNAdamW, atomic_torch_save
+from pynodeta.train import AtomicCheckpointIO, ModelCheckpoint, NODEClassifier, TABNAdamW, atomic_torch_save
 
 from .tiny_models import TinyDigitsClassifier
 

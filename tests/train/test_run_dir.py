@@ -30,7 +30,7 @@ def _config(tmp_path, save_last=False):
 
 
 def _with_last_checkpoint(config):
-    config["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+    config["trainer"]["callbacks"] = [{"class_path": "pynodeta.train.ModelCheckpoint",
                                        "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True}}]
 
 
@@ -132,14 +132,16 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 
 
 def test_a_killed_runs_temporary_checkpoint_files_are_removed_at_start(tmp_path):
-    config = _config(tmp_path)
+    config = _config(tmp_path, save_last=True)
+    version = ["--trainer.logger.init_args.version", "v"]
+    assert main(["fit", "--config", config, *version]) == 0
     checkpoints = tmp_path / "runs" / "lightning_logs" / "v" / "checkpoints"
-    checkpoints.mkdir(parents=True)
     leftover = checkpoints / ".last.ckpt.k3j9x_.tmp"  # the name atomic_torch_save's mkstemp gives
     leftover.write_bytes(b"half a checkpoint")
     unrelated = checkpoints / "notes.tmp"
     unrelated.write_text("not ours")
-    assert main(["fit", "--config", config, "--trainer.logger.init_args.version", "v"]) == 0
+    resume = ["--ckpt_path", str(checkpoints / "last.ckpt"), "--trainer.max_epochs", "2"]
+    assert main(["fit", "--config", config, *version, *resume]) == 0
     assert not leftover.exists() and unrelated.exists()
 
 
@@ -160,6 +162,24 @@ def test_a_killed_runs_temporary_snapshot_files_are_removed_with_the_checkpoint_
     assert (run / "phema" / "phema-0000000200.pt").exists() and (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "phema" / "notes.tmp").exists()
     assert run_dir_module.remove_stale_run_tmp_files(tmp_path / "no-such-run") == []
+
+
+def test_a_new_fit_into_another_runs_folder_is_refused(tmp_path, capsys):
+    config = _config(tmp_path, save_last=True)
+    version = ["--trainer.logger.init_args.version", "x"]
+    assert main(["fit", "--config", config, *version]) == 0
+    run = tmp_path / "runs" / "lightning_logs" / "x"
+    metrics = (run / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert main(["fit", "--config", config, *version]) == 2  # a second, unrelated run into the same folder
+    err = capsys.readouterr().err
+    assert err.startswith(f"pynodeta: error: run directory {str(run)!r} already holds another run's files")
+    assert "--trainer.logger.init_args.version <new name>" in err and "--ckpt_path" in err and "Traceback" not in err
+    assert (run / "metrics.csv").read_text() == metrics and not (run.parent / "x.lock").exists()
+    # resuming that run in its own folder, with the same explicit version, is what the folder is for
+    last = run / "checkpoints" / "last.ckpt"
+    assert main(["fit", "--config", config, *version, "--ckpt_path", str(last), "--trainer.max_epochs", "2"]) == 0
+    assert _epochs_logged(run) == [0, 1]
 
 
 def test_checkpoint_hyperparameters_may_not_name_foreign_classes(tmp_path, capsys):

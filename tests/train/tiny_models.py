@@ -70,3 +70,16 @@ class TinySoftmaxRegression(TrainingModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+
+class TinyDivergingRegression(TinySoftmaxRegression):
+    """TinySoftmaxRegression whose training loss turns NaN once ``nan_from_step`` optimiser steps are done,
+    as a diverging run's does, at a step the test knows."""
+
+    def __init__(self, nan_from_step: int, optim: OptimizerPreset | None = None):
+        super().__init__(optim)
+        self.nan_from_step = nan_from_step
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step >= self.nan_from_step else loss
