@@ -45,7 +45,7 @@ def test_a_nan_loss_stops_the_run_at_that_step(tmp_path, capsys):
     last = torch.load(tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
                       weights_only=False)
     assert last["global_step"] == 4  # the last periodic save before the NaN
-    (phema,) = [state for key, state in last["callbacks"].items() if key.startswith("PowerFunctionEMA")]
+    phema = last["pynodeta_weight_averages"]["power_ema"]["state"]
     # (not the whole file: ModelCheckpoint's state holds an infinite "no score yet")
     assert _all_finite([last["state_dict"], last["optimizer_states"], phema["averages"]])
     snapshots = sorted((tmp_path / "phema").iterdir())

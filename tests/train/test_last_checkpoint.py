@@ -164,7 +164,8 @@ class _StateAtFitEnd(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.path.is_file():
             held = torch.load(self.path, weights_only=False)
-            self.periodic_ema_updates[held["global_step"]] = held["pynodeta_ema"]["num_updates"]
+            ema = held["pynodeta_weight_averages"]["ema"]["state"]
+            self.periodic_ema_updates[held["global_step"]] = ema["num_updates"]
 
     def on_fit_end(self, trainer, pl_module):
         from pynodeta.train.ema_callback import PowerFunctionEMACallback
@@ -173,7 +174,7 @@ class _StateAtFitEnd(Callback):
         self.step = trainer.global_step
         self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
         self.ema = pl_module.ema.state_dict()["shadow_params"]
-        self.phema = phema.state_dict()
+        self.phema = phema.ema.state_dict()
 
 
 def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_epoch(tmp_path):
@@ -202,10 +203,10 @@ def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_ep
     assert last["global_step"] == at_end.step == 6
     for name, value in at_end.weights.items():
         assert torch.equal(last["state_dict"][name], value), name
-    assert last["pynodeta_ema"]["num_updates"] == 6
-    for saved, now in zip(last["pynodeta_ema"]["shadow_params"], at_end.ema, strict=True):
+    assert last["pynodeta_weight_averages"]["ema"]["state"]["num_updates"] == 6
+    for saved, now in zip(last["pynodeta_weight_averages"]["ema"]["state"]["shadow_params"], at_end.ema, strict=True):
         assert torch.equal(saved, now)
-    (phema_state,) = [s for key, s in last["callbacks"].items() if key.startswith("PowerFunctionEMA")]
+    phema_state = last["pynodeta_weight_averages"]["power_ema"]["state"]
     assert phema_state["step"] == at_end.phema["step"] == 6
     for saved, now in zip(phema_state["averages"], at_end.phema["averages"], strict=True):
         for name in now:
@@ -259,7 +260,7 @@ def test_a_killed_shipped_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed_state["global_step"] == full_state["global_step"] == 12
     for name, value in full_state["state_dict"].items():  # exact resume: the same weights and EMA
         assert torch.equal(resumed_state["state_dict"][name], value), name
-    for saved, full in zip(resumed_state["pynodeta_ema"]["shadow_params"], full_state["pynodeta_ema"]["shadow_params"],
+    for saved, full in zip(_ema(resumed_state)["shadow_params"], _ema(full_state)["shadow_params"],
                            strict=True):
         assert torch.equal(saved, full)
 
@@ -271,3 +272,8 @@ def test_a_killed_shipped_run_resumes_to_the_uninterrupted_result(tmp_path):
     for key in ("train/loss_step", "train/loss_epoch"):
         assert logged(rows, key) == logged(full_rows, key), key
     assert [int(epoch) for epoch, _, _ in logged(rows, "train/loss_epoch")] == [0, 1, 2, 3]
+
+
+def _ema(checkpoint: dict) -> dict:
+    """The classic EMA's state in a checkpoint."""
+    return checkpoint["pynodeta_weight_averages"]["ema"]["state"]
