@@ -84,10 +84,10 @@ class PynodetaCLI(LightningCLI):
                 self._resumed_epochs = prepare_ckpt_path(subcommand, self.config[subcommand], unsafe)
             except (CheckpointError, RunDirectoryError) as error:
                 raise ConfigurationError(str(error)) from error
-            if unsafe:  # Lightning's own read of the hyperparameters is weights-only: the config stands as given
-                return
         if self._resumed_epochs is not None:  # keep_csv_metrics keeps the rows CSVLogger warns it deletes
             warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        if subcommand and self.config[subcommand].get("unsafe_load"):
+            return  # Lightning's own read of the hyperparameters is weights-only: the config stands as given
         super()._parse_ckpt_path()
 
     def _check_weights_only(self, subcommand: str, unsafe: bool) -> None:
