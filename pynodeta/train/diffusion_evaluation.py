@@ -22,7 +22,8 @@ from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, 
 from pynodeta.ode.stats import record_stats
 
 from .._atomic import atomic_write_text
-from .diffusion_sampling import generate_batches, save_grid
+from .diffusion_sampling import generate_batches
+from .sample_outputs import GridWriter
 
 __all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary", "summary_line"]
 
@@ -81,7 +82,7 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
     reference = _reference(module, _datamodule(module, datamodule), extractor) if extractor is not None else None
     generator = torch.Generator().manual_seed(_EVAL_SEED)
     batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
-    shown, features, nfes, seconds = [], [], [], 0.0
+    grid, features, nfes, seconds = GridWriter(grid_path, limit=64), [], [], 0.0
     while True:
         started = time.perf_counter()
         batch = next(batches, None)
@@ -89,10 +90,10 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
         if batch is None:
             break
         nfes.append(batch.nfe)
-        shown.append(batch.images[: 64 - sum(len(s) for s in shown)].cpu())
+        grid.add(batch.images)
         if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
             features.append(extractor(batch.images.clamp(-1, 1).cpu()).double())
-    grid = save_grid(torch.cat(shown), grid_path)
+    grid = grid.close()
     fd = floor = math.nan
     if reference is not None:
         fd, floor = frechet_distance(torch.cat(features), reference["test"]), reference["floor"]

@@ -233,9 +233,7 @@ def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = Non
         check_class_paths(sections, allow_modules, f"{where} found beside the checkpoint")
     for name, base in (("model", LightningModule), ("data", LightningDataModule)):
         # imports the top-level classes (already vetted) and refuses a non-Lightning class before any call
-        import_allowed_class(sections[name].get("class_path"), base,
-                             allow_modules if allow_modules is not None else (_module_of(sections[name]),),
-                             f"{where} ({name}: class_path)")
+        import_allowed_class(sections[name].get("class_path"), base, allow_modules, f"{where} ({name}: class_path)")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningModule, "model", required=True)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
@@ -249,11 +247,6 @@ def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = Non
     except Exception as error:  # noqa: BLE001 - jsonargparse and constructors report bad configs this way
         raise ValueError(f"config {str(config)!r} does not build: {_first_line(root_cause(error))}") from error
     return built.model, built.data
-
-
-def _module_of(section: dict) -> str:
-    class_path = section.get("class_path")
-    return class_path.rpartition(".")[0] if isinstance(class_path, str) else ""
 
 
 def _build_from_hyperparameters(path: Path, content: dict, allow_modules: tuple[str, ...], unsafe: bool):

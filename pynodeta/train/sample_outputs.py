@@ -43,15 +43,15 @@ def check_output_path(path: str, option: str, suffixes: tuple[str, ...]) -> Path
 
 
 class GridWriter:
-    """The first :data:`GRID_MAX` images of a stream, saved as one PNG grid on :meth:`close`."""
+    """The first ``limit`` images of a stream, saved as one PNG grid on :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, limit: int = GRID_MAX):
+        self.path, self.limit = Path(path), limit
         self._kept: list[torch.Tensor] = []
         self._count = 0
 
     def add(self, images: torch.Tensor) -> None:
-        room = GRID_MAX - self._count
+        room = self.limit - self._count
         if room > 0:
             self._kept.append(images[:room].detach().cpu())
             self._count += len(self._kept[-1])

@@ -68,9 +68,15 @@ def _require_allowed(class_path, allowed_modules: tuple[str, ...], where: str,
             f"{how_to_allow.format(module=class_path.rpartition('.')[0])}")
 
 
-def import_allowed_class(class_path, base: type, allowed_modules: Iterable[str], where: str) -> type:
-    """The class ``class_path`` names, if allowed and a subclass of ``base``; nothing is called."""
-    _require_allowed(class_path, tuple(allowed_modules), where)
+def import_allowed_class(class_path, base: type, allowed_modules: Iterable[str] | None, where: str) -> type:
+    """The class ``class_path`` names, if allowed and a subclass of ``base``; nothing is called.
+
+    ``allowed_modules`` None: the file is the user's own (a config they named), so only the kind of
+    class is checked."""
+    if allowed_modules is not None:
+        _require_allowed(class_path, tuple(allowed_modules), where)
+    elif not isinstance(class_path, str) or "." not in class_path:
+        raise ClassPathRefused(f"{where} names the class {class_path!r}; expected a dotted 'module.Class' string")
     module, _, name = class_path.rpartition(".")
     try:
         found = getattr(importlib.import_module(module), name)

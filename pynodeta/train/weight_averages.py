@@ -56,18 +56,14 @@ def stored_averages(checkpoint: dict, module: nn.Module) -> list[tuple[str, Weig
             raise ValueError(f"the checkpoint stores a weight average of unknown kind {kind!r}; "
                              f"known: {sorted(_KINDS)}")
         target = record.get("target", "model")
-        network = _attribute(module, target)
+        try:
+            network = module.get_submodule(target)
+        except AttributeError:
+            raise ValueError(f"the checkpoint's weight average belongs to the attribute {target!r}, which the rebuilt "
+                             f"module does not have; pass the run's own config") from None
         state = record["state"]
         average = EMA(network, state["decay"]) if kind == "ema" else PowerFunctionEMA(network, state["sigma_rels"])
         average.load_state_dict(state)
         averages.append((target, average))
     return averages
 
-
-def _attribute(module: nn.Module, path: str) -> nn.Module:
-    for name in path.split("."):
-        module = getattr(module, name, None)
-        if not isinstance(module, nn.Module):
-            raise ValueError(f"the checkpoint's weight average belongs to the attribute {path!r}, which the "
-                             f"rebuilt module does not have; pass the run's own config")
-    return module
