@@ -27,8 +27,11 @@ import yaml
 
 import pynodeta.diffusion as pd
 from pynodeta.data import DigitsDataModule
+from pynodeta.diffusion import DDPMSchedule
 from pynodeta.models import DDPMUNet
+from pynodeta.train import DDPMObjective, EvalSettings
 from pynodeta.train.diffusion import DiffusionModule
+from pynodeta.train.diffusion_evaluation import likelihood_solver
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,8 +49,9 @@ def _cpu_seconds(call):
 def _trained_module(steps: int) -> tuple[DiffusionModule, DigitsDataModule]:
     config = yaml.safe_load((ROOT / "pynodeta/configs/digits_ddpm.yaml").read_text())["model"]["init_args"]
     torch.manual_seed(0)
-    module = DiffusionModule(DDPMUNet(**config["model"]["init_args"]), num_timesteps=1000, num_bins=17,
-                             nll_num_images=config["nll_num_images"], ema_decay=None)
+    module = DiffusionModule(DDPMUNet(**config["model"]["init_args"]), DDPMObjective(DDPMSchedule(1000), num_bins=17),
+                             evaluation=EvalSettings(nll_num_images=config["evaluation"]["nll_num_images"],
+                                                     num_bins=17), averaging="none")
     data = DigitsDataModule(batch_size=64, normalization="diffusion")
     data.setup("fit")
     loader = torch.utils.data.DataLoader(data.train_set, batch_size=64, shuffle=True)
@@ -55,7 +59,7 @@ def _trained_module(steps: int) -> tuple[DiffusionModule, DigitsDataModule]:
     step = 0
     while step < steps:
         for images, _ in loader:
-            loss = module._loss(images)
+            loss = module.objective.loss(module.model, images).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -67,8 +71,8 @@ def _trained_module(steps: int) -> tuple[DiffusionModule, DigitsDataModule]:
 
 def measure(train_steps: int, draws: int) -> dict:
     module, data = _trained_module(train_steps)
-    x0 = torch.stack([data.test_set[i][0] for i in range(module.nll_num_images)])
-    eps_model, schedule = module.eps_model(), module.schedule
+    x0 = torch.stack([data.test_set[i][0] for i in range(module.evaluation.nll_num_images)])
+    eps_model, schedule = module.objective.eps_model(module.model), module.objective.schedule
 
     def bound(k, seed):
         return pd.variational_bound(eps_model, x0, schedule, num_bins=17, sampled_timesteps=k, chunk_size=32,
@@ -84,8 +88,9 @@ def measure(train_steps: int, draws: int) -> dict:
                      "mean_bpd": statistics.fmean(means),
                      "stderr_over_images": statistics.fmean(float(b.std() / math.sqrt(len(b))) for _, b in timed),
                      "draw_spread": statistics.stdev(means)})
-    raw_pixels = data.test_set.images[: module.nll_num_images].to(torch.int64)
-    nll_seconds, nll = _cpu_seconds(lambda: pd.bits_per_dim(module.denoiser(), raw_pixels, 17, rtol=1e-3, atol=1e-3,
+    raw_pixels = data.test_set.images[: module.evaluation.nll_num_images].to(torch.int64)
+    nll_seconds, nll = _cpu_seconds(lambda: pd.bits_per_dim(module.denoiser(), raw_pixels, 17,
+                                                            solver=likelihood_solver(),
                                                             generator=torch.Generator().manual_seed(0)))
     noise = torch.randn(360, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

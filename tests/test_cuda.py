@@ -155,8 +155,8 @@ def test_main_job_on_gpu(tmp_path, capsys):
 def test_diffusion_jobs_on_gpu_then_sample_and_evaluate(tmp_path, capsys, config):
     from pynodeta.cli import main
 
-    out = _fit_on_gpu(tmp_path, capsys, config, ["--model.init_args.eval_num_samples", "64",
-                                                 "--model.init_args.nll_num_images", "4"])
+    out = _fit_on_gpu(tmp_path, capsys, config, ["--model.init_args.evaluation.num_samples", "64",
+                                                 "--model.init_args.evaluation.nll_num_images", "4"])
     assert "pynodeta summary: FD" in out, out[-2000:]
     summary = json.loads(next((tmp_path / "runs").rglob("summary.json")).read_text())
     assert math.isfinite(summary["fd"]) and math.isfinite(summary["bpd"])

@@ -63,9 +63,18 @@ class DigitsFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.features(self._checked(images))
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, 10) of the digit each image shows: the classifier the features were trained with
+        (about 97 % test accuracy), which scores how often a class-conditional model draws the class asked for."""
+        return self.net(self._checked(images))
+
+    def _checked(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
             raise ValueError(f"images must have shape (batch, 1, 8, 8), got {tuple(images.shape)}")
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN/Inf; the sampler should have refused them earlier")
         parameter = next(self.net.parameters())
-        return self.net.features(images.to(device=parameter.device, dtype=parameter.dtype))
+        return images.to(device=parameter.device, dtype=parameter.dtype)

@@ -4,8 +4,10 @@
   logging, exact RNG resume); ``pynodeta fit`` trains any subclass.
 - ``NODEModule`` and its ``NODEClassifier`` / ``TrajectoryRegressor``: neural-ODE modules logging
   loss, accuracy (or MSE/MAE), forward and backward NFE per batch and the TA-BN regulariser.
-- ``DiffusionModule`` (DDPM or EDM objective, EMA, sample grids, FD and bits/dim) and
-  ``EDM2DiffusionModule`` (EDM2's learned uncertainty), with ``DiffusionAdam`` / ``EDM2Adam``.
+- ``DiffusionModule(model, objective, averaging=…, evaluation=EvalSettings(…))``: a network trained
+  for ``DDPMObjective``, ``EDMObjective`` or ``EDM2Objective`` (loss, denoiser, default sampler), class
+  labels and label dropout for conditional networks, evaluated with ``EMAAveraging`` or
+  ``PowerEMAAveraging`` (sample grids, FD, conditional accuracy, bits/dim); ``DiffusionAdam`` / ``EDM2Adam``.
 - ``AdamWPreset``, ``PlateauSGD`` / ``TABNAdamW``: optimiser, schedule and clipping as typed presets
   (a plain default and the two papers' setups).
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file beside the target, then renamed.
@@ -18,6 +20,7 @@
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
+from .averaging import EMAAveraging, PowerEMAAveraging
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from .checkpointing import ModelCheckpoint
@@ -25,10 +28,11 @@ from .configs import shipped_config_path, shipped_configs
 from .diffusion import DiffusionModule
 from .diffusion_optim import DiffusionAdam
 from .divergence import StopOnNonFiniteLoss, TrainingDiverged
-from .edm2_module import EDM2DiffusionModule
 from .edm2_optim import EDM2Adam
+from .evaluation_settings import EvalSettings
 from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
+from .objectives import DDPMObjective, DiffusionObjective, EDM2Objective, EDMObjective
 from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
 from .rng import collect_rng_states, restore_rng_states
 from .run_loader import Run, load_run
@@ -40,7 +44,13 @@ __all__ = [
     "NODEClassifier",
     "TrajectoryRegressor",
     "DiffusionModule",
-    "EDM2DiffusionModule",
+    "DiffusionObjective",
+    "DDPMObjective",
+    "EDMObjective",
+    "EDM2Objective",
+    "EMAAveraging",
+    "PowerEMAAveraging",
+    "EvalSettings",
     "OptimizerPreset",
     "AdamWPreset",
     "PlateauSGD",

@@ -1,4 +1,5 @@
-"""The training-loop side of seed 004's learned timestep sampler (Kim et al. 2024; released ``train.py`` step).
+"""The training-loop side of the learned timestep sampler (Kim et al. 2024, "Adaptive Non-uniform Timestep
+Sampling"; the step of their released ``train.py``).
 
 Every ``update_every`` (f_S = 40) iterations, around the diffusion model's optimiser step:
 
@@ -36,7 +37,7 @@ def ddpm_vb_terms(eps_model: nn.Module, schedule, num_bins: int = 256, variance:
     """(x0, t, noise) ↦ L_t (bits/dim, (batch,)) of the current ``eps_model(t, x_t)`` under ``schedule``.
 
     ``variance`` is the reverse-process variance of p(x_{t−1} | x_t) in the KL: "fixed_small" (β̃_t, what
-    pynodeta's ancestral sampler uses by default) or "fixed_large" (β_t, the released seed-004 config).
+    pynodeta's ancestral sampler uses by default) or "fixed_large" (β_t, the paper's released config).
     Runs in eval mode and without gradients (the mode is restored): dropout would make "before" and "after"
     differ even with unchanged weights, and that difference would be credited to the sampler.
     """
@@ -84,9 +85,9 @@ class AdaptiveTimestepUpdater:
     Args:
         sampler: the ``AdaptiveTimestepSampler`` that draws the training timesteps.
         vb_terms: (x0, t, noise) ↦ L_t of the *current* model, (batch,); e.g. ``ddpm_vb_terms(model, schedule)``.
-        update_every: f_S, iterations between sampler updates (seed 004: 40).
+        update_every: f_S, iterations between sampler updates (the paper: 40).
         queue_length: how many past ΔL vectors S is chosen from (the released code: 5).
-        num_selected: |S| (seed 004: 3).
+        num_selected: |S| (the paper: 3).
         probe_chunk: the T probe terms are evaluated in chunks of this many (memory).
 
     S starts as ``num_selected`` evenly spread steps: with no ΔL seen yet there is nothing to prefer (the

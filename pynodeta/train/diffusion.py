@@ -1,11 +1,11 @@
-"""``DiffusionModule``: a TrainingModule training a ``forward(t, x)`` network as a diffusion model.
+"""``DiffusionModule``: a network trained for a diffusion objective, evaluated with a weight average.
 
-Objectives: "ddpm" (discrete DDPM schedule; ε-, x0- or v-prediction, Ho et al. 2020) and "edm"
-(EDM preconditioning and loss, Karras et al. 2022). The timestep sampler and the loss weighting
-are options with one call site each (``_draw_timesteps``, ``_loss_weights``). The EMA of the
-weights is updated after every optimiser step and used for every sample, FD and likelihood.
-Validation logs the loss and, every ``eval_every_n_epochs``, samples a grid (PNG), the Fréchet
-distance beside its real-data floor and the sampler's NFE; ``fit`` ends with one summary line.
+``DiffusionModule(model, objective, averaging=…, evaluation=EvalSettings(…), optim=…)``: the objective
+(``DDPMObjective``, ``EDMObjective``, ``EDM2Objective``) owns the loss, the network seen as a denoiser and
+the default image sampler; the module owns what every objective shares — batches and class labels, label
+dropout, the optimiser, the weight average and evaluation. Validation logs the loss and, every
+``evaluation.every_n_epochs``, samples a grid (PNG), the Fréchet distance beside its real-data floor and the
+sampler's NFE; ``fit`` ends with one summary line.
 """
 
 from __future__ import annotations
@@ -16,138 +16,90 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import pynodeta.diffusion as pd
-from pynodeta.diffusion.loss_weighting import make_loss_weighting
-from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
 from pynodeta.ema import EMA
-from pynodeta.ema.average import RAW_WEIGHTS
+from pynodeta.ema.average import RAW_WEIGHTS, sigma_rel_key
 
-from .adaptive_timesteps import TimestepSamplerTraining, ddpm_vb_terms
+from .averaging import EMAAveraging, PowerEMAAveraging
 from .base import TrainingModule
-from .diffusion_objectives import PREDICTIONS, EpsilonView, Prediction, prediction_target
-from .diffusion_optim import DiffusionAdam
-from .diffusion_sampling import SAMPLER_NAMES, generate
+from .conditioning import ClassConditioning
+from .diffusion_sampling import generate
+from .evaluation_settings import EvalSettings
+from .objectives import DDPMObjective, DiffusionObjective
 from .optim import OptimizerPreset
 from .weight_averages import store_average, stored_average_state
 
 __all__ = ["DiffusionModule"]
 
+TIMESTEP_SAMPLER_KEY = "pynodeta_timestep_sampler"
+# parameter names of checkpoints written before objectives were modules of their own
+LEGACY_PARAMETER_PREFIXES = {"uncertainty.": "objective.uncertainty."}
+
 
 class DiffusionModule(TrainingModule):
-    """Trains ``model`` (forward(t, x) -> tensor of x's shape) as a DDPM or EDM diffusion model.
+    """Trains ``model`` for ``objective`` and evaluates it with ``averaging``.
 
-    Batches are ``x`` or ``(x, labels)`` with x (batch, C, H, W) in the data scale the model
-    generates (``normalization="diffusion"``: [-1, 1]); labels are ignored.
+    Batches are ``x`` or ``(x, labels)`` with x (batch, C, H, W) in the data scale the model generates
+    (``normalization="diffusion"``: [-1, 1]) and labels integer classes (batch,). A class-conditional network
+    (``DDPMUNet(num_classes=…)``, ``EDM2UNet(label_dim=…)``) receives the labels one-hot, a fraction
+    ``label_dropout`` of them zeroed (unconditional) so that it can be guided at sampling; an unconditional
+    network ignores them.
     """
 
     def __init__(
         self,
-        model: nn.Module,                             # the network, forward(t, x)
-        objective: Literal["ddpm", "edm"] = "ddpm",
-        prediction: Prediction = "epsilon",           # ddpm: what the network predicts (epsilon | sample | v)
-        num_timesteps: int = 1000,                    # ddpm: T
-        beta_schedule: str = "linear",                # ddpm: linear | quad | cosine
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        timestep_sampler: str = "uniform",            # ddpm: see pynodeta.diffusion.timestep_samplers
-        timestep_sampler_options: dict | None = None,
-        loss_weighting: str = "none",                 # ddpm: none | p2 | min-snr
-        loss_weighting_options: dict | None = None,
-        sigma_data: float = 0.5,                      # edm: σ_data of the preconditioning
-        p_mean: float = -1.2,                         # edm: ln σ ~ N(p_mean, p_std²) in training
-        p_std: float = 1.2,
-        sample_shape: Sequence[int] | None = None,    # (C, H, W); default from model.in_channels/image_size
-        optim: OptimizerPreset | None = None,         # default DiffusionAdam()
-        ema_decay: float | None = 0.999,              # classic EMA of the weights; None: no EMA
-        sampler: str = "heun",                        # sampler of validation and the summary
-        sampler_steps: int = 18,                      # its noise levels (heun: 2·steps − 1 NFE)
-        eval_every_n_epochs: int = 1,                 # sample grid + FD every n validation epochs (0: only at the end)
-        eval_num_samples: int = 512,                  # images drawn for the FD
-        nll_num_images: int = 64,                     # test images of the bits/dim estimate at the end
-        num_bins: int = 256,                          # values a pixel takes (bits/dim's dequantisation; digits: 17)
-        inception_weights: str | None = None,         # FD features for images other than 8×8 digits
+        model: nn.Module,                                        # the network
+        objective: DiffusionObjective | None = None,             # default DDPMObjective()
+        averaging: EMAAveraging | PowerEMAAveraging | Literal["none"] | None = None,  # None: the objective's
+        evaluation: EvalSettings | None = None,                  # default EvalSettings()
+        label_dropout: float = 0.0,                              # class-conditional nets: unconditional fraction
+        sample_shape: Sequence[int] | None = None,               # (C, H, W); default from the network
+        optim: OptimizerPreset | None = None,                    # None: the objective's (DiffusionAdam, EDM2Adam)
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module with forward(t, x), got {type(model).__name__}")
-        super().__init__(optim)
-        _check_options(objective, prediction, sampler, sampler_steps, ema_decay, eval_every_n_epochs,
-                       eval_num_samples, nll_num_images, num_bins, sigma_data, p_std)
+            raise TypeError(f"model must be a torch.nn.Module (the network), got {type(model).__name__}")
+        objective = DDPMObjective() if objective is None else objective
+        if not isinstance(objective, DiffusionObjective):
+            raise TypeError("objective must be a DiffusionObjective (pynodeta.train.DDPMObjective, EDMObjective or "
+                            f"EDM2Objective), got {type(objective).__name__}")
+        super().__init__(optim if optim is not None else objective.default_optim())
         self.model = model
-        self.objective, self.prediction = objective, prediction
         self.sample_shape = _sample_shape(model, sample_shape)
-        self.sampler, self.sampler_steps = sampler, sampler_steps
-        self.eval_every_n_epochs, self.eval_num_samples = eval_every_n_epochs, eval_num_samples
-        self.nll_num_images, self.num_bins = nll_num_images, num_bins
-        self.inception_weights = inception_weights
-        self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
-        self.schedule = pd.DDPMSchedule(num_timesteps, beta_schedule, beta_start, beta_end)
-        self.timestep_sampler = make_timestep_sampler(
-            timestep_sampler, num_timesteps, alphas_cumprod=self.schedule.alphas_cumprod,
-            in_channels=self.sample_shape[0], **(timestep_sampler_options or {}))
-        # what training owes the sampler: loss-aware updates, seed 004's update around the optimiser step
-        bound_terms = ddpm_vb_terms(self.eps_model(), self.schedule, num_bins) if objective == "ddpm" else None
-        self.sampler_training = TimestepSamplerTraining(self.timestep_sampler, bound_terms)
-        self.loss_weighting = make_loss_weighting(loss_weighting, **(loss_weighting_options or {}))
-        self.ema = EMA(model, ema_decay) if ema_decay is not None else None
+        self.objective = objective
+        objective.attach(model, self.sample_shape)
+        self.averaging = _check_averaging(objective.default_averaging() if averaging is None else averaging)
+        self.evaluation = (evaluation if evaluation is not None else EvalSettings()).resolved(objective)
+        self.conditioning = ClassConditioning.of(model, label_dropout)
+        self.ema = EMA(model, self.averaging.decay) if isinstance(self.averaging, EMAAveraging) else None
         self.last_evaluation: dict = {}
 
-    # --- the model as a denoiser -------------------------------------------------------------------
-    def eps_model(self) -> nn.Module:
-        """The network as an ε-network ``eps_model(t, x_t)`` (DDPM objective only)."""
-        if self.objective != "ddpm":
-            raise ValueError("eps_model() needs objective 'ddpm'; an EDM model is used through denoiser()")
-        return EpsilonView(self.model, self.schedule, self.prediction)
-
+    # --- the network as a denoiser -----------------------------------------------------------------------
     def denoiser(self) -> nn.Module:
-        """``denoiser(x, sigma) -> x̂0`` for the noise-level samplers, the ODE and the likelihood."""
-        if self.objective == "ddpm":
-            return pd.DenoiserFromEpsilon(self.eps_model(), self.schedule, timestep="interpolate")
-        from pynodeta.diffusion.preconditioning import EDMPrecond
-
-        return EDMPrecond(self.model, sigma_data=self.sigma_data)
+        """``denoiser(x, sigma, class_labels=None) -> x̂0`` for the image samplers, the ODE and the likelihood."""
+        return self.objective.denoiser(self.model)
 
     def sigma_range(self) -> tuple[float, float]:
-        """(sigma_min, sigma_max) of sampling: the DDPM schedule's range, EDM's 0.002 and 80."""
-        if self.objective == "ddpm":
-            sigmas = self.schedule.sigmas
-            return float(sigmas[0]), float(sigmas[-1])
-        return 0.002, 80.0
+        """(sigma_min, sigma_max) of sampling, the denoiser's: a DDPM schedule's range, EDM's 0.002 and 80."""
+        denoiser = self.denoiser()
+        return float(denoiser.sigma_min), float(denoiser.sigma_max)
 
-    # --- training ------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional network, None for an unconditional one."""
+        return self.conditioning.num_classes
+
+    # --- training ----------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(_images(batch, self.sample_shape))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=_batch_size(batch))
+        x0, labels = self.conditioning.split(batch, self.sample_shape)
+        labels = self.conditioning.drop(labels)
+        loss = self.objective.loss(self.model, x0, labels, step=self.global_step).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
-    def _loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.objective == "edm":
-            return self._edm_loss(x0, generator)
-        t, sampler_weights = self._draw_timesteps(x0, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0) if generator else torch.randn_like(x0)
-        x_t = self.schedule.add_noise(x0, noise, t)
-        target = prediction_target(self.prediction, self.schedule, x0, noise, t)
-        per_sample = F.mse_loss(self.model(t, x_t), target, reduction="none").flatten(1).mean(dim=1)
-        if self.training:  # validation batches teach the sampler nothing
-            self.sampler_training.after_loss(self.global_step, x0, t, per_sample)
-        return (per_sample * sampler_weights * self._loss_weights(t)).mean()
-
-    def _draw_timesteps(self, x0: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one call site of the timestep sampler: (t, importance weights), each (batch,)."""
-        return self.timestep_sampler.sample(x0.shape[0], x0.device, generator, x0=x0)
-
-    def _loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """The one call site of the loss weighting: w(SNR_t), (batch,) in float32."""
-        return self.loss_weighting(self.schedule.snr(t)).to(torch.float32)
-
-    def _edm_loss(self, x0: torch.Tensor, generator) -> torch.Tensor:
-        # EDM Eq. 8 with ln σ ~ N(P_mean, P_std²) and λ(σ) = (σ² + σ_d²)/(σ σ_d)² (Table 1)
-        from pynodeta.diffusion.preconditioning import edm_loss
-
-        return edm_loss(self.denoiser(), x0, p_mean=self.p_mean, p_std=self.p_std, sigma_data=self.sigma_data,
-                        generator=generator).mean()
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The network's parameters and those its objective learns beside it (EDM2's uncertainty head)."""
+        return [p for p in (*self.model.parameters(), *self.objective.parameters()) if p.requires_grad]
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -158,29 +110,35 @@ class DiffusionModule(TrainingModule):
             self.ema.update(self.global_step)  # a classic EMA's decay is per update; the count is not used
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        sampler_logs = self.sampler_training.after_optimizer_step()  # the adaptive sampler, every f_S steps
-        if sampler_logs:
-            self.log_dict(sampler_logs, on_step=True, on_epoch=False)
-
-    def default_optim(self) -> OptimizerPreset:
-        return DiffusionAdam()
+        logs = self.objective.after_optimizer_step()  # the learned timestep sampler, every f_S steps
+        if logs:
+            self.log_dict(logs, on_step=True, on_epoch=False)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # the network's gradients only: an adaptive timestep sampler's policy has its own optimiser
+        # the network's gradients only: a learned timestep sampler's policy has its own optimiser
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         self.optim.clip(self.model)
 
-    # --- validation, evaluation ---------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if isinstance(self.averaging, PowerEMAAveraging) and self._power_ema_callback() is None:
+            raise ValueError(
+                f"averaging={self.averaging} evaluates with a power-function EMA, but no "
+                f"PowerFunctionEMACallback among the trainer's callbacks tracks sigma_rel {self.averaging.sigma_rel}: "
+                "add pynodeta.train.ema_callback.PowerFunctionEMACallback(sigma_rels=[…]) to trainer.callbacks, or "
+                "pass averaging='none' to evaluate with the raw weights")
+
+    # --- validation, evaluation --------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         # the same noise and timesteps every epoch, so that epochs are compared on one estimate
         generator = torch.Generator().manual_seed(1000 + batch_idx)
+        x0, labels = self.conditioning.split(batch, self.sample_shape)
         with self.ema_weights():
-            loss = self._loss(_images(batch, self.sample_shape), generator)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=_batch_size(batch), sync_dist=True)
+            loss = self.objective.loss(self.model, x0, labels, generator=generator).mean()
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        epoch = self.current_epoch + 1
-        if self.trainer.sanity_checking or not self.eval_every_n_epochs or epoch % self.eval_every_n_epochs:
+        epoch, every = self.current_epoch + 1, self.evaluation.every_n_epochs
+        if self.trainer.sanity_checking or not every or epoch % every:
             return
         from .diffusion_evaluation import evaluate_samples
 
@@ -200,71 +158,99 @@ class DiffusionModule(TrainingModule):
 
     @property
     def evaluation_average(self) -> str:
-        """The weight average that validation, samples and the summary use: ``"ema"`` or ``"none"``
-        (``pynodeta sample``/``evaluate`` default to it)."""
-        return "ema" if self.ema is not None else RAW_WEIGHTS
+        """The weight average that validation, samples and the summary use: ``"ema"``, ``"sigma_rel=0.10"``
+        or ``"none"`` (``pynodeta sample``/``evaluate`` default to it)."""
+        if isinstance(self.averaging, EMAAveraging):
+            return "ema"
+        if isinstance(self.averaging, PowerEMAAveraging):
+            return sigma_rel_key(self.averaging.sigma_rel)
+        return RAW_WEIGHTS
+
+    def _power_ema_callback(self):
+        from .ema_callback import PowerFunctionEMACallback
+
+        if self._trainer is None or not isinstance(self.averaging, PowerEMAAveraging):
+            return None
+        wanted = self.averaging.sigma_rel
+        found = [c for c in self.trainer.callbacks if isinstance(c, PowerFunctionEMACallback)
+                 and any(abs(s - wanted) < 1e-12 for s in c.sigma_rels)]
+        return found[0] if found else None
 
     @contextlib.contextmanager
     def ema_weights(self):
-        """Within the block the network holds the EMA weights (no-op without EMA)."""
-        if self.ema is None:
+        """Within the block the network holds the evaluation average's weights (no-op for the raw weights,
+        and for a power EMA before its first update)."""
+        if self.ema is not None:
+            self.ema.to(self.device)
+            self.ema.store(self.model)
+            self.ema.copy_to(self.model)
+            try:
+                yield
+            finally:
+                self.ema.restore(self.model)
+            return
+        callback = self._power_ema_callback()
+        if callback is None or callback.ema is None or callback.ema.step == 0:
             yield
             return
-        self.ema.to(self.device)
-        self.ema.store(self.model)
-        self.ema.copy_to(self.model)
+        raw = [p.detach().clone() for p in self.model.parameters()]
+        with torch.no_grad():
+            averaged = callback.averaged(self.averaging.sigma_rel)
+            for param, average in zip(self.model.parameters(), averaged.parameters()):
+                param.copy_(average)
         try:
             yield
         finally:
-            self.ema.restore(self.model)
+            with torch.no_grad():
+                for param, saved in zip(self.model.parameters(), raw):
+                    param.copy_(saved)
 
     def draw(self, num: int, sampler: str | None = None, steps: int | None = None, **options):
-        """``generate`` with the module's sampler settings as defaults (current weights)."""
-        return generate(self, num, self.sampler if sampler is None else sampler,
-                        self.sampler_steps if steps is None else steps, **options)
+        """``generate`` with the module's evaluation sampler and steps as defaults (current weights)."""
+        return generate(self, num, self.evaluation.sampler if sampler is None else sampler,
+                        self.evaluation.steps if steps is None else steps, **options)
 
     def _output_dir(self) -> Path:
         log_dir = self.trainer.log_dir if self._trainer is not None else None
         return Path(log_dir or ".")
 
-    # --- exact resume ------------------------------------------------------------------------------
+    # --- exact resume ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)  # the RNG states
-        checkpoint["pynodeta_timestep_sampler"] = self.sampler_training.state_dict()
+        state = self.objective.training_state()
+        if state is not None:
+            checkpoint[TIMESTEP_SAMPLER_KEY] = state
         if self.ema is not None:
             store_average(checkpoint, "ema", self.ema)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        if "pynodeta_timestep_sampler" in checkpoint:
-            self.sampler_training.load_state_dict(checkpoint["pynodeta_timestep_sampler"])
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = migrate_legacy_parameters(checkpoint["state_dict"])
+        if TIMESTEP_SAMPLER_KEY in checkpoint and self.objective.training_state() is not None:
+            self.objective.load_training_state(checkpoint[TIMESTEP_SAMPLER_KEY])
         state = stored_average_state(checkpoint, "ema") if self.ema is not None else None
         if state is not None:
             self.ema.load_state_dict(state)
 
 
-def _check_options(objective, prediction, sampler, sampler_steps, ema_decay, eval_every_n_epochs,
-                   eval_num_samples, nll_num_images, num_bins, sigma_data, p_std) -> None:
-    if objective not in ("ddpm", "edm"):
-        raise ValueError(f"objective must be 'ddpm' or 'edm', got {objective!r}")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    if objective == "edm" and prediction != "epsilon":
-        raise ValueError(f"prediction={prediction!r} applies to objective 'ddpm'; EDM's network output is set "
-                         "by its preconditioning: leave prediction at 'epsilon'")
-    if sampler not in SAMPLER_NAMES:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
-    if sampler in ("ddim", "ddpm") and objective != "ddpm":
-        raise ValueError(f"sampler {sampler!r} needs objective 'ddpm'; use heun, euler, dpmpp_2m or ode")
-    if ema_decay is not None and not 0 < ema_decay < 1:
-        raise ValueError(f"ema_decay must be in (0, 1) or None (no EMA), got {ema_decay}")
-    for name, value, low in [("sampler_steps", sampler_steps, 1), ("eval_every_n_epochs", eval_every_n_epochs, 0),
-                             ("eval_num_samples", eval_num_samples, 2), ("nll_num_images", nll_num_images, 0),
-                             ("num_bins", num_bins, 2)]:
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if not (sigma_data > 0 and p_std > 0):
-        raise ValueError(f"sigma_data and p_std must be > 0, got {sigma_data} and {p_std}")
+def migrate_legacy_parameters(state_dict: dict) -> dict:
+    """``state_dict`` with parameter names of older checkpoints renamed (``uncertainty.*`` of the former
+    EDM2 module is ``objective.uncertainty.*``); other names are kept."""
+    def renamed(name: str) -> str:
+        for old, new in LEGACY_PARAMETER_PREFIXES.items():
+            if name.startswith(old):
+                return new + name[len(old):]
+        return name
+
+    return {renamed(name): value for name, value in state_dict.items()}
+
+
+def _check_averaging(averaging):
+    if averaging == RAW_WEIGHTS or isinstance(averaging, (EMAAveraging, PowerEMAAveraging)):
+        return averaging
+    raise TypeError(f"averaging must be EMAAveraging(decay), PowerEMAAveraging(sigma_rel) or 'none' (raw weights), "
+                    f"got {averaging!r}")
 
 
 def _sample_shape(model: nn.Module, sample_shape) -> tuple[int, ...]:
@@ -277,15 +263,3 @@ def _sample_shape(model: nn.Module, sample_shape) -> tuple[int, ...]:
         raise ValueError(f"{type(model).__name__} has no in_channels/image_size attributes: pass "
                          "sample_shape=(channels, height, width)")
     return (int(channels), int(size), int(size))
-
-
-def _images(batch, sample_shape: tuple[int, ...]) -> torch.Tensor:
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if x.dim() != 4 or tuple(x.shape[1:]) != sample_shape:
-        raise ValueError(f"batches must hold images (batch, {', '.join(map(str, sample_shape))}), "
-                         f"got {tuple(x.shape)}")
-    return x
-
-
-def _batch_size(batch) -> int:
-    return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]

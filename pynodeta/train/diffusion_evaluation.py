@@ -22,19 +22,29 @@ from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, 
 from pynodeta.ode.stats import record_stats
 
 from .._atomic import atomic_write_text
+from .conditioning import one_hot_labels
 from .diffusion_sampling import generate_batches
+from .objectives import DDPMObjective
 from .sample_outputs import GridWriter
 
-__all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary", "summary_line"]
+__all__ = ["likelihood_solver", "evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary",
+           "summary_line"]
 
 _EVAL_SEED = 2024  # the same noise for every evaluation, so that epochs and runs are compared on one draw
+
+
+def likelihood_solver(rtol: float = 1e-3, atol: float = 1e-3):
+    """The bits/dim estimate's default solve: dopri5 at rtol = atol = 1e-3 (the committed figures' setting)."""
+    from pynodeta.ode import IController, SolverSettings
+
+    return SolverSettings(method="dopri5", controller=IController(rtol=rtol, atol=atol))
 
 
 def _extractor(module):
     if tuple(module.sample_shape) == (1, 8, 8):
         return DigitsFeatureExtractor()
-    if module.inception_weights is not None:
-        return InceptionFeatureExtractor(module.inception_weights)
+    if module.evaluation.inception_weights is not None:
+        return InceptionFeatureExtractor(module.evaluation.inception_weights)
     return None
 
 
@@ -59,30 +69,39 @@ def _reference(module, datamodule, extractor) -> dict:
         return cache
     train = extractor(_real_images(datamodule.train_set)).double().cpu()
     test = extractor(_real_images(datamodule.test_set)).double().cpu()
-    module._fd_reference = {"data": datamodule, "test": test, "floor": frechet_distance(train, test)}
+    module._fd_reference = {"data": datamodule, "test": test, "test_labels": datamodule.test_set.labels.clone(),
+                            "floor": frechet_distance(train, test)}
     return module._fd_reference
 
 
 def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num: int | None = None,
                      sampler: str | None = None, steps: int | None = None, **sampler_options) -> dict:
-    """Draw ``num`` images (default ``module.eval_num_samples``) with the module's current weights, save
+    """Draw ``num`` images (default ``module.evaluation.num_samples``) with the module's current weights, save
     the first 64 as a grid, and compute FD against the test images beside the floor. The images are
     scored as pixels, clipped to the data range [-1, 1], one batch at a time: memory holds one batch of
     images and the features of all.
 
-    Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_nfe", "sampling_seconds", "grid"}; the FD
-    entries are NaN when there is no feature extractor for these images.
+    A class-conditional model draws every class in turn (``class_labels="all"`` unless given) with the
+    evaluation's guidance; on digits the result adds the conditional accuracy (how often the digits
+    classifier names the requested class) and the FD of each class against that class's test images.
+
+    Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_nfe", "sampling_seconds", "grid"} (and for
+    conditional models "guidance", "conditional_accuracy", "fd_per_class"); the FD entries are NaN when
+    there is no feature extractor for these images.
     """
-    num = module.eval_num_samples if num is None else num
+    num = module.evaluation.num_samples if num is None else num
     if num < 2:
         raise ValueError(f"the Fréchet distance needs at least 2 images (it estimates a covariance), got num={num}")
-    sampler = module.sampler if sampler is None else sampler
-    steps = module.sampler_steps if steps is None else steps
+    sampler = module.evaluation.sampler if sampler is None else sampler
+    steps = module.evaluation.steps if steps is None else steps
+    if module.num_classes is not None:
+        sampler_options.setdefault("class_labels", "all")
+        sampler_options.setdefault("guidance", module.evaluation.guidance)
     extractor = _extractor(module)
     reference = _reference(module, _datamodule(module, datamodule), extractor) if extractor is not None else None
     generator = torch.Generator().manual_seed(_EVAL_SEED)
     batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
-    grid, features, nfes, seconds = GridWriter(grid_path, limit=64), [], [], 0.0
+    grid, features, labels, predicted, nfes, seconds = GridWriter(grid_path, limit=64), [], [], [], [], 0.0
     while True:
         started = time.perf_counter()
         batch = next(batches, None)
@@ -91,36 +110,67 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
             break
         nfes.append(batch.nfe)
         grid.add(batch.images)
+        if batch.labels is not None:
+            labels.append(batch.labels)
         if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
-            features.append(extractor(batch.images.clamp(-1, 1).cpu()).double())
+            pixels = batch.images.clamp(-1, 1).cpu()
+            features.append(extractor(pixels).double())
+            if batch.labels is not None and hasattr(extractor, "classify"):
+                predicted.append(extractor.classify(pixels).argmax(dim=1))
     grid = grid.close()
     fd = floor = math.nan
     if reference is not None:
         fd, floor = frechet_distance(torch.cat(features), reference["test"]), reference["floor"]
-    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
-            "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds, "grid": str(grid)}
+    result = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
+              "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds, "grid": str(grid)}
+    if labels:
+        result.update(_conditional_scores(torch.cat(labels), predicted, features, reference))
+        result["guidance"] = float(sampler_options["guidance"])
+    return result
+
+
+def _conditional_scores(labels: torch.Tensor, predicted: list, features: list, reference: dict | None) -> dict:
+    """Conditional accuracy (the classifier's agreement with the requested class) and FD of each class
+    against the test images of that class (NaN for a class with fewer than 2 images on either side)."""
+    accuracy = float((torch.cat(predicted) == labels).double().mean()) if predicted else math.nan
+    scores = {"conditional_accuracy": accuracy}
+    if reference is None:
+        return scores
+    features = torch.cat(features)
+    per_class = {}
+    for label in sorted(set(labels.tolist())):
+        ours, theirs = features[labels == label], reference["test"][reference["test_labels"] == label]
+        per_class[str(label)] = frechet_distance(ours, theirs) if len(ours) > 1 and len(theirs) > 1 else math.nan
+    scores["fd_per_class"] = per_class
+    return scores
 
 
 @torch.no_grad()
-def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, rtol: float = 1e-3,
-                     atol: float = 1e-3) -> dict:
+def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, solver=None) -> dict:
     """Mean bits/dim of the first ``num_images`` test images (probability-flow ODE, Hutchinson probes,
-    uniform dequantisation with ``module.num_bins`` values); {"bpd", "bpd_stderr", "nll_nfe"}."""
-    count = module.nll_num_images if num_images is None else num_images
+    uniform dequantisation with ``module.evaluation.num_bins`` values); {"bpd", "bpd_stderr", "nll_nfe"}.
+    ``solver``: a ``SolverSettings``; None: dopri5 at rtol = atol = 1e-3. A class-conditional model's
+    likelihood is conditioned on each test image's label."""
+    count = module.evaluation.nll_num_images if num_images is None else num_images
     if count < 1:
         return {"bpd": math.nan, "bpd_stderr": math.nan, "nll_nfe": math.nan}
     test = _datamodule(module, datamodule).test_set
     raw = test.images[:count].to(torch.int64)
-    if int(raw.max()) >= module.num_bins:
-        raise ValueError(f"test pixels reach {int(raw.max())} but num_bins={module.num_bins}; set num_bins to the "
+    num_bins = module.evaluation.num_bins
+    if int(raw.max()) >= num_bins:
+        raise ValueError(f"test pixels reach {int(raw.max())} but num_bins={num_bins}; set num_bins to the "
                          f"number of pixel values (digits: 17, 8-bit images: 256)")
+    labels = {}
+    if module.num_classes is not None:
+        labels["class_labels"] = one_hot_labels(test.labels[:count], module.num_classes,
+                                                torch.empty((), device=module.device))
     generator = torch.Generator().manual_seed(_EVAL_SEED)
     was_training = module.training
     module.eval()
     try:
         with record_stats() as log:  # over the denoiser's own noise range (a DDPM schedule's, EDM's 0.002 to 80)
-            bpd = bits_per_dim(module.denoiser(), raw.to(module.device), module.num_bins, generator=generator,
-                               rtol=rtol, atol=atol)
+            bpd = bits_per_dim(module.denoiser(), raw.to(module.device), num_bins, generator=generator,
+                               solver=solver if solver is not None else likelihood_solver(), **labels)
     finally:
         module.train(was_training)
     bpd = bpd.double().cpu()
@@ -132,13 +182,14 @@ def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, rto
 def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sampled_timesteps: int | None = None,
                      chunk_size: int = 16) -> dict:
     """DDPM models: the mean variational bound (``pynodeta.diffusion.variational_bound``, bits/dim) of the first
-    ``num_images`` test images (default ``module.nll_num_images``, the NLL's), exact over all T timesteps or,
+    ``num_images`` test images (default ``module.evaluation.nll_num_images``, the NLL's), exact over all T timesteps or,
     with ``sampled_timesteps=K``, its unbiased estimate from K stratified timesteps per image;
     {"vlb_bpd", "vlb_stderr", "vlb_sampled_timesteps" (None: exact), "vlb_num_timesteps"}. EDM models: {}."""
-    if module.objective != "ddpm":
+    objective = module.objective
+    if not isinstance(objective, DDPMObjective):
         return {}
-    count = module.nll_num_images if num_images is None else num_images
-    result = {"vlb_sampled_timesteps": sampled_timesteps, "vlb_num_timesteps": module.schedule.num_timesteps}
+    count = module.evaluation.nll_num_images if num_images is None else num_images
+    result = {"vlb_sampled_timesteps": sampled_timesteps, "vlb_num_timesteps": objective.schedule.num_timesteps}
     if count < 1:
         return {"vlb_bpd": math.nan, "vlb_stderr": math.nan, **result}
     test = _datamodule(module, datamodule).test_set
@@ -146,7 +197,8 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
     was_training = module.training
     module.eval()
     try:
-        bound = variational_bound(module.eps_model(), x0, module.schedule, num_bins=module.num_bins,
+        bound = variational_bound(objective.eps_model(module.model), x0, objective.schedule,
+                                  num_bins=module.evaluation.num_bins,
                                   sampled_timesteps=sampled_timesteps, chunk_size=chunk_size,
                                   generator=torch.Generator().manual_seed(_EVAL_SEED)).cpu()
     finally:
@@ -156,13 +208,16 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
 
 
 def summary_line(result: dict) -> str:
-    """``pynodeta summary: FD a / floor b = r× | NLL c bits/dim [| VLB v ± e bits/dim (K of T timesteps)] |
-    sampler s, NFE n | grid path``; the VLB part for DDPM models only."""
+    """``pynodeta summary: FD a / floor b = r× | NLL c bits/dim [| VLB v ± e bits/dim (K of T timesteps)]
+    [| class accuracy a at guidance w] | sampler s, NFE n | grid path``; the VLB part for DDPM models only,
+    the class accuracy for class-conditional ones."""
     bound = ""
     if "vlb_bpd" in result:
         sampled, total = result["vlb_sampled_timesteps"], result["vlb_num_timesteps"]
         which = f"all {total} timesteps" if sampled is None else f"{sampled} of {total} timesteps, stratified"
         bound = f" | VLB {result['vlb_bpd']:.3f} ± {result['vlb_stderr']:.3f} bits/dim ({which})"
+    if "conditional_accuracy" in result:
+        bound += f" | class accuracy {result['conditional_accuracy']:.3f} at guidance {result['guidance']:g}"
     return (f"pynodeta summary: FD {result['fd']:.3f} / floor {result['fd_floor']:.3f} = {result['fd_ratio']:.2f}× | "
             f"NLL {result['bpd']:.3f} bits/dim{bound} | sampler {result['sampler']}, NFE {result['sampler_nfe']:.0f} | "
             f"grid {result['grid']}")

@@ -45,9 +45,10 @@ def prediction_target(prediction: Prediction, schedule: DDPMSchedule, x0: torch.
 class EpsilonView(nn.Module):
     """A network predicting ε, x0 or v, seen as an ε-network ``eps_model(t, x_t)`` for the DDPM samplers.
 
-    forward(t, x): t (batch,) integer timesteps in [0, T) (or a float tensor of fractional ones, as
-    ``DenoiserFromEpsilon(timestep="interpolate")`` hands over: ᾱ is then interpolated linearly);
-    x (batch, ...) -> ε̂, shape of x.
+    forward(t, x, class_labels=None): t (batch,) integer timesteps in [0, T) (or a float tensor of fractional
+    ones, as ``DenoiserFromEpsilon(timestep="interpolate")`` hands over: ᾱ is then interpolated linearly);
+    x (batch, ...); class_labels one-hot (batch, num_classes) of a class-conditional network (passed on only
+    when given) -> ε̂, shape of x.
     """
 
     time_aware = True
@@ -58,8 +59,8 @@ class EpsilonView(nn.Module):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.network, self.schedule, self.prediction = network, schedule, prediction
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = self.network(t, x)
+    def forward(self, t: torch.Tensor, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.network(t, x) if class_labels is None else self.network(t, x, class_labels=class_labels)
         if self.prediction == "epsilon":
             return out
         a, s = self._coefficients(t, x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .optim import OptimizerPreset, _check_betas, _check_positive
+from .optim import OptimizerPreset, _check_betas, _check_positive, trained_parameters
 
 __all__ = ["DiffusionAdam"]
 
@@ -13,7 +13,8 @@ class DiffusionAdam(OptimizerPreset):
     """Adam, learning rate warmed up linearly over ``warmup_steps`` optimiser steps, then constant.
 
     DDPM's CIFAR-10 setup: lr 2e-4, 5000 warm-up steps, gradients clipped at norm 1 (Ho et al. 2020,
-    Appendix B); seed 004 keeps it. Small data trains well at a larger lr with a short warm-up.
+    Appendix B); the adaptive-timestep-sampling paper keeps it. Small data trains well at a larger lr
+    with a short warm-up.
     """
 
     def __init__(
@@ -34,7 +35,7 @@ class DiffusionAdam(OptimizerPreset):
         self.betas, self.max_norm = tuple(betas), max_norm
 
     def build(self, module) -> dict:
-        parameters = [p for p in module.model.parameters() if p.requires_grad]
+        parameters = trained_parameters(module)
         optimizer = torch.optim.AdamW(parameters, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         warmup = max(1, self.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))

@@ -1,8 +1,9 @@
-"""Drawing images from a trained diffusion module with any of pynodeta's samplers, and saving grids.
+"""Drawing images from a trained diffusion module with any of pynodeta's image samplers, and saving grids.
 
-Noise-level samplers (``heun``, ``euler``, ``dpmpp_2m``) run on Karras noise levels between the
-model's ``sigma_min`` and ``sigma_max``; ``ode`` solves the probability-flow ODE adaptively through
-``pynodeta.solve``; ``ddim`` and ``ddpm`` are the discrete-time samplers of DDPM models.
+Every sampler of ``pynodeta.diffusion.SAMPLERS`` walks the noise levels the module's objective gives it
+(Karras levels between the denoiser's ``sigma_min`` and ``sigma_max``; a DDPM schedule's own levels for
+``ddpm`` and ``ddim``); ``ode`` solves the probability-flow ODE adaptively through ``pynodeta.solve``.
+Class-conditional models draw the classes asked for, optionally with classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,26 @@ import torch
 
 import pynodeta.diffusion as pd
 from pynodeta._atomic import atomic_write
+from pynodeta.diffusion.guidance import GuidedDenoiser
 from pynodeta.ode.stats import record_stats
 
-__all__ = ["SAMPLER_NAMES", "Samples", "SampleBatch", "generate", "generate_batches", "save_grid"]
+from .conditioning import one_hot_labels
 
-SAMPLER_NAMES = ("heun", "euler", "dpmpp_2m", "ode", "ddim", "ddpm")
-_NOISE_LEVEL_SAMPLERS = {"heun": pd.sample_heun, "euler": pd.sample_euler, "dpmpp_2m": pd.sample_dpmpp_2m}
+__all__ = ["ODE_SAMPLER", "sampler_names", "check_sampler_name", "Samples", "SampleBatch", "generate",
+           "generate_batches", "requested_labels", "save_grid"]
+
+ODE_SAMPLER = "ode"  # the probability-flow ODE, solved adaptively: not a fixed-level sampler of the registry
+
+
+def sampler_names() -> tuple[str, ...]:
+    """Every image sampler a diffusion module can be drawn with: the registry's and ``"ode"``."""
+    return (*pd.SAMPLERS, ODE_SAMPLER)
+
+
+def check_sampler_name(sampler: str) -> str:
+    if sampler not in sampler_names():
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sampler_names())}")
+    return sampler
 
 
 @dataclass(frozen=True)
@@ -35,41 +50,78 @@ class Samples:
     sampler: str
     nfe: float              # network evaluations per batch (mean over batches for "ode")
     seconds: float          # wall time of the whole draw
+    labels: torch.Tensor | None = None  # the class of each image (class-conditional models), (num,)
 
 
-def _check(module, sampler: str, steps: int, num: int) -> None:
-    if sampler not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
-    if sampler in ("ddim", "ddpm") and module.objective != "ddpm":
-        raise ValueError(f"sampler {sampler!r} needs a DDPM model (objective 'ddpm'); this one is "
-                         f"{module.objective!r}: use heun, euler, dpmpp_2m or ode")
+def requested_labels(class_labels, num: int, num_classes: int | None) -> torch.Tensor | None:
+    """The class of each of ``num`` images: None (unconditional model), an int (every image), ``"all"`` (classes
+    in turn, 0, 1, …, so every class gets num/num_classes images) or a sequence/tensor of ``num`` classes."""
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError(f"class_labels={class_labels!r} needs a class-conditional model; this one has no classes")
+        return None
+    if class_labels is None:
+        raise ValueError(f"the model is class-conditional ({num_classes} classes): pass class_labels (a class, "
+                         "'all' for every class in turn, or one class per image)")
+    if isinstance(class_labels, str):
+        if class_labels != "all":
+            raise ValueError(f"class_labels must be a class, 'all' or one class per image, got {class_labels!r}")
+        return torch.arange(num) % num_classes
+    if isinstance(class_labels, int) and not isinstance(class_labels, bool):
+        labels = torch.full((num,), class_labels, dtype=torch.long)
+    else:
+        labels = torch.as_tensor(class_labels)
+        if labels.dtype.is_floating_point or labels.shape != (num,):
+            raise ValueError(f"class_labels must hold one integer class per image, shape ({num},), got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"class_labels must lie in [0, {num_classes}), got {class_labels!r}")
+    return labels.long()
+
+
+def _check(module, sampler: str, steps: int, num: int, guidance: float) -> None:
+    check_sampler_name(sampler)
+    module.objective.check_sampler(sampler)
     if num < 1:
         raise ValueError(f"num must be >= 1 images, got {num}")
-    if sampler != "ode" and steps < 1:
+    if sampler != ODE_SAMPLER and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0 (1: no guidance, 0: unconditional), got {guidance!r}")
+    if guidance != 1 and module.num_classes is None:
+        raise ValueError(f"guidance={guidance} needs a class-conditional model; this one has no classes")
 
 
-def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, rtol: float, atol: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """One batch from standard normal ``noise``."""
-    if sampler == "ddpm":
-        return pd.sample_ddpm(module.eps_model(), noise, module.schedule, generator=generator)
-    if sampler == "ddim":
-        return pd.sample_ddim(module.eps_model(), noise, module.schedule, num_steps=steps)
+def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: torch.Tensor | None,
+                guidance: float, solver, generator: torch.Generator | None) -> torch.Tensor:
+    """One batch from standard normal ``noise`` (and one-hot ``labels`` of a conditional model)."""
     denoiser = module.denoiser()
-    sigma_min, sigma_max = module.sigma_range()
-    if sampler == "ode":
+    if guidance != 1:
+        denoiser = GuidedDenoiser(denoiser, guidance)
+    extra_args = {} if labels is None else {"class_labels": labels}
+    if sampler == ODE_SAMPLER:
         # stop at 10·σ_min and let one denoiser call remove the noise left there (probability_flow keeps
-        # every drift evaluation inside [σ_end, σ_max] on its own). The first step is set, not guessed: the
-        # initial-step rule proposes one across most of the σ range, whose error estimate passes at
-        # rtol 1e-3 while the samples come out too narrow (std 0.59 instead of 0.70 on Gaussian data)
+        # every drift evaluation inside [σ_end, σ_max] on its own)
+        sigma_min, sigma_max = module.sigma_range()
         sigma_end = 10 * sigma_min
-        solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_end, method="dopri5",
-                                       rtol=rtol, atol=atol, options={"first_step": sigma_max / 20})
+        solution = pd.probability_flow(denoiser, noise * sigma_max, sigma_max, sigma_end, solver=solver, **extra_args)
         x = solution.ys[-1]
-        return denoiser(x, torch.full((x.shape[0],), sigma_end, dtype=x.dtype, device=x.device))
-    sigmas = pd.karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max).to(noise)
-    return _NOISE_LEVEL_SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas)
+        sigma = torch.full((x.shape[0],), sigma_end, dtype=x.dtype, device=x.device)
+        return denoiser(x, sigma, **extra_args)
+    sigmas = module.objective.sampling_sigmas(module.model, sampler, steps).to(noise)
+    x = noise * module.objective.prior_scale(sampler, sigmas)
+    return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=True)
+
+
+def ode_sampler_solver(rtol: float = 1e-3, atol: float = 1e-3):
+    """The ``ode`` sampler's default solve: dopri5 at rtol = atol = 1e-3 with a set first step.
+
+    The first step is set, not guessed: the initial-step rule proposes one across most of the σ range,
+    whose error estimate passes at rtol 1e-3 while the samples come out too narrow (std 0.59 instead of
+    0.70 on Gaussian data). ``first_step`` is a fraction of the span, σ_max/20, filled in per module."""
+    from pynodeta.ode import IController, SolverSettings
+
+    return SolverSettings(method="dopri5", controller=IController(rtol=rtol, atol=atol))
 
 
 @dataclass(frozen=True)
@@ -78,50 +130,73 @@ class SampleBatch:
 
     images: torch.Tensor    # (count, channels, height, width)
     nfe: float
+    labels: torch.Tensor | None = None  # (count,) classes of a class-conditional model
 
 
 def generate_batches(
     module,                                  # a DiffusionModule (its current weights are used)
     num: int,                                # images to draw
-    sampler: str = "heun",                   # one of SAMPLER_NAMES
+    sampler: str = "heun",                   # one of sampler_names()
     steps: int = 18,                         # noise levels / DDIM steps (ignored by "ode" and "ddpm")
     *,
-    rtol: float = 1e-3,                      # "ode": dopri5 tolerances
-    atol: float = 1e-3,
+    class_labels: int | str | Sequence[int] | torch.Tensor | None = None,  # conditional models: see requested_labels
+    guidance: float = 1.0,                   # classifier-free guidance w: D_u + w·(D_c − D_u)
+    solver=None,                             # "ode": a SolverSettings; None: dopri5 at rtol = atol = 1e-3
     batch_size: int = 256,                   # images per sampler call
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
 ) -> Iterator[SampleBatch]:
     """Draw ``num`` images ``batch_size`` at a time, so that memory stays that of one batch whatever ``num``.
 
     The noise of each batch is drawn when the batch is, from ``generator``: the images are the same as
-    :func:`generate`'s. NFE is read from the samplers' published SolveStats. A batch with NaN/Inf images
-    raises FloatingPointError.
+    :func:`generate`'s. NFE is read from the samplers' published SolveStats (a guided evaluation runs the
+    network on a doubled batch and counts once). A batch with NaN/Inf images raises FloatingPointError.
     """
-    _check(module, sampler, steps, num)
+    _check(module, sampler, steps, num, guidance)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = requested_labels(class_labels, num, module.num_classes)
+    solver = _ode_solver(module, solver) if sampler == ODE_SAMPLER else None
     shape, device = module.sample_shape, module.device
     for first in range(0, num, batch_size):
         count = min(batch_size, num - first)
         noise = torch.randn(count, *shape, generator=generator).to(device)
+        batch_labels = None if labels is None else labels[first:first + count]
+        one_hot = None if batch_labels is None else one_hot_labels(batch_labels, module.num_classes, noise)
         was_training = module.training
         module.eval()
         try:
             with torch.no_grad(), record_stats() as log:
-                images = _draw_batch(module, sampler, noise, steps, rtol, atol, generator)
+                images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator)
         finally:
             module.train(was_training)
         if not torch.isfinite(images).all():
             raise FloatingPointError(f"sampler {sampler!r} produced NaN/Inf images; try more steps or tighter rtol")
-        yield SampleBatch(images, float(sum(stats.nfe for stats in log)))
+        yield SampleBatch(images, float(sum(stats.nfe for stats in log)), batch_labels)
+
+
+def _ode_solver(module, solver):
+    from dataclasses import replace
+
+    from pynodeta.ode import IController, SolverSettings
+
+    if solver is None:
+        solver = ode_sampler_solver()
+    if not isinstance(solver, SolverSettings):
+        raise TypeError(f"solver must be a pynodeta.SolverSettings, got {type(solver).__name__}")
+    controller = solver.controller
+    if isinstance(controller, IController) and controller.first_step is None:
+        controller = replace(controller, first_step=module.sigma_range()[1] / 20)
+        solver = replace(solver, controller=controller)
+    return solver
 
 
 def generate(module, num: int, sampler: str = "heun", steps: int = 18, **options) -> Samples:
     """Draw ``num`` images at once (:func:`generate_batches`' options); NFE is the mean over batches."""
     started = time.perf_counter()
     batches = list(generate_batches(module, num, sampler, steps, **options))
+    labels = None if batches[0].labels is None else torch.cat([b.labels for b in batches])
     return Samples(torch.cat([b.images for b in batches]), sampler, float(np.mean([b.nfe for b in batches])),
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, labels)
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 4) -> Path:

@@ -7,7 +7,7 @@ import torch
 
 from pynodeta.diffusion.edm2 import EDM2_ADAM_BETAS, edm2_learning_rate
 
-from .optim import OptimizerPreset, _check_betas, _check_positive
+from .optim import OptimizerPreset, _check_betas, _check_positive, trained_parameters
 
 __all__ = ["EDM2Adam"]
 
@@ -35,7 +35,7 @@ class EDM2Adam(OptimizerPreset):
         self.betas, self.max_norm = tuple(betas), max_norm
 
     def build(self, module) -> dict:
-        parameters = [p for p in module.parameters() if p.requires_grad]
+        parameters = trained_parameters(module)
         optimizer = torch.optim.Adam(parameters, lr=self.ref_lr, betas=self.betas)
         # LambdaLR's step counts finished optimiser steps from 0; the schedule is evaluated at step + 1.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: edm2_learning_rate(

@@ -26,6 +26,14 @@ def tabn_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def trained_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """What a diffusion preset optimises: ``module.trained_parameters()`` where the module names them (a
+    ``DiffusionModule``: the network and what its objective learns beside it, never a timestep sampler's
+    policy, which has its own optimiser), else every trainable parameter."""
+    named = getattr(module, "trained_parameters", None)
+    return list(named()) if callable(named) else [p for p in module.parameters() if p.requires_grad]
+
+
 def clip_grad_norms(model: nn.Module, max_norm: float | None, tabn_max_norm: float | None) -> None:
     """Clip the global gradient norm to ``max_norm``, then TA-BN's γ/β group to ``tabn_max_norm``.
 

@@ -34,6 +34,7 @@ from pynodeta.ema import WeightAverage
 from pynodeta.ema.average import POSTHOC_KEY, RAW_WEIGHTS, check_average_key, parse_sigma_rel_key, sigma_rel_key
 from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
+from .legacy_configs import upgrade_diffusion_model_section
 from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
 from .weight_averages import stored_averages
@@ -227,7 +228,7 @@ def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = Non
     if missing:
         raise ValueError(f"config {str(config)!r} has no {' and no '.join(missing)} section; expected a training "
                          f"config with model: and data: (class_path, init_args)")
-    sections = {"model": content["model"], "data": content["data"]}
+    sections = {"model": upgrade_diffusion_model_section(content["model"]), "data": content["data"]}
     where = f"the config {str(config)!r}"
     if allow_modules is not None:
         check_class_paths(sections, allow_modules, f"{where} found beside the checkpoint")
@@ -275,6 +276,10 @@ def _build_from_hyperparameters(path: Path, content: dict, allow_modules: tuple[
 
 def _load_weights(module: nn.Module, weights: dict, path: Path, config: Path) -> None:
     """Load strictly; a mismatch is named by its first tensor instead of PyTorch's page-long list."""
+    from .diffusion import DiffusionModule, migrate_legacy_parameters
+
+    if isinstance(module, DiffusionModule):
+        weights = migrate_legacy_parameters(weights)
     expected = module.state_dict()
     problems = [f"{name} is missing" for name in expected if name not in weights]
     problems += [f"{name} is not in the model" for name in weights if name not in expected]

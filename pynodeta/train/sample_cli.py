@@ -5,11 +5,14 @@
     pynodeta sample --checkpoint CKPT --num 50000 --save-tensor samples.npy   # streamed, memory O(batch)
     pynodeta evaluate --checkpoint CKPT                                        # fit's own FD, reproduced
     pynodeta evaluate --checkpoint CKPT --average none --sampler ddim --steps 50
+    pynodeta sample --checkpoint CKPT --class-labels 3 --guidance 2      # class-conditional runs
+    pynodeta evaluate --checkpoint CKPT --class-labels all --guidance 1.5
 
 The run is read by :func:`~pynodeta.train.run_loader.load_run` (``weights_only=True``, class paths
 vetted before any import; ``--unsafe-load`` the one opt-in). Weights: the average ``fit`` evaluated
 with unless ``--average`` says otherwise (``ema``, ``sigma_rel=0.10``, ``none``). Every output path
-is checked before anything is loaded or drawn, and written atomically.
+is checked before anything is loaded or drawn, and written atomically. Flags are kebab-case; the
+snake-case spellings (``--num_threads``) are kept as aliases.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .._cli import ArgumentParser, UsageError
-from .diffusion_sampling import SAMPLER_NAMES
+from .diffusion_sampling import sampler_names
 from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_output_path
 
 __all__ = ["sample_main", "evaluate_main", "load_diffusion_run"]
@@ -36,18 +39,26 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--average", default=None, metavar="KEY",
                         help="weights to use: ema, sigma_rel=0.10 (a tracked power-function EMA profile) or none "
                              "(raw); default: what fit evaluated with")
-    parser.add_argument("--no-ema", action="store_true", help="the raw weights: the same as --average none")
-    parser.add_argument("--sampler", default=None, choices=SAMPLER_NAMES, help="default: the run's sampler")
+    parser.add_argument("--no-ema", "--no_ema", dest="no_ema", action="store_true",
+                        help="the raw weights: the same as --average none")
+    parser.add_argument("--sampler", default=None, choices=sampler_names(), help="default: the run's sampler")
     parser.add_argument("--steps", type=int, default=None, help="noise levels or DDIM steps (default: the run's)")
     parser.add_argument("--rtol", type=float, default=1e-3, help="--sampler ode (and the NLL): dopri5 rtol")
     parser.add_argument("--atol", type=float, default=1e-3, help="--sampler ode (and the NLL): dopri5 atol")
+    parser.add_argument("--class-labels", "--class_labels", dest="class_labels", default=None, metavar="CLASS",
+                        help="class-conditional runs: a class (e.g. 3) or 'all' (every class in turn); "
+                             "default: 'all' for evaluate, required by sample")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance weight w, D_u + w(D_c - D_u) (1: none; default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--num-threads", "--num_threads", dest="num_threads", type=int, default=None,
+                        help="torch.set_num_threads")
     parser.add_argument("--device", default=None,
                         help="where the network runs, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
-    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+    parser.add_argument("--allow-module", "--allow_module", dest="allow_module", action="append", default=[],
+                        metavar="MODULE",
                         help="a module besides pynodeta whose classes the run's files may name; repeatable")
-    parser.add_argument("--unsafe-load", action="store_true",
+    parser.add_argument("--unsafe-load", "--unsafe_load", dest="unsafe_load", action="store_true",
                         help="unpickle the checkpoint with weights_only=False, which runs any code it holds; only "
                              "for files you made or fully trust")
 
@@ -62,6 +73,13 @@ def _check_numbers(args) -> None:
     for name, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be a positive number, got {value}")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise UsageError(f"--guidance must be a finite number >= 0 (1: no guidance), got {args.guidance}")
+    if args.class_labels is not None and args.class_labels != "all":
+        try:
+            args.class_labels = int(args.class_labels)
+        except ValueError:
+            raise UsageError(f"--class-labels must be a class number or 'all', got {args.class_labels!r}") from None
     if args.no_ema and args.average not in (None, "none"):
         raise UsageError(f"--no-ema conflicts with --average {args.average}; pass one of them")
 
@@ -124,24 +142,25 @@ def _sample(argv: list[str], prog: str) -> int:
     parser.add_argument("--num", type=int, default=64, help="images to draw (default 64)")
     parser.add_argument("--out", default="samples.png",
                         help=f"PNG grid of the first {GRID_MAX} images (default samples.png)")
-    parser.add_argument("--save-tensor", default=None,
+    parser.add_argument("--save-tensor", "--save_tensor", dest="save_tensor", default=None,
                         help="also save every image: .npy (written as drawn, memory O(batch)) or .pt (one tensor)")
     args = parser.parse_args(argv)
+    args.command = "sample"
     _check_numbers(args)
     check_output_path(args.out, "--out", (".png",))
     if args.save_tensor:
         check_output_path(args.save_tensor, "--save-tensor", (".npy", ".pt"))
     run, weights = _setup(args, prog)
     module = run.module
-    sampler = module.sampler if args.sampler is None else args.sampler
-    steps = module.sampler_steps if args.steps is None else args.steps
+    sampler = module.evaluation.sampler if args.sampler is None else args.sampler
+    steps = module.evaluation.steps if args.steps is None else args.steps
     generator = torch.Generator().manual_seed(args.seed)
     grid = GridWriter(args.out)
     tensor = TensorWriter(args.save_tensor, args.num, module.sample_shape) if args.save_tensor else None
     nfes = []
     try:
-        for batch in generate_batches(module, args.num, sampler, steps, generator=generator, rtol=args.rtol,
-                                      atol=args.atol):
+        for batch in generate_batches(module, args.num, sampler, steps, generator=generator, solver=_solver(args),
+                                      **_conditioning(args, module)):
             nfes.append(batch.nfe)
             grid.add(batch.images)
             if tensor is not None:
@@ -162,13 +181,14 @@ def _evaluate(argv: list[str], prog: str) -> int:
                             "and, for DDPM models, the variational bound in bits/dim.")
     _common_arguments(parser)
     parser.add_argument("--num", type=int, default=None, help="images drawn for the FD (default: the run's, as fit)")
-    parser.add_argument("--nll-images", type=int, default=None,
+    parser.add_argument("--nll-images", "--nll_images", dest="nll_images", type=int, default=None,
                         help="test images of the NLL and the bound (default: the run's)")
-    parser.add_argument("--vlb-timesteps", type=int, default=None,
+    parser.add_argument("--vlb-timesteps", "--vlb_timesteps", dest="vlb_timesteps", type=int, default=None,
                         help="DDPM: estimate the bound from K stratified timesteps per image (default: all T, exact)")
     parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     args = parser.parse_args(argv)
+    args.command = "evaluate"
     _check_numbers(args)
     if args.num is not None and args.num < 2:
         raise UsageError(f"--num must be >= 2: the Fréchet distance estimates a covariance, got {args.num}")
@@ -181,14 +201,35 @@ def _evaluate(argv: list[str], prog: str) -> int:
     datamodule.setup("test")
     result = {"weights": weights}
     result |= evaluate_samples(module, args.out, datamodule, num=args.num, sampler=args.sampler, steps=args.steps,
-                              rtol=args.rtol, atol=args.atol)
-    result.update(nll_bits_per_dim(module, datamodule, args.nll_images, rtol=args.rtol, atol=args.atol))
+                              solver=_solver(args), **_conditioning(args, module))
+    result.update(nll_bits_per_dim(module, datamodule, args.nll_images, solver=_solver(args)))
     result.update(vlb_bits_per_dim(module, datamodule, args.nll_images, sampled_timesteps=args.vlb_timesteps))
     if args.json:
         print(json.dumps(_json_safe(result), indent=2, allow_nan=False))
     else:
         print(summary_line(result).replace("pynodeta summary", prog, 1))
     return 0
+
+
+def _solver(args):
+    """--rtol/--atol as the SolverSettings of the ode sampler and the NLL."""
+    from pynodeta.ode import IController, SolverSettings
+
+    return SolverSettings(method="dopri5", controller=IController(rtol=args.rtol, atol=args.atol))
+
+
+def _conditioning(args, module) -> dict:
+    """The class labels and guidance of a class-conditional run; refused for an unconditional one."""
+    if module.num_classes is None:
+        for flag, value in (("--class-labels", args.class_labels), ("--guidance", args.guidance)):
+            if value is not None:
+                raise UsageError(f"{flag} needs a class-conditional run; this run's network has no classes")
+        return {}
+    if args.class_labels is None and args.command == "sample":
+        raise UsageError(f"this run is class-conditional ({module.num_classes} classes): pass --class-labels N "
+                         "or --class-labels all")
+    return {"class_labels": "all" if args.class_labels is None else args.class_labels,
+            "guidance": module.evaluation.guidance if args.guidance is None else args.guidance}
 
 
 def _json_safe(value):

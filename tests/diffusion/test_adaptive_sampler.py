@@ -245,13 +245,15 @@ def test_sampler_training_feeds_loss_aware_samplers_every_loss():
 
 
 def _diffusion_module(sampler_name):
+    from pynodeta.diffusion import DDPMSchedule
     from pynodeta.models.diffusion.ddpm_unet import DDPMUNet
-    from pynodeta.train.diffusion import DiffusionModule
+    from pynodeta.train import DDPMObjective, DiffusionModule
 
     torch.manual_seed(0)
     network = DDPMUNet(image_size=8, in_channels=1, channels=8, channel_mult=(1,), num_res_blocks=1,
                        attention_resolutions=(), dropout=0.0, norm_groups=4)
-    return DiffusionModule(network, num_timesteps=20, timestep_sampler=sampler_name, ema_decay=None, num_bins=17)
+    objective = DDPMObjective(DDPMSchedule(20), timestep_sampler=sampler_name, num_bins=17)
+    return DiffusionModule(network, objective, averaging="none")
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # no Trainer here: the sampler's logs go nowhere
@@ -263,20 +265,21 @@ def test_diffusion_module_drives_its_sampler_and_checkpoints_it(sampler_name):
     for step in range(3):  # without a Trainer global_step stays 0, so every step is an update step
         x0 = _images(8, seed=step).clamp(-1, 1)
         optimizer.zero_grad()
-        module._loss(x0).backward()
+        module.objective.loss(module.model, x0, step=module.global_step).mean().backward()
         optimizer.step()
         module.on_train_batch_end(None, x0, step)
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     resumed = _diffusion_module(sampler_name)
     resumed.on_load_checkpoint(checkpoint)
+    ours, theirs = module.objective, resumed.objective
     if sampler_name == "adaptive":
-        assert len(module.sampler_training.updater.queue) == 3
-        assert module.timestep_sampler.policy.head.weight.abs().sum() > 0
-        policies = module.timestep_sampler.policy, resumed.timestep_sampler.policy
-        for ours, theirs in zip(policies[0].parameters(), policies[1].parameters()):
-            assert torch.equal(ours, theirs)
-        assert len(resumed.sampler_training.updater.queue) == 3
+        assert len(ours.sampler_training.updater.queue) == 3
+        assert ours.timestep_sampler.policy.head.weight.abs().sum() > 0
+        policies = ours.timestep_sampler.policy, theirs.timestep_sampler.policy
+        for mine, resumed_one in zip(policies[0].parameters(), policies[1].parameters()):
+            assert torch.equal(mine, resumed_one)
+        assert len(theirs.sampler_training.updater.queue) == 3
     else:
-        assert int(module.timestep_sampler.loss_counts.sum()) == 3 * 8
-        assert torch.equal(resumed.timestep_sampler.loss_history, module.timestep_sampler.loss_history)
+        assert int(ours.timestep_sampler.loss_counts.sum()) == 3 * 8
+        assert torch.equal(theirs.timestep_sampler.loss_history, ours.timestep_sampler.loss_history)

@@ -16,6 +16,9 @@ UNET = {"image_size": 8, "channels": 8, "channel_mult": [1, 2], "num_res_blocks"
         "dropout": 0.0, "norm_groups": 1, "positional_embedding": True, "bias_init": "zero_operand"}
 
 
+OBJECTIVES = {"ddpm": "pynodeta.train.DDPMObjective", "edm": "pynodeta.train.EDMObjective"}
+
+
 def _config(tmp_path, objective: str) -> str:
     config = {
         "seed_everything": 0,
@@ -26,8 +29,9 @@ def _config(tmp_path, objective: str) -> str:
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": objective}}},
         "model": {"class_path": "pynodeta.train.diffusion.DiffusionModule",
                   "init_args": {"model": {"class_path": "pynodeta.models.DDPMUNet", "init_args": UNET},
-                                "objective": objective, "sampler": "heun", "sampler_steps": 3,
-                                "eval_num_samples": 16, "nll_num_images": 2, "num_bins": 17}},
+                                "objective": {"class_path": OBJECTIVES[objective]},
+                                "evaluation": {"sampler": "heun", "steps": 3, "num_samples": 16,
+                                               "nll_num_images": 2, "num_bins": 17}}},
         "data": {"class_path": "pynodeta.data.DigitsDataModule",
                  "init_args": {"batch_size": 16, "normalization": "diffusion"}},
     }

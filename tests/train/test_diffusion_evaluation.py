@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pynodeta.diffusion import variational_bound
+from pynodeta.diffusion import DDPMSchedule, variational_bound
 from pynodeta.models import DDPMUNet
+from pynodeta.train import DDPMObjective, EDMObjective, EvalSettings
 from pynodeta.train.diffusion import DiffusionModule
 from pynodeta.train.diffusion_evaluation import nll_bits_per_dim, summary_line, vlb_bits_per_dim
 
@@ -38,15 +39,17 @@ def _module(objective: str = "ddpm", num_timesteps: int = 100) -> DiffusionModul
     unet = DDPMUNet(image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
                     dropout=0.0, norm_groups=2)
     torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # a fresh U-Net predicts exactly 0: make it vary
-    return DiffusionModule(unet, objective=objective, num_timesteps=num_timesteps, nll_num_images=4,
-                           num_bins=NUM_BINS, ema_decay=None)
+    chosen = DDPMObjective(DDPMSchedule(num_timesteps)) if objective == "ddpm" else EDMObjective()
+    return DiffusionModule(unet, chosen, evaluation=EvalSettings(nll_num_images=4, num_bins=NUM_BINS),
+                           averaging="none")
 
 
 def test_the_bound_of_the_first_test_images_exact_and_estimated():
     module, data = _module(), _data()
     exact = vlb_bits_per_dim(module, data)
     x0 = torch.stack([data.test_set[i][0] for i in range(4)])
-    expected = variational_bound(module.eps_model(), x0, module.schedule, num_bins=NUM_BINS,
+    expected = variational_bound(module.objective.eps_model(module.model), x0, module.objective.schedule,
+                                 num_bins=NUM_BINS,
                                  generator=torch.Generator().manual_seed(2024))
     assert exact["vlb_bpd"] == pytest.approx(math.fsum(expected.tolist()) / 4, rel=1e-12) and exact["vlb_bpd"] > 0
     assert exact["vlb_stderr"] == pytest.approx(float(expected.std() / 2), rel=1e-12)

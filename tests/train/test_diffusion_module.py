@@ -8,6 +8,7 @@ from torch import nn
 
 from pynodeta.diffusion import DDPMSchedule
 from pynodeta.models import DDPMUNet
+from pynodeta.train import DDPMObjective, EDMObjective, EMAAveraging, EvalSettings
 from pynodeta.train.diffusion import DiffusionModule
 from pynodeta.train.diffusion_objectives import EpsilonView, prediction_target
 
@@ -37,8 +38,8 @@ def _tiny_unet(**options):
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
 def test_each_parametrisation_gives_the_exact_gaussian_denoiser(prediction):
     schedule = DDPMSchedule(1000)
-    module = DiffusionModule(ExactGaussianNetwork(schedule, prediction), prediction=prediction,
-                             sample_shape=(1, 8, 8), ema_decay=None)
+    module = DiffusionModule(ExactGaussianNetwork(schedule, prediction), DDPMObjective(schedule, prediction),
+                             sample_shape=(1, 8, 8), averaging="none")
     sigma = schedule.sigmas[torch.tensor([10, 500, 900])].float()  # integer timesteps: no interpolation error
     x = MEAN + torch.randn(3, 1, 8, 8) * (STD**2 + sigma.reshape(-1, 1, 1, 1) ** 2).sqrt()
     expected = MEAN + STD**2 / (STD**2 + sigma.reshape(-1, 1, 1, 1) ** 2) * (x - MEAN)
@@ -58,24 +59,26 @@ def test_targets_convert_back_to_the_noise(prediction):
 
 
 def test_loss_weighting_and_timestep_sampler_are_options():
-    module = DiffusionModule(_tiny_unet(), loss_weighting="min-snr", loss_weighting_options={"gamma": 5.0},
-                             timestep_sampler="importance", ema_decay=None)
+    objective = DDPMObjective(loss_weighting="min-snr", loss_weighting_options={"gamma": 5.0},
+                              timestep_sampler="importance")
+    DiffusionModule(_tiny_unet(), objective, averaging="none")
     t = torch.tensor([0, 100, 999])
-    snr = module.schedule.snr(t)
-    torch.testing.assert_close(module._loss_weights(t), (snr.clamp(max=5.0) / snr).float())
-    drawn, weights = module._draw_timesteps(torch.zeros(16, 1, 8, 8), torch.Generator().manual_seed(0))
+    snr = objective.schedule.snr(t)
+    torch.testing.assert_close(objective.loss_weighting(snr).float(), (snr.clamp(max=5.0) / snr).float())
+    drawn, weights = objective.timestep_sampler.sample(16, torch.device("cpu"), torch.Generator().manual_seed(0),
+                                                       x0=torch.zeros(16, 1, 8, 8))
     assert drawn.shape == weights.shape == (16,) and int(drawn.max()) < 1000
 
 
 def test_ddpm_loss_is_the_mean_squared_noise_error():
-    module = DiffusionModule(_tiny_unet(), ema_decay=None)  # the fresh U-Net predicts exactly 0
+    module = DiffusionModule(_tiny_unet(), averaging="none")  # the fresh U-Net predicts exactly 0
     x0 = torch.randn(256, 1, 8, 8) * 0.5
-    loss = module._loss(x0, torch.Generator().manual_seed(0))
+    loss = module.objective.loss(module.model, x0, generator=torch.Generator().manual_seed(0)).mean()
     assert math.isclose(float(loss.detach()), 1.0, rel_tol=0.03)  # E‖ε − 0‖²/dim = 1
 
 
 def test_ema_follows_the_weights():
-    module = DiffusionModule(_tiny_unet(), ema_decay=0.5)
+    module = DiffusionModule(_tiny_unet(), averaging=EMAAveraging(0.5))
     with torch.no_grad():
         module.model.conv_in.weight.add_(1.0)
     module.ema.warmup = False
@@ -87,23 +90,29 @@ def test_ema_follows_the_weights():
     torch.testing.assert_close(module.model.conv_in.weight, raw)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(objective="score"), "objective"),
-    (dict(prediction="noise"), "prediction"),
-    (dict(objective="edm", sampler="ddim"), "ddim"),
-    (dict(objective="edm", prediction="v"), "prediction"),
-    (dict(sampler="rk4"), "sampler"),
-    (dict(ema_decay=1.0), "ema_decay"),
-    (dict(timestep_sampler="sometimes"), "timestep_sampler"),
-    (dict(loss_weighting="snr"), "loss_weighting"),
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: DiffusionModule(_tiny_unet(), objective="score"), TypeError, "objective must be a DiffusionObjective"),
+    (lambda: DDPMObjective(prediction="noise"), ValueError, "prediction"),
+    (lambda: DiffusionModule(_tiny_unet(), EDMObjective(), evaluation=EvalSettings(sampler="ddim")), ValueError,
+     "ddim"),
+    (lambda: DiffusionModule(_tiny_unet(), evaluation=EvalSettings(sampler="rk4")), ValueError, "sampler"),
+    (lambda: EMAAveraging(1.0), ValueError, "decay"),
+    (lambda: DiffusionModule(_tiny_unet(), averaging=0.999), TypeError, "averaging"),
+    (lambda: DiffusionModule(_tiny_unet(), DDPMObjective(timestep_sampler="sometimes")), ValueError,
+     "timestep_sampler|sometimes"),
+    (lambda: DDPMObjective(loss_weighting="snr"), ValueError, "snr"),
+    (lambda: EDMObjective(p_std=0.0), ValueError, "p_std"),
+    (lambda: EvalSettings(guidance=-1.0), ValueError, "guidance"),
+    (lambda: EvalSettings(num_samples=1), ValueError, "num_samples"),
+    (lambda: DiffusionModule(_tiny_unet(), label_dropout=0.1), ValueError, "class-conditional"),
 ])
-def test_bad_options_name_the_argument(options, message):
-    with pytest.raises(ValueError, match=message):
-        DiffusionModule(_tiny_unet(), **options)
+def test_bad_options_name_the_argument(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
 
 
 def test_wrong_batch_shape_is_refused():
-    module = DiffusionModule(_tiny_unet(), ema_decay=None)
+    module = DiffusionModule(_tiny_unet(), averaging="none")
     with pytest.raises(ValueError, match=r"batches must hold images \(batch, 1, 8, 8\)"):
         module.training_step((torch.zeros(2, 3, 8, 8), torch.zeros(2)), 0)
 
@@ -113,8 +122,8 @@ def test_ode_sampler_reproduces_gaussian_data():
     from pynodeta.train.diffusion_sampling import generate
 
     schedule = DDPMSchedule(1000)
-    module = DiffusionModule(ExactGaussianNetwork(schedule, "epsilon"), prediction="epsilon", sample_shape=(1, 8, 8),
-                             ema_decay=None)
+    module = DiffusionModule(ExactGaussianNetwork(schedule, "epsilon"), DDPMObjective(schedule), sample_shape=(1, 8, 8),
+                             averaging="none")
     samples = generate(module, 256, "ode", generator=torch.Generator().manual_seed(0))
     assert abs(float(samples.images.mean()) - MEAN) < 0.02
     assert abs(float(samples.images.std()) - STD) < 0.02

@@ -180,14 +180,14 @@ class _StateAtFitEnd(Callback):
 def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_epoch(tmp_path):
     from pynodeta.data import DigitsDataModule
     from pynodeta.models import DDPMUNet
-    from pynodeta.train import DiffusionModule
+    from pynodeta.train import DiffusionModule, EDMObjective, EMAAveraging, EvalSettings
     from pynodeta.train.ema_callback import PowerFunctionEMACallback
 
     torch.manual_seed(0)
     unet = DDPMUNet(image_size=8, in_channels=1, channels=8, channel_mult=[1, 2], num_res_blocks=1,
                     attention_resolutions=[], dropout=0.0, norm_groups=1)
-    module = DiffusionModule(unet, objective="edm", ema_decay=0.9, sampler_steps=2, eval_num_samples=16,
-                             nll_num_images=1, num_bins=17)
+    module = DiffusionModule(unet, EDMObjective(), averaging=EMAAveraging(0.9),
+                             evaluation=EvalSettings(steps=2, num_samples=16, nll_num_images=1, num_bins=17))
     at_end = _StateAtFitEnd(tmp_path / "last.ckpt")
     callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=4),
                  PowerFunctionEMACallback(snapshot_every=None), at_end]
@@ -216,8 +216,8 @@ def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_ep
 # --- a shipped config killed mid-run and resumed -----------------------------------------------------------------
 TINY_DIGITS_EDM = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
                    "--trainer.log_every_n_steps", "1", "--model.init_args.model.init_args.channels", "8",
-                   "--model.init_args.eval_num_samples", "16", "--model.init_args.nll_num_images", "1",
-                   "--model.init_args.sampler_steps", "2", "--plots", "false"]
+                   "--model.init_args.evaluation.num_samples", "16", "--model.init_args.evaluation.nll_num_images", "1",
+                   "--model.init_args.evaluation.steps", "2", "--plots", "false"]
 
 
 def _pynodeta_fit(tmp_path, *args) -> list[str]:

@@ -25,8 +25,9 @@ def _config(channels: int = 8, data_class: str = "pynodeta.data.DigitsDataModule
             "model": {"class_path": "pynodeta.train.diffusion.DiffusionModule",
                       "init_args": {"model": {"class_path": "pynodeta.models.DDPMUNet",
                                               "init_args": {**UNET, "channels": channels}},
-                                    "objective": "edm", "sampler": "euler", "sampler_steps": 2,
-                                    "eval_num_samples": 8, "nll_num_images": 1, "num_bins": 17}},
+                                    "objective": {"class_path": "pynodeta.train.EDMObjective"},
+                                    "evaluation": {"sampler": "euler", "steps": 2, "num_samples": 8,
+                                                   "nll_num_images": 1, "num_bins": 17}}},
             "data": {"class_path": data_class, "init_args": {"batch_size": 16, "normalization": "diffusion"}}}
 
 
@@ -246,7 +247,7 @@ def test_evaluate_reproduces_fits_fd_of_a_shipped_edm2_config_with_its_power_ema
     config["trainer"].update(max_epochs=1, limit_train_batches=6, max_time=None)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
     config["trainer"]["callbacks"][1]["init_args"]["snapshot_every"] = 2
-    config["model"]["init_args"].update(eval_num_samples=16, nll_num_images=1, sampler_steps=3)
+    config["model"]["init_args"]["evaluation"].update(num_samples=16, nll_num_images=1, steps=3)
     (tmp_path / "edm2.yaml").write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(tmp_path / "edm2.yaml"), "--num_threads", "1", "--plots", "false"]) == 0
     run = tmp_path / "digits_edm2" / "version_0"

@@ -1,0 +1,69 @@
+"""``EvalSettings``: how a ``DiffusionModule`` is evaluated during and after ``fit``, declared in one place."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = ["EvalSettings"]
+
+
+def _require_int(name: str, value, low: int, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Sampler, sample count, FD features and likelihood of validation and of the summary at the end of ``fit``.
+
+    Attributes:
+        sampler: an image sampler of ``pynodeta.diffusion.SAMPLERS`` or ``"ode"``; None: the objective's
+            default (DDIM for DDPM, Heun for EDM and EDM2).
+        steps: its noise levels / DDIM steps; None: the objective's default (50, 18, 32).
+        every_n_epochs: sample a grid and compute FD every n validation epochs (0: only at the end).
+        num_samples: images drawn for the FD.
+        nll_num_images: test images of the bits/dim estimate at the end (0: skip it).
+        num_bins: values a pixel takes (the dequantisation of bits/dim): 256 for 8-bit images, 17 for digits.
+        inception_weights: a local Inception-v3 ``.pkl``/``.pt`` for FD of images other than 8×8 digits
+            (FID's features; they cannot be downloaded at run time). None: FD only for digits, NaN otherwise.
+        guidance: classifier-free guidance weight w of class-conditional models' evaluation samples
+            (D = D_u + w·(D_c − D_u); 1: the conditional model alone).
+    """
+
+    sampler: str | None = None
+    steps: int | None = None
+    every_n_epochs: int = 1
+    num_samples: int = 512
+    nll_num_images: int = 64
+    num_bins: int = 256
+    inception_weights: str | None = None
+    guidance: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sampler is not None and not isinstance(self.sampler, str):
+            raise TypeError(f"sampler must be a sampler name or None, got {self.sampler!r}")
+        if self.steps is not None:
+            _require_int("steps", self.steps, 1, "the sampler's noise levels")
+        _require_int("every_n_epochs", self.every_n_epochs, 0, "0: only at the end of fit")
+        _require_int("num_samples", self.num_samples, 2, "the Fréchet distance estimates a covariance")
+        _require_int("nll_num_images", self.nll_num_images, 0, "0: no bits/dim")
+        _require_int("num_bins", self.num_bins, 2, "pixel values: 256, digits 17")
+        if self.inception_weights is not None and not Path(self.inception_weights).is_file():
+            raise FileNotFoundError(f"inception_weights {self.inception_weights!r} is not a file; point it at a local "
+                                    "Inception-v3 .pkl (NVlabs' FID network) or .pt, or leave it out (FD is NaN "
+                                    "for images other than 8×8 digits)")
+        guidance = self.guidance
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
+                math.isfinite(guidance) and guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0 (1: no guidance), got {guidance!r}")
+
+    def resolved(self, objective) -> EvalSettings:
+        """These settings with sampler and steps filled in from ``objective``'s defaults, and checked against it."""
+        from .diffusion_sampling import check_sampler_name
+
+        settings = replace(self, sampler=self.sampler or objective.default_sampler,
+                           steps=self.steps or objective.default_steps)
+        objective.check_sampler(check_sampler_name(settings.sampler))
+        return settings
