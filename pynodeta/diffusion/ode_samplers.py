@@ -90,13 +90,15 @@ def lms_coefficients(levels: list[float], i: int, order: int) -> list[float]:
     (k-diffusion integrates them numerically, ``scipy.integrate.quad`` at relative tolerance 1e-4)."""
     if not 1 <= order <= i + 1:
         raise ValueError(f"order must be in [1, i + 1] = [1, {i + 1}] at step {i}, got {order}")
-    nodes = [levels[i - k] for k in range(order)]
+    # in u = (σ − σ_i)/(σ_{i+1} − σ_i) the step is [0, 1] and the nodes are O(1): a well-conditioned basis
+    step = levels[i + 1] - levels[i]
+    nodes = [(levels[i - k] - levels[i]) / step for k in range(order)]
     weights = []
     for j, node in enumerate(nodes):
         others = [nodes[k] for k in range(order) if k != j]
-        basis = np.polynomial.Polynomial.fromroots(others) / float(np.prod([node - other for other in others]))
-        antiderivative = basis.integ()
-        weights.append(float(antiderivative(levels[i + 1]) - antiderivative(levels[i])))
+        basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+        antiderivative = (basis / float(np.prod([node - other for other in others]))).integ()
+        weights.append(step * float(antiderivative(1.0) - antiderivative(0.0)))
     return weights
 
 
