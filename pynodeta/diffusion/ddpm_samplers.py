@@ -69,10 +69,11 @@ def sample_ddpm(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule,
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
         mean, _, log_var = schedule.p_mean_variance(x, t_batch, model(t, x), variance, clip_x0)
         if t == 0:  # the last step returns the mean (DDPM Algorithm 2, z = 0 at t = 1)
-            return mean
-        noise = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = mean + torch.exp(0.5 * log_var) * noise
-    raise AssertionError("unreachable: the loop returns at t = 0")
+            x = mean
+        else:
+            noise = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = mean + torch.exp(0.5 * log_var) * noise
+    return x
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace", steps_offset: int = 0) -> list[int]:

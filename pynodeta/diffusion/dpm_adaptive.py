@@ -84,6 +84,22 @@ class _DPMSolver:
         return x - sigma_next * math.expm1(h) * eps - sigma_next / r2 * (math.expm1(h) / h - 1) * (eps_r2 - eps)
 
 
+def _check_controller(order: int, rtol: float, atol: float, h_init: float, pcoeff: float, icoeff: float,
+                      dcoeff: float, accept_safety: float) -> None:
+    if order not in (2, 3):
+        raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order!r}")
+    for name, value, hint in (("rtol", rtol, "relative tolerance"), ("atol", atol, "absolute tolerance"),
+                              ("pcoeff", pcoeff, "PID proportional gain"), ("icoeff", icoeff, "integral gain"),
+                              ("dcoeff", dcoeff, "derivative gain")):
+        check_option(name, value, hint)
+    if not rtol > 0 and not atol > 0:
+        raise ValueError("rtol and atol cannot both be 0: the error would be divided by 0")
+    if not check_option("h_init", h_init, "the first step in λ = −log σ") > 0:
+        raise ValueError(f"h_init must be > 0 (the first step in λ = −log σ), got {h_init!r}")
+    if not 0 < check_option("accept_safety", accept_safety, "k-diffusion uses 0.81") <= 1:
+        raise ValueError(f"accept_safety must lie in (0, 1] (k-diffusion uses 0.81), got {accept_safety!r}")
+
+
 def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                         extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                         callback: Callback | None = None, disable: bool | None = None, order: int = 3,
@@ -99,18 +115,7 @@ def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     is the first step in λ; ``eta`` > 0 adds ancestral noise. The published SolveStats counts attempted,
     accepted and rejected steps; its ``step_sizes`` are the accepted steps in λ.
     """
-    if order not in (2, 3):
-        raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order!r}")
-    for name, value, hint in (("rtol", rtol, "relative tolerance"), ("atol", atol, "absolute tolerance"),
-                              ("pcoeff", pcoeff, "PID proportional gain"), ("icoeff", icoeff, "integral gain"),
-                              ("dcoeff", dcoeff, "derivative gain")):
-        check_option(name, value, hint)
-    if not rtol > 0 and not atol > 0:
-        raise ValueError("rtol and atol cannot both be 0: the error would be divided by 0")
-    if not check_option("h_init", h_init, "the first step in λ = −log σ") > 0:
-        raise ValueError(f"h_init must be > 0 (the first step in λ = −log σ), got {h_init!r}")
-    if not 0 < check_option("accept_safety", accept_safety, "k-diffusion uses 0.81") <= 1:
-        raise ValueError(f"accept_safety must lie in (0, 1] (k-diffusion uses 0.81), got {accept_safety!r}")
+    _check_controller(order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety)
     check_ancestral(eta, s_noise)
     levels = check_sigmas(sigmas)
     positive = [level for level in levels if level > 0]
@@ -135,6 +140,7 @@ def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
                 sigma_up = math.sqrt(max(math.exp(-2 * lam_next) - math.exp(-2 * lam_target), 0.0))
             else:
                 lam_target, sigma_up = lam_next, 0.0
+            x_start, sigma_start = x, math.exp(-lam)
             eps, denoised = solver.eps(x, lam)
             if order == 2:
                 x_low = solver.first_order(x, eps, lam, lam_target)
@@ -157,7 +163,7 @@ def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
             else:
                 stats.n_rejected += 1
             if callback is not None:
-                callback({"x": x, "i": stats.n_steps - 1, "sigma": math.exp(-lam), "sigma_hat": math.exp(-lam),
+                callback({"x": x_start, "i": stats.n_steps - 1, "sigma": sigma_start, "sigma_hat": sigma_start,
                           "denoised": denoised, "error": error, "h": pid.h, "accepted": accept})
         if levels[-1] == 0:
             x = model(x, positive[-1])

@@ -168,3 +168,16 @@ def test_denoiser_from_epsilon_forwards_class_labels():
     assert len(seen) == 8 and all(s is labels for s in seen)
     denoiser(x, ddpm_sigmas(schedule, 4)[:1].expand(3))  # no labels: eps_model(t, x) with two arguments
     assert seen[-1] is None
+
+
+def test_the_wrappers_draw_their_progress_bar_when_asked(monkeypatch):
+    import io
+    import sys
+
+    schedule, data = DDPMSchedule(10), standard_case()
+    for disable, shown in ((False, True), (True, False), (None, False)):  # None: stderr here is no terminal
+        stderr = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stderr)
+        sample_ddim(data.eps_model(schedule), _x_T(), schedule, 4, disable=disable)
+        sample_ddpm(data.eps_model(schedule), _x_T(), schedule, disable=disable)
+        assert ("4/4" in stderr.getvalue() and "10/10" in stderr.getvalue()) is shown, stderr.getvalue()

@@ -118,8 +118,12 @@ def test_the_adaptive_sampler_reports_each_attempted_step():
         get_sampler("dpm_adaptive")(DATA.denoiser, _noise(), karras_sigmas(4, dtype=torch.float64),
                                     callback=seen.append)
     assert [info["i"] for info in seen] == list(range(log[-1].n_steps))
-    assert sum(info["accepted"] for info in seen) == log[-1].n_accepted
-    assert {"x", "i", "sigma", "sigma_hat", "denoised", "error", "h"} <= set(seen[0])
+    assert sum(info["accepted"] for info in seen) == log[-1].n_accepted > 0
+    assert seen[0]["sigma"] == pytest.approx(80.0) and seen[-1]["sigma"] > 0.002
+    for info in seen:
+        assert set(info) == {"x", "i", "sigma", "sigma_hat", "denoised", "error", "h", "accepted"}
+        expected = DATA.denoiser(info["x"], torch.full((4,), info["sigma"], dtype=torch.float64))
+        torch.testing.assert_close(info["denoised"], expected)
 
 
 class _Terminal(io.StringIO):
