@@ -1,23 +1,31 @@
 """The diffusion stack: noise schedules, samplers, the probability-flow ODE (through ``pynodeta.solve``)
 and likelihoods.
 
-Conventions: a *denoiser* is ``denoiser(x, sigma) -> x̂0`` with ``sigma`` of shape (batch,) (EDM,
-k-diffusion); an *ε-network* is time-first, ``eps_model(t, x) -> ε̂`` with integer ``t`` of shape
-(batch,) in [0, T). Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``.
+Conventions: a *denoiser* is ``denoiser(x, sigma, class_labels=None) -> x̂0`` with ``sigma`` of shape
+(batch,) (EDM, k-diffusion); an *ε-network* is time-first, ``eps_model(t, x) -> ε̂`` with integer ``t`` of
+shape (batch,) in [0, T). Every image sampler in ``SAMPLERS`` has k-diffusion's signature
+``sampler(denoiser, x, sigmas, *, extra_args=None, generator=None, callback=None, disable=None, **options)``.
+Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``.
 """
 
 from ..ode.stats import SolveStats, record_stats
 from ._checks import NonFiniteDenoiserError
 from .adaptive_sampler import AdaptiveTimestepSampler
-from .ddpm_samplers import ddim_timesteps, sample_ddim, sample_ddpm
+from .ancestral_samplers import sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral, sample_euler_ancestral
+from .brownian import BrownianNoise
+from .ddpm_noise_levels import ddpm_sigmas, sample_ddim_noise_levels, sample_ddpm_noise_levels
+from .ddpm_samplers import TIMESTEP_SPACINGS, ddim_timesteps, sample_ddim, sample_ddpm
 from .denoisers import DenoiserFromEpsilon
+from .dpm_adaptive import sample_dpm_adaptive
 from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
+from .ode_samplers import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
-from .samplers import SAMPLERS, get_sampler, sample_dpmpp_2m, sample_euler, sample_heun
+from .samplers import SAMPLERS, get_sampler
 from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
+from .sde_samplers import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
 from .timestep_samplers import (
     TIMESTEP_SAMPLERS,
     LossSecondMomentSampler,
@@ -34,11 +42,25 @@ __all__ = [
     "sample_euler",
     "sample_heun",
     "sample_dpmpp_2m",
+    "sample_euler_ancestral",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_lms",
+    "sample_dpm_adaptive",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m_sde",
+    "sample_ddim_noise_levels",
+    "sample_ddpm_noise_levels",
+    "BrownianNoise",
     "SAMPLERS",
     "get_sampler",
     "sample_ddpm",
     "sample_ddim",
     "ddim_timesteps",
+    "ddpm_sigmas",
+    "TIMESTEP_SPACINGS",
     "DenoiserFromEpsilon",
     "EDMPrecond",
     "EDM2Precond",

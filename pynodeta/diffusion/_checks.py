@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# denoiser(x, sigma, **extra_args) -> x̂0; called with two arguments only when there are no extra_args
+Denoiser = Callable[..., torch.Tensor]
 
 # EDM's noise levels (Karras et al. 2022, Sec. 5): the defaults where a denoiser declares no finite range
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
@@ -66,10 +67,23 @@ def sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
 
 
-def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-    """D(x, σ) with σ broadcast to (batch,); refuses NaN/Inf output and a wrong output shape."""
+def check_extra_args(extra_args: Mapping | None) -> dict:
+    """``extra_args`` as a dict of keyword arguments for the denoiser ({} for None)."""
+    if extra_args is None:
+        return {}
+    if not isinstance(extra_args, Mapping) or not all(isinstance(key, str) for key in extra_args):
+        raise TypeError("extra_args must be a dict of keyword arguments for the denoiser, e.g. "
+                        f"{{'class_labels': labels}}, got {type(extra_args).__name__}")
+    return dict(extra_args)
+
+
+def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **extra_args) -> torch.Tensor:
+    """D(x, σ, **extra_args) with σ broadcast to (batch,); refuses NaN/Inf output and a wrong output shape.
+
+    Without extra_args the denoiser gets two arguments only, so plain ``f(x, sigma)`` callables keep working.
+    """
     sigmas = sigma_batch(sigma, x)
-    out = denoiser(x, sigmas)
+    out = denoiser(x, sigmas, **extra_args) if extra_args else denoiser(x, sigmas)
     if out.shape != x.shape:
         raise ValueError(f"the denoiser must return x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
     if not all_finite(out):

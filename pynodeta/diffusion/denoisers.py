@@ -60,10 +60,18 @@ class DenoiserFromEpsilon(nn.Module):
             return torch.where(weight > 0.5, upper, lower)
         return (lower + weight).to(sigma.dtype if sigma.is_floating_point() else torch.float64)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """x: (batch, ...) VE state; sigma: (batch,) or scalar noise levels → x̂0, shape of x."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (batch, ...) VE state; sigma: (batch,) or scalar noise levels → x̂0, shape of x.
+
+        ``class_labels`` (one-hot, (batch, num_classes)) reach the network as ``eps_model(t, x,
+        class_labels=...)``; without them it is called with two arguments only.
+        """
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         t = self.sigma_to_t(sigma)
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        eps = self.eps_model(t, x / (1 + sigma_b**2).sqrt())
+        x_vp = x / (1 + sigma_b**2).sqrt()
+        if class_labels is None:
+            eps = self.eps_model(t, x_vp)
+        else:
+            eps = self.eps_model(t, x_vp, class_labels=class_labels)
         return x - sigma_b * eps

@@ -96,8 +96,8 @@ def test_non_finite_denoiser_output_names_the_noise_level(sampler):
 
 def test_samplers_by_name():
     assert get_sampler("heun") is sample_heun
-    with pytest.raises(ValueError, match="unknown sampler 'lms'"):
-        get_sampler("lms")
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        get_sampler("plms")
 
 
 def test_finiteness_check_is_exact_when_the_sum_overflows():
