@@ -18,6 +18,7 @@ from .ddpm_samplers import TIMESTEP_SPACINGS, ddim_timesteps, sample_ddim, sampl
 from .denoisers import DenoiserFromEpsilon
 from .dpm_adaptive import sample_dpm_adaptive
 from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
+from .guidance import GuidedDenoiser
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .ode_samplers import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
@@ -62,6 +63,7 @@ __all__ = [
     "ddpm_sigmas",
     "TIMESTEP_SPACINGS",
     "DenoiserFromEpsilon",
+    "GuidedDenoiser",
     "EDMPrecond",
     "EDM2Precond",
     "edm2_loss",

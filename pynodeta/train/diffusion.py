@@ -80,9 +80,8 @@ class DiffusionModule(TrainingModule):
         return self.objective.denoiser(self.model)
 
     def sigma_range(self) -> tuple[float, float]:
-        """(sigma_min, sigma_max) of sampling, the denoiser's: a DDPM schedule's range, EDM's 0.002 and 80."""
-        denoiser = self.denoiser()
-        return float(denoiser.sigma_min), float(denoiser.sigma_max)
+        """(sigma_min, sigma_max) of sampling: a DDPM schedule's range, EDM's 0.002 and 80."""
+        return self.objective.sigma_range(self.model)
 
     @property
     def num_classes(self) -> int | None:

@@ -108,7 +108,7 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: t
         x = solution.ys[-1]
         sigma = torch.full((x.shape[0],), sigma_end, dtype=x.dtype, device=x.device)
         return denoiser(x, sigma, **extra_args)
-    sigmas = module.objective.sampling_sigmas(module.model, sampler, steps).to(noise)
+    sigmas = module.objective.sampling_sigmas(module.model, sampler, steps).to(noise.device)  # a DDPM grid: float64
     x = noise * module.objective.prior_scale(sampler, sigmas)
     return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=True)
 

@@ -68,8 +68,10 @@ def test_an_edm2_unet_with_classes_trains_conditionally_and_unconditionally():
 
     torch.manual_seed(0)
     net = EDM2UNet(4, 1, label_dim=NUM_CLASSES, model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=())
-    with torch.no_grad():
-        net.out_gain.fill_(1.0)  # EDM2's output gain starts at 0, which would leave every other gradient at 0
+    with torch.no_grad():  # EDM2's gains start at 0, which would leave the class embedding without a gradient
+        for name, parameter in net.named_parameters():
+            if name.endswith("gain"):
+                parameter.fill_(1.0)
     module = DiffusionModule(net, EDM2Objective(logvar_channels=8), averaging="none", label_dropout=0.5)
     assert module.num_classes == NUM_CLASSES
     loss = module.training_step(_batch(), 0)

@@ -11,11 +11,14 @@ head) are saved, moved and optimised with the module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from pynodeta.diffusion._checks import EDM_SIGMA_MAX, EDM_SIGMA_MIN
 
 __all__ = ["DiffusionObjective"]
 
@@ -47,13 +50,20 @@ class DiffusionObjective(nn.Module):
         """``model`` as a denoiser ``D(x, sigma, class_labels=None) -> x̂0`` with ``sigma_min``/``sigma_max``."""
         raise NotImplementedError
 
+    def sigma_range(self, model: nn.Module) -> tuple[float, float]:
+        """(sigma_min, sigma_max) that sampling and the likelihood span: EDM's 0.002 and 80 (Karras et al. 2022,
+        Sec. 5) where the denoiser accepts any σ, else the denoiser's own (a DDPM schedule's)."""
+        denoiser = self.denoiser(model)
+        low, high = float(getattr(denoiser, "sigma_min", 0.0)), float(getattr(denoiser, "sigma_max", math.inf))
+        return (low if low > 0 else EDM_SIGMA_MIN, high if math.isfinite(high) else EDM_SIGMA_MAX)
+
     def sampling_sigmas(self, model: nn.Module, sampler: str, steps: int) -> torch.Tensor:
-        """The noise levels an image sampler walks for ``steps``: Karras et al.'s ρ = 7 grid over the
-        denoiser's range, ending at 0. ``DDPMObjective`` gives its own schedule's levels to ``ddpm``/``ddim``."""
+        """The noise levels an image sampler walks for ``steps``: Karras et al.'s ρ = 7 grid over
+        :meth:`sigma_range`, ending at 0. ``DDPMObjective`` gives its own schedule's levels to ``ddpm``/``ddim``."""
         from pynodeta.diffusion import karras_sigmas
 
-        denoiser = self.denoiser(model)
-        return karras_sigmas(steps, sigma_min=denoiser.sigma_min, sigma_max=denoiser.sigma_max)
+        sigma_min, sigma_max = self.sigma_range(model)
+        return karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max)
 
     def prior_scale(self, sampler: str, sigmas: torch.Tensor) -> torch.Tensor:
         """The standard deviation of the noise a sampler starts from at ``sigmas[0]``: σ_max itself (EDM)."""

@@ -75,7 +75,8 @@ class DDPMObjective(DiffusionObjective):
         if sampler in ("ddpm", "ddim"):
             from pynodeta.diffusion import ddpm_sigmas
 
-            return ddpm_sigmas(self.schedule, self.schedule.num_timesteps if sampler == "ddpm" else steps)
+            # the schedule's own timesteps (all T for ancestral DDPM), in float64 as the ε-samplers compute them
+            return ddpm_sigmas(self.schedule, None if sampler == "ddpm" else steps)
         return super().sampling_sigmas(model, sampler, steps)
 
     def prior_scale(self, sampler: str, sigmas: torch.Tensor) -> torch.Tensor:
