@@ -15,6 +15,7 @@
   every command reads it; ``Run.use_average("ema" | "sigma_rel=0.10" | "none")`` picks the weights.
 - ``ModelCheckpoint``: Lightning's, except that ``last.ckpt`` is always the newest state (written
   every epoch, N steps or time interval, and when training ends); every shipped config uses it.
+- ``ProgressLines``: a plain progress line every N seconds, for runs whose output is a log.
 - ``StopOnNonFiniteLoss`` / ``TrainingDiverged``: every ``pynodeta fit`` stops at its first NaN or
   infinite training loss, before the optimiser step.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
@@ -34,6 +35,7 @@ from .modules import NODEClassifier, NODEModule, TrajectoryRegressor
 from .nfe import backward_nfe, forward_nfe, ode_solvers
 from .objectives import DDPMObjective, DiffusionObjective, EDM2Objective, EDMObjective
 from .optim import AdamWPreset, OptimizerPreset, PlateauSGD, TABNAdamW, clip_grad_norms, tabn_affine_parameters
+from .progress import ProgressLines
 from .rng import collect_rng_states, restore_rng_states
 from .run_loader import Run, load_run
 from .summary import RunSummary
@@ -66,6 +68,7 @@ __all__ = [
     "atomic_torch_save",
     "ModelCheckpoint",
     "StopOnNonFiniteLoss",
+    "ProgressLines",
     "TrainingDiverged",
     "collect_rng_states",
     "restore_rng_states",
