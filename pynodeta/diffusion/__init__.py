@@ -10,7 +10,6 @@ Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``.
 
 from ..ode.stats import SolveStats, record_stats
 from ._checks import NonFiniteDenoiserError
-from .adaptive_sampler import AdaptiveTimestepSampler
 from .ancestral_samplers import sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral, sample_euler_ancestral
 from .brownian import BrownianNoise
 from .ddpm_noise_levels import ddpm_sigmas, sample_ddim_noise_levels, sample_ddpm_noise_levels
@@ -19,6 +18,7 @@ from .denoisers import DenoiserFromEpsilon
 from .dpm_adaptive import sample_dpm_adaptive
 from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
 from .guidance import GuidedDenoiser
+from .learned_timestep_sampler import LearnedTimestepSampler
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .ode_samplers import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
@@ -78,7 +78,7 @@ __all__ = [
     "UniformSampler",
     "LossSecondMomentSampler",
     "SpeeDSampler",
-    "AdaptiveTimestepSampler",
+    "LearnedTimestepSampler",
     "make_timestep_sampler",
     "TIMESTEP_SAMPLERS",
     "min_snr_weight",

@@ -59,7 +59,7 @@ class DDPMSchedule:
 
     Args:
         num_timesteps: T, the number of diffusion steps (>= 1).
-        beta_schedule: "linear" (β from beta_start to beta_end), "quad" (√β linear, seed 004's),
+        beta_schedule: "linear" (β from beta_start to beta_end), "quad" (√β linear, as Kim et al. 2024),
             or "cosine" (Improved-DDPM; ignores beta_start/beta_end).
         beta_start, beta_end: the first and last β of the linear and quad schedules, 0 < start <= end < 1.
 

@@ -7,7 +7,7 @@ Every sampler has Improved-DDPM's ``resample.py`` signature::
 
 ``t`` are int64 timesteps in [0, T), shape (batch,). An importance sampler's weights 1/(T p_t) keep the
 estimate of the uniform-t objective unbiased; a sampler that changes the objective on purpose (SpeeD's
-weighting, the learned sampler of seed 004) returns its own weights and says so. Loss-aware samplers learn
+weighting, the learned sampler of Kim et al. 2024) returns its own weights and says so. Loss-aware samplers learn
 from ``update_with_local_losses(t, losses)`` (gathered over DDP ranks) or ``update_with_all_losses``.
 Each sampler's ``state_dict()`` holds everything it learned, so a checkpoint resumes it exactly.
 """
@@ -284,7 +284,7 @@ def make_timestep_sampler(name: str, num_timesteps: int, *, alphas_cumprod: Tens
     if name == "adaptive":
         if in_channels is None:
             raise ValueError("timestep_sampler 'adaptive' needs in_channels (channels of x0) for its policy network")
-        from .adaptive_sampler import AdaptiveTimestepSampler
+        from .learned_timestep_sampler import LearnedTimestepSampler
 
-        return AdaptiveTimestepSampler(num_timesteps, in_channels, **options)
+        return LearnedTimestepSampler(num_timesteps, in_channels, **options)
     raise ValueError(f"timestep_sampler must be one of {TIMESTEP_SAMPLERS}, got {name!r}")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from pynodeta.diffusion.adaptive_sampler import AdaptiveTimestepSampler
+from pynodeta.diffusion.learned_timestep_sampler import LearnedTimestepSampler
 from pynodeta.diffusion.timestep_samplers import LossAwareSampler, TimestepSampler
 
 __all__ = ["AdaptiveTimestepUpdater", "TimestepSamplerTraining", "ddpm_vb_terms", "select_by_f_regression"]
@@ -83,7 +83,7 @@ class AdaptiveTimestepUpdater:
     """Seed 004's sampler update around the model's optimiser step (see the module docstring).
 
     Args:
-        sampler: the ``AdaptiveTimestepSampler`` that draws the training timesteps.
+        sampler: the ``LearnedTimestepSampler`` that draws the training timesteps.
         vb_terms: (x0, t, noise) ↦ L_t of the *current* model, (batch,); e.g. ``ddpm_vb_terms(model, schedule)``.
         update_every: f_S, iterations between sampler updates (the paper: 40).
         queue_length: how many past ΔL vectors S is chosen from (the released code: 5).
@@ -95,7 +95,7 @@ class AdaptiveTimestepUpdater:
     (F-regression needs n − 2 >= 1 degrees of freedom; the code starts at 2, where every |r| is 1).
     """
 
-    def __init__(self, sampler: AdaptiveTimestepSampler, vb_terms: VBTerms, update_every: int = 40,
+    def __init__(self, sampler: LearnedTimestepSampler, vb_terms: VBTerms, update_every: int = 40,
                  queue_length: int = 5, num_selected: int = 3, probe_chunk: int = 250):
         T = sampler.num_timesteps
         for name, value, low in (("update_every", update_every, 1), ("queue_length", queue_length, 3),
@@ -191,7 +191,7 @@ class TimestepSamplerTraining:
 
     def __init__(self, sampler: TimestepSampler, vb_terms: VBTerms | None = None, **updater_options):
         self.sampler, self.updater = sampler, None
-        if isinstance(sampler, AdaptiveTimestepSampler):
+        if isinstance(sampler, LearnedTimestepSampler):
             if vb_terms is None:
                 raise ValueError("the adaptive sampler needs vb_terms: pass ddpm_vb_terms(eps_model, schedule)")
             self.updater = AdaptiveTimestepUpdater(sampler, vb_terms, **updater_options)

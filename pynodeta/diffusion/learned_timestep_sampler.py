@@ -1,4 +1,4 @@
-"""The learned timestep sampler of seed 004 (Kim et al. 2024, "Adaptive Non-uniform Timestep Sampling").
+"""The learned timestep sampler of Kim et al. 2024, "Adaptive Non-uniform Timestep Sampling".
 
 A policy π_φ(t | x0): a small CNN on the clean image x0 gives (α, β) of a Beta distribution; u ~ Beta(α, β)
 and t = round(u·(T − 1)). The policy is trained by REINFORCE to pick the timesteps whose training most
@@ -17,7 +17,7 @@ from torch.distributions import Beta
 
 from .timestep_samplers import TimestepSampler, check_batch_size
 
-__all__ = ["AdaptiveTimestepSampler", "BetaPolicy"]
+__all__ = ["LearnedTimestepSampler", "BetaPolicy"]
 
 MIN_CONCENTRATION = 1e-5  # α, β = softplus(·) + 1e-5 > 0, as the released ActorNetwork
 
@@ -60,16 +60,16 @@ def _draw_beta(alpha: Tensor, beta: Tensor, generator: torch.Generator | None) -
         return distribution.sample()
 
 
-class AdaptiveTimestepSampler(TimestepSampler):
+class LearnedTimestepSampler(TimestepSampler):
     """π_φ(t | x0) with its own optimiser; ``reinforce`` takes one policy-gradient step.
 
     Args:
         num_timesteps: T.
         in_channels: channels of x0.
         width, hidden: CNN width and MLP width of the policy.
-        lr: Adam learning rate of the policy (seed 004: 1e-2).
-        max_grad_norm: gradient-norm clip of each policy step (seed 004: 1).
-        entropy_coef: weight of the entropy bonus (seed 004: 0.01).
+        lr: Adam learning rate of the policy (the paper: 1e-2).
+        max_grad_norm: gradient-norm clip of each policy step (the paper: 1).
+        entropy_coef: weight of the entropy bonus (the paper: 0.01).
         baseline_decay: the reward baseline is an exponential moving average of past mean rewards with
             this decay (None: no baseline, as the released code's default). A baseline leaves the policy
             gradient unbiased and lowers its variance (REFERENCES §6).
@@ -98,7 +98,7 @@ class AdaptiveTimestepSampler(TimestepSampler):
     def device(self) -> torch.device:
         return self.policy.head.weight.device
 
-    def to(self, device: torch.device | str) -> AdaptiveTimestepSampler:
+    def to(self, device: torch.device | str) -> LearnedTimestepSampler:
         """Move the policy and its optimiser state (``sample`` does it when x0 arrives on another device)."""
         self.policy.to(device)
         for state in self.optimizer.state.values():
@@ -154,7 +154,7 @@ class AdaptiveTimestepSampler(TimestepSampler):
     def reinforce(self, x0: Tensor, t: Tensor, reward: Tensor | float) -> Tensor:
         """One REINFORCE step: loss = −mean((R − b)·log π(t | x0)) − c·mean(H[Beta(α, β)]); returns the loss.
 
-        ``reward``: a scalar or one value per sample (the seed-004 reward is Σ_{τ∈S} ΔL_τ). The released code
+        ``reward``: a scalar or one value per sample (the paper's reward is Σ_{τ∈S} ΔL_τ). The released code
         adds c·H to the reward itself (not detached), so the entropy gradient gets multiplied by log π and
         its sign depends on the draw; we use the usual separate entropy bonus, which always favours spread.
         """

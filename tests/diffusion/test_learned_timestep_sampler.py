@@ -6,7 +6,7 @@ import torch
 from scipy.stats import beta as beta_distribution
 from sklearn.feature_selection import SelectKBest, f_regression
 
-from pynodeta.diffusion.adaptive_sampler import AdaptiveTimestepSampler
+from pynodeta.diffusion.learned_timestep_sampler import LearnedTimestepSampler
 from pynodeta.diffusion.schedules import DDPMSchedule
 from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
 from pynodeta.train.adaptive_timesteps import (
@@ -30,7 +30,7 @@ def _set_concentrations(sampler, alpha, beta):
 
 
 def test_starts_exactly_uniform_and_draws_follow_the_discretised_uniform():
-    sampler, x0 = AdaptiveTimestepSampler(T, 1), _images(64)
+    sampler, x0 = LearnedTimestepSampler(T, 1), _images(64)
     alpha, beta = sampler.policy(x0)
     torch.testing.assert_close(alpha, torch.ones(64))
     torch.testing.assert_close(beta, torch.ones(64))
@@ -47,7 +47,7 @@ def test_starts_exactly_uniform_and_draws_follow_the_discretised_uniform():
 
 
 def test_log_prob_is_the_beta_mass_of_each_rounding_bin():
-    sampler, x0 = AdaptiveTimestepSampler(T, 1), _images(T)
+    sampler, x0 = LearnedTimestepSampler(T, 1), _images(T)
     _set_concentrations(sampler, 2.0, 5.0)
     t = torch.arange(T)
     edges = ((t - 0.5) / (T - 1)).clamp(0, 1), ((t + 0.5) / (T - 1)).clamp(0, 1)
@@ -59,7 +59,7 @@ def test_log_prob_is_the_beta_mass_of_each_rounding_bin():
 
 def test_moves_mass_towards_timesteps_that_earn_reward():
     torch.manual_seed(0)
-    sampler, x0 = AdaptiveTimestepSampler(T, 1, width=8, hidden=16), _images(32)
+    sampler, x0 = LearnedTimestepSampler(T, 1, width=8, hidden=16), _images(32)
     before = sampler.summary(x0)["t_mean"]
     for step in range(60):
         t, _ = sampler.sample(32, x0=x0, generator=torch.Generator().manual_seed(step))
@@ -72,7 +72,7 @@ def test_moves_mass_towards_timesteps_that_earn_reward():
 def test_policy_conditions_on_x0():
     # Images of +1 earn reward at late t, images of −1 at early t: the policy must tell them apart.
     torch.manual_seed(1)
-    sampler = AdaptiveTimestepSampler(T, 1, width=8, hidden=16)
+    sampler = LearnedTimestepSampler(T, 1, width=8, hidden=16)
     x0 = torch.cat([torch.ones(16, 1, 8, 8), -torch.ones(16, 1, 8, 8)])
     late = torch.cat([torch.ones(16), torch.zeros(16)]).bool()
     for step in range(80):
@@ -82,12 +82,12 @@ def test_policy_conditions_on_x0():
 
 
 def test_state_resumes_exactly(tmp_path):
-    sampler, x0 = AdaptiveTimestepSampler(T, 1), _images(16)
+    sampler, x0 = LearnedTimestepSampler(T, 1), _images(16)
     for step in range(3):
         t, _ = sampler.sample(16, x0=x0, generator=torch.Generator().manual_seed(step))
         sampler.reinforce(x0, t, t.double() / T)
     torch.save(sampler.state_dict(), tmp_path / "sampler.pt")
-    resumed = AdaptiveTimestepSampler(T, 1)
+    resumed = LearnedTimestepSampler(T, 1)
     resumed.load_state_dict(torch.load(tmp_path / "sampler.pt", weights_only=True))
     t = torch.arange(16) * 3
     losses = [s.reinforce(x0, t, t.double() / T) for s in (sampler, resumed)]
@@ -97,7 +97,7 @@ def test_state_resumes_exactly(tmp_path):
 
 
 def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alone():
-    sampler, x0 = AdaptiveTimestepSampler(T, 1), _images(8)
+    sampler, x0 = LearnedTimestepSampler(T, 1), _images(8)
     state = torch.get_rng_state()
     first = sampler.sample(8, x0=x0, generator=torch.Generator().manual_seed(3))[0]
     assert torch.equal(torch.get_rng_state(), state)
@@ -105,7 +105,7 @@ def test_sampling_with_a_generator_is_reproducible_and_leaves_the_global_rng_alo
 
 
 def test_bad_input_names_the_argument_and_the_fix():
-    sampler, x0 = AdaptiveTimestepSampler(T, 1), _images(4)
+    sampler, x0 = LearnedTimestepSampler(T, 1), _images(4)
     with pytest.raises(ValueError, match="x0 is required"):
         sampler.sample(4)
     with pytest.raises(ValueError, match=r"x0 must have shape \(batch_size=5"):
@@ -115,13 +115,13 @@ def test_bad_input_names_the_argument_and_the_fix():
     with pytest.raises(ValueError, match="reward must be a scalar or have t's shape"):
         sampler.reinforce(x0, torch.arange(4), torch.ones(3))
     with pytest.raises(ValueError, match="num_timesteps"):
-        AdaptiveTimestepSampler(0, 1)
+        LearnedTimestepSampler(0, 1)
     with pytest.raises(ValueError, match="in_channels"):
-        AdaptiveTimestepSampler(T, 0)
+        LearnedTimestepSampler(T, 0)
     for bad in ({"lr": float("inf")}, {"entropy_coef": float("inf")}, {"lr": float("nan")}):
         name = next(iter(bad))  # inf used to pass and make the policy NaN at its first update
         with pytest.raises(ValueError, match=rf"and finite.*got .*{name}={bad[name]}"):
-            AdaptiveTimestepSampler(T, 1, **bad)
+            LearnedTimestepSampler(T, 1, **bad)
 
 
 def test_f_regression_selection_matches_sklearn_and_finds_the_predictive_columns():
@@ -147,7 +147,7 @@ class _ToyBound:
 
 
 def test_updater_rewards_the_bound_drop_at_the_selected_steps_with_the_same_noise():
-    bound, sampler = _ToyBound(), AdaptiveTimestepSampler(T, 1)
+    bound, sampler = _ToyBound(), LearnedTimestepSampler(T, 1)
     updater = AdaptiveTimestepUpdater(sampler, bound, update_every=4, queue_length=5, num_selected=3)
     x0, generator = _images(8), torch.Generator().manual_seed(0)
     t, _ = sampler.sample(8, x0=x0, generator=generator)
@@ -172,11 +172,11 @@ def test_updater_rewards_the_bound_drop_at_the_selected_steps_with_the_same_nois
 
 
 def test_updater_state_resumes_and_bad_settings_are_refused():
-    sampler = AdaptiveTimestepSampler(T, 1)
+    sampler = LearnedTimestepSampler(T, 1)
     updater = AdaptiveTimestepUpdater(sampler, _ToyBound(), update_every=1)
     updater.queue.append((torch.ones(T, dtype=torch.float64), torch.tensor(float(T))))
     updater.selected = torch.tensor([1, 2, 3])
-    copy = AdaptiveTimestepUpdater(AdaptiveTimestepSampler(T, 1), _ToyBound(), update_every=1)
+    copy = AdaptiveTimestepUpdater(LearnedTimestepSampler(T, 1), _ToyBound(), update_every=1)
     copy.load_state_dict(updater.state_dict())
     assert torch.equal(copy.selected, updater.selected) and len(copy.queue) == 1
     with pytest.raises(ValueError, match="queue_length must be an integer >= 3"):
@@ -241,7 +241,7 @@ def test_sampler_training_feeds_loss_aware_samplers_every_loss():
     with pytest.raises(ValueError, match="apply to the adaptive sampler only"):
         TimestepSamplerTraining(training.sampler, update_every=3)
     with pytest.raises(ValueError, match="needs vb_terms"):
-        TimestepSamplerTraining(AdaptiveTimestepSampler(T, 1))
+        TimestepSamplerTraining(LearnedTimestepSampler(T, 1))
 
 
 def _diffusion_module(sampler_name):
