@@ -66,10 +66,10 @@ def sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
 
 
-def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **extra_args) -> torch.Tensor:
     """D(x, σ) with σ broadcast to (batch,); refuses NaN/Inf output and a wrong output shape."""
     sigmas = sigma_batch(sigma, x)
-    out = denoiser(x, sigmas)
+    out = denoiser(x, sigmas, **extra_args) if extra_args else denoiser(x, sigmas)
     if out.shape != x.shape:
         raise ValueError(f"the denoiser must return x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
     if not all_finite(out):
