@@ -133,7 +133,7 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     start = time.perf_counter()
     with grad:
         if library == "pynodeta":
-            sol = pn.solve(counting, y0, w.t, rtol=w.rtol, atol=w.atol, batched=True,
+            sol = pn.solve(counting, y0, w.t, controller=pn.IController(rtol=w.rtol, atol=w.atol), batched=True,
                            adjoint=w.mode == "adjoint")
             ys, steps = sol.ys, sol.stats.n_steps_per_sample
         else:

@@ -107,16 +107,16 @@ def run(solver: Solver, problem: Problem, rtol: float, atol: float) -> tuple[tor
 
         ys = torchdiffeq.odeint(counted, problem.y0, problem.t, rtol=rtol, atol=atol, method=solver.method)
         return ys, count[0]
-    sol = pn.solve(problem.func, problem.y0, problem.t, method=solver.method, rtol=rtol, atol=atol,
-                   backend=solver.backend)
+    sol = pn.solve(problem.func, problem.y0, problem.t, method=solver.method,
+                   controller=pn.IController(rtol=rtol, atol=atol), backend=solver.backend)
     return sol.ys, sol.stats.nfe
 
 
 def reference(problem: Problem) -> torch.Tensor:
     if problem.exact is not None:
         return problem.exact(problem.t)
-    return pn.solve(problem.func, problem.y0, problem.t, method="radau", rtol=1e-13, atol=1e-13,
-                    backend="scipy").ys
+    return pn.solve(problem.func, problem.y0, problem.t, method="radau",
+                    controller=pn.IController(rtol=1e-13, atol=1e-13), backend="scipy").ys
 
 
 def julia_available() -> bool:

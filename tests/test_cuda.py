@@ -180,8 +180,8 @@ def _batched_on(device, adjoint: bool):
         return torch.stack([y[:, 1], mus * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], dim=1)
 
     with record_stats() as log:
-        sol = solve(van_der_pol, y0, t, rtol=1e-8, atol=1e-10, batched=True, adjoint=adjoint,
-                    adjoint_params=(mus,) if adjoint else None)
+        sol = solve(van_der_pol, y0, t, controller=IController(rtol=1e-8, atol=1e-10), batched=True,
+                    adjoint=Adjoint(params=(mus,)) if adjoint else False)
         sol.ys.square().sum().backward()
     return sol.ys.detach().cpu(), mus.grad.cpu(), log[-1].nfe_per_sample.cpu()
 

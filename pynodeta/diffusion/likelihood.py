@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 
+from ..ode.settings import SolverSettings
 from ..ode.solve import solve
-from ._checks import Denoiser, check_within_denoiser_range, default_sigma_range, denoise
-from .probability_flow import check_sigma_range, staying_inside_the_span
+from ._checks import Denoiser, check_within_denoiser_range, default_sigma_range
+from .flow_solver import check_class_labels, flow_solver, staying_inside_the_span
+from .probability_flow import check_sigma_range, denoise_with_labels
 
 __all__ = ["log_likelihood", "bits_per_dim", "dequantize", "DIVERGENCES"]
 
@@ -33,9 +35,9 @@ def _hutchinson_divergence(drift: torch.Tensor, x: torch.Tensor, probe: torch.Te
 
 
 def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None = None, sigma_max: float | None = None,
-                   method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "hutchinson",
-                   generator: torch.Generator | None = None, backend: str = "torch",
-                   **solve_options: Any) -> torch.Tensor:
+                   *, solver: SolverSettings | None = None, class_labels: torch.Tensor | None = None,
+                   divergence: str = "hutchinson", generator: torch.Generator | None = None,
+                   **solve_arguments: Any) -> torch.Tensor:
     """log p(x) in nats for each sample, shape (batch,), of the model's density at noise level ``sigma_min``.
 
     Integrates [x, ℓ] from σ_min to σ_max with dx/dσ = (x − D)/σ and dℓ/dσ = ∇·((x − D)/σ), then
@@ -48,6 +50,10 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
     ``sigma_max`` attributes: a ``DenoiserFromEpsilon`` its schedule's σ_0 and σ_{T−1}), and to EDM's
     0.002 and 80 where it declares no finite one (``EDMPrecond``, plain functions). A level outside the
     declared range is refused, not clamped, and no solver evaluation leaves [sigma_min, sigma_max].
+
+    ``solver`` (default ``FLOW_SOLVER``: dopri5, ``IController(rtol=1e-5, atol=1e-5)``), ``class_labels``
+    (one-hot ``(batch, num_classes)``, passed to every denoiser call, the divergence's included) and
+    ``solve_arguments`` (``solve``'s keyword arguments instead of ``solver``) as in ``probability_flow``.
     """
     default_min, default_max = default_sigma_range(denoiser)
     sigma_min = default_min if sigma_min is None else sigma_min
@@ -59,6 +65,8 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
         raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
+    check_class_labels(class_labels, x)
+    solver = flow_solver("log_likelihood", solver, solve_arguments)
     probe = None
     if divergence == "hutchinson":
         signs = torch.randint(0, 2, x.shape, generator=generator, device=generator.device if generator else None)
@@ -67,16 +75,14 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
     def augmented(sigma: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         with torch.enable_grad():
             y = state[0].detach().requires_grad_(True)
-            drift = (y - denoise(denoiser, y, sigma)) / sigma
+            drift = (y - denoise_with_labels(denoiser, y, sigma, class_labels)) / sigma
             div = _exact_divergence(drift, y) if probe is None else _hutchinson_divergence(drift, y, probe)
         return drift.detach(), div.detach()
 
     start = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     times = torch.tensor([sigma_min, sigma_max], dtype=x.dtype, device=x.device)
-    solve_options = staying_inside_the_span(times, method, backend, solve_options)
     with torch.no_grad():
-        solution = solve(augmented, start, times, method=method, rtol=rtol, atol=atol, backend=backend,
-                         **solve_options)
+        solution = solve(augmented, start, times, **staying_inside_the_span(times, solver))
     x_end, delta_log_p = solution.ys[0][-1], solution.ys[1][-1]
     dim = x[0].numel()
     prior = -0.5 * (x_end.reshape(x.shape[0], -1) ** 2).sum(dim=1) / sigma_max**2 \
@@ -105,8 +111,9 @@ def bits_per_dim(denoiser: Denoiser, x: torch.Tensor, num_bins: int, generator: 
     Uniform dequantisation u = x + U(0, 1) and scaling y = 2u/K − 1 ∈ [−1, 1] (the model must have
     been trained on data in that scale); the Jacobian of the scaling is (2/K)^D, so
     bpd = −(log p(y) + D·log(2/K))/(D·ln 2), an upper bound on the discrete data's bits/dim
-    (K = 256 for 8-bit images, 17 for the 8×8 digits). ``likelihood_options`` go to ``log_likelihood``;
-    ``generator`` draws both the dequantisation noise and the Hutchinson probes.
+    (K = 256 for 8-bit images, 17 for the 8×8 digits). ``likelihood_options`` go to ``log_likelihood``
+    (``solver``, ``class_labels``, ``divergence``, ...); ``generator`` draws both the dequantisation noise
+    and the Hutchinson probes.
     """
     y = dequantize(x, num_bins, generator)
     log_p = log_likelihood(denoiser, y, generator=generator, **likelihood_options)

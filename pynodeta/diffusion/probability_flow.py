@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 
-from ..ode.backends import Backend, get_backend
-from ..ode.methods import Method
-from ..ode.settings import IController
+from ..ode.settings import SolverSettings
 from ..ode.solve import Solution, solve
 from ._checks import Denoiser, check_within_denoiser_range, denoise
+from .flow_solver import check_class_labels, flow_solver, staying_inside_the_span
 
 __all__ = ["probability_flow", "check_sigma_range"]
 
@@ -27,38 +25,17 @@ def check_sigma_range(sigma_start: float, sigma_end: float, start_name: str = "s
         raise ValueError(f"{start_name} and {end_name} must differ, both are {sigma_start}")
 
 
-def staying_inside_the_span(times: torch.Tensor, method: str | Method, backend: str | Backend,
-                            solve_options: dict[str, Any]) -> dict[str, Any]:
-    """``solve_options`` with both ends of the span ``times = [σ_start, σ_end]`` added to the controller's ``step_t``.
-
-    An adaptive solve steps past its last time and interpolates back (torchdiffeq's stepping); with the
-    end among the step_t points the last step lands on it instead, and the initial-step probe stays short
-    of it, so the denoiser is never asked for a σ outside [σ_start, σ_end] (a DDPM denoiser has none
-    beyond its schedule's). The start is there for the adjoint's backward solve, which ends on it.
-    Fixed-grid methods end on the span's ends anyway.
-    """
-    controller = solve_options.get("controller")
-    ends = tuple(times.tolist())  # as the solve sees them: float32 times round, and a stop must equal the end
-    if isinstance(controller, IController):
-        return {**solve_options, "controller": replace(controller, step_t=(*controller.step_t, *ends))}
-    if controller is not None and not isinstance(controller, str):
-        return solve_options  # FixedGrid
-    try:
-        adaptive = method.adaptive if isinstance(method, Method) else get_backend(backend).is_adaptive(method)
-    except (KeyError, ValueError):
-        return solve_options  # an unknown method or backend: solve refuses it with its own message
-    if not adaptive:
-        return solve_options
-    options = dict(solve_options.get("options") or {})
-    step_t = options.get("step_t")
-    step_t = [] if step_t is None else torch.as_tensor(step_t, dtype=torch.float64).reshape(-1).tolist()
-    options["step_t"] = [*step_t, *ends]
-    return {**solve_options, "options": options}
+def denoise_with_labels(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
+                        class_labels: torch.Tensor | None) -> torch.Tensor:
+    """D(x, σ), with ``class_labels=`` only where there are labels: a two-argument denoiser keeps working."""
+    if class_labels is None:
+        return denoise(denoiser, x, sigma)
+    return denoise(denoiser, x, sigma, class_labels=class_labels)
 
 
-def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, sigma_end: float,
-                     method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, backend: str = "torch",
-                     **solve_options: Any) -> Solution:
+def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, sigma_end: float, *,
+                     solver: SolverSettings | None = None, class_labels: torch.Tensor | None = None,
+                     **solve_arguments: Any) -> Solution:
     """Carry x from noise level ``sigma_start`` to ``sigma_end`` along the probability-flow ODE.
 
     Either direction works: 80 → 0.002 samples (then ``D(x, 0.002)`` removes the last noise),
@@ -66,15 +43,24 @@ def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, si
     denoiser declares (its ``sigma_min``/``sigma_max``, e.g. a ``DenoiserFromEpsilon``'s schedule
     range), and every evaluation of an adaptive method stays between them. Returns the ``Solution`` of
     ``pynodeta.solve``: ``.ys[-1]`` is x at ``sigma_end`` and ``.stats`` holds NFE and steps.
-    ``solve_options`` go to ``pynodeta.solve`` (``options``, ``controller``, ``adjoint``, ...); the span's
-    ends are added to the controller's ``step_t``.
+
+    Args:
+        solver: how to solve, e.g. ``SolverSettings(method="dopri5", controller=IController(rtol=1e-5,
+            atol=1e-5))``, which is the default (``FLOW_SOLVER``). The span's ends are added to its
+            controllers' ``step_t``.
+        class_labels: one-hot ``(batch, num_classes)`` labels passed to every denoiser call as
+            ``class_labels=`` (all-zero rows: unconditional); None calls ``denoiser(x, sigma)``.
+        solve_arguments: ``solve``'s keyword arguments instead of ``solver`` (``method``, ``rtol``,
+            ``atol``, ``options``, ``controller``, ``adjoint``, ``backend``, ...), with the defaults
+            rtol = atol = 1e-5; not together with ``solver``.
     """
     check_sigma_range(sigma_start, sigma_end)
     check_within_denoiser_range(denoiser, {"sigma_start": sigma_start, "sigma_end": sigma_end})
+    check_class_labels(class_labels, x)
+    solver = flow_solver("probability_flow", solver, solve_arguments)
 
     def drift(sigma: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return (state - denoise(denoiser, state, sigma)) / sigma
+        return (state - denoise_with_labels(denoiser, state, sigma, class_labels)) / sigma
 
     times = torch.tensor([sigma_start, sigma_end], dtype=x.dtype, device=x.device)
-    solve_options = staying_inside_the_span(times, method, backend, solve_options)
-    return solve(drift, x, times, method=method, rtol=rtol, atol=atol, backend=backend, **solve_options)
+    return solve(drift, x, times, **staying_inside_the_span(times, solver))

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .settings import FixedGrid
 from .validation import flatten_state
 
 __all__ = ["solve_until_event"]
@@ -37,7 +38,7 @@ def solve_until_event(solve_fn: Callable[..., Any], func, y0, t: torch.Tensor, e
     window = float(t[1] - t[0]) if len(t) > 1 else 1.0
     if window == 0:
         raise ValueError("with event_fn, t[1] must differ from t[0]: its sign sets the direction of the search")
-    search_kwargs = {k: v for k, v in solve_kwargs.items() if not k.startswith("adjoint")}
+    search_kwargs = {**solve_kwargs, "adjoint": False}  # the search needs no gradient
     with torch.no_grad():  # search in float64 times whatever t's dtype, so that brackets can shrink far
         event_t = _locate(solve_fn, func, y0, t[0].detach().to(torch.float64), window, event_fn, search_kwargs)
     times = torch.stack([t[0], event_t.to(t.dtype)])
@@ -51,13 +52,14 @@ def solve_until_event(solve_fn: Callable[..., Any], func, y0, t: torch.Tensor, e
 
 
 def _next_grid_point(t0: torch.Tensor, event_t: torch.Tensor, solve_kwargs) -> torch.Tensor | None:
-    """For a fixed grid of options['step_size'] from t0: the first grid point past the event, or None.
+    """For a fixed grid (a FixedGrid's step_size) from t0: the first grid point past the event, or None.
 
     A solve that ends at the event would shorten its last step to land there, and the Adams methods'
     weights assume equal steps (a 50 % error on torchdiffeq's sine test in float32); ending on the grid
     and interpolating at the event keeps every step equal, as torchdiffeq's own event search does.
     """
-    step = (solve_kwargs.get("options") or {}).get("step_size")
+    controller = solve_kwargs.get("controller")
+    step = controller.step_size if isinstance(controller, FixedGrid) else None
     if step is None:
         return None
     start, event = float(t0), float(event_t)

@@ -21,7 +21,8 @@ from .norms import StateNorm
 from .settings import Adjoint, Controller, FixedGrid, IController, PIController
 from .validation import StateStructure, check_options, check_tolerance
 
-__all__ = ["Parts", "typed_parts", "check_parts", "method_name", "solver_config", "adjoint_config"]
+__all__ = ["Parts", "typed_parts", "check_parts", "method_name", "solver_config", "adjoint_config",
+           "refuse_torchdiffeq_spellings"]
 
 _UNLIMITED_STEPS = 2**31 - 1
 # option keys that belong to a controller; with a typed controller they must be set on it instead
@@ -94,6 +95,39 @@ def check_parts(method: Any, controller: Any, adjoint: Any, backend: str | Backe
     elif not isinstance(adjoint, bool):
         raise TypeError(f"adjoint must be True, False or Adjoint(...), got {adjoint!r}")
     return be
+
+
+# what solve takes instead of each of torchdiffeq's spellings (odeint's and odeint_adjoint's arguments)
+_TYPED_REPLACEMENTS = {
+    "rtol": "controller=IController(rtol=..., atol=...) (or PIController(...), FixedGrid(rtol=...) for the Adams "
+            "methods)",
+    "atol": "controller=IController(rtol=..., atol=...) (or PIController(...), FixedGrid(atol=...) for the Adams "
+            "methods)",
+    "options": "the options as fields of controller=IController(first_step=..., max_step=..., step_t=...) or "
+               "FixedGrid(step_size=..., interpolation=...), and max_steps= for max_num_steps",
+    "adjoint_rtol": "adjoint=Adjoint(controller=IController(rtol=..., atol=...))",
+    "adjoint_atol": "adjoint=Adjoint(controller=IController(rtol=..., atol=...))",
+    "adjoint_method": "adjoint=Adjoint(method=...)",
+    "adjoint_options": "adjoint=Adjoint(controller=..., norm='seminorm', max_steps=...)",
+    "adjoint_params": "adjoint=Adjoint(params=...)",
+}
+
+
+def refuse_torchdiffeq_spellings(controller: Any, spellings: Mapping[str, Any]) -> None:
+    """solve takes the typed parts only: a TypeError naming the part to pass for each torchdiffeq spelling."""
+    if isinstance(controller, str):
+        typed = {"i": "IController", "pi": "PIController"}.get(controller, "IController")
+        raise TypeError(f"solve() takes controller={typed}(rtol=..., atol=...); controller={controller!r} is "
+                        "odeint's spelling (or convert with SolverSettings.from_arguments(controller=..., ...))")
+    unknown = sorted(set(spellings) - set(_TYPED_REPLACEMENTS))
+    if unknown:
+        raise TypeError(f"solve() got unexpected keyword argument(s) {unknown}")
+    if spellings:
+        name = next(iter(spellings))
+        owner = "odeint_adjoint's" if name.startswith("adjoint_") else "odeint's"
+        raise TypeError(f"solve() takes {_TYPED_REPLACEMENTS[name]}; {name}= is {owner} spelling (or convert "
+                        f"with pn.SolverSettings.from_arguments({', '.join(f'{k}=...' for k in spellings)}) and "
+                        "pass solve(..., **settings))")
 
 
 def typed_parts(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,7 +14,7 @@ from .batched.solve import BatchedSolveStats, check_batched_parts, solve_batched
 from .callbacks import find_callbacks, warn_unsupported_callbacks
 from .errors import MaxStepsReachedError
 from .methods import Method
-from .parts import adjoint_config, method_name, solver_config, typed_parts
+from .parts import adjoint_config, method_name, refuse_torchdiffeq_spellings, solver_config, typed_parts
 from .settings import Adjoint, Controller, FixedGrid, IController
 from .stats import SolveStats, _publish
 from .validation import StateStructure, check_times, flatten_state, warn_if_unresolvable
@@ -47,21 +47,14 @@ def solve(
     t: torch.Tensor,
     *,
     method: str | Method = "dopri5",
-    controller: Controller | str | None = None,
+    controller: Controller | None = None,
     adjoint: bool | Adjoint = False,
     backend: str | Backend = "torch",
     max_steps: int | None = None,
     warn_after_steps: int | None = 100_000,
     backend_options: Mapping[str, Any] | None = None,
-    rtol: float | torch.Tensor | Sequence[float] | None = None,
-    atol: float | torch.Tensor | Sequence[float] | None = None,
-    options: Mapping[str, Any] | None = None,
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
-    adjoint_method: str | None = None,
-    adjoint_options: Mapping[str, Any] | None = None,
-    adjoint_params: Sequence[torch.Tensor] | None = None,
     batched: bool = False,
+    **torchdiffeq_spellings: Any,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, reporting the state at every time in ``t``.
 
@@ -83,34 +76,28 @@ def solve(
         warn_after_steps: warn once, with t and dt, when a solve takes more steps than this (None: never).
         backend_options: options only one backend understands (e.g. ``{"jacobian": "finite-difference"}``
             for scipy's implicit methods); the backend rejects keys it does not know.
-        rtol, atol, options, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, adjoint_params:
-            torchdiffeq's arguments, kept as sugar for the typed parts (``controller="pi"`` too):
-            ``options`` takes step_size, first_step, max_num_steps, min_step, max_step, dtype, norm, safety,
-            ifactor, dfactor, interpolation; ``adjoint_options={"norm": "seminorm"}`` is
-            ``Adjoint(norm="seminorm")``. Unset adjoint settings default to the forward ones. A typed part
-            and its sugar cannot both be given. ``dtype`` is accepted for compatibility: step control always
-            runs in float64 on the host.
         batched: per-sample step sizes: the leading dimension of ``y0`` is a batch of independent problems,
             each with its own time, steps and statistics (``BatchedSolveStats``); ``func`` receives ``t`` of
             shape ``(batch,)``; ``t`` may be ``(n,)`` or ``(batch, n)``; ``ys`` is ``(batch, n, *features)``.
             Adaptive Runge-Kutta methods on the torch backend; see docs/solver.md.
 
+    torchdiffeq's spellings (``rtol=``, ``atol=``, ``options=``, ``controller="pi"``, ``adjoint_rtol=`` ...)
+    belong to ``odeint``/``odeint_adjoint``; ``solve`` refuses them, naming the typed part to pass instead.
+    ``SolverSettings.from_arguments(rtol=..., options=...)`` converts them: ``solve(..., **settings)``.
+
     Gradients with respect to ``t`` are those of the exact flow, ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` and
     ``dL/dt_0 = -<dL/dy_0, f(t_0, y_0)>`` through the solve, in both gradient modes.
     """
+    refuse_torchdiffeq_spellings(controller, torchdiffeq_spellings)
     be = get_backend(backend)
     if not isinstance(batched, bool):
         raise TypeError(f"batched must be True or False, got {batched!r}")
     if batched:
         return _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn_after_steps,
-                              backend_options, rtol=rtol, atol=atol, options=options, adjoint_rtol=adjoint_rtol,
-                              adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-                              adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+                              backend_options)
     t = check_times(t)
     y0_flat, state = flatten_state(y0)
-    parts = typed_parts(be, method, controller, adjoint, max_steps, rtol=rtol, atol=atol, options=options,
-                        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-                        adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    parts = typed_parts(be, method, controller, adjoint, max_steps)
     if warn_after_steps is not None and not (isinstance(warn_after_steps, int) and warn_after_steps >= 1):
         raise ValueError(f"warn_after_steps must be an int >= 1, or None; got {warn_after_steps!r}")
     config = solver_config(parts.method, parts.controller, parts.max_steps, warn_after_steps, backend_options,
@@ -149,14 +136,13 @@ def solve(
     return Solution(t, state.split(ys, (len(t),)) if state.is_tuple else ys, stats)
 
 
-def _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn_after_steps, backend_options,
-                   **sugar) -> Solution:
+def _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn_after_steps,
+                   backend_options) -> Solution:
     """The per-sample mode (``pynodeta.ode.batched``): the same typed parts, a loop with per-sample steps."""
     if backend_options:
         raise ValueError(f"batched=True takes no backend_options, got {sorted(backend_options)}")
-    check_batched_parts(method, controller if not isinstance(controller, str) else None,
-                        adjoint if isinstance(adjoint, Adjoint) else False, be)
-    parts = typed_parts(be, method, controller, adjoint, max_steps, **sugar)
+    check_batched_parts(method, controller, adjoint if isinstance(adjoint, Adjoint) else False, be)
+    parts = typed_parts(be, method, controller, adjoint, max_steps)
     if warn_after_steps is not None and not (isinstance(warn_after_steps, int) and warn_after_steps >= 1):
         raise ValueError(f"warn_after_steps must be an int >= 1, or None; got {warn_after_steps!r}")
     stats = BatchedSolveStats(method=method_name(parts.method), backend=be.name)
@@ -235,7 +221,8 @@ def _adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
         if not isinstance(func, torch.nn.Module):
             raise ValueError(
                 "adjoint=True needs the parameters to differentiate: make func an nn.Module, or pass "
-                "adjoint_params=(...) explicitly (adjoint_params=() if it has none)"
+                "the parameters explicitly: adjoint=Adjoint(params=(...)) to solve, adjoint_params=(...) to "
+                "odeint_adjoint (an empty tuple if it has none)"
             )
         adjoint_params = func.parameters()
     return tuple(p for p in adjoint_params if p.requires_grad)

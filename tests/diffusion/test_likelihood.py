@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pynodeta import record_stats
+from pynodeta import Adjoint, IController, PIController, SolverSettings, record_stats
 from pynodeta.diffusion import (
     DDPMSchedule,
     DenoiserFromEpsilon,
@@ -153,3 +153,35 @@ def test_edm_preconditioning_declares_every_positive_sigma():
     with record_stats() as log:
         log_likelihood(precond, torch.zeros(2, 2, dtype=torch.float64), divergence="exact", rtol=1e-3, atol=1e-3)
     assert min(log[-1].t_evaluated) == pytest.approx(0.002) and max(log[-1].t_evaluated) == pytest.approx(80.0)
+
+
+def test_typed_controllers_stay_inside_the_range_forward_and_backward():
+    """The span's ends join the step_t of a typed controller, the Adjoint's own controller included."""
+    data, schedule = standard_case(), DDPMSchedule(50)
+    denoiser = DenoiserFromEpsilon(data.fractional_eps_model(schedule), schedule, timestep="interpolate")
+    low, high = denoiser.sigma_min, denoiser.sigma_max
+    x = data.noisy(4, 0.0, torch.Generator().manual_seed(5))
+    solver = SolverSettings(method="tsit5", controller=PIController(rtol=1e-6, atol=1e-6, step_t=(0.5,)))
+    with record_stats() as log:
+        log_p = log_likelihood(denoiser, x, solver=solver, divergence="exact")
+    assert low <= min(log[-1].t_evaluated) and max(log[-1].t_evaluated) <= high
+    assert min(abs(t - 0.5) for t in log[-1].t_evaluated) < 1e-12  # the caller's step_t is kept
+    assert (log_p - _prior_and_flow_identity(data, x, low, high)).abs().max() / data.dim < 1e-3
+    start = x.mul(high).requires_grad_(True)
+    backward = Adjoint(controller=IController(rtol=1e-6, atol=1e-6), params=())
+    solution = probability_flow(denoiser, start, high, low, solver=SolverSettings(adjoint=backward))
+    solution.ys[-1].sum().backward()
+    evaluated = solution.stats.t_evaluated + solution.stats.t_evaluated_adjoint
+    assert low <= min(evaluated) and max(evaluated) <= high
+    scale = math.sqrt((data.std**2 + low**2) / (data.std**2 + high**2))
+    torch.testing.assert_close(start.grad, torch.full_like(start, scale), rtol=1e-4, atol=0)
+
+
+def test_likelihood_takes_typed_settings_and_refuses_them_with_sugar():
+    data = standard_case()
+    x = data.noisy(4, 0.0, torch.Generator().manual_seed(6))
+    sugar = log_likelihood(data.denoiser, x, divergence="exact", rtol=1e-4, atol=1e-4)
+    typed = log_likelihood(data.denoiser, x, divergence="exact", controller=IController(rtol=1e-4, atol=1e-4))
+    assert torch.equal(sugar, typed)
+    with pytest.raises(TypeError, match=r"log_likelihood\(\) got both solver= and method="):
+        log_likelihood(data.denoiser, x, solver=SolverSettings(), method="rk4")

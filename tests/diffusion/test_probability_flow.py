@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from pynodeta import FixedGrid, IController, PIController, SolverSettings
 from pynodeta.diffusion import NonFiniteDenoiserError, probability_flow
+from pynodeta.diffusion.flow_solver import FLOW_SOLVER
 
 from .gaussian_data import standard_case
 
@@ -55,3 +57,43 @@ def test_other_backends_solve_the_same_flow():
     solution = probability_flow(data.denoiser, x, 20.0, 0.01, method="dop853", backend="scipy", rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(solution.ys[-1], data.flow(x, 20.0, 0.01), atol=1e-5, rtol=1e-5)
     assert solution.stats.backend == "scipy" and solution.stats.nfe > 0
+
+
+def test_typed_solver_settings_give_the_sugar_results_bit_for_bit():
+    """solver=SolverSettings(...), a typed controller= and the old rtol=/atol=/options= spellings are one
+    solve; the default is dopri5 at rtol = atol = 1e-5."""
+    data = standard_case()
+    x = data.noisy(4, 80.0, torch.Generator().manual_seed(3))
+    default = probability_flow(data.denoiser, x, 80.0, 0.002)
+    spelled = probability_flow(data.denoiser, x, 80.0, 0.002, solver=SolverSettings(
+        method="dopri5", controller=IController(rtol=1e-5, atol=1e-5)))
+    assert FLOW_SOLVER == SolverSettings(method="dopri5", controller=IController(rtol=1e-5, atol=1e-5))
+    assert torch.equal(default.ys, spelled.ys) and default.stats.t_evaluated == spelled.stats.t_evaluated
+    sugar = probability_flow(data.denoiser, x, 80.0, 0.002, rtol=1e-3, atol=1e-4, controller="pi")
+    typed = probability_flow(data.denoiser, x, 80.0, 0.002, controller=PIController(rtol=1e-3, atol=1e-4))
+    assert torch.equal(sugar.ys, typed.ys) and sugar.stats.nfe == typed.stats.nfe
+    grid = probability_flow(data.denoiser, x, 10.0, 0.1, method="rk4", options={"step_size": 0.5})
+    typed_grid = probability_flow(data.denoiser, x, 10.0, 0.1,
+                                  solver=SolverSettings(method="rk4", controller=FixedGrid(step_size=0.5)))
+    assert torch.equal(grid.ys, typed_grid.ys)
+
+
+def test_a_typed_controller_keeps_its_own_tolerances():
+    """controller=IController(...) was refused next to the default rtol/atol; now its tolerances hold."""
+    data = standard_case()
+    x = data.noisy(8, 80.0, torch.Generator().manual_seed(4))
+    exact = data.flow(x, 80.0, 0.002)
+    loose = probability_flow(data.denoiser, x, 80.0, 0.002, controller=IController(rtol=1e-3, atol=1e-3))
+    tight = probability_flow(data.denoiser, x, 80.0, 0.002, controller=IController(rtol=1e-8, atol=1e-8))
+    assert (tight.ys[-1] - exact).abs().max() < 1e-6 < (loose.ys[-1] - exact).abs().max()
+
+
+def test_solver_and_its_sugar_together_are_refused():
+    data = standard_case()
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"both solver= and rtol=, atol="):
+        probability_flow(data.denoiser, x, 80.0, 0.002, solver=FLOW_SOLVER, rtol=1e-3, atol=1e-3)
+    with pytest.raises(TypeError, match="solver must be a SolverSettings"):
+        probability_flow(data.denoiser, x, 80.0, 0.002, solver={"method": "rk4"})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['rtl'\]"):
+        probability_flow(data.denoiser, x, 80.0, 0.002, rtl=1e-3)

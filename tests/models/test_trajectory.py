@@ -32,7 +32,7 @@ def test_exact_oscillator_helper_solves_its_ode():
     t = torch.linspace(0, 2, 5, dtype=torch.float64)
     y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
     ys = solve(lambda t, y: torch.stack([y[:, 1], -0.4 * y[:, 1] - y[:, 0]], dim=1), y0, t,
-               rtol=1e-10, atol=1e-10).ys
+               controller=IController(rtol=1e-10, atol=1e-10)).ys
     torch.testing.assert_close(ys, damped_oscillator(t, y0))
 
 

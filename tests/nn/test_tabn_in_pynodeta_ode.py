@@ -52,5 +52,6 @@ def test_eval_solve_through_pynodeta_is_batch_independent():
     big = pn.odeint(f, y0, SPAN, **fixed)[-1]
     pair = pn.odeint(f, y0[:2], SPAN, **fixed)[-1]
     torch.testing.assert_close(pair, big[:2], rtol=0, atol=1e-6)
-    solution = pn.solve(f, y0, SPAN.flip(0), **LOOSE)  # reversed time stays on the grid
+    loose = pn.IController(rtol=1e-3, atol=1e-3)
+    solution = pn.solve(f, y0, SPAN.flip(0), method="dopri5", controller=loose)  # reversed time stays on the grid
     assert torch.isfinite(solution.ys).all()

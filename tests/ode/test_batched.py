@@ -46,7 +46,8 @@ T_PER_SAMPLE = torch.tensor([[0.0, 0.5, 1.0, 2.0], [2.0, 1.5, 0.2, 0.0], [0.0, 0
 def test_every_adaptive_method_matches_closed_form_per_sample(method):
     order = pn.METHODS[method].order
     tol = {2: 1e-4, 3: 1e-6}.get(order, 1e-8)  # low orders need many steps for tight tolerances
-    sol = pn.solve(decay(RATES), Y0, T_PER_SAMPLE, method=method, rtol=tol, atol=tol * 1e-2, batched=True)
+    sol = pn.solve(decay(RATES), Y0, T_PER_SAMPLE, method=method, controller=pn.IController(rtol=tol, atol=tol * 1e-2),
+                   batched=True)
     exact = decay_exact(Y0, RATES, T_PER_SAMPLE)
     assert sol.ys.shape == (4, 4, 2)
     assert torch.allclose(sol.ys, exact, rtol=3000 * tol, atol=tol)
@@ -55,7 +56,7 @@ def test_every_adaptive_method_matches_closed_form_per_sample(method):
 
 def test_shared_times_give_batch_time_layout():
     t = torch.linspace(0, 2, 7, dtype=F64)
-    sol = pn.solve(decay(RATES), Y0, t, rtol=1e-9, atol=1e-11, batched=True)
+    sol = pn.solve(decay(RATES), Y0, t, controller=pn.IController(rtol=1e-9, atol=1e-11), batched=True)
     assert sol.ys.shape == (4, 7, 2) and sol.t is t
     assert torch.allclose(sol.ys, decay_exact(Y0, RATES, t), rtol=1e-6, atol=1e-10)
 
@@ -71,7 +72,7 @@ def _solo_equals_batch(func_of, params, y0, t, **kwargs):
     return batch
 
 
-@pytest.mark.parametrize("controller", [None, "pi"])
+@pytest.mark.parametrize("controller", [pn.IController, pn.PIController])
 def test_each_sample_is_independent_of_its_batch_exactly(controller):
     """Very different stiffness (van der Pol mu 0.1 .. 30) and scales: solving a sample alone gives the
     same bits and the same per-sample statistics as solving it inside the batch."""
@@ -79,7 +80,7 @@ def test_each_sample_is_independent_of_its_batch_exactly(controller):
     y0 = torch.tensor([[2.0, 0.0], [1e-3, 1e-3], [2.0, 0.0], [0.1, 0.2]], dtype=F64)
     t = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 0.5, 2.5, 3.0], [0.0, 0.1, 1.0, 3.0], [3.0, 2.0, 1.0, 0.0]],
                      dtype=F64)
-    kwargs = dict(rtol=1e-6, atol=1e-8, controller=controller) if controller else dict(rtol=1e-6, atol=1e-8)
+    kwargs = dict(controller=controller(rtol=1e-6, atol=1e-8))
     batch = _solo_equals_batch(van_der_pol, mus, y0, t, **kwargs)
     nfe = batch.stats.nfe_per_sample
     assert nfe[2] > 3 * nfe[0], f"the stiff sample should take many more evaluations: {nfe.tolist()}"
@@ -98,9 +99,10 @@ def test_independence_with_a_neural_field():
     scales = torch.logspace(-2, 1, 6, dtype=F64)[:, None]
     y0 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0)) * scales
     t = torch.stack([torch.linspace(0, 1 + i, 4, dtype=F64) for i in range(6)])
-    batch = pn.solve(func, y0, t, rtol=1e-7, atol=1e-9, batched=True)
+    batch = pn.solve(func, y0, t, controller=pn.IController(rtol=1e-7, atol=1e-9), batched=True)
     for b in range(6):
-        alone = pn.solve(func, y0[b : b + 1], t[b : b + 1], rtol=1e-7, atol=1e-9, batched=True)
+        alone = pn.solve(func, y0[b : b + 1], t[b : b + 1], controller=pn.IController(rtol=1e-7, atol=1e-9),
+                         batched=True)
         assert torch.allclose(alone.ys[0], batch.ys[b], rtol=0, atol=1e-10)
         assert alone.stats.nfe_per_sample[0] == batch.stats.nfe_per_sample[b]
 
@@ -109,7 +111,7 @@ def test_finished_samples_stop_and_statistics_add_up():
     """A sample with a short span stops early: it costs fewer evaluations and its state does not move
     while the others go on; the aggregate counts are the per-sample sums."""
     t = torch.tensor([[0.0, 0.1], [0.0, 5.0]], dtype=F64)
-    sol = pn.solve(decay(RATES[:2]), Y0[:2], t, rtol=1e-8, atol=1e-10, batched=True)
+    sol = pn.solve(decay(RATES[:2]), Y0[:2], t, controller=pn.IController(rtol=1e-8, atol=1e-10), batched=True)
     stats = sol.stats
     assert isinstance(stats, BatchedSolveStats) and stats.nfe_per_sample.shape == (2,)
     assert stats.nfe_per_sample[0] < stats.nfe_per_sample[1]
@@ -128,8 +130,9 @@ def test_step_counts_of_long_solves_add_up_with_and_without_a_step_limit():
     mus = torch.tensor([0.5, 5.0, 20.0], dtype=F64)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [2.0, -1.0]], dtype=F64)
     t = torch.tensor([0.0, 9.0], dtype=F64)
-    free = pn.solve(van_der_pol(mus), y0, t, rtol=1e-9, atol=1e-11, batched=True)
-    limited = pn.solve(van_der_pol(mus), y0, t, rtol=1e-9, atol=1e-11, batched=True, max_steps=10**6)
+    free = pn.solve(van_der_pol(mus), y0, t, controller=pn.IController(rtol=1e-9, atol=1e-11), batched=True)
+    limited = pn.solve(van_der_pol(mus), y0, t, controller=pn.IController(rtol=1e-9, atol=1e-11), batched=True,
+                       max_steps=10**6)
     stats = free.stats
     assert int(stats.n_steps_per_sample.min()) > 100 and bool((stats.n_rejected_per_sample > 0).any())
     for name in ("n_steps_per_sample", "n_accepted_per_sample", "nfe_per_sample"):
@@ -141,8 +144,9 @@ def test_step_counts_of_long_solves_add_up_with_and_without_a_step_limit():
 
 def test_a_batch_of_one_agrees_with_the_shared_step_mode():
     t = torch.linspace(0, 2, 5, dtype=F64)
-    shared = pn.solve(lambda tt, y: -RATES[2] * y * torch.cos(tt), Y0[2], t, rtol=1e-9, atol=1e-11)
-    batched = pn.solve(decay(RATES[2:3]), Y0[2:3], t, rtol=1e-9, atol=1e-11, batched=True)
+    shared = pn.solve(lambda tt, y: -RATES[2] * y * torch.cos(tt), Y0[2], t,
+                      controller=pn.IController(rtol=1e-9, atol=1e-11))
+    batched = pn.solve(decay(RATES[2:3]), Y0[2:3], t, controller=pn.IController(rtol=1e-9, atol=1e-11), batched=True)
     assert torch.allclose(batched.ys[0], shared.ys, rtol=1e-7)
     assert abs(int(batched.stats.nfe_per_sample[0]) - shared.stats.nfe) <= 0.1 * shared.stats.nfe
 
@@ -164,9 +168,10 @@ def test_func_receives_per_sample_times_inside_each_span():
 
 def test_controller_sugar_and_typed_parts_agree():
     t = torch.linspace(0, 2, 3, dtype=F64)
-    a = pn.solve(decay(RATES), Y0, t, rtol=1e-6, atol=1e-9, controller="pi", batched=True)
+    a = pn.solve(decay(RATES), Y0, t, **pn.SolverSettings.from_arguments(controller="pi", rtol=1e-6, atol=1e-9,
+                                                                        batched=True))
     b = pn.solve(decay(RATES), Y0, t, controller=PIController(rtol=1e-6, atol=1e-9), batched=True)
-    c = pn.solve(decay(RATES), Y0, t, rtol=1e-6, atol=1e-9, batched=True)
+    c = pn.solve(decay(RATES), Y0, t, controller=pn.IController(rtol=1e-6, atol=1e-9), batched=True)
     assert torch.equal(a.ys, b.ys)
     assert not torch.equal(a.stats.n_steps_per_sample, c.stats.n_steps_per_sample)  # PI is a different rule
 
@@ -185,14 +190,15 @@ def test_user_norm_is_per_sample():
         calls.append(x.shape)
         return x.abs().flatten(1).amax(dim=1)
 
-    sol = pn.solve(decay(RATES), Y0, T_PER_SAMPLE, batched=True, options=dict(norm=max_norm))
+    sol = pn.solve(decay(RATES), Y0, T_PER_SAMPLE, batched=True, controller=pn.IController(norm=max_norm))
     assert all(shape == Y0.shape for shape in calls)
     assert torch.allclose(sol.ys, decay_exact(Y0, RATES, T_PER_SAMPLE), rtol=1e-4, atol=1e-6)
 
 
 def test_max_steps_names_the_limit():
     with pytest.raises(pn.MaxStepsReachedError, match="max_num_steps=5"):
-        pn.solve(decay(RATES), Y0, T_PER_SAMPLE, batched=True, rtol=1e-10, atol=1e-12, max_steps=5)
+        pn.solve(decay(RATES), Y0, T_PER_SAMPLE, batched=True, controller=pn.IController(rtol=1e-10, atol=1e-12),
+                 max_steps=5)
 
 
 def test_ode_block_with_per_sample_steps_keeps_its_layout():

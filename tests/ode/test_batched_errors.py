@@ -45,9 +45,9 @@ def test_other_backends_are_refused():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(rtol=(1e-3, 1e-4)), r"single number for controller.rtol"),
-        (dict(atol=torch.full((3, 2), 1e-6)), r"single number for controller.atol"),
-        (dict(options=dict(step_t=[0.5])), r"step_t / jump_t"),
+        (dict(controller=pn.IController(rtol=(1e-3, 1e-4))), r"single number for controller.rtol"),
+        (dict(controller=pn.IController(atol=torch.full((3, 2), 1e-6))), r"single number for controller.atol"),
+        (dict(controller=pn.IController(step_t=(0.5,))), r"step_t / jump_t"),
         (dict(adjoint=pn.Adjoint(norm=lambda parts: parts[1].abs().max())), r"Adjoint\(norm=<callable>\)"),
         (dict(adjoint=pn.Adjoint(method="rk4")), r"'rk4' is fixed-grid"),
         (dict(backend_options={"x": 1}), r"takes no backend_options"),
@@ -71,7 +71,7 @@ def test_bad_states_and_func():
 
 def test_a_per_sample_norm_must_return_one_value_per_sample():
     with pytest.raises(ValueError, match=r"controller.norm must map .* shape \(3,\); got \(\)"):
-        pn.solve(decay, Y0, T, batched=True, options=dict(norm=lambda x: x.abs().max()))
+        pn.solve(decay, Y0, T, batched=True, controller=pn.IController(norm=lambda x: x.abs().max()))
 
 
 def test_underflow_names_the_sample():
@@ -92,7 +92,7 @@ def test_single_output_time_and_empty_batch():
 
 def test_float32_with_tolerances_below_its_resolution_warns():
     with pytest.warns(pn.SolverWarning, match="ask for more than a torch.float32 state can resolve"):
-        pn.solve(decay, Y0, T, batched=True, rtol=1e-9, atol=1e-12)
+        pn.solve(decay, Y0, T, batched=True, controller=pn.IController(rtol=1e-9, atol=1e-12))
 
 
 def test_a_sample_that_finishes_on_its_last_allowed_step_is_not_an_error():

@@ -35,7 +35,7 @@ def test_gradcheck_direct(method):
 
     def run(y0, weight, bias):
         return pn.solve(lambda t, y: field(t, y, weight, bias), y0, T, method=method, batched=True,
-                        rtol=1e6, atol=1e6, options=dict(first_step=0.3, max_step=0.3)).ys
+                        controller=pn.IController(rtol=1e6, atol=1e6, first_step=0.3, max_step=0.3)).ys
 
     inputs = tuple(x.clone().requires_grad_(True) for x in (Y0, WEIGHT, BIAS))
     assert torch.autograd.gradcheck(run, inputs, atol=1e-8, rtol=1e-6)
@@ -46,8 +46,8 @@ def test_gradcheck_adjoint():
     """The adjoint integrates its own backward ODE per sample: it matches finite differences to tolerance."""
 
     def run(y0, weight, bias):
-        return pn.solve(lambda t, y: field(t, y, weight, bias), y0, T[:2, ::2], batched=True, rtol=1e-9,
-                        atol=1e-11, adjoint=True, adjoint_params=(weight, bias)).ys
+        return pn.solve(lambda t, y: field(t, y, weight, bias), y0, T[:2, ::2], batched=True,
+                        controller=pn.IController(rtol=1e-9, atol=1e-11), adjoint=pn.Adjoint(params=(weight, bias))).ys
 
     inputs = tuple(x.clone().requires_grad_(True) for x in (Y0[:2], WEIGHT, BIAS))
     assert torch.autograd.gradcheck(run, inputs, atol=1e-6, rtol=1e-5)
@@ -64,8 +64,8 @@ def _gradients(adjoint, func, y0, t, **kwargs):
 def test_adjoint_matches_direct(method):
     func = Field()
     tol = 1e-9 if pn.METHODS[method].order >= 5 else 1e-7
-    direct, _ = _gradients(False, func, Y0, T, method=method, rtol=tol, atol=tol * 1e-2)
-    adjoint, stats = _gradients(True, func, Y0, T, method=method, rtol=tol, atol=tol * 1e-2)
+    direct, _ = _gradients(False, func, Y0, T, method=method, controller=pn.IController(rtol=tol, atol=tol * 1e-2))
+    adjoint, stats = _gradients(True, func, Y0, T, method=method, controller=pn.IController(rtol=tol, atol=tol * 1e-2))
     for d, a in zip(direct, adjoint):
         assert torch.allclose(d, a, rtol=1e4 * tol, atol=100 * tol)
     assert stats.nfe_adjoint > 0 and (stats.nfe_adjoint_per_sample > 0).all()
@@ -84,12 +84,12 @@ def test_adjoint_takes_backward_steps_per_sample():
             return self.rates[:, None] * self.inner(t, y)
 
     rates = torch.tensor([0.1, 1.0, 8.0], dtype=F64)
-    (grad_y0, *_), stats = _gradients(True, Scaled(rates), Y0, T, rtol=1e-7, atol=1e-9)
+    (grad_y0, *_), stats = _gradients(True, Scaled(rates), Y0, T, controller=pn.IController(rtol=1e-7, atol=1e-9))
     backward = stats.nfe_adjoint_per_sample
     assert backward[2] > backward[0]
     for b in range(3):
-        (alone, *_), solo = _gradients(True, Scaled(rates[b : b + 1]), Y0[b : b + 1], T[b : b + 1], rtol=1e-7,
-                                       atol=1e-9)
+        (alone, *_), solo = _gradients(True, Scaled(rates[b : b + 1]), Y0[b : b + 1], T[b : b + 1],
+                                       controller=pn.IController(rtol=1e-7, atol=1e-9))
         assert torch.allclose(alone[0], grad_y0[b], rtol=0, atol=1e-13)
         assert solo.nfe_adjoint_per_sample[0] == backward[b]
 
@@ -97,7 +97,7 @@ def test_adjoint_takes_backward_steps_per_sample():
 def test_adjoint_with_typed_parts_and_seminorm():
     func = Field()
     adjoint = pn.Adjoint(norm="seminorm", controller=pn.IController(rtol=1e-9, atol=1e-11))
-    direct, _ = _gradients(False, func, Y0, T, rtol=1e-9, atol=1e-11)
+    direct, _ = _gradients(False, func, Y0, T, controller=pn.IController(rtol=1e-9, atol=1e-11))
     typed, _ = _gradients(adjoint, func, Y0, T, controller=pn.IController(rtol=1e-9, atol=1e-11))
     for d, a in zip(direct, typed):
         assert torch.allclose(d, a, rtol=1e-5, atol=1e-7)
@@ -107,10 +107,10 @@ def test_adjoint_with_typed_parts_and_seminorm():
 def test_gradcheck_output_times(adjoint):
     """Per-sample time gradients follow the exact flow (the shared-step mode's formulas), per sample."""
     y0 = Y0[:2]
-    kwargs = dict(adjoint=True, adjoint_params=()) if adjoint else {}
+    kwargs = dict(adjoint=pn.Adjoint(params=())) if adjoint else {}
 
     def run(times):
-        return pn.solve(lambda t, y: field(t, y, WEIGHT, BIAS), y0, times, batched=True, rtol=1e-9, atol=1e-11,
-                        **kwargs).ys
+        return pn.solve(lambda t, y: field(t, y, WEIGHT, BIAS), y0, times, batched=True,
+                        controller=pn.IController(rtol=1e-9, atol=1e-11), **kwargs).ys
 
     assert torch.autograd.gradcheck(run, (T[:2].clone().requires_grad_(True),), atol=1e-5, rtol=1e-4)

@@ -13,16 +13,15 @@ from pynodeta.ode.problems import linear_decay, linear_decay_exact, rational, ra
 Y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
 
 
-def _fixed_step_options(name: str, h: float) -> dict:
+def _fixed_step_controller(name: str, h: float) -> pn.IController | pn.FixedGrid:
     if METHODS[name].adaptive:
         # Huge tolerances make every step acceptable; max_step pins the step to h.
-        return dict(first_step=h, max_step=h)
-    return dict(step_size=h)
+        return pn.IController(rtol=1e6, atol=1e6, first_step=h, max_step=h)
+    return pn.FixedGrid(step_size=h, rtol=1e-7, atol=1e-7)  # the Adams methods' corrector reads the tolerances
 
 
 def _solve(name: str, h: float, t: torch.Tensor):
-    tol = 1e6 if METHODS[name].adaptive else 1e-7
-    return pn.solve(rational, Y0, t, method=name, rtol=tol, atol=tol, options=_fixed_step_options(name, h)).ys
+    return pn.solve(rational, Y0, t, method=name, controller=_fixed_step_controller(name, h)).ys
 
 
 def _steps(order: int) -> list[float]:
@@ -68,7 +67,7 @@ def test_error_scales_with_tolerance(name):
     exact = linear_decay_exact(Y0, t)[-1]
     errors = []
     for tol in (1e-4, 1e-6, 1e-8):
-        ys = pn.solve(linear_decay, Y0, t, method=name, rtol=tol, atol=tol).ys
+        ys = pn.solve(linear_decay, Y0, t, method=name, controller=pn.IController(rtol=tol, atol=tol)).ys
         errors.append(float((ys[-1] - exact).abs().max()))
         assert errors[-1] < 100 * tol
     assert errors[0] > errors[1] > errors[2]
@@ -76,14 +75,15 @@ def test_error_scales_with_tolerance(name):
 
 @pytest.mark.parametrize("name", ["rk4", "midpoint"])
 def test_cubic_interpolation_for_fixed_grid(name):
-    """options['interpolation'] = 'cubic' makes off-grid outputs third-order instead of second-order."""
+    """FixedGrid(interpolation="cubic") makes off-grid outputs third-order instead of second-order."""
     t = torch.tensor([0.0, 0.37, 1.93], dtype=torch.float64)
     exact = rational_exact(Y0, t)
     steps = [0.1, 0.05, 0.025]
 
     def errs(kind):
-        return [float((pn.solve(rational, Y0, t, method=name, options=dict(step_size=h, interpolation=kind)).ys
-                       - exact).abs().max()) for h in steps]
+        grids = [pn.FixedGrid(step_size=h, interpolation=kind) for h in steps]
+        return [float((pn.solve(rational, Y0, t, method=name, controller=grid).ys - exact).abs().max())
+                for grid in grids]
 
     assert _fitted_order(steps, errs("linear")) == pytest.approx(2, abs=0.3)
     assert _fitted_order(steps, errs("cubic")) >= min(METHODS[name].order, 3) - 0.3
@@ -91,7 +91,7 @@ def test_cubic_interpolation_for_fixed_grid(name):
 
 def test_fixed_grid_step_count_follows_torchdiffeq_rule():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    sol = pn.solve(rational, Y0, t, method="rk4", options=dict(step_size=0.1))
+    sol = pn.solve(rational, Y0, t, method="rk4", controller=pn.FixedGrid(step_size=0.1))
     assert sol.stats.n_steps == 10
     assert sol.stats.nfe == 40
     assert math.fsum(sol.stats.step_sizes) == pytest.approx(1.0)

@@ -45,7 +45,9 @@ def test_bad_initial_state():
 @pytest.mark.parametrize("value", [0.0, -1e-3, math.nan])
 def test_non_positive_tolerances(name, value):
     with pytest.raises(ValueError, match=f"{name} must be > 0"):
-        pn.solve(decay, torch.ones(2), T, **{name: value})
+        pn.IController(**{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be > 0"):
+        pn.odeint(decay, torch.ones(2), T, **{name: value})
 
 
 def test_unknown_method_lists_the_valid_ones():
@@ -63,7 +65,7 @@ def test_unknown_option_and_misused_options():
     with pytest.raises(ValueError, match="'seminorm' is an adjoint option"):
         pn.odeint(decay, torch.ones(2), T, options={"norm": "seminorm"})
     with pytest.raises(ValueError, match="controller must be 'i'"):
-        pn.solve(decay, torch.ones(2), T, controller="pid")
+        pn.SolverSettings.from_arguments(controller="pid")
     with pytest.raises(ValueError, match="unknown backend 'fortran'"):
         pn.solve(decay, torch.ones(2), T, backend="fortran")
 
@@ -87,7 +89,7 @@ def test_max_steps_keeps_the_partial_solution():
     t = torch.linspace(0, 10, 11, dtype=torch.float64)
     with pytest.raises(pn.MaxStepsReachedError, match="max_num_steps=20 reached") as info:
         pn.solve(lambda tt, y: torch.cos(3 * tt) * y, torch.ones(2, dtype=torch.float64), t,
-                 rtol=1e-10, atol=1e-10, options={"max_num_steps": 20})
+                 controller=pn.IController(rtol=1e-10, atol=1e-10), max_steps=20)
     err = info.value
     assert 1 <= len(err.t) < len(t)
     assert err.ys.shape == (len(err.t), 2)
@@ -98,7 +100,7 @@ def test_max_steps_keeps_the_partial_solution():
 def test_max_steps_for_fixed_grid_methods():
     with pytest.raises(pn.MaxStepsReachedError) as info:
         pn.solve(decay, torch.ones(1), torch.tensor([0.0, 0.5, 1.0]), method="euler",
-                 options={"step_size": 0.01, "max_num_steps": 60})
+                 controller=pn.FixedGrid(step_size=0.01), max_steps=60)
     assert len(info.value.t) == 2  # reached t = 0.5 after 50 steps, not t = 1
 
 
@@ -132,7 +134,7 @@ def test_backend_options_reach_the_backend():
     with pytest.raises(ValueError, match=r"unknown backend_options \['jacobian'\] for backend 'torch'"):
         pn.solve(decay, torch.ones(2), T, backend_options={"jacobian": "autograd"})
     sol = pn.solve(decay, torch.ones(2, dtype=torch.float64), T.double(), backend="scipy", method="radau",
-                   backend_options={"jacobian": "finite-difference"}, rtol=1e-8, atol=1e-8)
+                   backend_options={"jacobian": "finite-difference"}, controller=pn.IController(rtol=1e-8, atol=1e-8))
     assert torch.allclose(sol.ys[-1], torch.full((2,), math.exp(-1), dtype=torch.float64), atol=1e-6)
 
 
@@ -144,7 +146,7 @@ def test_max_steps_partial_solution_keeps_the_tuple_structure():
     y0 = (torch.ones(2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)[:2])
     t = torch.linspace(0, 10, 6, dtype=torch.float64)
     with pytest.raises(pn.MaxStepsReachedError) as info:
-        pn.solve(oscillator, y0, t, rtol=1e-10, atol=1e-10, options={"max_num_steps": 30})
+        pn.solve(oscillator, y0, t, controller=pn.IController(rtol=1e-10, atol=1e-10), max_steps=30)
     xs, vs = info.value.ys
     assert xs.shape == vs.shape == (len(info.value.t), 2)
     assert torch.allclose(xs[:, 0], torch.cos(info.value.t), atol=1e-8)
@@ -154,4 +156,18 @@ def test_max_steps_partial_solution_keeps_the_tuple_structure():
 def test_step_options_must_be_finite(key):
     method = "rk4" if key == "step_size" else "dopri5"
     with pytest.raises(ValueError, match=f"options\\['{key}'\\] must be > 0 and finite, got inf"):
-        pn.solve(decay, torch.ones(2), T, method=method, options={key: math.inf})
+        pn.odeint(decay, torch.ones(2), T, method=method, options={key: math.inf})
+
+
+@pytest.mark.parametrize("spelling, typed", [
+    ({"rtol": 1e-5}, r"controller=IController\(rtol=..., atol=...\).*rtol= is odeint's spelling"),
+    ({"atol": 1e-5, "rtol": 1e-5}, r"controller=IController\(rtol=..., atol=...\).*atol= is odeint's spelling"),
+    ({"options": {"step_size": 0.1}}, r"FixedGrid\(step_size=..., .*options= is odeint's spelling"),
+    ({"adjoint_rtol": 1e-4}, r"adjoint=Adjoint\(controller=IController\(.*adjoint_rtol= is odeint_adjoint's"),
+    ({"adjoint_params": ()}, r"adjoint=Adjoint\(params=...\); adjoint_params= is odeint_adjoint's"),
+    ({"controller": "pi"}, r"controller=PIController\(rtol=..., atol=...\); controller='pi' is odeint's"),
+    ({"rtl": 1e-5}, r"unexpected keyword argument\(s\) \['rtl'\]"),
+])
+def test_solve_takes_typed_parts_and_names_them_for_torchdiffeqs_spellings(spelling, typed):
+    with pytest.raises(TypeError, match=typed):
+        pn.solve(decay, torch.ones(2), T, **spelling)

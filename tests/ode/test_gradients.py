@@ -37,19 +37,19 @@ def test_gradcheck_every_method(name):
     fixed; step sizes are detached by design (as in diffrax), so this is exactly what backprop computes.
     """
     if METHODS[name].adaptive:
-        kwargs = dict(rtol=1e6, atol=1e6, options=dict(first_step=0.1, max_step=0.1))
+        kwargs = dict(controller=pn.IController(rtol=1e6, atol=1e6, first_step=0.1, max_step=0.1))
     else:
-        kwargs = dict(options=dict(step_size=0.1))
+        kwargs = dict(controller=pn.FixedGrid(step_size=0.1))
     assert torch.autograd.gradcheck(lambda *x: _solve(name, *x, **kwargs), tuple(_inputs()), atol=1e-8, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["dopri5", "tsit5", "rk4"])
 def test_gradcheck_adjoint(name):
     """The adjoint solves its own backward ODE, so it matches finite differences up to the solver error."""
-    tight = dict(rtol=1e-11, atol=1e-11) if METHODS[name].adaptive else dict(options=dict(step_size=0.01))
+    tight = pn.IController(rtol=1e-11, atol=1e-11) if METHODS[name].adaptive else pn.FixedGrid(step_size=0.01)
 
     def run(y0, weight, bias):
-        return _solve(name, y0, weight, bias, adjoint=True, adjoint_params=(weight, bias), **tight)
+        return _solve(name, y0, weight, bias, adjoint=pn.Adjoint(params=(weight, bias)), controller=tight)
 
     assert torch.autograd.gradcheck(run, tuple(_inputs()), atol=1e-6, rtol=1e-5)
 
@@ -60,11 +60,11 @@ def test_gradcheck_output_times(name):
     y0, weight, bias = _inputs(requires_grad=False)
     t = T.clone().requires_grad_(True)
     for adjoint in (False, True):
-        kwargs = dict(adjoint=True, adjoint_params=()) if adjoint else {}
+        kwargs = dict(adjoint=pn.Adjoint(params=())) if adjoint else {}
 
         def run(times, kwargs=kwargs):
             return pn.solve(lambda tt, y: _field(tt, y, weight, bias), y0, times, method=name,
-                            rtol=1e-11, atol=1e-11, **kwargs).ys
+                            controller=pn.IController(rtol=1e-11, atol=1e-11), **kwargs).ys
 
         assert torch.autograd.gradcheck(run, (t,), atol=1e-5, rtol=1e-4)
 
@@ -84,8 +84,9 @@ def test_adjoint_matches_direct_backprop(name, seminorm):
     params = [y0, t, *field.parameters()]
 
     def grads(adjoint: bool):
-        options = dict(adjoint=True, adjoint_options={"norm": "seminorm"} if seminorm else None) if adjoint else {}
-        ys = pn.solve(field, y0, t, method=name, rtol=tol, atol=tol, **options).ys
+        gradient_mode = pn.Adjoint(norm="seminorm" if seminorm else "mixed") if adjoint else False
+        ys = pn.solve(field, y0, t, method=name, controller=pn.IController(rtol=tol, atol=tol),
+                      adjoint=gradient_mode).ys
         return torch.autograd.grad(ys.square().sum(), params)
 
     for direct, adjoint in zip(grads(False), grads(True)):
@@ -97,12 +98,11 @@ def test_seminorm_takes_fewer_backward_evaluations():
     y0 = torch.randn(16, 2, generator=GEN)
     t = torch.tensor([0.0, 1.0])
     nfe = {}
-    for norm in (None, "seminorm"):
-        options = {"norm": norm} if norm else None
-        sol = pn.solve(field, y0, t, rtol=1e-5, atol=1e-7, adjoint=True, adjoint_options=options)
+    for norm in ("mixed", "seminorm"):
+        sol = pn.solve(field, y0, t, controller=pn.IController(rtol=1e-5, atol=1e-7), adjoint=pn.Adjoint(norm=norm))
         sol.ys.sum().backward()
         nfe[norm] = sol.stats.nfe_adjoint
-    assert 0 < nfe["seminorm"] < nfe[None]
+    assert 0 < nfe["seminorm"] < nfe["mixed"]
 
 
 def test_time_gradient_matches_exact_formula():
@@ -115,8 +115,8 @@ def test_time_gradient_matches_exact_formula():
     y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
     for adjoint in (False, True):
         t = torch.tensor([0.2, 1.0], dtype=torch.float64, requires_grad=True)
-        kwargs = dict(adjoint=True, adjoint_params=()) if adjoint else {}
-        ys = pn.solve(f, y0, t, rtol=1e-12, atol=1e-12, **kwargs).ys
+        kwargs = dict(adjoint=pn.Adjoint(params=())) if adjoint else {}
+        ys = pn.solve(f, y0, t, controller=pn.IController(rtol=1e-12, atol=1e-12), **kwargs).ys
         (grad_t,) = torch.autograd.grad(ys[-1].sum(), t)
         span = float(t[1].detach() - t[0].detach())
         # y_end = y0 exp(-k (t1 - t0)) => d/dt1 = -k y_end, d/dt0 = +k y_end
@@ -138,8 +138,8 @@ def test_tuple_state_gradients_adjoint_equals_direct():
     t = torch.linspace(0, 2, 4, dtype=torch.float64)
 
     def grads(adjoint: bool):
-        kwargs = dict(adjoint=True, adjoint_params=(weight,)) if adjoint else {}
-        xs, vs = pn.solve(oscillator, (x0, v0), t, rtol=1e-10, atol=1e-10, **kwargs).ys
+        kwargs = dict(adjoint=pn.Adjoint(params=(weight,))) if adjoint else {}
+        xs, vs = pn.solve(oscillator, (x0, v0), t, controller=pn.IController(rtol=1e-10, atol=1e-10), **kwargs).ys
         return torch.autograd.grad((xs**2).sum() + vs.sum(), (x0, v0, weight))
 
     for direct, adjoint in zip(grads(False), grads(True)):
@@ -155,7 +155,8 @@ def test_adjoint_needs_parameters_or_a_module():
 def test_adjoint_statistics_fill_in_on_backward():
     field = MLPField()
     y0 = torch.randn(8, 2, generator=GEN, requires_grad=True)
-    sol = pn.solve(field, y0, torch.tensor([0.0, 0.5, 1.0]), rtol=1e-5, atol=1e-6, adjoint=True)
+    sol = pn.solve(field, y0, torch.tensor([0.0, 0.5, 1.0]), controller=pn.IController(rtol=1e-5, atol=1e-6),
+                   adjoint=True)
     assert sol.stats.nfe > 0 and sol.stats.nfe_adjoint == 0
     sol.ys.sum().backward()
     assert sol.stats.nfe_adjoint == len(sol.stats.t_evaluated_adjoint) > 0

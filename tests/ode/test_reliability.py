@@ -26,19 +26,21 @@ def nan_after(t_bad: float):
 
 def test_nan_from_func_at_min_step_raises_instead_of_retrying_forever():
     with pytest.raises(pn.NonFiniteStateError, match="not finite at t=") as info:
-        pn.solve(nan_after(0.5), torch.ones(2, **F64), T, options={"min_step": 1e-3, "max_num_steps": 10_000})
+        pn.solve(nan_after(0.5), torch.ones(2, **F64), T, controller=pn.IController(min_step=1e-3), max_steps=10_000)
     assert 0.4 < info.value.t <= 0.5
 
 
 @pytest.mark.parametrize(("option", "value"), [("safety", math.nan), ("ifactor", math.inf), ("dfactor", 0.0)])
 def test_controller_constants_are_validated(option, value):
     with pytest.raises(ValueError, match=option):
-        pn.solve(linear_decay, torch.ones(2, **F64), T, options={option: value})
+        pn.IController(**{option: value})
+    with pytest.raises(ValueError, match=option):
+        pn.odeint(linear_decay, torch.ones(2, **F64), T, options={option: value})
 
 
 def test_min_step_above_max_step_is_refused():
     with pytest.raises(ValueError, match="min_step must be <= max_step"):
-        pn.solve(linear_decay, torch.ones(2, **F64), T, options={"min_step": 0.5, "max_step": 0.1})
+        pn.IController(min_step=0.5, max_step=0.1)
 
 
 # --- item 7: float16 state, empty batch ---------------------------------------------------------
@@ -47,7 +49,7 @@ def test_float16_state_starts_and_is_accurate_to_its_precision():
     y0 = torch.full((4,), 2.0, dtype=torch.float16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pn.SolverWarning)  # 1e-3 is near float16's resolution, on purpose
-        sol = pn.solve(linear_decay, y0, T.half(), rtol=1e-3, atol=1e-3)
+        sol = pn.solve(linear_decay, y0, T.half(), controller=pn.IController(rtol=1e-3, atol=1e-3))
     assert sol.ys.dtype == torch.float16
     exact = linear_decay_exact(y0.double(), T)
     assert torch.allclose(sol.ys.double(), exact, rtol=2e-2, atol=2e-2)
@@ -65,7 +67,7 @@ def test_empty_batch_gives_an_empty_solution_without_evaluations(backend, adjoin
         return field(t, y)
 
     y0 = torch.zeros(0, 3, **F64, requires_grad=adjoint)
-    sol = pn.solve(counted, y0, T, backend=backend, adjoint=adjoint, adjoint_params=() if adjoint else None)
+    sol = pn.solve(counted, y0, T, backend=backend, adjoint=pn.Adjoint(params=()) if adjoint else False)
     assert sol.ys.shape == (3, 0, 3) and sol.stats.nfe == 0 and not calls
     if adjoint:
         sol.ys.sum().backward()
@@ -77,21 +79,24 @@ def test_empty_batch_gives_an_empty_solution_without_evaluations(backend, adjoin
 def test_tolerances_below_the_dtype_resolution_warn_once():
     y0 = torch.ones(2)
     with pytest.warns(pn.SolverWarning, match="float32"):
-        pn.solve(linear_decay, y0, T.float(), rtol=3e-7, atol=1e-9)
+        pn.solve(linear_decay, y0, T.float(), controller=pn.IController(rtol=3e-7, atol=1e-9))
     with warnings.catch_warnings():
         warnings.simplefilter("error", pn.SolverWarning)
-        pn.solve(linear_decay, y0, T.float(), rtol=3e-7, atol=1e-9)  # once per dtype and tolerance pair
-        pn.solve(linear_decay, y0.double(), T, rtol=3e-7, atol=1e-9)  # float64 resolves them
-        pn.solve(linear_decay, y0, T.float(), rtol=1e-5, atol=1e-7)  # 10 eps(float32) = 1.2e-6 < rtol
+        # once per dtype and tolerance pair; float64 resolves them; 10 eps(float32) = 1.2e-6 < rtol = 1e-5
+        pn.solve(linear_decay, y0, T.float(), controller=pn.IController(rtol=3e-7, atol=1e-9))
+        pn.solve(linear_decay, y0.double(), T, controller=pn.IController(rtol=3e-7, atol=1e-9))
+        pn.solve(linear_decay, y0, T.float(), controller=pn.IController(rtol=1e-5, atol=1e-7))
 
 
 def test_a_long_solve_warns_once_with_t_and_dt():
     with pytest.warns(pn.SolverWarning, match=r"taken 20 steps and is at t=.* with dt=") as record:
-        pn.solve(linear_decay, torch.ones(2, **F64), T, rtol=1e-10, atol=1e-12, warn_after_steps=20)
+        pn.solve(linear_decay, torch.ones(2, **F64), T, controller=pn.IController(rtol=1e-10, atol=1e-12),
+                 warn_after_steps=20)
     assert len([w for w in record if issubclass(w.category, pn.SolverWarning)]) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error", pn.SolverWarning)
-        pn.solve(linear_decay, torch.ones(2, **F64), T, rtol=1e-10, atol=1e-12, warn_after_steps=None)
+        pn.solve(linear_decay, torch.ones(2, **F64), T, controller=pn.IController(rtol=1e-10, atol=1e-12),
+                 warn_after_steps=None)
 
 
 # --- item 9: validation gaps ---------------------------------------------------------------------
@@ -99,19 +104,22 @@ def test_a_long_solve_warns_once_with_t_and_dt():
 @pytest.mark.parametrize("name", ["rtol", "atol"])
 def test_tolerance_tensor_of_the_wrong_shape_is_named(name):
     with pytest.raises(ValueError, match=rf"{name} has shape \(3,\), which does not broadcast"):
-        pn.solve(linear_decay, torch.ones(4, 2, **F64), T, **{name: torch.full((3,), 1e-6, **F64)})
+        pn.solve(linear_decay, torch.ones(4, 2, **F64), T,
+                 controller=pn.IController(**{name: torch.full((3,), 1e-6, **F64)}))
 
 
 def test_tolerance_tensor_broadcast_to_the_state_is_per_element():
     y0 = torch.ones(4, 2, **F64)
-    per_column = pn.solve(linear_decay, y0, T, rtol=torch.tensor([1e-6, 1e-6], **F64), atol=1e-8)
-    scalar = pn.solve(linear_decay, y0, T, rtol=1e-6, atol=1e-8)
+    per_column = pn.solve(linear_decay, y0, T,
+                          controller=pn.IController(rtol=torch.tensor([1e-6, 1e-6], **F64), atol=1e-8))
+    scalar = pn.solve(linear_decay, y0, T, controller=pn.IController(rtol=1e-6, atol=1e-8))
     assert torch.equal(per_column.ys, scalar.ys)
 
 
 def test_infinite_tensor_tolerance_is_refused():
     with pytest.raises(ValueError, match="atol must be > 0 and finite"):
-        pn.solve(linear_decay, torch.ones(2, **F64), T, atol=torch.tensor([1e-6, math.inf], **F64))
+        pn.solve(linear_decay, torch.ones(2, **F64), T,
+                 controller=pn.IController(atol=torch.tensor([1e-6, math.inf], **F64)))
 
 
 def test_complex_state_is_refused_up_front():
@@ -141,7 +149,8 @@ def test_fixed_grid_nan_raises_with_the_time(method, first_bad):
 def test_scipy_takes_a_bfloat16_state_and_returns_it():
     pytest.importorskip("scipy")
     y0 = torch.ones(3, dtype=torch.bfloat16)
-    sol = pn.solve(linear_decay, y0, T.to(torch.bfloat16), backend="scipy", rtol=1e-3, atol=1e-4)
+    sol = pn.solve(linear_decay, y0, T.to(torch.bfloat16), backend="scipy",
+                   controller=pn.IController(rtol=1e-3, atol=1e-4))
     assert sol.ys.dtype == torch.bfloat16
     assert torch.allclose(sol.ys.double(), linear_decay_exact(y0.double(), T), rtol=1e-2, atol=1e-2)
 
@@ -149,7 +158,7 @@ def test_scipy_takes_a_bfloat16_state_and_returns_it():
 def test_scipy_first_step_beyond_the_span_is_a_clear_error():
     pytest.importorskip("scipy")
     with pytest.raises(ValueError, match="first_step=5 is larger than the integration span"):
-        pn.solve(linear_decay, torch.ones(2, **F64), T, backend="scipy", options={"first_step": 5.0})
+        pn.solve(linear_decay, torch.ones(2, **F64), T, backend="scipy", controller=pn.IController(first_step=5.0))
 
 
 # --- item 10: mixed precision with the adjoint -------------------------------------------------
@@ -172,7 +181,7 @@ def test_adjoint_backward_runs_under_the_forwards_autocast_state():
     grads = {}
     for adjoint in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16):  # as Lightning's bf16-mixed: forward only
-            ys = pn.solve(field, y0, t, method="rk4", options={"step_size": 0.25}, adjoint=adjoint).ys
+            ys = pn.solve(field, y0, t, method="rk4", controller=pn.FixedGrid(step_size=0.25), adjoint=adjoint).ys
         n_forward = len(seen)
         grads[adjoint] = torch.autograd.grad(ys[-1].float().square().sum(), (y0, *field.parameters()))
     assert seen[n_forward:] and all(seen[n_forward:])  # the backward solve's calls saw autocast on

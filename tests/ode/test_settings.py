@@ -97,14 +97,19 @@ def _same(a: pn.Solution, b: pn.Solution) -> None:
     assert a.stats.t_evaluated == b.stats.t_evaluated
 
 
+def _sugar(**arguments) -> pn.SolverSettings:
+    """torchdiffeq's spellings (rtol=, options=, adjoint_*=) as the typed settings solve takes."""
+    return pn.SolverSettings.from_arguments(**arguments)
+
+
 def test_typed_controllers_take_exactly_the_sugars_steps():
     f, y0 = van_der_pol(2.0), torch.tensor([2.0, 0.0], **F64)
     _same(pn.solve(f, y0, T, controller=pn.IController(rtol=1e-6, atol=1e-8, max_step=0.3)),
-          pn.solve(f, y0, T, rtol=1e-6, atol=1e-8, options={"max_step": 0.3}))
+          pn.solve(f, y0, T, **_sugar(rtol=1e-6, atol=1e-8, options={"max_step": 0.3})))
     _same(pn.solve(f, y0, T, controller=pn.PIController(rtol=1e-6, atol=1e-8)),
-          pn.solve(f, y0, T, rtol=1e-6, atol=1e-8, controller="pi"))
+          pn.solve(f, y0, T, **_sugar(rtol=1e-6, atol=1e-8, controller="pi")))
     _same(pn.solve(f, y0, T, method="rk4", controller=pn.FixedGrid(step_size=0.1, interpolation="cubic")),
-          pn.solve(f, y0, T, method="rk4", options={"step_size": 0.1, "interpolation": "cubic"}))
+          pn.solve(f, y0, T, **_sugar(method="rk4", options={"step_size": 0.1, "interpolation": "cubic"})))
 
 
 def test_pi_gains_change_the_steps_and_zero_beta_is_the_i_rule_on_accepted_steps():
@@ -119,7 +124,7 @@ def test_typed_adjoint_matches_the_adjoint_sugar():
     field = MLPField(dtype=torch.float64)
     y0 = torch.randn(4, 2, **F64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     grads, nfes = [], []
-    for kwargs in (dict(adjoint=True, adjoint_options={"norm": "seminorm"}, rtol=1e-6, atol=1e-8),
+    for kwargs in (_sugar(adjoint=True, adjoint_options={"norm": "seminorm"}, rtol=1e-6, atol=1e-8),
                    dict(adjoint=pn.Adjoint(norm="seminorm"), controller=pn.IController(rtol=1e-6, atol=1e-8))):
         sol = pn.solve(field, y0, T, **kwargs)
         grads.append(torch.autograd.grad(sol.ys.square().sum(), (y0, *field.parameters())))
@@ -144,14 +149,15 @@ def test_typed_adjoint_matches_the_adjoint_sugar():
 )
 def test_mixing_typed_parts_with_their_sugar_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pn.solve(lotka_volterra, torch.tensor([1.0, 1.0], **F64), T, **kwargs)
+        pn.SolverSettings.from_arguments(**kwargs)
 
 
 def test_solver_settings_unpack_into_solve_and_validate_once():
     settings = pn.SolverSettings(method="tsit5", controller=pn.IController(rtol=1e-6, atol=1e-8), max_steps=500)
     y0 = torch.tensor([1.0, 1.0], **F64)
     _same(pn.solve(lotka_volterra, y0, T, **settings),
-          pn.solve(lotka_volterra, y0, T, method="tsit5", rtol=1e-6, atol=1e-8, options={"max_num_steps": 500}))
+          pn.solve(lotka_volterra, y0, T,
+                   **_sugar(method="tsit5", rtol=1e-6, atol=1e-8, options={"max_num_steps": 500})))
     assert dict(settings)["max_steps"] == 500
     with pytest.raises(ValueError, match="unknown method 'dopri7'"):
         pn.SolverSettings(method="dopri7")
@@ -180,11 +186,12 @@ def test_own_tableau_benchmarks_against_dopri5_in_three_lines():
     f, y0, t = van_der_pol(1.0), torch.tensor([2.0, 0.0], **F64), torch.linspace(0, 3, 7, **F64)
 
     mine = pn.Method.from_tableau(tableau, order=3, name="my_bs3")
-    results = {m if isinstance(m, str) else m.name: pn.solve(f, y0, t, method=m, rtol=1e-7, atol=1e-9)
+    tolerances = pn.IController(rtol=1e-7, atol=1e-9)
+    results = {m if isinstance(m, str) else m.name: pn.solve(f, y0, t, method=m, controller=tolerances)
                for m in (mine, "dopri5")}
 
     assert tableau == BOSH3 and results["my_bs3"].stats.method == "my_bs3"
-    _same(results["my_bs3"], pn.solve(f, y0, t, method="bosh3", rtol=1e-7, atol=1e-9))
+    _same(results["my_bs3"], pn.solve(f, y0, t, method="bosh3", controller=pn.IController(rtol=1e-7, atol=1e-9)))
     assert results["my_bs3"].stats.nfe > results["dopri5"].stats.nfe  # a 3rd-order pair needs more work
     assert torch.allclose(results["my_bs3"].ys, results["dopri5"].ys, rtol=1e-5, atol=1e-6)
 
@@ -192,8 +199,8 @@ def test_own_tableau_benchmarks_against_dopri5_in_three_lines():
 def test_own_non_fsal_tableau_gets_hermite_dense_output_with_f1():
     mine = pn.Method.from_tableau(ADAPTIVE_HEUN, order=2)
     f, y0 = van_der_pol(1.0), torch.tensor([2.0, 0.0], **F64)
-    _same(pn.solve(f, y0, T, method=mine, rtol=1e-5, atol=1e-7),
-          pn.solve(f, y0, T, method="adaptive_heun", rtol=1e-5, atol=1e-7))
+    _same(pn.solve(f, y0, T, method=mine, controller=pn.IController(rtol=1e-5, atol=1e-7)),
+          pn.solve(f, y0, T, method="adaptive_heun", controller=pn.IController(rtol=1e-5, atol=1e-7)))
     with pytest.raises(ValueError, match="Method object runs on backend 'torch' only"):
         pn.solve(f, y0, T, method=mine, backend="scipy")
 
@@ -203,7 +210,7 @@ def test_own_method_serves_the_adjoint_too():
     y0 = torch.randn(4, 2, **F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     grads = []
     for method in (pn.Method.from_tableau(BOSH3, order=3), "bosh3"):
-        sol = pn.solve(field, y0, T, method=method, rtol=1e-6, atol=1e-8, adjoint=True)
+        sol = pn.solve(field, y0, T, method=method, controller=pn.IController(rtol=1e-6, atol=1e-8), adjoint=True)
         grads.append(torch.autograd.grad(sol.ys.sum(), (y0, *field.parameters())))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
@@ -215,8 +222,11 @@ def test_adjoint_true_reuses_a_typed_forward_controller():
     field = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
     y0, t = torch.randn(4, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
     counts = []
-    for kwargs in ({"controller": pn.IController(rtol=1e-2, atol=1e-2)}, {"rtol": 1e-2, "atol": 1e-2}):
-        sol = pn.solve(lambda s, y: field(y), y0, t, adjoint=True, adjoint_params=tuple(field.parameters()), **kwargs)
+    params = tuple(field.parameters())
+    for settings in (pn.SolverSettings(controller=pn.IController(rtol=1e-2, atol=1e-2),
+                                       adjoint=pn.Adjoint(params=params)),
+                     _sugar(rtol=1e-2, atol=1e-2, adjoint=True, adjoint_params=params)):
+        sol = pn.solve(lambda s, y: field(y), y0, t, **settings)
         sol.ys.square().sum().backward()
         counts.append((sol.stats.nfe, sol.stats.nfe_adjoint))
     assert counts[0] == counts[1]

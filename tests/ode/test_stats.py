@@ -18,10 +18,10 @@ def test_counts_are_consistent(name):
         calls.append(float(t))
         return van_der_pol(1.0)(t, y)
 
-    options = {} if METHODS[name].adaptive else {"step_size": 0.05}
+    tolerances = dict(rtol=1e-6, atol=1e-8)
+    controller = pn.IController(**tolerances) if METHODS[name].adaptive else pn.FixedGrid(step_size=0.05, **tolerances)
     t = torch.tensor([0.0, 0.7, 2.0], dtype=torch.float64)
-    stats = pn.solve(f, torch.tensor([2.0, 0.0], dtype=torch.float64), t, method=name, rtol=1e-6, atol=1e-8,
-                     options=options).stats
+    stats = pn.solve(f, torch.tensor([2.0, 0.0], dtype=torch.float64), t, method=name, controller=controller).stats
     assert stats.method == name and stats.backend == "torch"
     assert stats.nfe == len(calls) == len(stats.t_evaluated)
     assert stats.t_evaluated == pytest.approx(calls)

@@ -23,7 +23,8 @@ def _compare(func, y0, t, rtol, atol, options=None, result_atol=1e-12, times_rel
     theirs = Counted(func)
     with torch.no_grad():
         expected = torchdiffeq.odeint(theirs, y0, t, rtol=rtol, atol=atol, method="dopri5", options=options)
-        sol = pn.solve(func, y0, t, rtol=rtol, atol=atol, method="dopri5", options=options)
+        sol = pn.solve(func, y0, t, **pn.SolverSettings.from_arguments(rtol=rtol, atol=atol, method="dopri5",
+                                                                         options=options))
     assert sol.stats.nfe == len(theirs.times)
     assert sol.stats.t_evaluated == pytest.approx(theirs.times, rel=times_rel, abs=times_rel)
     assert torch.allclose(sol.ys, expected, rtol=result_rtol, atol=result_atol)
@@ -73,7 +74,7 @@ def test_same_nfe_for_a_float32_field_at_round_off_level_tolerance():
     theirs = Counted(field)
     with torch.no_grad():
         expected = torchdiffeq.odeint(theirs, y0, t, rtol=1e-5, atol=1e-7)
-        sol = pn.solve(field, y0, t, rtol=1e-5, atol=1e-7)
+        sol = pn.solve(field, y0, t, controller=pn.IController(rtol=1e-5, atol=1e-7))
     assert sol.stats.nfe == len(theirs.times)
     assert torch.allclose(sol.ys, expected, rtol=1e-4, atol=1e-4)
 
@@ -93,7 +94,7 @@ def test_same_steps_for_tuple_states():
     theirs = Counted(field)
     t = torch.linspace(0, 4, 5, dtype=torch.float64)
     expected = torchdiffeq.odeint(theirs, y0, t, rtol=1e-7, atol=1e-9)
-    sol = pn.solve(field, y0, t, rtol=1e-7, atol=1e-9)
+    sol = pn.solve(field, y0, t, controller=pn.IController(rtol=1e-7, atol=1e-9))
     assert sol.stats.nfe == len(theirs.times)
     for ours, reference in zip(sol.ys, expected):
         assert torch.allclose(ours, reference, atol=1e-12)
@@ -108,7 +109,7 @@ def test_adjoint_backward_matches_torchdiffeq_with_the_default_norm():
     ys = torchdiffeq.odeint_adjoint(counted, y0, t, rtol=1e-6, atol=1e-8)
     n_forward = len(counted.times)
     expected = torch.autograd.grad(ys.square().sum(), (y0, *field.parameters()))
-    sol = pn.solve(field, y0, t, rtol=1e-6, atol=1e-8, adjoint=True)
+    sol = pn.solve(field, y0, t, controller=pn.IController(rtol=1e-6, atol=1e-8), adjoint=True)
     grads = torch.autograd.grad(sol.ys.square().sum(), (y0, *field.parameters()))
     assert sol.stats.nfe == n_forward
     assert sol.stats.nfe_adjoint <= len(counted.times) - n_forward
@@ -130,7 +131,8 @@ def test_a_float64_derivative_keeps_a_float32_state_float32_as_torchdiffeq(metho
     ys = pn.odeint(_float64_field, y0, t, method=method, options=options, rtol=1e-5, atol=1e-7)
     assert ys.dtype == expected.dtype == torch.float32
     torch.testing.assert_close(ys, expected, rtol=1e-5, atol=1e-6)
-    batched = pn.solve(_float64_field, y0.expand(3, 2), t, batched=True, rtol=1e-5, atol=1e-7).ys
+    batched = pn.solve(_float64_field, y0.expand(3, 2), t, batched=True,
+                       controller=pn.IController(rtol=1e-5, atol=1e-7)).ys
     assert batched.dtype == torch.float32
 
 

@@ -65,8 +65,8 @@ FORWARD = ("callback_step", "callback_accept_step", "callback_reject_step")
 def test_adaptive_callbacks_match_the_steps_in_the_callers_time(t_end):
     func = Recorder(FORWARD)
     y0 = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64)
-    sol = pn.solve(func, y0, torch.tensor([0.0, t_end], dtype=F64), rtol=1e-6, atol=1e-8,
-                   options={"first_step": 1.0})  # a first step too large: at least one rejection
+    sol = pn.solve(func, y0, torch.tensor([0.0, t_end], dtype=F64),
+                   controller=pn.IController(rtol=1e-6, atol=1e-8, first_step=1.0))  # too large: a rejection
     steps, accepted, rejected = (func.calls[n] for n in FORWARD)
     assert len(steps) == sol.stats.n_steps and len(accepted) == sol.stats.n_accepted
     assert len(rejected) == sol.stats.n_rejected >= 1
@@ -107,7 +107,7 @@ def test_adjoint_callbacks_run_on_the_backward_solve_with_torchdiffeqs_layout():
     func = Recorder(tuple(n + "_adjoint" for n in FORWARD))
     y0 = torch.tensor([[1.0, 0.0, 0.5]], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
-    sol = pn.solve(func, y0, t, adjoint=True, rtol=1e-6, atol=1e-8)
+    sol = pn.solve(func, y0, t, adjoint=True, controller=pn.IController(rtol=1e-6, atol=1e-8))
     assert not any(func.calls.values())  # nothing during the forward solve
     sol.ys.sum().backward()
     steps, accepted, rejected = (func.calls[n + "_adjoint"] for n in FORWARD)
@@ -204,7 +204,7 @@ def test_jump_t_steps_on_the_discontinuity_and_saves_evaluations(door):
 
 def test_step_t_points_are_stepped_on():
     sol = pn.solve(lambda t, y: -y, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64),
-                   options={"step_t": [0.3, 1.7]}, rtol=1e-3, atol=1e-3)
+                   controller=pn.IController(rtol=1e-3, atol=1e-3, step_t=(0.3, 1.7)))
     ends = torch.tensor(sol.stats.step_sizes, dtype=F64).cumsum(0)
     assert any(abs(float(e) - 0.3) < 1e-12 for e in ends) and any(abs(float(e) - 1.7) < 1e-12 for e in ends)
     with pytest.raises(ValueError, match="for adaptive methods"):
@@ -225,11 +225,11 @@ def test_a_step_t_at_the_end_lands_the_last_step_there_as_torchdiffeq_does(end):
     """Without it dopri5 steps past t[-1] and interpolates (torchdiffeq's stepping); with it no evaluation
     lies beyond t[-1], with torchdiffeq's evaluation times."""
     y0, t = torch.ones(1, dtype=F64), torch.tensor([0.0, end], dtype=F64)
-    plain = pn.solve(lambda t, y: -y, y0, t, rtol=1e-5, atol=1e-5)
+    plain = pn.solve(lambda t, y: -y, y0, t, controller=pn.IController(rtol=1e-5, atol=1e-5))
     assert max(abs(v) for v in plain.stats.t_evaluated) > abs(end)  # what the option prevents
     theirs, ours = _CountedDecay(), _CountedDecay()
     torchdiffeq.odeint(theirs, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": torch.tensor([end], dtype=F64)})
-    sol = pn.solve(ours, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": [end]})
+    sol = pn.solve(ours, y0, t, controller=pn.IController(rtol=1e-5, atol=1e-5, step_t=(end,)))
     assert max(abs(v) for v in ours.times) <= abs(end)
     assert ours.times == pytest.approx(theirs.times, rel=1e-12, abs=1e-12)
     assert float(sol.ys[-1]) == pytest.approx(math.exp(-end), rel=1e-3)
@@ -241,7 +241,7 @@ def test_the_initial_step_probe_stays_short_of_the_first_stop():
     y0, t = torch.ones(1, dtype=F64), torch.tensor([0.0, 1e-3], dtype=F64)
     theirs, ours = _CountedDecay(), _CountedDecay()
     torchdiffeq.odeint(theirs, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": t[1:]})
-    sol = pn.solve(ours, y0, t, rtol=1e-5, atol=1e-5, options={"step_t": [1e-3]})
+    sol = pn.solve(ours, y0, t, controller=pn.IController(rtol=1e-5, atol=1e-5, step_t=(1e-3,)))
     assert max(theirs.times) == pytest.approx(1e-2)
     assert max(ours.times) <= 1e-3
     assert float(sol.ys[-1]) == pytest.approx(math.exp(-1e-3), rel=1e-9)
@@ -256,8 +256,8 @@ def test_a_jump_t_bounds_the_initial_step_probe():
         times.append(float(t))
         return jumping(t, y)
 
-    pn.solve(field, torch.ones(1, dtype=F64), torch.tensor([0.499, 1.0], dtype=F64), rtol=1e-6, atol=1e-6,
-             options={"jump_t": [0.5]})
+    pn.solve(field, torch.ones(1, dtype=F64), torch.tensor([0.499, 1.0], dtype=F64),
+             controller=pn.IController(rtol=1e-6, atol=1e-6, jump_t=(0.5,)))
     assert times[1] <= 0.5  # the probe: the second evaluation, after f(t0)
 
 

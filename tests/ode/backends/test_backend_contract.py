@@ -53,7 +53,7 @@ Y0 = torch.tensor([[1.0, 0.0, -0.5], [0.2, 0.7, 0.1]], dtype=torch.float64)
 
 def solve(backend, func, y0, t, stiff=False, **kwargs):
     method = METHODS[backend][1 if stiff else 0]
-    kwargs = {"rtol": 1e-8, "atol": 1e-10, **kwargs}
+    kwargs = {"controller": pn.IController(rtol=1e-8, atol=1e-10), **kwargs}
     return pn.solve(func, y0, t, method=method, backend=backend, **kwargs)
 
 
@@ -97,8 +97,8 @@ def test_stats_are_populated(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tighter_tolerance_costs_more_and_is_more_accurate(backend):
     func, t = Linear(), torch.tensor([0.0, 3.0], dtype=torch.float64)
-    loose = solve(backend, func, Y0, t, rtol=1e-4, atol=1e-6)
-    tight = solve(backend, func, Y0, t, rtol=1e-9, atol=1e-11)
+    loose = solve(backend, func, Y0, t, controller=pn.IController(rtol=1e-4, atol=1e-6))
+    tight = solve(backend, func, Y0, t, controller=pn.IController(rtol=1e-9, atol=1e-11))
     exact = func.exact(Y0, t)
     assert tight.stats.nfe > loose.stats.nfe
     assert (tight.ys - exact).abs().max() < (loose.ys - exact).abs().max()
@@ -108,7 +108,7 @@ def test_tighter_tolerance_costs_more_and_is_more_accurate(backend):
 def test_max_num_steps_keeps_the_partial_solution(backend):
     func, t = Linear(), torch.linspace(0, 20, 21, dtype=torch.float64)
     with pytest.raises(MaxStepsReachedError) as info:
-        solve(backend, func, Y0, t, options={"max_num_steps": 10})
+        solve(backend, func, Y0, t, max_steps=10)
     err = info.value
     assert 1 <= len(err.t) < len(t) and torch.equal(err.t, t[: len(err.t)])
     torch.testing.assert_close(err.ys, func.exact(Y0, err.t), atol=1e-6, rtol=0)
@@ -119,7 +119,8 @@ def test_blow_up_is_reported_near_the_singularity(backend):
     # dy/dt = y^2, y(0) = 1: y = 1 / (1 - t) leaves every float before t = 1.
     t = torch.tensor([0.0, 2.0], dtype=torch.float64)
     with pytest.raises((StepSizeUnderflowError, NonFiniteStateError)) as info:
-        solve(backend, lambda t, y: y**2, torch.ones(1, dtype=torch.float64), t, rtol=1e-6, atol=1e-8)
+        solve(backend, lambda t, y: y**2, torch.ones(1, dtype=torch.float64), t,
+              controller=pn.IController(rtol=1e-6, atol=1e-8))
     assert 0.99 < info.value.t < 1.01  # the numerical solution blows up within rtol of t = 1
 
 
@@ -144,13 +145,12 @@ def test_adjoint_gradients_match_direct_backprop(backend, stiff, seminorm):
     y0 = Y0.clone().requires_grad_(True)
     t = torch.tensor([0.0, 0.7, 1.5], dtype=torch.float64)
     weights = torch.linspace(-1, 1, 18, dtype=torch.float64).reshape(3, 2, 3)
-    adjoint_options = {"norm": "seminorm"} if seminorm else None
-    sol = solve(backend, func, y0, t, stiff=stiff, adjoint=True, adjoint_options=adjoint_options)
+    sol = solve(backend, func, y0, t, stiff=stiff, adjoint=pn.Adjoint(norm="seminorm" if seminorm else "mixed"))
     (sol.ys * weights).sum().backward()
     # Reference: backprop through the torch backend's dopri5 at a tight tolerance.
     reference = Linear()
     y0_ref = Y0.clone().requires_grad_(True)
-    ys_ref = pn.solve(reference, y0_ref, t, method="dopri5", rtol=1e-10, atol=1e-12).ys
+    ys_ref = pn.solve(reference, y0_ref, t, method="dopri5", controller=pn.IController(rtol=1e-10, atol=1e-12)).ys
     (ys_ref * weights).sum().backward()
     torch.testing.assert_close(y0.grad, y0_ref.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(func.A.grad, reference.A.grad, atol=1e-5, rtol=1e-5)
@@ -172,8 +172,9 @@ def test_stiff_van_der_pol_with_the_implicit_method(backend):
         return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
 
     y0, t = torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
-    reference = pn.solve(vdp, y0, t, method="radau", backend="scipy", rtol=1e-11, atol=1e-12).ys
-    sol = solve(backend, vdp, y0, t, stiff=True, rtol=1e-6, atol=1e-8)
+    reference = pn.solve(vdp, y0, t, method="radau", backend="scipy",
+                         controller=pn.IController(rtol=1e-11, atol=1e-12)).ys
+    sol = solve(backend, vdp, y0, t, stiff=True, controller=pn.IController(rtol=1e-6, atol=1e-8))
     torch.testing.assert_close(sol.ys[-1], reference[-1], atol=1e-4, rtol=1e-4)
     assert sol.stats.nfe < 2000
 

@@ -52,7 +52,7 @@ def test_an_ordinarydiffeq_algorithm_object_runs_with_pynodeta_glue():
     alg = julia_main().seval("import OrdinaryDiffEqRosenbrock, ADTypes; "
                              "OrdinaryDiffEqRosenbrock.Rodas4(autodiff = ADTypes.AutoFiniteDiff())")
     sol = pn.solve(linear, Y0, T, method="alg", backend="julia", backend_options={"alg": alg},
-                   rtol=1e-8, atol=1e-10)
+                   controller=pn.IController(rtol=1e-8, atol=1e-10))
     torch.testing.assert_close(sol.ys, exact(Y0, T), rtol=1e-5, atol=1e-6)
     assert sol.stats.nfe > 0 and sol.stats.n_accepted == len(sol.stats.step_sizes)
 
@@ -61,8 +61,8 @@ def test_an_ordinarydiffeq_algorithm_object_runs_with_pynodeta_glue():
 def test_torch_jacobians_give_the_same_solution_with_fewer_evaluations(method):
     y0, t = torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
     runs = {
-        jacobian: pn.solve(van_der_pol, y0, t, method=method, backend="julia", rtol=1e-7, atol=1e-9,
-                           backend_options={"jacobian": jacobian})
+        jacobian: pn.solve(van_der_pol, y0, t, method=method, backend="julia",
+                           controller=pn.IController(rtol=1e-7, atol=1e-9), backend_options={"jacobian": jacobian})
         for jacobian in ("autograd", "finite-difference")
     }
     torch.testing.assert_close(runs["autograd"].ys, runs["finite-difference"].ys, rtol=1e-4, atol=1e-5)
@@ -90,7 +90,7 @@ def test_the_start_up_helper_returns_the_loaded_package():
 def test_a_diffeqpy_algorithm_runs_in_the_shared_julia_environment():
     ode = pytest.importorskip("diffeqpy.ode")
     sol = pn.solve(linear, Y0, T, method="alg", backend="julia", backend_options={"alg": ode.Vern9()},
-                   rtol=1e-10, atol=1e-12)
+                   controller=pn.IController(rtol=1e-10, atol=1e-12))
     torch.testing.assert_close(sol.ys, exact(Y0, T), rtol=1e-8, atol=1e-9)
 
 
@@ -101,7 +101,7 @@ def test_the_gpu_path_keeps_the_state_on_the_device_and_matches_the_exact_soluti
     before = y0.clone()
     matrix = A.to("cuda", dtype)
     sol = pn.solve(lambda t, y: y @ matrix.T, y0, T.to("cuda", dtype), method="tsit5", backend="julia",
-                   backend_options={"gpu": True}, rtol=1e-6, atol=1e-8)
+                   backend_options={"gpu": True}, controller=pn.IController(rtol=1e-6, atol=1e-8))
     assert sol.ys.device == y0.device and sol.ys.dtype == dtype
     torch.testing.assert_close(sol.ys.cpu().double(), exact(Y0, T), rtol=1e-4, atol=1e-5)
     assert torch.equal(y0, before)  # Julia integrated its own copy
