@@ -20,6 +20,7 @@ from .._cli import ArgumentParser, UsageError
 from .audit import DEFAULT_TIMES
 from .loading import input_batch, load_model_and_input
 from .ode_blocks import audit_ode_blocks, find_ode_functions
+from .time_ranges import diffusion_times
 
 __all__ = ["main", "build_parser"]
 
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a module (and its submodules) besides pynodeta whose LightningModule / "
                              "LightningDataModule classes the checkpoint may name; repeatable")
     parser.add_argument("--times", type=float, nargs="+", default=None,
-                        help="times to compare (default: 5 points over each ODE block's span, "
+                        help="times to compare (default: 5 points over each ODE block's span; for a diffusion "
+                             "network over the times it is used with: DDPM timesteps 0 … T-1, EDM's "
+                             "c_noise = ln(sigma)/4 over its sigma range, else the network's time_range; "
                              f"else {' '.join(f'{t:g}' for t in DEFAULT_TIMES)})")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples in the audited batch (default 16, or all of the example batch if it "
@@ -91,11 +94,14 @@ def main(argv: list[str]) -> int:
         # A LightningModule holds its network in .model: run that; module paths start at the root.
         network = model.model if isinstance(getattr(model, "model", None), nn.Module) else model
         module, run = args.module, lambda: network(batch)
+        times = args.times
         if is_time_aware(network) and not find_ode_functions(model):
-            # a diffusion network is itself the time-aware function: forward(t, x) at one time
+            # a diffusion network is itself the time-aware function: forward(t, x) at one time,
+            # audited over the times it is trained and sampled at
             module = module or ("model" if network is not model else "")
             run = lambda: network(torch.zeros(()), batch)  # noqa: E731
-        reports = audit_ode_blocks(model, batch, args.times, module=module, run=run,
+            times = times if times is not None else diffusion_times(model, network)
+        reports = audit_ode_blocks(model, batch, times, module=module, run=run,
                                    mode="train" if args.train_mode else "eval",
                                    threshold=args.threshold, seed=args.seed)
     except UsageError as error:

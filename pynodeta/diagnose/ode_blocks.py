@@ -87,7 +87,10 @@ def _resolve(model: nn.Module, path: str) -> tuple[str, nn.Module, nn.Module]:
 
 
 def _span_times(block: nn.Module, points: int = 5) -> list[float]:
+    """5 points over the block's ``t_span``, else over a network's declared ``time_range``, else [0, 1]."""
     span = getattr(block, "t_span", None)
+    if span is None or len(span) != 2:
+        span = getattr(block, "time_range", None)
     if span is None or len(span) != 2:
         return list(DEFAULT_TIMES)
     return torch.linspace(float(span[0]), float(span[1]), points, dtype=torch.float64).tolist()
@@ -96,7 +99,7 @@ def _span_times(block: nn.Module, points: int = 5) -> list[float]:
 def audit_ode_blocks(
     model: nn.Module,
     batch: Any,
-    times: Sequence[float] | None = None,   # default: 5 points over each block's t_span, else [0, 1]
+    times: Sequence[float] | None = None,   # default: 5 points over each block's t_span (or time_range), else [0, 1]
     *,
     module: str | None = None,               # audit this submodule (an ODE block or a forward(t, x))
     run: Callable[[], Any] | None = None,    # how to run the model forward (default: model(batch))

@@ -12,7 +12,7 @@ from torch import nn
 from pynodeta.nn.mp import MPConv, MPFourier
 
 from .._random import randn
-from .preconditioning import EDMPrecond, edm_loss_weight
+from .preconditioning import EDMPrecond, call_network, edm_loss_weight, sigma_per_sample
 
 __all__ = ["EDM2_ADAM_BETAS", "EDM2Precond", "edm2_learning_rate", "edm2_loss"]
 
@@ -24,13 +24,16 @@ class EDM2Precond(EDMPrecond):
     """D(x, σ) = c_skip x + c_out F(c_noise, c_in x, class_labels), EDM's coefficients (``EDMPrecond``),
     plus the uncertainty u(σ) = linear(MPFourier(c_noise)) of the loss (paper Eq. 21).
 
-    ``unet``: ``unet(c_noise, x_in, class_labels)``, e.g. ``EDM2UNet``. As a denoiser, ``self(x, sigma)``
-    with x (batch, ...), sigma (batch,) or a scalar, returns x̂0 (and u (batch,) with return_logvar).
+    ``unet``: ``unet(c_noise, x_in, class_labels=...)``, e.g. ``EDM2UNet``; called without
+    ``class_labels`` when none are given, so an unconditional ``forward(t, x)`` works too. As a
+    denoiser, ``self(x, sigma, class_labels=None)`` with x (batch, ...), sigma a scalar, (batch,) or
+    (batch, 1, ..., 1), class_labels (batch, num_classes) one-hot rows (all-zero: unconditional),
+    returns x̂0 (and u (batch,) with return_logvar).
     """
 
     def __init__(
         self,
-        unet: nn.Module,              # F: forward(c_noise, x, class_labels=None)
+        unet: nn.Module,              # F: forward(c_noise, x[, class_labels=None])
         sigma_data: float = 0.5,      # the data's standard deviation
         logvar_channels: int = 128,   # Fourier features of the uncertainty head
     ):
@@ -44,12 +47,10 @@ class EDM2Precond(EDMPrecond):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 return_logvar: bool = False):
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        if (sigma <= 0).any():
-            raise ValueError(f"sigma must be > 0 (c_noise = ln σ/4), got minimum {float(sigma.min())}")
+        sigma = sigma_per_sample(sigma, x)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         shape = (-1, *([1] * (x.ndim - 1)))
-        out = self.net(c_noise, c_in.reshape(shape) * x, class_labels)
+        out = call_network(self.net, c_noise, c_in.reshape(shape) * x, class_labels)
         denoised = c_skip.reshape(shape) * x + c_out.reshape(shape) * out
         if return_logvar:
             return denoised, self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1)
@@ -71,7 +72,8 @@ def edm2_loss(precond: EDM2Precond, x0: torch.Tensor, class_labels: torch.Tensor
     sigma = log_sigma.exp()
     noise = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     shape = (-1, *([1] * (x0.ndim - 1)))
-    denoised, logvar = precond(x0 + sigma.reshape(shape) * noise, sigma, class_labels, return_logvar=True)
+    denoised, logvar = precond(x0 + sigma.reshape(shape) * noise, sigma, class_labels=class_labels,
+                               return_logvar=True)
     weight = edm_loss_weight(sigma, precond.sigma_data) / logvar.exp()
     squared_error = (denoised - x0).pow(2).reshape(batch, -1).mean(dim=1)
     return weight * squared_error + logvar

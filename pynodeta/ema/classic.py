@@ -27,15 +27,17 @@ def _float_parameters(source: nn.Module | Iterable[torch.Tensor]) -> list[torch.
 class EMA:
     """θ_ema ← d θ_ema + (1 − d) θ after each step (floating-point parameters only; buffers are not averaged).
 
-    With ``warmup=True`` the decay of update n is min(decay, (1 + n)/(10 + n)) as in diffusers'
-    default, so the early average is not dominated by the random initialisation.
+    With ``warmup=True`` the decay of update n (n = 1, 2, ...) is that of diffusers' ``EMAModel`` with
+    its defaults (``use_ema_warmup=False``, ``update_after_step=0``): with s = n − 1, 0 for s = 0 (the
+    first update copies the weights) and min(decay, (1 + s)/(10 + s)) after, so the early average is
+    not dominated by the random initialisation. ``warmup=False``: ``decay`` from the first update on.
     """
 
     def __init__(
         self,
         module: nn.Module,      # the network whose parameters are averaged (copied now)
         decay: float = 0.9999,  # d in (0, 1): the per-step retention of the average
-        warmup: bool = True,    # diffusers' (1 + n)/(10 + n) cap on the decay of update n
+        warmup: bool = True,    # diffusers' warm-up: decay 0, then (1 + s)/(10 + s) caps it (see above)
     ):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}; e.g. 0.999 averages over ~1000 steps")
@@ -48,9 +50,13 @@ class EMA:
         self._average_copy: nn.Module | None = None
 
     def current_decay(self) -> float:
-        """The decay the next ``step`` uses."""
-        n = self.num_updates + 1
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        """The decay the next ``step`` uses (diffusers' ``EMAModel.get_decay`` when ``warmup``)."""
+        if not self.warmup:
+            return self.decay
+        # diffusers counts optimization_step += 1 before get_decay, whose step = optimization_step - 1:
+        # the next update's s is the number of updates done so far.
+        s = self.num_updates
+        return 0.0 if s <= 0 else min(self.decay, (1 + s) / (10 + s))
 
     @torch.no_grad()
     def step(self, module: nn.Module | Iterable[torch.Tensor]) -> None:

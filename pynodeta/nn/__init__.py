@@ -31,6 +31,7 @@ from .norms import (
 from .stat_updates import backward_solve, no_stat_updates
 from .tabn import TABatchNorm, TABatchNorm1d, TABatchNorm2d, grid_weights, tabn_regularizer
 from .time import TimeSequential, call_with_time, is_time_aware, time_as_tensor
+from .time_cancellation import TimeCancellationWarning
 
 __all__ = [
     "TimeSequential",
@@ -64,4 +65,5 @@ __all__ = [
     "TimeIdentity",
     "no_stat_updates",
     "backward_solve",
+    "TimeCancellationWarning",
 ]

@@ -33,7 +33,8 @@ def sinusoidal_timestep_embedding(
     emb = [sin(scale·t·f), cos(scale·t·f)] (cos first if flip_sin_to_cos), zero-padded to odd dim.
     DDPM original: shift 1, no flip; ADM style: shift 0, flip.
 
-    t: (batch,) -> (batch, dim).
+    t: (batch,) of any real dtype -> (batch, dim). Integer timesteps (DDPM's) are promoted to float32
+    first, as diffusers does: the frequencies must never be cast to an integer type.
     """
     if t.dim() != 1:
         raise ValueError(f"t must be a 1-D (batch,) tensor, got shape {tuple(t.shape)}")
@@ -43,6 +44,8 @@ def sinusoidal_timestep_embedding(
     if half - downscale_freq_shift <= 0:
         raise ValueError(
             f"dim // 2 must exceed downscale_freq_shift, got dim={dim}, shift={downscale_freq_shift}")
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
     freqs = torch.exp(exponent / (half - downscale_freq_shift)).to(t.dtype)
     angles = scale * t[:, None] * freqs[None, :]

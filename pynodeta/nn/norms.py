@@ -115,13 +115,17 @@ def group_count(num_channels: int, groups: int | str) -> int:
     ``groups="auto"``: Score-SDE's G = min(C // 4, 32) where it divides C (every width that is a
     multiple of 4 up to 128, and of 32 above); otherwise the largest divisor of C not above it
     (1 for C < 4), so that backbones whose layers narrow to the image's 1 or 3 channels stay valid.
+    ``groups="channels"``: G = C, instance normalisation with a per-channel affine, which removes any
+    per-channel time offset (seed 001's vanishing timestep embedding); for reproducing that effect.
     An int is the group count itself and must divide C: an explicit choice is never changed.
     """
+    if groups == "channels":
+        return num_channels
     if groups == "auto":
         bound = max(1, min(num_channels // 4, 32))
         return max(g for g in range(1, bound + 1) if num_channels % g == 0)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int or 'auto', got {groups!r}")
+        raise ValueError(f"groups must be a positive int, 'auto' or 'channels', got {groups!r}")
     if num_channels % groups:
         raise ValueError(
             f"groups={groups} does not divide a layer's num_channels={num_channels}; pass a divisor of "

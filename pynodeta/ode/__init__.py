@@ -5,7 +5,7 @@ The front door (``solve``, ``odeint``, the typed settings, ``Solution``, ``Solve
 """
 
 from .adjoint import backward_solve, is_adjoint_backward
-from .backends import Backend, SolverConfig, available_backends, get_backend
+from .backends import Backend, SolverConfig, available_backends, get_backend, unavailable_backends
 from .batched import BatchedSolveStats
 from .dense import DenseSolution, odeint_dense
 from .errors import (
@@ -47,6 +47,7 @@ __all__ = [
     "Backend",
     "SolverConfig",
     "available_backends",
+    "unavailable_backends",
     "get_backend",
     "ODESolveError",
     "StepSizeUnderflowError",

@@ -1,6 +1,7 @@
 """``pynodeta diagnose``: exit status 1 when time vanishes, 0 when it survives, 2 on bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -195,3 +196,27 @@ def test_a_diffusion_network_is_audited_as_the_time_aware_function(capsys):
     assert len(reports) == 1 and reports[0]["subject"] == "model"
     entries = [f["kind"] for f in reports[0]["findings"] if f["role"] == "time entry"]
     assert "PositionalTimestepEmbedding" in entries
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("digits_ddpm", [0.0, 249.75, 499.5, 749.25, 999.0]),  # DDPM timesteps 0 … T − 1, T = 1000
+    # EDM: c_noise = ln(σ)/4 at log-spaced σ over [0.002, 80]
+    ("digits_edm", [math.log(0.002) / 4 + i / 4 * (math.log(80.0) - math.log(0.002)) / 4 for i in range(5)]),
+])
+def test_a_diffusion_network_is_audited_over_the_times_it_is_used_with(capsys, config, expected):
+    assert main(["--config", config, "--batch-size", "2", "--json"]) in (0, 1)
+    (report,) = json.loads(capsys.readouterr().out)["reports"]
+    assert report["times"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_a_bare_network_is_audited_over_its_declared_time_range():
+    from pynodeta.diagnose.time_ranges import diffusion_times
+    from pynodeta.models import DDPMUNet
+    from pynodeta.models.diffusion import EDM2UNet
+
+    unet = DDPMUNet(image_size=8, channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
+                    time_scale=250.0)
+    assert diffusion_times(unet, unet) == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0])
+    edm2 = EDM2UNet(8, 1, model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=())
+    assert diffusion_times(edm2, edm2, points=2) == pytest.approx([math.log(0.002) / 4, math.log(80.0) / 4])
+    assert diffusion_times(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)) is None

@@ -34,6 +34,35 @@ def test_denoiser_matches_edm_coefficients():
         precond(x, torch.tensor([0.1, 0.0, 1.0]))
 
 
+class _TwoArguments(torch.nn.Module):
+    """An unconditional F(c_noise, x): it must never be handed a third argument."""
+
+    def forward(self, c_noise, x):
+        return torch.zeros_like(x)
+
+
+def test_class_labels_and_nvlabs_sigma_column_reach_the_network():
+    unet = EDM2UNet(8, 1, label_dim=3, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=())
+    with torch.no_grad():
+        unet.out_gain.fill_(1.0)
+        for name, p in unet.named_parameters():
+            if name.endswith("emb_gain"):
+                p.fill_(1.0)
+    precond = EDM2Precond(unet, logvar_channels=16).eval()
+    x, sigma = torch.randn(3, 1, 8, 8), torch.tensor([0.3, 0.3, 0.3])
+    labels = torch.eye(3)
+    by_vector = precond(x, sigma, class_labels=labels)
+    torch.testing.assert_close(precond(x, sigma.reshape(3, 1, 1, 1), class_labels=labels), by_vector)
+    torch.testing.assert_close(precond(x, 0.3, class_labels=labels), by_vector)
+    assert not torch.allclose(by_vector, precond(x, sigma))  # labels change D; None is all-zero labels
+    torch.testing.assert_close(precond(x, sigma), precond(x, sigma, class_labels=torch.zeros(3, 3)))
+    loss = edm2_loss(precond, x, class_labels=labels, generator=torch.Generator().manual_seed(0))
+    assert loss.shape == (3,)
+    plain = EDM2Precond(_TwoArguments(), logvar_channels=16)
+    torch.testing.assert_close(plain(x, sigma), 0.25 / (0.09 + 0.25) * x)
+    assert edm2_loss(plain, x).shape == (3,)
+
+
 def test_edm2_unet_at_init_returns_c_skip_x():
     torch.manual_seed(0)
     unet = EDM2UNet(8, 1, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=())

@@ -65,3 +65,63 @@ def test_bad_input_is_refused():
         EDMPrecond(_Recorder())(torch.zeros(2, 3), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="p_std"):
         edm_loss(lambda x, s: x, torch.zeros(2, 3), p_std=0.0)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (4,), (4, 1, 1, 1)])
+def test_sigma_as_a_scalar_a_vector_or_nvlabs_column(shape):
+    # NVlabs' EDMLoss passes σ of shape (batch, 1, 1, 1); samplers pass (batch,) or a scalar
+    recorder = _Recorder()
+    precond = EDMPrecond(recorder)
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    sigma = torch.full(shape, 2.0, dtype=torch.float64)
+    out = precond(x, sigma)
+    torch.testing.assert_close(recorder.c_noise, torch.full((4,), torch.tensor(2.0).log().item() / 4,
+                                                            dtype=torch.float64))
+    torch.testing.assert_close(out, 0.25 / (4.0 + 0.25) * x)  # F = 0: D = c_skip·x
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 3), (2, 2), (4, 1, 1, 1, 1), (1, 1)])
+def test_other_sigma_shapes_are_refused_with_the_accepted_ones(shape):
+    with pytest.raises(ValueError, match=r"sigma must be a scalar, \(4,\) or \(4, 1, \.\.\., 1\)"):
+        EDMPrecond(_Recorder())(torch.zeros(4, 3, 2, 2), torch.ones(shape))
+
+
+class _Conditional(nn.Module):
+    def forward(self, c_noise, x_in, class_labels=None):
+        self.class_labels = class_labels
+        return torch.zeros_like(x_in)
+
+
+def test_class_labels_reach_the_network_only_when_given():
+    net = _Conditional()
+    labels = torch.eye(3)
+    EDMPrecond(net)(torch.zeros(3, 2), 1.0, class_labels=labels)
+    assert net.class_labels is labels
+    # an unconditional network with forward(t, x) keeps working without labels
+    EDMPrecond(_Recorder())(torch.zeros(3, 2), 1.0)
+    seen = {}
+
+    def denoiser(x, sigma, **extra):
+        seen.update(extra)
+        return x
+
+    edm_loss(denoiser, torch.zeros(3, 2), class_labels=labels)
+    assert seen["class_labels"] is labels
+    seen.clear()
+    edm_loss(denoiser, torch.zeros(3, 2))
+    assert seen == {}
+
+
+def test_a_network_laid_out_for_ddpm_timesteps_is_refused_with_the_fix():
+    from pynodeta.models import DDPMUNet
+
+    options = dict(image_size=8, channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
+                   norm_groups=1)
+    # c_noise = ln(σ)/4 spans 2.65 over σ ∈ [0.002, 80]; DDPMUNet's sinusoid is laid out for [0, 1000)
+    with pytest.raises(ValueError, match=r"time range \[0, 1000\).*0\.00265 times.*time_scale=250"):
+        EDMPrecond(DDPMUNet(**options))
+    net = DDPMUNet(**options, time_scale=250.0)
+    assert net.time_range == (0.0, 4.0)
+    EDMPrecond(net)(torch.randn(2, 1, 8, 8), torch.tensor([0.01, 10.0]))
+    with pytest.raises(ValueError, match="wrap around"):
+        EDMPrecond(DDPMUNet(**options, time_scale=1e5))

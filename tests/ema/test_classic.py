@@ -20,8 +20,36 @@ def test_recursion_without_warmup():
     assert ema.shadow_params[0].item() == pytest.approx(expected)
 
 
-def test_warmup_caps_the_decay():
-    ema = EMA(nn.Linear(1, 1), decay=0.999)
+def _diffusers_decay(optimization_step: int, decay: float, update_after_step: int = 0) -> float:
+    """diffusers' EMAModel.get_decay with use_ema_warmup=False and min_decay=0, written out."""
+    step = max(0, optimization_step - update_after_step - 1)
+    if step <= 0:
+        return 0.0
+    return min((1 + step) / (10 + step), decay)
+
+
+def test_warmup_decay_sequence_matches_diffusers_ema_model():
+    module = nn.Linear(1, 1, bias=False).double()
+    ema = EMA(module, decay=0.9)  # the cap (1 + s)/(10 + s) reaches 0.9 at s = 80
+    expected_average = module.weight.item()
+    for update in range(1, 101):
+        # diffusers' step(): optimization_step += 1, then get_decay(optimization_step)
+        decay = _diffusers_decay(update, 0.9)
+        assert ema.current_decay() == pytest.approx(decay, abs=1e-15), update
+        module.weight.data.fill_(float(update))
+        ema.step(module)
+        expected_average = decay * expected_average + (1 - decay) * update
+        assert ema.shadow_params[0].item() == pytest.approx(expected_average, rel=1e-12)
+    assert ema.current_decay() == 0.9
+
+
+def test_first_warmup_update_copies_the_weights():
+    module = nn.Linear(2, 2)
+    ema = EMA(module, decay=0.999)
+    with torch.no_grad():
+        module.weight.add_(3.0)
+    ema.step(module)
+    assert torch.equal(ema.shadow_params[0], module.weight)
     assert ema.current_decay() == pytest.approx(2 / 11)
 
 

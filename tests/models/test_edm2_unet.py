@@ -60,10 +60,29 @@ def test_integer_and_one_hot_labels_agree_and_bad_shapes_are_refused():
     assert not torch.allclose(by_index, net(0.0, x, torch.tensor([1, 1, 1])))
     with pytest.raises(ValueError, match="class_labels must be"):
         net(0.0, x, torch.zeros(3, 4))
-    with pytest.raises(ValueError, match=r"x must be \(batch, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"x must be \(batch, 3, 16, 16\)"):
         net(0.0, torch.zeros(3, 1, 16, 16))
     with pytest.raises(ValueError, match="divisible"):
         EDM2UNet(12, 3, model_channels=16, channel_mult=(1, 2, 2, 2))
+
+
+@pytest.mark.parametrize("size", [7, 15, 32])
+def test_inputs_of_another_size_are_refused(size):
+    # 7x7 or 15x15 used to crash inside torch.cat, 32x32 to run with every level shifted
+    net = _tiny()
+    message = rf"x must be \(batch, 3, 16, 16\).*img_resolution=16.*got \(2, 3, {size}, {size}\)"
+    with pytest.raises(ValueError, match=message):
+        net(0.0, torch.zeros(2, 3, size, size))
+
+
+def test_attention_resolutions_must_be_among_the_networks_resolutions():
+    with pytest.raises(ValueError, match=r"attn_resolutions \[3\] are not among .* \[16, 8, 4\]"):
+        EDM2UNet(16, 3, model_channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(8, 3))
+    net = EDM2UNet(16, 3, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(4,),
+                   channels_per_head=16)
+    with_attention = sorted(name for name, block in net.named_modules()
+                            if isinstance(block, EDM2Block) and block.attn_qkv is not None)
+    assert with_attention == ["dec.4x4_block0", "dec.4x4_block1", "dec.4x4_in0", "enc.4x4_block0"]
 
 
 def test_eval_mode_never_modifies_weights_and_training_normalises_them():

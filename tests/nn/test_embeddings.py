@@ -32,6 +32,34 @@ def test_sinusoidal_embedding_matches_the_diffusers_formula():
     assert emb[1, 1].item() == pytest.approx(math.sin(2.0 * 1e-2))
 
 
+def _diffusers_get_timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1.0,
+                                      scale=1.0, max_period=10000):
+    """diffusers.models.embeddings.get_timestep_embedding, written out."""
+    half_dim = embedding_dim // 2
+    exponent = -math.log(max_period) * torch.arange(start=0, end=half_dim, dtype=torch.float32)
+    exponent = exponent / (half_dim - downscale_freq_shift)
+    emb = torch.exp(exponent)
+    emb = timesteps[:, None].float() * emb[None, :]
+    emb = scale * emb
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half_dim:], emb[:, :half_dim]], dim=-1)
+    if embedding_dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1, 0, 0))
+    return emb
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32])
+@pytest.mark.parametrize("options", [dict(), dict(flip_sin_to_cos=True, downscale_freq_shift=0.0)])
+def test_sinusoidal_embedding_of_integer_timesteps_matches_diffusers(dtype, options):
+    # integer DDPM timesteps: the frequencies (all < 1 but the first) must not be cast to int
+    t = torch.tensor([0, 1, 17, 250, 999]).to(dtype)
+    expected = _diffusers_get_timestep_embedding(t, 33, **options)
+    emb = sinusoidal_timestep_embedding(t, 33, **options)
+    assert emb.dtype == torch.float32
+    torch.testing.assert_close(emb, expected, rtol=0, atol=1e-5)
+
+
 def test_sinusoidal_embedding_rejects_bad_input():
     with pytest.raises(ValueError, match=r"t must be a 1-D \(batch,\) tensor"):
         sinusoidal_timestep_embedding(torch.zeros(2, 2), 4)

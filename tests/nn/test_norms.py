@@ -55,8 +55,10 @@ def test_group_count_rule():
     assert group_count(64, 32) == 32 and group_count(3, 3) == 3
     with pytest.raises(ValueError, match="groups=32 does not divide a layer's num_channels=3"):
         group_count(3, 32)
-    with pytest.raises(ValueError, match="groups must be a positive int or 'auto'"):
+    with pytest.raises(ValueError, match="groups must be a positive int, 'auto' or 'channels'"):
         group_count(8, 0)
+    # "channels": G = C, the per-channel normalisation that cancels a time offset (seed 001)
+    assert group_count(32, "channels") == 32 and group_count(3, "channels") == 3
 
 
 def test_factory_errors_name_the_fix():

@@ -185,7 +185,7 @@ def test_diffusion_last_checkpoint_is_the_evaluated_state_after_max_steps_mid_ep
 
     torch.manual_seed(0)
     unet = DDPMUNet(image_size=8, in_channels=1, channels=8, channel_mult=[1, 2], num_res_blocks=1,
-                    attention_resolutions=[], dropout=0.0, norm_groups=1)
+                    attention_resolutions=[], dropout=0.0, norm_groups=1, time_scale=250.0)  # EDM's c_noise
     module = DiffusionModule(unet, EDMObjective(), averaging=EMAAveraging(0.9),
                              evaluation=EvalSettings(steps=2, num_samples=16, nll_num_images=1, num_bins=17))
     at_end = _StateAtFitEnd(tmp_path / "last.ckpt")

@@ -24,7 +24,7 @@ def _config(channels: int = 8, data_class: str = "pynodeta.data.DigitsDataModule
     return {"seed_everything": 0,
             "model": {"class_path": "pynodeta.train.diffusion.DiffusionModule",
                       "init_args": {"model": {"class_path": "pynodeta.models.DDPMUNet",
-                                              "init_args": {**UNET, "channels": channels}},
+                                              "init_args": {**UNET, "channels": channels, "time_scale": 250.0}},
                                     "objective": {"class_path": "pynodeta.train.EDMObjective"},
                                     "evaluation": {"sampler": "euler", "steps": 2, "num_samples": 8,
                                                    "nll_num_images": 1, "num_bins": 17}}},

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pynodeta.nn import PositionalTimestepEmbedding
+from pynodeta.nn import PositionalTimestepEmbedding, group_count
 
 __all__ = ["TimeProjection", "DDPMResidualBlock", "AttentionBlock", "Downsample", "Upsample", "group_norm"]
 
@@ -24,12 +24,9 @@ PostTimeNorm = Literal["group", "batch"]
 
 
 def group_norm(channels: int, groups: int | str) -> nn.GroupNorm:
-    """GroupNorm with ``groups`` groups: an int dividing ``channels``, or "channels" (G = C, instance norm)."""
-    count = channels if groups == "channels" else groups
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1 or channels % count:
-        raise ValueError(
-            f"norm groups must be 'channels' or a positive int dividing {channels} channels, got {groups!r}")
-    return nn.GroupNorm(count, channels, eps=1e-6)
+    """GroupNorm over ``channels`` with ``pynodeta.nn.group_count(channels, groups)`` groups: "auto"
+    (Score-SDE's min(C/4, 32)), "channels" (G = C, instance norm) or an int dividing ``channels``."""
+    return nn.GroupNorm(group_count(channels, groups), channels, eps=1e-6)
 
 
 class TimeProjection(nn.Module):
@@ -69,9 +66,9 @@ class DDPMResidualBlock(nn.Module):
         out_channels: int,
         embedding_dim: int,                         # width of the shared timestep embedding
         dropout: float = 0.0,
-        groups: int | str = 32,                     # GroupNorm groups of the first norm
+        groups: int | str = "auto",                 # GroupNorm groups of the first norm (pynodeta.nn.group_count)
         post_time_norm: PostTimeNorm = "group",     # the normalisation right after the time injection
-        post_time_groups: int | str = 32,           # its groups when "group" ("channels": G = C)
+        post_time_groups: int | str = "auto",       # its groups when "group" ("channels": G = C)
         injection: Injection = "add",
         positional_size: tuple[int, int] | None = None,  # (H, W): add a positional embedding p_t
         positional_options: dict | None = None,     # options of PositionalTimestepEmbedding (mode="mlp")
@@ -96,6 +93,20 @@ class DDPMResidualBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
+    def time_cancelling_norm(self) -> str | None:
+        """Why ``norm2`` removes the added timestep embedding, or None when time survives it.
+
+        It does when time is added ("add") as a per-channel offset with no positional map, and
+        ``norm2`` normalises each channel on its own: BatchNorm, or GroupNorm with G = C.
+        """
+        if self.injection != "add" or self.positional is not None:
+            return None
+        if isinstance(self.norm2, nn.BatchNorm2d):
+            return f"BatchNorm2d({self.norm2.num_features} channels)"
+        if self.norm2.num_groups == self.norm2.num_channels:
+            return f"GroupNorm({self.norm2.num_groups} groups, {self.norm2.num_channels} channels)"
+        return None
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         projected = self.time_projection(emb)
@@ -117,7 +128,7 @@ class AttentionBlock(nn.Module):
     forward(x): (batch, channels, H, W) -> same shape.
     """
 
-    def __init__(self, channels: int, groups: int | str = 32, num_heads: int = 1):
+    def __init__(self, channels: int, groups: int | str = "auto", num_heads: int = 1):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"num_heads must divide channels={channels}, got {num_heads}")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynodeta.nn import TimestepEmbedding, apply_bias_init_policy, sinusoidal_timestep_embedding, time_as_tensor
+from pynodeta.nn.time_cancellation import warn_time_cancellation
 
 from .blocks import AttentionBlock, DDPMResidualBlock, Downsample, Injection, PostTimeNorm, Upsample, group_norm
 
@@ -37,14 +38,25 @@ class DDPMUNet(nn.Module):
     The three fixes of seed 001 (Kim et al. 2024) are options: ``positional_embedding`` (an H×W
     timestep map added after the injection), ``bias_init="zero_operand"`` (zero bias in every
     operand-branch conv/linear, default bias in the timestep branch) and ``norm_groups`` (fewer
-    GroupNorm groups, e.g. 1). ``post_time_norm="batch"`` or ``post_time_groups="channels"`` build
-    the vanishing variant of the reproduction: a per-channel normalisation right after the added
-    embedding removes it.
+    GroupNorm groups: the default "auto" is Score-SDE's min(C/4, 32), ``pynodeta.nn.group_count``;
+    1 is the paper's best). ``post_time_norm="batch"``, ``post_time_groups="channels"`` or an int
+    equal to a layer's width build the vanishing variant of the reproduction: a per-channel
+    normalisation right after the added embedding removes it. Such a network warns on construction
+    (``pynodeta.nn.TimeCancellationWarning``), naming the first such layer and the fix.
 
-    forward(t, x): t a float, a 0-d tensor or a (batch,) tensor of times (integer DDPM timesteps or
-    a continuous noise label such as EDM's ln(σ)/4; multiplied by ``time_scale`` before the
-    sinusoid); x (batch, in_channels, image_size, image_size) -> (batch, out_channels, image_size,
-    image_size).
+    Class conditioning (``num_classes``): a bias-free linear map of the one-hot labels is added to
+    the timestep embedding, as ADM adds its label embedding; an all-zero row adds nothing, so it is
+    the unconditional model (label dropout = zeroing rows, as in NVlabs' EDM2).
+
+    forward(t, x, class_labels=None): t a float, a 0-d tensor or a (batch,) tensor of times (integer
+    DDPM timesteps or a continuous noise label such as EDM's ln(σ)/4; multiplied by ``time_scale``
+    before the sinusoid); x (batch, in_channels, image_size, image_size); class_labels (batch,
+    num_classes) float one-hot rows, or None (all-zero: unconditional) -> (batch, out_channels,
+    image_size, image_size).
+
+    Under ``EDMPrecond`` (t = c_noise = ln(σ)/4 ∈ [−1.55, 1.10] for σ ∈ [0.002, 80]) build it with
+    ``time_scale=250``: ``time_range`` declares the span of t the embedding is laid out for, and
+    ``EDMPrecond`` refuses a network whose range does not fit c_noise.
     """
 
     time_aware = True
@@ -63,16 +75,17 @@ class DDPMUNet(nn.Module):
         injection: Injection = "add",               # "add" (DDPM) or "scale_shift" (ADM)
         flip_sin_to_cos: bool = False,              # DDPM: False, shift 1; ADM: True, shift 0
         downscale_freq_shift: float = 1.0,
-        time_scale: float = 1.0,                    # t is multiplied by this before the sinusoid
-        norm_groups: int | str = 32,                # GroupNorm groups everywhere ("channels": G = C)
+        time_scale: float = 1.0,                    # t is multiplied by this before the sinusoid (EDM: 250)
+        norm_groups: int | str = "auto",            # GroupNorm groups everywhere: "auto", an int, "channels" (G = C)
         post_time_norm: PostTimeNorm = "group",     # the norm right after the injection: "group" or "batch"
         post_time_groups: int | str | None = None,  # its groups (default: norm_groups)
         positional_embedding: bool = False,         # fix 1: add an H×W timestep map after the injection
         bias_init: Literal["default", "zero_operand"] = "default",  # fix 2: zero operand-branch biases
+        num_classes: int | None = None,             # class conditioning: one-hot labels of this many classes
     ):
         super().__init__()
         self._check(image_size, in_channels, channels, channel_mult, num_res_blocks, attention_resolutions,
-                    dropout, bias_init, time_scale)
+                    dropout, bias_init, time_scale, num_classes)
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.embedding_dim = channels
@@ -80,6 +93,9 @@ class DDPMUNet(nn.Module):
         self.time_scale = time_scale
         temb_dim = 4 * channels
         self.time_embedding = TimestepEmbedding(channels, temb_dim)
+        self.num_classes = num_classes
+        # bias-free, so that an all-zero label row is exactly the unconditional model
+        self.label_embedding = None if num_classes is None else nn.Linear(num_classes, temb_dim, bias=False)
 
         def stage(c_in: int, c_out: int, size: int) -> _Stage:
             block = DDPMResidualBlock(
@@ -119,10 +135,28 @@ class DDPMUNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
         if bias_init == "zero_operand":
             apply_bias_init_policy(self)
+        self._warn_if_time_cancels(norm_groups, post_time_norm, post_time_groups)
+
+    def _warn_if_time_cancels(self, norm_groups, post_time_norm, post_time_groups) -> None:
+        layers = [(f"{name}.norm2", cause) for name, module in self.named_modules()
+                  if isinstance(module, DDPMResidualBlock) and (cause := module.time_cancelling_norm()) is not None]
+        if post_time_norm == "batch":
+            fix = "pass post_time_norm='group' with norm_groups='auto' or 1"
+        else:
+            name = "norm_groups" if post_time_groups is None else "post_time_groups"
+            fix = f"pass {name}='auto' or 1 (fewer groups than channels)"
+        warn_time_cancellation(layers, fix + ", positional_embedding=True, or injection='scale_shift'", stacklevel=3)
+
+    @property
+    def time_range(self) -> tuple[float, float]:
+        """The span of t the sinusoidal embedding is laid out for: [0, 1000/time_scale), whose scaled
+        values cover DDPM's 1000 timesteps (max_period 10⁴). ``EDMPrecond`` checks it; the
+        time-awareness audit uses it when no training module says better."""
+        return 0.0, 1000.0 / self.time_scale
 
     @staticmethod
     def _check(image_size, in_channels, channels, channel_mult, num_res_blocks, attention_resolutions,
-               dropout, bias_init, time_scale) -> None:
+               dropout, bias_init, time_scale, num_classes) -> None:
         for name, value in [("image_size", image_size), ("in_channels", in_channels), ("channels", channels),
                             ("num_res_blocks", num_res_blocks)]:
             if value < 1:
@@ -143,14 +177,18 @@ class DDPMUNet(nn.Module):
             raise ValueError(f"bias_init must be 'default' or 'zero_operand', got {bias_init!r}")
         if not time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive int or None (unconditional), got {num_classes!r}")
 
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, t, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         t = time_as_tensor(t, x)
         t = self.time_scale * (t.expand(x.shape[0]) if t.dim() == 0 else t)  # also read by positional maps
         emb = self.time_embedding(sinusoidal_timestep_embedding(t, self.embedding_dim, **self.sinusoid))
+        emb = self._add_labels(emb, class_labels)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
@@ -161,3 +199,17 @@ class DDPMUNet(nn.Module):
         for layer in self.up:
             h = layer(torch.cat([h, skips.pop()], dim=1), emb, t) if isinstance(layer, _Stage) else layer(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _add_labels(self, emb: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        """emb + label_embedding(class_labels); None is the all-zero row, i.e. emb itself."""
+        if class_labels is None:
+            return emb
+        if self.label_embedding is None:
+            raise ValueError("class_labels were given to an unconditional DDPMUNet; build it with "
+                             "num_classes=<number of classes>, or pass class_labels=None")
+        expected = (emb.shape[0], self.num_classes)
+        if tuple(class_labels.shape) != expected or not class_labels.is_floating_point():
+            raise ValueError(f"class_labels must be a float one-hot tensor of shape {expected} (all-zero rows: "
+                             f"unconditional), got {class_labels.dtype} of shape {tuple(class_labels.shape)}; "
+                             f"integer classes c become torch.nn.functional.one_hot(c, {self.num_classes}).float()")
+        return emb + self.label_embedding(class_labels.to(emb.dtype))

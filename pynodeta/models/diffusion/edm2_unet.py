@@ -108,6 +108,11 @@ class EDM2UNet(nn.Module):
         if img_resolution % (1 << (len(channel_mult) - 1)) != 0:
             raise ValueError(f"img_resolution {img_resolution} must be divisible by 2^(len(channel_mult) - 1) = "
                              f"{1 << (len(channel_mult) - 1)}; use fewer levels in channel_mult")
+        resolutions = [img_resolution >> level for level in range(len(channel_mult))]
+        unknown = [r for r in attn_resolutions if r not in resolutions]
+        if unknown:  # a resolution the network never has would silently mean "no attention"
+            raise ValueError(f"attn_resolutions {list(unknown)} are not among this U-Net's resolutions "
+                             f"{resolutions} (img_resolution {img_resolution} halved per channel_mult level)")
         block_channels = [model_channels * m for m in channel_mult]
         noise_channels = model_channels * (channel_mult_noise or channel_mult[0])
         emb_channels = model_channels * (channel_mult_emb or max(channel_mult))
@@ -136,6 +141,12 @@ class EDM2UNet(nn.Module):
                     **block_kwargs)
                 channels = width
         self.out_conv = MPConv(channels, img_channels, kernel=(3, 3))
+
+    @property
+    def time_range(self) -> tuple[float, float]:
+        """The span of t = c_noise = ln(σ)/4 over EDM's sampling range σ ∈ [0.002, 80]: what ``EDMPrecond``
+        checks a network against and what ``pynodeta diagnose`` audits by default."""
+        return math.log(0.002) / 4, math.log(80.0) / 4
 
     @property
     def in_channels(self) -> int:  # the names pynodeta's DiffusionModule reads the sample shape from
@@ -182,8 +193,12 @@ class EDM2UNet(nn.Module):
         return class_labels.to(like.dtype)
 
     def forward(self, t, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.img_channels:
-            raise ValueError(f"x must be (batch, {self.img_channels}, H, W), got {tuple(x.shape)}")
+        expected = (self.img_channels, self.img_resolution, self.img_resolution)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            # another size either breaks the skip concatenations or runs with every resolution-dependent
+            # choice (attention levels, the bottleneck size) silently shifted
+            raise ValueError(f"x must be (batch, {', '.join(map(str, expected))}) for this EDM2UNet "
+                             f"(img_resolution={self.img_resolution}), got {tuple(x.shape)}")
         emb = self.embedding(t, x.shape[0], class_labels, x)
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         skips = []
