@@ -70,6 +70,7 @@ class DiffusionModule(TrainingModule):
         objective.attach(model, self.sample_shape)
         self.averaging = _check_averaging(objective.default_averaging() if averaging is None else averaging)
         self.evaluation = (evaluation if evaluation is not None else EvalSettings()).resolved(objective)
+        self.denoiser()  # a network that does not fit the objective (e.g. its time range) is refused here, not mid-fit
         self.conditioning = ClassConditioning.of(model, label_dropout)
         self.ema = EMA(model, self.averaging.decay) if isinstance(self.averaging, EMAAveraging) else None
         self.last_evaluation: dict = {}

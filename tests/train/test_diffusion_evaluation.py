@@ -37,7 +37,7 @@ def _data():
 
 def _module(objective: str = "ddpm", num_timesteps: int = 100) -> DiffusionModule:
     unet = DDPMUNet(image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
-                    dropout=0.0, norm_groups=2)
+                    dropout=0.0, norm_groups=2, time_scale=250.0 if objective == "edm" else 1.0)
     torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # a fresh U-Net predicts exactly 0: make it vary
     chosen = DDPMObjective(DDPMSchedule(num_timesteps)) if objective == "ddpm" else EDMObjective()
     return DiffusionModule(unet, chosen, evaluation=EvalSettings(nll_num_images=4, num_bins=NUM_BINS),

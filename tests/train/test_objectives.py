@@ -22,9 +22,9 @@ from pynodeta.train.diffusion import migrate_legacy_parameters
 from pynodeta.train.legacy_configs import upgrade_diffusion_model_section
 
 
-def _unet():
+def _unet(time_scale=250.0):  # EDM's c_noise = ln(σ)/4 scaled to DDPM's timestep range
     return DDPMUNet(image_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
-                    dropout=0.0, norm_groups=1)
+                    dropout=0.0, norm_groups=1, time_scale=time_scale)
 
 
 def _edm2_unet():
@@ -67,11 +67,16 @@ def test_each_objective_builds_only_what_it_uses():
     assert not hasattr(edm.objective, "schedule") and not hasattr(edm.objective, "timestep_sampler")
     edm2 = DiffusionModule(_edm2_unet(), EDM2Objective(logvar_channels=8))
     assert not hasattr(edm2.objective, "schedule") and edm2.ema is None
-    ddpm = DiffusionModule(_unet(), DDPMObjective(DDPMSchedule(50)))
+    ddpm = DiffusionModule(_unet(time_scale=1.0), DDPMObjective(DDPMSchedule(50)))
     assert ddpm.objective.schedule.num_timesteps == 50 and ddpm.objective.timestep_sampler is not None
     assert (ddpm.evaluation.sampler, ddpm.evaluation.steps) == ("ddim", 50)
     assert (edm.evaluation.sampler, edm.evaluation.steps) == ("heun", 18)
     assert isinstance(ddpm.averaging, EMAAveraging) and isinstance(edm2.averaging, PowerEMAAveraging)
+
+
+def test_a_network_that_does_not_fit_the_objective_is_refused_when_the_module_is_built():
+    with pytest.raises(ValueError, match="time_scale=250"):
+        DiffusionModule(_unet(time_scale=1.0), EDMObjective())
 
 
 def test_a_power_ema_average_needs_its_callback():

@@ -246,7 +246,8 @@ def test_evaluate_reproduces_fits_fd_of_a_shipped_edm2_config_with_its_power_ema
     config = yaml.safe_load(shipped_config_path("digits_edm2").read_text())
     config["trainer"].update(max_epochs=1, limit_train_batches=6, max_time=None)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
-    config["trainer"]["callbacks"][1]["init_args"]["snapshot_every"] = 2
+    power_ema = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("PowerFunctionEMACallback"))
+    power_ema["init_args"]["snapshot_every"] = 2
     config["model"]["init_args"]["evaluation"].update(num_samples=16, nll_num_images=1, steps=3)
     (tmp_path / "edm2.yaml").write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(tmp_path / "edm2.yaml"), "--num_threads", "1", "--plots", "false"]) == 0
