@@ -2,7 +2,8 @@
 
 Lightning's progress bar redraws one terminal line; in a log file or CI it is either noise or (switched
 off, as the diffusion configs do) nothing at all, so a 7-minute fit printed nothing until its summary.
-This callback prints, every ``every_seconds`` of wall time (and at the end of each validation), one line:
+This callback prints, every ``every_seconds`` of wall time and at the end of each validation (with FD / floor
+when that validation computed it), one line:
 
     pynodeta: epoch 12, step 300, train/loss 0.0412, 5.1 steps/s, 59 s elapsed, stops within 6.0 min (max_time)
 """
@@ -26,6 +27,7 @@ class ProgressLines(lightning.Callback):
         self.every_seconds = float(every_seconds)
         self._started = self._last = None
         self._last_step = 0
+        self._last_evaluation = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._started = self._last = time.monotonic()
@@ -38,16 +40,21 @@ class ProgressLines(lightning.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and self._started is not None:
-            self._print(trainer, time.monotonic(), validation=True)
+            # FD only when this validation computed it (a DiffusionModule's last_evaluation is then a new dict)
+            evaluation = getattr(pl_module, "last_evaluation", None)
+            fresh = evaluation is not self._last_evaluation and bool(evaluation)
+            self._last_evaluation = evaluation
+            self._print(trainer, time.monotonic(), validation=True, with_fd=fresh)
 
-    def _print(self, trainer, now: float, validation: bool = False) -> None:
+    def _print(self, trainer, now: float, validation: bool = False, with_fd: bool = False) -> None:
         steps_per_second = (trainer.global_step - self._last_step) / max(now - self._last, 1e-9)
         self._last, self._last_step = now, trainer.global_step
         if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch}", f"step {trainer.global_step}"]
-        for name in ("train/loss", "val/loss", "val/fd_ratio") if validation else ("train/loss",):
+        names = ("train/loss", "val/loss", *(("val/fd_ratio",) if with_fd else ())) if validation else ("train/loss",)
+        for name in names:
             if name in metrics:
                 parts.append(f"{name} {float(metrics[name]):.4g}")
         if not validation:
