@@ -32,6 +32,7 @@ from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
 from .divergence import StopOnNonFiniteLoss, TrainingDiverged
+from .legacy_configs import refuse_legacy_fit_configs
 from .plots import plot_after_fit
 from .resume import prepare_ckpt_path
 from .run_dir import RunDirectoryError, RunDirLock, check_fit_run_dir, keep_csv_metrics, remove_stale_run_tmp_files
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int | None:
     started = time.perf_counter()
     try:
         argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+        refuse_legacy_fit_configs(argv)
     except ValueError as error:
         print(f"pynodeta: error: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["upgrade_diffusion_model_section"]
+__all__ = ["upgrade_diffusion_model_section", "refuse_legacy_fit_configs"]
 
 _MODULE = "pynodeta.train.diffusion.DiffusionModule"
 _LEGACY_EDM2_MODULE = "pynodeta.train.edm2_module.EDM2DiffusionModule"
@@ -69,3 +69,24 @@ def upgrade_diffusion_model_section(section: Any) -> Any:
         new["evaluation"] = evaluation
     new.update(old)  # sample_shape, optim
     return {"class_path": _MODULE, "init_args": new}
+
+
+def refuse_legacy_fit_configs(argv: list[str]) -> None:
+    """``pynodeta fit`` trains from today's form only: a ``--config`` file with a legacy diffusion ``model:``
+    section is refused with that section rewritten, ready to paste (``load_run`` still reads old runs)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path) as file:
+                content = yaml.safe_load(file)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # LightningCLI reports an unreadable config in its own words
+        section = content.get("model") if isinstance(content, dict) else None
+        if isinstance(section, dict) and is_legacy(section):
+            rewritten = yaml.safe_dump({"model": upgrade_diffusion_model_section(section)}, sort_keys=False)
+            raise ValueError(f"config {path!r} uses the DiffusionModule options of before objectives were composed "
+                             f"(objective: <name> beside a flat option list, or EDM2DiffusionModule); its model: "
+                             f"section reads today as:\n{rewritten}")

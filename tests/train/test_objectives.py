@@ -155,3 +155,13 @@ def test_evaluation_settings_resolve_against_the_objective():
         EvalSettings(sampler="ddpm").resolved(EDM2Objective())
     with pytest.raises(FileNotFoundError, match="inception_weights"):
         EvalSettings(inception_weights="/nonexistent/inception.pkl")
+
+
+def test_fit_refuses_a_legacy_config_and_shows_it_rewritten(tmp_path, capsys):
+    from pynodeta.train.cli import main
+
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"model": LEGACY_DDPM, "data": {"class_path": "pynodeta.data.DigitsDataModule"}}))
+    assert main(["fit", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "before objectives were composed" in error and "class_path: pynodeta.train.DDPMObjective" in error
