@@ -78,7 +78,6 @@ def plot(raw: dict, path: Path) -> None:
 
 
 def save_guidance_report(raw: dict) -> Path:
-    plot(raw, RESULTS_DIR / "digits_guidance.png")
     table = Table(["guidance w", "FD", "FD / floor", "mean per-class FD", "class accuracy", "NFE", "sampling s"],
                   [[r["guidance"], r["fd"], r["fd_ratio"], r["fd_per_class_mean"], r["accuracy"], r["nfe"],
                     r["seconds"]] for r in raw["rows"]],
@@ -115,6 +114,7 @@ def main() -> None:
     raw["command"] = ("pynodeta fit --config digits_edm2_cond; python3 benchmarks/digits_guidance.py --checkpoint "
                       f"runs/digits_edm2_cond/version_0/checkpoints/last.ckpt --guidance "
                       f"{' '.join(f'{w:g}' for w in args.guidance)} --num {args.num} --threads {args.threads}")
+    plot(raw, RESULTS_DIR / "digits_guidance.png")
     print(save_guidance_report(load_raw(save_raw("digits_guidance", raw))))
 
 
