@@ -18,15 +18,16 @@ __all__ = ["diffusion_times"]
 def diffusion_times(module: nn.Module, network: nn.Module, points: int = 5) -> list[float] | None:
     """``points`` times over the range ``network`` is used with, or None when nothing says it.
 
-    In order: the training module's objective (``objective="ddpm"`` with a ``schedule``: timesteps
-    0 … T − 1; ``objective="edm"`` with ``sigma_range()``: c_noise = ln(σ)/4 at log-spaced σ over
-    that range), else the network's declared ``time_range`` (``DDPMUNet``, ``EDM2UNet``).
+    In order: the training module's objective (a ``DDPMObjective``'s schedule: timesteps 0 … T − 1; an EDM or
+    EDM2 objective: c_noise = ln(σ)/4 at log-spaced σ over the module's ``sigma_range()``), else the
+    network's declared ``time_range`` (``DDPMUNet``, ``EDM2UNet``).
     """
+    from pynodeta.train.objectives import DDPMObjective, DiffusionObjective
+
     objective = getattr(module, "objective", None)
-    schedule = getattr(module, "schedule", None)
-    if objective == "ddpm" and hasattr(schedule, "num_timesteps"):
-        return _linspace(0.0, float(schedule.num_timesteps - 1), points)
-    if objective == "edm" and callable(getattr(module, "sigma_range", None)):
+    if isinstance(objective, DDPMObjective):
+        return _linspace(0.0, float(objective.schedule.num_timesteps - 1), points)
+    if isinstance(objective, DiffusionObjective):
         sigma_min, sigma_max = module.sigma_range()
         return [ln_sigma / 4 for ln_sigma in _linspace(math.log(sigma_min), math.log(sigma_max), points)]
     declared = getattr(network, "time_range", None)
