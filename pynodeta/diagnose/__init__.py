@@ -1,4 +1,5 @@
-"""Time-awareness audit: find where a model's timestep signal dies (seed 001, Kim et al. 2024).
+"""Time-awareness audit: find where a model's timestep signal dies (Kim et al. 2024, "The Disappearance of
+Timestep Embedding").
 
 ``time_awareness(model, x, times)`` audits any module with forward(t, x); ``audit_ode_blocks``
 finds the ODE blocks of a larger network and audits each right-hand side at its real input state.

@@ -83,7 +83,7 @@ def offset_fraction(units: torch.Tensor) -> float:
     With D[k, u, s] = a[k, u, s] - mean_k a[k, u, s] the time-induced deviation of element s of unit u,
         fraction = mean_{k,u} (mean_s D[k, u, s])²  /  mean_{k,u,s} D[k, u, s]².
     A mean-subtracting normalisation removes exactly the numerator's part, so a fraction of 1
-    means the time signal is a per-unit offset that the normalisation cancels (seed 001, Eq. 5).
+    means the time signal is a per-unit offset that the normalisation cancels (Kim et al. 2024, Eq. 5).
     NaN when nothing varies with time.
     units: (times, units, elements per unit).
     """

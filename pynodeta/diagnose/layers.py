@@ -102,7 +102,7 @@ def uses_running_statistics(module: nn.Module) -> bool:
 
 
 def time_entry_description(module: nn.Module) -> str | None:
-    """How a pynodeta layer injects t (seed 001, Eq. 2-6), None if it is not one that does."""
+    """How a pynodeta layer injects t (Kim et al. 2024, Eqs. 2-6), None if it is not one that does."""
     if isinstance(module, ConcatConv2d):
         conv = module.conv
         if isinstance(conv, nn.ConvTranspose2d):

@@ -87,7 +87,8 @@ def _per_channel(e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class LinearTimestepEmbedding(nn.Module):
-    """Add ``t·v`` per channel: the offset a concatenated t channel amounts to (seed 001, Eq. of ConcatConv).
+    """Add ``t·v`` per channel: the offset a concatenated t channel amounts to (Kim et al. 2024, "The
+    Disappearance of Timestep Embedding", the ConcatConv equation).
 
     forward(t, x): t float, 0-d or (batch,); x: (batch, channels, *spatial) -> same shape.
     """
@@ -135,7 +136,7 @@ class SinusoidalTimestepEmbedding(nn.Module):
 
 
 class PositionalTimestepEmbedding(nn.Module):
-    """Add an H×W map ``p_t`` shared across channels (the seed-001 fix for vanishing embeddings).
+    """Add an H×W map ``p_t`` shared across channels (the vanishing-embedding paper's fix 1).
 
     A per-channel normalisation removes per-channel constants but not a spatial pattern, so
     ``p_t`` survives BN/IN/GN. ``mode="linear"``: p_t = t·p with p a learnable (H, W) map;

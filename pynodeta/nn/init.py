@@ -1,4 +1,5 @@
-"""Bias-initialisation policy of seed 001: zero bias in the operand branch, default in the timestep branch."""
+"""Bias-initialisation policy of "The Disappearance of Timestep Embedding" (Kim et al. 2024): zero bias in the
+operand branch, default in the timestep branch."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def group_count(num_channels: int, groups: int | str) -> int:
     multiple of 4 up to 128, and of 32 above); otherwise the largest divisor of C not above it
     (1 for C < 4), so that backbones whose layers narrow to the image's 1 or 3 channels stay valid.
     ``groups="channels"``: G = C, instance normalisation with a per-channel affine, which removes any
-    per-channel time offset (seed 001's vanishing timestep embedding); for reproducing that effect.
+    per-channel time offset (the vanishing timestep embedding of Kim et al. 2024); for reproducing that effect.
     An int is the group count itself and must divide C: an explicit choice is never changed.
     """
     if groups == "channels":

@@ -9,7 +9,7 @@ __all__ = ["TimeCancellationWarning", "warn_time_cancellation"]
 
 
 class TimeCancellationWarning(UserWarning):
-    """A layer of a newly built model removes the time signal: seed 001's vanishing timestep embedding.
+    """A layer of a newly built model removes the time signal: the vanishing timestep embedding of Kim et al. 2024.
 
     A per-channel normalisation (BatchNorm, InstanceNorm, GroupNorm with G = C) right after a
     per-channel time offset subtracts exactly that offset (Kim et al. 2024, "The Disappearance of

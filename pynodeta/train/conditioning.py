@@ -17,12 +17,10 @@ __all__ = ["ClassConditioning", "network_num_classes", "one_hot_labels"]
 
 
 def network_num_classes(model: nn.Module) -> int | None:
-    """Classes a network is conditioned on (``EDM2UNet.label_dim``, ``DDPMUNet.num_classes``), None when none."""
-    for name in ("num_classes", "label_dim"):
-        value = getattr(model, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    """Classes a network is conditioned on (its ``num_classes``: ``DDPMUNet``'s argument, ``EDM2UNet``'s
+    ``label_dim``), None when it has none."""
+    value = getattr(model, "num_classes", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def one_hot_labels(labels: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Diffusion networks with pynodeta's forward(t, x): the DDPM/ADM U-Net with the seed-001 options."""
+"""Diffusion networks with pynodeta's forward(t, x): the DDPM/ADM U-Net with the options of Kim et al.
+2024, and EDM2's magnitude-preserving U-Net."""
 
 from .blocks import AttentionBlock, DDPMResidualBlock, Downsample, TimeProjection, Upsample
 from .ddpm_unet import DDPMUNet

@@ -1,7 +1,7 @@
 """Building blocks of the DDPM/ADM U-Net: residual blocks with a timestep injection, attention, resampling.
 
 Ho et al. 2020 (DDPM, ``diffusion/models/unet.py``) and Dhariwal & Nichol 2021 (ADM,
-``guided_diffusion/unet.py``). The residual block carries the options of seed 001 (Kim et al. 2024,
+``guided_diffusion/unet.py``). The residual block carries the options of Kim et al. 2024 (
 "The Disappearance of Timestep Embedding"): the normalisation right after the time injection can be
 a GroupNorm with any group count or a BatchNorm, and a positional (H×W) timestep embedding can be
 added there, which no per-channel normalisation can remove.
@@ -32,7 +32,7 @@ def group_norm(channels: int, groups: int | str) -> nn.GroupNorm:
 class TimeProjection(nn.Module):
     """SiLU → Linear from the shared timestep embedding to a block's offset (and scale).
 
-    Part of the timestep branch: the zero-bias policy of seed 001 keeps its default bias.
+    Part of the timestep branch: the zero-bias policy of Kim et al. 2024 keeps its default bias.
     forward(emb): (batch, embedding_dim) -> (batch, out_features, 1, 1).
     """
 
@@ -53,7 +53,7 @@ class DDPMResidualBlock(nn.Module):
     (ADM's use_scale_shift_norm): h = norm(h)·(1 + s) + b after it, so time enters after the norm.
     ``post_time_norm``: "group" (GroupNorm with ``post_time_groups``) or "batch" (BatchNorm2d). A
     per-channel normalisation there (BatchNorm, or GroupNorm with G = C) cancels an added
-    per-channel offset exactly: seed 001's vanishing timestep embedding.
+    per-channel offset exactly: the vanishing timestep embedding of Kim et al. 2024.
     ``positional_size``: (H, W) to add a positional timestep embedding p_t after the injection.
 
     forward(x, emb, t): x (batch, in_channels, H, W), emb (batch, embedding_dim), t (batch,) the raw

@@ -1,4 +1,4 @@
-"""The DDPM/ADM U-Net with the seed-001 timestep-embedding options, forward(t, x)."""
+"""The DDPM/ADM U-Net with the timestep-embedding options of Kim et al. 2024, forward(t, x)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ class DDPMUNet(nn.Module):
     The timestep reaches every residual block through a sinusoidal embedding (diffusers'
     ``flip_sin_to_cos`` / ``downscale_freq_shift``) → MLP (linear, SiLU, linear) → a per-block
     linear, added to the features (DDPM) or applied as scale-shift after the norm (ADM).
-    The three fixes of seed 001 (Kim et al. 2024) are options: ``positional_embedding`` (an H×W
-    timestep map added after the injection), ``bias_init="zero_operand"`` (zero bias in every
-    operand-branch conv/linear, default bias in the timestep branch) and ``norm_groups`` (fewer
+    The three fixes of Kim et al. 2024 ("The Disappearance of Timestep Embedding") are options:
+    ``positional_embedding`` (an H×W timestep map added after the injection), ``bias_init="zero_operand"``
+    (zero bias in every operand-branch conv/linear, default bias in the timestep branch) and ``norm_groups`` (fewer
     GroupNorm groups: the default "auto" is Score-SDE's min(C/4, 32), ``pynodeta.nn.group_count``;
     1 is the paper's best). ``post_time_norm="batch"``, ``post_time_groups="channels"`` or an int
     equal to a layer's width build the vanishing variant of the reproduction: a per-channel

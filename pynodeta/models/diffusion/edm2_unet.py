@@ -149,12 +149,16 @@ class EDM2UNet(nn.Module):
         return math.log(0.002) / 4, math.log(80.0) / 4
 
     @property
-    def in_channels(self) -> int:  # the names pynodeta's DiffusionModule reads the sample shape from
+    def in_channels(self) -> int:  # DDPMUNet's names, which DiffusionModule reads (NVlabs' stay the arguments)
         return self.img_channels
 
     @property
     def image_size(self) -> int:
         return self.img_resolution
+
+    @property
+    def num_classes(self) -> int | None:  # DDPMUNet's word for label_dim: None for an unconditional network
+        return self.label_dim or None
 
     def _encoder(self, img_channels, block_channels, emb_channels, num_blocks, attn_resolutions, block_kwargs):
         encoder = nn.ModuleDict()

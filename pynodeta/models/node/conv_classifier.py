@@ -101,7 +101,7 @@ class ConvODEClassifier(nn.Module):
         time_injection: str = "concat",          # "concat" (ConcatConv) or "additive" (conv + t·v)
         positional: bool = False,                # add PositionalTimestepEmbedding after each ODE conv
         positional_mode: str = "linear",         # "linear" (t·p) or "mlp" (sinusoid -> MLP)
-        bias_init_policy: bool = False,          # zero the ODE function's operand biases (seed-001 fix 2)
+        bias_init_policy: bool = False,          # zero the ODE function's operand biases (Kim et al.'s fix 2)
         stem_strides: tuple[int, int] = (2, 2),  # strides of the two residual blocks (paper 2, 2)
         dropout: float = 0.5,
         norm_options: Mapping[str, Any] | None = None,  # make_norm options inside the ODE (TA-BN: M, ...)
