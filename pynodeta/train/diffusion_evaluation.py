@@ -33,6 +33,13 @@ __all__ = ["likelihood_solver", "evaluate_samples", "nll_bits_per_dim", "vlb_bit
 _EVAL_SEED = 2024  # the same noise for every evaluation, so that epochs and runs are compared on one draw
 
 
+def _solver(module, solver):
+    """``solver``, else the module's ``evaluation.solver``, else :func:`likelihood_solver`."""
+    if solver is not None:
+        return solver
+    return module.evaluation.solver if module.evaluation.solver is not None else likelihood_solver()
+
+
 def likelihood_solver(rtol: float = 1e-3, atol: float = 1e-3):
     """The bits/dim estimate's default solve: dopri5 at rtol = atol = 1e-3 (the committed figures' setting)."""
     from pynodeta.ode import IController, SolverSettings
@@ -149,7 +156,8 @@ def _conditional_scores(labels: torch.Tensor, predicted: list, features: list, r
 def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, solver=None) -> dict:
     """Mean bits/dim of the first ``num_images`` test images (probability-flow ODE, Hutchinson probes,
     uniform dequantisation with ``module.evaluation.num_bins`` values); {"bpd", "bpd_stderr", "nll_nfe"}.
-    ``solver``: a ``SolverSettings``; None: dopri5 at rtol = atol = 1e-3. A class-conditional model's
+    ``solver``: a ``SolverSettings``; None: the module's ``evaluation.solver``, else dopri5 at
+    rtol = atol = 1e-3. A class-conditional model's
     likelihood is conditioned on each test image's label."""
     count = module.evaluation.nll_num_images if num_images is None else num_images
     if count < 1:
@@ -170,7 +178,7 @@ def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, sol
     try:
         with record_stats() as log:  # over the denoiser's own noise range (a DDPM schedule's, EDM's 0.002 to 80)
             bpd = bits_per_dim(module.denoiser(), raw.to(module.device), num_bins, generator=generator,
-                               solver=solver if solver is not None else likelihood_solver(), **labels)
+                               solver=_solver(module, solver), **labels)
     finally:
         module.train(was_training)
     bpd = bpd.double().cpu()

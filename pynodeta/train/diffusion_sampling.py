@@ -141,7 +141,7 @@ def generate_batches(
     *,
     class_labels: int | str | Sequence[int] | torch.Tensor | None = None,  # conditional models: see requested_labels
     guidance: float = 1.0,                   # classifier-free guidance w: D_u + w·(D_c − D_u)
-    solver=None,                             # "ode": a SolverSettings; None: dopri5 at rtol = atol = 1e-3
+    solver=None,                             # "ode": a SolverSettings; None: the module's evaluation.solver
     batch_size: int = 256,                   # images per sampler call
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
 ) -> Iterator[SampleBatch]:
@@ -180,7 +180,8 @@ def _ode_solver(module, solver):
     from pynodeta.ode import IController, SolverSettings
 
     if solver is None:
-        solver = ode_sampler_solver()
+        evaluation = getattr(module, "evaluation", None)
+        solver = evaluation.solver if evaluation is not None and evaluation.solver is not None else ode_sampler_solver()
     if not isinstance(solver, SolverSettings):
         raise TypeError(f"solver must be a pynodeta.SolverSettings, got {type(solver).__name__}")
     controller = solver.controller

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pynodeta.ode import SolverSettings
+
 __all__ = ["EvalSettings"]
 
 
@@ -30,6 +32,8 @@ class EvalSettings:
             (FID's features; they cannot be downloaded at run time). None: FD only for digits, NaN otherwise.
         guidance: classifier-free guidance weight w of class-conditional models' evaluation samples
             (D = D_u + w·(D_c − D_u); 1: the conditional model alone).
+        solver: the ODE solve of the bits/dim estimate and of the ``ode`` image sampler, a
+            ``pynodeta.SolverSettings``; None: dopri5 with ``IController(rtol=1e-3, atol=1e-3)``.
     """
 
     sampler: str | None = None
@@ -40,6 +44,7 @@ class EvalSettings:
     num_bins: int = 256
     inception_weights: str | None = None
     guidance: float = 1.0
+    solver: SolverSettings | None = None
 
     def __post_init__(self) -> None:
         if self.sampler is not None and not isinstance(self.sampler, str):
@@ -58,6 +63,8 @@ class EvalSettings:
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
                 math.isfinite(guidance) and guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0 (1: no guidance), got {guidance!r}")
+        if self.solver is not None and not isinstance(self.solver, SolverSettings):
+            raise TypeError(f"solver must be a pynodeta.SolverSettings or None, got {type(self.solver).__name__}")
 
     def resolved(self, objective) -> EvalSettings:
         """These settings with sampler and steps filled in from ``objective``'s defaults, and checked against it."""

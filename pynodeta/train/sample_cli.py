@@ -43,8 +43,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the raw weights: the same as --average none")
     parser.add_argument("--sampler", default=None, choices=sampler_names(), help="default: the run's sampler")
     parser.add_argument("--steps", type=int, default=None, help="noise levels or DDIM steps (default: the run's)")
-    parser.add_argument("--rtol", type=float, default=1e-3, help="--sampler ode (and the NLL): dopri5 rtol")
-    parser.add_argument("--atol", type=float, default=1e-3, help="--sampler ode (and the NLL): dopri5 atol")
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="--sampler ode and the NLL: dopri5 rtol (default: the run's evaluation.solver or 1e-3)")
+    parser.add_argument("--atol", type=float, default=None,
+                        help="--sampler ode and the NLL: dopri5 atol (default: the run's evaluation.solver or 1e-3)")
     parser.add_argument("--class-labels", "--class_labels", dest="class_labels", default=None, metavar="CLASS",
                         help="class-conditional runs: a class (e.g. 3) or 'all' (every class in turn); "
                              "default: 'all' for evaluate, required by sample")
@@ -71,7 +73,7 @@ def _check_numbers(args) -> None:
         if value is not None and value < low:
             raise UsageError(f"{name} must be >= {low}, got {value}")
     for name, value in (("--rtol", args.rtol), ("--atol", args.atol)):
-        if not (math.isfinite(value) and value > 0):
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be a positive number, got {value}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise UsageError(f"--guidance must be a finite number >= 0 (1: no guidance), got {args.guidance}")
@@ -212,10 +214,14 @@ def _evaluate(argv: list[str], prog: str) -> int:
 
 
 def _solver(args):
-    """--rtol/--atol as the SolverSettings of the ode sampler and the NLL."""
+    """--rtol/--atol as the SolverSettings of the ode sampler and the NLL; None (the run's own) without them."""
     from pynodeta.ode import IController, SolverSettings
 
-    return SolverSettings(method="dopri5", controller=IController(rtol=args.rtol, atol=args.atol))
+    if args.rtol is None and args.atol is None:
+        return None
+    rtol, atol = (1e-3 if value is None else value for value in (args.rtol, args.atol))
+    controller = IController(rtol=rtol, atol=atol)
+    return SolverSettings(method="dopri5", controller=controller)
 
 
 def _conditioning(args, module) -> dict:

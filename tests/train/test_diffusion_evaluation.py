@@ -77,3 +77,17 @@ def test_the_nll_integrates_over_the_ddpm_schedules_own_range():
     module = _module(num_timesteps=50)
     result = nll_bits_per_dim(module, _data(), num_images=2)
     assert math.isfinite(result["bpd"]) and result["nll_nfe"] > 0
+
+
+def test_the_evaluation_solver_is_the_one_the_likelihood_uses():
+    from dataclasses import replace
+
+    from pynodeta.ode import IController, SolverSettings
+
+    module, data = _module(num_timesteps=50), _data()
+    tight = SolverSettings(method="bosh3", controller=IController(rtol=1e-5, atol=1e-5))
+    default = nll_bits_per_dim(module, data, num_images=2)
+    module.evaluation = replace(module.evaluation, solver=tight)
+    configured = nll_bits_per_dim(module, data, num_images=2)
+    assert configured == nll_bits_per_dim(module, data, num_images=2, solver=tight)
+    assert configured["nll_nfe"] > default["nll_nfe"]  # bosh3 at 1e-5 takes more evaluations than dopri5 at 1e-3
