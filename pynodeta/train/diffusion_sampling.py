@@ -93,7 +93,7 @@ def _check(module, sampler: str, steps: int, num: int, guidance: float) -> None:
 
 
 def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: torch.Tensor | None,
-                guidance: float, solver, generator: torch.Generator | None) -> torch.Tensor:
+                guidance: float, solver, generator: torch.Generator | None, disable: bool | None) -> torch.Tensor:
     """One batch from standard normal ``noise`` (and one-hot ``labels`` of a conditional model)."""
     denoiser = module.denoiser()
     if guidance != 1:
@@ -110,7 +110,7 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: t
         return denoiser(x, sigma, **extra_args)
     sigmas = module.objective.sampling_sigmas(module.model, sampler, steps).to(noise.device)  # a DDPM grid: float64
     x = noise * module.objective.prior_scale(sampler, sigmas)
-    return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=True)
+    return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=disable)
 
 
 def ode_sampler_solver(rtol: float = 1e-3, atol: float = 1e-3):
@@ -144,6 +144,7 @@ def generate_batches(
     solver=None,                             # "ode": a SolverSettings; None: the module's evaluation.solver
     batch_size: int = 256,                   # images per sampler call
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
+    disable: bool | None = True,             # the samplers' progress bar: True off, None on where stderr is a terminal
 ) -> Iterator[SampleBatch]:
     """Draw ``num`` images ``batch_size`` at a time, so that memory stays that of one batch whatever ``num``.
 
@@ -166,7 +167,7 @@ def generate_batches(
         module.eval()
         try:
             with torch.no_grad(), record_stats() as log:
-                images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator)
+                images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator, disable)
         finally:
             module.train(was_training)
         if not torch.isfinite(images).all():

@@ -162,7 +162,7 @@ def _sample(argv: list[str], prog: str) -> int:
     nfes = []
     try:
         for batch in generate_batches(module, args.num, sampler, steps, generator=generator, solver=_solver(args),
-                                      **_conditioning(args, module)):
+                                      disable=None, **_conditioning(args, module)):  # a bar on a terminal
             nfes.append(batch.nfe)
             grid.add(batch.images)
             if tensor is not None:
