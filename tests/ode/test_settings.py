@@ -178,6 +178,22 @@ def test_solver_settings_read_from_a_config():
                                          adjoint=pn.Adjoint(norm="seminorm"))
 
 
+@pytest.mark.parametrize(("controller", "expected"), [
+    ({"rtol": 1e-3, "atol": 1e-3}, pn.IController(rtol=1e-3, atol=1e-3)),  # fits PIController too: I comes first
+    ({"rtol": 1e-3, "gains": [0.7, 0.4]}, pn.PIController(rtol=1e-3)),
+    ({"class_path": "pynodeta.PIController", "init_args": {"rtol": 1e-3}}, pn.PIController(rtol=1e-3)),
+    ({"step_size": 0.25}, pn.FixedGrid(step_size=0.25)),
+])
+def test_a_controller_mapping_in_a_config_is_the_first_controller_type_that_takes_its_keys(controller, expected):
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--solver", type=pn.SolverSettings)
+    method = "rk4" if isinstance(expected, pn.FixedGrid) else "dopri5"
+    config = parser.parse_object({"solver": {"method": method, "controller": controller}})
+    settings = parser.instantiate(config).solver
+    assert type(settings.controller) is type(expected) and settings.controller == expected
+
+
 def test_own_tableau_benchmarks_against_dopri5_in_three_lines():
     # the user's tableau: Bogacki-Shampine 3(2) typed in by hand, so it must reproduce "bosh3" exactly
     tableau = pn.ButcherTableau.from_fractions(
