@@ -2,8 +2,8 @@
 
 Both are thin wrappers over ``solve``; use ``solve`` directly for statistics, backends and the PI controller,
 or wrap calls in ``record_stats()`` to collect the statistics of code that calls ``odeint``. torchdiffeq's
-arguments (``rtol``, ``atol``, ``options``, ``adjoint_*``) live here only: ``SolverSettings.from_arguments``
-turns them into the typed parts that ``solve`` takes.
+arguments (``rtol``, ``atol``, ``options``, ``adjoint_*``) live here only: ``typed_arguments`` (the
+conversion behind ``SolverSettings.from_arguments``) turns them into the typed parts that ``solve`` takes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .events import solve_until_event
-from .settings import SolverSettings
+from .settings import typed_arguments
 from .solve import solve
 
 __all__ = ["odeint", "odeint_adjoint", "odeint_event"]
@@ -32,7 +32,7 @@ def _scipy_solver(func, y0, t, rtol, atol, options):
     gradient (odeint_adjoint with it gives adjoint gradients)."""
     method, options = _scipy_method(options)
     with torch.no_grad():
-        settings = SolverSettings.from_arguments(method=method, backend="scipy", rtol=rtol, atol=atol, options=options)
+        settings = typed_arguments(method=method, backend="scipy", rtol=rtol, atol=atol, options=options)
         return solve(func, y0, t, **settings).ys
 
 
@@ -42,7 +42,7 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
         if event_fn is not None:
             raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
         return _scipy_solver(func, y0, t, rtol, atol, options)
-    settings = SolverSettings.from_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options)
+    settings = typed_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options)
     if event_fn is not None:
         return solve_until_event(solve, func, y0, t, event_fn, **settings)
     return solve(func, y0, t, **settings).ys
@@ -60,7 +60,7 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
         method, options = _scipy_method(options)
         adjoint_method, adjoint_options = (None, None) if adjoint_options is None else _scipy_method(adjoint_options)
         backend = "scipy"
-    settings = SolverSettings.from_arguments(
+    settings = typed_arguments(
         method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True, backend=backend,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
         adjoint_options=adjoint_options, adjoint_params=adjoint_params)

@@ -268,19 +268,7 @@ class SolverSettings:
     def from_arguments(cls, **arguments: Any) -> SolverSettings:
         """The bundle for ``solve``'s keyword arguments, sugar included (``rtol=``, ``options=``, ...):
         ``SolverSettings.from_arguments(method="rk4", options={"step_size": 0.1})``."""
-        from .backends import get_backend
-        from .parts import typed_parts
-
-        names = ("method", "controller", "adjoint", "backend", "max_steps")
-        typed = {"method": "dopri5", "controller": None, "adjoint": False, "backend": "torch", "max_steps": None}
-        typed.update({k: arguments.pop(k) for k in names if k in arguments})
-        kept = {k: arguments.pop(k) for k in ("warn_after_steps", "backend_options", "batched") if k in arguments}
-        parts = typed_parts(get_backend(typed["backend"]), typed["method"], typed["controller"], typed["adjoint"],
-                            typed["max_steps"], **arguments)
-        backend = typed["backend"]
-        return cls(method=parts.method, controller=parts.controller, adjoint=parts.adjoint or False,
-                   backend=backend if isinstance(backend, str) else backend.name, max_steps=parts.max_steps,
-                   **kept)
+        return cls(**typed_arguments(**arguments))
 
     def keys(self) -> tuple[str, ...]:
         """The argument names of ``solve`` this bundle sets, so that ``solve(..., **settings)`` works."""
@@ -291,3 +279,21 @@ class SolverSettings:
         if key not in self.keys():
             raise KeyError(key)
         return getattr(self, key)
+
+
+def typed_arguments(**arguments: Any) -> dict[str, Any]:
+    """``solve``'s keyword arguments with torchdiffeq's sugar (``rtol=``, ``options=``, ``adjoint_*=``,
+    ``controller="pi"``) turned into typed parts: the one conversion, behind ``SolverSettings.from_arguments``
+    and ``odeint``, which calls it directly to spare a hot, short solve the bundle's second validation."""
+    from .backends import get_backend
+    from .parts import typed_parts
+
+    names = ("method", "controller", "adjoint", "backend", "max_steps")
+    typed = {"method": "dopri5", "controller": None, "adjoint": False, "backend": "torch", "max_steps": None}
+    typed.update({k: arguments.pop(k) for k in names if k in arguments})
+    kept = {k: arguments.pop(k) for k in ("warn_after_steps", "backend_options", "batched") if k in arguments}
+    parts = typed_parts(get_backend(typed["backend"]), typed["method"], typed["controller"], typed["adjoint"],
+                        typed["max_steps"], **arguments)
+    backend = typed["backend"]
+    return {"method": parts.method, "controller": parts.controller, "adjoint": parts.adjoint or False,
+            "backend": backend if isinstance(backend, str) else backend.name, "max_steps": parts.max_steps, **kept}
