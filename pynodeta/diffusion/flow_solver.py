@@ -16,7 +16,7 @@ from ..ode.backends import get_backend
 from ..ode.methods import Method
 from ..ode.settings import Adjoint, IController, SolverSettings
 
-__all__ = ["FLOW_SOLVER", "flow_solver", "staying_inside_the_span", "check_class_labels"]
+__all__ = ["FLOW_SOLVER", "flow_solver", "staying_inside_the_span", "class_label_arguments"]
 
 FLOW_SOLVER = SolverSettings(method="dopri5", controller=IController(rtol=1e-5, atol=1e-5))
 """The default of both functions: dopri5 with the integral controller at rtol = atol = 1e-5."""
@@ -84,10 +84,11 @@ def _is_adaptive(method: str | Method, backend: str) -> bool:
     return method.adaptive if isinstance(method, Method) else get_backend(backend).is_adaptive(method)
 
 
-def check_class_labels(class_labels: torch.Tensor | None, x: torch.Tensor) -> None:
-    """One-hot labels (batch, num_classes), one row per sample of x (all-zero rows: unconditional), or None."""
+def class_label_arguments(class_labels: torch.Tensor | None, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The denoiser's keyword arguments for ``class_labels`` (checked: one-hot (batch, num_classes), one row
+    per sample of x, all-zero rows unconditional): ``{}`` for None, so a two-argument denoiser keeps working."""
     if class_labels is None:
-        return
+        return {}
     if not isinstance(class_labels, torch.Tensor) or class_labels.ndim != 2 or not class_labels.is_floating_point():
         got = (f"shape {tuple(class_labels.shape)} of dtype {class_labels.dtype}"
                if isinstance(class_labels, torch.Tensor) else type(class_labels).__name__)
@@ -99,3 +100,4 @@ def check_class_labels(class_labels: torch.Tensor | None, x: torch.Tensor) -> No
     if class_labels.device != x.device:
         raise ValueError(f"class_labels are on {class_labels.device} but x on {x.device}: move them with "
                          "class_labels.to(x.device)")
+    return {"class_labels": class_labels}

@@ -9,9 +9,9 @@ import torch
 
 from ..ode.settings import SolverSettings
 from ..ode.solve import solve
-from ._checks import Denoiser, check_within_denoiser_range, default_sigma_range
-from .flow_solver import check_class_labels, flow_solver, staying_inside_the_span
-from .probability_flow import check_sigma_range, denoise_with_labels
+from ._checks import Denoiser, check_within_denoiser_range, default_sigma_range, denoise
+from .flow_solver import class_label_arguments, flow_solver, staying_inside_the_span
+from .probability_flow import check_sigma_range
 
 __all__ = ["log_likelihood", "bits_per_dim", "dequantize", "DIVERGENCES"]
 
@@ -65,7 +65,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
         raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
-    check_class_labels(class_labels, x)
+    extra_args = class_label_arguments(class_labels, x)
     solver = flow_solver("log_likelihood", solver, solve_arguments)
     probe = None
     if divergence == "hutchinson":
@@ -75,7 +75,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
     def augmented(sigma: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         with torch.enable_grad():
             y = state[0].detach().requires_grad_(True)
-            drift = (y - denoise_with_labels(denoiser, y, sigma, class_labels)) / sigma
+            drift = (y - denoise(denoiser, y, sigma, **extra_args)) / sigma
             div = _exact_divergence(drift, y) if probe is None else _hutchinson_divergence(drift, y, probe)
         return drift.detach(), div.detach()
 

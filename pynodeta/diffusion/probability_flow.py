@@ -9,7 +9,7 @@ import torch
 from ..ode.settings import SolverSettings
 from ..ode.solve import Solution, solve
 from ._checks import Denoiser, check_within_denoiser_range, denoise
-from .flow_solver import check_class_labels, flow_solver, staying_inside_the_span
+from .flow_solver import class_label_arguments, flow_solver, staying_inside_the_span
 
 __all__ = ["probability_flow", "check_sigma_range"]
 
@@ -23,14 +23,6 @@ def check_sigma_range(sigma_start: float, sigma_end: float, start_name: str = "s
                              f"such as 0.002 and apply the denoiser there instead of 0), got {value!r}")
     if sigma_start == sigma_end:
         raise ValueError(f"{start_name} and {end_name} must differ, both are {sigma_start}")
-
-
-def denoise_with_labels(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
-                        class_labels: torch.Tensor | None) -> torch.Tensor:
-    """D(x, σ), with ``class_labels=`` only where there are labels: a two-argument denoiser keeps working."""
-    if class_labels is None:
-        return denoise(denoiser, x, sigma)
-    return denoise(denoiser, x, sigma, class_labels=class_labels)
 
 
 def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, sigma_end: float, *,
@@ -56,11 +48,11 @@ def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, si
     """
     check_sigma_range(sigma_start, sigma_end)
     check_within_denoiser_range(denoiser, {"sigma_start": sigma_start, "sigma_end": sigma_end})
-    check_class_labels(class_labels, x)
+    extra_args = class_label_arguments(class_labels, x)
     solver = flow_solver("probability_flow", solver, solve_arguments)
 
     def drift(sigma: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return (state - denoise_with_labels(denoiser, state, sigma, class_labels)) / sigma
+        return (state - denoise(denoiser, state, sigma, **extra_args)) / sigma
 
     times = torch.tensor([sigma_start, sigma_end], dtype=x.dtype, device=x.device)
     return solve(drift, x, times, **staying_inside_the_span(times, solver))
