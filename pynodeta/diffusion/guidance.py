@@ -13,7 +13,15 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GuidedDenoiser"]
+__all__ = ["GuidedDenoiser", "check_guidance"]
+
+
+def check_guidance(guidance: float, name: str = "guidance") -> float:
+    """The guidance weight w as a float, refused (naming ``name``) unless a finite number >= 0."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
+            math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 (1: no guidance, 0: unconditional), got {guidance!r}")
+    return float(guidance)
 
 
 class GuidedDenoiser(nn.Module):
@@ -28,11 +36,7 @@ class GuidedDenoiser(nn.Module):
 
     def __init__(self, denoiser: nn.Module, guidance: float, unconditional: nn.Module | None = None):
         super().__init__()
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
-                math.isfinite(guidance) and guidance >= 0):
-            raise ValueError("guidance must be a finite number >= 0 (1: no guidance, 0: unconditional), "
-                             f"got {guidance!r}")
-        self.denoiser, self.guidance, self.unconditional = denoiser, float(guidance), unconditional
+        self.denoiser, self.guidance, self.unconditional = denoiser, check_guidance(guidance), unconditional
 
     @property
     def sigma_min(self) -> float:

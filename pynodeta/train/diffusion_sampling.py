@@ -20,7 +20,7 @@ import torch
 
 import pynodeta.diffusion as pd
 from pynodeta._atomic import atomic_write
-from pynodeta.diffusion.guidance import GuidedDenoiser
+from pynodeta.diffusion.guidance import GuidedDenoiser, check_guidance
 from pynodeta.ode.stats import record_stats
 
 from .conditioning import one_hot_labels
@@ -86,8 +86,7 @@ def _check(module, sampler: str, steps: int, num: int, guidance: float) -> None:
         raise ValueError(f"num must be >= 1 images, got {num}")
     if sampler != ODE_SAMPLER and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"guidance must be a finite number >= 0 (1: no guidance, 0: unconditional), got {guidance!r}")
+    check_guidance(guidance)
     if guidance != 1 and module.num_classes is None:
         raise ValueError(f"guidance={guidance} needs a class-conditional model; this one has no classes")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pynodeta.diffusion.guidance import check_guidance
 from pynodeta.ode import SolverSettings
 
 __all__ = ["EvalSettings"]
@@ -59,10 +59,7 @@ class EvalSettings:
             raise FileNotFoundError(f"inception_weights {self.inception_weights!r} is not a file; point it at a local "
                                     "Inception-v3 .pkl (NVlabs' FID network) or .pt, or leave it out (FD is NaN "
                                     "for images other than 8×8 digits)")
-        guidance = self.guidance
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (
-                math.isfinite(guidance) and guidance >= 0):
-            raise ValueError(f"guidance must be a finite number >= 0 (1: no guidance), got {guidance!r}")
+        check_guidance(self.guidance)
         if self.solver is not None and not isinstance(self.solver, SolverSettings):
             raise TypeError(f"solver must be a pynodeta.SolverSettings or None, got {type(self.solver).__name__}")
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from pynodeta.diffusion.guidance import check_guidance
+
 from .._cli import ArgumentParser, UsageError
 from .diffusion_sampling import sampler_names
 from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_output_path
@@ -75,8 +77,11 @@ def _check_numbers(args) -> None:
     for name, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be a positive number, got {value}")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise UsageError(f"--guidance must be a finite number >= 0 (1: no guidance), got {args.guidance}")
+    if args.guidance is not None:
+        try:
+            check_guidance(args.guidance, "--guidance")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     if args.class_labels is not None and args.class_labels != "all":
         try:
             args.class_labels = int(args.class_labels)
