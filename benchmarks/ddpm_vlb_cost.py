@@ -31,7 +31,7 @@ from pynodeta.diffusion import DDPMSchedule
 from pynodeta.models import DDPMUNet
 from pynodeta.train import DDPMObjective, EvalSettings
 from pynodeta.train.diffusion import DiffusionModule
-from pynodeta.train.diffusion_evaluation import likelihood_solver
+from pynodeta.train.evaluation_settings import EVALUATION_SOLVER
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,7 +90,7 @@ def measure(train_steps: int, draws: int) -> dict:
                      "draw_spread": statistics.stdev(means)})
     raw_pixels = data.test_set.images[: module.evaluation.nll_num_images].to(torch.int64)
     nll_seconds, nll = _cpu_seconds(lambda: pd.bits_per_dim(module.denoiser(), raw_pixels, 17,
-                                                            solver=likelihood_solver(),
+                                                            solver=EVALUATION_SOLVER,
                                                             generator=torch.Generator().manual_seed(0)))
     noise = torch.randn(360, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

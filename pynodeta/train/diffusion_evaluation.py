@@ -27,24 +27,10 @@ from .diffusion_sampling import generate_batches
 from .objectives import DDPMObjective
 from .sample_outputs import GridWriter
 
-__all__ = ["likelihood_solver", "evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary",
+__all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary",
            "summary_line"]
 
 _EVAL_SEED = 2024  # the same noise for every evaluation, so that epochs and runs are compared on one draw
-
-
-def _solver(module, solver):
-    """``solver``, else the module's ``evaluation.solver``, else :func:`likelihood_solver`."""
-    if solver is not None:
-        return solver
-    return module.evaluation.solver if module.evaluation.solver is not None else likelihood_solver()
-
-
-def likelihood_solver(rtol: float = 1e-3, atol: float = 1e-3):
-    """The bits/dim estimate's default solve: dopri5 at rtol = atol = 1e-3 (the committed figures' setting)."""
-    from pynodeta.ode import IController, SolverSettings
-
-    return SolverSettings(method="dopri5", controller=IController(rtol=rtol, atol=atol))
 
 
 def _extractor(module):
@@ -178,7 +164,8 @@ def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, sol
     try:
         with record_stats() as log:  # over the denoiser's own noise range (a DDPM schedule's, EDM's 0.002 to 80)
             bpd = bits_per_dim(module.denoiser(), raw.to(module.device), num_bins, generator=generator,
-                               solver=_solver(module, solver), **labels)
+                               solver=solver if solver is not None else module.evaluation.ode_solver,
+                               **labels)
     finally:
         module.train(was_training)
     bpd = bpd.double().cpu()

@@ -6,9 +6,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pynodeta.diffusion.guidance import check_guidance
-from pynodeta.ode import SolverSettings
+from pynodeta.ode import IController, SolverSettings
 
-__all__ = ["EvalSettings"]
+__all__ = ["EvalSettings", "EVALUATION_SOLVER"]
+
+# the bits/dim estimate's and the ode sampler's solve unless EvalSettings.solver says otherwise (the setting of
+# every committed likelihood figure)
+EVALUATION_SOLVER = SolverSettings(method="dopri5", controller=IController(rtol=1e-3, atol=1e-3))
 
 
 def _require_int(name: str, value, low: int, meaning: str) -> None:
@@ -62,6 +66,11 @@ class EvalSettings:
         check_guidance(self.guidance)
         if self.solver is not None and not isinstance(self.solver, SolverSettings):
             raise TypeError(f"solver must be a pynodeta.SolverSettings or None, got {type(self.solver).__name__}")
+
+    @property
+    def ode_solver(self) -> SolverSettings:
+        """``solver``, or ``EVALUATION_SOLVER`` when it is None."""
+        return self.solver if self.solver is not None else EVALUATION_SOLVER
 
     def resolved(self, objective) -> EvalSettings:
         """These settings with sampler and steps filled in from ``objective``'s defaults, and checked against it."""

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynodeta.diffusion import DDPMSchedule, DenoiserFromEpsilon
+from pynodeta.diffusion.learned_timestep_sampler import LearnedTimestepSampler
 from pynodeta.diffusion.loss_weighting import make_loss_weighting
 from pynodeta.diffusion.timestep_samplers import make_timestep_sampler
 
@@ -60,9 +61,11 @@ class DDPMObjective(DiffusionObjective):
         self.timestep_sampler = make_timestep_sampler(
             self.timestep_sampler_name, self.schedule.num_timesteps, alphas_cumprod=self.schedule.alphas_cumprod,
             in_channels=sample_shape[0], **self.timestep_sampler_options)
-        # what training owes the sampler: loss-aware updates, the learned sampler's update around the optimiser step
-        self.sampler_training = TimestepSamplerTraining(
-            self.timestep_sampler, ddpm_vb_terms(self.eps_model(model), self.schedule, self.num_bins))
+        # what training owes the sampler: loss-aware updates, the learned sampler's update around the optimiser
+        # step (the only one that needs the variational-bound terms)
+        learned = isinstance(self.timestep_sampler, LearnedTimestepSampler)
+        bound_terms = ddpm_vb_terms(self.eps_model(model), self.schedule, self.num_bins) if learned else None
+        self.sampler_training = TimestepSamplerTraining(self.timestep_sampler, bound_terms)
 
     def eps_model(self, model: nn.Module) -> nn.Module:
         """The network as an ε-network ``eps_model(t, x_t, class_labels=None)`` whatever it predicts."""
