@@ -181,11 +181,12 @@ class LatentEncoder:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1 (images per VAE call), got {batch_size!r}")
         self.vae = load_autoencoder(vae, device) if isinstance(vae, (str, Path)) else vae
+        self.source = str(vae) if isinstance(vae, (str, Path)) else type(vae).__name__  # for messages
         self.scaling, self.batch_size = scaling, batch_size
         channels = int(self.vae.config.latent_channels)
         if scaling.channels not in (None, channels):
-            raise ValueError(f"scaling has constants for {scaling.channels} latent channels but the VAE has {channels}; "
-                             f"pass raw_mean/raw_std measured for this VAE")
+            raise ValueError(f"scaling has constants for {scaling.channels} latent channels but the VAE has "
+                             f"{channels}; pass raw_mean/raw_std measured for this VAE")
         self.latent_channels = channels
         self.downsampling = 2 ** (len(self.vae.config.block_out_channels) - 1)  # pixels per latent, per side
 
