@@ -43,7 +43,7 @@ def center_crop_imagenet(image, resolution: int) -> np.ndarray:
     image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
     top, left = (array.shape[0] - resolution) // 2, (array.shape[1] - resolution) // 2
-    return np.ascontiguousarray(array[top:top + resolution, left:left + resolution])
+    return array[top:top + resolution, left:left + resolution].copy()  # contiguous and writable
 
 
 def read_cropped_image(path: str | Path, resolution: int) -> torch.Tensor:
