@@ -51,9 +51,11 @@ def _datamodule(module, datamodule=None):
     return datamodule
 
 
-def _is_latent(module, datamodule) -> bool:
-    datamodule = datamodule if datamodule is not None else getattr(module._trainer, "datamodule", None)
-    return display_decoder(datamodule) is not None
+def _pixel_test_set(module, datamodule):
+    """The test images (uint8 ``images``) that bits/dim are measured on; None for data without them: latents
+    (a latent model has no density over pixels) or an image folder without a test split."""
+    test = getattr(_datamodule(module, datamodule), "test_set", None)
+    return test if hasattr(test, "images") else None
 
 
 def _real_images(dataset) -> torch.Tensor:
@@ -153,9 +155,9 @@ def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, sol
     rtol = atol = 1e-3. A class-conditional model's
     likelihood is conditioned on each test image's label."""
     count = module.evaluation.nll_num_images if num_images is None else num_images
-    if count < 1 or _is_latent(module, datamodule):  # bits/dim are of pixels; a latent model has no pixel density
+    test = _pixel_test_set(module, datamodule) if count >= 1 else None
+    if test is None:
         return {"bpd": math.nan, "bpd_stderr": math.nan, "nll_nfe": math.nan}
-    test = _datamodule(module, datamodule).test_set
     raw = test.images[:count].to(torch.int64)
     num_bins = module.evaluation.num_bins
     if int(raw.max()) >= num_bins:
@@ -192,9 +194,9 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
         return {}
     count = module.evaluation.nll_num_images if num_images is None else num_images
     result = {"vlb_sampled_timesteps": sampled_timesteps, "vlb_num_timesteps": objective.schedule.num_timesteps}
-    if count < 1 or _is_latent(module, datamodule):
+    test = _pixel_test_set(module, datamodule) if count >= 1 else None
+    if test is None:
         return {"vlb_bpd": math.nan, "vlb_stderr": math.nan, **result}
-    test = _datamodule(module, datamodule).test_set
     x0 = torch.stack([test[i][0] for i in range(min(count, len(test)))]).to(module.device)
     was_training = module.training
     module.eval()
