@@ -124,3 +124,19 @@ def test_the_datamodule_refuses_a_folder_without_an_index(tmp_path):
     data = LatentDataModule(tmp_path)
     with pytest.raises(FileNotFoundError, match="pynodeta encode"):
         data.setup("fit")
+
+
+def test_a_restored_datamodule_draws_the_posterior_samples_the_uninterrupted_one_would(encoded):
+    _, _, out, _ = encoded
+    first = LatentDataModule(out, batch_size=4, seed=1)
+    first.setup("fit")
+    raw, labels = next(iter(first.train_dataloader()))
+    first.on_after_batch_transfer((raw, labels), 0)
+    state = first.state_dict()
+    expected, _ = first.on_after_batch_transfer((raw, labels), 0)
+    resumed = LatentDataModule(out, batch_size=4, seed=1)
+    resumed.load_state_dict(state)
+    again, _ = resumed.on_after_batch_transfer((raw, labels), 0)
+    torch.testing.assert_close(again, expected)
+    fresh, _ = LatentDataModule(out, batch_size=4, seed=1).on_after_batch_transfer((raw, labels), 0)
+    assert not torch.equal(fresh, expected)  # the second draw, not the first again
