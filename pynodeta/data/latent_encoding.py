@@ -83,7 +83,7 @@ def encode_image_folder(data: str | Path, vae: str | Path, out: str | Path, *, r
     ``disable``: the progress bar (None: only on a terminal). Returns the index, with ``"skipped"`` (shards
     found done) and ``"encoded"`` (shards written now).
     """
-    from pynodeta.diffusion._progress import progress_range
+    from pynodeta.diffusion._progress import ProgressCounter
     from pynodeta.diffusion.latents import EDM2_SD_VAE_SCALING, LatentEncoder
     from pynodeta.train.run_dir import RunDirLock
 
@@ -100,18 +100,24 @@ def encode_image_folder(data: str | Path, vae: str | Path, out: str | Path, *, r
         remove_stale_shard_tmp_files(out)  # a killed run's half-written files: no writer can be alive now
         write_index(out, plan)
         shape = tuple(plan["latent_shape"])
-        skipped = encoded = 0
-        for number in progress_range(len(plan["shards"]), disable, "pynodeta encode (shards)"):
-            count, start = plan["shards"][number], number * shard_size
-            if shard_done(out, number, count, shape):
-                skipped += 1
-                continue
-            loader = DataLoader(_Pixels(folder.paths[start:start + count], resolution), batch_size=batch_size,
-                                num_workers=num_workers)
-            latents = np.concatenate([encoder.encode_pixels(pixels).cpu().numpy() for pixels in loader])
-            write_shard(out, number, latents, folder.labels[start:start + count])
-            encoded += 1
+        pending = [n for n, count in enumerate(plan["shards"]) if not shard_done(out, n, count, shape)]
+        # one loader (its workers live for the whole run) whose batches never straddle two shards
+        batches = [list(range(start, min(start + batch_size, end))) for n in pending
+                   for end in [n * shard_size + plan["shards"][n]] for start in range(n * shard_size, end, batch_size)]
+        loader = DataLoader(_Pixels(folder.paths, resolution), batch_sampler=batches, num_workers=num_workers)
+        bar = ProgressCounter(disable, "pynodeta encode (images)", total=sum(plan["shards"][n] for n in pending))
+        parts, shards = [], iter(pending)
+        number = next(shards, None)
+        for pixels in loader:
+            parts.append(encoder.encode_pixels(pixels).cpu().numpy())
+            bar.update(len(pixels))
+            start = number * shard_size
+            if sum(len(part) for part in parts) == plan["shards"][number]:  # the shard is complete: write it
+                write_shard(out, number, np.concatenate(parts), folder.labels[start:start + plan["shards"][number]])
+                parts, number = [], next(shards, None)
+        bar.close()
         write_index(out, plan | {"complete": True})
+        skipped, encoded = len(plan["shards"]) - len(pending), len(pending)
     finally:
         lock.release()
     return plan | {"complete": True, "skipped": skipped, "encoded": encoded}

@@ -47,7 +47,7 @@ def test_shards_hold_the_vae_posterior_of_the_cropped_images_and_the_sorted_fold
     np.testing.assert_allclose(stored, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_rerun_skips_whole_shards_and_redoes_missing_truncated_or_half_written_ones(encoded, tmp_path):
+def test_a_rerun_skips_whole_shards_and_redoes_missing_truncated_or_half_written_ones(encoded, tmp_path, capsys):
     _, data, out, _ = encoded
     before = {p.name: p.read_bytes() for p in out.glob("*.npy")}
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
@@ -63,8 +63,12 @@ def test_a_rerun_skips_whole_shards_and_redoes_missing_truncated_or_half_written
     (out / "index.json").write_text(json.dumps(index | {"complete": False}))
     with pytest.raises(ValueError, match="has not finished"):
         LatentShards.open(out)
-    resumed = encode_image_folder(data, tmp_path / "vae", out, resolution=16, shard_size=4, batch_size=3)
+    capsys.readouterr()
+    resumed = encode_image_folder(data, tmp_path / "vae", out, resolution=16, shard_size=4, batch_size=3,
+                                  disable=False)
     assert (resumed["skipped"], resumed["encoded"]) == (1, 2)
+    assert "pynodeta encode (images)" in capsys.readouterr().err  # the bar counts the 4 + 1 images left
+
     assert not list(out.glob(".*.tmp"))  # the stale temporary file is cleaned up
     assert {p.name: p.read_bytes() for p in out.glob("*.npy")} == before
     assert json.loads((out / "index.json").read_text())["complete"]
