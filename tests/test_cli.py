@@ -8,7 +8,7 @@ import pytest
 import pynodeta.cli as cli
 from pynodeta.cli import COMMANDS, main
 
-ALL_COMMANDS = ("fit", "validate", "test", "predict", "sample", "evaluate", "phema", "plot", "diagnose")
+ALL_COMMANDS = ("fit", "validate", "test", "predict", "sample", "evaluate", "phema", "encode", "plot", "diagnose")
 
 
 @pytest.mark.parametrize("argv, status", [(["--help"], 0), (["-h"], 0), ([], 2)])

@@ -44,6 +44,8 @@ COMMANDS: tuple[Command, ...] = (
             "pynodeta.train.sample_cli:evaluate_main"),
     Command("phema", "reconstruct post-hoc EMA weights for any sigma_rel from a run's snapshots (EDM2)",
             "pynodeta.ema.cli:main"),
+    Command("encode", "encode an image folder into VAE latents in resumable shards (latent diffusion, EDM2)",
+            "pynodeta.data.encode_cli:main"),
     Command("plot", "PNG plots of a run's loss, metrics and NFE from its metrics.csv", "pynodeta.train.plots:main"),
     Command("diagnose", "find where a model's timestep signal dies (exit status 1 when it vanishes)",
             "pynodeta.diagnose.cli:main"),

@@ -5,7 +5,8 @@ Conventions: a *denoiser* is ``denoiser(x, sigma, class_labels=None) -> x̂0`` w
 (batch,) (EDM, k-diffusion); an *ε-network* is time-first, ``eps_model(t, x) -> ε̂`` with integer ``t`` of
 shape (batch,) in [0, T). Every image sampler in ``SAMPLERS`` has k-diffusion's signature
 ``sampler(denoiser, x, sigmas, *, extra_args=None, generator=None, callback=None, disable=None, **options)``.
-Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``.
+Samplers and solves publish their NFE; read it with ``pynodeta.record_stats()``. Latent diffusion
+(``pynodeta.diffusion.latents``): a user's diffusers ``AutoencoderKL`` in EDM2's convention, ``LatentEncoder``.
 """
 
 from ..ode.stats import SolveStats, record_stats
@@ -18,6 +19,7 @@ from .denoisers import DenoiserFromEpsilon
 from .dpm_adaptive import sample_dpm_adaptive
 from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
 from .guidance import GuidedDenoiser
+from .latents import EDM2_SD_VAE_SCALING, LatentEncoder, LatentScaling, draw_latents
 from .learned_timestep_sampler import LearnedTimestepSampler
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
@@ -64,6 +66,10 @@ __all__ = [
     "TIMESTEP_SPACINGS",
     "DenoiserFromEpsilon",
     "GuidedDenoiser",
+    "LatentEncoder",
+    "LatentScaling",
+    "EDM2_SD_VAE_SCALING",
+    "draw_latents",
     "EDMPrecond",
     "EDM2Precond",
     "edm2_loss",

@@ -35,24 +35,25 @@ def progress_range(n: int, disable: bool | None, name: str) -> Iterable[int]:
 
 
 class ProgressCounter:
-    """A bar without a known total (the adaptive sampler's evaluations); does nothing when not shown."""
+    """A bar updated by hand, with or without a known ``total`` (the adaptive sampler's evaluations, the images
+    ``pynodeta encode`` has encoded); does nothing when not shown."""
 
-    def __init__(self, disable: bool | None, name: str):
-        self.bar, self.name, self.count = None, name, 0
+    def __init__(self, disable: bool | None, name: str, total: int | None = None):
+        self.bar, self.name, self.count, self.total = None, name, 0, total
         self.shown = progress_shown(disable)
         if self.shown:
             try:
                 from tqdm import tqdm
             except ImportError:
                 return
-            self.bar = tqdm(desc=name, file=sys.stderr)
+            self.bar = tqdm(desc=name, total=total, file=sys.stderr)
 
     def update(self, n: int = 1) -> None:
         self.count += n
         if self.bar is not None:
             self.bar.update(n)
         elif self.shown:
-            sys.stderr.write(f"\r{self.name}: {self.count}")
+            sys.stderr.write(f"\r{self.name}: {self.count}" + ("" if self.total is None else f"/{self.total}"))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -26,6 +26,7 @@ from .base import TrainingModule
 from .conditioning import ClassConditioning
 from .diffusion_sampling import generate
 from .evaluation_settings import EvalSettings
+from .latent_runs import LATENTS_KEY, latent_record_of
 from .objectives import DDPMObjective, DiffusionObjective
 from .optim import OptimizerPreset
 from .weight_averages import store_average, stored_average_state
@@ -222,6 +223,9 @@ class DiffusionModule(TrainingModule):
             checkpoint[TIMESTEP_SAMPLER_KEY] = state
         if self.ema is not None:
             store_average(checkpoint, "ema", self.ema)
+        record = latent_record_of(self._trainer)
+        if record is not None:  # trained on VAE latents: how `pynodeta sample` decodes them
+            checkpoint[LATENTS_KEY] = record
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

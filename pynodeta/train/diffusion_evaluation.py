@@ -24,6 +24,7 @@ from pynodeta.ode.stats import record_stats
 from .._atomic import atomic_write_text
 from .conditioning import one_hot_labels
 from .diffusion_sampling import generate_batches
+from .latent_runs import display_decoder
 from .objectives import DDPMObjective
 from .sample_outputs import GridWriter
 
@@ -48,6 +49,13 @@ def _datamodule(module, datamodule=None):
     if datamodule.train_set is None:
         datamodule.setup("fit")
     return datamodule
+
+
+def _pixel_test_set(module, datamodule):
+    """The test images (uint8 ``images``) that bits/dim are measured on; None for data without them: latents
+    (a latent model has no density over pixels) or an image folder without a test split."""
+    test = getattr(_datamodule(module, datamodule), "test_set", None)
+    return test if hasattr(test, "images") else None
 
 
 def _real_images(dataset) -> torch.Tensor:
@@ -90,7 +98,8 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
     if module.num_classes is not None:
         sampler_options.setdefault("class_labels", "all")
         sampler_options.setdefault("guidance", module.evaluation.guidance)
-    extractor = _extractor(module)
+    decode = display_decoder(datamodule if datamodule is not None else getattr(module._trainer, "datamodule", None))
+    extractor = _extractor(module) if decode is None else None  # no FD of latents: they are not images
     reference = _reference(module, _datamodule(module, datamodule), extractor) if extractor is not None else None
     generator = torch.Generator().manual_seed(_EVAL_SEED)
     batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
@@ -102,7 +111,7 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
         if batch is None:
             break
         nfes.append(batch.nfe)
-        grid.add(batch.images)
+        grid.add(batch.images if decode is None else decode(batch.images))
         if batch.labels is not None:
             labels.append(batch.labels)
         if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
@@ -146,9 +155,9 @@ def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, sol
     rtol = atol = 1e-3. A class-conditional model's
     likelihood is conditioned on each test image's label."""
     count = module.evaluation.nll_num_images if num_images is None else num_images
-    if count < 1:
+    test = _pixel_test_set(module, datamodule) if count >= 1 else None
+    if test is None:
         return {"bpd": math.nan, "bpd_stderr": math.nan, "nll_nfe": math.nan}
-    test = _datamodule(module, datamodule).test_set
     raw = test.images[:count].to(torch.int64)
     num_bins = module.evaluation.num_bins
     if int(raw.max()) >= num_bins:
@@ -185,9 +194,9 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
         return {}
     count = module.evaluation.nll_num_images if num_images is None else num_images
     result = {"vlb_sampled_timesteps": sampled_timesteps, "vlb_num_timesteps": objective.schedule.num_timesteps}
-    if count < 1:
+    test = _pixel_test_set(module, datamodule) if count >= 1 else None
+    if test is None:
         return {"vlb_bpd": math.nan, "vlb_stderr": math.nan, **result}
-    test = _datamodule(module, datamodule).test_set
     x0 = torch.stack([test[i][0] for i in range(min(count, len(test)))]).to(module.device)
     was_training = module.training
     module.eval()

@@ -34,6 +34,7 @@ from pynodeta.ema import WeightAverage
 from pynodeta.ema.average import POSTHOC_KEY, RAW_WEIGHTS, check_average_key, parse_sigma_rel_key, sigma_rel_key
 from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
+from .latent_runs import LATENTS_KEY, check_latent_record
 from .legacy_configs import upgrade_diffusion_model_section
 from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
@@ -55,6 +56,7 @@ class Run:
     averages: list[tuple[str, WeightAverage]] = field(default_factory=list)  # (network attribute, average)
     example_input: torch.Tensor | None = None   # an example batch stored with a pickled module (diagnose)
     posthoc: dict | None = None                 # {"sigma_rel", "step"} when `pynodeta phema` wrote the weights
+    latents: dict | None = None                 # {"vae", "scaling"} of a run trained on VAE latents
     _reconstructed: dict[str, int] = field(default_factory=dict, repr=False)  # key -> step, of use_average
 
     @property
@@ -174,8 +176,14 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
     averages = _averages(content, module, path)
     step = content.get("global_step")
     posthoc = content.get(POSTHOC_KEY) if isinstance(content.get(POSTHOC_KEY), dict) else None
+    latents = content.get(LATENTS_KEY)
+    if latents is not None:
+        try:
+            check_latent_record(latents, f"the checkpoint {str(path)!r}")
+        except ValueError as error:
+            raise CheckpointError(str(error)) from error
     return Run(module, datamodule, path, config_path, int(step) if step is not None else None, averages,
-               posthoc=posthoc)
+               posthoc=posthoc, latents=latents)
 
 
 def find_run_config(checkpoint: Path) -> Path | None:

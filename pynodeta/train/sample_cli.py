@@ -7,12 +7,14 @@
     pynodeta evaluate --checkpoint CKPT --average none --sampler ddim --steps 50
     pynodeta sample --checkpoint CKPT --class-labels 3 --guidance 2      # class-conditional runs
     pynodeta evaluate --checkpoint CKPT --class-labels all --guidance 1.5
+    pynodeta sample --checkpoint CKPT --class-labels 207 --vae sd-vae-ft-mse/   # latent runs: decode to images
 
 The run is read by :func:`~pynodeta.train.run_loader.load_run` (``weights_only=True``, class paths
 vetted before any import; ``--unsafe-load`` the one opt-in). Weights: the average ``fit`` evaluated
 with unless ``--average`` says otherwise (``ema``, ``sigma_rel=0.10``, ``none``). Every output path
-is checked before anything is loaded or drawn, and written atomically. Flags are kebab-case; the
-snake-case spellings (``--num_threads``) are kept as aliases.
+is checked before anything is loaded or drawn, and written atomically. A run trained on VAE latents
+(``LatentDataModule``) is decoded to images through the VAE its checkpoint records (``--vae`` overrides it).
+Flags are kebab-case; the snake-case spellings (``--num_threads``) are kept as aliases.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pynodeta.diffusion.guidance import check_guidance
 
 from .._cli import ArgumentParser, UsageError
 from .diffusion_sampling import sampler_names
+from .latent_runs import run_decoder
 from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_output_path
 
 __all__ = ["sample_main", "evaluate_main", "load_diffusion_run"]
@@ -135,7 +138,8 @@ def _setup(args, prog: str):
 def _run(main, argv: list[str], prog: str) -> int:
     try:
         return main(argv, prog)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, FloatingPointError, KeyError) as error:
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FloatingPointError, KeyError,
+            ImportError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
@@ -151,6 +155,9 @@ def _sample(argv: list[str], prog: str) -> int:
                         help=f"PNG grid of the first {GRID_MAX} images (default samples.png)")
     parser.add_argument("--save-tensor", "--save_tensor", dest="save_tensor", default=None,
                         help="also save every image: .npy (written as drawn, memory O(batch)) or .pt (one tensor)")
+    parser.add_argument("--vae", default=None, metavar="DIR",
+                        help="latent runs: the diffusers AutoencoderKL folder to decode with (default: the one the "
+                             "run recorded; for a run that recorded none, EDM2's constants for SD's VAE are assumed)")
     args = parser.parse_args(argv)
     args.command = "sample"
     _check_numbers(args)
@@ -159,25 +166,31 @@ def _sample(argv: list[str], prog: str) -> int:
         check_output_path(args.save_tensor, "--save-tensor", (".npy", ".pt"))
     run, weights = _setup(args, prog)
     module = run.module
+    decoder = run_decoder(run.latents, args.vae, module.sample_shape, module.device)
     sampler = module.evaluation.sampler if args.sampler is None else args.sampler
     steps = module.evaluation.steps if args.steps is None else args.steps
     generator = torch.Generator().manual_seed(args.seed)
     grid = GridWriter(args.out)
-    tensor = TensorWriter(args.save_tensor, args.num, module.sample_shape) if args.save_tensor else None
+    shape = module.sample_shape
+    if decoder is not None:  # images of 3 channels, f times the latents' size per side
+        shape = (3, shape[1] * decoder.downsampling, shape[2] * decoder.downsampling)
+    tensor = TensorWriter(args.save_tensor, args.num, shape) if args.save_tensor else None
     nfes = []
     try:
         for batch in generate_batches(module, args.num, sampler, steps, generator=generator, solver=_solver(args),
                                       disable=None, **_conditioning(args, module)):  # a bar on a terminal
             nfes.append(batch.nfe)
-            grid.add(batch.images)
+            images = batch.images if decoder is None else decoder.decode_to_unit_range(batch.images)
+            grid.add(images)
             if tensor is not None:
-                tensor.add(batch.images)
+                tensor.add(images)
         written = [grid.close()] + ([tensor.close()] if tensor is not None else [])
     finally:
         if tensor is not None:
             tensor.discard()  # nothing left behind if drawing failed; a no-op once closed
-    print(f"{prog}: {args.num} images, sampler {sampler}, NFE {sum(nfes) / len(nfes):.0f}, weights {weights} "
-          f"-> {', '.join(map(str, written))}")
+    decoded = "" if decoder is None else f", decoded by the VAE {decoder.source}"
+    print(f"{prog}: {args.num} images, sampler {sampler}, NFE {sum(nfes) / len(nfes):.0f}, weights {weights}"
+          f"{decoded} -> {', '.join(map(str, written))}")
     return 0
 
 
