@@ -5,6 +5,7 @@ Always report the real-data floor beside a generated score: the distance between
 """
 
 from .digits import DigitsFeatureExtractor, DigitsFeatureNet
+from .fid_inception import PYTORCH_FID_WEIGHTS_URL, FIDInceptionV3
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
 from .inception import INCEPTION_URL, InceptionFeatureExtractor
 
@@ -16,4 +17,6 @@ __all__ = [
     "DigitsFeatureNet",
     "InceptionFeatureExtractor",
     "INCEPTION_URL",
+    "FIDInceptionV3",
+    "PYTORCH_FID_WEIGHTS_URL",
 ]
