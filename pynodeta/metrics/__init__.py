@@ -8,6 +8,7 @@ from .digits import DigitsFeatureExtractor, DigitsFeatureNet
 from .fid_inception import PYTORCH_FID_WEIGHTS_URL, FIDInceptionV3
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
 from .inception import INCEPTION_URL, InceptionFeatureExtractor
+from .reference_stats import FeatureMoments, load_reference_statistics, save_reference_statistics
 
 __all__ = [
     "frechet_distance",
@@ -18,5 +19,8 @@ __all__ = [
     "InceptionFeatureExtractor",
     "INCEPTION_URL",
     "FIDInceptionV3",
+    "FeatureMoments",
+    "save_reference_statistics",
+    "load_reference_statistics",
     "PYTORCH_FID_WEIGHTS_URL",
 ]
