@@ -99,6 +99,6 @@ def test_edm2_pkl_is_read_for_each_metric_without_running_code(tmp_path, protoco
         load_reference_statistics(path, "is")
     marker = tmp_path / "ran"
     path.write_bytes(pickle.dumps({"fid": _RunsCode(marker)}, protocol=protocol))
-    with pytest.raises(ValueError, match=r"builtin_*\.exec.*never needs"):
+    with pytest.raises(ValueError, match=r"(__builtin__|builtins)\.exec.*never needs"):
         load_reference_statistics(path)
     assert not marker.exists()
