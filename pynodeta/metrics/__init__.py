@@ -5,6 +5,7 @@ Always report the real-data floor beside a generated score: the distance between
 """
 
 from .digits import DigitsFeatureExtractor, DigitsFeatureNet
+from .dinov2 import DINOV2_WEIGHTS_URL, DINOv2FeatureExtractor, dinov2_position_embedding, edm2_dinov2_pixels
 from .fid_inception import PYTORCH_FID_WEIGHTS_URL, FIDInceptionV3
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
 from .inception import INCEPTION_URL, InceptionFeatureExtractor
@@ -19,6 +20,10 @@ __all__ = [
     "InceptionFeatureExtractor",
     "INCEPTION_URL",
     "FIDInceptionV3",
+    "DINOv2FeatureExtractor",
+    "DINOV2_WEIGHTS_URL",
+    "edm2_dinov2_pixels",
+    "dinov2_position_embedding",
     "FeatureMoments",
     "save_reference_statistics",
     "load_reference_statistics",
