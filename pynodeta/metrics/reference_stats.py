@@ -100,8 +100,8 @@ def load_reference_statistics(path: str | os.PathLike, metric: str = "fid") -> t
     """(μ, Σ) from pytorch-fid's ``.npz`` or, for ``metric`` ``"fid"`` or ``"fd_dinov2"``, edm2's ``.pkl``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"reference statistics {str(path)!r} is not a file; write one with "
-                                "`pynodeta refstats` or pass pytorch-fid's .npz / edm2's dataset-refs .pkl")
+        raise FileNotFoundError(f"reference statistics {str(path)!r} is not a file; write one with `pynodeta "
+                                "evaluate --write-reference-stats PATH` or pass pytorch-fid's .npz / edm2's .pkl")
     if path.suffix == ".pkl":
         content = _read_edm2_pickle(path)
         if metric not in content or not isinstance(content[metric], dict):

@@ -70,7 +70,7 @@ def test_npz_round_trip_is_pytorch_fids_format(tmp_path):
     np.savez(tmp_path / "other.npz", mean=mu)
     with pytest.raises(ValueError, match="lacks mu or sigma"):
         load_reference_statistics(tmp_path / "other.npz")
-    with pytest.raises(FileNotFoundError, match="pynodeta refstats"):
+    with pytest.raises(FileNotFoundError, match="--write-reference-stats"):
         load_reference_statistics(tmp_path / "missing.npz")
 
 
