@@ -5,8 +5,11 @@ Always report the real-data floor beside a generated score: the distance between
 """
 
 from .digits import DigitsFeatureExtractor, DigitsFeatureNet
+from .dinov2 import DINOV2_WEIGHTS_URL, DINOv2FeatureExtractor, dinov2_position_embedding, edm2_dinov2_pixels
+from .fid_inception import PYTORCH_FID_WEIGHTS_URL, FIDInceptionV3
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
 from .inception import INCEPTION_URL, InceptionFeatureExtractor
+from .reference_stats import FeatureMoments, load_reference_statistics, save_reference_statistics
 
 __all__ = [
     "frechet_distance",
@@ -16,4 +19,13 @@ __all__ = [
     "DigitsFeatureNet",
     "InceptionFeatureExtractor",
     "INCEPTION_URL",
+    "FIDInceptionV3",
+    "DINOv2FeatureExtractor",
+    "DINOV2_WEIGHTS_URL",
+    "edm2_dinov2_pixels",
+    "dinov2_position_embedding",
+    "FeatureMoments",
+    "save_reference_statistics",
+    "load_reference_statistics",
+    "PYTORCH_FID_WEIGHTS_URL",
 ]

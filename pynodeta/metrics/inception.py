@@ -1,9 +1,12 @@
 """The standard FID feature extractor (Inception-v3, pool3, 2048 features) from weights on the user's disk.
 
-Its weights cannot be downloaded here, so the extractor takes a path, to either of NVlabs' two copies of
-the same TorchScript detector: ``inception-2015-12-05.pkl`` (the file EDM, EDM2 and StyleGAN3 compute
-FID with, and the one their users already have in their download cache) or the TorchScript archive
-``inception-2015-12-05.pt`` (StyleGAN2-ADA's, also what ``torch.jit.save`` writes).
+Its weights cannot be downloaded here, so the extractor takes a path, to one of three files, all ports of
+TensorFlow's ``inception-2015-12-05`` graph: NVlabs' ``inception-2015-12-05.pkl`` (the file EDM, EDM2 and
+StyleGAN3 compute FID with, and the one their users already have in their download cache), its TorchScript
+archive ``inception-2015-12-05.pt`` (StyleGAN2-ADA's, also what ``torch.jit.save`` writes), or pytorch-fid's
+state dict ``pt_inception-2015-12-05-6726825d.pth``, run by our own ``FIDInceptionV3`` (read with
+``weights_only=True``). The two families differ slightly (pytorch-fid's README says so: resizing and input
+scaling are not TensorFlow's), so a score is comparable only with scores of the same file.
 
 Nothing here unpickles. A config or checkpoint may name this class with any ``weights_path``, so
 ``pickle.load`` on that path would run whatever code the file names. A TorchScript module cannot be
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .fid_inception import PYTORCH_FID_WEIGHTS_URL, FIDInceptionV3
 
 __all__ = ["InceptionFeatureExtractor", "INCEPTION_URL", "INCEPTION_TORCHSCRIPT_URL"]
 
@@ -85,17 +90,36 @@ def _refused_pickle(path: Path, found: int) -> ValueError:
         f"{INCEPTION_TORCHSCRIPT_URL}, or convert a .pkl you trust once with: {_CONVERSION}")
 
 
+class _PytorchFIDDetector(nn.Module):
+    """NVlabs' calling convention (uint8 RGB in) over pytorch-fid's network, which reads [0, 1] images:
+    x / 255 is what pytorch-fid's ``ToTensor`` makes of the PNG files it scores."""
+
+    def __init__(self, network: FIDInceptionV3):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+        return self.network(images.float() / 255)
+
+
+def _is_legacy_torch_save(path: Path) -> bool:
+    """A torch.save file from before PyTorch 1.6 (as pytorch-fid's weights): a pickle that starts with
+    torch's magic number, protocol 2 then LONG1 0x1950a86a20f9469cfc6c."""
+    with path.open("rb") as file:
+        return file.read(4) == b"\x80\x02\x8a\x0a"
+
+
 def _load_detector(path: Path) -> nn.Module:
     with path.open("rb") as file:
         is_zip = file.read(4) == _ZIP_MAGIC
+    if (is_zip and not _is_torchscript_archive(path)) or (not is_zip and _is_legacy_torch_save(path)):
+        return _PytorchFIDDetector(FIDInceptionV3.from_weights(path))  # a state dict: pytorch-fid's weights
     if is_zip:
-        if not _is_torchscript_archive(path):
-            raise ValueError(f"weights_path {str(path)!r} is a torch.save archive (e.g. a state dict), not a "
-                             f"TorchScript module; pass {INCEPTION_TORCHSCRIPT_URL} or NVlabs' {INCEPTION_URL}")
         return torch.jit.load(str(path), map_location="cpu")
     if path.suffix != ".pkl":
-        raise ValueError(f"weights_path {str(path)!r} is neither a TorchScript archive nor NVlabs' .pkl detector; "
-                         f"download {INCEPTION_URL} (or {INCEPTION_TORCHSCRIPT_URL}) and pass its path")
+        raise ValueError(f"weights_path {str(path)!r} is neither a TorchScript archive, a state dict nor NVlabs' "
+                         f".pkl detector; download {INCEPTION_URL} (or pytorch-fid's {PYTORCH_FID_WEIGHTS_URL}) "
+                         "and pass its path")
     archives = _archives_in_pickle(path)
     if len(archives) != 1:
         raise _refused_pickle(path, len(archives))
@@ -106,11 +130,12 @@ class InceptionFeatureExtractor(nn.Module):
     """images (batch, 1 or 3, H, W) in [−1, 1] → Inception pool3 features (batch, 2048).
 
     Images are converted to uint8 RGB in [0, 255] (grey images repeated over 3 channels), which is
-    what the detector expects; it resizes to 299×299 itself.
+    what the detector expects (the pixels of a saved PNG); it resizes to 299×299 itself.
 
     Args:
-        weights_path: path of ``inception-2015-12-05.pkl`` or of the TorchScript ``inception-2015-12-05.pt``
-            (read without unpickling: see the module docstring).
+        weights_path: path of ``inception-2015-12-05.pkl``, of the TorchScript ``inception-2015-12-05.pt``
+            (read without unpickling: see the module docstring) or of pytorch-fid's
+            ``pt_inception-2015-12-05-6726825d.pth``.
     """
 
     def __init__(self, weights_path: str | Path):

@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 from pynodeta.diffusion import bits_per_dim, variational_bound
-from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, frechet_distance
+from pynodeta.metrics import (
+    DigitsFeatureExtractor,
+    FeatureMoments,
+    InceptionFeatureExtractor,
+    frechet_distance,
+    frechet_distance_from_statistics,
+)
 from pynodeta.ode.stats import record_stats
 
 from .._atomic import atomic_write_text
@@ -29,12 +35,13 @@ from .objectives import DDPMObjective
 from .sample_outputs import GridWriter
 
 __all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary",
-           "summary_line"]
+           "summary_line", "dataset_statistics"]
 
 _EVAL_SEED = 2024  # the same noise for every evaluation, so that epochs and runs are compared on one draw
 
 
 def _extractor(module):
+    """The FD features of the module's images: digits' own, else Inception from evaluation.inception_weights."""
     if tuple(module.sample_shape) == (1, 8, 8):
         return DigitsFeatureExtractor()
     if module.evaluation.inception_weights is not None:
@@ -75,8 +82,24 @@ def _reference(module, datamodule, extractor) -> dict:
     return module._fd_reference
 
 
+@torch.no_grad()
+def dataset_statistics(dataset, extractor, batch_size: int = 256):
+    """(μ, Σ) of ``extractor``'s features of every image of ``dataset`` (an ``ImageTensorDataset``), one batch
+    at a time: the reference statistics of FID / FD_DINOv2, to save once with ``save_reference_statistics``."""
+    moments = None
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
+        features = extractor(images.clamp(-1, 1))
+        moments = moments or FeatureMoments(features.shape[1])
+        moments.add(features)
+    if moments is None:
+        raise ValueError("the dataset is empty; reference statistics need at least 2 images")
+    return moments.statistics()
+
+
 def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num: int | None = None,
-                     sampler: str | None = None, steps: int | None = None, **sampler_options) -> dict:
+                     sampler: str | None = None, steps: int | None = None, *, extractor=None,
+                     reference_stats=None, **sampler_options) -> dict:
     """Draw ``num`` images (default ``module.evaluation.num_samples``) with the module's current weights, save
     the first 64 as a grid, and compute FD against the test images beside the floor. The images are
     scored as pixels, clipped to the data range [-1, 1], one batch at a time: memory holds one batch of
@@ -85,6 +108,11 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
     A class-conditional model draws every class in turn (``class_labels="all"`` unless given) with the
     evaluation's guidance; on digits the result adds the conditional accuracy (how often the digits
     classifier names the requested class) and the FD of each class against that class's test images.
+
+    ``extractor``: the features (None: the module's, see ``_extractor``), e.g. ``InceptionFeatureExtractor`` or
+    ``DINOv2FeatureExtractor``. ``reference_stats``: (μ, Σ) of the real data in those features (e.g. from
+    ``load_reference_statistics``): the FD is computed against them, the test images are not read, and the
+    floor and the per-class FD are NaN / left out (the 50 000-sample protocol of FID and FD_DINOv2).
 
     Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_nfe", "sampling_seconds", "grid"} (and for
     conditional models "guidance", "conditional_accuracy", "fd_per_class"); the FD entries are NaN when
@@ -99,11 +127,15 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
         sampler_options.setdefault("class_labels", "all")
         sampler_options.setdefault("guidance", module.evaluation.guidance)
     decode = display_decoder(datamodule if datamodule is not None else getattr(module._trainer, "datamodule", None))
-    extractor = _extractor(module) if decode is None else None  # no FD of latents: they are not images
-    reference = _reference(module, _datamodule(module, datamodule), extractor) if extractor is not None else None
+    if extractor is None and decode is None:  # latents are not images: their FD needs an extractor passed in
+        extractor = _extractor(module)
+    reference = None
+    if extractor is not None and reference_stats is None:
+        reference = _reference(module, _datamodule(module, datamodule), extractor)
     generator = torch.Generator().manual_seed(_EVAL_SEED)
     batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
     grid, features, labels, predicted, nfes, seconds = GridWriter(grid_path, limit=64), [], [], [], [], 0.0
+    moments = None
     while True:
         started = time.perf_counter()
         batch = next(batches, None)
@@ -111,18 +143,26 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
         if batch is None:
             break
         nfes.append(batch.nfe)
-        grid.add(batch.images if decode is None else decode(batch.images))
+        images = batch.images if decode is None else decode(batch.images)  # latent runs: through the VAE
+        grid.add(images)
         if batch.labels is not None:
             labels.append(batch.labels)
         if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
-            pixels = batch.images.clamp(-1, 1).cpu()
-            features.append(extractor(pixels).double())
+            pixels = images.clamp(-1, 1).cpu()
+            batch_features = extractor(pixels).double()
+            if reference_stats is None:
+                features.append(batch_features)
+            else:  # 50 000 × 2048 features are not kept: their running sums are
+                moments = moments or FeatureMoments(batch_features.shape[1])
+                moments.add(batch_features)
             if batch.labels is not None and hasattr(extractor, "classify"):
                 predicted.append(extractor.classify(pixels).argmax(dim=1))
     grid = grid.close()
     fd = floor = math.nan
     if reference is not None:
         fd, floor = frechet_distance(torch.cat(features), reference["test"]), reference["floor"]
+    elif moments is not None:
+        fd = frechet_distance_from_statistics(*moments.statistics(), *reference_stats)
     result = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
               "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds, "grid": str(grid)}
     if labels:

@@ -32,7 +32,8 @@ class EvalSettings:
         num_samples: images drawn for the FD.
         nll_num_images: test images of the bits/dim estimate at the end (0: skip it).
         num_bins: values a pixel takes (the dequantisation of bits/dim): 256 for 8-bit images, 17 for digits.
-        inception_weights: a local Inception-v3 ``.pkl``/``.pt`` for FD of images other than 8×8 digits
+        inception_weights: a local Inception-v3 file for FD of images other than 8×8 digits: NVlabs'
+            ``.pkl``/``.pt`` or pytorch-fid's ``.pth``
             (FID's features; they cannot be downloaded at run time). None: FD only for digits, NaN otherwise.
         guidance: classifier-free guidance weight w of class-conditional models' evaluation samples
             (D = D_u + w·(D_c − D_u); 1: the conditional model alone).
@@ -61,8 +62,8 @@ class EvalSettings:
         _require_int("num_bins", self.num_bins, 2, "pixel values: 256, digits 17")
         if self.inception_weights is not None and not Path(self.inception_weights).is_file():
             raise FileNotFoundError(f"inception_weights {self.inception_weights!r} is not a file; point it at a local "
-                                    "Inception-v3 .pkl (NVlabs' FID network) or .pt, or leave it out (FD is NaN "
-                                    "for images other than 8×8 digits)")
+                                    "Inception-v3 .pkl (NVlabs' FID network), .pt or pytorch-fid's .pth, or leave it "
+                                    "out (FD is NaN for images other than 8×8 digits)")
         check_guidance(self.guidance)
         if self.solver is not None and not isinstance(self.solver, SolverSettings):
             raise TypeError(f"solver must be a pynodeta.SolverSettings or None, got {type(self.solver).__name__}")

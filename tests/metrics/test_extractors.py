@@ -110,5 +110,5 @@ def test_inception_refuses_a_pkl_that_would_run_code(tmp_path):
 def test_inception_refuses_a_state_dict_archive(tmp_path):
     path = tmp_path / "inception.pt"
     torch.save({"weight": torch.zeros(2)}, path)
-    with pytest.raises(ValueError, match="torch.save archive"):
+    with pytest.raises(ValueError, match="does not hold pytorch-fid's FID Inception weights"):
         InceptionFeatureExtractor(path)
