@@ -207,3 +207,35 @@ def test_against_nvlabs_code(monkeypatch, tmp_path, label_dim, channels):
     with torch.no_grad():
         difference = (released.denoiser(x, sigma, labels) - net(x, sigma, labels)).abs().max().item()
     assert difference <= 1e-5
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_sample_command_draws_from_a_released_pickle(monkeypatch, tmp_path, channels):
+    import numpy as np
+
+    from pynodeta.train.sample_cli import sample_main
+
+    network, init_kwargs = _network(0, channels)
+    data, marker = _pickle_bytes(monkeypatch, tmp_path, network, init_kwargs)
+    path = tmp_path / "edm2-img8-0000123-0.100.pkl"
+    path.write_bytes(data)
+    common = ["--checkpoint", str(path), "--num", "3", "--steps", "3", "--num-threads", "1"]
+    grid = tmp_path / "grid.png"
+    status = sample_main(common + ["--out", str(grid), "--save-tensor", str(tmp_path / "x.npy")])
+    assert status == (0 if channels == 3 else 2)
+    assert grid.exists() == (channels == 3) and (tmp_path / "x.npy").exists() == (channels == 3)
+    assert sample_main(common + ["--out", "none", "--save-tensor", str(tmp_path / "latents.npy")]) == 0
+    drawn = np.load(tmp_path / "latents.npy")
+    assert drawn.shape == (3, channels, 8, 8) and np.isfinite(drawn).all() and drawn.std() > 0
+    assert not marker.exists()
+
+
+def test_sample_command_refuses_a_grid_of_latents_with_the_fix(monkeypatch, tmp_path, capsys):
+    from pynodeta.train.sample_cli import sample_main
+
+    network, init_kwargs = _network(0, 4)
+    data, _ = _pickle_bytes(monkeypatch, tmp_path, network, init_kwargs)
+    (tmp_path / "lat.pkl").write_bytes(data)
+    assert sample_main(["--checkpoint", str(tmp_path / "lat.pkl"), "--out", str(tmp_path / "g.png")]) == 2
+    message = capsys.readouterr().err
+    assert "4-channel" in message and "--vae" in message and "--out none" in message
