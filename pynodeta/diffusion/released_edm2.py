@@ -22,7 +22,8 @@ from torch import nn
 from .edm2 import EDM2Precond
 from .nvlabs_pickle import PersistentObject, load_nvlabs_pickle, module_tensors
 
-__all__ = ["ReleasedEDM2", "edm2_from_nvlabs", "load_released_edm2", "TENSOR_NAME_MAP", "UNET_ARGUMENTS",
+__all__ = ["ReleasedEDM2", "edm2_from_nvlabs", "edm2_from_arguments", "load_released_edm2", "read_released_edm2",
+           "TENSOR_NAME_MAP", "UNET_ARGUMENTS",
            "PRECOND_ARGUMENTS"]
 
 # NVlabs' name prefix -> pynodeta's, for a pickled Precond (networks_edm2.py: Precond.unet, .logvar_*).
@@ -95,17 +96,32 @@ def edm2_from_nvlabs(network: PersistentObject, where: str = "the pickle") -> tu
     if not isinstance(network, PersistentObject) or network.class_name not in TENSOR_NAME_MAP:
         what = network.class_name if isinstance(network, PersistentObject) else type(network).__name__
         raise ValueError(f"{where}: the network is a {what}; expected NVlabs/edm2's networks_edm2 Precond or UNet")
+    names = PRECOND_ARGUMENTS if network.class_name == "Precond" else UNET_ARGUMENTS
+    return edm2_from_arguments(network.class_name, nvlabs_arguments(network, names), module_tensors(network), where)
+
+
+def nvlabs_arguments(network: PersistentObject, names: tuple[str, ...]) -> dict:
+    """The init arguments a persistent object recorded, positional ones named by ``names``."""
+    return _arguments(network, names)
+
+
+def edm2_from_arguments(class_name: str, arguments: dict, tensors: dict[str, torch.Tensor],
+                        where: str = "the pickle") -> tuple[nn.Module, bool]:
+    """(pynodeta network, use_fp16) from NVlabs' class name ("Precond" or "UNet"), its init arguments by name
+    and its tensors under NVlabs' names: the mapping of :func:`edm2_from_nvlabs`, without the pickle."""
+    if class_name not in TENSOR_NAME_MAP:
+        raise ValueError(f"{where}: class {class_name!r} is not NVlabs/edm2's Precond or UNet")
+    arguments = dict(arguments)
     use_fp16 = False
-    if network.class_name == "Precond":
-        arguments = _arguments(network, PRECOND_ARGUMENTS)
+    if class_name == "Precond":
         use_fp16 = bool(arguments.pop("use_fp16", True))
         sigma_data = float(arguments.pop("sigma_data", 0.5))
         logvar_channels = int(arguments.pop("logvar_channels", 128))
         with torch.device("meta"):
             built = EDM2Precond(_build_unet(arguments, where), sigma_data, logvar_channels)
     else:
-        built = _build_unet(_arguments(network, UNET_ARGUMENTS), where)
-    _load_mapped(built, module_tensors(network), TENSOR_NAME_MAP[network.class_name], where)
+        built = _build_unet(arguments, where)
+    _load_mapped(built, tensors, TENSOR_NAME_MAP[class_name], where)
     return built.eval().requires_grad_(False), use_fp16
 
 
@@ -135,7 +151,7 @@ def _load_mapped(built: nn.Module, pickled: dict[str, torch.Tensor], name_map, w
     built.load_state_dict({name: value.float() for name, value in renamed.items()}, assign=True)
 
 
-def _encoder_data(encoder) -> dict | None:
+def encoder_data(encoder) -> dict | None:
     """The latent encoder's class and numbers (``training/encoders.py``): what decoding its latents needs."""
     if not isinstance(encoder, PersistentObject):
         return None
@@ -147,9 +163,8 @@ def _encoder_data(encoder) -> dict | None:
     return data
 
 
-def load_released_edm2(path: str | os.PathLike) -> ReleasedEDM2:
-    """The ``ema`` network of an NVlabs/edm2 pickle as an ``EDM2Precond``; no code from the file is run."""
-    path = Path(path)
+def read_released_edm2(path: str | os.PathLike) -> dict:
+    """The content of an NVlabs/edm2 pickle with its ``ema`` network checked to be there; nothing is executed."""
     where = f"{str(path)!r}"
     with open(path, "rb") as file:
         content = load_nvlabs_pickle(file)
@@ -157,7 +172,13 @@ def load_released_edm2(path: str | os.PathLike) -> ReleasedEDM2:
         keys = sorted(map(str, content))[:6] if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"{where} holds {keys}, not NVlabs/edm2's dict with an 'ema' network "
                          f"(edm2-img512-*.pkl, network-snapshot-*.pkl or phema-*.pkl)")
-    network, use_fp16 = edm2_from_nvlabs(content["ema"], where)
+    return content
+
+
+def load_released_edm2(path: str | os.PathLike) -> ReleasedEDM2:
+    """The ``ema`` network of an NVlabs/edm2 pickle as an ``EDM2Precond``; no code from the file is run."""
+    content = read_released_edm2(path)
+    network, use_fp16 = edm2_from_nvlabs(content["ema"], f"{str(path)!r}")
     if not isinstance(network, EDM2Precond):
-        raise ValueError(f"{where}: the 'ema' network is a bare UNet; released EDM2 pickles hold a Precond")
-    return ReleasedEDM2(network, use_fp16, _encoder_data(content.get("encoder")), path)
+        raise ValueError(f"{str(path)!r}: the 'ema' network is a bare UNet; released EDM2 pickles hold a Precond")
+    return ReleasedEDM2(network, use_fp16, encoder_data(content.get("encoder")), Path(path))

@@ -13,24 +13,27 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pynodeta.diffusion.released_phema import RELEASED_FORMAT
+
 from .safe_load import CheckpointError
 
-__all__ = ["RELEASED_SUFFIX", "released_edm2_run"]
+__all__ = ["RELEASED_FORMAT", "RELEASED_SUFFIX", "released_edm2_run"]
 
 RELEASED_SUFFIX = ".pkl"
 
 
-def released_edm2_run(path: Path, config=None):
-    """The :class:`~pynodeta.train.run_loader.Run` of an NVlabs/edm2 pickle; ``config`` must be None."""
+def released_edm2_run(path: Path, config=None, payload: dict | None = None):
+    """The :class:`~pynodeta.train.run_loader.Run` of an NVlabs/edm2 pickle, or of ``payload``, a
+    ``pynodeta phema`` reconstruction from NVlabs' snapshots (already read with weights_only=True);
+    ``config`` must be None."""
     from pynodeta.diffusion.released_edm2 import load_released_edm2
-
-    from .diffusion import DiffusionModule
-    from .objectives import EDM2Objective
-    from .run_loader import Run
+    from pynodeta.diffusion.released_phema import released_from_payload
 
     if config is not None:
-        raise ValueError(f"--config {str(config)!r}: {str(path)!r} is an NVlabs/edm2 pickle, which records its own "
+        raise ValueError(f"--config {str(config)!r}: {str(path)!r} is an NVlabs/edm2 network, which records its own "
                          f"architecture; drop --config")
+    if payload is not None:
+        return _run(released_from_payload(payload, path), path, payload.get("posthoc"))
     if not path.is_file():
         raise FileNotFoundError(f"--checkpoint {str(path)!r} does not exist")
     try:
@@ -39,13 +42,21 @@ def released_edm2_run(path: Path, config=None):
         if isinstance(error, ValueError):
             raise
         raise CheckpointError(f"{str(path)!r} is not a readable NVlabs/edm2 network pickle: {error}") from error
+    return _run(released, path, _posthoc_from_name(path))
+
+
+def _run(released, path: Path, posthoc: dict | None):
+    from .diffusion import DiffusionModule
+    from .objectives import EDM2Objective
+    from .run_loader import Run
+
     precond = released.denoiser
     objective = EDM2Objective(sigma_data=precond.sigma_data, logvar_channels=precond.logvar_fourier.freqs.numel())
     module = DiffusionModule(precond.unet, objective, averaging="none")
     objective.uncertainty.fourier.load_state_dict(precond.logvar_fourier.state_dict())
     objective.uncertainty.linear.load_state_dict(precond.logvar_linear.state_dict())
     module.released = released  # the pickle's encoder data (latent scale and bias, VAE name) for decoding
-    return Run(module.eval(), checkpoint=path, posthoc=_posthoc_from_name(path))
+    return Run(module.eval(), checkpoint=path, posthoc=posthoc)
 
 
 def _posthoc_from_name(path: Path) -> dict | None:

@@ -38,7 +38,7 @@ from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
 from .latent_runs import LATENTS_KEY, check_latent_record
 from .legacy_configs import upgrade_diffusion_model_section
-from .released_run import RELEASED_SUFFIX, released_edm2_run
+from .released_run import RELEASED_FORMAT, RELEASED_SUFFIX, released_edm2_run
 from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
 from .weight_averages import stored_averages
@@ -170,6 +170,8 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
     pickled = _pickled_module(content, path)
     if pickled is not None:
         return pickled
+    if isinstance(content, dict) and content.get("format") == RELEASED_FORMAT:  # `pynodeta phema` of NVlabs' snapshots
+        return released_edm2_run(path, config, content)
     if not isinstance(content, dict) or "state_dict" not in content:
         keys = f" with keys {sorted(map(str, content))[:6]}" if isinstance(content, dict) else ""
         raise CheckpointError(f"{str(path)!r} holds a {type(content).__name__}{keys}; expected a Lightning checkpoint "
