@@ -239,3 +239,12 @@ def test_sample_command_refuses_a_grid_of_latents_with_the_fix(monkeypatch, tmp_
     assert sample_main(["--checkpoint", str(tmp_path / "lat.pkl"), "--out", str(tmp_path / "g.png")]) == 2
     message = capsys.readouterr().err
     assert "4-channel" in message and "--vae" in message and "--out none" in message
+
+
+def test_phema_checkpoint_option_refuses_a_released_pickle(tmp_path):
+    from pynodeta.train.run_loader import read_run_checkpoint
+    from pynodeta.train.safe_load import CheckpointError
+
+    (tmp_path / "edm2.pkl").write_bytes(pickle.dumps({"ema": None}))
+    with pytest.raises(CheckpointError, match="NVlabs/edm2 network pickle"):
+        read_run_checkpoint(tmp_path / "edm2.pkl")
