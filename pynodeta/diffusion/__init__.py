@@ -18,6 +18,7 @@ from .ddpm_samplers import TIMESTEP_SPACINGS, ddim_timesteps, sample_ddim, sampl
 from .denoisers import DenoiserFromEpsilon
 from .dpm_adaptive import sample_dpm_adaptive
 from .edm2 import EDM2Precond, edm2_learning_rate, edm2_loss
+from .external import external_denoiser
 from .guidance import GuidedDenoiser
 from .latents import EDM2_SD_VAE_SCALING, LatentEncoder, LatentScaling, draw_latents
 from .learned_timestep_sampler import LearnedTimestepSampler
@@ -26,6 +27,7 @@ from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight
 from .ode_samplers import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
+from .released_edm2 import load_released_edm2
 from .samplers import SAMPLERS, get_sampler
 from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
 from .sde_samplers import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
@@ -65,6 +67,8 @@ __all__ = [
     "ddpm_sigmas",
     "TIMESTEP_SPACINGS",
     "DenoiserFromEpsilon",
+    "external_denoiser",
+    "load_released_edm2",
     "GuidedDenoiser",
     "LatentEncoder",
     "LatentScaling",

@@ -75,7 +75,23 @@ class DDPMSchedule:
         if beta_schedule != "cosine" and not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
         self.num_timesteps, self.beta_schedule = num_timesteps, beta_schedule
-        self.betas = _betas(beta_schedule, num_timesteps, beta_start, beta_end)
+        self._set_tables(_betas(beta_schedule, num_timesteps, beta_start, beta_end))
+
+    @classmethod
+    def from_betas(cls, betas) -> DDPMSchedule:
+        """The schedule of given β_t (T,), e.g. a diffusers scheduler's ``betas``; ``beta_schedule`` is "custom"."""
+        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().reshape(-1)
+        if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(f"betas must be a non-empty sequence of numbers in (0, 1), got {betas.numel()} values in "
+                             f"[{float(betas.min()) if betas.numel() else 'n/a'}, "
+                             f"{float(betas.max()) if betas.numel() else 'n/a'}]")
+        schedule = cls.__new__(cls)
+        schedule.num_timesteps, schedule.beta_schedule = betas.numel(), "custom"
+        schedule._set_tables(betas)
+        return schedule
+
+    def _set_tables(self, betas: torch.Tensor) -> None:
+        self.betas = betas
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
@@ -83,7 +99,7 @@ class DDPMSchedule:
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         # β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) (DDPM Eq. 7); 0 at t = 0, so its log is clipped to β̃_1 there
         self.posterior_variance = self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
-        first = self.posterior_variance[1] if num_timesteps > 1 else self.betas[0]
+        first = self.posterior_variance[1] if self.num_timesteps > 1 else self.betas[0]
         self.posterior_log_variance = torch.log(torch.cat([first.reshape(1), self.posterior_variance[1:]]))
         self.posterior_mean_coef_x0 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
         self.posterior_mean_coef_xt = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)

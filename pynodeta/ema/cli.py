@@ -2,6 +2,7 @@
 
     pynodeta phema --snapshots DIR --sigma-rel 0.07 --out model.pt [--checkpoint run.ckpt]
     pynodeta phema --snapshots DIR --sweep 0.02:0.20:0.01 --checkpoint run.ckpt --out-dir sweep/
+    pynodeta phema --snapshots NVLABS_RUN_DIR --sigma-rel 0.135 --out edm2-phema.pt   # NVlabs/edm2 snapshots
 
 With ``--checkpoint`` (a Lightning checkpoint of the run), ``--out`` is that checkpoint with the
 network's weights replaced by the reconstruction, so every command that reads checkpoints can use it;
@@ -33,11 +34,13 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="pynodeta phema", description="Post-hoc EMA reconstruction (Karras et al. 2024, "
                      "Sec. 3): any EMA length σ_rel from the power-function snapshots of one training run.")
-    parser.add_argument("--snapshots", required=True, help="directory of phema-<step>.pt snapshot files")
+    parser.add_argument("--snapshots", required=True, help="directory of phema-<step>.pt snapshot files, or of "
+                        "NVlabs/edm2's <prefix>-<kimg>-<sigma_rel>.pkl snapshots (read as data, never executed)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--sigma-rel", type=float, help="EMA length to reconstruct, e.g. 0.07")
     what.add_argument("--sweep", help="start:stop:step of EMA lengths to reconstruct and score, e.g. 0.02:0.20:0.01")
-    parser.add_argument("--step", type=int, default=None, help="training step to reconstruct at (default: last)")
+    parser.add_argument("--step", type=int, default=None, help="training step to reconstruct at (default: last); "
+                        "for NVlabs/edm2 snapshot pickles, their kimg")
     parser.add_argument("--out", help="output file of --sigma-rel")
     parser.add_argument("--out-dir", default="phema_sweep", help="output directory of --sweep (CSV, PNG, JSON)")
     parser.add_argument("--checkpoint", help="Lightning checkpoint of the same run (read with weights_only=True; "
@@ -92,6 +95,9 @@ def _check_output(path: str | None, option: str, folder: bool) -> None:
 def _reconstruct_one(args) -> None:
     if not args.out:
         raise UsageError("--sigma-rel needs --out FILE for the reconstructed weights")
+    if _nvlabs_snapshots(args.snapshots):
+        _reconstruct_nvlabs(args)
+        return
     snapshots = list_snapshots(args.snapshots)
     step = args.step if args.step is not None else snapshots[-1].step
     payload = None
@@ -108,6 +114,26 @@ def _reconstruct_one(args) -> None:
         payload = {"state_dict": state, "sigma_rel": args.sigma_rel, "step": step}
     atomic_torch_save(payload, Path(args.out))
     print(f"wrote {args.out}: σ_rel {args.sigma_rel} at step {step}")
+
+
+def _nvlabs_snapshots(folder: str) -> bool:
+    """Whether ``folder`` holds NVlabs/edm2 snapshot pickles (``network-snapshot-<kimg>-<σ_rel>.pkl``)."""
+    from pynodeta.diffusion.released_phema import list_nvlabs_snapshots
+
+    return bool(list_nvlabs_snapshots(folder))
+
+
+def _reconstruct_nvlabs(args) -> None:
+    """NVlabs/edm2's snapshots, read as data (their code never runs): --step counts kimg, as their file names."""
+    from pynodeta.diffusion.released_phema import reconstruct_nvlabs_phema
+
+    if args.checkpoint:
+        raise UsageError(f"--checkpoint: {args.snapshots!r} holds NVlabs/edm2 snapshot pickles, which carry their "
+                         f"network; drop --checkpoint")
+    payload = reconstruct_nvlabs_phema(args.snapshots, args.sigma_rel, args.step)
+    atomic_torch_save(payload, Path(args.out))
+    print(f"wrote {args.out}: σ_rel {args.sigma_rel} at {payload['posthoc']['step']} (NVlabs/edm2 snapshots); "
+          f"draw from it with `pynodeta sample --checkpoint {args.out}`")
 
 
 def _replace_network_weights(checkpoint: dict, state: dict, target: str, path: str) -> None:
@@ -130,6 +156,9 @@ def read_run_checkpoint(path, *, unsafe: bool, allow_modules):
 
 
 def _sweep(args) -> None:
+    if _nvlabs_snapshots(args.snapshots):
+        raise UsageError("--sweep scores pynodeta runs; for NVlabs/edm2 snapshots reconstruct each σ_rel with "
+                         "--sigma-rel and score the results with their own tools")
     if not args.checkpoint:
         raise UsageError("--sweep needs --checkpoint (the run's Lightning checkpoint) to rebuild and sample the model")
     from .sweep_fd import fd_scorer

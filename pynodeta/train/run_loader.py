@@ -13,6 +13,8 @@ file through :func:`read_run_checkpoint`, the same policy, before Lightning read
   hyperparameters. Class paths from files the user did not name are checked against the allowlist
   (:mod:`pynodeta.train.trust`: pynodeta and ``allow_modules``), top-level and nested, **before any
   import**.
+* An NVlabs/edm2 network pickle (``.pkl``) is read as data by :mod:`pynodeta.train.released_run`: its
+  embedded source code is never executed, only tensor, storage and container globals are admitted.
 * The weights must fit the rebuilt model tensor for tensor and be finite; the weight averages stored
   with them (:mod:`pynodeta.train.weight_averages`) are rebuilt beside the network.
 
@@ -36,6 +38,7 @@ from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
 from .latent_runs import LATENTS_KEY, check_latent_record
 from .legacy_configs import upgrade_diffusion_model_section
+from .released_run import RELEASED_FORMAT, RELEASED_SUFFIX, released_edm2_run
 from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
 from .weight_averages import stored_averages
@@ -135,6 +138,10 @@ def read_run_checkpoint(path: str | Path, *, unsafe: bool = False, allow_modules
                         how_to_allow: str = "pass --allow-module {module}") -> Any:
     """The content of a checkpoint, read under the trust policy: safe load, a snapshot or a non-checkpoint
     named as such, the hyperparameters' class paths checked against the allowlist (nothing imported)."""
+    if Path(path).suffix == RELEASED_SUFFIX:
+        raise CheckpointError(f"{str(path)!r} is an NVlabs/edm2 network pickle, not a Lightning checkpoint; "
+                              f"`pynodeta sample --checkpoint` reads it, and `pynodeta phema --snapshots` a folder "
+                              f"of NVlabs' snapshot pickles")
     content = read_checkpoint(path, unsafe=unsafe)
     if isinstance(content, dict) and content.get("format") == SNAPSHOT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is a power-function EMA snapshot, not a training checkpoint; pass "
@@ -156,11 +163,15 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
     accept whole pickled modules (runs code from the file).
     """
     path = Path(checkpoint)
+    if path.suffix == RELEASED_SUFFIX:  # NVlabs' pickles are read as data, never torch.load-ed or unpickled
+        return released_edm2_run(path, config)
     allow_modules = tuple(allow_modules)
     content = read_run_checkpoint(path, unsafe=unsafe, allow_modules=allow_modules)
     pickled = _pickled_module(content, path)
     if pickled is not None:
         return pickled
+    if isinstance(content, dict) and content.get("format") == RELEASED_FORMAT:  # `pynodeta phema` of NVlabs' snapshots
+        return released_edm2_run(path, config, content)
     if not isinstance(content, dict) or "state_dict" not in content:
         keys = f" with keys {sorted(map(str, content))[:6]}" if isinstance(content, dict) else ""
         raise CheckpointError(f"{str(path)!r} holds a {type(content).__name__}{keys}; expected a Lightning checkpoint "

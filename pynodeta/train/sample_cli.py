@@ -6,6 +6,8 @@
     pynodeta evaluate --checkpoint CKPT                                        # fit's own FD, reproduced
     pynodeta evaluate --checkpoint CKPT --average none --sampler ddim --steps 50
     pynodeta sample --checkpoint CKPT --class-labels 3 --guidance 2      # class-conditional runs
+    pynodeta sample --checkpoint edm2-img512-xs-2147483-0.135.pkl --class-labels 88 --out none \\
+        --save-tensor latents.npy                            # a released EDM2 network (NVlabs' pickle)
     pynodeta evaluate --checkpoint CKPT --class-labels all --guidance 1.5
     pynodeta sample --checkpoint CKPT --class-labels 207 --vae sd-vae-ft-mse/   # latent runs: decode to images
     pynodeta evaluate --checkpoint CKPT --inception-weights pt_inception-2015-12-05-6726825d.pth \
@@ -37,13 +39,15 @@ from pynodeta.diffusion.guidance import check_guidance
 from .._cli import ArgumentParser, UsageError
 from .diffusion_sampling import sampler_names
 from .latent_runs import run_decoder
-from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_output_path
+from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_grid_channels, check_output_path
 
 __all__ = ["sample_main", "evaluate_main", "load_diffusion_run"]
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint written by pynodeta fit")
+    parser.add_argument("--checkpoint", required=True,
+                        help="Lightning checkpoint written by pynodeta fit, or a released NVlabs/edm2 .pkl network "
+                             "(read as data: its embedded code never runs)")
     parser.add_argument("--config", default=None, help="the run's config (default: config.yaml beside checkpoints/)")
     parser.add_argument("--average", default=None, metavar="KEY",
                         help="weights to use: ema, sigma_rel=0.10 (a tracked power-function EMA profile) or none "
@@ -156,7 +160,8 @@ def _sample(argv: list[str], prog: str) -> int:
     _common_arguments(parser)
     parser.add_argument("--num", type=int, default=64, help="images to draw (default 64)")
     parser.add_argument("--out", default="samples.png",
-                        help=f"PNG grid of the first {GRID_MAX} images (default samples.png)")
+                        help=f"PNG grid of the first {GRID_MAX} images (default samples.png); 'none': no grid, "
+                             f"e.g. for latents kept with --save-tensor")
     parser.add_argument("--save-tensor", "--save_tensor", dest="save_tensor", default=None,
                         help="also save every image: .npy (written as drawn, memory O(batch)) or .pt (one tensor)")
     parser.add_argument("--vae", default=None, metavar="DIR",
@@ -165,7 +170,11 @@ def _sample(argv: list[str], prog: str) -> int:
     args = parser.parse_args(argv)
     args.command = "sample"
     _check_numbers(args)
-    check_output_path(args.out, "--out", (".png",))
+    grid_wanted = args.out != "none"
+    if grid_wanted:
+        check_output_path(args.out, "--out", (".png",))
+    elif not args.save_tensor:
+        raise UsageError("--out none writes no grid; pass --save-tensor FILE.npy to keep the images")
     if args.save_tensor:
         check_output_path(args.save_tensor, "--save-tensor", (".npy", ".pt"))
     run, weights = _setup(args, prog)
@@ -174,10 +183,12 @@ def _sample(argv: list[str], prog: str) -> int:
     sampler = module.evaluation.sampler if args.sampler is None else args.sampler
     steps = module.evaluation.steps if args.steps is None else args.steps
     generator = torch.Generator().manual_seed(args.seed)
-    grid = GridWriter(args.out)
     shape = module.sample_shape
     if decoder is not None:  # images of 3 channels, f times the latents' size per side
         shape = (3, shape[1] * decoder.downsampling, shape[2] * decoder.downsampling)
+    if grid_wanted:
+        check_grid_channels(shape, args.out)
+    grid = GridWriter(args.out) if grid_wanted else None
     tensor = TensorWriter(args.save_tensor, args.num, shape) if args.save_tensor else None
     nfes = []
     try:
@@ -185,10 +196,11 @@ def _sample(argv: list[str], prog: str) -> int:
                                       disable=None, **_conditioning(args, module)):  # a bar on a terminal
             nfes.append(batch.nfe)
             images = batch.images if decoder is None else decoder.decode_to_unit_range(batch.images)
-            grid.add(images)
+            if grid is not None:
+                grid.add(images)
             if tensor is not None:
                 tensor.add(images)
-        written = [grid.close()] + ([tensor.close()] if tensor is not None else [])
+        written = [out.close() for out in (grid, tensor) if out is not None]
     finally:
         if tensor is not None:
             tensor.discard()  # nothing left behind if drawing failed; a no-op once closed

@@ -19,7 +19,7 @@ import torch
 from .._atomic import atomic_torch_save
 from .diffusion_sampling import save_grid
 
-__all__ = ["GRID_MAX", "PT_MAX_BYTES", "check_output_path", "GridWriter", "TensorWriter"]
+__all__ = ["GRID_MAX", "PT_MAX_BYTES", "check_output_path", "check_grid_channels", "GridWriter", "TensorWriter"]
 
 GRID_MAX = 256                  # images in a sample grid: a PNG of 40 000 digits would take 1.7 GB to render
 PT_MAX_BYTES = 2 * 1024 ** 3    # a .pt output is built in memory in one piece
@@ -40,6 +40,16 @@ def check_output_path(path: str, option: str, suffixes: tuple[str, ...]) -> Path
     if not os.access(parent, os.W_OK):
         raise ValueError(f"{option} {path!r}: the folder {str(parent)!r} is not writable")
     return out
+
+
+def check_grid_channels(image_shape: tuple[int, ...], out: str) -> None:
+    """A PNG grid shows 1- or 3-channel images; anything else (e.g. 4-channel VAE latents) is refused before
+    drawing, rather than rendered as a picture that means nothing."""
+    channels = image_shape[0]
+    if channels not in (1, 3):
+        raise ValueError(f"--out {out!r}: the network draws {channels}-channel images {tuple(image_shape)}, e.g. the "
+                         f"latents of a released EDM2 ImageNet-512 model, which a PNG cannot show; pass --vae to "
+                         f"decode them into pixels, or --out none --save-tensor FILE.npy to keep the latents")
 
 
 class GridWriter:

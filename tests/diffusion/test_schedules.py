@@ -132,3 +132,14 @@ def test_timesteps_outside_range_or_fractional_are_refused():
         schedule.add_noise(x, x, torch.tensor([0.5, 1.0]))
     with pytest.raises(ValueError, match="variance"):
         schedule.p_mean_variance(x, torch.tensor([1, 2]), x, variance="learned")
+
+
+def test_from_betas_rebuilds_a_named_schedule_and_refuses_bad_betas():
+    named = DDPMSchedule(50, "cosine")
+    rebuilt = DDPMSchedule.from_betas(named.betas.tolist())
+    assert rebuilt.num_timesteps == 50 and rebuilt.beta_schedule == "custom"
+    assert torch.equal(rebuilt.sigmas, named.sigmas)
+    assert torch.equal(rebuilt.posterior_log_variance, named.posterior_log_variance)
+    for bad in ([], [0.1, 1.0], [-0.1]):
+        with pytest.raises(ValueError, match="betas must be"):
+            DDPMSchedule.from_betas(bad)
