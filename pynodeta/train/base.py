@@ -14,7 +14,7 @@ import lightning
 import torch
 
 from .optim import AdamWPreset, OptimizerPreset
-from .rng import collect_rng_states, restore_rng_states
+from .rng import collect_rng_states, decorrelate_rank_generators, restore_rng_states
 
 __all__ = ["TrainingModule"]
 
@@ -34,7 +34,8 @@ class TrainingModule(lightning.LightningModule):
     - :meth:`log_stage` logs ``{stage}/loss`` and ``{stage}/<metric>`` as epoch means
       (synchronised over DDP ranks once per epoch);
     - exact resume: the Python, NumPy and torch generators' states travel in every checkpoint, so
-      a resumed run draws the noise, dropout masks and batches the uninterrupted run would have.
+      a resumed run draws the noise, dropout masks and batches the uninterrupted run would have;
+    - under DDP, each rank draws noise and dropout masks of its own (``decorrelate_rank_generators``).
 
     ``summary_formats`` tells the run summary (``pynodeta fit --test_after_fit true``) which logged
     metrics to print first and how; every other ``test/<name>`` metric follows as
@@ -81,7 +82,12 @@ class TrainingModule(lightning.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         self.optim.clip(self)
 
-    # --- exact resume ---------------------------------------------------------------------------------
+    # --- randomness under DDP and exact resume ---------------------------------------------------------
+    def on_train_start(self) -> None:
+        # after a resumed run's generator states are restored: each DDP rank draws noise of its own
+        if self.trainer.world_size > 1:
+            decorrelate_rank_generators(self.global_rank)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[RNG_CHECKPOINT_KEY] = collect_rng_states()
 

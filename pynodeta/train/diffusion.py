@@ -144,7 +144,9 @@ class DiffusionModule(TrainingModule):
         from .diffusion_evaluation import evaluate_samples
 
         with self.ema_weights():
-            result = evaluate_samples(self, self._output_dir() / f"samples_epoch{epoch:03d}.png")
+            grid = self._output_dir() / f"samples_epoch{epoch:03d}.png"
+            # every DDP rank evaluates alike (same seeds and weights), so the logged FD agrees; rank 0 saves the grid
+            result = evaluate_samples(self, grid if self.trainer.is_global_zero else None)
         for name in ("fd", "fd_floor", "fd_ratio", "sampler_nfe"):
             self.log(f"val/{name}", result[name], sync_dist=True)
         self.last_evaluation = result

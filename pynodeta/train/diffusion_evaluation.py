@@ -97,13 +97,13 @@ def dataset_statistics(dataset, extractor, batch_size: int = 256):
     return moments.statistics()
 
 
-def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num: int | None = None,
+def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=None, num: int | None = None,
                      sampler: str | None = None, steps: int | None = None, *, extractor=None,
                      reference_stats=None, **sampler_options) -> dict:
     """Draw ``num`` images (default ``module.evaluation.num_samples``) with the module's current weights, save
-    the first 64 as a grid, and compute FD against the test images beside the floor. The images are
-    scored as pixels, clipped to the data range [-1, 1], one batch at a time: memory holds one batch of
-    images and the features of all.
+    the first 64 as a grid at ``grid_path`` (None: no grid; DDP ranks other than 0), and compute FD against the
+    test images beside the floor. The images are scored as pixels, clipped to the data range [-1, 1], one
+    batch at a time: memory holds one batch of images and the features of all.
 
     A class-conditional model draws every class in turn (``class_labels="all"`` unless given) with the
     evaluation's guidance; on digits the result adds the conditional accuracy (how often the digits
@@ -134,7 +134,8 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
         reference = _reference(module, _datamodule(module, datamodule), extractor)
     generator = torch.Generator().manual_seed(_EVAL_SEED)
     batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
-    grid, features, labels, predicted, nfes, seconds = GridWriter(grid_path, limit=64), [], [], [], [], 0.0
+    grid = GridWriter(grid_path, limit=64) if grid_path is not None else None
+    features, labels, predicted, nfes, seconds = [], [], [], [], 0.0
     moments = None
     while True:
         started = time.perf_counter()
@@ -144,7 +145,8 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
             break
         nfes.append(batch.nfe)
         images = batch.images if decode is None else decode(batch.images)  # latent runs: through the VAE
-        grid.add(images)
+        if grid is not None:
+            grid.add(images)
         if batch.labels is not None:
             labels.append(batch.labels)
         if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
@@ -157,14 +159,15 @@ def evaluate_samples(module, grid_path: str | os.PathLike, datamodule=None, num:
                 moments.add(batch_features)
             if batch.labels is not None and hasattr(extractor, "classify"):
                 predicted.append(extractor.classify(pixels).argmax(dim=1))
-    grid = grid.close()
+    grid = grid.close() if grid is not None else None
     fd = floor = math.nan
     if reference is not None:
         fd, floor = frechet_distance(torch.cat(features), reference["test"]), reference["floor"]
     elif moments is not None:
         fd = frechet_distance_from_statistics(*moments.statistics(), *reference_stats)
     result = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
-              "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds, "grid": str(grid)}
+              "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds,
+              "grid": None if grid is None else str(grid)}
     if labels:
         result.update(_conditional_scores(torch.cat(labels), predicted, features, reference))
         result["guidance"] = float(sampler_options["guidance"])
@@ -271,13 +274,15 @@ def final_summary(module, out_dir: str | os.PathLike, datamodule=None) -> dict:
     """The end of ``fit``: final grid, FD with floor, bits/dim (and the variational bound of DDPM models, summed
     over all timesteps); prints one line, writes summary.json (rank 0)."""
     out_dir = Path(out_dir)
-    result = evaluate_samples(module, out_dir / "samples_final.png", datamodule)
+    trainer = module._trainer
+    rank_zero = trainer is None or trainer.is_global_zero
+    # under DDP every rank evaluates alike (same seeds, same weights: no collective can wait on rank 0); rank 0 writes
+    result = evaluate_samples(module, out_dir / "samples_final.png" if rank_zero else None, datamodule)
     result.update(nll_bits_per_dim(module, datamodule))
     # exact over all T: 25 CPU-seconds for digits_ddpm's 32 images at T = 1000, beside 12 s for its DDIM-50
     # FD samples and 11 s for the ODE NLL, within the config's budget (benchmarks/ddpm_vlb_cost.py)
     result.update(vlb_bits_per_dim(module, datamodule))
-    trainer = module._trainer
-    if trainer is None or trainer.is_global_zero:
+    if rank_zero:
         print(summary_line(result), flush=True)
         atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2))
     return result

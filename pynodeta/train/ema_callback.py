@@ -40,11 +40,19 @@ class PowerFunctionEMACallback(lightning.Callback):
         self.target = target
         self.ema: PowerFunctionEMA | None = None
         self._pending_state: dict | None = None
+        self._snapshot_folder: Path | None = None
 
     def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.ema is not None:
+        if stage != "fit":
+            return
+        # Resolved here, on every rank: under DDP trainer.log_dir is a collective (it broadcasts rank 0's
+        # folder), so asking for it on rank 0 alone, where the snapshot is written, waited for good.
+        self._snapshot_folder = self.resolved_snapshot_dir(trainer)
+        if self.ema is not None:
             return
         self.ema = PowerFunctionEMA(self._network(pl_module), self.sigma_rels)
+        # one run id on every rank, rank 0's (its checkpoints and snapshots carry it): the ranks' EMAs are equal
+        self.ema.run_id = trainer.strategy.broadcast(self.ema.run_id)
         if self._pending_state is not None:
             self.ema.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -61,6 +69,7 @@ class PowerFunctionEMACallback(lightning.Callback):
         return network
 
     def resolved_snapshot_dir(self, trainer: lightning.Trainer) -> Path:
+        """The snapshot folder; under DDP call it on every rank (``trainer.log_dir`` is a collective)."""
         if self.snapshot_dir is not None:
             return Path(self.snapshot_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "phema"
@@ -71,7 +80,7 @@ class PowerFunctionEMACallback(lightning.Callback):
             return
         self.ema.update(step)
         if self.snapshot_every is not None and step % self.snapshot_every == 0 and trainer.is_global_zero:
-            self.ema.save_snapshot(os.fspath(self.resolved_snapshot_dir(trainer)), step)
+            self.ema.save_snapshot(os.fspath(self._snapshot_folder), step)
 
     def averaged(self, sigma_rel: float) -> nn.Module:
         """The averaged network for a tracked ``sigma_rel`` (eval mode)."""

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["collect_rng_states", "restore_rng_states"]
+__all__ = ["collect_rng_states", "restore_rng_states", "decorrelate_rank_generators"]
 
 
 def collect_rng_states() -> dict:
@@ -32,3 +32,24 @@ def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])
+
+
+def decorrelate_rank_generators(rank: int) -> None:
+    """Give DDP rank ``rank`` streams of its own, derived from the stream every rank shares.
+
+    Lightning seeds every rank alike (``seed_everything``), so each rank would draw the same diffusion
+    noise levels and noise for its own part of the global batch, and the same dropout masks: the batch
+    would hold half as many independent draws under two ranks. NVlabs/edm2's training loop seeds rank r
+    with ``seed * world_size + r`` for the same reason. Rank 0 keeps the shared stream untouched (its
+    run draws what a one-process run would, and it is rank 0's state that checkpoints carry); rank
+    r > 0 is reseeded from one value read off a copy of the shared stream, plus r. Called at every
+    train start, so a resumed DDP run is reseeded from the restored state: reproducible, although
+    ranks > 0 then do not draw what they would have drawn uninterrupted.
+    """
+    if rank == 0:
+        return
+    shared = torch.Generator().set_state(torch.get_rng_state())  # a copy: the global stream is not advanced
+    seed = (int(torch.randint(0, 2 ** 62, (), generator=shared)) + rank) % 2 ** 63
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)

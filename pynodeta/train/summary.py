@@ -51,10 +51,13 @@ class RunSummary:
         return "pynodeta summary: " + " | ".join(parts)
 
     def report(self, trainer) -> None:
-        """Print the summary line (rank 0) and write ``summary.json`` into the trainer's log_dir."""
+        """Print the summary line (rank 0) and write ``summary.json`` into the trainer's log_dir.
+
+        Called on every rank: under DDP ``trainer.log_dir`` is a collective, read before the rank-0 branch."""
+        log_dir = trainer.log_dir
         if not trainer.is_global_zero:
             return
         print(self.line(), flush=True)
-        if trainer.log_dir is not None:
-            atomic_write_text(os.path.join(trainer.log_dir, "summary.json"),
+        if log_dir is not None:
+            atomic_write_text(os.path.join(log_dir, "summary.json"),
                               json.dumps(asdict(self)["metrics"], indent=2))

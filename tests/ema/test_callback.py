@@ -1,5 +1,7 @@
 """The Lightning callback: one update per optimiser step, snapshots every N steps, exact resume."""
 
+from types import SimpleNamespace
+
 import lightning
 import pytest
 import torch
@@ -71,17 +73,32 @@ def test_bad_arguments_name_the_fix(tmp_path):
         PowerFunctionEMACallback(snapshot_every=0)
 
 
-def test_only_global_rank_zero_writes_snapshots(tmp_path):
-    from types import SimpleNamespace
+class _RankTrainer:
+    """A trainer of one DDP rank where ``log_dir`` is what it is in Lightning: a collective (a broadcast of
+    rank 0's folder), so it may be read on every rank (setup), never in a branch one rank alone takes."""
 
+    def __init__(self, log_dir, rank_zero: bool):
+        self._log_dir, self.is_global_zero, self.global_step = str(log_dir), rank_zero, 0
+        self.collectives_allowed = True
+        self.strategy = SimpleNamespace(broadcast=lambda value, src=0: value)
+
+    @property
+    def log_dir(self):
+        if not self.collectives_allowed:
+            raise AssertionError("trainer.log_dir read where one rank alone does: under DDP that waits for good")
+        return self._log_dir
+
+
+def test_only_global_rank_zero_writes_snapshots_and_no_collective_waits_on_it(tmp_path):
     module = _Regression()
     for rank_zero, folder in ((False, "other_rank"), (True, "rank0")):
-        callback = PowerFunctionEMACallback(snapshot_every=1, snapshot_dir=str(tmp_path / folder))
-        trainer = SimpleNamespace(global_step=0, is_global_zero=rank_zero)
+        callback = PowerFunctionEMACallback(snapshot_every=1)  # the folder comes from trainer.log_dir
+        trainer = _RankTrainer(tmp_path / folder, rank_zero)
         callback.setup(trainer, module, "fit")
+        trainer.collectives_allowed = False  # from here on each rank runs alone until the next step's gradients
         for step in (1, 2):
             trainer.global_step = step
             callback.on_train_batch_end(trainer, module, None, None, 0)
         assert callback.ema.step == 2  # every rank keeps the averages
     assert not (tmp_path / "other_rank").exists()
-    assert len(list((tmp_path / "rank0").iterdir())) == 2
+    assert len(list((tmp_path / "rank0" / "phema").iterdir())) == 2
