@@ -95,7 +95,8 @@ class DiffusionModule(TrainingModule):
         x0, labels = self.conditioning.split(batch, self.sample_shape)
         labels = self.conditioning.drop(labels)
         loss = self.objective.loss(self.model, x0, labels, step=self.global_step).mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
+        # sync_dist: the logged loss is the mean over every rank's part of the batch (a scalar all-reduce per step)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
 
     def trained_parameters(self) -> list[nn.Parameter]:
