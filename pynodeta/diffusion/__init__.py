@@ -24,6 +24,7 @@ from .learned_timestep_sampler import LearnedTimestepSampler
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .ode_samplers import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
+from .precision import SAMPLING_PRECISIONS, AutocastDenoiser, autocast_dtype
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
 from .samplers import SAMPLERS, get_sampler
@@ -66,6 +67,9 @@ __all__ = [
     "TIMESTEP_SPACINGS",
     "DenoiserFromEpsilon",
     "GuidedDenoiser",
+    "AutocastDenoiser",
+    "autocast_dtype",
+    "SAMPLING_PRECISIONS",
     "LatentEncoder",
     "LatentScaling",
     "EDM2_SD_VAE_SCALING",
