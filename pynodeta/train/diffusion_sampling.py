@@ -137,13 +137,15 @@ def generate_batches(
     batch_size: int = 256,                   # images per sampler call
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
     disable: bool | None = True,             # the samplers' progress bar: True off, None on where stderr is a terminal
-    precision: str = "32",                   # the network's autocast: "32" (none), "bf16" or "16"; the state stays float32
+    precision: str = "32",                   # the network's autocast: "32" (none), "bf16", "16"; x stays float32
 ) -> Iterator[SampleBatch]:
     """Draw ``num`` images ``batch_size`` at a time, so that memory stays that of one batch whatever ``num``.
 
     The noise of each batch is drawn when the batch is, from ``generator``: the images are the same as
     :func:`generate`'s. NFE is read from the samplers' published SolveStats (a guided evaluation runs the
     network on a doubled batch and counts once). A batch with NaN/Inf images raises FloatingPointError.
+    ``precision="bf16"`` or ``"16"`` runs the network under autocast (``pynodeta.diffusion.AutocastDenoiser``)
+    while the sampler's state, noise and steps stay float32.
     """
     _check(module, sampler, steps, num, guidance)
     pd.autocast_dtype(precision)  # an unknown precision is refused before anything is drawn

@@ -60,8 +60,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance weight w, D_u + w(D_c - D_u) (1: none; default: the run's)")
     parser.add_argument("--precision", default="32", metavar="PRECISION",
-                        help="the network's precision while drawing images: 32 (float32), bf16 or 16 (float16) autocast; "
-                             "the sampler's state, evaluate's NLL and bound stay float32 (default 32)")
+                        help="the network's precision while drawing images: 32 (float32), bf16 or 16 (float16) "
+                             "autocast; the sampler's state, evaluate's NLL and bound stay float32 (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--num-threads", "--num_threads", dest="num_threads", type=int, default=None,
                         help="torch.set_num_threads")
