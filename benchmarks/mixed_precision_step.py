@@ -42,6 +42,15 @@ def shipped_edm2() -> tuple[DiffusionModule, int]:
     return DiffusionModule(net, objective, averaging="none"), int(config["data"]["init_args"]["batch_size"])
 
 
+def bf16_instructions() -> list[str]:
+    """The CPU's native bf16 instruction sets (Linux): without them bf16 arithmetic is emulated, and slower."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
 def step_seconds(module: DiffusionModule, optimizer, x0: torch.Tensor, bf16: bool) -> float:
     start = time.process_time()
     optimizer.zero_grad(set_to_none=True)
@@ -81,7 +90,8 @@ def main() -> None:
     report = {
         "title": "digits_edm2 training step: bf16 autocast vs float32 on CPU",
         "command": command_line(),
-        "machine": machine_facts(),
+        "machine": {**machine_facts(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "bf16_instructions": bf16_instructions()},
         "batch_size": batch,
         "parameters": sum(p.numel() for p in module.trained_parameters()),
         "steps_per_precision": args.steps,
