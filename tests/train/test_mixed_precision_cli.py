@@ -1,6 +1,7 @@
 """``pynodeta fit --config digits_* --trainer.precision bf16-mixed`` end to end, then ``sample --precision``."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def test_fit_in_bf16_mixed_then_sample_in_bf16(tmp_path, capsys, config):
     assert main(["sample", "--checkpoint", str(checkpoint), "--precision", "bf16", "--steps", "3", "--num", "4",
                  "--out", str(out)]) == 0
     assert out.is_file() and "4 images" in capsys.readouterr().out
+    if config == "digits_edm2":  # evaluate draws its images in bf16 too (its NLL stays float32)
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--precision", "bf16-mixed", "--num", "4",
+                     "--steps", "2", "--nll-images", "1", "--out", str(tmp_path / "eval.png"), "--json"]) == 0
+        assert math.isfinite(json.loads(capsys.readouterr().out)["fd"])
     assert main(["sample", "--checkpoint", str(checkpoint), "--precision", "bf8", "--num", "1",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "--precision must be one of 32, bf16, 16" in capsys.readouterr().err
