@@ -25,6 +25,7 @@ from .learned_timestep_sampler import LearnedTimestepSampler
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .loss_weighting import LOSS_WEIGHTINGS, make_loss_weighting, min_snr_weight, p2_weight
 from .ode_samplers import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
+from .precision import SAMPLING_PRECISIONS, AutocastDenoiser, autocast_dtype
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
 from .released_edm2 import load_released_edm2
@@ -70,6 +71,9 @@ __all__ = [
     "external_denoiser",
     "load_released_edm2",
     "GuidedDenoiser",
+    "AutocastDenoiser",
+    "autocast_dtype",
+    "SAMPLING_PRECISIONS",
     "LatentEncoder",
     "LatentScaling",
     "EDM2_SD_VAE_SCALING",

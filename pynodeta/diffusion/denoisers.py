@@ -74,4 +74,4 @@ class DenoiserFromEpsilon(nn.Module):
             eps = self.eps_model(t, x_vp)
         else:
             eps = self.eps_model(t, x_vp, class_labels=class_labels)
-        return x - sigma_b * eps
+        return x - sigma_b * eps.to(x.dtype)  # in x's dtype also when the network ran under autocast

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pynodeta.nn.mp import MPConv, MPFourier
+from pynodeta.nn.precision import at_least_float32, autocast_off
 
 from .._random import randn
 from .preconditioning import EDMPrecond, call_network, edm_loss_weight, sigma_per_sample
@@ -47,13 +48,17 @@ class EDM2Precond(EDMPrecond):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 return_logvar: bool = False):
+        x = x.to(at_least_float32(x.dtype))  # float32 around the network, as EDMPrecond (Precond.forward)
         sigma = sigma_per_sample(sigma, x)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         shape = (-1, *([1] * (x.ndim - 1)))
         out = call_network(self.net, c_noise, c_in.reshape(shape) * x, class_labels)
-        denoised = c_skip.reshape(shape) * x + c_out.reshape(shape) * out
+        denoised = c_skip.reshape(shape) * x + c_out.reshape(shape) * out.to(x.dtype)
         if return_logvar:
-            return denoised, self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1)
+            # u(σ) in float32 under autocast too: the released Precond.forward computes it from the float32
+            # c_noise outside the fp16 network (logvar_linear(logvar_fourier(c_noise))), and exp(u) divides the loss
+            with autocast_off(x):
+                return denoised, self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1)
         return denoised
 
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pynodeta.nn.precision import at_least_float32
+
 from .._random import randn
 from ._checks import Denoiser
 
@@ -22,6 +24,11 @@ _TIME_RANGE_FACTOR = 10.0
 
 class EDMPrecond(nn.Module):
     """D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_noise(σ), c_in(σ)·x) around a time-first network F(t, x).
+
+    Mixed precision as NVlabs/edm2 (networks_edm2.py Precond.forward): x, σ and the coefficients are float32
+    (x.to(torch.float32)), only the network may run in half precision (under autocast here, where the
+    released code casts x_in to fp16), and its output is cast back to float32 before the skip connection
+    (F_x.to(torch.float32)), so D and every loss and sampler state built on it are float32.
 
     c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²), c_noise = ln(σ)/4
     (EDM Table 1): the network sees unit-variance input and predicts a unit-variance target at every σ.
@@ -62,12 +69,14 @@ class EDMPrecond(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, ...) noisy data; sigma: a scalar, (batch,) or (batch, 1, ..., 1) noise levels (> 0);
-        class_labels: (batch, num_classes) one-hot rows (all-zero: unconditional) or None → x̂0, shape of x."""
+        class_labels: (batch, num_classes) one-hot rows (all-zero: unconditional) or None → x̂0, shape of x
+        (float32 for half-precision x)."""
+        x = x.to(at_least_float32(x.dtype))
         sigma = sigma_per_sample(sigma, x)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         shape = (-1, *([1] * (x.ndim - 1)))
         out = call_network(self.net, c_noise, c_in.reshape(shape) * x, class_labels)
-        return c_skip.reshape(shape) * x + c_out.reshape(shape) * out
+        return c_skip.reshape(shape) * x + c_out.reshape(shape) * out.to(x.dtype)
 
 
 def sigma_per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

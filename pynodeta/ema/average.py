@@ -10,12 +10,15 @@ tracked power-function profile); ``"none"`` means the raw training weights.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["WeightAverage", "RAW_WEIGHTS", "POSTHOC_KEY", "sigma_rel_key", "parse_sigma_rel_key",
+from pynodeta.nn.precision import at_least_float32
+
+__all__ = ["WeightAverage", "float32_copy", "RAW_WEIGHTS", "POSTHOC_KEY", "sigma_rel_key", "parse_sigma_rel_key",
            "check_average_key"]
 
 RAW_WEIGHTS = "none"  # the key of the raw (not averaged) weights
@@ -77,3 +80,13 @@ def check_average_key(key: str, available: tuple[str, ...]) -> str:
                          f"EMA widths are rebuilt from the run's snapshots when its phema/ folder is beside "
                          f"checkpoints/, or through `pynodeta phema`")
     return canonical
+
+
+def float32_copy(module: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``module`` whose floating-point parameters are float32 at least: the copy an
+    average lives in, never bf16/fp16 even when the network is held in half precision."""
+    average = copy.deepcopy(module).requires_grad_(False)
+    for param in average.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(at_least_float32(param.dtype))
+    return average

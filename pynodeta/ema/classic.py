@@ -8,11 +8,14 @@ to go back to the raw ones. It also speaks the protocol every weight average of 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from pynodeta.nn.precision import at_least_float32
+
+from .average import float32_copy
 
 __all__ = ["EMA"]
 
@@ -45,7 +48,10 @@ class EMA:
         self.warmup = bool(warmup)
         self.num_updates = 0
         self.module = module  # the live network that update(step) folds in
-        self.shadow_params = [p.detach().clone() for p in _float_parameters(module)]
+        # the averages in float32 at least, also for a network held in bf16/fp16: increments (1 − d)(θ − θ_ema)
+        # of 1e-4 of a weight vanish below bf16's 2⁻⁸ relative spacing (under Lightning's *-mixed precisions
+        # the parameters, and so the averages, are float32 anyway)
+        self.shadow_params = [p.detach().to(at_least_float32(p.dtype), copy=True) for p in _float_parameters(module)]
         self._stored: list[torch.Tensor] | None = None
         self._average_copy: nn.Module | None = None
 
@@ -82,7 +88,7 @@ class EMA:
         if key != EMA_KEY:
             raise KeyError(f"a classic EMA holds one average, {EMA_KEY!r}; got {key!r}")
         if self._average_copy is None:
-            self._average_copy = copy.deepcopy(self.module).requires_grad_(False)
+            self._average_copy = float32_copy(self.module)
         self.copy_to(self._average_copy)
         for b_average, b_live in zip(self._average_copy.buffers(), self.module.buffers()):
             b_average.copy_(b_live)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import uuid
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_torch_save
-from .average import parse_sigma_rel_key, sigma_rel_key
+from .average import float32_copy, parse_sigma_rel_key, sigma_rel_key
 from .profiles import check_sigma_rel, power_function_beta, sigma_rel_to_gamma
 from .snapshots import SNAPSHOT_FORMAT, snapshot_path, state_fingerprint
 
@@ -47,9 +46,9 @@ class PowerFunctionEMA:
     def _frozen_copy(module: nn.Module) -> nn.Module:
         # Eval mode for good: EDM2's MPConv renormalises its stored weight in training mode (forced
         # weight normalisation), which would corrupt an averaged copy.
-        average = copy.deepcopy(module).eval()
-        average.requires_grad_(False)
-        return average
+        # float32 at least, also for a network held in bf16/fp16: a late update's share 1 − β (≈ γ/t, 1e-4 and
+        # below) is lost to bf16's 2⁻⁸ relative spacing (NVlabs/edm2 phema.py averages float32 parameters)
+        return float32_copy(module).eval()
 
     @torch.no_grad()
     def update(self, step: int) -> None:

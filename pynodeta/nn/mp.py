@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import at_least_float32
+
 __all__ = ["MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum", "normalize", "resample"]
 
 
@@ -21,7 +23,9 @@ def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: fl
 
     The released code adds eps to the RMS (not inside the square root); we follow it."""
     dims = tuple(range(1, x.ndim)) if dim is None else dim
-    accumulate = torch.promote_types(x.dtype, torch.float32)  # float32 at least, as released; float64 stays
+    # the norm accumulates in float32 whatever x's dtype, and x is divided in its own dtype (NVlabs/edm2
+    # networks_edm2.py normalize: vector_norm(..., dtype=torch.float32), then x / norm.to(x.dtype)); float64 stays
+    accumulate = at_least_float32(x.dtype)
     norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=accumulate)
     norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))  # eps + ‖x‖/√N
     return x / norm.to(x.dtype)
@@ -69,6 +73,7 @@ class MPFourier(nn.Module):
         self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # cos of large phases needs float32 (NVlabs/edm2 MPFourier.forward: x.to(torch.float32), back to x.dtype)
         y = x.to(torch.float32).reshape(-1).outer(self.freqs.to(torch.float32)) + self.phases.to(torch.float32)
         return (y.cos() * math.sqrt(2)).to(x.dtype)
 
@@ -102,7 +107,12 @@ class MPConv(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
-        w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))
+        # Mixed precision as NVlabs/edm2 (networks_edm2.py MPConv.forward): the weight is normalised in float32
+        # (w = self.weight.to(torch.float32)), the forced normalisation writes float32 values into the float32
+        # parameter, and only the scaled weight is cast to the activations' dtype (w.to(x.dtype)) for the
+        # matmul/convolution. Under autocast these element-wise ops and the float32 norm are left alone (only
+        # the matmul/convolution runs in bf16/fp16), so the weight normalisation stays exact float32 there too.
+        w = self.weight.to(at_least_float32(self.weight.dtype))
         if self.training and self.weight_norm == "forced":
             with torch.no_grad():
                 self.weight.copy_(normalize(w))  # forced weight normalisation

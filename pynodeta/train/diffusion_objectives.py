@@ -61,6 +61,7 @@ class EpsilonView(nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         out = self.network(t, x) if class_labels is None else self.network(t, x, class_labels=class_labels)
+        out = out.to(x.dtype)  # a network run under autocast answers in bf16/fp16; the conversions stay in x's dtype
         if self.prediction == "epsilon":
             return out
         a, s = self._coefficients(t, x)

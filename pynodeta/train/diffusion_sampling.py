@@ -93,9 +93,12 @@ def _check(module, sampler: str, steps: int, num: int, guidance: float) -> None:
 
 
 def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: torch.Tensor | None,
-                guidance: float, solver, generator: torch.Generator | None, disable: bool | None) -> torch.Tensor:
+                guidance: float, solver, generator: torch.Generator | None, disable: bool | None,
+                precision: str = "32") -> torch.Tensor:
     """One batch from standard normal ``noise`` (and one-hot ``labels`` of a conditional model)."""
     denoiser = module.denoiser()
+    if pd.autocast_dtype(precision) is not None:  # the network under autocast, the sampler's state in float32
+        denoiser = pd.AutocastDenoiser(denoiser, precision)
     if guidance != 1:
         denoiser = GuidedDenoiser(denoiser, guidance)
     extra_args = {} if labels is None else {"class_labels": labels}
@@ -134,14 +137,18 @@ def generate_batches(
     batch_size: int = 256,                   # images per sampler call
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
     disable: bool | None = True,             # the samplers' progress bar: True off, None on where stderr is a terminal
+    precision: str = "32",                   # the network's autocast: "32" (none), "bf16", "16"; x stays float32
 ) -> Iterator[SampleBatch]:
     """Draw ``num`` images ``batch_size`` at a time, so that memory stays that of one batch whatever ``num``.
 
     The noise of each batch is drawn when the batch is, from ``generator``: the images are the same as
     :func:`generate`'s. NFE is read from the samplers' published SolveStats (a guided evaluation runs the
     network on a doubled batch and counts once). A batch with NaN/Inf images raises FloatingPointError.
+    ``precision="bf16"`` or ``"16"`` runs the network under autocast (``pynodeta.diffusion.AutocastDenoiser``)
+    while the sampler's state, noise and steps stay float32.
     """
     _check(module, sampler, steps, num, guidance)
+    pd.autocast_dtype(precision)  # an unknown precision is refused before anything is drawn
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     labels = requested_labels(class_labels, num, module.num_classes)
@@ -156,7 +163,8 @@ def generate_batches(
         module.eval()
         try:
             with torch.no_grad(), record_stats() as log:
-                images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator, disable)
+                images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator, disable,
+                                     precision)
         finally:
             module.train(was_training)
         if not torch.isfinite(images).all():

@@ -14,6 +14,7 @@
         --write-reference-stats cifar10_train.npz                            # once: the training set's statistics
     pynodeta evaluate --checkpoint CKPT --num 50000 --inception-weights pt_inception-2015-12-05-6726825d.pth \
         --reference-stats cifar10_train.npz                                 # FID at 50k against them
+    pynodeta sample --checkpoint CKPT --precision bf16     # the network under bf16 autocast, the state in float32
 
 The run is read by :func:`~pynodeta.train.run_loader.load_run` (``weights_only=True``, class paths
 vetted before any import; ``--unsafe-load`` the one opt-in). Weights: the average ``fit`` evaluated
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 
 from pynodeta.diffusion.guidance import check_guidance
+from pynodeta.diffusion.precision import autocast_dtype
 
 from .._cli import ArgumentParser, UsageError
 from .diffusion_sampling import sampler_names
@@ -65,6 +67,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: 'all' for evaluate, required by sample")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance weight w, D_u + w(D_c - D_u) (1: none; default: the run's)")
+    parser.add_argument("--precision", default="32", metavar="PRECISION",
+                        help="the network's precision while drawing images: 32 (float32), bf16 or 16 (float16) "
+                             "autocast; the sampler's state, evaluate's NLL and bound stay float32 (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--num-threads", "--num_threads", dest="num_threads", type=int, default=None,
                         help="torch.set_num_threads")
@@ -98,6 +103,10 @@ def _check_numbers(args) -> None:
             args.class_labels = int(args.class_labels)
         except ValueError:
             raise UsageError(f"--class-labels must be a class number or 'all', got {args.class_labels!r}") from None
+    try:
+        autocast_dtype(args.precision, "--precision")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.no_ema and args.average not in (None, "none"):
         raise UsageError(f"--no-ema conflicts with --average {args.average}; pass one of them")
 
@@ -193,7 +202,8 @@ def _sample(argv: list[str], prog: str) -> int:
     nfes = []
     try:
         for batch in generate_batches(module, args.num, sampler, steps, generator=generator, solver=_solver(args),
-                                      disable=None, **_conditioning(args, module)):  # a bar on a terminal
+                                      disable=None, precision=args.precision,  # disable=None: a bar on a terminal
+                                      **_conditioning(args, module)):
             nfes.append(batch.nfe)
             images = batch.images if decoder is None else decoder.decode_to_unit_range(batch.images)
             if grid is not None:
@@ -244,7 +254,7 @@ def _evaluate(argv: list[str], prog: str) -> int:
     result = {"weights": weights}
     result |= evaluate_samples(module, args.out, datamodule, num=args.num, sampler=args.sampler, steps=args.steps,
                               solver=_solver(args), extractor=extractor, reference_stats=reference_stats,
-                              **_conditioning(args, module))
+                              precision=args.precision, **_conditioning(args, module))
     result.update(nll_bits_per_dim(module, datamodule, args.nll_images, solver=_solver(args)))
     result.update(vlb_bits_per_dim(module, datamodule, args.nll_images, sampled_timesteps=args.vlb_timesteps))
     if args.json:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pynodeta.nn.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
+from pynodeta.nn.precision import at_least_float32, autocast_off
 
 __all__ = ["EDM2Block", "EDM2UNet"]
 
@@ -60,7 +61,8 @@ class EDM2Block(nn.Module):
             x = normalize(x, dim=1)  # pixel norm keeps the main path at unit magnitude (paper Sec. 2.3)
         # residual branch, modulated by the embedding: c = 1 + gain · linear(emb), gain starts at 0
         y = self.conv_res0(mp_silu(x))
-        scale = self.emb_linear(emb, gain=self.emb_gain) + 1
+        with autocast_off(emb):  # float32 like emb, cast to the activations' dtype after (networks_edm2.py Block)
+            scale = self.emb_linear(emb, gain=self.emb_gain) + 1
         y = mp_silu(y * scale[:, :, None, None].to(y.dtype))
         if self.training and self.dropout != 0:
             y = nn.functional.dropout(y, p=self.dropout)
@@ -178,13 +180,19 @@ class EDM2UNet(nn.Module):
         return encoder, channels
 
     def embedding(self, t, batch: int, class_labels: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        """mp_silu(mp_sum(noise embedding, class embedding)): (batch, emb_channels)."""
-        c_noise = torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(-1).expand(batch)
-        emb = self.emb_noise(self.emb_fourier(c_noise))
-        if self.emb_label is not None:
-            labels = self._labels(class_labels, batch, like)
-            emb = mp_sum(emb, self.emb_label(labels * math.sqrt(labels.shape[1])), t=self.label_balance)
-        return mp_silu(emb)
+        """mp_silu(mp_sum(noise embedding, class embedding)): (batch, emb_channels), float32 at least.
+
+        Mixed precision: the embedding stays float32 under autocast, as in NVlabs/edm2, whose Precond.forward
+        hands the U-Net float32 noise and class labels and casts only the image input x_in to fp16, so that
+        UNet.forward's emb_fourier/emb_noise/emb_label run in float32 (a few vectors per batch: cheap)."""
+        with autocast_off(like):
+            dtype = at_least_float32(like.dtype)
+            c_noise = torch.as_tensor(t, dtype=dtype, device=like.device).reshape(-1).expand(batch)
+            emb = self.emb_noise(self.emb_fourier(c_noise))
+            if self.emb_label is not None:
+                labels = self._labels(class_labels, batch, c_noise)
+                emb = mp_sum(emb, self.emb_label(labels * math.sqrt(labels.shape[1])), t=self.label_balance)
+            return mp_silu(emb)
 
     def _labels(self, class_labels, batch, like) -> torch.Tensor:
         if class_labels is None:  # as the released Precond: zeros, i.e. no class information

@@ -102,7 +102,9 @@ class DDPMObjective(DiffusionObjective):
         x_t = self.schedule.add_noise(x0, noise, t)
         target = prediction_target(self.prediction, self.schedule, x0, noise, t)
         output = model(t, x_t) if class_labels is None else model(t, x_t, class_labels=class_labels)
-        per_sample = F.mse_loss(output, target, reduction="none").flatten(1).mean(dim=1)
+        # the loss in the data's dtype (float32) whatever precision the network ran in under autocast, as
+        # NVlabs/edm2 casts the network output to float32 before its loss (networks_edm2.py Precond.forward)
+        per_sample = F.mse_loss(output.to(target.dtype), target, reduction="none").flatten(1).mean(dim=1)
         if step is not None:  # training: loss-aware samplers learn from the unweighted losses
             self.sampler_training.after_loss(step, x0, t, per_sample)
         weights = self.loss_weighting(self.schedule.snr(t)).to(torch.float32)
