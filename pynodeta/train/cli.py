@@ -201,5 +201,20 @@ def main(argv: list[str] | None = None) -> int | None:
     except TrainingDiverged as error:  # a run that failed, not a usage error: status 1
         print(f"pynodeta: error: {error}", file=sys.stderr)
         return 1
-    print(f"pynodeta: finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    if _leave_process_group() == 0:
+        print(f"pynodeta: finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
+
+
+def _leave_process_group() -> int:
+    """Under DDP: wait for every rank, then take the process group down before the interpreter exits (a rank
+    that exited with it up while another still wrote its outputs was seen to abort in gloo's teardown).
+    Returns this process's global rank (0 without DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    return rank

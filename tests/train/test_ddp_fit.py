@@ -128,3 +128,14 @@ def _assert_equal(a, b, where: str) -> None:
             _assert_equal(x, y, f"{where}[{index}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_the_main_job_fits_and_tests_on_two_gloo_ranks_and_both_exit_cleanly(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "pynodeta.cli", "fit", "--config", "digits_tabn",
+                             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4",
+                             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("pynodeta summary: test accuracy") == 1
+    assert result.stderr.count("pynodeta: finished in") == 1  # rank 0 alone
