@@ -127,6 +127,7 @@ def test_preset_configs_build_the_papers_model_sizes(size):
 
     text = resources.files("pynodeta.configs").joinpath(f"edm2_img512_{size}.yaml").read_text()
     options = yaml.safe_load(text)["model"]["init_args"]["model"]["init_args"]
+    assert options["label_dim"] == 1000  # class-conditional on ImageNet, as the paper's models
     with torch.device("meta"):  # shapes only: no memory, no time
-        net = EDM2Precond(EDM2UNet(**{**options, "label_dim": 1000}))  # the paper's models are class-conditional
+        net = EDM2Precond(EDM2UNet(**options))
     assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(PAPER_PARAMETERS[size], abs=0.5)
