@@ -169,7 +169,9 @@ class LearnedTimestepSampler(TimestepSampler):
             raise ValueError(f"reward must be a scalar or have t's shape {tuple(t.shape)}, got {tuple(reward.shape)}")
         if not torch.isfinite(reward).all():
             raise ValueError("reward contains NaN or Inf: skip this policy update (check the VLB terms it came from)")
-        baseline = float(reward.mean()) if self.baseline is None else self.baseline
+        # under DDP the mean over every rank's rewards: one baseline on every rank, as one policy
+        reward_mean = float(mean_over_ranks(reward.mean()))
+        baseline = reward_mean if self.baseline is None else self.baseline
         advantage = reward - baseline if self.baseline_decay is not None else reward
         alpha, beta = self.policy(x0)
         entropy = Beta(alpha, beta).entropy()
@@ -181,7 +183,7 @@ class LearnedTimestepSampler(TimestepSampler):
         nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.optimizer.step()
         if self.baseline_decay is not None:
-            self.baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * float(reward.mean())
+            self.baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * reward_mean
         return loss.detach()
 
     def _average_gradients_over_ranks(self) -> None:
@@ -212,3 +214,12 @@ class LearnedTimestepSampler(TimestepSampler):
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline = state["baseline"]
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """The mean of ``value`` over the torch.distributed ranks; ``value`` itself outside DDP."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from pynodeta.diffusion.learned_timestep_sampler import LearnedTimestepSampler
+from pynodeta.diffusion.learned_timestep_sampler import LearnedTimestepSampler, mean_over_ranks
 from pynodeta.diffusion.timestep_samplers import LossAwareSampler, TimestepSampler
 
 __all__ = ["AdaptiveTimestepUpdater", "TimestepSamplerTraining", "ddpm_vb_terms", "select_by_f_regression"]
@@ -150,6 +150,8 @@ class AdaptiveTimestepUpdater:
         pending, self._pending = self._pending, None
         with torch.no_grad():
             probe_drop = pending["probe_before"] - self._probe_terms(pending["probe"], pending["probe_noise"])
+            # under DDP each rank probed an image of its own: their mean makes one queue, one S on every rank
+            probe_drop = mean_over_ranks(probe_drop)
             reward = (pending["batch_before"] - self._selected_terms(x0, pending["batch_noise"])).sum(dim=1)
         self.queue.append((probe_drop.double().cpu(), probe_drop.double().sum().cpu()))
         policy_loss = self.sampler.reinforce(x0, t, reward)

@@ -283,3 +283,63 @@ def test_diffusion_module_drives_its_sampler_and_checkpoints_it(sampler_name):
     else:
         assert int(ours.timestep_sampler.loss_counts.sum()) == 3 * 8
         assert torch.equal(theirs.timestep_sampler.loss_history, ours.timestep_sampler.loss_history)
+
+
+def _ddp_adaptive_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # the same network on both ranks, as DDP starts
+        schedule = DDPMSchedule(20)
+        network = torch.nn.Conv2d(1, 1, 3, padding=1)
+        eps_model = lambda t, x: network(x) * (1 + t[:, None, None, None] / 20)  # noqa: E731
+        eps_model.eval, eps_model.train, eps_model.training = network.eval, network.train, True
+        sampler = make_timestep_sampler("adaptive", 20, in_channels=1)
+        training = TimestepSamplerTraining(sampler, ddpm_vb_terms(eps_model, schedule, 17), update_every=2)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+        generator = torch.Generator().manual_seed(100 + rank)  # each rank: its own images, draws and probes
+        for step in range(1, 9):
+            x0 = _images(8, seed=10 * step + rank).clamp(-1, 1)
+            t, weights = sampler.sample(8, x0=x0, generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            per_sample = (eps_model(t, schedule.add_noise(x0, noise, t)) - noise).pow(2).flatten(1).mean(1)
+            training.after_loss(step, x0, t, per_sample)
+            optimizer.zero_grad()
+            (weights * per_sample).mean().backward()
+            for parameter in network.parameters():  # what DDP does to the network's gradients
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= 2
+            optimizer.step()
+            training.after_optimizer_step()
+        torch.save({"training": training.state_dict(), "baseline": sampler.baseline}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_keep_one_adaptive_sampler_policy_queue_and_selected_timesteps(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "rank")
+    mp.start_processes(_ddp_adaptive_worker, args=(str(tmp_path / "store"), out), nprocs=2, start_method="fork")
+    states = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
+    assert states[0]["baseline"] is not None and states[0]["baseline"] == states[1]["baseline"]
+    for state in states:  # the time each rank spent is its own
+        state["training"]["updater"].pop("overhead_seconds")
+    _assert_same(states[0]["training"], states[1]["training"], "training")
+    assert len(states[0]["training"]["updater"]["queue"]) == 4  # 4 updates in 8 steps: S was re-selected
+
+
+def _assert_same(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs between the ranks"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
