@@ -76,9 +76,11 @@ def test_a_block_is_the_same_images_whatever_was_drawn_before(runs):
     draw_block(module, 0, **options)
     assert torch.equal(draw_block(module, 1, **options).images, alone)  # its own generator, stochastic steps included
     assert not torch.equal(draw_block(module, 2, **options).images[:4], alone[:4])
-    assert not torch.equal(torch.randn(3, generator=block_generator(5, 1)), torch.randn(3, generator=block_generator(6, 1)))
+    seed_5, seed_6 = (torch.randn(3, generator=block_generator(seed, 1)) for seed in (5, 6))
+    assert not torch.equal(seed_5, seed_6)
 
 
+@pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
 def test_two_gloo_ranks_give_the_fd_of_one_process(runs, tmp_path, capfd):
     flags = ["--sampler", "euler_ancestral"]  # a stochastic sampler: each block's generator drives its steps too
     one = _evaluate(capfd, runs["unconditional"], tmp_path, "--devices", "1", *flags)
@@ -94,6 +96,7 @@ def test_two_gloo_ranks_give_the_fd_of_one_process(runs, tmp_path, capfd):
     assert fit_scheme["fd"] != pytest.approx(one["fd"], rel=1e-6) and "ranks" not in fit_scheme
 
 
+@pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
 def test_two_ranks_class_conditional_against_saved_statistics(runs, tmp_path, capfd):
     flags = ["--reference-stats", runs["stats"]]
     one = _evaluate(capfd, runs["conditional"], tmp_path, "--devices", "1", *flags)
@@ -104,6 +107,7 @@ def test_two_ranks_class_conditional_against_saved_statistics(runs, tmp_path, ca
     assert (tmp_path / "e.png").is_file()
 
 
+@pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
 def test_a_partial_cache_is_resumed_and_a_mismatching_one_refused(runs, tmp_path, capfd):
     cache = tmp_path / "cache"
     first = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(cache))
@@ -128,6 +132,7 @@ def test_a_partial_cache_is_resumed_and_a_mismatching_one_refused(runs, tmp_path
     assert "checkpoint_sha256: cached" in error
 
 
+@pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
 def test_torchrun_ranks_join_the_group_without_spawning(runs, tmp_path, capfd):
     one = _evaluate(capfd, runs["unconditional"], tmp_path, "--devices", "1")
     port = free_port()
