@@ -133,6 +133,9 @@ def _spawn(args, prog: str) -> int:
                  nprocs=args.devices)
     except mp.ProcessExitedException as error:
         return error.exit_code if error.exit_code and error.exit_code > 0 else 1
+    except mp.ProcessRaisedException as error:  # an unexpected error: its traceback, as the rank raised it
+        print(f"{prog}: error: a rank failed:\n{error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,6 +158,10 @@ def _on_rank(args, prog: str, ranks: EvaluationRanks) -> int:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         return 2
+    except Exception:
+        if ranks.is_zero:
+            raise
+        return 2  # went to rank 0 through the gather (or happened there too): rank 0 reports it
     finally:
         ranks.leave()
 
@@ -210,6 +217,8 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
     extractor, reference_stats = _features(args)  # files checked before the run is loaded
     run, weights = _setup(args, prog)
     module, datamodule = run.module, run.datamodule
+    if extractor is not None:
+        extractor.to(module.device)  # features where the images are drawn (a GPU's Inception: round-off apart)
     if args.write_reference_stats:
         if datamodule is None:
             raise ValueError(f"{args.checkpoint!r}: the run names no DataModule, so there are no training images "

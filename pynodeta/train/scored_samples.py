@@ -43,12 +43,18 @@ def score_batch(batch, index: int, first: int, seconds: float, decode=None, extr
     images = batch.images if decode is None else decode(batch.images)  # latent runs: through the VAE
     grid = images[:max(GRID_IMAGES - first, 0)].detach().cpu() if first < GRID_IMAGES else None
     features = predicted = None
-    if extractor is not None:
-        pixels = images.clamp(-1, 1).cpu()
-        features = extractor(pixels).double()
+    if extractor is not None:  # on the extractor's device: Inception on the GPU that drew the images
+        pixels = images.clamp(-1, 1).to(_device_of(extractor))
+        features = extractor(pixels).double().cpu()
         if batch.labels is not None and hasattr(extractor, "classify"):
-            predicted = extractor.classify(pixels).argmax(dim=1)
+            predicted = extractor.classify(pixels).argmax(dim=1).cpu()
     return ScoredBlock(index, first, len(images), float(batch.nfe), seconds, batch.labels, predicted, features, grid)
+
+
+def _device_of(extractor) -> torch.device:
+    """Where ``extractor``'s weights are (CPU for one without any)."""
+    tensors = (*extractor.parameters(), *extractor.buffers()) if isinstance(extractor, torch.nn.Module) else ()
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 class ScoreCollector:
