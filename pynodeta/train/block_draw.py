@@ -56,7 +56,7 @@ class BlockDraw:
     def _draw_local(self, module, num, sampler, steps, seed, decode, extractor, keep_features, class_labels,
                     guidance, solver) -> tuple[dict, int, int]:
         if self.cache is not None:
-            self.cache.check(write=self.ranks.is_zero)
+            self.cache.check()
         labels = requested_labels(class_labels, num, module.num_classes)
         mine = rank_blocks(num, self.block_size, self.ranks.rank, self.ranks.world_size)
         progress = _Progress(self.label, num, len(mine), self.ranks.world_size, self.progress_seconds

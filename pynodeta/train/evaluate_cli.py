@@ -24,7 +24,7 @@ import torch
 
 from .._cli import ArgumentParser, UsageError
 from .evaluation_ranks import EvaluationRanks, RankFailure, free_port, torchrun_world_size
-from .sample_cli import _check_numbers, _common_arguments, _conditioning, _run, _setup, _solver
+from .sample_cli import _check_numbers, _common_arguments, _conditioning, _device, _run, _setup, _solver
 from .sample_outputs import check_output_path
 
 __all__ = ["evaluate_main"]
@@ -103,9 +103,8 @@ def _check_arguments(args, world: int | None) -> None:
 
 
 def _device_type(args) -> str:
-    if args.device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(args.device).type
+    """"cuda" or "cpu": where the ranks run (--device, default cuda where there is one)."""
+    return _device(args.device).type
 
 
 def _evaluate(argv: list[str], prog: str) -> int:

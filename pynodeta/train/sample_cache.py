@@ -46,18 +46,20 @@ class SampleCache:
         self.folder = Path(folder)
         self.identity = {"format": CACHE_FORMAT, **json.loads(json.dumps(identity))}  # as read back from JSON
 
-    def check(self, *, write: bool) -> None:
-        """Refuse a folder whose index names another evaluation; ``write``: create the index if there is none
-        (one process, rank 0, writes it; every rank checks, so all of them refuse alike)."""
+    def check(self) -> None:
+        """Refuse a folder whose index names another evaluation, else write the index if it is missing. Every rank
+        calls this: all compute the same identity, so all refuse alike, and the index they write is one text."""
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"--cache {str(self.folder)!r} is a file; name a folder")
         index = self.folder / _INDEX
+        # blocks looked for before the index: a rank writes the index before any block, so a block seen here
+        # with no index after it is not of this evaluation (the other order would race with another rank)
+        blocks_seen = any(self.folder.glob("block_*.npz"))
         if not index.exists():
-            if any(self.folder.glob("block_*.npz")):
+            if blocks_seen:
                 raise ValueError(f"--cache {str(self.folder)!r} holds blocks but no {_INDEX}, so what they are "
                                  f"cannot be checked; pass an empty folder")
-            if write:
-                atomic_write_text(index, json.dumps(self.identity, indent=2, sort_keys=True))
+            atomic_write_text(index, json.dumps(self.identity, indent=2, sort_keys=True))
             return
         try:
             cached = json.loads(index.read_text())

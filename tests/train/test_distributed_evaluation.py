@@ -84,8 +84,12 @@ def test_a_block_is_the_same_images_whatever_was_drawn_before(runs):
 def test_two_gloo_ranks_give_the_fd_of_one_process(runs, tmp_path, capfd):
     flags = ["--sampler", "euler_ancestral"]  # a stochastic sampler: each block's generator drives its steps too
     one = _evaluate(capfd, runs["unconditional"], tmp_path, "--devices", "1", *flags)
-    two = _evaluate(capfd, runs["unconditional"], tmp_path, "--devices", "2", *flags)
+    two = _evaluate(capfd, runs["unconditional"], tmp_path, "--devices", "2", "--cache", str(tmp_path / "c"), *flags)
     assert (one["ranks"], two["ranks"], two["blocks_drawn"]) == (1, 2, 3)
+    # the blocks the two ranks cached, read back by one process
+    cached = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(tmp_path / "c"), *flags)
+    assert (cached["blocks_drawn"], cached["blocks_cached"]) == (0, 3)
+    assert cached["fd"] == pytest.approx(one["fd"], rel=1e-12)
     assert np.isfinite(one["fd"]) and one["fd"] > 0
     assert two["fd"] == pytest.approx(one["fd"], rel=1e-12)  # the same features, concatenated in block order
     assert two["fd_floor"] == one["fd_floor"] and two["sampler_nfe"] == one["sampler_nfe"]
@@ -107,7 +111,6 @@ def test_two_ranks_class_conditional_against_saved_statistics(runs, tmp_path, ca
     assert (tmp_path / "e.png").is_file()
 
 
-@pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
 def test_a_partial_cache_is_resumed_and_a_mismatching_one_refused(runs, tmp_path, capfd):
     cache = tmp_path / "cache"
     first = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(cache))
@@ -120,9 +123,6 @@ def test_a_partial_cache_is_resumed_and_a_mismatching_one_refused(runs, tmp_path
     again = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(cache))
     assert (again["blocks_drawn"], again["blocks_cached"]) == (2, 1)
     assert again["fd"] == pytest.approx(first["fd"], rel=1e-12) and again["sampler_nfe"] == first["sampler_nfe"]
-    cached = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(cache), "--devices", "2")
-    assert (cached["blocks_drawn"], cached["blocks_cached"]) == (0, 3)
-    assert cached["fd"] == pytest.approx(first["fd"], rel=1e-12)
     # 24 images: block 2 now holds 8 and is drawn again, blocks 0 and 1 are the same images
     more = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(cache), "--num", "24")
     assert (more["blocks_drawn"], more["blocks_cached"]) == (1, 2)
@@ -130,6 +130,9 @@ def test_a_partial_cache_is_resumed_and_a_mismatching_one_refused(runs, tmp_path
     assert "holds the blocks of another evaluation (steps: cached 2, now 3)" in error
     error = _evaluate(capfd, runs["conditional"], tmp_path, "--cache", str(cache), status=2)
     assert "checkpoint_sha256: cached" in error
+    (cache / "index.json").unlink()  # blocks whose index is gone cannot be checked: refused too
+    error = _evaluate(capfd, runs["unconditional"], tmp_path, "--cache", str(cache), status=2)
+    assert "holds blocks but no index.json" in error
 
 
 @pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
