@@ -35,6 +35,8 @@ def _parser(prog: str) -> ArgumentParser:
                             "and, for DDPM models, the variational bound in bits/dim.")
     _common_arguments(parser)
     parser.set_defaults(seed=None)
+    seed = next(action for action in parser._actions if action.dest == "seed")
+    seed.help = "seed of the noise (default 2024, fit's evaluation seed)"
     parser.add_argument("--num", type=int, default=None, help="images drawn for the FD (default: the run's, as fit)")
     parser.add_argument("--nll-images", "--nll_images", dest="nll_images", type=int, default=None,
                         help="test images of the NLL and the bound (default: the run's)")
