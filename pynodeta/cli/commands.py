@@ -41,7 +41,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sample", "draw images from a trained diffusion model's checkpoint",
             "pynodeta.train.sample_cli:sample_main"),
     Command("evaluate", "score a trained diffusion model: FD beside the real-data floor, NLL in bits/dim",
-            "pynodeta.train.sample_cli:evaluate_main"),
+            "pynodeta.train.evaluate_cli:evaluate_main"),
     Command("phema", "reconstruct post-hoc EMA weights for any sigma_rel from a run's snapshots (EDM2)",
             "pynodeta.ema.cli:main"),
     Command("encode", "encode an image folder into VAE latents in resumable shards (latent diffusion, EDM2)",

@@ -9,6 +9,7 @@ data distribution scores about the floor, so FD / floor is the number to compare
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -33,11 +34,12 @@ from .diffusion_sampling import generate_batches
 from .latent_runs import display_decoder
 from .objectives import DDPMObjective
 from .sample_outputs import GridWriter
+from .scored_samples import GRID_IMAGES, ScoreCollector, score_batch
 
 __all__ = ["evaluate_samples", "nll_bits_per_dim", "vlb_bits_per_dim", "final_summary",
            "summary_line", "dataset_statistics"]
 
-_EVAL_SEED = 2024  # the same noise for every evaluation, so that epochs and runs are compared on one draw
+EVALUATION_SEED = 2024  # the same noise for every evaluation, so that epochs and runs are compared on one draw
 
 
 def _extractor(module):
@@ -99,7 +101,8 @@ def dataset_statistics(dataset, extractor, batch_size: int = 256):
 
 def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=None, num: int | None = None,
                      sampler: str | None = None, steps: int | None = None, *, extractor=None,
-                     reference_stats=None, **sampler_options) -> dict:
+                     reference_stats=None, seed: int = EVALUATION_SEED, blocks=None, decode=None,
+                     **sampler_options) -> dict | None:
     """Draw ``num`` images (default ``module.evaluation.num_samples``) with the module's current weights, save
     the first 64 as a grid at ``grid_path`` (None: no grid; DDP ranks other than 0), and compute FD against the
     test images beside the floor. The images are scored as pixels, clipped to the data range [-1, 1], one
@@ -114,9 +117,15 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
     ``load_reference_statistics``): the FD is computed against them, the test images are not read, and the
     floor and the per-class FD are NaN / left out (the 50 000-sample protocol of FID and FD_DINOv2).
 
+    ``seed``: of the noise (default: fit's, the same draw at every evaluation). ``blocks``: None draws as fit
+    does, one generator consumed batch after batch; a :class:`~pynodeta.train.block_draw.BlockDraw` draws in
+    seeded blocks, shared among its ranks and cached, and returns the result on its rank 0 only (None on the
+    others), the same whatever the number of ranks. ``decode``: latents → images in [-1, 1] (default: the
+    DataModule's, for latent data).
+
     Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_nfe", "sampling_seconds", "grid"} (and for
     conditional models "guidance", "conditional_accuracy", "fd_per_class"); the FD entries are NaN when
-    there is no feature extractor for these images.
+    there is no feature extractor for these images. ``sampling_seconds`` sums the sampler time of every block.
     """
     num = module.evaluation.num_samples if num is None else num
     if num < 2:
@@ -126,62 +135,71 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
     if module.num_classes is not None:
         sampler_options.setdefault("class_labels", "all")
         sampler_options.setdefault("guidance", module.evaluation.guidance)
-    decode = display_decoder(datamodule if datamodule is not None else getattr(module._trainer, "datamodule", None))
+    if decode is None:
+        decode = display_decoder(datamodule if datamodule is not None else
+                                 getattr(module._trainer, "datamodule", None))
     if extractor is None and decode is None:  # latents are not images: their FD needs an extractor passed in
         extractor = _extractor(module)
+    keep_features = reference_stats is None  # against saved statistics, 50 000 × 2048 features are summed, not kept
     reference = None
-    if extractor is not None and reference_stats is None:
-        reference = _reference(module, _datamodule(module, datamodule), extractor)
-    generator = torch.Generator().manual_seed(_EVAL_SEED)
-    batches = generate_batches(module, num, sampler, steps, generator=generator, **sampler_options)
-    grid = GridWriter(grid_path, limit=64) if grid_path is not None else None
-    features, labels, predicted, nfes, seconds = [], [], [], [], 0.0
-    moments = None
-    while True:
-        started = time.perf_counter()
-        batch = next(batches, None)
-        seconds += time.perf_counter() - started  # the sampler's time; feature extraction is not counted
-        if batch is None:
-            break
-        nfes.append(batch.nfe)
-        images = batch.images if decode is None else decode(batch.images)  # latent runs: through the VAE
-        if grid is not None:
-            grid.add(images)
-        if batch.labels is not None:
-            labels.append(batch.labels)
-        if extractor is not None:  # scored as pixels: clipped to [-1, 1], as saving or quantising would
-            pixels = images.clamp(-1, 1).cpu()
-            batch_features = extractor(pixels).double()
-            if reference_stats is None:
-                features.append(batch_features)
-            else:  # 50 000 × 2048 features are not kept: their running sums are
-                moments = moments or FeatureMoments(batch_features.shape[1])
-                moments.add(batch_features)
-            if batch.labels is not None and hasattr(extractor, "classify"):
-                predicted.append(extractor.classify(pixels).argmax(dim=1))
-    grid = grid.close() if grid is not None else None
+    if extractor is not None and keep_features:
+        data = _datamodule(module, datamodule)  # checked on every rank before drawing; features after it
+        reference = _reference(module, data, extractor) if blocks is None else None
+    if blocks is None:
+        collector = _draw_in_sequence(module, num, sampler, steps, seed, decode, extractor, keep_features,
+                                      sampler_options)
+    else:
+        collector = blocks.collect(module, num, sampler, steps, seed=seed, decode=decode, extractor=extractor,
+                                   keep_features=keep_features, **sampler_options)
+        if collector is None:  # a rank other than 0: its blocks are on rank 0 now
+            return None
+        if extractor is not None and keep_features:
+            reference = _reference(module, data, extractor)
+    grid = None
+    if grid_path is not None:
+        writer = GridWriter(grid_path, limit=GRID_IMAGES)
+        for images in collector.grid_images():
+            writer.add(images)
+        grid = writer.close()
     fd = floor = math.nan
     if reference is not None:
-        fd, floor = frechet_distance(torch.cat(features), reference["test"]), reference["floor"]
-    elif moments is not None:
-        fd = frechet_distance_from_statistics(*moments.statistics(), *reference_stats)
+        fd, floor = frechet_distance(collector.features(), reference["test"]), reference["floor"]
+    elif collector.moments is not None:
+        fd = frechet_distance_from_statistics(*collector.moments.statistics(), *reference_stats)
     result = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
-              "sampler_nfe": float(sum(nfes) / len(nfes)), "sampling_seconds": seconds,
+              "sampler_nfe": collector.mean_nfe(), "sampling_seconds": collector.seconds(),
               "grid": None if grid is None else str(grid)}
-    if labels:
-        result.update(_conditional_scores(torch.cat(labels), predicted, features, reference))
+    labels = collector.labels()
+    if labels is not None:
+        result.update(_conditional_scores(labels, collector.predicted(), collector.features(), reference))
         result["guidance"] = float(sampler_options["guidance"])
     return result
 
 
-def _conditional_scores(labels: torch.Tensor, predicted: list, features: list, reference: dict | None) -> dict:
+def _draw_in_sequence(module, num, sampler, steps, seed, decode, extractor, keep_features, options) -> ScoreCollector:
+    """Fit's scheme: one generator seeded once, consumed batch after batch (its FD figures are compared over
+    time, so this draw stays as it was)."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = generate_batches(module, num, sampler, steps, generator=generator, **options)
+    collector, first = ScoreCollector(keep_features), 0
+    for index in itertools.count():
+        started = time.perf_counter()
+        batch = next(batches, None)
+        seconds = time.perf_counter() - started  # the sampler's time; feature extraction is not counted
+        if batch is None:
+            return collector
+        collector.add(score_batch(batch, index, first, seconds, decode, extractor))
+        first += len(batch.images)
+
+
+def _conditional_scores(labels: torch.Tensor, predicted: torch.Tensor | None, features: torch.Tensor | None,
+                        reference: dict | None) -> dict:
     """Conditional accuracy (the classifier's agreement with the requested class) and FD of each class
     against the test images of that class (NaN for a class with fewer than 2 images on either side)."""
-    accuracy = float((torch.cat(predicted) == labels).double().mean()) if predicted else math.nan
+    accuracy = float((predicted == labels).double().mean()) if predicted is not None else math.nan
     scores = {"conditional_accuracy": accuracy}
     if reference is None:
         return scores
-    features = torch.cat(features)
     per_class = {}
     for label in sorted(set(labels.tolist())):
         ours, theirs = features[labels == label], reference["test"][reference["test_labels"] == label]
@@ -210,7 +228,7 @@ def nll_bits_per_dim(module, datamodule=None, num_images: int | None = None, sol
     if module.num_classes is not None:
         labels["class_labels"] = one_hot_labels(test.labels[:count], module.num_classes,
                                                 torch.empty((), device=module.device))
-    generator = torch.Generator().manual_seed(_EVAL_SEED)
+    generator = torch.Generator().manual_seed(EVALUATION_SEED)
     was_training = module.training
     module.eval()
     try:
@@ -247,7 +265,7 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
         bound = variational_bound(objective.eps_model(module.model), x0, objective.schedule,
                                   num_bins=module.evaluation.num_bins,
                                   sampled_timesteps=sampled_timesteps, chunk_size=chunk_size,
-                                  generator=torch.Generator().manual_seed(_EVAL_SEED)).cpu()
+                                  generator=torch.Generator().manual_seed(EVALUATION_SEED)).cpu()
     finally:
         module.train(was_training)
     stderr = float(bound.std() / math.sqrt(len(bound))) if len(bound) > 1 else math.nan

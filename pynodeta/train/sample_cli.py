@@ -13,7 +13,7 @@
     pynodeta evaluate --checkpoint CKPT --inception-weights pt_inception-2015-12-05-6726825d.pth \
         --write-reference-stats cifar10_train.npz                            # once: the training set's statistics
     pynodeta evaluate --checkpoint CKPT --num 50000 --inception-weights pt_inception-2015-12-05-6726825d.pth \
-        --reference-stats cifar10_train.npz                                 # FID at 50k against them
+        --reference-stats cifar10_train.npz --devices 8 --cache cache/      # FID at 50k: 8 ranks, resumable
     pynodeta sample --checkpoint CKPT --precision bf16     # the network under bf16 autocast, the state in float32
 
 The run is read by :func:`~pynodeta.train.run_loader.load_run` (``weights_only=True``, class paths
@@ -27,7 +27,6 @@ Flags are kebab-case; the snake-case spellings (``--num_threads``) are kept as a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import warnings
@@ -220,99 +219,6 @@ def _sample(argv: list[str], prog: str) -> int:
     return 0
 
 
-def _evaluate(argv: list[str], prog: str) -> int:
-    from .diffusion_evaluation import evaluate_samples, nll_bits_per_dim, summary_line, vlb_bits_per_dim
-
-    parser = ArgumentParser(prog=prog, description="FD (with the real-data floor), NLL in bits/dim "
-                            "and, for DDPM models, the variational bound in bits/dim.")
-    _common_arguments(parser)
-    parser.add_argument("--num", type=int, default=None, help="images drawn for the FD (default: the run's, as fit)")
-    parser.add_argument("--nll-images", "--nll_images", dest="nll_images", type=int, default=None,
-                        help="test images of the NLL and the bound (default: the run's)")
-    parser.add_argument("--vlb-timesteps", "--vlb_timesteps", dest="vlb_timesteps", type=int, default=None,
-                        help="DDPM: estimate the bound from K stratified timesteps per image (default: all T, exact)")
-    parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
-    _feature_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command = "evaluate"
-    _check_numbers(args)
-    if args.num is not None and args.num < 2:
-        raise UsageError(f"--num must be >= 2: the Fréchet distance estimates a covariance, got {args.num}")
-    check_output_path(args.out, "--out", (".png",))
-    if args.write_reference_stats:
-        check_output_path(args.write_reference_stats, "--write-reference-stats", (".npz",))
-    extractor, reference_stats = _features(args)  # files checked before the run is loaded
-    run, weights = _setup(args, prog)
-    module, datamodule = run.module, run.datamodule
-    if datamodule is None:
-        raise ValueError(f"{args.checkpoint!r}: the run names no DataModule, so there are no test images to score "
-                         f"against; pass the run's config with --config")
-    if args.write_reference_stats:
-        return _write_reference_stats(args, prog, module, datamodule, extractor)
-    datamodule.setup("test")
-    result = {"weights": weights}
-    result |= evaluate_samples(module, args.out, datamodule, num=args.num, sampler=args.sampler, steps=args.steps,
-                              solver=_solver(args), extractor=extractor, reference_stats=reference_stats,
-                              precision=args.precision, **_conditioning(args, module))
-    result.update(nll_bits_per_dim(module, datamodule, args.nll_images, solver=_solver(args)))
-    result.update(vlb_bits_per_dim(module, datamodule, args.nll_images, sampled_timesteps=args.vlb_timesteps))
-    if args.json:
-        print(json.dumps(_json_safe(result), indent=2, allow_nan=False))
-    else:
-        print(summary_line(result).replace("pynodeta summary", prog, 1))
-    return 0
-
-
-def _feature_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inception-weights", "--inception_weights", dest="inception_weights", default=None,
-                        metavar="PATH", help="FID's Inception: NVlabs' inception-2015-12-05.pkl/.pt or pytorch-fid's "
-                        "pt_inception-2015-12-05-6726825d.pth (default: the run's evaluation.inception_weights)")
-    parser.add_argument("--dinov2-weights", "--dinov2_weights", dest="dinov2_weights", default=None, metavar="PATH",
-                        help="FD_DINOv2 instead of FID: DINOv2 ViT-L/14 weights (dinov2_vitl14_pretrain.pth, needs "
-                        "timm)")
-    parser.add_argument("--reference-stats", "--reference_stats", dest="reference_stats", default=None,
-                        metavar="PATH", help="FD against saved statistics (pytorch-fid's .npz, or edm2's dataset-refs "
-                        ".pkl) instead of the test images; no floor")
-    parser.add_argument("--write-reference-stats", "--write_reference_stats", dest="write_reference_stats",
-                        default=None, metavar="PATH", help="write the training images' statistics in these features "
-                        "to PATH (.npz) and stop")
-
-
-def _features(args):
-    """(the extractor the flags name or None for the run's, the reference (mu, sigma) or None)."""
-    from pynodeta.metrics import DINOv2FeatureExtractor, InceptionFeatureExtractor, load_reference_statistics
-
-    if args.inception_weights and args.dinov2_weights:
-        raise UsageError("--inception-weights (FID) and --dinov2-weights (FD_DINOv2) name two metrics; pass one")
-    if args.reference_stats and args.write_reference_stats:
-        raise UsageError("--reference-stats reads statistics and --write-reference-stats writes them; pass one")
-    extractor = None
-    if args.dinov2_weights:
-        extractor = DINOv2FeatureExtractor(args.dinov2_weights)
-    elif args.inception_weights:
-        extractor = InceptionFeatureExtractor(args.inception_weights)
-    reference = None
-    if args.reference_stats:
-        reference = load_reference_statistics(args.reference_stats, "fd_dinov2" if args.dinov2_weights else "fid")
-    return extractor, reference
-
-
-def _write_reference_stats(args, prog: str, module, datamodule, extractor) -> int:
-    from pynodeta.metrics import save_reference_statistics
-
-    from .diffusion_evaluation import _extractor, dataset_statistics
-
-    extractor = extractor if extractor is not None else _extractor(module)
-    if extractor is None:
-        raise UsageError("--write-reference-stats needs features: pass --inception-weights or --dinov2-weights")
-    datamodule.setup("fit")
-    mu, sigma = dataset_statistics(datamodule.train_set, extractor)
-    path = save_reference_statistics(args.write_reference_stats, mu, sigma)
-    print(f"{prog}: statistics of {len(datamodule.train_set)} training images ({len(mu)} features) -> {path}")
-    return 0
-
-
 def _solver(args):
     """--rtol/--atol as the SolverSettings of the ode sampler and the NLL; None (the run's own) without them."""
     from pynodeta.ode import IController, SolverSettings
@@ -338,20 +244,13 @@ def _conditioning(args, module) -> dict:
             "guidance": module.evaluation.guidance if args.guidance is None else args.guidance}
 
 
-def _json_safe(value):
-    """NaN and Inf as null: the JSON standard has no such numbers, and strict parsers refuse them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    return value
-
-
 def sample_main(argv: list[str]) -> int:
     """``pynodeta sample ...``; returns the exit status."""
     return _run(_sample, argv, "pynodeta sample")
 
 
 def evaluate_main(argv: list[str]) -> int:
-    """``pynodeta evaluate ...``; returns the exit status."""
-    return _run(_evaluate, argv, "pynodeta evaluate")
+    """``pynodeta evaluate ...`` (:mod:`pynodeta.train.evaluate_cli`); returns the exit status."""
+    from .evaluate_cli import evaluate_main
+
+    return evaluate_main(argv)

@@ -248,3 +248,32 @@ def test_phema_checkpoint_option_refuses_a_released_pickle(tmp_path):
     (tmp_path / "edm2.pkl").write_bytes(pickle.dumps({"ema": None}))
     with pytest.raises(CheckpointError, match="NVlabs/edm2 network pickle"):
         read_run_checkpoint(tmp_path / "edm2.pkl")
+
+
+def test_evaluate_command_scores_a_released_pickle_against_saved_statistics(monkeypatch, tmp_path, capsys):
+    import json
+    import math
+
+    import numpy as np
+
+    from pynodeta.metrics import save_reference_statistics
+    from pynodeta.train.evaluate_cli import evaluate_main
+
+    paths = {}
+    for channels in (1, 3):
+        network, init_kwargs = _network(0, channels)
+        data, marker = _pickle_bytes(monkeypatch, tmp_path, network, init_kwargs)
+        paths[channels] = tmp_path / f"edm2-img8-{channels}-0000123-0.100.pkl"
+        paths[channels].write_bytes(data)
+    stats = tmp_path / "ref.npz"  # 1×8×8 images are scored in the digits features: 64 of them
+    save_reference_statistics(stats, np.zeros(64), np.eye(64))
+    common = ["--num", "4", "--steps", "2", "--num-threads", "1", "--out", str(tmp_path / "e.png")]
+    assert evaluate_main(["--checkpoint", str(paths[1]), *common]) == 2  # no DataModule: no test images
+    error = capsys.readouterr().err
+    assert "no DataModule" in error and "pass --reference-stats" in error and "--config" not in error
+    assert evaluate_main(["--checkpoint", str(paths[1]), *common, "--reference-stats", str(stats), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert math.isfinite(result["fd"]) and result["fd"] > 0 and result["bpd"] is None and result["fd_floor"] is None
+    assert evaluate_main(["--checkpoint", str(paths[3]), *common, "--reference-stats", str(stats)]) == 2
+    assert "pass --inception-weights or --dinov2-weights" in capsys.readouterr().err  # 3-channel: no digits features
+    assert not marker.exists()
