@@ -41,11 +41,11 @@ class BlockDraw:
 
     def collect(self, module, num: int, sampler: str, steps: int, *, seed: int, decode=None, extractor=None,
                 keep_features: bool = True, class_labels=None, guidance: float = 1.0,
-                solver=None) -> ScoreCollector | None:
+                solver=None, precision: str = "32") -> ScoreCollector | None:
         """Every block's scores, in block order, on rank 0 (None on the other ranks)."""
         def local() -> tuple[dict, int, int]:
             return self._draw_local(module, num, sampler, steps, seed, decode, extractor, keep_features,
-                                    class_labels, guidance, solver)
+                                    class_labels, guidance, solver, precision)
 
         gathered = self.ranks.gather(local)
         if gathered is None:
@@ -54,7 +54,7 @@ class BlockDraw:
         return ScoreCollector.merged([shard for shard, _, _ in gathered], keep_features)
 
     def _draw_local(self, module, num, sampler, steps, seed, decode, extractor, keep_features, class_labels,
-                    guidance, solver) -> tuple[dict, int, int]:
+                    guidance, solver, precision) -> tuple[dict, int, int]:
         if self.cache is not None:
             self.cache.check()
         labels = requested_labels(class_labels, num, module.num_classes)
@@ -68,7 +68,8 @@ class BlockDraw:
             if scored is None:
                 started = time.perf_counter()
                 batch = draw_block(module, block, num=num, block_size=self.block_size, seed=seed, sampler=sampler,
-                                   steps=steps, labels=labels, guidance=guidance, solver=solver)
+                                   steps=steps, labels=labels, guidance=guidance, solver=solver,
+                                   precision=precision)
                 scored = score_batch(batch, block, first, time.perf_counter() - started, decode, extractor)
                 if self.cache is not None:
                     self.cache.save(scored)

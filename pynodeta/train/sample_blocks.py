@@ -60,7 +60,8 @@ def rank_blocks(num: int, block_size: int, rank: int, world_size: int) -> range:
 
 
 def draw_block(module, block: int, *, num: int, block_size: int, seed: int, sampler: str, steps: int,
-               labels: torch.Tensor | None = None, guidance: float = 1.0, solver=None) -> SampleBatch:
+               labels: torch.Tensor | None = None, guidance: float = 1.0, solver=None,
+               precision: str = "32") -> SampleBatch:
     """Block ``block`` of ``num`` images, drawn in one sampler call from its own generator.
 
     ``labels``: the class of every one of the ``num`` images (``requested_labels``), None for an
@@ -69,5 +70,6 @@ def draw_block(module, block: int, *, num: int, block_size: int, seed: int, samp
     first, count = block_span(block, block_size, num)
     class_labels = None if labels is None else labels[first:first + count]
     batches = generate_batches(module, count, sampler, steps, class_labels=class_labels, guidance=guidance,
-                               solver=solver, batch_size=count, generator=block_generator(seed, block))
+                               solver=solver, batch_size=count, generator=block_generator(seed, block),
+                               precision=precision)
     return next(batches)

@@ -78,6 +78,10 @@ def test_a_block_is_the_same_images_whatever_was_drawn_before(runs):
     assert not torch.equal(draw_block(module, 2, **options).images[:4], alone[:4])
     seed_5, seed_6 = (torch.randn(3, generator=block_generator(seed, 1)) for seed in (5, 6))
     assert not torch.equal(seed_5, seed_6)
+    # --precision reaches the block's sampler: the network runs in bf16, the images stay float32 and close
+    bf16 = draw_block(module, 1, **options, precision="bf16").images
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, alone)
+    assert (bf16 - alone).norm() <= 4 * 2 ** -8 * alone.norm()
 
 
 @pytest.mark.slow  # spawns 2 processes, each importing torch and Lightning
