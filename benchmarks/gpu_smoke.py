@@ -16,9 +16,10 @@ rows are skipped. Only ``train_edm2.py`` (its ``config_presets``), ``training/ne
 (``edm_sampler``) are imported from the checkout, with what they import themselves.
 
 Workloads, each timed over ``--rounds`` rounds with the contenders alternated (the order flips every round)
-after ``--warmup`` untimed calls; a round times ``--steps`` training steps or one sampling batch, between
-device synchronisations. Peak memory is ``torch.cuda.max_memory_allocated`` over the contender's round (reset
-before it) above what was allocated when it began, plus the contender's own weights and optimiser state.
+after ``--warmup`` untimed calls (one batch for a sampler); a round times ``--steps`` training steps or one
+sampling batch, between device synchronisations. Peak memory is ``torch.cuda.max_memory_allocated`` over the
+contender's round (reset before it) above what was allocated when it began, plus the contender's own weights,
+buffers and optimiser state.
 
 1. EDM2-XS, ImageNet-512 latents (4 × 64 × 64), class-conditional (1000 classes), batch 16: pynodeta's
    ``edm2_img512_xs`` network, EDM2Objective and EDM2Adam under bf16 autocast, against train_edm2.py's
@@ -40,8 +41,10 @@ results/raw/ (a ``--tiny`` run writes into a temporary folder unless ``--results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
+import operator
 import statistics
 import sys
 import tempfile
@@ -152,7 +155,7 @@ def measure(workload: c.Workload, device: torch.device, warmup: int, rounds: int
                 peak = torch.cuda.max_memory_allocated(device) - base + contender.resident_bytes()
                 peaks[contender.name].append(peak)
             contender.release()
-    return {"workload": workload.name, "unit": workload.unit, "batch": workload.batch,
+    return {"workload": workload.name, "unit": workload.unit, "batch": workload.batch, "warmup": warmup,
             "steps_per_round": workload.steps_per_round,
             "contenders": [{"name": x.name, "precision": x.precision, "parameters": x.parameters, "anchor": x.anchor,
                             "seconds": seconds[x.name], "peak_bytes": peaks[x.name] or None}
@@ -194,8 +197,9 @@ def save_gpu_smoke_report(raw: dict, directory: Path | str = RESULTS_DIR) -> Pat
                          _cell(ratio["memory"])])
     table = Table(["workload", "contender", "precision", "batch", "parameters", "ms per call (median)", "images/s",
                    "peak MiB", "time ÷ reference", "peak memory ÷ reference"], rows,
-                  caption=f"{raw['rounds']} alternated rounds after {raw['warmup']} warm-up calls; a training round is "
-                          f"{raw['steps']} steps, a sampling round one batch; ratios are medians of per-round ratios")
+                  caption=f"{raw['rounds']} alternated rounds after {raw['warmup']} untimed training steps (sampling: "
+                          f"{min(raw['warmup'], 1)} batch); a training round is {raw['steps']} steps, a sampling round "
+                          "one batch; ratios are medians of per-round ratios")
     notes = ["Ratios below 1 mean pynodeta takes less time or memory than the reference implementation on the same "
              "device, batch and network size. Both sides run with train_edm2's backend settings (cudnn.benchmark on, "
              "TF32 off), without DDP and without EMA updates. NVlabs' network runs as train_edm2.py runs it, float16 "
@@ -210,15 +214,26 @@ def save_gpu_smoke_report(raw: dict, directory: Path | str = RESULTS_DIR) -> Pat
                        directory=directory)
 
 
-def _set_backends(device: torch.device) -> dict:
-    """train_edm2's training_loop settings, for both sides: cuDNN autotuning on, TF32 off."""
+# train_edm2's training_loop settings, applied to both sides: cuDNN autotuning on, TF32 off
+EDM2_BACKENDS = {("cudnn", "benchmark"): True, ("cudnn", "allow_tf32"): False, ("cuda.matmul", "allow_tf32"): False,
+                 ("cuda.matmul", "allow_fp16_reduced_precision_reduction"): False}
+
+
+@contextlib.contextmanager
+def edm2_backends(device: torch.device):
+    """:data:`EDM2_BACKENDS` on CUDA while the workloads run, the previous settings restored afterwards."""
     if device.type != "cuda":
-        return {}
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    return {"cudnn_benchmark": True, "tf32": False}
+        yield {}
+        return
+    owners = {key: operator.attrgetter(key[0])(torch.backends) for key in EDM2_BACKENDS}
+    previous = {key: getattr(owners[key], key[1]) for key in EDM2_BACKENDS}
+    try:
+        for key, value in EDM2_BACKENDS.items():
+            setattr(owners[key], key[1], value)
+        yield {"cudnn_benchmark": True, "tf32": False}
+    finally:
+        for key, value in previous.items():
+            setattr(owners[key], key[1], value)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -226,7 +241,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--nvlabs-edm2", type=Path, default=None, help="a checkout of github.com/NVlabs/edm2")
     parser.add_argument("--tiny", action="store_true", help="tiny widths and batches: a self-check of every path")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per contender (default 5; tiny 1)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed training steps per contender (default 5; tiny 1); samplers: one batch")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per round (default 10)")
     parser.add_argument("--rounds", type=int, default=None, help="alternated rounds (default 5)")
     parser.add_argument("--results-dir", type=Path, default=None, help="where the report and raw/ go")
@@ -241,13 +257,15 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = dataclasses.replace(sizes, **{k: v for k, v in (("warmup", args.warmup), ("steps", args.steps),
                                                               ("rounds", args.rounds)) if v is not None})
     directory = args.results_dir or (Path(tempfile.mkdtemp(prefix="gpu_smoke_")) if args.tiny else RESULTS_DIR)
-    backends = _set_backends(device)
     started, skipped, records = time.perf_counter(), [], []
-    for workload in workloads(sizes, device, args.nvlabs_edm2, skipped):
-        records.append(measure(workload, device, sizes.warmup, sizes.rounds))
-        for name, ratio in ratios(records[-1]).items():
-            print(f"{workload.name}: {name}: time ÷ reference {_shown(ratio['time'])}, peak memory ÷ reference "
-                  f"{_shown(ratio['memory'])}", flush=True)
+    with edm2_backends(device) as backends:
+        for workload in workloads(sizes, device, args.nvlabs_edm2, skipped):
+            # one untimed batch warms a sampler up (its 50-odd evaluations tune every shape once)
+            warmup = sizes.warmup if workload.unit == "training step" else min(sizes.warmup, 1)
+            records.append(measure(workload, device, warmup, sizes.rounds))
+            for name, ratio in ratios(records[-1]).items():
+                print(f"{workload.name}: {name}: time ÷ reference {_shown(ratio['time'])}, peak memory ÷ reference "
+                      f"{_shown(ratio['memory'])}", flush=True)
     for message in skipped:
         print(f"skipped: {message}")
     record = {"tiny": args.tiny, "sizes": dataclasses.asdict(sizes), "warmup": sizes.warmup, "steps": sizes.steps,

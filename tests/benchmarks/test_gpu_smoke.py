@@ -91,3 +91,17 @@ def test_a_folder_that_is_not_nvlabs_edm2_is_refused(tmp_path):
     script = _script()
     with pytest.raises(ValueError, match="no training/networks_edm2.py.*github.com/NVlabs/edm2"):
         script.c.import_nvlabs(tmp_path)
+
+
+def test_edm2_backend_settings_hold_only_while_the_workloads_run():
+    script = _script()
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    # the flags are plain attributes, settable without a GPU: the CUDA branch is checked here
+    with script.edm2_backends(torch.device("cuda")) as settings:
+        assert settings == {"cudnn_benchmark": True, "tf32": False}
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32) == before
+    with script.edm2_backends(torch.device("cpu")) as settings:
+        assert settings == {} and torch.backends.cudnn.benchmark == before[0]
