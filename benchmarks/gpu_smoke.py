@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; run with --device cpu --tiny to check the script")
+    if device.type == "cpu" and not args.tiny:
+        parser.error("--device cpu: this benchmark is for GPUs; on the CPU run it with --tiny to check the script")
     sizes = c.TINY if args.tiny else c.Sizes()
     sizes = dataclasses.replace(sizes, **{k: v for k, v in (("warmup", args.warmup), ("steps", args.steps),
                                                               ("rounds", args.rounds)) if v is not None})
