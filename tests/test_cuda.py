@@ -193,3 +193,32 @@ def test_per_sample_steps_agree_on_gpu_and_cpu(adjoint):
     assert torch.equal(nfe_gpu, nfe_cpu)
     torch.testing.assert_close(ys_gpu, ys_cpu, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(grad_gpu, grad_cpu, rtol=1e-6, atol=1e-8)
+
+
+def test_gpu_smoke_benchmark_measures_time_and_memory_on_gpu(tmp_path):
+    """benchmarks/gpu_smoke.py's CUDA path (synchronised timings, peak memory per contender) at tiny sizes."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("diffusers")
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    spec = importlib.util.spec_from_file_location("_bench_gpu_smoke_cuda", benchmarks / "gpu_smoke.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    nvlabs = os.environ.get("PYNODETA_NVLABS_EDM2")
+    path = script.main(["--device", "cuda", "--tiny", "--results-dir", str(tmp_path)]
+                       + (["--nvlabs-edm2", nvlabs] if nvlabs else []))
+    report = json.loads(Path(path).read_text())
+    assert report["name"] == "gpu_smoke_cuda"
+    table = report["tables"][0]
+    rows = [dict(zip(table["columns"], row)) for row in table["rows"]]
+    assert len(rows) == (10 if nvlabs else 8)
+    for row in rows:
+        assert row["peak MiB"] > 0 and row["ms per call (median)"] > 0
+        if row["workload"].startswith("CIFAR") or nvlabs:
+            assert math.isfinite(row["time ÷ reference"]) and math.isfinite(row["peak memory ÷ reference"])
+    raw = json.loads((tmp_path / "raw" / "gpu_smoke_cuda.json").read_text())
+    assert raw["device"] == "cuda" and raw["backends"] == {"cudnn_benchmark": True, "tf32": False}
