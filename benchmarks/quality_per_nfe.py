@@ -1,0 +1,265 @@
+"""Sample quality against network evaluations: FD / floor at N = 1000 for every image sampler on the trained digits
+DDPM, EDM and EDM2 models, beside diffusers' DDIM and DPM-Solver++ schedulers on a diffusers model.
+
+    PYTHONPATH=. python3 benchmarks/quality_per_nfe.py --runs-dir RUNS [--threads 2] [--anchor-minutes 8]
+
+The pynodeta models are the shipped configs trained as a user trains them (``pynodeta fit --config NAME``, into
+``RUNS/NAME/version_0``; a run already there is reused) and sampled with the weights their fit evaluated with.
+The anchor is diffusers' ``UNet2DModel`` (two levels of 32 and 64 channels, two layers per level, attention at
+4×4) trained for ``--anchor-minutes`` with AdamW (lr 1e-3), batch 128, EMA 0.999 and diffusers'
+``DDPMScheduler`` (T = 1000, linear β), then sampled with ``DDIMScheduler`` (η = 0) and
+``DPMSolverMultistepScheduler`` (DPM-Solver++(2M)), each as its documentation sets it up.
+
+Every point draws 1000 images from seeded noise, scores them in the digits feature network (pynodeta.metrics)
+against the test images, and divides by the floor: the FD of 1000 real training images against the same test
+images. NFE is the samplers' own count of network evaluations per image. Saves
+benchmarks/results/quality_per_nfe.json and .png and the raw measurements under results/raw/; ``--from-raw FILE``
+rebuilds the report from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pynodeta.data import DigitsDataModule
+from pynodeta.diffusion import SAMPLERS
+from pynodeta.ema import EMA
+from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import (  # noqa: E402
+    RESULTS_DIR,
+    Table,
+    add_from_raw,
+    load_raw,
+    raw_machine,
+    rebuilt_from_raw,
+    save_raw,
+    save_report,
+)
+
+NAME = "quality_per_nfe"
+CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
+STEPS = (3, 5, 8, 12, 18, 25, 35, 50, 100)
+MAX_NFE = 110
+NUM = 1000
+SEED = 7
+
+
+# --- the reference -------------------------------------------------------------------------------------------
+class Reference:
+    """Test features and the floor at N = 1000 (1000 training images against the test images)."""
+
+    def __init__(self):
+        data = DigitsDataModule(batch_size=64, normalization="diffusion")
+        data.setup()
+        self.data = data
+        self.extractor = DigitsFeatureExtractor()
+        test = torch.stack([data.test_set[i][0] for i in range(len(data.test_set))])
+        self.test = self.extractor(test).double()
+        pick = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(0))[:NUM]
+        train = torch.stack([data.train_set[int(i)][0] for i in pick])
+        self.floor = frechet_distance(self.extractor(train).double(), self.test)
+
+    def fd_ratio(self, images: torch.Tensor) -> float:
+        return frechet_distance(self.extractor(images.clamp(-1, 1)).double(), self.test) / self.floor
+
+
+# --- pynodeta's configs, trained as users train them ---------------------------------------------------------
+def trained_checkpoint(name: str, runs: Path) -> Path:
+    checkpoint = runs / name / "version_0" / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        command = [sys.executable, "-m", "pynodeta.cli", "fit", "--config", name,
+                   "--trainer.logger.init_args.save_dir", str(runs)]
+        print("training:", " ".join(command[2:]), flush=True)
+        subprocess.run(command, check=True, cwd=runs)
+    return checkpoint
+
+
+def pynodeta_curves(name: str, checkpoint: Path, reference: Reference) -> list[dict]:
+    from pynodeta.train.diffusion_sampling import generate
+    from pynodeta.train.sample_cli import load_diffusion_run
+
+    run, weights = load_diffusion_run(str(checkpoint), None)
+    module = run.module.eval()
+    points = []
+    for sampler in sorted(SAMPLERS):
+        if sampler in ("ddpm", "dpm_adaptive"):  # all T steps / adaptive: no step count to sweep
+            continue
+        for steps in STEPS:
+            try:
+                started = time.perf_counter()
+                samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED))
+            except ValueError as refused:  # a sampler this objective refuses (e.g. DDIM on an EDM model)
+                print(f"{name} {sampler}: {refused}", flush=True)
+                break
+            if samples.nfe > MAX_NFE:
+                break
+            points.append({"model": name, "sampler": sampler, "steps": steps, "nfe": samples.nfe,
+                           "fd_ratio": reference.fd_ratio(samples.images), "weights": weights,
+                           "seconds": time.perf_counter() - started})
+            print(f"{name} {sampler} steps {steps}: NFE {samples.nfe:.0f}, FD/floor {points[-1]['fd_ratio']:.2f}",
+                  flush=True)
+    return points
+
+
+# --- the diffusers anchor --------------------------------------------------------------------------------------
+def anchor_network():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
+                       block_out_channels=(32, 64), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+def train_anchor(minutes: float, data: DigitsDataModule):
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    network, scheduler = anchor_network(), DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+    ema = EMA(network, 0.999)
+    loader = torch.utils.data.DataLoader(data.train_set, batch_size=128, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0))
+    started, steps = time.perf_counter(), 0
+    while time.perf_counter() - started < 60 * minutes:
+        for x0, _ in loader:
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, 1000, (x0.shape[0],))
+            loss = (network(scheduler.add_noise(x0, noise, t), t).sample - noise).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema.step(network)
+            steps += 1
+            if time.perf_counter() - started >= 60 * minutes:
+                break
+    ema.copy_to(network)
+    return network.eval(), steps
+
+
+@torch.no_grad()
+def anchor_curves(network, reference: Reference) -> list[dict]:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    schedulers = {
+        "diffusers DDIM": lambda: DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear"),
+        "diffusers DPM-Solver++(2M)": lambda: DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2),
+    }
+    points = []
+    for name, build in schedulers.items():
+        for steps in (5, 10, 20, 35, 50, 100):
+            scheduler = build()
+            scheduler.set_timesteps(steps)
+            x = torch.randn(NUM, 1, 8, 8, generator=torch.Generator().manual_seed(SEED))
+            started = time.perf_counter()
+            for t in scheduler.timesteps:
+                x = scheduler.step(network(x, t).sample, t, x).prev_sample
+            points.append({"model": "diffusers UNet2DModel", "sampler": name, "steps": steps, "nfe": float(steps),
+                           "fd_ratio": reference.fd_ratio(x), "weights": "ema 0.999",
+                           "seconds": time.perf_counter() - started})
+            print(f"anchor {name} steps {steps}: FD/floor {points[-1]['fd_ratio']:.2f}", flush=True)
+    return points
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+def matching_nfe(points: list[dict], model: str, target: float) -> tuple[float, str] | None:
+    """The fewest NFE at which any sampler of ``model`` reaches FD / floor ≤ ``target``, and that sampler."""
+    reached = [(p["nfe"], p["sampler"]) for p in points if p["model"] == model and p["fd_ratio"] <= target]
+    return min(reached) if reached else None
+
+
+def save_quality_report(raw: dict, directory: Path | None = None) -> Path:
+    directory = RESULTS_DIR if directory is None else directory  # read at call time: tests redirect it
+    points = raw["points"]
+    rows = [[p["model"], p["sampler"], p["steps"], round(p["nfe"], 1), round(p["fd_ratio"], 2)] for p in points]
+    table = Table(["model", "sampler", "steps", "NFE", "FD / floor@1000"], rows,
+                  caption=f"{NUM} images per point from seeded noise; floor@1000 = {raw['floor']:.3f} "
+                          f"(1000 training images against the test images, digits features)")
+    anchor = next((p for p in points if p["sampler"] == "diffusers DDIM" and p["steps"] == 50), None)
+    summary_rows = []
+    for model in CONFIGS:
+        best = min((p for p in points if p["model"] == model), key=lambda p: p["fd_ratio"], default=None)
+        match = matching_nfe(points, model, anchor["fd_ratio"]) if anchor else None
+        summary_rows.append([model, f"{best['fd_ratio']:.2f} ({best['sampler']}, NFE {best['nfe']:.0f})" if best
+                             else "-", f"{match[0]:.0f} ({match[1]})" if match else "not reached"])
+    summary = Table(["pynodeta config", "best FD / floor@1000 (sampler, NFE)",
+                     "fewest NFE matching the anchor's DDIM-50"], summary_rows,
+                    caption=(f"anchor: diffusers UNet2DModel, {raw['anchor_steps']} AdamW steps in "
+                             f"{raw['anchor_minutes']:g} min; its DDIM-50 reaches FD / floor@1000 = "
+                             f"{anchor['fd_ratio']:.2f}") if anchor else "no anchor run")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    plot = _plot(points, Path(directory) / f"{NAME}.png")
+    notes = ["pynodeta's models are the shipped digits configs trained by `pynodeta fit` as shipped, sampled with "
+             "the weights their fit evaluated with; " + raw.get("machine_note", "")]
+    return save_report(NAME, "Sample quality against network evaluations on the digits", [summary, table],
+                       notes=[n for n in notes if n], plots=[plot.name] if plot else [], command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]), directory=directory)
+
+
+def _plot(points: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    models = [*CONFIGS, "diffusers UNet2DModel"]
+    figure, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), sharey=True)
+    for axis, model in zip(axes, models):
+        for sampler in sorted({p["sampler"] for p in points if p["model"] == model}):
+            curve = sorted((p["nfe"], p["fd_ratio"]) for p in points if p["model"] == model and p["sampler"] == sampler)
+            axis.plot(*zip(*curve), marker="o", markersize=3, label=sampler)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(model)
+        axis.set_xlabel("NFE")
+        if axis.lines:
+            axis.legend(fontsize="x-small")
+    axes[0].set_ylabel("FD / floor@1000")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", type=Path, default=None, help="where the configs' runs are (or are trained)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--anchor-minutes", type=float, default=8.0)
+    parser.add_argument("--machine-note", default="", help="how the machine was shared during the run")
+    add_from_raw(parser, "training and sampling")
+    args = parser.parse_args()
+    if rebuilt_from_raw(args, save_quality_report):
+        return
+    if args.runs_dir is None:
+        parser.error("--runs-dir is required (the folder of the configs' runs)")
+    torch.set_num_threads(args.threads)
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    reference = Reference()
+    points = []
+    for name in CONFIGS:
+        points += pynodeta_curves(name, trained_checkpoint(name, args.runs_dir.resolve()), reference)
+    network, anchor_steps = train_anchor(args.anchor_minutes, reference.data)
+    points += anchor_curves(network, reference)
+    raw = {"points": points, "floor": reference.floor, "threads": args.threads, "anchor_minutes": args.anchor_minutes,
+           "anchor_steps": anchor_steps, "machine_note": args.machine_note}
+    print(save_quality_report(load_raw(save_raw(NAME, raw))))
+    if not all(math.isfinite(p["fd_ratio"]) for p in points):
+        print("warning: some points have a non-finite FD", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
