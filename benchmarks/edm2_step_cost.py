@@ -9,8 +9,9 @@ each. Both take the same 8×8×1 batch and the same bare objective (mean squared
 Adam), so the figures compare the networks, not their losses. Per round the script times, in turn,
 ``--repeats`` training steps (forward, backward, optimiser step) of each network, then ``--repeats``
 eval-mode calls under ``torch.no_grad()`` of each; the order within a round alternates between rounds, so
-load from other processes on a shared machine hits both networks alike. Ratios are of the medians over
-rounds; the spread is the 10th–90th percentile of the per-round ratios.
+load from other processes on a shared machine hits both networks alike. Each timing is taken on two
+clocks, wall time and the thread's CPU time (which leaves out time given to other processes). Ratios are
+of the medians over rounds; the spread is the 10th–90th percentile of the per-round ratios.
 
 Writes the report benchmarks/results/edm2_step_cost.json (rendered into docs/results.md) and the raw
 timings to --out (default benchmarks/results/raw/).
@@ -42,6 +43,7 @@ from reporting import (  # noqa: E402
 
 NAME = "edm2_step_cost"
 TITLE = "EDM2UNet against DDPMUNet: cost of a training step and of an eval-mode call"
+CLOCKS = ("wall", "cpu")
 
 
 def build_networks(width: int, seed: int) -> dict[str, torch.nn.Module]:
@@ -75,11 +77,13 @@ class Workload:
             self.net(self.t, self.x)
 
 
-def seconds_per_call(function, count: int) -> float:
-    started = time.perf_counter()
+def seconds_per_call(function, count: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per call; the CPU time of this thread leaves out the time the scheduler gave to
+    other processes, which wall time on a shared machine includes."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     for _ in range(count):
         function()
-    return (time.perf_counter() - started) / count
+    return (time.perf_counter() - wall) / count, (time.thread_time() - cpu) / count
 
 
 def measure(args) -> dict:
@@ -94,44 +98,51 @@ def measure(args) -> dict:
         for _ in range(3):
             w.train_step()
             w.eval_call()
-    timings = {f"{net}_{what}": [] for what in ("train", "eval") for net in work}
+    timings = {f"{net}_{what}_{clock}": [] for what in ("train", "eval") for net in work for clock in CLOCKS}
     for round_index in range(args.rounds):
         order = ["edm2", "ddpm"] if round_index % 2 == 0 else ["ddpm", "edm2"]
         for what in ("train", "eval"):
             for net in order:
                 method = work[net].train_step if what == "train" else work[net].eval_call
-                timings[f"{net}_{what}"].append(seconds_per_call(method, args.repeats))
+                for clock, seconds in zip(CLOCKS, seconds_per_call(method, args.repeats)):
+                    timings[f"{net}_{what}_{clock}"].append(seconds)
     return {"timings": timings,
             "parameters": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}}
 
 
-def summary(result: dict) -> dict:
-    """Per mode: median seconds of each network, the ratio of medians, and the spread of per-round ratios."""
-    timings, out = result["timings"], {}
+LABELS = {"train": "training step (forward, backward, Adam)", "eval": "eval-mode call (no_grad)"}
+
+
+def summary(result: dict) -> list[dict]:
+    """Per mode and clock: median seconds of each network, the ratio of the medians, and the 10th and 90th
+    percentiles of the per-round ratios."""
+    rows = []
     for what in ("train", "eval"):
-        edm2, ddpm = np.array(timings[f"edm2_{what}"]), np.array(timings[f"ddpm_{what}"])
-        ratios = edm2 / ddpm
-        out[what] = {"edm2": float(np.median(edm2)), "ddpm": float(np.median(ddpm)),
-                     "ratio": float(np.median(edm2) / np.median(ddpm)),
-                     "ratio_p10": float(np.percentile(ratios, 10)), "ratio_p90": float(np.percentile(ratios, 90))}
-    return out
+        for clock in CLOCKS:
+            edm2 = np.array(result["timings"][f"edm2_{what}_{clock}"])
+            ddpm = np.array(result["timings"][f"ddpm_{what}_{clock}"])
+            p10, p90 = np.percentile(edm2 / ddpm, [10, 90])
+            rows.append({"what": what, "clock": clock, "edm2": float(np.median(edm2)), "ddpm": float(np.median(ddpm)),
+                         "ratio": float(np.median(edm2) / np.median(ddpm)), "p10": float(p10), "p90": float(p90)})
+    return rows
 
 
 def cost_table(result: dict) -> Table:
-    rows = []
-    labels = {"train": "training step (forward, backward, Adam)", "eval": "eval-mode call (no_grad)"}
-    for what, s in summary(result).items():
-        rows.append([labels[what], f"{1e3 * s['edm2']:.1f}", f"{1e3 * s['ddpm']:.1f}", f"{s['ratio']:.2f}",
-                     f"{s['ratio_p10']:.2f}–{s['ratio_p90']:.2f}"])
-    caption = (f"batch {result['settings']['batch']} of 8×8×1, width {result['settings']['width']}, parameters "
-               f"EDM2 {result['parameters']['edm2']} / DDPM {result['parameters']['ddpm']}; median ms over "
-               f"{result['settings']['rounds']} alternating rounds of {result['settings']['repeats']} calls")
-    return Table(["what", "EDM2UNet ms", "DDPMUNet ms", "EDM2 / DDPM", "per-round ratio p10–p90"], rows, caption)
+    rows = [[LABELS[s["what"]], s["clock"], f"{1e3 * s['edm2']:.1f}", f"{1e3 * s['ddpm']:.1f}", f"{s['ratio']:.2f}",
+             f"{s['p10']:.2f}–{s['p90']:.2f}"] for s in summary(result)]
+    settings = result["settings"]
+    caption = (f"batch {settings['batch']} of 8×8×1, width {settings['width']}, parameters EDM2 "
+               f"{result['parameters']['edm2']} / DDPM {result['parameters']['ddpm']}; median ms per call over "
+               f"{settings['rounds']} alternating rounds of {settings['repeats']} calls")
+    return Table(["what", "clock", "EDM2UNet ms", "DDPMUNet ms", "EDM2 / DDPM", "per-round ratio p10–p90"], rows,
+                 caption)
 
 
 def save_cost_report(result: dict) -> Path:
     notes = ["Ratios come from rounds alternating the two networks in one process, so load from other "
-             "processes on the machine hits both alike; the p10–p90 column shows how much it moved them."]
+             "processes on the machine hits both alike; the p10–p90 column shows how much it moved them. "
+             "'cpu' is this thread's CPU time (time.thread_time), which leaves out time the scheduler gave to "
+             "other processes; 'wall' includes it."]
     if result.get("note"):
         notes.insert(0, result["note"])
     return save_report(NAME, TITLE, [cost_table(result)], notes=notes, command=result["command"],
@@ -156,9 +167,9 @@ def main() -> None:
     result = measure(args)
     result["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "from_raw", "note")}
     result["note"] = args.note
-    for what, s in summary(result).items():
-        print(f"{what}: EDM2 {1e3 * s['edm2']:.1f} ms, DDPM {1e3 * s['ddpm']:.1f} ms, ratio {s['ratio']:.3f} "
-              f"(p10–p90 {s['ratio_p10']:.2f}–{s['ratio_p90']:.2f})", flush=True)
+    for s in summary(result):
+        print(f"{s['what']} ({s['clock']}): EDM2 {1e3 * s['edm2']:.1f} ms, DDPM {1e3 * s['ddpm']:.1f} ms, "
+              f"ratio {s['ratio']:.3f} (p10–p90 {s['p10']:.2f}–{s['p90']:.2f})", flush=True)
     raw = save_raw(NAME, result, args.out)  # adds the command and the machine facts
     print(f"wrote {raw} and {save_cost_report(load_raw(raw))}")
 

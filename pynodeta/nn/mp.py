@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum", "normalize", "resample"]
+__all__ = ["SILU_RMS", "MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum", "mp_sum_weights", "normalize", "resample"]
+
+SILU_RMS = 0.596  # E[silu(z)²]^½ for z ~ N(0, 1)
 
 
 def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: float = 1e-4) -> torch.Tensor:
@@ -43,13 +45,20 @@ def _l2_norm(x: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> torc
 
 
 def mp_silu(x: torch.Tensor) -> torch.Tensor:
-    """silu(x) / 0.596, where 0.596 = E[silu(z)²]^½ for z ~ N(0, 1)."""
-    return F.silu(x) / 0.596
+    """silu(x) / 0.596, where 0.596 = E[silu(z)²]^½ for z ~ N(0, 1) (paper Eq. 81)."""
+    return F.silu(x) / SILU_RMS
 
 
 def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
-    """((1 − t) a + t b) / √((1 − t)² + t²): a blend of a (t = 0) and b (t = 1)."""
+    """((1 − t) a + t b) / √((1 − t)² + t²): a blend of a (t = 0) and b (t = 1) (paper Eq. 88)."""
     return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t ** 2)
+
+
+def mp_sum_weights(t: float) -> tuple[float, float]:
+    """mp_sum's coefficients of a and of b: (1 − t, t) / √((1 − t)² + t²). Where b comes out of an MPConv,
+    b's coefficient can scale the layer's weight (``gain``) instead of the activations."""
+    norm = math.sqrt((1 - t) ** 2 + t ** 2)
+    return (1 - t) / norm, t / norm
 
 
 def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
@@ -102,8 +111,8 @@ class MPConv(nn.Module):
     Where a call neither renormalises W nor needs a gradient through w (eval mode under ``torch.no_grad``,
     or frozen weights), w is computed once per version of W and of a tensor gain and reused: any in-place
     change (an optimiser step, ``load_state_dict``, ``copy_`` under no_grad), a new tensor (``.to()``,
-    ``param.data = ...``) or a change of mode (``train()``/``eval()``) recomputes it. Writes through
-    ``weight.data`` bypass autograd's version counter and are not seen; call ``eval()`` again after one."""
+    ``param.data = ...``) recomputes it. Writes through ``weight.data`` bypass autograd's version counter
+    and are not seen."""
 
     WEIGHT_NORMS = ("forced", "standard", "none")
 
@@ -152,10 +161,6 @@ class MPConv(nn.Module):
             w = normalize(w)  # standard weight normalisation: the gradient is orthogonal to W
         w = w * (gain / math.sqrt(w[0].numel()))  # unit-norm rows: unit-variance in, unit-variance out
         return w.to(dtype)
-
-    def train(self, mode: bool = True) -> MPConv:
-        self._cache = None
-        return super().train(mode)
 
     def __getstate__(self) -> dict:  # copies and pickles start without a cache
         return {**super().__getstate__(), "_cache": None}
