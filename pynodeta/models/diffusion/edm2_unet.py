@@ -19,6 +19,20 @@ from pynodeta.nn.mp import SILU_RMS, MPConv, MPFourier, mp_cat, mp_silu, mp_sum,
 __all__ = ["EDM2Block", "EDM2UNet"]
 
 
+def _clip(x: torch.Tensor, limit: float) -> torch.Tensor:
+    """x.clip(−limit, limit), value and gradient, without the clip where nothing needs it.
+
+    The activations are almost never beyond ±limit, where clip is the identity and so is its gradient; but
+    autograd's clamp backward makes four passes over x. On the CPU one aminmax pass tells whether anything
+    is beyond ±limit (or NaN: comparisons with NaN are false, so the clip runs); on a GPU the same check
+    would wait for the device, so there the clip always runs."""
+    if x.device.type == "cpu":
+        low, high = torch.aminmax(x.detach())
+        if low >= -limit and high <= limit:
+            return x
+    return x.clip(-limit, limit)
+
+
 class EDM2Block(nn.Module):
     """Encoder ('enc') or decoder ('dec') residual block with optional self-attention.
     x: (batch, in_channels, H, W), emb: (batch, emb_channels) → (batch, out_channels, H', W')."""
@@ -76,7 +90,7 @@ class EDM2Block(nn.Module):
             main, branch = mp_sum_weights(self.attn_balance)
             x = torch.add(self._attention(x, gain=branch), x, alpha=main)  # mp_sum(x, attention(x), attn_balance)
         if self.clip_act is not None:
-            x = x.clip(-self.clip_act, self.clip_act)
+            x = _clip(x, self.clip_act)
         return x
 
     def _attention(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
