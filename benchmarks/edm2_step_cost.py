@@ -145,7 +145,9 @@ def save_cost_report(result: dict) -> Path:
              "other processes; 'wall' includes it."]
     if result.get("note"):
         notes.insert(0, result["note"])
-    return save_report(NAME, TITLE, [cost_table(result)], notes=notes, command=result["command"],
+    name, label = result.get("name", NAME), result.get("label", "")
+    return save_report(name, f"{TITLE}: {label}" if label else TITLE, [cost_table(result)], notes=notes,
+                       command=result["command"],
                        machine=raw_machine(result, threads=result["settings"]["threads"]))
 
 
@@ -158,6 +160,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="how the machine was shared during the run")
+    parser.add_argument("--name", default=NAME, help="report name (e.g. edm2_step_cost_before for a baseline run)")
+    parser.add_argument("--label", default="", help="what this run measured, appended to the report's title")
     parser.add_argument("--out", default=str(RAW_DIR), help="directory of the raw JSON file")
     add_from_raw(parser, "measuring")
     args = parser.parse_args()
@@ -165,12 +169,12 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     result = measure(args)
-    result["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "from_raw", "note")}
-    result["note"] = args.note
+    result["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "from_raw", "note", "name", "label")}
+    result.update(note=args.note, name=args.name, label=args.label)
     for s in summary(result):
         print(f"{s['what']} ({s['clock']}): EDM2 {1e3 * s['edm2']:.1f} ms, DDPM {1e3 * s['ddpm']:.1f} ms, "
               f"ratio {s['ratio']:.3f} (p10–p90 {s['p10']:.2f}–{s['p90']:.2f})", flush=True)
-    raw = save_raw(NAME, result, args.out)  # adds the command and the machine facts
+    raw = save_raw(args.name, result, args.out)  # adds the command and the machine facts
     print(f"wrote {raw} and {save_cost_report(load_raw(raw))}")
 
 
