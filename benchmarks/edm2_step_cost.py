@@ -1,17 +1,18 @@
 """What an EDM2UNet costs against a DDPMUNet of equal width and parameter count, on one thread.
 
-    nice -n 10 python3 benchmarks/edm2_step_cost.py --rounds 60 --note "..."
+    nice -n 10 python3 benchmarks/edm2_step_cost.py --rounds 40 --repeats 3 --note "..."
     python3 benchmarks/edm2_step_cost.py --from-raw benchmarks/results/raw/edm2_step_cost.json
 
-The two networks are the digits configs' (``digits_edm2``: 32 channels, levels 8×8 and 4×4, one block per
-level, attention at 4×4; ``digits_ddpm``: the same widths with the seed-001 fixes), about 720k parameters
-each. Both take the same 8×8×1 batch and the same bare objective (mean squared error to a fixed target,
-Adam), so the figures compare the networks, not their losses. Per round the script times, in turn,
-``--repeats`` training steps (forward, backward, optimiser step) of each network, then ``--repeats``
-eval-mode calls under ``torch.no_grad()`` of each; the order within a round alternates between rounds, so
-load from other processes on a shared machine hits both networks alike. Each timing is taken on two
-clocks, wall time and the thread's CPU time (which leaves out time given to other processes). Ratios are
-of the medians over rounds; the spread is the 10th–90th percentile of the per-round ratios.
+The two networks have equal widths and about 720k parameters each: ``digits_edm2``'s EDM2 U-Net (32
+channels, levels 8×8 and 4×4, one block per level, attention at 4×4) and a DDPM U-Net of the same layout
+(GroupNorm with 8 groups, no positional timestep maps, which would add 65k parameters). Both take the same
+8×8×1 batch and the same bare objective (mean squared error to a fixed target, Adam), so the figures
+compare the networks, not their losses. Per round the script times, in turn, ``--repeats`` training
+steps (forward, backward, optimiser step) of each network, then ``--repeats`` eval-mode calls under
+``torch.no_grad()`` of each; the order within a round alternates between rounds, so load from other
+processes on a shared machine hits both networks alike. Each timing is taken on two clocks, wall time
+and the thread's CPU time (which leaves out time given to other processes). Ratios are of the medians
+over rounds; the spread is the 10th–90th percentile of the per-round ratios.
 
 Writes the report benchmarks/results/edm2_step_cost.json (rendered into docs/results.md) and the raw
 timings to --out (default benchmarks/results/raw/).
@@ -47,13 +48,12 @@ CLOCKS = ("wall", "cpu")
 
 
 def build_networks(width: int, seed: int) -> dict[str, torch.nn.Module]:
-    """The digits_edm2 and digits_ddpm U-Nets at ``width`` channels (pynodeta/configs)."""
+    """The digits_edm2 U-Net and a DDPM U-Net of its widths and parameter count at ``width`` channels."""
     torch.manual_seed(seed)
     edm2 = EDM2UNet(8, 1, model_channels=width, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
                     channels_per_head=32)
     ddpm = DDPMUNet(image_size=8, in_channels=1, channels=width, channel_mult=(1, 2), num_res_blocks=1,
-                    attention_resolutions=(4,), dropout=0.0, norm_groups=1, positional_embedding=True,
-                    bias_init="zero_operand")
+                    attention_resolutions=(4,), dropout=0.0, norm_groups=8)
     return {"edm2": edm2, "ddpm": ddpm}
 
 
@@ -155,8 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=60, help="alternating timing rounds")
-    parser.add_argument("--repeats", type=int, default=5, help="calls per timing")
+    parser.add_argument("--rounds", type=int, default=40, help="alternating timing rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="calls per timing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="how the machine was shared during the run")

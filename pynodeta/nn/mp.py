@@ -118,6 +118,7 @@ class MPConv(nn.Module):
     and are not seen."""
 
     WEIGHT_NORMS = ("forced", "standard", "none")
+    _cache: tuple | None = None  # (key, w, tensors kept alive so that their addresses stay theirs)
 
     def __init__(
         self,
@@ -133,7 +134,6 @@ class MPConv(nn.Module):
             raise ValueError(f"weight_norm must be one of {self.WEIGHT_NORMS}, got {weight_norm!r}")
         self.in_channels, self.out_channels, self.weight_norm = in_channels, out_channels, weight_norm
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
-        self._cache: tuple | None = None  # (key, w, tensors kept alive so that their addresses stay theirs)
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
         w = self._weight(gain, x.dtype)
@@ -148,7 +148,7 @@ class MPConv(nn.Module):
         if renormalises or (torch.is_grad_enabled() and (self.weight.requires_grad or gain_grad)):
             return self._scaled_weight(gain, dtype)
         key = (_version_key(self.weight), _version_key(gain) if isinstance(gain, torch.Tensor) else gain, dtype,
-               torch.is_inference_mode_enabled())
+               self.weight_norm, torch.is_inference_mode_enabled())
         if self._cache is None or self._cache[0] != key:
             self._cache = None  # free the old w first
             self._cache = (key, self._scaled_weight(gain, dtype), (self.weight.detach(), gain))

@@ -113,6 +113,14 @@ def test_a_tensor_gain_and_the_input_dtype_are_part_of_the_key(conv, x):
     assert_fresh(conv, x.double())
 
 
+def test_switching_the_weight_normalisation_is_seen(conv, x):
+    assert_fresh(conv, x)
+    conv.weight_norm = "none"  # as the ablations set it on a built network
+    with torch.no_grad():
+        unnormalised = F.conv2d(x, conv.weight / math.sqrt(conv.weight[0].numel()), padding=1)
+        torch.testing.assert_close(conv(x), unnormalised, rtol=1e-6, atol=1e-6)
+
+
 def test_a_reallocated_weight_at_the_same_address_is_not_mistaken_for_the_cached_one(conv, x):
     # functional_call swaps in a new tensor; once it is freed, the next one of its size tends to get its
     # address (and has version 0 too): the cache keeps the storage it was computed from alive
