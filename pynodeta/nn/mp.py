@@ -115,7 +115,7 @@ class MPConv(nn.Module):
     or frozen weights), w is computed once per version of W and of a tensor gain and reused: any in-place
     change (an optimiser step, ``load_state_dict``, ``copy_`` under no_grad), a new tensor (``.to()``,
     ``param.data = ...``) recomputes it. Writes through ``weight.data`` bypass autograd's version counter
-    and are not seen."""
+    and are not seen. The cached copy takes as much memory as the weight (in the input's dtype)."""
 
     WEIGHT_NORMS = ("forced", "standard", "none")
     _cache: tuple | None = None  # (key, w, tensors kept alive so that their addresses stay theirs)
