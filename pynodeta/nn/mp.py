@@ -149,10 +149,11 @@ class MPConv(nn.Module):
             return self._scaled_weight(gain, dtype)
         key = (_version_key(self.weight), _version_key(gain) if isinstance(gain, torch.Tensor) else gain, dtype,
                self.weight_norm, torch.is_inference_mode_enabled())
-        if self._cache is None or self._cache[0] != key:
-            self._cache = None  # free the old w first
-            self._cache = (key, self._scaled_weight(gain, dtype), (self.weight.detach(), gain))
-        return self._cache[1]
+        cache = self._cache  # one read: another thread may replace it meanwhile
+        if cache is None or cache[0] != key:
+            cache = (key, self._scaled_weight(gain, dtype), (self.weight.detach(), gain))
+            self._cache = cache
+        return cache[1]
 
     def _scaled_weight(self, gain: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """gain · normalize(W) / √fan_in in ``dtype``, after the forced normalisation of W in training mode."""
