@@ -32,6 +32,8 @@ BUILDERS = {
     "edm2_dynamics": ("edm2_digits", "save_edm2_report"),
     "edm2_phema": ("edm2_digits", "save_edm2_report"),
     "edm2_cost": ("edm2_digits", "save_edm2_report"),
+    "edm2_step_cost": ("edm2_step_cost", "save_cost_report"),
+    "edm2_step_cost_before": ("edm2_step_cost", "save_cost_report"),
     "ddpm_vlb_cost": ("ddpm_vlb_cost", "save_vlb_cost_report"),
 }
 
