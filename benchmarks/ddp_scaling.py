@@ -109,10 +109,10 @@ def save_scaling_report(raw: dict) -> Path:
                           f"{raw['steps']} timed optimiser steps after {raw['warmup']}, {raw['rounds']} alternated "
                           f"rounds, on {raw['cpus']} CPU cores")
     notes = ["Wall time of rank 0 between the end of the warm-up step and the last timed step; two ranks step "
-             "together (the gradient all-reduce waits for both). Measured on a shared machine: the spread between "
-             "rounds is in the min/max columns."]
+             "together (the gradient all-reduce waits for both). The spread between rounds is in the min/max "
+             "columns.", raw.get("machine_note", "")]
     return save_report(NAME, "Data-parallel training on the CPU: one process against two gloo ranks", [table],
-                       notes=notes, command=raw["command"], machine=raw_machine(raw))
+                       notes=[note for note in notes if note], command=raw["command"], machine=raw_machine(raw))
 
 
 def main() -> None:
@@ -121,11 +121,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64, help="global batch (split over the ranks)")
+    parser.add_argument("--machine-note", default="", help="how the machine was shared during the run")
     add_from_raw(parser, "measuring")
     args = parser.parse_args()
     if rebuilt_from_raw(args, save_scaling_report):
         return
-    raw = measure(args.steps, args.warmup, args.rounds, args.batch)
+    raw = {**measure(args.steps, args.warmup, args.rounds, args.batch), "machine_note": args.machine_note}
     save_raw(NAME, raw)
     print(save_scaling_report(load_raw(Path(__file__).resolve().parent / "results" / "raw" / f"{NAME}.json")))
 

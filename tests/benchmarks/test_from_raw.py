@@ -35,6 +35,7 @@ BUILDERS = {
     "edm2_step_cost": ("edm2_step_cost", "save_cost_report"),
     "edm2_step_cost_before": ("edm2_step_cost", "save_cost_report"),
     "ddpm_vlb_cost": ("ddpm_vlb_cost", "save_vlb_cost_report"),
+    "ddp_scaling": ("ddp_scaling", "save_scaling_report"),
 }
 
 
