@@ -48,6 +48,7 @@ class DigitsFeatureExtractor(nn.Module):
 
     def __init__(self, weights_path: str | Path | None = None):
         super().__init__()
+        self.weights_path = None if weights_path is None else str(weights_path)  # None: the shipped weights
         self.net = DigitsFeatureNet()
         if weights_path is None:
             source = resources.files("pynodeta.metrics").joinpath("weights", DIGITS_FEATURES_WEIGHTS)

@@ -98,6 +98,7 @@ class DINOv2FeatureExtractor(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"weights_path {str(weights_path)!r} is not a file; download {DINOV2_WEIGHTS_URL} "
                                     "on a machine with internet access and pass its path")
+        self.weights_path = str(path)  # which features these are (evaluation caches by it)
         timm, checkpoint_filter_fn = _import_timm()
         state = _read_weights(path)
         state["pos_embed"] = dinov2_position_embedding(state["pos_embed"])

@@ -147,6 +147,7 @@ class InceptionFeatureExtractor(nn.Module):
                 f"download {INCEPTION_URL} on a machine with internet access and pass its path; for the 8×8 "
                 "digits use pynodeta.metrics.DigitsFeatureExtractor instead"
             )
+        self.weights_path = str(path)  # which features these are (evaluation caches by it)
         self.detector = _load_detector(path)
         self.detector.eval()
 

@@ -72,14 +72,20 @@ def _real_images(dataset) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
+def _features_key(extractor) -> tuple:
+    """What makes two extractors' features the same: their kind and the weights file they read."""
+    return type(extractor), str(getattr(extractor, "weights_path", None))
+
+
 def _reference(module, datamodule, extractor) -> dict:
-    """Test features and the floor FD(train, test), computed once per module and data."""
+    """Test features and the floor FD(train, test), computed once per module, data and features."""
     cache = getattr(module, "_fd_reference", None)
-    if cache is not None and cache["data"] is datamodule:
+    if cache is not None and cache["data"] is datamodule and cache["features"] == _features_key(extractor):
         return cache
     train = extractor(_real_images(datamodule.train_set)).double().cpu()
     test = extractor(_real_images(datamodule.test_set)).double().cpu()
-    module._fd_reference = {"data": datamodule, "test": test, "test_labels": datamodule.test_set.labels.clone(),
+    module._fd_reference = {"data": datamodule, "features": _features_key(extractor), "test": test,
+                            "test_labels": datamodule.test_set.labels.clone(),
                             "floor": frechet_distance(train, test)}
     return module._fd_reference
 
@@ -103,7 +109,8 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
                      sampler: str | None = None, steps: int | None = None, *, extractor=None,
                      reference_stats=None, seed: int = EVALUATION_SEED, blocks=None, decode=None,
                      **sampler_options) -> dict | None:
-    """Draw ``num`` images (default ``module.evaluation.num_samples``) with the module's current weights, save
+    """Draw ``num`` images (default ``module.evaluation.num_samples``, or only the grid's 64 when nothing can score
+    them: no features, or latents without an extractor given) with the module's current weights, save
     the first 64 as a grid at ``grid_path`` (None: no grid; DDP ranks other than 0), and compute FD against the
     test images beside the floor. The images are scored as pixels, clipped to the data range [-1, 1], one
     batch at a time: memory holds one batch of images and the features of all.
@@ -127,6 +134,7 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
     conditional models "guidance", "conditional_accuracy", "fd_per_class"); the FD entries are NaN when
     there is no feature extractor for these images. ``sampling_seconds`` sums the sampler time of every block.
     """
+    default_num = num is None
     num = module.evaluation.num_samples if num is None else num
     if num < 2:
         raise ValueError(f"the Fréchet distance needs at least 2 images (it estimates a covariance), got num={num}")
@@ -138,9 +146,19 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
     if decode is None:
         decode = display_decoder(datamodule if datamodule is not None else
                                  getattr(module._trainer, "datamodule", None))
+    given = extractor
     if extractor is None and decode is None:  # latents are not images: their FD needs an extractor passed in
         extractor = _extractor(module)
     keep_features = reference_stats is None  # against saved statistics, 50 000 × 2048 features are summed, not kept
+    if extractor is not None and keep_features and _pixel_test_set(module, datamodule) is None:
+        # latents or an image folder: no test images to score against (checked before anything is drawn)
+        if given is not None:
+            raise ValueError("the run's data has no test images to compute the FD against (VAE latents or an image "
+                             "folder): pass the real data's statistics in these features (--reference-stats; "
+                             "pytorch-fid's .npz or edm2's dataset-refs .pkl)")
+        extractor = None  # the run's own features, nothing to compare them with: FD NaN, as for latents
+    if extractor is None and reference_stats is None and default_num:
+        num = min(num, GRID_IMAGES)  # nothing scores the images: the run's default draws the grid only
     reference = None
     if extractor is not None and keep_features:
         data = _datamodule(module, datamodule)  # checked on every rank before drawing; features after it

@@ -307,7 +307,13 @@ def _write_reference_stats(args, prog: str, module, datamodule, extractor) -> No
     from pynodeta.metrics import save_reference_statistics
 
     from .diffusion_evaluation import _extractor, dataset_statistics
+    from .latent_runs import display_decoder
 
+    if display_decoder(datamodule) is not None:
+        raise UsageError("--write-reference-stats reads the run's training images, but this run trained on VAE "
+                         "latents: write them from the image folder the latents were encoded from (a pixel run's "
+                         "config, e.g. ImageFolderDataModule) or use published statistics (pytorch-fid's .npz, "
+                         "edm2's dataset-refs .pkl)")
     extractor = extractor if extractor is not None else _extractor(module)
     if extractor is None:
         raise UsageError("--write-reference-stats needs features: pass --inception-weights or --dinov2-weights")

@@ -23,6 +23,7 @@ class _Pixels:
 
     def __init__(self, n: int, seed: int):
         self.images = torch.randint(0, NUM_BINS, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+        self.labels = torch.zeros(n, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -91,3 +92,59 @@ def test_the_evaluation_solver_is_the_one_the_likelihood_uses():
     configured = nll_bits_per_dim(module, data, num_images=2)
     assert configured == nll_bits_per_dim(module, data, num_images=2, solver=tight)
     assert configured["nll_nfe"] > default["nll_nfe"]  # bosh3 at 1e-5 takes more evaluations than dopri5 at 1e-3
+
+
+class _Unlabelled:
+    """A training set without a test split of pixels, as an image folder's or a latent DataModule's."""
+
+    def __init__(self, n: int):
+        self.images = torch.rand(n, 1, 8, 8) * 2 - 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
+
+
+def test_data_without_test_images_scores_nothing_and_draws_only_the_grid_unless_features_are_asked_for(tmp_path):
+    from pynodeta.metrics import DigitsFeatureExtractor
+    from pynodeta.train.diffusion_evaluation import evaluate_samples
+
+    module = _module("edm")
+    module.evaluation = EvalSettings(sampler="euler", steps=2, num_samples=300, nll_num_images=0, num_bins=NUM_BINS)
+    folder = SimpleNamespace(train_set=_Unlabelled(8), test_set=None)
+    result = evaluate_samples(module, tmp_path / "grid.png", folder)  # the digits features, but nothing to compare
+    assert math.isnan(result["fd"]) and (tmp_path / "grid.png").is_file()
+    drawn = []
+    module.denoiser = lambda wrapped=module.denoiser: _counting(wrapped(), drawn)
+    evaluate_samples(module, None, folder)
+    assert sum(drawn) == 64 * 2  # the grid's 64 images, 2 Euler steps each: not the run's 300
+    with pytest.raises(ValueError, match="no test images to compute the FD against.*--reference-stats"):
+        evaluate_samples(module, None, folder, extractor=DigitsFeatureExtractor())
+    assert sum(drawn) == 64 * 2  # refused before anything was drawn
+
+
+def _counting(denoiser, drawn: list):
+    def counted(x, sigma, **kwargs):
+        drawn.append(x.shape[0])
+        return denoiser(x, sigma, **kwargs)
+
+    counted.sigma_min, counted.sigma_max = denoiser.sigma_min, denoiser.sigma_max
+    return counted
+
+
+def test_the_real_data_reference_is_cached_per_features_not_per_data_alone():
+    from pynodeta.metrics import DigitsFeatureExtractor
+    from pynodeta.train.diffusion_evaluation import _reference
+
+    module, data = _module(), _data()
+    first = _reference(module, data, DigitsFeatureExtractor())
+    assert _reference(module, data, DigitsFeatureExtractor()) is first  # the same features: computed once
+
+    class Halved(DigitsFeatureExtractor):
+        def forward(self, images):
+            return super().forward(images) / 2
+
+    other = _reference(module, data, Halved())
+    assert other is not first and torch.allclose(other["test"], first["test"] / 2)
