@@ -1,6 +1,6 @@
 """The standard FID feature extractor (Inception-v3, pool3, 2048 features) from weights on the user's disk.
 
-Its weights cannot be downloaded here, so the extractor takes a path, to one of three files, all ports of
+pynodeta downloads no weights, so the extractor takes a path, to one of three files, all ports of
 TensorFlow's ``inception-2015-12-05`` graph: NVlabs' ``inception-2015-12-05.pkl`` (the file EDM, EDM2 and
 StyleGAN3 compute FID with, and the one their users already have in their download cache), its TorchScript
 archive ``inception-2015-12-05.pt`` (StyleGAN2-ADA's, also what ``torch.jit.save`` writes), or pytorch-fid's

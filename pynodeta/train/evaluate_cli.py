@@ -228,7 +228,7 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
         return None
     decoder = None
     if display_decoder(datamodule) is None:
-        decoder = run_decoder(run.latents, args.vae, module.sample_shape, module.device)
+        decoder = run_decoder(run, args.vae, module.device)
     if datamodule is None:
         _check_without_data(args, module, extractor, reference_stats, decoder)
     else:

@@ -55,7 +55,7 @@ def _run(released, path: Path, posthoc: dict | None):
     module = DiffusionModule(precond.unet, objective, averaging="none")
     objective.uncertainty.fourier.load_state_dict(precond.logvar_fourier.state_dict())
     objective.uncertainty.linear.load_state_dict(precond.logvar_linear.state_dict())
-    module.released = released  # the pickle's encoder data (latent scale and bias, VAE name) for decoding
+    module.released = released  # the pickle's encoder data (latent scale and bias, VAE name): run_decoder's
     return Run(module.eval(), checkpoint=path, posthoc=posthoc)
 
 

@@ -10,9 +10,9 @@
         --save-tensor latents.npy                            # a released EDM2 network (NVlabs' pickle)
     pynodeta evaluate --checkpoint CKPT --class-labels all --guidance 1.5
     pynodeta sample --checkpoint CKPT --class-labels 207 --vae sd-vae-ft-mse/   # latent runs: decode to images
-    pynodeta evaluate --checkpoint CKPT --inception-weights pt_inception-2015-12-05-6726825d.pth \
+    pynodeta evaluate --checkpoint CKPT --inception-weights pt_inception-2015-12-05-6726825d.pth \\
         --write-reference-stats cifar10_train.npz                            # once: the training set's statistics
-    pynodeta evaluate --checkpoint CKPT --num 50000 --inception-weights pt_inception-2015-12-05-6726825d.pth \
+    pynodeta evaluate --checkpoint CKPT --num 50000 --inception-weights pt_inception-2015-12-05-6726825d.pth \\
         --reference-stats cifar10_train.npz --devices 8 --cache cache/      # FID at 50k: 8 ranks, resumable
     pynodeta sample --checkpoint CKPT --precision bf16     # the network under bf16 autocast, the state in float32
 
@@ -187,7 +187,7 @@ def _sample(argv: list[str], prog: str) -> int:
         check_output_path(args.save_tensor, "--save-tensor", (".npy", ".pt"))
     run, weights = _setup(args, prog)
     module = run.module
-    decoder = run_decoder(run.latents, args.vae, module.sample_shape, module.device)
+    decoder = run_decoder(run, args.vae, module.device)
     sampler = module.evaluation.sampler if args.sampler is None else args.sampler
     steps = module.evaluation.steps if args.steps is None else args.steps
     generator = torch.Generator().manual_seed(args.seed)

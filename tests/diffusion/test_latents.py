@@ -93,3 +93,25 @@ def test_constants_for_another_channel_count_are_refused(tmp_path):
     save_tiny_vae(tmp_path / "vae")
     with pytest.raises(ValueError, match="constants for 3 latent channels but the VAE has 4"):
         LatentEncoder(tmp_path / "vae", LatentScaling(raw_mean=(0.0,) * 3, raw_std=(1.0,) * 3))
+
+
+def test_a_released_networks_own_encoder_constants_decode_its_latents():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pynodeta.diffusion.latents import EDM2_SD_VAE_SCALING
+    from pynodeta.train.latent_runs import released_latent_scaling
+
+    # NVlabs' StabilityVAEEncoder stores float32 scale and bias; EDM2's defaults are recognised as such
+    default = SimpleNamespace(encoder={"scale": EDM2_SD_VAE_SCALING.scale.tolist(),
+                                       "bias": EDM2_SD_VAE_SCALING.bias.tolist()})
+    assert released_latent_scaling(default) is EDM2_SD_VAE_SCALING
+    raw_mean, raw_std = np.float32([1.0, -2.0, 0.5, 3.0]), np.float32([2.0, 4.0, 1.5, 3.5])
+    scale = np.float32(0.5) / raw_std
+    other = SimpleNamespace(encoder={"scale": scale.tolist(), "bias": (np.float32(0) - raw_mean * scale).tolist()})
+    scaling = released_latent_scaling(other)
+    np.testing.assert_allclose(scaling.scale, scale, rtol=1e-6)
+    np.testing.assert_allclose(scaling.bias, np.float32(0) - raw_mean * scale, rtol=1e-6, atol=1e-7)
+    assert released_latent_scaling(SimpleNamespace(encoder=None)) is None
+    assert released_latent_scaling(None) is None
