@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from pynodeta.train.evaluation_ranks import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
@@ -33,12 +34,6 @@ from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_r
 NAME = "ddp_scaling"
 CONFIG = ROOT / "pynodeta" / "configs" / "digits_edm2.yaml"
 LAYOUTS = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2 gloo ranks, 1 thread each", 2, 1))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _rank(rank: int, world: int, threads: int, batch: int, warmup: int, steps: int, port: int, out: str) -> None:
@@ -79,11 +74,11 @@ def _run(world: int, threads: int, batch: int, warmup: int, steps: int) -> float
         out = str(Path(folder) / "seconds")
         if world == 1:
             context = mp.get_context("spawn")  # a fresh process like the ranks': no state from earlier layouts
-            process = context.Process(target=_rank, args=(0, 1, threads, batch, warmup, steps, _free_port(), out))
+            process = context.Process(target=_rank, args=(0, 1, threads, batch, warmup, steps, free_port(), out))
             process.start()
             process.join()
         else:
-            mp.spawn(_rank, args=(world, threads, batch, warmup, steps, _free_port(), out), nprocs=world)
+            mp.spawn(_rank, args=(world, threads, batch, warmup, steps, free_port(), out), nprocs=world)
         return batch * steps / float(Path(out).read_text())
 
 

@@ -7,13 +7,13 @@ One step = EDM2's loss on one batch (the shipped config's network, objective and
 Adam (0.9, 0.99) step. The two precisions alternate step by step in one process (after a few warm-up steps of
 each), so that a neighbour's load on a shared machine falls on both alike; times are CPU seconds of this
 process (``time.process_time``). Reports the medians and the ratio bf16/fp32 of the paired steps' times.
-Writes benchmarks/results/mixed_precision/step_time.json (outside the reports docs/results.md is built from).
+Saves benchmarks/results/mixed_precision_step.json (rendered into docs/results.md) and the raw measurements under
+results/raw/; ``--from-raw FILE`` rebuilds the report from them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,15 +22,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from pynodeta._atomic import atomic_write_text
 from pynodeta.models.diffusion import EDM2UNet
 from pynodeta.train import DiffusionModule, EDM2Objective, shipped_config_path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import command_line, machine_facts  # noqa: E402
+from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
-OUTPUT = ROOT / "benchmarks" / "results" / "mixed_precision" / "step_time.json"
+NAME = "mixed_precision_step"
 
 
 def shipped_edm2() -> tuple[DiffusionModule, int]:
@@ -61,15 +60,32 @@ def step_seconds(module: DiffusionModule, optimizer, x0: torch.Tensor, bf16: boo
     return time.process_time() - start
 
 
+def save_precision_report(raw: dict) -> Path:
+    medians = raw["median_seconds"]
+    table = Table(["precision", "median ms per step", "ratio to float32 (median of paired steps)"],
+                  [["float32", medians["fp32"] * 1e3, 1.0],
+                   ["bf16 autocast", medians["bf16"] * 1e3, raw["median_ratio_bf16_over_fp32"]]],
+                  caption=f"digits_edm2's network and EDM2 loss, batch {raw['batch_size']}, Adam; "
+                          f"{raw['steps_per_precision']} timed steps of each, alternated in one process, CPU seconds")
+    notes = [f"CPU capability {raw['cpu_capability']}; bf16 instructions: "
+             f"{', '.join(raw['bf16_instructions']) or 'none'} (without them bf16 is emulated and may be slower).",
+             raw.get("machine_note", "")]
+    return save_report(NAME, "Mixed precision on the CPU: a bf16-autocast training step against float32", [table],
+                       notes=[note for note in notes if note], command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="timed steps of each precision (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each precision first (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the config's, 64)")
-    parser.add_argument("--out", type=Path, default=OUTPUT,
-                        help=f"the JSON report (default {OUTPUT.relative_to(ROOT)})")
+    parser.add_argument("--machine-note", default="", help="how the machine was shared during the run")
+    add_from_raw(parser, "measuring")
     args = parser.parse_args()
+    if rebuilt_from_raw(args, save_precision_report):
+        return
     for name in ("steps", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -87,22 +103,15 @@ def main() -> None:
             if index >= args.warmup:
                 times[name].append(seconds)
     ratios = [b / f for b, f in zip(times["bf16"], times["fp32"])]
-    report = {
-        "title": "digits_edm2 training step: bf16 autocast vs float32 on CPU",
-        "command": command_line(),
-        "machine": {**machine_facts(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "bf16_instructions": bf16_instructions()},
-        "batch_size": batch,
-        "parameters": sum(p.numel() for p in module.trained_parameters()),
-        "steps_per_precision": args.steps,
-        "median_seconds": {name: statistics.median(values) for name, values in times.items()},
-        "median_ratio_bf16_over_fp32": statistics.median(ratios),
-        "seconds": times,
-    }
-    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
-    medians = report["median_seconds"]
+    raw = {"batch_size": batch, "threads": args.threads, "machine_note": args.machine_note,
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_instructions": bf16_instructions(),
+           "parameters": sum(p.numel() for p in module.trained_parameters()), "steps_per_precision": args.steps,
+           "median_seconds": {name: statistics.median(values) for name, values in times.items()},
+           "median_ratio_bf16_over_fp32": statistics.median(ratios), "seconds": times}
+    path = save_precision_report(load_raw(save_raw(NAME, raw)))
+    medians = raw["median_seconds"]
     print(f"fp32 {medians['fp32'] * 1e3:.1f} ms/step, bf16 {medians['bf16'] * 1e3:.1f} ms/step, "
-          f"median ratio bf16/fp32 {report['median_ratio_bf16_over_fp32']:.2f} -> {args.out}")
+          f"median ratio bf16/fp32 {raw['median_ratio_bf16_over_fp32']:.2f} -> {path}")
 
 
 if __name__ == "__main__":

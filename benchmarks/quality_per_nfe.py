@@ -48,8 +48,8 @@ from reporting import (  # noqa: E402
 
 NAME = "quality_per_nfe"
 CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
-STEPS = (3, 5, 8, 12, 18, 25, 35, 50, 100)
-MAX_NFE = 110
+STEPS = (3, 5, 10, 18, 35)  # noise levels per sampler (--steps); a point above --max-nfe ends the sampler's sweep
+MAX_NFE = 80
 NUM = 1000
 SEED = 7
 
@@ -84,7 +84,8 @@ def trained_checkpoint(name: str, runs: Path) -> Path:
     return checkpoint
 
 
-def pynodeta_curves(name: str, checkpoint: Path, reference: Reference) -> list[dict]:
+def pynodeta_curves(name: str, checkpoint: Path, reference: Reference, steps_list=STEPS,
+                    max_nfe: float = MAX_NFE) -> list[dict]:
     from pynodeta.train.diffusion_sampling import generate
     from pynodeta.train.sample_cli import load_diffusion_run
 
@@ -94,14 +95,14 @@ def pynodeta_curves(name: str, checkpoint: Path, reference: Reference) -> list[d
     for sampler in sorted(SAMPLERS):
         if sampler in ("ddpm", "dpm_adaptive"):  # all T steps / adaptive: no step count to sweep
             continue
-        for steps in STEPS:
+        for steps in steps_list:
             try:
                 started = time.perf_counter()
                 samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED))
             except ValueError as refused:  # a sampler this objective refuses (e.g. DDIM on an EDM model)
                 print(f"{name} {sampler}: {refused}", flush=True)
                 break
-            if samples.nfe > MAX_NFE:
+            if samples.nfe > max_nfe:
                 break
             points.append({"model": name, "sampler": sampler, "steps": steps, "nfe": samples.nfe,
                            "fd_ratio": reference.fd_ratio(samples.images), "weights": weights,
@@ -109,6 +110,17 @@ def pynodeta_curves(name: str, checkpoint: Path, reference: Reference) -> list[d
             print(f"{name} {sampler} steps {steps}: NFE {samples.nfe:.0f}, FD/floor {points[-1]['fd_ratio']:.2f}",
                   flush=True)
     return points
+
+
+def fit_record(run_root: Path) -> dict:
+    """The fit's own summary (FD / floor at the config's N, NLL, sampler) and its optimiser steps."""
+    import csv
+    import json
+
+    summary = json.loads(next(run_root.rglob("summary.json")).read_text())
+    steps = max(int(row["step"]) for path in run_root.rglob("metrics.csv")
+                for row in csv.DictReader(path.open()) if row.get("step")) + 1
+    return {"steps": steps, **{key: summary[key] for key in ("fd_ratio", "bpd", "sampler", "sampler_nfe")}}
 
 
 # --- the diffusers anchor --------------------------------------------------------------------------------------
@@ -193,8 +205,11 @@ def save_quality_report(raw: dict, directory: Path | None = None) -> Path:
         match = matching_nfe(points, model, anchor["fd_ratio"]) if anchor else None
         summary_rows.append([model, f"{best['fd_ratio']:.2f} ({best['sampler']}, NFE {best['nfe']:.0f})" if best
                              else "-", f"{match[0]:.0f} ({match[1]})" if match else "not reached"])
-    summary = Table(["pynodeta config", "best FD / floor@1000 (sampler, NFE)",
-                     "fewest NFE matching the anchor's DDIM-50"], summary_rows,
+    for row in summary_rows:
+        fit = raw.get("fits", {}).get(row[0])
+        row[1:1] = [fit["steps"], round(fit["fd_ratio"], 2)] if fit else ["-", "-"]
+    summary = Table(["pynodeta config", "training steps", "fit's own FD / floor (its N)",
+                     "best FD / floor@1000 (sampler, NFE)", "fewest NFE matching the anchor's DDIM-50"], summary_rows,
                     caption=(f"anchor: diffusers UNet2DModel, {raw['anchor_steps']} AdamW steps in "
                              f"{raw['anchor_minutes']:g} min; its DDIM-50 reaches FD / floor@1000 = "
                              f"{anchor['fd_ratio']:.2f}") if anchor else "no anchor run")
@@ -239,6 +254,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the configs' runs are (or are trained)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--anchor-minutes", type=float, default=8.0)
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="noise levels of each sampler")
+    parser.add_argument("--max-nfe", type=float, default=MAX_NFE, help="a sampler's sweep stops above this NFE")
     parser.add_argument("--machine-note", default="", help="how the machine was shared during the run")
     add_from_raw(parser, "training and sampling")
     args = parser.parse_args()
@@ -251,10 +268,13 @@ def main() -> None:
     reference = Reference()
     points = []
     for name in CONFIGS:
-        points += pynodeta_curves(name, trained_checkpoint(name, args.runs_dir.resolve()), reference)
+        points += pynodeta_curves(name, trained_checkpoint(name, args.runs_dir.resolve()), reference,
+                                  args.steps, args.max_nfe)
     network, anchor_steps = train_anchor(args.anchor_minutes, reference.data)
     points += anchor_curves(network, reference)
+    fits = {name: fit_record(args.runs_dir.resolve() / name) for name in CONFIGS}
     raw = {"points": points, "floor": reference.floor, "threads": args.threads, "anchor_minutes": args.anchor_minutes,
+           "fits": fits,
            "anchor_steps": anchor_steps, "machine_note": args.machine_note}
     print(save_quality_report(load_raw(save_raw(NAME, raw))))
     if not all(math.isfinite(p["fd_ratio"]) for p in points):

@@ -1,4 +1,4 @@
-"""A restricted unpickler for the CIFAR "python version" batch files.
+"""Restricted unpicklers for numpy-only pickles: the CIFAR "python version" batch files, edm2's dataset-refs.
 
 Plain ``pickle.load`` calls whatever importable function a file names, so a tampered batch file
 runs code. A CIFAR batch is a dict of byte strings, lists of ints and one uint8 numpy array; its
@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["CIFAR_PICKLE_GLOBALS", "RefusedPickleGlobal", "load_restricted"]
+__all__ = ["CIFAR_PICKLE_GLOBALS", "NUMPY_ARRAY_GLOBALS", "RefusedPickleGlobal", "load_restricted"]
 
 CIFAR_PICKLE_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),   # written by numpy < 2 (the published files)
@@ -23,6 +23,13 @@ CIFAR_PICKLE_GLOBALS = frozenset({
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),                       # bytes in a Python 3 protocol-2 pickle
+})
+
+
+# any pickled numpy array: CIFAR's globals and the buffer-based rebuild newer numpy pickles use (edm2's dataset-refs)
+NUMPY_ARRAY_GLOBALS = CIFAR_PICKLE_GLOBALS | frozenset({
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 })
 
 
@@ -38,15 +45,31 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _numpy_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+# resolved here, not by import: an admitted name must not import anything else
+_RESOLVE = {"_reconstruct": _numpy_reconstruct, "_frombuffer": _numpy_frombuffer, "ndarray": lambda: np.ndarray,
+            "dtype": lambda: np.dtype, "encode": lambda: codecs.encode}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, admitted: frozenset, encoding: str):
+        super().__init__(file, encoding=encoding)
+        self.admitted = admitted
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+        if (module, name) not in self.admitted:
             raise RefusedPickleGlobal(f"{module}.{name}")
-        # resolved here, not by import: an admitted name must not import anything else
-        return {"_reconstruct": _numpy_reconstruct, "ndarray": lambda: np.ndarray, "dtype": lambda: np.dtype,
-                "encode": lambda: codecs.encode}[name]()
+        return _RESOLVE[name]()
 
 
-def load_restricted(file: BinaryIO) -> Any:
-    """Unpickle ``file`` (a Python 2 pickle: ``encoding="bytes"``) admitting only CIFAR's globals."""
-    return _RestrictedUnpickler(file, encoding="bytes").load()
+def load_restricted(file: BinaryIO, admitted: frozenset = CIFAR_PICKLE_GLOBALS, encoding: str = "bytes") -> Any:
+    """Unpickle ``file`` admitting only the globals in ``admitted`` (default: CIFAR's, a Python 2 pickle read with
+    ``encoding="bytes"``; :data:`NUMPY_ARRAY_GLOBALS` for any pickled numpy array)."""
+    return _RestrictedUnpickler(file, admitted, encoding).load()

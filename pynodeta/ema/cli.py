@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--sweep", help="start:stop:step of EMA lengths to reconstruct and score, e.g. 0.02:0.20:0.01")
     parser.add_argument("--step", type=int, default=None, help="training step to reconstruct at (default: last); "
                         "for NVlabs/edm2 snapshot pickles, their kimg")
+    parser.add_argument("--prefix", default=None, help="NVlabs/edm2 snapshots: the file-name prefix to use where the "
+                        "folder holds several (e.g. network-snapshot for <prefix>-<kimg>-<sigma_rel>.pkl)")
     parser.add_argument("--out", help="output file of --sigma-rel")
     parser.add_argument("--out-dir", default="phema_sweep", help="output directory of --sweep (CSV, PNG, JSON)")
     parser.add_argument("--checkpoint", help="Lightning checkpoint of the same run (read with weights_only=True; "
@@ -95,7 +97,7 @@ def _check_output(path: str | None, option: str, folder: bool) -> None:
 def _reconstruct_one(args) -> None:
     if not args.out:
         raise UsageError("--sigma-rel needs --out FILE for the reconstructed weights")
-    if _nvlabs_snapshots(args.snapshots):
+    if _nvlabs_snapshots(args.snapshots, args.prefix):
         _reconstruct_nvlabs(args)
         return
     snapshots = list_snapshots(args.snapshots)
@@ -116,11 +118,11 @@ def _reconstruct_one(args) -> None:
     print(f"wrote {args.out}: σ_rel {args.sigma_rel} at step {step}")
 
 
-def _nvlabs_snapshots(folder: str) -> bool:
+def _nvlabs_snapshots(folder: str, prefix: str | None) -> bool:
     """Whether ``folder`` holds NVlabs/edm2 snapshot pickles (``network-snapshot-<kimg>-<σ_rel>.pkl``)."""
     from pynodeta.diffusion.released_phema import list_nvlabs_snapshots
 
-    return bool(list_nvlabs_snapshots(folder))
+    return bool(list_nvlabs_snapshots(folder, prefix))
 
 
 def _reconstruct_nvlabs(args) -> None:
@@ -130,7 +132,7 @@ def _reconstruct_nvlabs(args) -> None:
     if args.checkpoint:
         raise UsageError(f"--checkpoint: {args.snapshots!r} holds NVlabs/edm2 snapshot pickles, which carry their "
                          f"network; drop --checkpoint")
-    payload = reconstruct_nvlabs_phema(args.snapshots, args.sigma_rel, args.step)
+    payload = reconstruct_nvlabs_phema(args.snapshots, args.sigma_rel, args.step, args.prefix)
     atomic_torch_save(payload, Path(args.out))
     print(f"wrote {args.out}: σ_rel {args.sigma_rel} at {payload['posthoc']['step']} (NVlabs/edm2 snapshots); "
           f"draw from it with `pynodeta sample --checkpoint {args.out}`")
@@ -156,7 +158,7 @@ def read_run_checkpoint(path, *, unsafe: bool, allow_modules):
 
 
 def _sweep(args) -> None:
-    if _nvlabs_snapshots(args.snapshots):
+    if _nvlabs_snapshots(args.snapshots, args.prefix):
         raise UsageError("--sweep scores pynodeta runs; for NVlabs/edm2 snapshots reconstruct each σ_rel with "
                          "--sigma-rel and score the results with their own tools")
     if not args.checkpoint:

@@ -26,14 +26,6 @@ from .._atomic import atomic_write
 
 __all__ = ["FeatureMoments", "save_reference_statistics", "load_reference_statistics"]
 
-# the callables a pickled numpy array needs, under numpy 1's and numpy 2's module names
-_NUMPY_ARRAY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
-
-
 class FeatureMoments:
     """Running sums of features, so that 50 000 × 2048 features need not be held: (dim,) and (dim, dim) float64.
 
@@ -77,20 +69,19 @@ def save_reference_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np
     return path
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _NUMPY_ARRAY_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
-
-
 def _read_edm2_pickle(path: Path) -> dict:
+    # the one numpy-only unpickler (imported here: pynodeta.data would bring Lightning into every metrics import)
+    from ..data.safe_pickle import NUMPY_ARRAY_GLOBALS, RefusedPickleGlobal, load_restricted
+
     try:
         with path.open("rb") as file:
-            content = _NumpyOnlyUnpickler(io.BufferedReader(file)).load()
-    except pickle.UnpicklingError as error:
+            content = load_restricted(io.BufferedReader(file), NUMPY_ARRAY_GLOBALS, encoding="ASCII")
+    except RefusedPickleGlobal as error:
         raise ValueError(f"path {str(path)!r} names {error}, which a statistics file never needs; it is not read "
                          "(that would run code). Pass a .npz with mu and sigma, or edm2's dataset-refs .pkl") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:  # truncated or not a pickle at all
+        raise ValueError(f"path {str(path)!r} is not a readable statistics pickle ({error or type(error).__name__}); "
+                         "pass a .npz with mu and sigma, or edm2's dataset-refs .pkl") from None
     if not isinstance(content, dict):
         raise ValueError(f"path {str(path)!r} holds a {type(content).__name__}, not edm2's statistics dict")
     return content

@@ -33,10 +33,7 @@ __all__ = ["evaluate_main"]
 def _parser(prog: str) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description="FD (with the real-data floor), NLL in bits/dim "
                             "and, for DDPM models, the variational bound in bits/dim.")
-    _common_arguments(parser)
-    parser.set_defaults(seed=None)
-    seed = next(action for action in parser._actions if action.dest == "seed")
-    seed.help = "seed of the noise (default 2024, fit's evaluation seed)"
+    _common_arguments(parser, seed_default=None, seed_help="seed of the noise (default 2024, fit's evaluation seed)")
     parser.add_argument("--num", type=int, default=None, help="images drawn for the FD (default: the run's, as fit)")
     parser.add_argument("--nll-images", "--nll_images", dest="nll_images", type=int, default=None,
                         help="test images of the NLL and the bound (default: the run's)")
@@ -44,9 +41,6 @@ def _parser(prog: str) -> ArgumentParser:
                         help="DDPM: estimate the bound from K stratified timesteps per image (default: all T, exact)")
     parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
-    parser.add_argument("--vae", default=None, metavar="DIR",
-                        help="latent runs without a DataModule (e.g. a released EDM2 .pkl): the diffusers "
-                             "AutoencoderKL folder that decodes the samples into images")
     _feature_arguments(parser)
     group = parser.add_argument_group("sharded, resumable evaluation (images drawn in seeded blocks)")
     group.add_argument("--devices", type=int, default=None, metavar="N",

@@ -86,8 +86,8 @@ class SampleCache:
                 stored = {key: arrays[key] for key in arrays.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError):
             return None  # unreadable (a disk fault: writes are atomic): drawn again and rewritten
-        if int(stored["count"]) != count:
-            return None
+        if not {"count", "nfe", "seconds"} <= set(stored) or int(stored["count"]) != count:
+            return None  # not a finished block of this size: drawn again and rewritten
         tensors = {key: torch.from_numpy(stored[key]) if key in stored else None
                    for key in ("labels", "predicted", "features", "grid_images")}
         if tensors["features"] is not None:

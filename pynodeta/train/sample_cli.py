@@ -45,7 +45,8 @@ from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_grid_chann
 __all__ = ["sample_main", "evaluate_main", "load_diffusion_run"]
 
 
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: argparse.ArgumentParser, seed_default: int | None = 0,
+                      seed_help: str = "seed of the initial noise") -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="Lightning checkpoint written by pynodeta fit, or a released NVlabs/edm2 .pkl network "
                              "(read as data: its embedded code never runs)")
@@ -69,7 +70,11 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="32", metavar="PRECISION",
                         help="the network's precision while drawing images: 32 (float32), bf16 or 16 (float16) "
                              "autocast; the sampler's state, evaluate's NLL and bound stay float32 (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    parser.add_argument("--seed", type=int, default=seed_default, help=seed_help)
+    parser.add_argument("--vae", default=None, metavar="DIR",
+                        help="latent runs: the diffusers AutoencoderKL folder to decode with (default: the one the "
+                             "run recorded; for a run that recorded none, e.g. a released EDM2 .pkl, its own "
+                             "constants or EDM2's for SD's VAE)")
     parser.add_argument("--num-threads", "--num_threads", dest="num_threads", type=int, default=None,
                         help="torch.set_num_threads")
     parser.add_argument("--device", default=None,
@@ -172,9 +177,6 @@ def _sample(argv: list[str], prog: str) -> int:
                              f"e.g. for latents kept with --save-tensor")
     parser.add_argument("--save-tensor", "--save_tensor", dest="save_tensor", default=None,
                         help="also save every image: .npy (written as drawn, memory O(batch)) or .pt (one tensor)")
-    parser.add_argument("--vae", default=None, metavar="DIR",
-                        help="latent runs: the diffusers AutoencoderKL folder to decode with (default: the one the "
-                             "run recorded; for a run that recorded none, EDM2's constants for SD's VAE are assumed)")
     args = parser.parse_args(argv)
     args.command = "sample"
     _check_numbers(args)

@@ -15,6 +15,7 @@ from pynodeta.train.adaptive_timesteps import (
     ddpm_vb_terms,
     select_by_f_regression,
 )
+from tests.equal_states import assert_equal_states
 
 T = 50
 
@@ -326,20 +327,6 @@ def test_ddp_ranks_keep_one_adaptive_sampler_policy_queue_and_selected_timesteps
     assert states[0]["baseline"] is not None and states[0]["baseline"] == states[1]["baseline"]
     for state in states:  # the time each rank spent is its own
         state["training"]["updater"].pop("overhead_seconds")
-    _assert_same(states[0]["training"], states[1]["training"], "training")
+    assert_equal_states(states[0]["training"], states[1]["training"], "training")
     assert len(states[0]["training"]["updater"]["queue"]) == 4  # 4 updates in 8 steps: S was re-selected
 
-
-def _assert_same(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs between the ranks"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -72,6 +72,15 @@ def test_phema_command_then_sample_command(monkeypatch, tmp_path, capsys):
     assert np.load(tmp_path / "x.npy").shape == (2, 3, 8, 8)
     assert phema_main(["--snapshots", str(folder), "--sigma-rel", "0.07", "--out", str(out), "--step", "5"]) == 2
     assert "no snapshot at 5 kimg" in capsys.readouterr().err
+    # a second run's snapshots in the same folder: --prefix picks one
+    for path in list(folder.glob("network-snapshot-*.pkl")):
+        (folder / path.name.replace("network-snapshot", "other-run")).write_bytes(path.read_bytes())
+    assert phema_main(["--snapshots", str(folder), "--sigma-rel", "0.07", "--out", str(out)]) == 2
+    assert "several prefixes ['network-snapshot', 'other-run']; pick one (--prefix)" in capsys.readouterr().err
+    again = tmp_path / "again.pt"
+    assert phema_main(["--snapshots", str(folder), "--sigma-rel", "0.07", "--out", str(again),
+                       "--prefix", "other-run"]) == 0
+    assert torch.equal(torch.load(again, weights_only=True)["tensors"][name], payload["tensors"][name])
     assert not marker.exists()
 
 

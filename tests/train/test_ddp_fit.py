@@ -18,6 +18,7 @@ import yaml
 
 import pynodeta
 from pynodeta.train.run_loader import build_from_config
+from tests.equal_states import assert_equal_states
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ def test_two_gloo_ranks_fit_every_diffusion_objective_as_one_process_would(name,
 
     ranks = [torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for key in ("module", "timestep_sampler", "ema", "power_ema"):
-        _assert_equal(ranks[0][key], ranks[1][key], key)
+        assert_equal_states(ranks[0][key], ranks[1][key], key)
     if name == "digits_edm2":
         assert ranks[0]["power_ema"]["run_id"] == ranks[1]["power_ema"]["run_id"]
     if name == "digits_ddpm":  # the importance sampler's loss history holds both ranks' losses
@@ -114,20 +115,6 @@ def test_two_gloo_ranks_fit_every_diffusion_objective_as_one_process_would(name,
     for key, value in ranks[0]["module_after_first_step"].items():
         torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6, msg=f"{key} after the first step")
 
-
-def _assert_equal(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs between the ranks"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _assert_equal(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def test_the_main_job_fits_and_tests_on_two_gloo_ranks_and_both_exit_cleanly(tmp_path):
