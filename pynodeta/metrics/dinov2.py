@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inception import uint8_rgb
+
 __all__ = ["DINOv2FeatureExtractor", "DINOV2_WEIGHTS_URL", "edm2_dinov2_pixels", "dinov2_position_embedding"]
 
 DINOV2_WEIGHTS_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
@@ -112,9 +114,4 @@ class DINOv2FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must have shape (batch, 1 or 3, H, W), got {tuple(images.shape)}")
-        pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        if pixels.shape[1] == 1:
-            pixels = pixels.repeat(1, 3, 1, 1)
-        return self.model(edm2_dinov2_pixels(pixels)).float()
+        return self.model(edm2_dinov2_pixels(uint8_rgb(images))).float()

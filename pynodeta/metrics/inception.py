@@ -126,6 +126,15 @@ def _load_detector(path: Path) -> nn.Module:
     return torch.jit.load(io.BytesIO(archives[0]), map_location="cpu")
 
 
+def uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """images (batch, 1 or 3, H, W) in [−1, 1] → uint8 RGB in [0, 255], as saved image files hold them (grey images
+    repeated over 3 channels): what the field's feature networks read."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (batch, 1 or 3, H, W), got {tuple(images.shape)}")
+    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.repeat(1, 3, 1, 1) if pixels.shape[1] == 1 else pixels
+
+
 class InceptionFeatureExtractor(nn.Module):
     """images (batch, 1 or 3, H, W) in [−1, 1] → Inception pool3 features (batch, 2048).
 
@@ -153,9 +162,4 @@ class InceptionFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must have shape (batch, 1 or 3, H, W), got {tuple(images.shape)}")
-        pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        if pixels.shape[1] == 1:
-            pixels = pixels.repeat(1, 3, 1, 1)
-        return self.detector(pixels, return_features=True).float()
+        return self.detector(uint8_rgb(images), return_features=True).float()
