@@ -24,7 +24,7 @@ ORDER = ["bench_solver", "bench_solver_cuda", "bench_batched", "bench_batched_cu
          "digits_diffusion_fits", "quality_per_nfe", "ddpm_vlb_cost", "diffusion_vs_diffusers", "diffusion_vanishing",
          "seed004_digits",
          "seed004_digits_overhead", "edm2_phema", "edm2_dynamics", "edm2_cost",
-         "edm2_step_cost_before", "edm2_step_cost", "ddp_scaling", "gpu_smoke_cuda"]
+         "edm2_step_cost_before", "edm2_step_cost", "mixed_precision_step", "ddp_scaling", "gpu_smoke_cuda"]
 
 HEADER = """# Measured results
 

@@ -238,6 +238,7 @@ def _plot(points: list[dict], path: Path) -> Path | None:
             axis.plot(*zip(*curve), marker="o", markersize=3, label=sampler)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
         axis.set_title(model)
         axis.set_xlabel("NFE")
         if axis.lines:

@@ -36,6 +36,8 @@ BUILDERS = {
     "edm2_step_cost_before": ("edm2_step_cost", "save_cost_report"),
     "ddpm_vlb_cost": ("ddpm_vlb_cost", "save_vlb_cost_report"),
     "ddp_scaling": ("ddp_scaling", "save_scaling_report"),
+    "mixed_precision_step": ("mixed_precision_step", "save_precision_report"),
+    "quality_per_nfe": ("quality_per_nfe", "save_quality_report"),
 }
 
 
