@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .image_folder import flipped_index
 from .latent_shards import LatentShards
-from .sampling import EpochShuffleSampler, stratified_split
+from .split_folder_module import SplitFolderDataModule
 
 __all__ = ["LatentDataset", "LatentDataModule"]
 
@@ -41,7 +40,7 @@ class LatentDataset(Dataset):
         return (latents.flip(-1) if flip else latents), self.labels[raw]
 
 
-class LatentDataModule(lightning.LightningDataModule):
+class LatentDataModule(SplitFolderDataModule):
     """Training (and optionally validation) batches ``(x, labels)`` from a folder of ``pynodeta encode``.
 
     x: (batch, C, h, w) float32 final latents, a new posterior sample each time (EDM2's ``encode_latents``);
@@ -49,6 +48,8 @@ class LatentDataModule(lightning.LightningDataModule):
     latents (batch, 2·C, h, w); turn them into x with :meth:`final_latents`. Validation batches use the
     posterior mean (no noise), so that epochs are compared on the same latents.
     """
+
+    items_name = "encoded images"
 
     def __init__(
         self,
@@ -62,15 +63,8 @@ class LatentDataModule(lightning.LightningDataModule):
         split_seed: int = 0,                    # which images go to validation
         vae: str | None = None,                 # the VAE folder to decode with, if not where the index says
     ):
-        super().__init__()
-        for arg, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                ("val_size", val_size, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
-        self.data_dir, self.batch_size, self.num_workers = Path(data_dir), batch_size, num_workers
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.val_size, self.xflip, self.seed, self.split_seed, self.vae = val_size, xflip, seed, split_seed, vae
-        self.train_set = self.val_set = self.test_set = None
+        super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, xflip, seed, split_seed)
+        self.vae = vae
         self.shards: LatentShards | None = None
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
@@ -104,27 +98,11 @@ class LatentDataModule(lightning.LightningDataModule):
         channels, height, width = self._open().index["latent_shape"]
         return channels // 2, height, width
 
-    # --- Lightning hooks ----------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        self._open()
+    # --- the split (SplitFolderDataModule) ------------------------------------------------------
+    _source = _open
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        shards = self._open()
-        if self.val_size >= len(shards):
-            raise ValueError(f"val_size must be smaller than the {len(shards)} encoded images, got {self.val_size}")
-        train, val = stratified_split(shards.labels, self.val_size, self.split_seed)
-        self.train_set = LatentDataset(shards, train, self.xflip)
-        self.val_set = LatentDataset(shards, val) if self.val_size else None
-
-    def train_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return self._loader(self.train_set, self.batch_size, EpochShuffleSampler(len(self.train_set), self.seed))
-
-    def val_dataloader(self):
-        self._require_setup()
-        return self._loader(self.val_set, self.eval_batch_size, None) if self.val_set is not None else []
+    def _dataset(self, items, xflip: bool) -> Dataset:
+        return LatentDataset(self._open(), items, xflip)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         raw, labels = batch
@@ -165,12 +143,3 @@ class LatentDataModule(lightning.LightningDataModule):
             record = self.latent_record
             self._decoder = LatentEncoder(record["vae"], self.scaling, device=latents.device)
         return self._decoder.decode_to_unit_range(latents)
-
-    # --- helpers --------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, sampler) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def _require_setup(self) -> None:
-        if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before its loaders are used")
