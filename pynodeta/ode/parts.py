@@ -285,9 +285,11 @@ def adjoint_config(parts: Parts, forward: SolverConfig, be: Backend, like: torch
     if controller is None:
         controller = _forward_controller_for_adjoint(parts, method, be)
     max_steps = parts.max_steps if adjoint.max_steps is None else adjoint.max_steps
-    # the backward solve's state is the augmented vector, not tuple-shaped
-    return solver_config(method, controller, max_steps, forward.warn_after_steps, forward.extra,
-                         StateStructure(None), like)
+    # the backward solve's state is the augmented vector, not tuple-shaped. Its func is the adjoint's own
+    # vector-Jacobian product, which calls autograd inside func: the torch backend's compiled step is for
+    # the forward solve only, so the backward one runs eagerly
+    extra = {key: value for key, value in forward.extra.items() if not (be.name == "torch" and key == "compile")}
+    return solver_config(method, controller, max_steps, forward.warn_after_steps, extra, StateStructure(None), like)
 
 
 def _forward_controller_for_adjoint(parts: Parts, method, be: Backend) -> Controller:

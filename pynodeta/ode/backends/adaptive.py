@@ -22,9 +22,10 @@ from ..methods import Method
 from ..stats import SolveStats
 from ..step_control import make_step_control, select_initial_step
 from .base import SolverConfig
+from .compiled_step import CompiledTrialStep
 from .rk_parts import RHSCaller, check_derivative, combine, nonzero, partial_t
 
-__all__ = ["integrate_adaptive", "Stages", "ErrorRatio", "DenseOutput", "StepBounds", "AcceptedStep"]
+__all__ = ["integrate_adaptive", "EagerTrialStep", "Stages", "ErrorRatio", "DenseOutput", "StepBounds", "AcceptedStep"]
 
 AcceptedStep = tuple[float, float, torch.Tensor, list[torch.Tensor]]
 """(s, dt, y at s, stage values for the dense weights) of one accepted step, in solver time."""
@@ -32,11 +33,12 @@ AcceptedStep = tuple[float, float, torch.Tensor, list[torch.Tensor]]
 
 def integrate_adaptive(
     method: Method, call: RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig,
-    stats: SolveStats, keep_steps: list[AcceptedStep] | None = None,
+    stats: SolveStats, keep_steps: list[AcceptedStep] | None = None, compiled: bool = False,
 ) -> list[torch.Tensor]:
     """The states at ``out_s`` (solver times, increasing); every accepted step is appended to ``keep_steps``
-    when it is given (the dense output of the whole solve)."""
-    stages, error_ratio = Stages(method, call), ErrorRatio(method, config, y0)
+    when it is given (the dense output of the whole solve). ``compiled``: trial steps by one compiled graph
+    (``compiled_step.py``) instead of eager ops; the loop around them is the same."""
+    trial = CompiledTrialStep(method, call, config, y0) if compiled else EagerTrialStep(method, call, config, y0)
     dense, bounds = DenseOutput(method, out_s, y0, keep_steps), StepBounds(config, out_s, call.direction, stats)
     control = make_step_control(config.controller, method.error_order, config.safety, config.ifactor,
                                 config.dfactor, config.gains)
@@ -55,16 +57,15 @@ def integrate_adaptive(
             h = direction * dt
             if callbacks is not None:
                 callbacks.on_step(direction * s, y, dt)
-            y1, ks = stages.step(s, y, f, dt, h)
+            y1, ks, ratio = trial(s, y, f, dt, h)
             n_steps += 1
-            ratio = error_ratio(ks, y, y1, h)
             accepted = bounds.accepts(ratio, s, dt)
             if callbacks is not None:
                 (callbacks.on_accept if accepted else callbacks.on_reject)(direction * s, y, dt)
             if accepted:
                 n_accepted += 1
                 stats.step_sizes.append(dt)
-                f1 = stages.derivative_at_end(ks, s + dt, y1)
+                f1 = trial.derivative_at_end(ks, s + dt, y1)
                 dense.emit(s, dt, h, y, y1, ks, f1)
                 s, y = s + dt, y1
                 f = bounds.passed_stops(s, y, f1, at_jump, call)
@@ -84,6 +85,18 @@ def _initial_step(method: Method, call: RHSCaller, config: SolverConfig, s: floa
     return select_initial_step(lambda h, y_probe: call(s + h, y_probe), y, f, call.direction, method.error_order,
                                config.rtol, config.atol, config.norm,
                                max_probe=stops[-1][0] - s if stops else math.inf)
+
+
+class EagerTrialStep:
+    """``(y1, ks, ratio)`` of one trial step, op by op: the stages, then the error ratio."""
+
+    def __init__(self, method: Method, call: RHSCaller, config: SolverConfig, y0: torch.Tensor):
+        self.stages, self.error_ratio = Stages(method, call), ErrorRatio(method, config, y0)
+        self.derivative_at_end = self.stages.derivative_at_end
+
+    def __call__(self, s: float, y: torch.Tensor, f: torch.Tensor, dt: float, h: float):
+        y1, ks = self.stages.step(s, y, f, dt, h)
+        return y1, ks, self.error_ratio(ks, y, y1, h)
 
 
 class Stages:

@@ -22,6 +22,7 @@ from ..methods import METHODS, Method, hermite_weights, linear_weights
 from ..stats import SolveStats
 from .adaptive import integrate_adaptive
 from .base import RHS, Backend, SolverConfig
+from .compiled_step import compile_option
 from .rk_parts import RHSCaller, add_increment, check_derivative, combine, nonzero, output_times, partial_t
 
 __all__ = ["TorchBackend"]
@@ -40,21 +41,29 @@ class TorchBackend(Backend):
     def integrate(
         self, func: RHS, y0: torch.Tensor, t: torch.Tensor, config: SolverConfig, stats: SolveStats
     ) -> torch.Tensor:
-        if config.extra:
-            raise ValueError(f"unknown backend_options {sorted(config.extra)} for backend 'torch' (it takes none)")
+        extra = dict(config.extra)
+        compiled = compile_option(extra)
+        if extra:
+            raise ValueError(f"unknown backend_options {sorted(extra)} for backend 'torch' (it takes 'compile')")
         out_s, direction = output_times(t)
         if len(out_s) == 1:
             return y0.unsqueeze(0)
         call = RHSCaller(func, y0, direction, stats)
         if isinstance(config.method, str) and config.method in ADAMS_METHODS:
+            if compiled:
+                raise ValueError(f"backend_options={{'compile': True}} compiles the adaptive Runge-Kutta step; "
+                                 f"{config.method!r} is a multistep method: drop the option")
             grid = (_constructed_grid(call, y0, out_s, config.grid_constructor) if config.grid_constructor
                     else _fixed_grid(out_s, config.step_size))
             outputs = integrate_adams(config.method, call, y0, out_s, grid, config, stats)
             _check_outputs_finite(outputs, out_s, direction)
             return torch.stack(outputs)
         method = config.method if isinstance(config.method, Method) else METHODS[config.method]
+        if compiled and not method.adaptive:
+            raise ValueError(f"backend_options={{'compile': True}} compiles the adaptive step; method "
+                             f"{config.method!r} is fixed-grid: drop the option or pick an adaptive method")
         if method.adaptive:
-            outputs = integrate_adaptive(method, call, y0, out_s, config, stats)
+            outputs = integrate_adaptive(method, call, y0, out_s, config, stats, compiled=compiled)
         else:
             outputs = _integrate_fixed(method, call, y0, out_s, config, stats)
             _check_outputs_finite(outputs, out_s, direction)

@@ -116,16 +116,31 @@ class RHSCaller:
         """Evaluate one ulp after t toward the step's end (torchdiffeq's perturb option at a step's start)."""
         return self._nudged(s, y, -self._toward_start)
 
-    def _nudged(self, s: float, y: torch.Tensor, toward: float) -> torch.Tensor:
+    def record(self, s: float) -> float:
+        """The time t of an evaluation at solver time s, counted as ``__call__`` counts it, for a caller that
+        evaluates func itself (the compiled trial step)."""
         t = self.direction * s
-        if self.dtype == torch.float64:
-            t = math.nextafter(t, toward)
-        elif self._np_dtype is not None:
-            t = float(np.nextafter(self._np_dtype(t), self._np_infinity[toward]))
-        else:
-            t = float(torch.nextafter(torch.tensor(t, dtype=self.dtype), torch.tensor(toward, dtype=self.dtype)))
+        self.times.append(t)
+        return t
+
+    def record_before(self, s: float) -> float:
+        """As ``record`` for ``just_before``'s time, one ulp before s toward the step's start."""
+        t = self._nudged_time(s, self._toward_start)
+        self.times.append(t)
+        return t
+
+    def _nudged(self, s: float, y: torch.Tensor, toward: float) -> torch.Tensor:
+        t = self._nudged_time(s, toward)
         self.times.append(t)
         return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), y)
+
+    def _nudged_time(self, s: float, toward: float) -> float:
+        t = self.direction * s
+        if self.dtype == torch.float64:
+            return math.nextafter(t, toward)
+        if self._np_dtype is not None:
+            return float(np.nextafter(self._np_dtype(t), self._np_infinity[toward]))
+        return float(torch.nextafter(torch.tensor(t, dtype=self.dtype), torch.tensor(toward, dtype=self.dtype)))
 
 
 def output_times(t: torch.Tensor) -> tuple[list[float], float]:
