@@ -10,7 +10,12 @@ sample). Gradient modes compared like with like:
   backward error norm is given the same seminorm as pynodeta's (the RMS over each sample's t, y and
   dL/dy columns; the per-sample parameter gradients it carries stay out of error control).
 
-The libraries run alternately (swapping who goes first) so that both see the same machine load.
+Beside them, pynodeta with ``backend_options={"compile": True}`` (the trial step as one compiled graph,
+forward and direct rows) and, on forward rows, func alone: the field's calls of one pynodeta solve made
+back to back, the limit a solve approaches when the solver costs nothing. torchode's own JIT route
+(``torch.jit.script`` of the solver) fails inside TorchScript with torch 2.13, so torchode runs eagerly.
+
+All contenders run alternately (the order rotating) so that they see the same machine load.
 
     python3 benchmarks/bench_batched.py                    # all workloads
     python3 benchmarks/bench_batched.py --repeats 3 --workloads "a: MLP forward"
@@ -124,7 +129,8 @@ def _torchode_solver(w: Workload, counting: Counting):
 
 
 def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
-    """One solve (and backward): seconds, calls of func forward/backward, mean per-sample trial steps."""
+    """One solve (and backward): seconds, calls of func forward/backward, mean per-sample trial steps.
+    ``library``: "torchode", "pynodeta" or "pynodeta+compile"."""
     y0 = w.y0.clone().requires_grad_(w.mode != "forward")
     counting.reset()
     grad = torch.no_grad() if w.mode == "forward" else torch.enable_grad()
@@ -132,10 +138,16 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
     synchronize(y0.device)
     start = time.perf_counter()
     with grad:
-        if library == "pynodeta":
-            sol = pn.solve(counting, y0, w.t, controller=pn.IController(rtol=w.rtol, atol=w.atol), batched=True,
-                           adjoint=w.mode == "adjoint")
+        if library.startswith("pynodeta"):
+            compiled = library == "pynodeta+compile"
+            # the compiled step traces func into its graph: it gets the field itself, since the counting
+            # wrapper's clock reads and tallies would split the graph (its calls come from the statistics)
+            sol = pn.solve(w.field if compiled else counting, y0, w.t,
+                           controller=pn.IController(rtol=w.rtol, atol=w.atol), batched=True,
+                           adjoint=w.mode == "adjoint", backend_options={"compile": True} if compiled else None)
             ys, steps = sol.ys, sol.stats.n_steps_per_sample
+            if compiled:
+                counting.tally[0] += sol.stats.nfe
         else:
             problem = torchode.InitialValueProblem(y0=y0.reshape(y0.shape[0], -1), t_eval=w.t)
             sol = solver.solve(problem)
@@ -150,17 +162,59 @@ def run_once(library: str, w: Workload, counting: Counting, solver) -> dict:
 
 
 
-def measure(w: Workload, repeats: int) -> dict:
-    libraries = ("torchode", "pynodeta")
+class FuncAlone:
+    """func's inputs in one pynodeta solve, to time its calls alone, back to back."""
+
+    def __init__(self, w: Workload):
+        self.field, self.inputs = w.field, []
+
+        def recording(t, y):
+            self.inputs.append((t.clone(), y.clone()))
+            return w.field(t, y)
+
+        with torch.no_grad():
+            pn.solve(recording, w.y0, w.t, controller=pn.IController(rtol=w.rtol, atol=w.atol), batched=True)
+
+    @torch.no_grad()
+    def seconds(self) -> float:
+        synchronize(self.inputs[0][1].device)
+        start = time.perf_counter()
+        for t, y in self.inputs:
+            self.field(t, y)
+        synchronize(self.inputs[0][1].device)
+        return time.perf_counter() - start
+
+
+def measure(w: Workload, repeats: int, compiled: bool = True) -> dict:
+    libraries = ("torchode", "pynodeta", *(("pynodeta+compile",) if compiled and w.mode != "adjoint" else ()))
     counting = {library: Counting(w.field) for library in libraries}
     solver = _torchode_solver(w, counting["torchode"])
-    for library in libraries:
-        run_once(library, w, counting[library], solver)  # warm-up
-    runs: dict[str, list[dict]] = {library: [] for library in libraries}
+    first_compiled = None
+    for library in libraries:  # warm-up; the compiled step compiles here
+        start = time.perf_counter()
+        run_once(library, w, counting[library], solver)
+        if library == "pynodeta+compile":
+            first_compiled = time.perf_counter() - start
+    func_alone = FuncAlone(w) if w.mode == "forward" else None
+    contenders = (*libraries, "func alone") if func_alone else libraries
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for repeat in range(repeats):
-        for library in libraries if repeat % 2 == 0 else libraries[::-1]:
-            runs[library].append(run_once(library, w, counting[library], solver))
+        shift = repeat % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            if name == "func alone":
+                runs[name].append(dict(seconds=func_alone.seconds()))
+            else:
+                runs[name].append(run_once(name, w, counting[name], solver))
     row = dict(workload=w.name)
+    if func_alone:
+        row["median_s_func_alone"] = statistics.median(r["seconds"] for r in runs["func alone"])
+        row["func_alone_calls"] = len(func_alone.inputs)
+    if "pynodeta+compile" in libraries:
+        compiled_runs = runs["pynodeta+compile"]
+        row["median_s_pynodeta_compiled"] = statistics.median(r["seconds"] for r in compiled_runs)
+        row["calls_pynodeta_compiled"] = compiled_runs[-1]["calls"]
+        row["first_solve_s_pynodeta_compiled"] = first_compiled
+        libraries = libraries[:2]
     for library in libraries:
         row[f"median_s_{library}"] = statistics.median(r["seconds"] for r in runs[library])
         row[f"calls_{library}"] = runs[library][-1]["calls"]
@@ -193,15 +247,33 @@ def _inside(row: dict) -> str:
     return f"{row['in_func_torchode']:.0%} / {row['in_func_pynodeta']:.0%}"
 
 
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1e3:.4g}"
+
+
+def _over(numerator: float | None, denominator: float | None) -> str:
+    return "–" if numerator is None or denominator is None else f"{numerator / denominator:.3f}"
+
+
 def save_batched_report(raw: dict) -> Path:
-    rows = [[r["workload"], _calls(r["calls_torchode"]), _calls(r["calls_pynodeta"]), r["steps_torchode"],
-             r["steps_pynodeta"], r["median_s_torchode"] * 1e3, r["median_s_pynodeta"] * 1e3, r["ratio"],
-             _inside(r)] for r in raw["rows"]]
-    table = Table(["workload", "func calls fwd / bwd (torchode)", "func calls fwd / bwd (pynodeta)",
-                   "mean steps per sample, fwd (torchode)", "mean steps per sample, fwd (pynodeta)",
-                   "torchode ms", "pynodeta ms", "pynodeta / torchode",
-                   "time inside func calls (torchode / pynodeta)"], rows,
-                  f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
+    # runs measured before the compiled step existed have neither of its columns
+    with_compiled = any("median_s_func_alone" in r for r in raw["rows"])
+    rows = []
+    for r in raw["rows"]:
+        row = [r["workload"], _calls(r["calls_torchode"]), _calls(r["calls_pynodeta"]), r["steps_torchode"],
+               r["steps_pynodeta"], r["median_s_torchode"] * 1e3, r["median_s_pynodeta"] * 1e3, r["ratio"], _inside(r)]
+        if with_compiled:
+            compiled, alone = r.get("median_s_pynodeta_compiled"), r.get("median_s_func_alone")
+            row += [_ms(compiled), _over(compiled, r["median_s_torchode"]), _ms(alone),
+                    _over(r["median_s_pynodeta"], alone), _over(compiled, alone)]
+        rows.append(row)
+    columns = ["workload", "func calls fwd / bwd (torchode)", "func calls fwd / bwd (pynodeta)",
+               "mean steps per sample, fwd (torchode)", "mean steps per sample, fwd (pynodeta)", "torchode ms",
+               "pynodeta ms", "pynodeta / torchode", "time inside func calls (torchode / pynodeta)"]
+    if with_compiled:
+        columns += ["pynodeta, compiled step ms", "compiled step / torchode", "func alone ms", "pynodeta / func alone",
+                    "compiled step / func alone"]
+    table = Table(columns, rows, f"median wall time of {raw['repeats']} alternated runs, {raw['threads']} thread(s)")
     notes = [
         "Both libraries solve every sample as its own problem (dopri5, I controller, equal rtol/atol, RMS norm "
         "per sample) and call func on the whole batch at each stage, so 'func calls' is the cost driver; "
@@ -215,6 +287,12 @@ def save_batched_report(raw: dict) -> Path:
         "The libraries run alternately in one process, so both see the same machine load: the ratio is the "
         "figure to read.",
     ]
+    if with_compiled:
+        notes.append("compiled step: pynodeta with backend_options={'compile': True} (forward and direct rows; its "
+                     "first solve, which compiles, is left out of the median). func alone: the field's calls of "
+                     "one pynodeta solve made back to back without the solver (forward rows). torchode runs "
+                     "eagerly: its JIT route, torch.jit.script of the solver, fails inside TorchScript with "
+                     "torch 2.13.")
     if raw.get("note"):
         notes.append(raw["note"])
     notes += [_floor_note(r) for r in raw["rows"]

@@ -10,6 +10,7 @@ import torch
 
 from .adjoint import AdjointSpec, adjoint_integrate
 from .backends import Backend, SolverConfig, get_backend
+from .backends.compiled_step import compile_option
 from .batched.solve import BatchedSolveStats, check_batched_parts, solve_batched
 from .callbacks import find_callbacks, warn_unsupported_callbacks
 from .errors import MaxStepsReachedError
@@ -139,15 +140,17 @@ def solve(
 def _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn_after_steps,
                    backend_options) -> Solution:
     """The per-sample mode (``pynodeta.ode.batched``): the same typed parts, a loop with per-sample steps."""
-    if backend_options:
-        raise ValueError(f"batched=True takes no backend_options, got {sorted(backend_options)}")
+    options = dict(backend_options or {})
+    compile_step = compile_option(options)
+    if options:
+        raise ValueError(f"batched=True takes only backend_options={{'compile': True}}, got {sorted(options)}")
     check_batched_parts(method, controller, adjoint if isinstance(adjoint, Adjoint) else False, be)
     parts = typed_parts(be, method, controller, adjoint, max_steps)
     if warn_after_steps is not None and not (isinstance(warn_after_steps, int) and warn_after_steps >= 1):
         raise ValueError(f"warn_after_steps must be an int >= 1, or None; got {warn_after_steps!r}")
     stats = BatchedSolveStats(method=method_name(parts.method), backend=be.name)
     _publish(stats)
-    ys = solve_batched(func, y0, t, parts, be, warn_after_steps, stats)
+    ys = solve_batched(func, y0, t, parts, be, warn_after_steps, stats, compile_step)
     return Solution(t, ys, stats)
 
 

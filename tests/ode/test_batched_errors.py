@@ -50,7 +50,7 @@ def test_other_backends_are_refused():
         (dict(controller=pn.IController(step_t=(0.5,))), r"step_t / jump_t"),
         (dict(adjoint=pn.Adjoint(norm=lambda parts: parts[1].abs().max())), r"Adjoint\(norm=<callable>\)"),
         (dict(adjoint=pn.Adjoint(method="rk4")), r"'rk4' is fixed-grid"),
-        (dict(backend_options={"x": 1}), r"takes no backend_options"),
+        (dict(backend_options={"x": 1}), r"takes only backend_options=\{.compile.: True\}, got \[.x.\]"),
         (dict(batched="yes"), r"batched must be True or False"),
     ],
 )

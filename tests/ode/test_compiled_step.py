@@ -24,7 +24,7 @@ class SmallField(torch.nn.Module):
                 p.mul_(3.0)
 
     def forward(self, t, y):
-        return self.net(torch.cat([y, t.expand(y.shape[0], 1)], dim=1))
+        return self.net(torch.cat([y, t.reshape(-1, 1).expand(y.shape[0], 1)], dim=1))  # t: 0-d or (batch,)
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,25 @@ def test_compile_option_must_be_a_bool_and_other_options_are_still_refused(field
         pn.solve(field, y0, t, backend_options={"compile": "yes"})
     with pytest.raises(ValueError, match=r"unknown backend_options \['jacobian'\] for backend 'torch'"):
         pn.solve(field, y0, t, backend_options={"compile": True, "jacobian": "autograd"})
+
+
+@pytest.mark.parametrize("t", [(0.0, 0.5, 2.0), (2.0, 1.0, -0.5)], ids=["forward", "backward"])
+def test_compiled_per_sample_step_takes_the_eager_steps(field, t):
+    with torch.no_grad():
+        eager, compiled = _solve(field, t=t, batched=True), _solve(field, t=t, batched=True, backend_options=COMPILE)
+    assert compiled.stats.nfe == eager.stats.nfe
+    assert torch.equal(compiled.stats.n_steps_per_sample, eager.stats.n_steps_per_sample)
+    assert torch.equal(compiled.stats.n_accepted_per_sample, eager.stats.n_accepted_per_sample)
+    assert (eager.stats.n_steps_per_sample > eager.stats.n_accepted_per_sample).any()  # some samples reject
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-11)
+
+
+def test_compiled_per_sample_adjoint_gives_the_eager_gradients(field):
+    grads = []
+    for options in (None, COMPILE):
+        field.zero_grad()
+        solution = _solve(field, batched=True, adjoint=True, backend_options=options)
+        solution.ys[:, -1].square().sum().backward()
+        grads.append([p.grad.clone() for p in field.parameters()])
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-11)

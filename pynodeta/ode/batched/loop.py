@@ -18,6 +18,7 @@ import torch
 from ..backends.rk_parts import matched_to_state, weighted_sum
 from ..errors import MaxStepsReachedError, NonFiniteStateError, StepSizeUnderflowError, warn_long_solve
 from ..methods import Method
+from .compiled_step import CompiledStages
 from .control import ErrorRatio, Norm, StepRule, select_initial_steps
 from .stats import BatchedSolveStats
 from .times import SampleTimes
@@ -44,6 +45,7 @@ class LoopSettings:
     gains: tuple[float, float] | None  # None: the I rule
     max_steps: int
     warn_after_steps: int | None
+    compile_step: bool = False  # the trial step as one compiled graph (compiled_step.py)
 
 
 class StepObserver:
@@ -155,6 +157,11 @@ class _Stages:
             y1 = _stage_state(y, h, ks, self.b_row)
         return y1, ks, h, t_end
 
+    def trial(self, s, s1, dt, direction, y, f, observer, error_ratio: ErrorRatio):
+        """``step`` and its per-sample error ratio: (y1, ks, h, t_end, ratio)."""
+        y1, ks, h, t_end = self.step(s, s1, dt, direction, y, f, observer)
+        return y1, ks, h, t_end, error_ratio(ks, y, y1, h)
+
 
 def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Method, settings: LoopSettings,
                       stats: BatchedSolveStats, observer: StepObserver | None = None) -> torch.Tensor:
@@ -175,7 +182,8 @@ def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Me
                                   settings.initial_norm)
     else:
         dt = torch.full_like(s, settings.first_step)
-    stages = _Stages(method, call)
+    stages = (CompiledStages(method, call, settings.rtol, settings.atol, settings.error_norm)
+              if settings.compile_step else _Stages(method, call))
     loop = _Loop(method, settings, stats, times, y0, observer)
     y = loop.run(stages, s, dt, y0, f)
     tab = method.tableau
@@ -227,14 +235,14 @@ class _Loop:
         self.clamp = settings.min_step > 0 or settings.max_step < math.inf
         self.limited = settings.max_steps < 2**31 - 1
 
-    def run(self, stages: _Stages, s, dt, y, f) -> torch.Tensor:
+    def run(self, stages: _Stages | CompiledStages, s, dt, y, f) -> torch.Tensor:
         counts = _StepCounts(self.stats, every=1 if self.limited else 32)
         try:
             return self._iterate(stages, s, dt, y, f, counts)
         finally:
             counts.flush()  # the counts are complete even when the solve stops with an error
 
-    def _iterate(self, stages: _Stages, s, dt, y, f, counts: _StepCounts) -> torch.Tensor:
+    def _iterate(self, stages: _Stages | CompiledStages, s, dt, y, f, counts: _StepCounts) -> torch.Tensor:
         settings, stats, outputs, end = self.settings, self.stats, self.outputs, self.times.end
         direction, fsal = self.times.direction, self.method.tableau.fsal
         running = s < end
@@ -246,8 +254,7 @@ class _Loop:
             dt_step = torch.minimum(dt, end - s)  # finished samples sit at s == end: a zero step
             s_plain = s + dt_step
             s1 = torch.where(s_plain >= end, end, s_plain)  # land exactly on the end time
-            y1, ks, h, t_end = stages.step(s, s1, dt_step, direction, y, f, hooks)
-            ratio = self.error_ratio(ks, y, y1, h)
+            y1, ks, h, t_end, ratio = stages.trial(s, s1, dt_step, direction, y, f, hooks, self.error_ratio)
             accepted = self.rule.accepts(ratio)
             if settings.min_step > 0:
                 accepted = accepted | (dt_step <= settings.min_step)

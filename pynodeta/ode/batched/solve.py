@@ -84,8 +84,8 @@ def _check_controller(controller: IController, name: str) -> None:
 
 
 def _settings(controller: IController, method: Method, max_steps: int | None, warn_after_steps: int | None,
-              user_norm: Norm | None) -> LoopSettings:
-    return LoopSettings(
+              user_norm: Norm | None, compile_step: bool = False) -> LoopSettings:
+    return LoopSettings(compile_step=compile_step,
         rtol=float(controller.rtol), atol=float(controller.atol),
         error_norm=user_norm or rms_per_sample, initial_norm=user_norm or _torchdiffeq_rms,
         first_step=controller.first_step, min_step=controller.min_step, max_step=controller.max_step,
@@ -130,8 +130,9 @@ def _flat_rhs(func: Callable, shape: torch.Size) -> RHS:
 
 
 def solve_batched(func: Callable, y0: torch.Tensor, t: torch.Tensor, parts, backend: Backend,
-                  warn_after_steps: int | None, stats: BatchedSolveStats) -> torch.Tensor:
-    """The outputs ``(batch, n, *y0.shape[1:])`` of a per-sample solve; fills ``stats``."""
+                  warn_after_steps: int | None, stats: BatchedSolveStats, compile_step: bool = False) -> torch.Tensor:
+    """The outputs ``(batch, n, *y0.shape[1:])`` of a per-sample solve; fills ``stats``. ``compile_step``: the
+    forward solve's trial steps by one compiled graph (an adjoint's backward solve stays eager)."""
     method = check_batched_parts(parts.method, parts.controller, parts.adjoint or False, backend)
     _check_state(y0, func)
     batch = y0.shape[0]
@@ -142,7 +143,7 @@ def solve_batched(func: Callable, y0: torch.Tensor, t: torch.Tensor, parts, back
         return y0.unsqueeze(1).expand(batch, t.shape[1], *shape[1:]).clone()
     times = solver_times(t.to(y0.device))
     settings = _settings(parts.controller, method, parts.max_steps, warn_after_steps,
-                         _user_norm(parts.controller, shape))
+                         _user_norm(parts.controller, shape), compile_step)
     warn_if_unresolvable(settings, y0)  # the same warning as the shared-step mode (one ulp-scale check)
     rhs = _flat_rhs(func, shape)
     y_flat = y0.reshape(batch, -1)

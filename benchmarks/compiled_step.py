@@ -1,0 +1,195 @@
+"""The compiled adaptive step (``backend_options={"compile": True}``) against the eager one, func alone and
+torchdiffeq 0.2.5, on bench_solver's workloads, in one process.
+
+Six things are timed alternately on the same workload (the order rotates from round to round):
+  torchdiffeq           torchdiffeq.odeint(field)                 as its users run it
+  torchdiffeq+compile   torchdiffeq.odeint(torch.compile(field))  as its users who compile their model run it
+  pynodeta              pynodeta.odeint(field)                    the eager step, the default
+  pynodeta+compile      pynodeta.solve(field, backend_options={"compile": True})
+  func alone            field's recorded calls of one solve, back to back (eager)
+  func alone, compiled  the same calls of torch.compile(field)
+and, once each in a fresh compile cache, the first solve of each compiled contender (its compile time).
+Payback: the number of solves after which the compiled step's saving has repaid its compile time.
+
+    python benchmarks/compiled_step.py --repeats 21
+    python benchmarks/compiled_step.py --from-raw benchmarks/results/raw/compiled_step.json
+
+The report (benchmarks/results/compiled_step.json) is rendered into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# a fresh inductor cache, so that the first solve's time is a cold compile, as on a new machine
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-cache-"))
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torchdiffeq  # noqa: E402
+
+import pynodeta as pn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_solver import Workload, workloads  # noqa: E402
+
+from reporting import (  # noqa: E402
+    Table,
+    add_timing_arguments,
+    load_raw,
+    raw_machine,
+    rebuilt_from_raw,
+    save_raw,
+    save_report,
+)
+
+CONTENDERS = ("torchdiffeq", "torchdiffeq+compile", "pynodeta", "pynodeta+compile", "func alone",
+              "func alone, compiled")
+
+
+def _forward(w: Workload):
+    """solve(func, compile_step) for the workload: the contenders without gradient, or with backward."""
+
+    def solve(func, library: str, compile_step: bool = False) -> int:
+        y0 = w.y0.clone().requires_grad_(w.mode == "direct")
+        with torch.set_grad_enabled(w.mode == "direct"):
+            if library == "torchdiffeq":
+                ys = torchdiffeq.odeint(func, y0, w.t, rtol=w.rtol, atol=w.atol)
+                nfe = None
+            else:
+                options = {"compile": True} if compile_step else None
+                solution = pn.solve(func, y0, w.t, controller=pn.IController(rtol=w.rtol, atol=w.atol),
+                                    backend_options=options)
+                ys, nfe = solution.ys, solution.stats.nfe
+            if w.mode == "direct":
+                ys[-1].square().sum().backward()
+        return nfe
+
+    return solve
+
+
+class Recorded:
+    """func's inputs in one solve, to call func alone on them back to back."""
+
+    def __init__(self, field, solve):
+        self.inputs = []
+
+        def recording(t, y):
+            self.inputs.append((t.clone(), y.detach().clone()))
+            return field(t, y)
+
+        solve(recording, "pynodeta")
+
+    def time(self, func, backward: bool) -> float:
+        start = time.perf_counter()
+        for t, y in self.inputs:
+            if backward:
+                y = y.requires_grad_(True)
+                out = func(t, y)
+                torch.autograd.grad(out, (y, *func.parameters()), torch.ones_like(out))
+            else:
+                with torch.no_grad():
+                    func(t, y)
+        return time.perf_counter() - start
+
+
+def measure(w: Workload, repeats: int) -> dict:
+    solve = _forward(w)
+    compiled_field = torch.compile(w.field)
+    first = {}
+    start = time.perf_counter()
+    nfe_compiled = solve(w.field, "pynodeta", compile_step=True)
+    first["pynodeta+compile"] = time.perf_counter() - start
+    start = time.perf_counter()
+    solve(compiled_field, "torchdiffeq")
+    first["torchdiffeq+compile"] = time.perf_counter() - start
+    recorded = Recorded(w.field, solve)
+    backward = w.mode == "direct"
+    runs = {
+        "torchdiffeq": lambda: solve(w.field, "torchdiffeq"),
+        "torchdiffeq+compile": lambda: solve(compiled_field, "torchdiffeq"),
+        "pynodeta": lambda: solve(w.field, "pynodeta"),
+        "pynodeta+compile": lambda: solve(w.field, "pynodeta", compile_step=True),
+        "func alone": lambda: recorded.time(w.field, backward),
+        "func alone, compiled": lambda: recorded.time(compiled_field, backward),
+    }
+    nfe_eager = runs["pynodeta"]()
+    for run in runs.values():  # warm-up (the compiled field's backward compiles here)
+        run()
+    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for repeat in range(repeats):
+        shift = repeat % len(CONTENDERS)
+        for name in CONTENDERS[shift:] + CONTENDERS[:shift]:
+            start = time.perf_counter()
+            elapsed = runs[name]()
+            wall = time.perf_counter() - start
+            times[name].append(elapsed if name.startswith("func alone") else wall)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return dict(workload=w.name, nfe_eager=nfe_eager, nfe_compiled=nfe_compiled, func_calls=len(recorded.inputs),
+                median_s=medians, first_solve_s=first)
+
+
+def save_compiled_step_report(raw: dict) -> Path:
+    rows = []
+    for r in raw["rows"]:
+        m, first = r["median_s"], r["first_solve_s"]
+        saving = m["pynodeta"] - m["pynodeta+compile"]
+        compile_s = first["pynodeta+compile"] - m["pynodeta+compile"]
+        payback = f"{compile_s / saving:,.0f}" if saving > 0 else "never"
+        rows.append([r["workload"], f"{r['nfe_eager']} / {r['nfe_compiled']}",
+                     *(m[name] * 1e3 for name in CONTENDERS),
+                     m["pynodeta+compile"] / m["func alone"], m["pynodeta+compile"] / m["func alone, compiled"],
+                     m["pynodeta"] / m["func alone"],
+                     m["pynodeta+compile"] / m["torchdiffeq+compile"], m["pynodeta+compile"] / m["torchdiffeq"],
+                     compile_s, payback])
+    table = Table(["workload", "NFE (eager / compiled step)", *(f"{name} ms" for name in CONTENDERS),
+                   "compiled step / func alone", "compiled step / compiled func alone", "eager step / func alone",
+                   "compiled step / torchdiffeq+compile", "compiled step / torchdiffeq", "compile s",
+                   "solves to pay back"], rows,
+                  f"median wall time of {raw['repeats']} rotated rounds, {raw['threads']} thread(s)")
+    notes = [
+        "All six run in one process, their order rotating from round to round, so they see the same load.",
+        "torchdiffeq+compile is torchdiffeq 0.2.5 solving with torch.compile(field): what a torchdiffeq user who "
+        "compiles the model gets (the solver's own ops stay eager). pynodeta+compile compiles the whole trial "
+        "step, func's calls included: backend_options={'compile': True}.",
+        "func alone: the field's calls recorded in one pynodeta solve, made back to back (with their "
+        "vector-Jacobian products for the fwd+bwd row), eager and compiled: the limit a solve approaches when "
+        "the solver costs nothing.",
+        "compile s: the first compiled solve in a fresh inductor cache minus the median compiled solve. Solves to "
+        "pay back: compile s / (eager solve - compiled solve).",
+    ]
+    if raw.get("note"):
+        notes.append(raw["note"])
+    return save_report("compiled_step", "The compiled adaptive step against the eager one, func alone and "
+                       "torchdiffeq", [table], notes=notes, command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_timing_arguments(parser, repeats=21)
+    args = parser.parse_args(argv)
+    if rebuilt_from_raw(args, save_compiled_step_report):
+        return
+    if args.device != "cpu":
+        raise SystemExit("compiled_step.py measures the CPU step; --device cuda is not supported")
+    torch.set_num_threads(args.threads)
+    rows = []
+    for w in workloads("cpu"):
+        if w.mode not in ("forward", "direct") or args.workloads and not any(s in w.name for s in args.workloads):
+            continue
+        rows.append(measure(w, args.repeats))
+        print(rows[-1])
+    raw = save_raw("compiled_step", dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
+                                         rows=rows, note=args.note))
+    print(save_compiled_step_report(load_raw(raw)))
+
+
+if __name__ == "__main__":
+    main()
