@@ -114,3 +114,13 @@ def test_compiled_per_sample_adjoint_gives_the_eager_gradients(field):
         grads.append([p.grad.clone() for p in field.parameters()])
     for eager, compiled in zip(*grads):
         torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-11)
+
+
+def test_a_failed_compile_names_the_option_and_the_eager_fallback():
+    from pynodeta.ode.backends.compiled_step import run_compiled
+
+    def graph(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(lambda: None, OSError("no C++ compiler found"), None)
+
+    with pytest.raises(RuntimeError, match=r"compile.*OSError: no C\+\+ compiler found.*drop the option"):
+        run_compiled(graph, 1, 2)

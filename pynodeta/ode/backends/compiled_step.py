@@ -25,7 +25,7 @@ from ..methods import Method
 from .base import SolverConfig
 from .rk_parts import RHSCaller
 
-__all__ = ["CompiledTrialStep", "compile_option"]
+__all__ = ["CompiledTrialStep", "compile_option", "run_compiled"]
 
 _COMPILED: dict[tuple, Callable] = {}  # (tableau, fsal, rms) -> the compiled trial step
 
@@ -59,12 +59,23 @@ class CompiledTrialStep:
         times = [call.record_before(s + dt) if at_end else call.record(s + c * dt) for c, at_end in self.stage_c]
         stage_t = torch.tensor(times, dtype=self.dtype, device=self.device)
         h_t = torch.tensor(h, dtype=self.dtype, device=self.device)
-        y1, ks, ratio = self.graph(call.func, self.norm, y, f, stage_t, h_t, self.rtol, self.atol)
+        y1, ks, ratio = run_compiled(self.graph, call.func, self.norm, y, f, stage_t, h_t, self.rtol, self.atol)
         return y1, [f, *ks], float(ratio)
 
     def derivative_at_end(self, ks: list[torch.Tensor], s1: float, y1: torch.Tensor) -> torch.Tensor:
         """f(s1, y1): the last stage of a first-same-as-last tableau, else one more (eager) evaluation."""
         return ks[-1] if self.fsal else self.call(s1, y1)
+
+
+def run_compiled(graph: Callable, *args):
+    """``graph(*args)``, with a failure to compile (no C++ compiler for inductor's CPU code, say) turned into an
+    error that names the option, since the eager step needs nothing of the kind."""
+    try:
+        return graph(*args)
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        raise RuntimeError("backend_options={'compile': True}: torch.compile could not compile the solver's step "
+                           f"({type(error.inner_exception).__name__}: {error.inner_exception}); drop the option to "
+                           "solve with the eager step") from error
 
 
 def _compiled_trial(method: Method, rms_scale: float) -> Callable:

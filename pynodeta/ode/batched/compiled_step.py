@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..backends.compiled_step import run_compiled
 from ..methods import Method
 
 __all__ = ["CompiledStages"]
@@ -41,7 +42,8 @@ class CompiledStages:
             self.operands = tuple(torch.tensor(v, dtype=y.dtype, device=y.device) for v in self.tolerances)
         observer.begin_step()
         # the solve's first evaluation (eager) has fixed call.rhs: func itself, or func with a dtype cast
-        y1, ks, h, t_end, ratio = self.graph(self.call.rhs, self.norm, y, f, s, s1, dt, direction, *self.operands)
+        y1, ks, h, t_end, ratio = run_compiled(self.graph, self.call.rhs, self.norm, y, f, s, s1, dt, direction,
+                                               *self.operands)
         self.call.stats.nfe += self.calls_per_step
         return y1, [f, *ks], h, t_end, ratio
 
