@@ -36,13 +36,24 @@ def _scipy_solver(func, y0, t, rtol, atol, options):
         return solve(func, y0, t, **settings).ys
 
 
+def _compile_step(options) -> tuple[dict | None, dict]:
+    """pynodeta's one option beyond torchdiffeq's, ``options={"compile": True}`` (the compiled adaptive step of
+    the torch backend), split from torchdiffeq's options as the ``backend_options`` it is."""
+    if not options or "compile" not in options:
+        return options, {}
+    options = dict(options)
+    return options, {"backend_options": {"compile": options.pop("compile")}}
+
+
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
-    """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``."""
+    """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``;
+    ``options={"compile": True}`` compiles the adaptive step (docs/solver.md)."""
     if method == "scipy_solver":
         if event_fn is not None:
             raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
         return _scipy_solver(func, y0, t, rtol, atol, options)
-    settings = typed_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options)
+    options, compile_step = _compile_step(options)
+    settings = {**typed_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options), **compile_step}
     if event_fn is not None:
         return solve_until_event(solve, func, y0, t, event_fn, **settings)
     return solve(func, y0, t, **settings).ys
@@ -51,8 +62,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
 def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None,
                    adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
                    adjoint_params=None):
-    """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``."""
+    """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``;
+    ``options={"compile": True}`` compiles the forward solve's adaptive step."""
     backend = "torch"
+    options, compile_step = _compile_step(options) if method != "scipy_solver" else (options, {})
     if "scipy_solver" in (method, adjoint_method):
         if adjoint_method not in (None, method):
             raise ValueError("method='scipy_solver' runs forward and backward on SciPy: adjoint_method must be "
@@ -64,6 +77,7 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
         method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True, backend=backend,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
         adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    settings.update(compile_step)
     if event_fn is not None:
         return solve_until_event(solve, func, y0, t, event_fn, **settings)
     return solve(func, y0, t, **settings).ys

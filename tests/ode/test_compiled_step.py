@@ -124,3 +124,15 @@ def test_a_failed_compile_names_the_option_and_the_eager_fallback():
 
     with pytest.raises(RuntimeError, match=r"compile.*OSError: no C\+\+ compiler found.*drop the option"):
         run_compiled(graph, 1, 2)
+
+
+def test_odeint_takes_compile_among_torchdiffeqs_options(field):
+    torch.manual_seed(1)
+    y0, t = torch.randn(8, 2, dtype=torch.float64), torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    with torch.no_grad(), pn.record_stats() as records:
+        compiled = pn.odeint(field, y0, t, rtol=1e-6, atol=1e-8, options={"compile": True, "max_num_steps": 1000})
+        eager = pn.odeint(field, y0, t, rtol=1e-6, atol=1e-8, options={"max_num_steps": 1000})
+    assert records[0].nfe == records[1].nfe
+    torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-11)
+    with pytest.raises(TypeError, match=r"backend_options\['compile'\] must be True or False"):
+        pn.odeint(field, y0, t, options={"compile": 1})
