@@ -222,3 +222,24 @@ def test_gpu_smoke_benchmark_measures_time_and_memory_on_gpu(tmp_path):
             assert math.isfinite(row["time ÷ reference"]) and math.isfinite(row["peak memory ÷ reference"])
     raw = json.loads((tmp_path / "raw" / "gpu_smoke_cuda.json").read_text())
     assert raw["device"] == "cuda" and raw["backends"] == {"cudnn_benchmark": True, "tf32": False}
+
+
+class _PerSampleTimeField(Field):
+    """Field with t of shape (batch,) (per-sample solves) or 0-d."""
+
+    def forward(self, t, y):
+        return self.outer(torch.tanh(self.inner(y) + self.time * t.reshape(-1, 1)))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_compiled_step_on_gpu_takes_the_eager_steps(batched):
+    """backend_options={'compile': True} on CUDA (inductor's GPU kernels): the eager step's NFE and solution."""
+    func = _PerSampleTimeField().double().to(CUDA)
+    y0 = torch.linspace(-1, 1, 24, dtype=torch.float64, device=CUDA).reshape(4, 6)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64, device=CUDA)
+    settings = dict(controller=IController(rtol=1e-7, atol=1e-9), batched=batched)
+    with torch.no_grad():
+        eager = solve(func, y0, t, **settings)
+        compiled = solve(func, y0, t, backend_options={"compile": True}, **settings)
+    assert compiled.stats.nfe == eager.stats.nfe
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-11)
