@@ -1,18 +1,37 @@
-"""pynodeta's digits_ddpm network and objective against diffusers' UNet2DModel + DDPMScheduler.
+"""The digits race: every shipped digits config, run as its users run it, against diffusers' UNet2DModel trained
+with diffusers' own recipe tuned for the same budget (the same wall time and threads), scored at N = 1000.
 
-Both train on the 8×8 digits in [-1, 1] (ε-prediction, T = 1000 linear betas, Adam with the same
-learning rate, warm-up, clipping and EMA) for the same wall time, one step of each in turn so that
-both see the same machine load; then each draws images with DDIM-50. Reported per model: parameter
-count, iterations/s (own time only), FD / real-data floor in the digits features, sampling time.
+    # 1. tune the anchor: diffusers' recipe with its learning rate, batch and EMA varied (one raw file per run)
+    python3 benchmarks/diffusion_vs_diffusers.py sweep --out SWEEP [--candidates NAME ...] --minutes 8 --threads 2
+    # 2. the race, per seed: the sweep's best recipe, then `pynodeta fit` / `phema` / `sample --num 1000` per config
+    python3 benchmarks/diffusion_vs_diffusers.py race --out RACE --sweep-dir SWEEP --seeds 0 1 2 --minutes 8
+    python3 benchmarks/diffusion_vs_diffusers.py --from-raw benchmarks/results/raw/diffusers_race.json
 
-    python benchmarks/diffusion_vs_diffusers.py --minutes 8        # needs: pip install diffusers
-Saves the report benchmarks/results/diffusion_vs_diffusers.json (rendered into docs/results.md) and the
-raw record to benchmarks/results/raw/; ``--from-raw FILE`` rebuilds the report from such a file.
+The anchor's base recipe is diffusers' documented one for unconditional training
+(examples/unconditional_image_generation/train_unconditional.py in huggingface/diffusers: AdamW lr 1e-4, betas
+(0.95, 0.999), weight decay 1e-6, eps 1e-8; cosine schedule after 500 warm-up steps; gradient norm clipped at 1;
+``EMAModel`` with ``use_ema_warmup``, inv_gamma 1, power 3/4, max decay 0.9999; DDPMScheduler, T = 1000 linear,
+ε-prediction; batch 16 per device). Its network is the small UNet2DModel of ``digits_anchor.anchor_network``. The
+sweep varies learning rate, batch and EMA around it, as pynodeta's configs were tuned for this budget; every
+candidate is sampled with diffusers' DDIMScheduler, 50 steps.
+
+pynodeta runs as a user runs it: ``pynodeta fit --config NAME --seed_everything S --num_threads T`` (the configs'
+own ``max_time`` / ``max_epochs``, left as shipped), for EDM2 ``pynodeta phema --sigma-rel 0.10``, then
+``pynodeta sample --num N`` with the run's own sampler. Every image set is scored in the digits features against
+the test images over the floor at the same N (N training images). Each run writes its own JSON into ``--out``,
+so an interrupted sweep or race resumes where it stopped; at the end the runs are gathered into one raw file and
+its report (``--results-dir``, default benchmarks/results).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,133 +39,295 @@ from pathlib import Path
 import torch
 import yaml
 
-from pynodeta.data import DigitsDataModule
-from pynodeta.diffusion import DDPMSchedule, sample_ddim
-from pynodeta.ema import EMA
-from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
-from pynodeta.models import DDPMUNet
+from pynodeta._atomic import atomic_write_text
 from pynodeta.train.configs import shipped_config_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
+from digits_anchor import NUM, UNTUNED_RECIPE, Recipe, Reference, ddim_images, train_anchor  # noqa: E402
+
+from reporting import RESULTS_DIR, Table, load_raw, raw_machine, save_raw, save_report  # noqa: E402
+
+SWEEP, RACE = "diffusers_sweep", "diffusers_race"
+CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
+TARGET = 0.7           # the issue's target: each config's FD / floor at most 0.7× the tuned anchor's
+SAMPLE_SEED = 7
+PHEMA_SIGMA_REL = 0.10
 
 
-def pynodeta_network() -> torch.nn.Module:
-    """The network of the shipped digits_ddpm config."""
-    config = yaml.safe_load(shipped_config_path("digits_ddpm").read_text())
-    return DDPMUNet(**config["model"]["init_args"]["model"]["init_args"])
+# --- the anchor's candidate recipes --------------------------------------------------------------------------
+def candidate_recipes() -> dict[str, Recipe]:
+    """diffusers' documented recipe, quality_per_nfe's untuned one, and the grid around the documented one."""
+    table = {"diffusers_documented": Recipe(lr=1e-4, batch=16), "quality_per_nfe": UNTUNED_RECIPE}
+    emas = {"p0.75": dict(ema_power=3 / 4), "p0.67": dict(ema_power=2 / 3),
+            "fixed0.999": dict(ema_power=0, ema_decay=0.999)}
+    for lr_name, lr in (("5e-4", 5e-4), ("1e-3", 1e-3), ("2e-3", 2e-3)):
+        for batch in (64, 128):
+            for ema_name, ema in emas.items():
+                table[f"lr{lr_name}_b{batch}_{ema_name}"] = Recipe(lr=lr, batch=batch, **ema)
+    return table
 
 
-def diffusers_network(width: int) -> torch.nn.Module:
-    """UNet2DModel of about the same size: two levels (width, 2·width), attention at 4×4, as in its docs."""
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                       block_out_channels=(width, 2 * width), norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+CANDIDATES = candidate_recipes()
 
 
-class Trainer:
-    """ε-prediction training of one network with pynodeta's digits_ddpm optimiser settings."""
+# --- pure helpers -------------------------------------------------------------------------------------------------
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width of the Student-t ``confidence`` interval of the mean); half-width nan for one value."""
+    from scipy.stats import t
 
-    def __init__(self, name: str, network, call, schedule: DDPMSchedule, lr=2e-3, warmup=100, ema_decay=0.995):
-        self.name, self.network, self.call, self.schedule = name, network, call, schedule
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        self.ema = EMA(network, ema_decay)
-        self.seconds, self.steps = 0.0, 0
-
-    def step(self, x0: torch.Tensor, generator: torch.Generator) -> None:
-        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        started = time.perf_counter()
-        x_t = self.schedule.add_noise(x0, noise, t)
-        loss = (self.call(self.network, t, x_t) - noise).square().mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.step(self.network)
-        self.seconds += time.perf_counter() - started
-        self.steps += 1
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_interval needs at least one value; got none")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
 
 
-def evaluate(trainer: Trainer, num: int, reference, extractor) -> dict:
-    trainer.ema.copy_to(trainer.network)
-    trainer.network.eval()
-    noise = torch.randn(num, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+def best_recipe(runs: list[dict]) -> str:
+    """The recipe whose runs have the lowest mean FD / floor (its seeds averaged)."""
+    scores: dict[str, list[float]] = {}
+    for run in runs:
+        scores.setdefault(run["recipe"], []).append(run["fd_ratio"])
+    if not scores:
+        raise ValueError("best_recipe: no sweep runs; run the sweep first or name the recipe with --anchor")
+    return min(scores, key=lambda name: sum(scores[name]) / len(scores[name]))
+
+
+def _format(values) -> str:
+    mean, half = mean_interval(values)
+    return f"{mean:.2f}" if math.isnan(half) else f"{mean:.2f} ± {half:.2f}"
+
+
+def _runs(folder: Path, prefix: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob(f"{prefix}-*.json"))]
+
+
+def _write(path: Path, record: dict) -> None:
+    atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
+    print(f"{path.name}: FD / floor@{record['num_samples']} {record['fd_ratio']:.3f}, {record['steps']} steps",
+          flush=True)
+
+
+# --- measuring ------------------------------------------------------------------------------------------------------
+def anchor_run(name: str, seed: int, args, reference: Reference) -> dict:
+    """Train the anchor with recipe ``name`` for ``args.minutes`` and score its DDIM-50 images."""
+    recipe = CANDIDATES[name]
+    network, steps = train_anchor(recipe, args.minutes, reference.data, seed)
     started = time.perf_counter()
-    with torch.no_grad():
-        images = sample_ddim(lambda t, x: trainer.call(trainer.network, t, x), noise, trainer.schedule, num_steps=50)
-    seconds = time.perf_counter() - started
-    fd = frechet_distance(extractor(images).double(), reference["test"])
-    return {"parameters": sum(p.numel() for p in trainer.network.parameters()), "steps": trainer.steps,
-            "train_seconds": trainer.seconds, "iterations_per_second": trainer.steps / trainer.seconds,
-            "fd": fd, "fd_floor": reference["floor"], "fd_ratio": fd / reference["floor"],
-            "ddim50_seconds": seconds, "ddim50_images": num}
+    images = ddim_images(network, args.num_samples, 50, SAMPLE_SEED)
+    return {"model": "diffusers UNet2DModel", "recipe": name, "settings": recipe.to_dict(), "seed": seed,
+            "steps": steps, "train_seconds": 60 * args.minutes, "sampler": "diffusers DDIM", "nfe": 50.0,
+            "sample_seconds": time.perf_counter() - started, "fd_ratio": reference.fd_ratio(images),
+            "num_samples": args.num_samples, "floor": reference.floor}
 
 
-def save_comparison_report(raw: dict) -> Path:
-    """The report (one row per network) from the raw record :func:`main` writes."""
-    rows = [[name, r["parameters"], r["iterations_per_second"], r["steps"], r["ddim50_seconds"], r["fd_ratio"]]
-            for name, r in raw["results"].items()]
-    table = Table(["network", "parameters", "it/s (batch 64)", "steps", "DDIM-50 s (360 images)", "FD / floor"],
-                  rows, f"{raw['minutes_per_model']:g} minutes of training each, one step of each in turn, "
-                  f"{raw['threads']} thread(s), seed {raw['seed']}")
-    ours, theirs = (raw["results"][name] for name in raw["results"])
-    per_parameter = (ours["iterations_per_second"] * ours["parameters"]) / (
-        theirs["iterations_per_second"] * theirs["parameters"])
-    notes = ["The steps are interleaved, so both networks saw the same machine load. FD is of raw (unclipped) "
-             "DDIM-50 samples in the digits features, over the train-vs-test floor.",
-             f"Iterations/s times parameters, pynodeta over diffusers: {per_parameter:.2f} (the two networks "
-             f"differ in size by {ours['parameters'] / theirs['parameters']:.2f}x)."]
-    return save_report("diffusion_vs_diffusers", "pynodeta's digits_ddpm against diffusers at equal wall time",
-                       [table], notes=notes, command=raw["command"], machine=raw_machine(raw, threads=raw["threads"]))
+def _cli(*arguments, cwd: Path) -> str:
+    command = [sys.executable, "-m", "pynodeta.cli", *map(str, arguments)]
+    print("running: pynodeta", shlex.join(command[3:]), flush=True)
+    done = subprocess.run(command, check=True, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    print(done.stdout[-2000:], end="", flush=True)
+    return done.stdout
+
+
+def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
+    """``pynodeta fit`` as shipped (seed and threads set), EDM2's post-hoc EMA, ``pynodeta sample``, scored."""
+    from digits_anchor import fit_record
+
+    runs = (args.out / "runs").resolve()
+    name = f"{config}_seed{seed}"
+    finished = runs / f"{name}.fit.json"  # written once the fit has ended: a later resume samples without refitting
+    if not finished.is_file():
+        if (runs / name).exists():  # a fit that did not finish: start it again
+            shutil.rmtree(runs / name)
+        runs.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        _cli("fit", "--config", config, "--seed_everything", seed, "--num_threads", args.threads,
+             "--trainer.logger.init_args.save_dir", runs, "--trainer.logger.init_args.name", name,
+             *shlex.split(args.fit_args), cwd=runs)
+        atomic_write_text(finished, json.dumps({"fit_seconds": time.perf_counter() - started}))
+    fit_seconds = json.loads(finished.read_text())["fit_seconds"]
+    root = runs / name / "version_0"
+    checkpoint = root / "checkpoints" / "last.ckpt"
+    if config == "digits_edm2":  # the issue's weights for EDM2: the post-hoc EMA at σ_rel 0.10
+        posthoc = root / "phema-0.10.ckpt"
+        _cli("phema", "--snapshots", root / "phema", "--sigma-rel", PHEMA_SIGMA_REL, "--checkpoint", checkpoint,
+             "--out", posthoc, cwd=runs)
+        checkpoint = posthoc
+    images_path = root / f"samples-{args.num_samples}.pt"
+    started = time.perf_counter()
+    output = _cli("sample", "--checkpoint", checkpoint, "--config", root / "config.yaml", "--num", args.num_samples,
+                  "--seed", SAMPLE_SEED, "--num-threads", args.threads, "--out", "none", "--save-tensor", images_path,
+                  cwd=runs)
+    sample_seconds = time.perf_counter() - started
+    drawn = re.search(r"sampler (\S+), NFE ([\d.]+), weights (.+?) ->", output)
+    if drawn is None:
+        raise RuntimeError(f"pynodeta sample's last line changed; cannot read its sampler and NFE from {output!r}")
+    images = torch.load(images_path, weights_only=True)
+    shipped = yaml.safe_load(shipped_config_path(config).read_text())["trainer"]
+    fit = fit_record(runs / name)
+    return {"model": config, "seed": seed, "steps": fit["steps"], "epochs": fit["epochs"], "fit": fit,
+            "fit_seconds": fit_seconds, "max_time": shipped.get("max_time"), "max_epochs": shipped.get("max_epochs"),
+            "fit_args": args.fit_args, "sampler": drawn[1], "nfe": float(drawn[2]), "weights": drawn[3],
+            "sample_seconds": sample_seconds, "fd_ratio": reference.fd_ratio(images),
+            "num_samples": args.num_samples, "floor": reference.floor}
+
+
+class _LazyReference:
+    """The reference, built the first time a run is scored (a resumed race may have nothing left to score)."""
+
+    def __init__(self, num: int):
+        self.num, self._reference = num, None
+
+    def __getattr__(self, name):
+        if self._reference is None:
+            self._reference = Reference(self.num)
+        return getattr(self._reference, name)
+
+
+def run_sweep(args) -> Path:
+    reference = Reference(args.num_samples)
+    for name in args.candidates:
+        path = args.out / f"sweep-{name}-seed{args.seed}.json"
+        if path.is_file():
+            print(f"{path.name}: done, skipped", flush=True)
+            continue
+        _write(path, anchor_run(name, args.seed, args, reference))
+    return _gather(args, "sweep", SWEEP, save_sweep_report)
+
+
+def run_race(args) -> Path:
+    if args.anchor is None:
+        args.anchor = best_recipe(_runs(args.sweep_dir, "sweep"))
+    reference = _LazyReference(args.num_samples)
+    for seed in args.seeds:  # one model at a time: each has the machine to itself
+        for model in ("anchor", *args.configs):
+            path = args.out / f"race-{model}-seed{seed}.json"
+            if path.is_file():
+                print(f"{path.name}: done, skipped", flush=True)
+                continue
+            record = (anchor_run(args.anchor, seed, args, reference) if model == "anchor"
+                      else pynodeta_run(model, seed, args, reference))
+            _write(path, record)
+    return _gather(args, "race", RACE, save_race_report)
+
+
+def _gather(args, prefix: str, name: str, build) -> Path:
+    """Every run in ``--out`` into one raw file and its report under ``--results-dir``."""
+    raw = {"kind": prefix, "minutes": args.minutes, "threads": args.threads, "num_samples": args.num_samples,
+           "machine_note": args.machine_note, "runs": _runs(args.out, prefix)}
+    return build(load_raw(save_raw(name, raw, args.results_dir / "raw")), args.results_dir)
+
+
+# --- the reports ----------------------------------------------------------------------------------------------------
+def _caption(raw: dict) -> str:
+    floor = raw["runs"][0]["floor"] if raw["runs"] else math.nan
+    return (f"{raw['minutes']:g} min of training on {raw['threads']} thread(s); N = {raw['num_samples']} images per "
+            f"run; floor@{raw['num_samples']} = {floor:.3f} ({raw['num_samples']} training images against the test "
+            "images, digits features); mean ± 95 % t-interval over seeds")
+
+
+def save_sweep_report(raw: dict, directory: Path | None = None) -> Path:
+    """Recipe -> FD / floor of its DDIM-50 images and its steps, best first."""
+    by_recipe: dict[str, list[dict]] = {}
+    for run in raw["runs"]:
+        by_recipe.setdefault(run["recipe"], []).append(run)
+    order = sorted(by_recipe, key=lambda r: sum(x["fd_ratio"] for x in by_recipe[r]) / len(by_recipe[r]))
+    rows = [[name, Recipe(**{**runs[0]["settings"], "betas": tuple(runs[0]["settings"]["betas"])}).describe(),
+             len(runs), round(sum(r["steps"] for r in runs) / len(runs)),
+             _format([r["fd_ratio"] for r in runs])] for name, runs in ((n, by_recipe[n]) for n in order)]
+    table = Table(["recipe", "settings", "seeds", "steps", f"DDIM-50 FD / floor@{raw['num_samples']}"], rows,
+                  caption=_caption(raw))
+    notes = [f"Best recipe: {order[0]}; the race trains the anchor with it." if order else "No runs.",
+             "The base is diffusers' documented unconditional recipe (train_unconditional.py); its cosine schedule "
+             "decays over the wall-time budget, since the step count of a budget in minutes is not known ahead.",
+             raw.get("machine_note", "")]
+    title = f"The diffusers anchor's recipe, swept for {raw['minutes']:g} minutes on the digits"
+    return save_report(SWEEP, title, [table],
+                       notes=[n for n in notes if n], command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]),
+                       directory=RESULTS_DIR if directory is None else directory)
+
+
+def save_race_report(raw: dict, directory: Path | None = None) -> Path:
+    """Model -> FD / floor over seeds, its ratio to the tuned anchor, sampler and NFE, steps."""
+    by_model: dict[str, list[dict]] = {}
+    for run in raw["runs"]:
+        by_model.setdefault(run["model"], []).append(run)
+    anchor = by_model.get("diffusers UNet2DModel", [])
+    anchor_mean = mean_interval([r["fd_ratio"] for r in anchor])[0] if anchor else math.nan
+    rows, verdicts = [], []
+    for model, runs in by_model.items():
+        ratios = [r["fd_ratio"] for r in runs]
+        relative = [x / anchor_mean for x in ratios]
+        limit = (f"recipe {runs[0]['recipe']}, {raw['minutes']:g} min" if "recipe" in runs[0]
+                 else f"max_time {runs[0]['max_time']}, max_epochs {runs[0]['max_epochs']} (ran "
+                 f"{'/'.join(str(r['epochs']) for r in runs)} epochs)")
+        seconds = [r.get("fit_seconds", r.get("train_seconds")) for r in runs]
+        rows.append([model, limit, len(runs), round(sum(r["steps"] for r in runs) / len(runs)),
+                     round(sum(seconds) / len(seconds)), round(sum(r["sample_seconds"] for r in runs) / len(runs)),
+                     f"{runs[0]['sampler']}, NFE {runs[0]['nfe']:g}", _format(ratios), _format(relative)])
+        if "recipe" not in runs[0]:
+            met = mean_interval(relative)[0] <= TARGET
+            verdicts.append(f"{model} {mean_interval(relative)[0]:.2f}x ({'met' if met else 'not met'})")
+    table = Table(["model", "training limit", "seeds", "steps", "training s (fit: with its evaluation)",
+                   f"sampling s ({raw['num_samples']} images)", "sampler", f"FD / floor@{raw['num_samples']}",
+                   "ratio to the tuned anchor"], rows, caption=_caption(raw))
+    fit_args = {r.get("fit_args", "") for r in raw["runs"] if "fit_args" in r} - {""}
+    raced = {m for m in by_model if m in CONFIGS}
+    overall = ("met by every shipped config" if raced == set(CONFIGS) and all("(met)" in v for v in verdicts)
+               else "not met" if any("not met" in v for v in verdicts) else "not all configs measured")
+    notes = [f"Target: every shipped digits config at most {TARGET}x the tuned anchor's FD / floor@"
+             f"{raw['num_samples']} (mean over seeds): {overall}; "
+             + ("; ".join(verdicts) if verdicts else "no pynodeta runs") + ".",
+             "pynodeta ran as a user runs it: `pynodeta fit --config NAME --seed_everything S --num_threads T`, "
+             "with each config's own max_time and max_epochs (shipped: digits_ddpm and digits_edm stop after 7 min, "
+             "digits_edm2 after 8 min or 60 epochs), digits_edm2 through `pynodeta phema --sigma-rel 0.10`, then "
+             "`pynodeta sample` with the run's own sampler; the anchor trains for the full budget. Steps are the fit's "
+             "last logged step + 1 (metrics.csv).",
+             f"Extra fit options: {', '.join(sorted(fit_args))}." if fit_args else "",
+             raw.get("machine_note", "")]
+    return save_report(RACE, "The digits race: shipped configs against diffusers' tuned recipe at equal time",
+                       [table], notes=[n for n in notes if n], command=raw["command"],
+                       machine=raw_machine(raw, threads=raw["threads"]),
+                       directory=RESULTS_DIR if directory is None else directory)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=8.0, help="training wall time of each model")
-    parser.add_argument("--diffusers-width", type=int, default=32, help="UNet2DModel block_out_channels[0]")
-    parser.add_argument("--num-samples", type=int, default=360, help="DDIM-50 images per model for the FD")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    add_from_raw(parser, "training")
+    parser.add_argument("--from-raw", type=Path, default=None,
+                        help="rebuild a report (sweep or race) from its gathered raw file, without training")
+    commands = parser.add_subparsers(dest="command")
+    for name in ("sweep", "race"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--out", type=Path, required=True, help="folder of the per-run records (resumable)")
+        sub.add_argument("--minutes", type=float, default=8.0, help="training wall time of the anchor")
+        sub.add_argument("--threads", type=int, default=2, help="torch threads of every run")
+        sub.add_argument("--num-samples", type=int, default=NUM, help="images per run; the floor uses as many")
+        sub.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the raw file and report go")
+        sub.add_argument("--machine-note", default="", help="how the machine was shared during the run")
+    sweep, race = commands.choices["sweep"], commands.choices["race"]
+    sweep.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
+                       metavar="NAME", help=f"recipes to train (default all): {', '.join(CANDIDATES)}")
+    sweep.add_argument("--seed", type=int, default=0)
+    race.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    race.add_argument("--anchor", choices=list(CANDIDATES), default=None, help="the anchor's recipe by name")
+    race.add_argument("--sweep-dir", type=Path, default=None, help="take the best recipe of this sweep's runs")
+    race.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    race.add_argument("--fit-args", default="", help="extra `pynodeta fit` options, e.g. for a short smoke run")
     args = parser.parse_args()
-    if rebuilt_from_raw(args, save_comparison_report):
+    if args.from_raw is not None:
+        raw = load_raw(args.from_raw)
+        print((save_sweep_report if raw["kind"] == "sweep" else save_race_report)(raw))
         return
+    if args.command is None:
+        parser.error("name a sub-command (sweep or race) or pass --from-raw FILE")
+    if args.command == "race" and args.anchor is None and args.sweep_dir is None:
+        parser.error("race needs the anchor's recipe: --sweep-dir SWEEP (its best) or --anchor NAME")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    data = DigitsDataModule(batch_size=64, normalization="diffusion", seed=args.seed)
-    data.setup()
-    schedule = DDPMSchedule(1000, "linear")
-    trainers = [
-        Trainer("pynodeta DDPMUNet (digits_ddpm)", pynodeta_network(), lambda net, t, x: net(t, x), schedule),
-        Trainer("diffusers UNet2DModel", diffusers_network(args.diffusers_width),
-                lambda net, t, x: net(x, t).sample, schedule),
-    ]
-    generator, budget = torch.Generator().manual_seed(args.seed), 60 * args.minutes
-    while any(tr.seconds < budget for tr in trainers):
-        for x0, _ in data.train_dataloader():
-            for trainer in trainers:  # one step each in turn: both see the same load
-                if trainer.seconds < budget:
-                    trainer.step(x0, generator)
-            if all(tr.seconds >= budget for tr in trainers):
-                break
-    extractor = DigitsFeatureExtractor()
-    real = lambda ds: extractor(torch.stack([ds[i][0] for i in range(len(ds))])).double()  # noqa: E731
-    test = real(data.test_set)
-    reference = {"test": test, "floor": frechet_distance(real(data.train_set), test)}
-    results = {tr.name: evaluate(tr, args.num_samples, reference, extractor) for tr in trainers}
-    raw = save_raw("diffusion_vs_diffusers", {"minutes_per_model": args.minutes, "threads": args.threads,
-                                               "seed": args.seed, "results": results})
-    save_comparison_report(load_raw(raw))
-    for name, r in results.items():
-        print(f"{name}: {r['parameters']} params, {r['iterations_per_second']:.2f} it/s ({r['steps']} steps), "
-              f"FD {r['fd']:.2f} / floor {r['fd_floor']:.2f} = {r['fd_ratio']:.2f}x, "
-              f"DDIM-50 {r['ddim50_seconds']:.1f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print((run_sweep if args.command == "sweep" else run_race)(args))
 
 
 if __name__ == "__main__":

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import torch
 
-from pynodeta.data import DigitsDataModule
 from pynodeta.diffusion import SAMPLERS
-from pynodeta.ema import EMA
-from pynodeta.metrics import DigitsFeatureExtractor, frechet_distance
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_anchor import NUM, UNTUNED_RECIPE, Reference, fit_record, train_anchor  # noqa: E402
+
 from reporting import (  # noqa: E402
     RESULTS_DIR,
     Table,
@@ -50,27 +49,7 @@ NAME = "quality_per_nfe"
 CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
 STEPS = (3, 5, 10, 18, 35)  # noise levels per sampler (--steps); a point above --max-nfe ends the sampler's sweep
 MAX_NFE = 80
-NUM = 1000
 SEED = 7
-
-
-# --- the reference -------------------------------------------------------------------------------------------
-class Reference:
-    """Test features and the floor at N = 1000 (1000 training images against the test images)."""
-
-    def __init__(self):
-        data = DigitsDataModule(batch_size=64, normalization="diffusion")
-        data.setup()
-        self.data = data
-        self.extractor = DigitsFeatureExtractor()
-        test = torch.stack([data.test_set[i][0] for i in range(len(data.test_set))])
-        self.test = self.extractor(test).double()
-        pick = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(0))[:NUM]
-        train = torch.stack([data.train_set[int(i)][0] for i in pick])
-        self.floor = frechet_distance(self.extractor(train).double(), self.test)
-
-    def fd_ratio(self, images: torch.Tensor) -> float:
-        return frechet_distance(self.extractor(images.clamp(-1, 1)).double(), self.test) / self.floor
 
 
 # --- pynodeta's configs, trained as users train them ---------------------------------------------------------
@@ -112,53 +91,7 @@ def pynodeta_curves(name: str, checkpoint: Path, reference: Reference, steps_lis
     return points
 
 
-def fit_record(run_root: Path) -> dict:
-    """The fit's own summary (FD / floor at the config's N, NLL, sampler) and its optimiser steps."""
-    import csv
-    import json
-
-    summary = json.loads(next(run_root.rglob("summary.json")).read_text())
-    steps = max(int(row["step"]) for path in run_root.rglob("metrics.csv")
-                for row in csv.DictReader(path.open()) if row.get("step")) + 1
-    return {"steps": steps, **{key: summary[key] for key in ("fd_ratio", "bpd", "sampler", "sampler_nfe")}}
-
-
-# --- the diffusers anchor --------------------------------------------------------------------------------------
-def anchor_network():
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
-                       block_out_channels=(32, 64), norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-
-
-def train_anchor(minutes: float, data: DigitsDataModule):
-    from diffusers import DDPMScheduler
-
-    torch.manual_seed(0)
-    network, scheduler = anchor_network(), DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    ema = EMA(network, 0.999)
-    loader = torch.utils.data.DataLoader(data.train_set, batch_size=128, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(0))
-    started, steps = time.perf_counter(), 0
-    while time.perf_counter() - started < 60 * minutes:
-        for x0, _ in loader:
-            noise = torch.randn_like(x0)
-            t = torch.randint(0, 1000, (x0.shape[0],))
-            loss = (network(scheduler.add_noise(x0, noise, t), t).sample - noise).square().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema.step(network)
-            steps += 1
-            if time.perf_counter() - started >= 60 * minutes:
-                break
-    ema.copy_to(network)
-    return network.eval(), steps
-
-
+# --- the diffusers anchor (untuned; diffusion_vs_diffusers.py sweeps diffusers' own recipe for the budget) ----------
 @torch.no_grad()
 def anchor_curves(network, reference: Reference) -> list[dict]:
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -271,7 +204,7 @@ def main() -> None:
     for name in CONFIGS:
         points += pynodeta_curves(name, trained_checkpoint(name, args.runs_dir.resolve()), reference,
                                   args.steps, args.max_nfe)
-    network, anchor_steps = train_anchor(args.anchor_minutes, reference.data)
+    network, anchor_steps = train_anchor(UNTUNED_RECIPE, args.anchor_minutes, reference.data)
     points += anchor_curves(network, reference)
     fits = {name: fit_record(args.runs_dir.resolve() / name) for name in CONFIGS}
     raw = {"points": points, "floor": reference.floor, "threads": args.threads, "anchor_minutes": args.anchor_minutes,

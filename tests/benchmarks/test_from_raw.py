@@ -23,7 +23,7 @@ BUILDERS = {
     "bench_diffusion_sampler": ("bench_diffusion_sampler", "save_sampler_report"),
     "bench_diffusion_sampler_width8": ("bench_diffusion_sampler", "save_sampler_report"),
     "diffusion_vanishing": ("diffusion_vanishing", "save_vanishing_report"),
-    "diffusion_vs_diffusers": ("diffusion_vs_diffusers", "save_comparison_report"),
+    "same_recipe_networks": ("same_recipe_networks", "save_comparison_report"),
     "digits_diffusion_fits": ("digits_diffusion_fits", "save_fits_report"),
     "digits_features": ("train_digits_features", "save_features_report"),
     "digits_guidance": ("digits_guidance", "save_guidance_report"),

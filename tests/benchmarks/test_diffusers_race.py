@@ -1,0 +1,68 @@
+"""The digits race's pure helpers: the interval over seeds, the sweep's choice, the anchor's learning-rate rule."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _script(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+race = _script("diffusion_vs_diffusers")
+anchor = _script("digits_anchor")
+
+
+def test_mean_interval_is_students_t():
+    pytest.importorskip("scipy")
+    mean, half = race.mean_interval([1.0, 2.0, 3.0])
+    # sample std 1; t_{0.975, 2} = 4.30265 (any t table)
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    # wider with fewer seeds at the same spread: t_{0.975, 1} = 12.7062
+    assert race.mean_interval([1.0, 3.0])[1] == pytest.approx(12.7062, rel=1e-5)  # std sqrt(2), n 2
+
+
+def test_mean_interval_of_one_seed_has_no_width_and_of_none_refuses():
+    mean, half = race.mean_interval([0.8])
+    assert mean == 0.8 and math.isnan(half)
+    with pytest.raises(ValueError, match="at least one"):
+        race.mean_interval([])
+
+
+def test_best_recipe_averages_a_recipes_seeds():
+    runs = [{"recipe": "a", "fd_ratio": 1.0}, {"recipe": "a", "fd_ratio": 3.0},  # one lucky seed, mean 2.0
+            {"recipe": "b", "fd_ratio": 1.5}, {"recipe": "b", "fd_ratio": 1.7}]
+    assert race.best_recipe(runs) == "b"
+    with pytest.raises(ValueError, match="--anchor"):
+        race.best_recipe([])
+
+
+def test_documented_recipe_is_diffusers_defaults_and_the_grid_varies_lr_batch_ema():
+    documented = race.CANDIDATES["diffusers_documented"]
+    assert (documented.lr, documented.batch, documented.betas) == (1e-4, 16, (0.95, 0.999))
+    assert (documented.weight_decay, documented.eps, documented.max_grad_norm) == (1e-6, 1e-8, 1.0)
+    assert (documented.ema_power, documented.ema_decay, documented.warmup_steps) == (0.75, 0.9999, 500)
+    grid = [r for name, r in race.CANDIDATES.items() if name.startswith("lr")]
+    assert {r.lr for r in grid} == {5e-4, 1e-3, 2e-3} and {r.batch for r in grid} == {64, 128}
+    assert {(r.ema_power, r.ema_decay) for r in grid} == {(0.75, 0.9999), (2 / 3, 0.9999), (0, 0.999)}
+
+
+def test_lr_factor_warms_up_then_follows_the_cosine_over_the_budget():
+    recipe = anchor.Recipe(lr=1e-3, batch=64, warmup_steps=4)
+    assert [anchor.lr_factor(recipe, s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert anchor.lr_factor(recipe, 10, 0.0) == pytest.approx(1.0)
+    assert anchor.lr_factor(recipe, 10, 0.5) == pytest.approx(0.5)
+    assert anchor.lr_factor(recipe, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+    # quality_per_nfe's untuned anchor keeps a constant learning rate
+    assert {anchor.lr_factor(anchor.UNTUNED_RECIPE, s, f) for s, f in ((0, 0.0), (5, 0.5), (900, 1.0))} == {1.0}
