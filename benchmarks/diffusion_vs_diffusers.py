@@ -120,7 +120,7 @@ def anchor_run(name: str, seed: int, args, reference: Reference) -> dict:
     return {"model": "diffusers UNet2DModel", "recipe": name, "settings": recipe.to_dict(), "seed": seed,
             "steps": steps, "train_seconds": 60 * args.minutes, "sampler": "diffusers DDIM", "nfe": 50.0,
             "sample_seconds": time.perf_counter() - started, "fd_ratio": reference.fd_ratio(images),
-            "num_samples": args.num_samples, "floor": reference.floor}
+            "num_samples": args.num_samples, "floor": reference.floor, "threads": args.threads}
 
 
 def _cli(*arguments, cwd: Path) -> str:
@@ -171,7 +171,7 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
             "fit_seconds": fit_seconds, "max_time": shipped.get("max_time"), "max_epochs": shipped.get("max_epochs"),
             "fit_args": args.fit_args, "sampler": drawn[1], "nfe": float(drawn[2]), "weights": drawn[3],
             "sample_seconds": sample_seconds, "fd_ratio": reference.fd_ratio(images),
-            "num_samples": args.num_samples, "floor": reference.floor}
+            "num_samples": args.num_samples, "floor": reference.floor, "threads": args.threads}
 
 
 class _LazyReference:
@@ -207,10 +207,26 @@ def run_race(args) -> Path:
             if path.is_file():
                 print(f"{path.name}: done, skipped", flush=True)
                 continue
-            record = (anchor_run(args.anchor, seed, args, reference) if model == "anchor"
-                      else pynodeta_run(model, seed, args, reference))
+            swept = _swept_anchor(args, seed) if model == "anchor" else None
+            if swept is not None:  # the sweep trained this recipe and seed with the same budget: reused
+                record = {**swept, "from_sweep": True}
+            else:
+                record = (anchor_run(args.anchor, seed, args, reference) if model == "anchor"
+                          else pynodeta_run(model, seed, args, reference))
             _write(path, record)
     return _gather(args, "race", RACE, save_race_report)
+
+
+def _swept_anchor(args, seed: int) -> dict | None:
+    """The sweep's run of the race's anchor recipe and seed, when it had the race's budget and sample count."""
+    if args.sweep_dir is None:
+        return None
+    path = Path(args.sweep_dir) / f"sweep-{args.anchor}-seed{seed}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    same = record["train_seconds"] == 60 * args.minutes and record["num_samples"] == args.num_samples
+    return record if same and record.get("threads", args.threads) == args.threads else None
 
 
 def _gather(args, prefix: str, name: str, build) -> Path:
