@@ -16,6 +16,9 @@ Saves the report benchmarks/results/seed004_digits.json (or seed004_digits_overh
 docs/results.md) with the FD curves' .png, and the raw runs to --out (default benchmarks/results/raw/), which
 ``--combine`` merges; ``--from-raw FILE`` rebuilds the report from one raw file without training. Wall times
 come from whatever machine runs it; on a shared machine the overhead ratio is the meaningful number.
+
+Its 500-iteration report is superseded by ``seed004_convergence.py`` (the same strategies trained to a fixed
+FD, five seeds), which reuses this script's ``Run``, ``METHODS`` and ``measure_overhead``.
 """
 
 from __future__ import annotations
