@@ -16,6 +16,9 @@ Saves the report benchmarks/results/seed004_digits.json (or seed004_digits_overh
 docs/results.md) with the FD curves' .png, and the raw runs to --out (default benchmarks/results/raw/), which
 ``--combine`` merges; ``--from-raw FILE`` rebuilds the report from one raw file without training. Wall times
 come from whatever machine runs it; on a shared machine the overhead ratio is the meaningful number.
+
+Its 500-iteration report is superseded by ``seed004_convergence.py`` (the same strategies trained to a fixed
+FD, five seeds), which reuses this script's ``Run``, ``METHODS`` and ``measure_overhead``.
 """
 
 from __future__ import annotations
@@ -78,10 +81,10 @@ def tiny_unet(width: int) -> DDPMUNet:
 class Run:
     """One training run: model, optimiser, sampler, weighting and (adaptive) the seed-004 updater."""
 
-    def __init__(self, method: str, seed: int, args, schedule: DDPMSchedule):
+    def __init__(self, method: str, seed: int, args, schedule: DDPMSchedule, model_factory=None):
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.model, self.schedule = tiny_unet(args.width), schedule
+        self.model, self.schedule = (model_factory or tiny_unet)(args.width), schedule
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         sampler_name, weighting_name = METHODS[method]
         self.sampler = make_timestep_sampler(sampler_name, schedule.num_timesteps,
@@ -93,7 +96,8 @@ class Run:
                                                    update_every=args.update_every)
         self.logs: list[dict] = []
 
-    def step(self, iteration: int, x0: torch.Tensor) -> None:
+    def step(self, iteration: int, x0: torch.Tensor) -> torch.Tensor:
+        """One training iteration; returns the unweighted per-sample ε losses (batch,), detached."""
         t, sampler_weights = self.sampler.sample(x0.shape[0], generator=self.generator, x0=x0)
         noise = torch.randn(x0.shape, generator=self.generator)
         x_t = self.schedule.add_noise(x0, noise, t)
@@ -110,6 +114,7 @@ class Run:
             logs = self.updater.after_optimizer_step(x0, t)
             if logs is not None:
                 self.logs.append({"iteration": iteration, **logs})
+        return per_sample.detach()
 
     @torch.no_grad()
     def generate(self, num: int, steps: int, seed: int) -> torch.Tensor:
@@ -143,10 +148,10 @@ def train_one(method: str, seed: int, args, pool: torch.Tensor, test_features, e
     return result
 
 
-def measure_overhead(args, pool: torch.Tensor) -> dict:
+def measure_overhead(args, pool: torch.Tensor, model_factory=None) -> dict:
     """Per-iteration wall time of the adaptive sampler vs uniform, steps interleaved so both see the same load."""
     schedule = DDPMSchedule(args.num_timesteps, "quad")
-    runs = {method: Run(method, 0, args, schedule) for method in ("uniform", "adaptive")}
+    runs = {method: Run(method, 0, args, schedule, model_factory) for method in ("uniform", "adaptive")}
     seconds = {method: 0.0 for method in runs}
     batches = torch.Generator().manual_seed(1000)
     for iteration in range(1, args.overhead + 1):

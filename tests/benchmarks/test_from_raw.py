@@ -27,7 +27,7 @@ BUILDERS = {
     "digits_diffusion_fits": ("digits_diffusion_fits", "save_fits_report"),
     "digits_features": ("train_digits_features", "save_features_report"),
     "digits_guidance": ("digits_guidance", "save_guidance_report"),
-    "seed004_digits": ("seed004_digits", "save_seed004_report"),
+    "seed004_convergence": ("convergence_report", "save_convergence_report"),
     "seed004_digits_overhead": ("seed004_digits", "save_overhead_report"),
     "edm2_dynamics": ("edm2_digits", "save_edm2_report"),
     "edm2_phema": ("edm2_digits", "save_edm2_report"),
