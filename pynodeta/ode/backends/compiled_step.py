@@ -15,7 +15,6 @@ solve does not recompile; a new state shape may (``torch.compile``'s own dynamic
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +24,9 @@ from ..methods import Method
 from .base import SolverConfig
 from .rk_parts import RHSCaller
 
-__all__ = ["CompiledTrialStep", "compile_option", "run_compiled"]
+__all__ = ["CompiledTrialStep", "compile_option", "run_compiled", "weighted"]
 
-_COMPILED: dict[tuple, Callable] = {}  # (tableau, fsal, rms) -> the compiled trial step
+_COMPILED: dict = {}  # tableau -> the compiled trial step (one per tableau, whatever the state's size)
 
 
 def compile_option(extra: dict[str, Any]) -> bool:
@@ -52,7 +51,7 @@ class CompiledTrialStep:
         self.rtol, self.atol = (_operand(tol, y0) for tol in (config.rtol, config.atol))
         self.norm = config.norm
         self.dtype, self.device = y0.dtype, y0.device
-        self.graph = _compiled_trial(method, rms_scale=1.0 / math.sqrt(y0.numel()))
+        self.graph = _compiled_trial(method)
 
     def __call__(self, s: float, y: torch.Tensor, f: torch.Tensor, dt: float, h: float):
         call = self.call
@@ -78,39 +77,40 @@ def run_compiled(graph: Callable, *args):
                            "solve with the eager step") from error
 
 
-def _compiled_trial(method: Method, rms_scale: float) -> Callable:
-    """The compiled trial step of ``method``'s tableau, built once per tableau and state size."""
+def _compiled_trial(method: Method) -> Callable:
+    """The compiled trial step of ``method``'s tableau, built once per tableau."""
     tab = method.tableau
-    key = (tab, rms_scale)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_trial_step_function(tab.a_nonzero[1:], tab.b_nonzero, tab.b_err_nonzero,
-                                                            tab.fsal, rms_scale))
-    return _COMPILED[key]
+    if tab not in _COMPILED:
+        _COMPILED[tab] = torch.compile(_trial_step_function(tab.a_nonzero[1:], tab.b_nonzero, tab.b_err_nonzero,
+                                                            tab.fsal))
+    return _COMPILED[tab]
 
 
-def _trial_step_function(rows, b_row, err_row, fsal: bool, rms_scale: float) -> Callable:
+def weighted(ks, weights) -> torch.Tensor:
+    """sum_j w_j k_j over the nonzero (j, w_j) pairs, written as plain ops for the compiler to fuse."""
+    (j, w), *rest = weights
+    total = ks[j] * w
+    for j, w in rest:
+        total = total + ks[j] * w
+    return total
+
+
+def _trial_step_function(rows, b_row, err_row, fsal: bool) -> Callable:
     """The plain function that ``torch.compile`` turns into one graph: the tableau is fixed in its closure,
     func and norm are arguments (so one compiled graph serves every func that traces the same way)."""
-
-    def weighted(ks, weights, h):
-        (j, w), *rest = weights
-        total = ks[j] * w
-        for j, w in rest:
-            total = total + ks[j] * w
-        return total * h
 
     def trial_step(func, norm, y, f, stage_t, h, rtol, atol):
         ks = [f]
         y_stage = y
         for i, row in enumerate(rows):
-            y_stage = y + weighted(ks, row, h)
+            y_stage = y + weighted(ks, row) * h
             ks.append(func(stage_t[i], y_stage))
-        y1 = y_stage if fsal else y + weighted(ks, b_row, h)
+        y1 = y_stage if fsal else y + weighted(ks, b_row) * h
         # the step decision needs no gradient: the error is formed from detached stages
-        error = weighted([k.detach() for k in ks], err_row, h.detach())
+        error = weighted([k.detach() for k in ks], err_row) * h.detach()
         scale = torch.maximum(y.detach().abs(), y1.detach().abs()) * rtol + atol
         scaled = error / scale
-        ratio = torch.linalg.vector_norm(scaled) * rms_scale if norm is None else norm(scaled)
+        ratio = scaled.square().mean().sqrt() if norm is None else norm(scaled)  # RMS, as the eager step
         return y1, ks[1:], ratio
 
     return trial_step

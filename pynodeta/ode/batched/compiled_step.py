@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..backends.compiled_step import run_compiled
+from ..backends.compiled_step import run_compiled, weighted
 from ..methods import Method
 
 __all__ = ["CompiledStages"]
@@ -24,12 +24,12 @@ _COMPILED: dict = {}  # tableau -> the compiled trial step
 class CompiledStages:
     """``trial(...)`` of an explicit adaptive method with a per-sample step, by one compiled graph."""
 
-    def __init__(self, method: Method, call, rtol: float, atol: float, norm):
+    def __init__(self, method: Method, call, rtol: float, atol: float, norm, y0: torch.Tensor):
         tab = method.tableau
         self.call, self.fsal, self.norm = call, tab.fsal, norm
         self.calls_per_step = tab.stages - 1
-        self.tolerances = (rtol, atol)
-        self.operands: tuple[torch.Tensor, torch.Tensor] | None = None
+        # tensor inputs of the graph: a Python float would be baked into it as a constant
+        self.operands = tuple(torch.tensor(v, dtype=y0.dtype, device=y0.device) for v in (rtol, atol))
         if tab not in _COMPILED:
             _COMPILED[tab] = torch.compile(_trial_step_function(tab))
         self.graph = _COMPILED[tab]
@@ -38,8 +38,6 @@ class CompiledStages:
         """(y1, ks, h, t_end, ratio): the step of size dt (float64 (batch,)) from (s, y) to s1, with
         f = func(s, y), and its per-sample error ratio (float64 (batch,)); ``error_ratio`` is the eager
         loop's and is not used here (the graph computes its own)."""
-        if self.operands is None or self.operands[0].dtype != y.dtype or self.operands[0].device != y.device:
-            self.operands = tuple(torch.tensor(v, dtype=y.dtype, device=y.device) for v in self.tolerances)
         observer.begin_step()
         # the solve's first evaluation (eager) has fixed call.rhs: func itself, or func with a dtype cast
         y1, ks, h, t_end, ratio = run_compiled(self.graph, self.call.rhs, self.norm, y, f, s, s1, dt, direction,
@@ -53,13 +51,6 @@ def _trial_step_function(tab) -> Callable:
     and the norm are arguments."""
     rows, b_row, err_row, fsal = tab.a_nonzero[1:], tab.b_nonzero, tab.b_err_nonzero, tab.fsal
     stage_c = [(c, c == 1) for c in tab.c[1:]]
-
-    def weighted(ks, weights):
-        (j, w), *rest = weights
-        total = ks[j] * w
-        for j, w in rest:
-            total = total + ks[j] * w
-        return total
 
     def trial_step(rhs, norm, y, f, s, s1, dt, direction, rtol, atol):
         dtype = y.dtype

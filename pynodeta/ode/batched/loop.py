@@ -182,7 +182,7 @@ def integrate_batched(rhs: RHS, y0: torch.Tensor, times: SampleTimes, method: Me
                                   settings.initial_norm)
     else:
         dt = torch.full_like(s, settings.first_step)
-    stages = (CompiledStages(method, call, settings.rtol, settings.atol, settings.error_norm)
+    stages = (CompiledStages(method, call, settings.rtol, settings.atol, settings.error_norm, y0)
               if settings.compile_step else _Stages(method, call))
     loop = _Loop(method, settings, stats, times, y0, observer)
     y = loop.run(stages, s, dt, y0, f)
