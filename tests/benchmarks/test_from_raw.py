@@ -20,6 +20,7 @@ BUILDERS = {
     "bench_solver_cuda": ("bench_solver", "save_solver_report"),
     "bench_batched": ("bench_batched", "save_batched_report"),
     "bench_batched_cuda": ("bench_batched", "save_batched_report"),
+    "compiled_step": ("compiled_step", "save_compiled_step_report"),
     "bench_diffusion_sampler": ("bench_diffusion_sampler", "save_sampler_report"),
     "bench_diffusion_sampler_width8": ("bench_diffusion_sampler", "save_sampler_report"),
     "diffusion_vanishing": ("diffusion_vanishing", "save_vanishing_report"),
@@ -38,6 +39,7 @@ BUILDERS = {
     "ddp_scaling": ("ddp_scaling", "save_scaling_report"),
     "mixed_precision_step": ("mixed_precision_step", "save_precision_report"),
     "quality_per_nfe": ("quality_per_nfe", "save_quality_report"),
+    "diffusers_sweep": ("diffusion_vs_diffusers", "save_sweep_report"),
 }
 
 
