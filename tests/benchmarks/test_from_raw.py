@@ -40,6 +40,7 @@ BUILDERS = {
     "mixed_precision_step": ("mixed_precision_step", "save_precision_report"),
     "quality_per_nfe": ("quality_per_nfe", "save_quality_report"),
     "diffusers_sweep": ("diffusion_vs_diffusers", "save_sweep_report"),
+    "diffusers_race": ("diffusion_vs_diffusers", "save_race_report"),
 }
 
 
