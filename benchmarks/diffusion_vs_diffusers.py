@@ -298,8 +298,8 @@ def save_race_report(raw: dict, directory: Path | None = None) -> Path:
              f"{raw['num_samples']} (mean over seeds): {overall}; "
              + ("; ".join(verdicts) if verdicts else "no pynodeta runs") + ".",
              "pynodeta ran as a user runs it: `pynodeta fit --config NAME --seed_everything S --num_threads T`, "
-             "with each config's own max_time and max_epochs (shipped: digits_ddpm and digits_edm stop after 7 min, "
-             "digits_edm2 after 8 min or 60 epochs), digits_edm2 through `pynodeta phema --sigma-rel 0.10`, then "
+             "with each config's max_time and max_epochs as shipped at the time of the run (the training limit "
+             "column), digits_edm2 through `pynodeta phema --sigma-rel 0.10`, then "
              "`pynodeta sample` with the run's own sampler; the anchor trains for the full budget. Steps are the fit's "
              "last logged step + 1 (metrics.csv).",
              f"Extra fit options: {', '.join(sorted(fit_args))}." if fit_args else "",
