@@ -39,11 +39,9 @@ def test_fit_in_bf16_mixed_then_sample_in_bf16(tmp_path, capsys, config):
     state = torch.load(checkpoint, weights_only=True)
     floats = [v for v in state["state_dict"].values() if v.is_floating_point()]
     averages = state["pynodeta_weight_averages"]
-    if config == "digits_edm2":  # the power-function EMA's profiles
-        profiles = averages["power_ema"]["state"]["averages"]
-        floats += [v for average in profiles for v in average.values() if v.is_floating_point()]
-    else:
-        floats += averages["ema"]["state"]["shadow_params"]
+    assert set(averages) == {"power_ema"}  # every digits config evaluates a power-function EMA profile
+    profiles = averages["power_ema"]["state"]["averages"]
+    floats += [v for average in profiles for v in average.values() if v.is_floating_point()]
     assert floats and {v.dtype for v in floats} == {torch.float32}  # weights and averages stay float32
 
     capsys.readouterr()
