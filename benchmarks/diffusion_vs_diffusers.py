@@ -266,6 +266,33 @@ def save_sweep_report(raw: dict, directory: Path | None = None) -> Path:
                        directory=RESULTS_DIR if directory is None else directory)
 
 
+def _training_limits(runs: list[dict]) -> str:
+    """The max_time and max_epochs each run trained under: the shipped config's at the time, unless its extra fit
+    options set them; runs with different limits are listed in seed order."""
+    limits = []
+    for run in runs:
+        options = shlex.split(run.get("fit_args", ""))
+        chosen = {"max_time": run["max_time"], "max_epochs": run["max_epochs"]}
+        for key in chosen:
+            flag = f"--trainer.{key}"
+            if flag in options[:-1]:
+                chosen[key] = options[options.index(flag) + 1]
+        text = f"max_time {chosen['max_time']}, max_epochs {chosen['max_epochs']}"
+        if text not in limits:
+            limits.append(text)
+    return "; ".join(limits)
+
+
+def target_against_floor(anchor_mean: float, num_samples: int) -> str:
+    """What the target asks in units of the floor: a score of 1.0 is N of the training images themselves, so a
+    target below it asks for samples closer to the test images than the data the model learns from."""
+    target = TARGET * anchor_mean
+    where = ("below 1.0, the score of the training images themselves, so no model of the training data can be "
+             "expected to reach it" if target < 1.0 else "above 1.0, the score of the training images themselves")
+    return (f"{TARGET}x the anchor's mean is FD / floor@{num_samples} {target:.2f}: {where}; at the floor a config "
+            f"would be {1.0 / anchor_mean:.2f}x the anchor.")
+
+
 def save_race_report(raw: dict, directory: Path | None = None) -> Path:
     """Model -> FD / floor over seeds, its ratio to the tuned anchor, sampler and NFE, steps."""
     by_model: dict[str, list[dict]] = {}
@@ -278,8 +305,7 @@ def save_race_report(raw: dict, directory: Path | None = None) -> Path:
         ratios = [r["fd_ratio"] for r in runs]
         relative = [x / anchor_mean for x in ratios]
         limit = (f"recipe {runs[0]['recipe']}, {raw['minutes']:g} min" if "recipe" in runs[0]
-                 else f"max_time {runs[0]['max_time']}, max_epochs {runs[0]['max_epochs']} (ran "
-                 f"{'/'.join(str(r['epochs']) for r in runs)} epochs)")
+                 else f"{_training_limits(runs)} (ran {'/'.join(str(r['epochs']) for r in runs)} epochs)")
         seconds = [r.get("fit_seconds", r.get("train_seconds")) for r in runs]
         rows.append([model, limit, len(runs), round(sum(r["steps"] for r in runs) / len(runs)),
                      round(sum(seconds) / len(seconds)), round(sum(r["sample_seconds"] for r in runs) / len(runs)),
@@ -290,19 +316,20 @@ def save_race_report(raw: dict, directory: Path | None = None) -> Path:
     table = Table(["model", "training limit", "seeds", "steps", "training s (fit: with its evaluation)",
                    f"sampling s ({raw['num_samples']} images)", "sampler", f"FD / floor@{raw['num_samples']}",
                    "ratio to the tuned anchor"], rows, caption=_caption(raw))
-    fit_args = {r.get("fit_args", "") for r in raw["runs"] if "fit_args" in r} - {""}
+    fit_args = sorted({f"{r['model']} seed {r['seed']}: {r['fit_args']}" for r in raw["runs"] if r.get("fit_args")})
     raced = {m for m in by_model if m in CONFIGS}
     overall = ("met by every shipped config" if raced == set(CONFIGS) and all("(met)" in v for v in verdicts)
                else "not met" if any("not met" in v for v in verdicts) else "not all configs measured")
     notes = [f"Target: every shipped digits config at most {TARGET}x the tuned anchor's FD / floor@"
              f"{raw['num_samples']} (mean over seeds): {overall}; "
              + ("; ".join(verdicts) if verdicts else "no pynodeta runs") + ".",
+             target_against_floor(anchor_mean, raw["num_samples"]) if anchor else "",
              "pynodeta ran as a user runs it: `pynodeta fit --config NAME --seed_everything S --num_threads T`, "
              "with each config's max_time and max_epochs as shipped at the time of the run (the training limit "
              "column), digits_edm2 through `pynodeta phema --sigma-rel 0.10`, then "
              "`pynodeta sample` with the run's own sampler; the anchor trains for the full budget. Steps are the fit's "
              "last logged step + 1 (metrics.csv).",
-             f"Extra fit options: {', '.join(sorted(fit_args))}." if fit_args else "",
+             f"Extra fit options: {'; '.join(fit_args)}." if fit_args else "",
              raw.get("machine_note", "")]
     return save_report(RACE, "The digits race: shipped configs against diffusers' tuned recipe at equal time",
                        [table], notes=[n for n in notes if n], command=raw["command"],

@@ -66,3 +66,18 @@ def test_lr_factor_warms_up_then_follows_the_cosine_over_the_budget():
     assert anchor.lr_factor(recipe, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
     # quality_per_nfe's untuned anchor keeps a constant learning rate
     assert {anchor.lr_factor(anchor.UNTUNED_RECIPE, s, f) for s, f in ((0, 0.0), (5, 0.5), (900, 1.0))} == {1.0}
+
+
+def test_training_limit_is_what_each_run_trained_under():
+    shipped = {"max_time": "00:00:08:00", "max_epochs": 60}
+    runs = [{**shipped, "fit_args": "--trainer.max_epochs 1000"}, {**shipped, "max_epochs": 1000, "fit_args": ""},
+            {**shipped, "fit_args": "--trainer.max_time 00:00:01:00"}]
+    assert race._training_limits(runs[:2]) == "max_time 00:00:08:00, max_epochs 1000"
+    assert race._training_limits(runs) == ("max_time 00:00:08:00, max_epochs 1000; "
+                                           "max_time 00:00:01:00, max_epochs 60")
+
+
+def test_target_is_put_against_the_real_data_floor():
+    assert "0.81: below 1.0" in race.target_against_floor(1.16, 1000)
+    assert "0.86x the anchor" in race.target_against_floor(1.16, 1000)
+    assert "1.05: above 1.0" in race.target_against_floor(1.5, 1000)
