@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .precision import at_least_float32
+from .upsample_conv import conv3x3_of_upsampled
 
 __all__ = ["SILU_RMS", "MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum", "mp_sum_weights", "normalize", "resample"]
 
@@ -140,8 +141,15 @@ class MPConv(nn.Module):
         self.in_channels, self.out_channels, self.weight_norm = in_channels, out_channels, weight_norm
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
-    def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0, upsample: bool = False) -> torch.Tensor:
+        """upsample: convolve x upsampled 2× (nearest), ``resample(x, 'up')``, computed at x's resolution
+        (3×3 kernels only; ``pynodeta.nn.upsample_conv``)."""
         w = self._weight(gain, x.dtype)
+        if upsample:
+            if tuple(w.shape[2:]) != (3, 3):
+                raise ValueError(f"upsample=True needs a 3×3 convolution, this MPConv has kernel "
+                                 f"{tuple(w.shape[2:])}; upsample x with resample(x, 'up') first")
+            return conv3x3_of_upsampled(x, w)
         if w.ndim == 2:
             return x @ w.t()
         return F.conv2d(x, w, padding=(w.shape[-1] // 2,))

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynodeta.nn import PositionalTimestepEmbedding, group_count
+from pynodeta.nn.upsample_conv import conv3x3_of_upsampled
 
-__all__ = ["TimeProjection", "DDPMResidualBlock", "AttentionBlock", "Downsample", "Upsample", "group_norm"]
+__all__ = ["TimeProjection", "DDPMResidualBlock", "AttentionBlock", "Downsample", "Upsample", "UpsampledConv2d",
+           "group_norm"]
 
 Injection = Literal["add", "scale_shift"]
 PostTimeNorm = Literal["group", "batch"]
@@ -161,13 +163,26 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+class UpsampledConv2d(nn.Conv2d):
+    """A 3×3 convolution of its input upsampled 2× (nearest): (b, C_in, H, W) -> (b, C_out, 2H, 2W), computed at
+    the input's resolution on the phases of the kernel (``pynodeta.nn.upsample_conv``), about half the
+    multiplies, and the upsampled input is never built. Weight and bias are a ``Conv2d(C_in, C_out, 3,
+    padding=1)``'s, under the same names."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv3x3_of_upsampled(x, self.weight, self.bias)
+
+
 class Upsample(nn.Module):
     """Double H and W: nearest-neighbour, then a 3×3 conv. forward(x): (b, C, H, W) -> (b, C, 2H, 2W)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = UpsampledConv2d(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(x)
 
