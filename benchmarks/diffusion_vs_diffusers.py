@@ -17,7 +17,8 @@ candidate is sampled with diffusers' DDIMScheduler, 50 steps.
 
 pynodeta runs as a user runs it: ``pynodeta fit --config NAME --seed_everything S --num_threads T`` (the configs'
 own ``max_time`` / ``max_epochs``, left as shipped), for EDM2 ``pynodeta phema --sigma-rel 0.10``, then
-``pynodeta sample --num N`` with the run's own sampler. Every image set is scored in the digits features against
+``pynodeta sample --num N`` with the config's sampler as shipped (a resumed race re-samples a finished fit with
+the config's current sampler after its record is deleted). Every image set is scored in the digits features against
 the test images over the floor at the same N (N training images). Each run writes its own JSON into ``--out``,
 so an interrupted sweep or race resumes where it stopped; at the end the runs are gathered into one raw file and
 its report (``--results-dir``, default benchmarks/results).
@@ -43,7 +44,7 @@ from pynodeta._atomic import atomic_write_text
 from pynodeta.train.configs import shipped_config_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_anchor import NUM, UNTUNED_RECIPE, Recipe, Reference, ddim_images, train_anchor  # noqa: E402
+from digits_anchor import NUM, Recipe, Reference, candidate_recipes, ddim_images, train_anchor  # noqa: E402
 
 from reporting import RESULTS_DIR, Table, load_raw, raw_machine, save_raw, save_report  # noqa: E402
 
@@ -52,21 +53,6 @@ CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
 TARGET = 0.7           # the issue's target: each config's FD / floor at most 0.7× the tuned anchor's
 SAMPLE_SEED = 7
 PHEMA_SIGMA_REL = 0.10
-
-
-# --- the anchor's candidate recipes --------------------------------------------------------------------------
-def candidate_recipes() -> dict[str, Recipe]:
-    """diffusers' documented recipe, quality_per_nfe's untuned one, and the grid around the documented one."""
-    table = {"diffusers_documented": Recipe(lr=1e-4, batch=16), "quality_per_nfe": UNTUNED_RECIPE}
-    emas = {"p0.75": dict(ema_power=3 / 4), "p0.67": dict(ema_power=2 / 3),
-            "fixed0.999": dict(ema_power=0, ema_decay=0.999)}
-    for lr_name, lr in (("5e-4", 5e-4), ("1e-3", 1e-3), ("2e-3", 2e-3)):
-        for batch in (64, 128):
-            for ema_name, ema in emas.items():
-                table[f"lr{lr_name}_b{batch}_{ema_name}"] = Recipe(lr=lr, batch=batch, **ema)
-    return table
-
-
 CANDIDATES = candidate_recipes()
 
 
@@ -146,8 +132,10 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
         _cli("fit", "--config", config, "--seed_everything", seed, "--num_threads", args.threads,
              "--trainer.logger.init_args.save_dir", runs, "--trainer.logger.init_args.name", name,
              *shlex.split(args.fit_args), cwd=runs)
-        atomic_write_text(finished, json.dumps({"fit_seconds": time.perf_counter() - started}))
-    fit_seconds = json.loads(finished.read_text())["fit_seconds"]
+        atomic_write_text(finished, json.dumps({"fit_seconds": time.perf_counter() - started,
+                                                "fit_args": args.fit_args}))
+    fitted = json.loads(finished.read_text())  # a resume that only samples keeps the options the fit ran with
+    fit_seconds, fit_args = fitted["fit_seconds"], fitted.get("fit_args", args.fit_args)
     root = runs / name / "version_0"
     checkpoint = root / "checkpoints" / "last.ckpt"
     if config == "digits_edm2":  # the issue's weights for EDM2: the post-hoc EMA at σ_rel 0.10
@@ -156,20 +144,22 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
              "--out", posthoc, cwd=runs)
         checkpoint = posthoc
     images_path = root / f"samples-{args.num_samples}.pt"
+    shipped_config = yaml.safe_load(shipped_config_path(config).read_text())
+    evaluation = shipped_config["model"]["init_args"]["evaluation"]  # the config's sampler now, not at its fit
     started = time.perf_counter()
     output = _cli("sample", "--checkpoint", checkpoint, "--config", root / "config.yaml", "--num", args.num_samples,
-                  "--seed", SAMPLE_SEED, "--num-threads", args.threads, "--out", "none", "--save-tensor", images_path,
-                  cwd=runs)
+                  "--sampler", evaluation["sampler"], "--steps", evaluation["steps"], "--seed", SAMPLE_SEED,
+                  "--num-threads", args.threads, "--out", "none", "--save-tensor", images_path, cwd=runs)
     sample_seconds = time.perf_counter() - started
     drawn = re.search(r"sampler (\S+), NFE ([\d.]+), weights (.+?) ->", output)
     if drawn is None:
         raise RuntimeError(f"pynodeta sample's last line changed; cannot read its sampler and NFE from {output!r}")
     images = torch.load(images_path, weights_only=True)
-    shipped = yaml.safe_load(shipped_config_path(config).read_text())["trainer"]
+    shipped = shipped_config["trainer"]
     fit = fit_record(runs / name)
     return {"model": config, "seed": seed, "steps": fit["steps"], "epochs": fit["epochs"], "fit": fit,
             "fit_seconds": fit_seconds, "max_time": shipped.get("max_time"), "max_epochs": shipped.get("max_epochs"),
-            "fit_args": args.fit_args, "sampler": drawn[1], "nfe": float(drawn[2]), "weights": drawn[3],
+            "fit_args": fit_args, "sampler": drawn[1], "nfe": float(drawn[2]), "weights": drawn[3],
             "sample_seconds": sample_seconds, "fd_ratio": reference.fd_ratio(images),
             "num_samples": args.num_samples, "floor": reference.floor, "threads": args.threads}
 
@@ -327,7 +317,8 @@ def save_race_report(raw: dict, directory: Path | None = None) -> Path:
              "pynodeta ran as a user runs it: `pynodeta fit --config NAME --seed_everything S --num_threads T`, "
              "with each config's max_time and max_epochs as shipped at the time of the run (the training limit "
              "column), digits_edm2 through `pynodeta phema --sigma-rel 0.10`, then "
-             "`pynodeta sample` with the run's own sampler; the anchor trains for the full budget. Steps are the fit's "
+             "`pynodeta sample` with the config's sampler as shipped at the time of sampling (the sampler column); "
+             "the anchor trains for the full budget. Steps are the fit's "
              "last logged step + 1 (metrics.csv).",
              f"Extra fit options: {'; '.join(fit_args)}." if fit_args else "",
              raw.get("machine_note", "")]

@@ -94,6 +94,19 @@ UNTUNED_RECIPE = Recipe(lr=1e-3, batch=128, ema_decay=0.999, ema_power=0, betas=
                         warmup_steps=0, cosine=False, max_grad_norm=None)
 
 
+# --- the anchor's candidate recipes --------------------------------------------------------------------------
+def candidate_recipes() -> dict[str, Recipe]:
+    """diffusers' documented recipe, quality_per_nfe's untuned one, and the grid around the documented one."""
+    table = {"diffusers_documented": Recipe(lr=1e-4, batch=16), "quality_per_nfe": UNTUNED_RECIPE}
+    emas = {"p0.75": dict(ema_power=3 / 4), "p0.67": dict(ema_power=2 / 3),
+            "fixed0.999": dict(ema_power=0, ema_decay=0.999)}
+    for lr_name, lr in (("5e-4", 5e-4), ("1e-3", 1e-3), ("2e-3", 2e-3)):
+        for batch in (64, 128):
+            for ema_name, ema in emas.items():
+                table[f"lr{lr_name}_b{batch}_{ema_name}"] = Recipe(lr=lr, batch=batch, **ema)
+    return table
+
+
 def lr_factor(recipe: Recipe, step: int, elapsed_fraction: float) -> float:
     """The learning-rate multiplier: a linear warm-up over ``warmup_steps``, then (``cosine``) half a cosine to zero
     over the rest of the wall-time budget. diffusers' script decays over a step count (epochs × batches); with a
