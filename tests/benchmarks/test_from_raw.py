@@ -35,6 +35,7 @@ BUILDERS = {
     "edm2_cost": ("edm2_digits", "save_edm2_report"),
     "edm2_step_cost": ("edm2_step_cost", "save_cost_report"),
     "edm2_step_cost_before": ("edm2_step_cost", "save_cost_report"),
+    "upsample_conv_cost": ("upsample_conv_cost", "save_cost_report"),
     "ddpm_vlb_cost": ("ddpm_vlb_cost", "save_vlb_cost_report"),
     "ddp_scaling": ("ddp_scaling", "save_scaling_report"),
     "mixed_precision_step": ("mixed_precision_step", "save_precision_report"),
