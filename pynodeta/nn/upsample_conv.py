@@ -22,8 +22,8 @@ __all__ = ["conv3x3_of_upsampled", "phase_kernels"]
 # _TAPS[p] maps the 3 taps of a kernel row (offsets −1, 0, +1 in the upsampled image) onto the 2 original
 # pixels an output of parity p sees: even rows see rows (i − 1, i) as taps (0 | 1 + 2), odd rows (i, i + 1)
 # as taps (0 + 1 | 2).
-_TAPS = ((( 1.0, 0.0, 0.0), (0.0, 1.0, 1.0)),
-         (( 1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)),
+         ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:

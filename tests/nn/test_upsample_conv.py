@@ -81,3 +81,11 @@ def test_mpconv_upsample_equals_the_conv_of_the_resampled_input_and_refuses_othe
                                rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"upsample=True needs a 3×3 convolution.*resample\(x, 'up'\) first"):
         MPConv(3, 4, kernel=(1, 1))(x, upsample=True)
+
+
+def test_channels_last_input_gives_the_same_result():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 4, generator=generator, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(conv3x3_of_upsampled(x.contiguous(memory_format=torch.channels_last), weight),
+                               _upsampled(x, weight), rtol=1e-12, atol=1e-12)
