@@ -248,6 +248,8 @@ def save_sweep_report(raw: dict, directory: Path | None = None) -> Path:
     notes = [f"Best recipe: {order[0]}; the race trains the anchor with it." if order else "No runs.",
              "The base is diffusers' documented unconditional recipe (train_unconditional.py); its cosine schedule "
              "decays over the wall-time budget, since the step count of a budget in minutes is not known ahead.",
+             "The table gathers every run in the sweep's --out folder; the command is the last one run into it, and "
+             "earlier ones (other --candidates) trained the other recipes.",
              raw.get("machine_note", "")]
     title = f"The diffusers anchor's recipe, swept for {raw['minutes']:g} minutes on the digits"
     return save_report(SWEEP, title, [table],

@@ -104,6 +104,9 @@ def candidate_recipes() -> dict[str, Recipe]:
         for batch in (64, 128):
             for ema_name, ema in emas.items():
                 table[f"lr{lr_name}_b{batch}_{ema_name}"] = Recipe(lr=lr, batch=batch, **ema)
+    # past the grid's best corner (lr 2e-3, batch 64): a larger learning rate, a smaller batch
+    table["lr4e-3_b64_p0.75"] = Recipe(lr=4e-3, batch=64)
+    table["lr2e-3_b32_p0.75"] = Recipe(lr=2e-3, batch=32)
     return table
 
 

@@ -1,5 +1,6 @@
 """The digits race's pure helpers: the interval over seeds, the sweep's choice, the anchor's learning-rate rule."""
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -53,9 +54,14 @@ def test_documented_recipe_is_diffusers_defaults_and_the_grid_varies_lr_batch_em
     assert (documented.lr, documented.batch, documented.betas) == (1e-4, 16, (0.95, 0.999))
     assert (documented.weight_decay, documented.eps, documented.max_grad_norm) == (1e-6, 1e-8, 1.0)
     assert (documented.ema_power, documented.ema_decay, documented.warmup_steps) == (0.75, 0.9999, 500)
-    grid = [r for name, r in race.CANDIDATES.items() if name.startswith("lr")]
+    edge = {"lr4e-3_b64_p0.75", "lr2e-3_b32_p0.75"}
+    grid = [r for name, r in race.CANDIDATES.items() if name.startswith("lr") and name not in edge]
     assert {r.lr for r in grid} == {5e-4, 1e-3, 2e-3} and {r.batch for r in grid} == {64, 128}
     assert {(r.ema_power, r.ema_decay) for r in grid} == {(0.75, 0.9999), (2 / 3, 0.9999), (0, 0.999)}
+    # past the grid's best corner: twice its learning rate, half its batch, the rest of the corner's recipe
+    corner = race.CANDIDATES["lr2e-3_b64_p0.75"]
+    assert race.CANDIDATES["lr4e-3_b64_p0.75"] == dataclasses.replace(corner, lr=4e-3)
+    assert race.CANDIDATES["lr2e-3_b32_p0.75"] == dataclasses.replace(corner, batch=32)
 
 
 def test_lr_factor_warms_up_then_follows_the_cosine_over_the_budget():
