@@ -78,9 +78,13 @@ class Recipe:
     cosine: bool = True          # cosine decay to zero at the end of the wall-time budget, after the warm-up
     max_grad_norm: float | None = 1.0
 
+    def averaging(self) -> str:
+        """The weights it samples with, in words."""
+        return (f"EMA warm-up power {self.ema_power:.3g} (max {self.ema_decay:g})" if self.ema_power
+                else f"EMA {self.ema_decay:g}")
+
     def describe(self) -> str:
-        ema = (f"EMA warm-up power {self.ema_power:.3g} (max {self.ema_decay:g})" if self.ema_power
-               else f"EMA {self.ema_decay:g}")
+        ema = self.averaging()
         schedule = f"cosine, {self.warmup_steps} warm-up steps" if self.cosine else "constant lr"
         return f"AdamW lr {self.lr:g}, batch {self.batch}, {ema}, {schedule}"
 

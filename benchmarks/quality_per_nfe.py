@@ -238,8 +238,7 @@ def main() -> None:
         points += pynodeta_curves(name, checkpoint, reference, args.steps, args.max_nfe)
     recipe = RECIPES[args.anchor_recipe]
     network, anchor_steps = train_anchor(recipe, args.anchor_minutes, reference.data)
-    averaged = f"EMA warm-up power {recipe.ema_power:.3g}" if recipe.ema_power else f"EMA {recipe.ema_decay:g}"
-    points += anchor_curves(network, reference, weights=averaged)
+    points += anchor_curves(network, reference, weights=recipe.averaging())
     fits = {name: fit_record(checkpoint.parents[2]) for name, checkpoint in checkpoints.items()}
     raw = {"points": points, "floor": reference.floor, "threads": args.threads, "anchor_minutes": args.anchor_minutes,
            "anchor_recipe": f"{args.anchor_recipe} ({recipe.describe()})", "config_runs": config_runs, "fits": fits,

@@ -72,7 +72,7 @@ class EDM2Block(nn.Module):
         # A decoder block's first conv sees mp_silu(up(x)) = up(mp_silu(x)) (nearest upsampling commutes with
         # element-wise ops), so it runs at x's resolution on the phases of its kernel: ~half the multiplies
         upsample_in_conv = self.resample_mode == "up" and self.flavor == "dec"
-        low = x
+        before_resample = x
         x = resample(x, self.resample_mode)
         if self.flavor == "enc":
             if self.conv_skip is not None:
@@ -82,8 +82,8 @@ class EDM2Block(nn.Module):
         # constant factors of mp_silu (1/0.596) and of mp_sum (the branch's weight) in front of a conv scale its
         # small weight instead of the activations (a conv is linear): two passes over the activations fewer.
         main, branch = mp_sum_weights(self.res_balance)
-        y = (self.conv_res0(F.silu(low), gain=1 / SILU_RMS, upsample=True) if upsample_in_conv
-             else self.conv_res0(F.silu(x), gain=1 / SILU_RMS))  # conv_res0(mp_silu(x))
+        y = self.conv_res0(F.silu(before_resample if upsample_in_conv else x), gain=1 / SILU_RMS,
+                           upsample=upsample_in_conv)  # conv_res0(mp_silu(x))
         with autocast_off(emb):  # float32 like emb, cast to the activations' dtype after (networks_edm2.py Block)
             scale = self.emb_linear(emb, gain=self.emb_gain) + 1
         y = F.silu(y * scale[:, :, None, None].to(y.dtype))
