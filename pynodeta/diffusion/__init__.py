@@ -29,6 +29,7 @@ from .precision import SAMPLING_PRECISIONS, AutocastDenoiser, autocast_dtype
 from .preconditioning import EDMPrecond, edm_loss, edm_loss_weight
 from .probability_flow import probability_flow
 from .released_edm2 import load_released_edm2
+from .sampler_options import check_sampler_options, sampler_option_names
 from .samplers import SAMPLERS, get_sampler
 from .schedules import BETA_SCHEDULES, DDPMSchedule, karras_sigmas
 from .sde_samplers import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
@@ -62,6 +63,8 @@ __all__ = [
     "BrownianNoise",
     "SAMPLERS",
     "get_sampler",
+    "sampler_option_names",
+    "check_sampler_options",
     "sample_ddpm",
     "sample_ddim",
     "ddim_timesteps",

@@ -41,11 +41,11 @@ class BlockDraw:
 
     def collect(self, module, num: int, sampler: str, steps: int, *, seed: int, decode=None, extractor=None,
                 keep_features: bool = True, class_labels=None, guidance: float = 1.0,
-                solver=None, precision: str = "32") -> ScoreCollector | None:
+                solver=None, precision: str = "32", sampler_options: dict | None = None) -> ScoreCollector | None:
         """Every block's scores, in block order, on rank 0 (None on the other ranks)."""
         def local() -> tuple[dict, int, int]:
             return self._draw_local(module, num, sampler, steps, seed, decode, extractor, keep_features,
-                                    class_labels, guidance, solver, precision)
+                                    class_labels, guidance, solver, precision, sampler_options)
 
         gathered = self.ranks.gather(local)
         if gathered is None:
@@ -54,7 +54,7 @@ class BlockDraw:
         return ScoreCollector.merged([shard for shard, _, _ in gathered], keep_features)
 
     def _draw_local(self, module, num, sampler, steps, seed, decode, extractor, keep_features, class_labels,
-                    guidance, solver, precision) -> tuple[dict, int, int]:
+                    guidance, solver, precision, sampler_options) -> tuple[dict, int, int]:
         if self.cache is not None:
             self.cache.check()
         labels = requested_labels(class_labels, num, module.num_classes)
@@ -69,7 +69,7 @@ class BlockDraw:
                 started = time.perf_counter()
                 batch = draw_block(module, block, num=num, block_size=self.block_size, seed=seed, sampler=sampler,
                                    steps=steps, labels=labels, guidance=guidance, solver=solver,
-                                   precision=precision)
+                                   precision=precision, sampler_options=sampler_options)
                 scored = score_batch(batch, block, first, time.perf_counter() - started, decode, extractor)
                 if self.cache is not None:
                     self.cache.save(scored)

@@ -30,7 +30,7 @@ from pynodeta.ode.stats import record_stats
 
 from .._atomic import atomic_write_text
 from .conditioning import one_hot_labels
-from .diffusion_sampling import generate_batches
+from .diffusion_sampling import describe_sampler_options, generate_batches, resolved_sampler_options
 from .latent_runs import display_decoder
 from .objectives import DDPMObjective
 from .sample_outputs import GridWriter
@@ -108,7 +108,7 @@ def dataset_statistics(dataset, extractor, batch_size: int = 256):
 def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=None, num: int | None = None,
                      sampler: str | None = None, steps: int | None = None, *, extractor=None,
                      reference_stats=None, seed: int = EVALUATION_SEED, blocks=None, decode=None,
-                     **sampler_options) -> dict | None:
+                     **draw_options) -> dict | None:
     """Draw ``num`` images (default ``module.evaluation.num_samples``, or only the grid's 64 when nothing can score
     them: no features, or latents without an extractor given) with the module's current weights, save
     the first 64 as a grid at ``grid_path`` (None: no grid; DDP ranks other than 0), and compute FD against the
@@ -130,9 +130,12 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
     others), the same whatever the number of ranks. ``decode``: latents → images in [-1, 1] (default: the
     DataModule's, for latent data).
 
-    Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_nfe", "sampling_seconds", "grid"} (and for
-    conditional models "guidance", "conditional_accuracy", "fd_per_class"); the FD entries are NaN when
-    there is no feature extractor for these images. ``sampling_seconds`` sums the sampler time of every block.
+    ``draw_options``: :func:`~pynodeta.train.diffusion_sampling.generate_batches`' (``class_labels``,
+    ``guidance``, ``solver``, ``precision``, ``sampler_options``).
+
+    Returns {"fd", "fd_floor", "fd_ratio", "sampler", "sampler_options", "sampler_nfe", "sampling_seconds",
+    "grid"} (and for conditional models "guidance", "conditional_accuracy", "fd_per_class"); the FD entries are
+    NaN when there is no feature extractor for these images. ``sampling_seconds`` sums the sampler time of every block.
     """
     default_num = num is None
     num = module.evaluation.num_samples if num is None else num
@@ -141,8 +144,11 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
     sampler = module.evaluation.sampler if sampler is None else sampler
     steps = module.evaluation.steps if steps is None else steps
     if module.num_classes is not None:
-        sampler_options.setdefault("class_labels", "all")
-        sampler_options.setdefault("guidance", module.evaluation.guidance)
+        draw_options.setdefault("class_labels", "all")
+        draw_options.setdefault("guidance", module.evaluation.guidance)
+    # resolved once, so that the result names the options the images were drawn with
+    options = resolved_sampler_options(module, sampler, draw_options.get("sampler_options"))
+    draw_options["sampler_options"] = options
     if decode is None:
         decode = display_decoder(datamodule if datamodule is not None else
                                  getattr(module._trainer, "datamodule", None))
@@ -165,10 +171,10 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
         reference = _reference(module, data, extractor) if blocks is None else None
     if blocks is None:
         collector = _draw_in_sequence(module, num, sampler, steps, seed, decode, extractor, keep_features,
-                                      sampler_options)
+                                      draw_options)
     else:
         collector = blocks.collect(module, num, sampler, steps, seed=seed, decode=decode, extractor=extractor,
-                                   keep_features=keep_features, **sampler_options)
+                                   keep_features=keep_features, **draw_options)
         if collector is None:  # a rank other than 0: its blocks are on rank 0 now
             return None
         if extractor is not None and keep_features:
@@ -184,13 +190,13 @@ def evaluate_samples(module, grid_path: str | os.PathLike | None, datamodule=Non
         fd, floor = frechet_distance(collector.features(), reference["test"]), reference["floor"]
     elif collector.moments is not None:
         fd = frechet_distance_from_statistics(*collector.moments.statistics(), *reference_stats)
-    result = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler,
+    result = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "sampler": sampler, "sampler_options": options,
               "sampler_nfe": collector.mean_nfe(), "sampling_seconds": collector.seconds(),
               "grid": None if grid is None else str(grid)}
     labels = collector.labels()
     if labels is not None:
         result.update(_conditional_scores(labels, collector.predicted(), collector.features(), reference))
-        result["guidance"] = float(sampler_options["guidance"])
+        result["guidance"] = float(draw_options["guidance"])
     return result
 
 
@@ -292,8 +298,8 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
 
 def summary_line(result: dict) -> str:
     """``pynodeta summary: FD a / floor b = r× | NLL c bits/dim [| VLB v ± e bits/dim (K of T timesteps)]
-    [| class accuracy a at guidance w] | sampler s, NFE n | grid path``; the VLB part for DDPM models only,
-    the class accuracy for class-conditional ones."""
+    [| class accuracy a at guidance w] | sampler s [(its options)], NFE n | grid path``; the VLB part for DDPM
+    models only, the class accuracy for class-conditional ones."""
     bound = ""
     if "vlb_bpd" in result:
         sampled, total = result["vlb_sampled_timesteps"], result["vlb_num_timesteps"]
@@ -302,7 +308,8 @@ def summary_line(result: dict) -> str:
     if "conditional_accuracy" in result:
         bound += f" | class accuracy {result['conditional_accuracy']:.3f} at guidance {result['guidance']:g}"
     return (f"pynodeta summary: FD {result['fd']:.3f} / floor {result['fd_floor']:.3f} = {result['fd_ratio']:.2f}× | "
-            f"NLL {result['bpd']:.3f} bits/dim{bound} | sampler {result['sampler']}, NFE {result['sampler_nfe']:.0f} | "
+            f"NLL {result['bpd']:.3f} bits/dim{bound} | sampler {result['sampler']}"
+            f"{describe_sampler_options(result.get('sampler_options'))}, NFE {result['sampler_nfe']:.0f} | "
             f"grid {result['grid']}")
 
 

@@ -26,8 +26,8 @@ from pynodeta.ode.stats import record_stats
 
 from .conditioning import one_hot_labels
 
-__all__ = ["ODE_SAMPLER", "sampler_names", "check_sampler_name", "Samples", "SampleBatch", "generate",
-           "generate_batches", "requested_labels", "save_grid"]
+__all__ = ["ODE_SAMPLER", "sampler_names", "check_sampler_name", "resolved_sampler_options", "describe_sampler_options",
+           "Samples", "SampleBatch", "generate", "generate_batches", "requested_labels", "save_grid"]
 
 ODE_SAMPLER = "ode"  # the probability-flow ODE, solved adaptively: not a fixed-level sampler of the registry
 
@@ -41,6 +41,24 @@ def check_sampler_name(sampler: str) -> str:
     if sampler not in sampler_names():
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sampler_names())}")
     return sampler
+
+
+def resolved_sampler_options(module, sampler: str, sampler_options=None, where: str = "sampler_options") -> dict:
+    """The options ``sampler`` is called with: ``sampler_options`` when given (checked against the sampler; the
+    errors name ``where``), else the run's ``evaluation.sampler_options`` when ``sampler`` is the run's evaluation
+    sampler, else none. A run's options are for its own sampler: ``clip_x0`` of a DDIM run means nothing to
+    ``heun``."""
+    if sampler_options is not None:
+        return pd.check_sampler_options(sampler, sampler_options, where)
+    evaluation = module.evaluation
+    if sampler != evaluation.sampler:
+        return {}
+    return pd.check_sampler_options(sampler, evaluation.sampler_options, "evaluation.sampler_options")
+
+
+def describe_sampler_options(options: dict | None) -> str:
+    """`` (clip_x0=True, eta=0.5)`` for a line that names the sampler; empty without options."""
+    return f" ({', '.join(f'{name}={value}' for name, value in options.items())})" if options else ""
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,7 @@ def _check(module, sampler: str, steps: int, num: int, guidance: float) -> None:
 
 def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: torch.Tensor | None,
                 guidance: float, solver, generator: torch.Generator | None, disable: bool | None,
-                precision: str = "32") -> torch.Tensor:
+                precision: str = "32", options: dict | None = None) -> torch.Tensor:
     """One batch from standard normal ``noise`` (and one-hot ``labels`` of a conditional model)."""
     denoiser = module.denoiser()
     if pd.autocast_dtype(precision) is not None:  # the network under autocast, the sampler's state in float32
@@ -113,7 +131,8 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: t
         return denoiser(x, sigma, **extra_args)
     sigmas = module.objective.sampling_sigmas(module.model, sampler, steps).to(noise.device)  # a DDPM grid: float64
     x = noise * module.objective.prior_scale(sampler, sigmas)
-    return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=disable)
+    return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=disable,
+                                **(options or {}))
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,7 @@ def generate_batches(
     generator: torch.Generator | None = None,  # CPU generator for the noise (None: the global RNG)
     disable: bool | None = True,             # the samplers' progress bar: True off, None on where stderr is a terminal
     precision: str = "32",                   # the network's autocast: "32" (none), "bf16", "16"; x stays float32
+    sampler_options: dict | None = None,     # the sampler's own, e.g. {"clip_x0": True}; None: the run's, see below
 ) -> Iterator[SampleBatch]:
     """Draw ``num`` images ``batch_size`` at a time, so that memory stays that of one batch whatever ``num``.
 
@@ -145,9 +165,11 @@ def generate_batches(
     :func:`generate`'s. NFE is read from the samplers' published SolveStats (a guided evaluation runs the
     network on a doubled batch and counts once). A batch with NaN/Inf images raises FloatingPointError.
     ``precision="bf16"`` or ``"16"`` runs the network under autocast (``pynodeta.diffusion.AutocastDenoiser``)
-    while the sampler's state, noise and steps stay float32.
+    while the sampler's state, noise and steps stay float32. ``sampler_options``: see
+    :func:`resolved_sampler_options`.
     """
     _check(module, sampler, steps, num, guidance)
+    options = resolved_sampler_options(module, sampler, sampler_options)
     pd.autocast_dtype(precision)  # an unknown precision is refused before anything is drawn
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -164,7 +186,7 @@ def generate_batches(
         try:
             with torch.no_grad(), record_stats() as log:
                 images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator, disable,
-                                     precision)
+                                     precision, options)
         finally:
             module.train(was_training)
         if not torch.isfinite(images).all():

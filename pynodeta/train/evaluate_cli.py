@@ -206,6 +206,7 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
     --write-reference-stats."""
     from .block_draw import BlockDraw
     from .diffusion_evaluation import EVALUATION_SEED, _extractor
+    from .diffusion_sampling import resolved_sampler_options
     from .latent_runs import display_decoder, run_decoder
     from .sample_blocks import DEFAULT_BLOCK_SIZE
 
@@ -227,8 +228,10 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
         _check_without_data(args, module, extractor, reference_stats, decoder)
     else:
         datamodule.setup("test")
+    sampler = args.sampler or module.evaluation.sampler
     options = {"extractor": extractor, "reference_stats": reference_stats, "solver": _solver(args),
                "seed": EVALUATION_SEED if args.seed is None else args.seed, "precision": args.precision,
+               "sampler_options": resolved_sampler_options(module, sampler, args.sampler_options, "--sampler-option"),
                **_conditioning(args, module)}
     if decoder is not None:
         options["decode"] = decoder.decode_to_unit_range
@@ -279,6 +282,8 @@ def _cache(args, module, weights: str, options: dict, extractor, decoder):
                 "block_size": args.block_size or DEFAULT_BLOCK_SIZE, "features": features,
                 "decoder": None if decoder is None else str(decoder.source),
                 "sample_shape": list(module.sample_shape)}
+    if options["sampler_options"]:  # only when set, so that caches written before options existed still resume
+        identity["sampler_options"] = options["sampler_options"]
     return SampleCache(args.cache, identity)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pynodeta.diffusion.guidance import check_guidance
+from pynodeta.diffusion.sampler_options import check_sampler_options
 from pynodeta.ode import IController, SolverSettings
 
 __all__ = ["EvalSettings", "EVALUATION_SOLVER"]
@@ -39,6 +40,10 @@ class EvalSettings:
             (D = D_u + w·(D_c − D_u); 1: the conditional model alone).
         solver: the ODE solve of the bits/dim estimate and of the ``ode`` image sampler, a
             ``pynodeta.SolverSettings``; None: dopri5 with ``IController(rtol=1e-3, atol=1e-3)``.
+        sampler_options: the sampler's own options, e.g. ``{"clip_x0": True}`` for ``ddim`` (x̂0 clipped to
+            [-1, 1] at every step, diffusers' ``clip_sample``) or ``{"eta": 0.5}``; checked against the
+            sampler's signature (:func:`pynodeta.diffusion.check_sampler_options`). They belong to this
+            sampler: ``pynodeta sample`` with another ``--sampler`` does not use them. None: none.
     """
 
     sampler: str | None = None
@@ -50,6 +55,7 @@ class EvalSettings:
     inception_weights: str | None = None
     guidance: float = 1.0
     solver: SolverSettings | None = None
+    sampler_options: dict | None = None  # last, so that positional settings keep their places
 
     def __post_init__(self) -> None:
         if self.sampler is not None and not isinstance(self.sampler, str):
@@ -80,4 +86,5 @@ class EvalSettings:
         settings = replace(self, sampler=self.sampler or objective.default_sampler,
                            steps=self.steps or objective.default_steps)
         objective.check_sampler(check_sampler_name(settings.sampler))
-        return settings
+        options = check_sampler_options(settings.sampler, self.sampler_options, "evaluation.sampler_options")
+        return replace(settings, sampler_options=options or None)

@@ -61,7 +61,7 @@ def rank_blocks(num: int, block_size: int, rank: int, world_size: int) -> range:
 
 def draw_block(module, block: int, *, num: int, block_size: int, seed: int, sampler: str, steps: int,
                labels: torch.Tensor | None = None, guidance: float = 1.0, solver=None,
-               precision: str = "32") -> SampleBatch:
+               precision: str = "32", sampler_options: dict | None = None) -> SampleBatch:
     """Block ``block`` of ``num`` images, drawn in one sampler call from its own generator.
 
     ``labels``: the class of every one of the ``num`` images (``requested_labels``), None for an
@@ -71,5 +71,5 @@ def draw_block(module, block: int, *, num: int, block_size: int, seed: int, samp
     class_labels = None if labels is None else labels[first:first + count]
     batches = generate_batches(module, count, sampler, steps, class_labels=class_labels, guidance=guidance,
                                solver=solver, batch_size=count, generator=block_generator(seed, block),
-                               precision=precision)
+                               precision=precision, sampler_options=sampler_options)
     return next(batches)

@@ -15,6 +15,7 @@
     pynodeta evaluate --checkpoint CKPT --num 50000 --inception-weights pt_inception-2015-12-05-6726825d.pth \\
         --reference-stats cifar10_train.npz --devices 8 --cache cache/      # FID at 50k: 8 ranks, resumable
     pynodeta sample --checkpoint CKPT --precision bf16     # the network under bf16 autocast, the state in float32
+    pynodeta sample --checkpoint CKPT --sampler ddim --sampler-option clip_x0=true --sampler-option eta=0.5
 
 The run is read by :func:`~pynodeta.train.run_loader.load_run` (``weights_only=True``, class paths
 vetted before any import; ``--unsafe-load`` the one opt-in). Weights: the average ``fit`` evaluated
@@ -58,6 +59,10 @@ def _common_arguments(parser: argparse.ArgumentParser, seed_default: int | None 
                         help="the raw weights: the same as --average none")
     parser.add_argument("--sampler", default=None, choices=sampler_names(), help="default: the run's sampler")
     parser.add_argument("--steps", type=int, default=None, help="noise levels or DDIM steps (default: the run's)")
+    parser.add_argument("--sampler-option", "--sampler_option", dest="sampler_option", action="append", default=None,
+                        metavar="NAME=VALUE",
+                        help="an option of the sampler, e.g. clip_x0=true or eta=0.5 for ddim; repeatable. Given, they "
+                             "replace the run's evaluation.sampler_options, which apply only with the run's sampler")
     parser.add_argument("--rtol", type=float, default=None,
                         help="--sampler ode and the NLL: dopri5 rtol (default: the run's evaluation.solver or 1e-3)")
     parser.add_argument("--atol", type=float, default=None,
@@ -88,7 +93,8 @@ def _common_arguments(parser: argparse.ArgumentParser, seed_default: int | None 
 
 
 def _check_numbers(args) -> None:
-    """Every number a user types is checked here, by name: none falls back to a default silently."""
+    """Every number (and sampler option) a user types is checked here, by name: none falls back to a default
+    silently."""
     for name, value, low in (("--num", args.num, 1), ("--steps", args.steps, 1), ("--num_threads", args.num_threads, 1),
                              ("--nll-images", getattr(args, "nll_images", None), 1),
                              ("--vlb-timesteps", getattr(args, "vlb_timesteps", None), 1)):
@@ -107,12 +113,37 @@ def _check_numbers(args) -> None:
             args.class_labels = int(args.class_labels)
         except ValueError:
             raise UsageError(f"--class-labels must be a class number or 'all', got {args.class_labels!r}") from None
+    args.sampler_options = _sampler_options(args.sampler_option)
     try:
         autocast_dtype(args.precision, "--precision")
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.no_ema and args.average not in (None, "none"):
         raise UsageError(f"--no-ema conflicts with --average {args.average}; pass one of them")
+
+
+def _sampler_options(given: list[str] | None) -> dict | None:
+    """--sampler-option NAME=VALUE flags as a dict (None when there are none); values are read as YAML scalars,
+    so true, 0.5 and midpoint come out as a bool, a float and a string."""
+    if given is None:
+        return None
+    import yaml  # jsonargparse's dependency: imported only when options are given
+
+    options = {}
+    for item in given:
+        name, equals, text = item.partition("=")
+        if not equals or not name.strip():
+            raise UsageError(f"--sampler-option takes NAME=VALUE, e.g. clip_x0=true; got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"--sampler-option {item!r}: the value must be a number, a string or true/false")
+        if name.strip() in options:
+            raise UsageError(f"--sampler-option {name.strip()!r} is given twice; pass each option once")
+        options[name.strip()] = value
+    return options
 
 
 def load_diffusion_run(checkpoint: str | Path, config: str | None = None, *, average: str | None = None,
@@ -167,7 +198,7 @@ def _run(main, argv: list[str], prog: str) -> int:
 
 
 def _sample(argv: list[str], prog: str) -> int:
-    from .diffusion_sampling import generate_batches
+    from .diffusion_sampling import describe_sampler_options, generate_batches, resolved_sampler_options
 
     parser = ArgumentParser(prog=prog, description="Draw images from a trained diffusion model.")
     _common_arguments(parser)
@@ -200,11 +231,12 @@ def _sample(argv: list[str], prog: str) -> int:
         check_grid_channels(shape, args.out)
     grid = GridWriter(args.out) if grid_wanted else None
     tensor = TensorWriter(args.save_tensor, args.num, shape) if args.save_tensor else None
+    options = resolved_sampler_options(module, sampler, args.sampler_options, "--sampler-option")  # before drawing
     nfes = []
     try:
         for batch in generate_batches(module, args.num, sampler, steps, generator=generator, solver=_solver(args),
                                       disable=None, precision=args.precision,  # disable=None: a bar on a terminal
-                                      **_conditioning(args, module)):
+                                      sampler_options=options, **_conditioning(args, module)):
             nfes.append(batch.nfe)
             images = batch.images if decoder is None else decoder.decode_to_unit_range(batch.images)
             if grid is not None:
@@ -216,7 +248,8 @@ def _sample(argv: list[str], prog: str) -> int:
         if tensor is not None:
             tensor.discard()  # nothing left behind if drawing failed; a no-op once closed
     decoded = "" if decoder is None else f", decoded by the VAE {decoder.source}"
-    print(f"{prog}: {args.num} images, sampler {sampler}, NFE {sum(nfes) / len(nfes):.0f}, weights {weights}"
+    print(f"{prog}: {args.num} images, sampler {sampler}{describe_sampler_options(options)}, "
+          f"NFE {sum(nfes) / len(nfes):.0f}, weights {weights}"
           f"{decoded} -> {', '.join(map(str, written))}")
     return 0
 

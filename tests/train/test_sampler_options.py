@@ -1,0 +1,146 @@
+"""A sampler's own options (``clip_x0``, ``eta``, …): checked by name against the sampler, carried by a run's
+``evaluation.sampler_options`` into fit's evaluation, ``pynodeta sample`` and ``pynodeta evaluate``, replaced by
+``--sampler-option``, and not carried over to a sampler they do not belong to."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pynodeta.cli import main
+from pynodeta.diffusion import check_sampler_options, sampler_option_names
+from pynodeta.train import DDPMObjective, EDMObjective
+from pynodeta.train.diffusion_evaluation import summary_line
+from pynodeta.train.diffusion_sampling import generate_batches
+from pynodeta.train.evaluation_settings import EvalSettings
+from pynodeta.train.run_loader import load_run
+
+from .test_run_loader import UNET, _write_run
+
+
+def _ddim_config(**evaluation) -> dict:
+    return {"seed_everything": 0,
+            "model": {"class_path": "pynodeta.train.diffusion.DiffusionModule",
+                      "init_args": {"model": {"class_path": "pynodeta.models.DDPMUNet", "init_args": UNET},
+                                    "objective": {"class_path": "pynodeta.train.DDPMObjective"},
+                                    "evaluation": {"sampler": "ddim", "steps": 4, "num_samples": 8,
+                                                   "nll_num_images": 1, "num_bins": 17, **evaluation}}},
+            "data": {"class_path": "pynodeta.data.DigitsDataModule",
+                     "init_args": {"batch_size": 16, "normalization": "diffusion"}}}
+
+
+@pytest.fixture
+def clipped_run(tmp_path):
+    """A DDPM run whose evaluation draws DDIM with x̂0 clipped, and a network whose x̂0 leaves [-1, 1]."""
+    checkpoint = _write_run(tmp_path, _ddim_config(sampler_options={"clip_x0": True}))
+    return checkpoint
+
+
+def _draw(module, sampler="ddim", **options):
+    batches = generate_batches(module, 6, sampler, 4, generator=torch.Generator().manual_seed(3), **options)
+    return torch.cat([batch.images for batch in batches])
+
+
+# --- the check against the sampler's signature -------------------------------------------------------------
+def test_the_options_of_a_sampler_are_the_keywords_of_its_signature():
+    assert sampler_option_names("ddim") == ("eta", "clip_x0")
+    assert sampler_option_names("heun") == ("s_churn", "s_tmin", "s_tmax", "s_noise")
+    assert sampler_option_names("dpmpp_2m") == () and sampler_option_names("ode") == ()
+    assert check_sampler_options("ddim", None) == {}
+    assert check_sampler_options("ddim", {"clip_x0": True, "eta": 0.5}) == {"clip_x0": True, "eta": 0.5}
+
+
+@pytest.mark.parametrize("sampler, options, error, message", [
+    ("heun", {"clip_x0": True}, ValueError, "sampler 'heun' takes no option 'clip_x0'; its options: s_churn, s_tmin"),
+    ("dpmpp_2m", {"eta": 1.0}, ValueError, "its options: none"),
+    ("ode", {"rtol": 1e-3}, ValueError, "the ode sampler takes no options; set its solve with evaluation.solver"),
+    ("ddim", {"eta": [0.5]}, TypeError, "option 'eta' of sampler 'ddim' must be a number"),
+    ("ddim", ["clip_x0"], TypeError, "must map option names to values"),
+])
+def test_a_wrong_option_is_refused_by_name(sampler, options, error, message):
+    with pytest.raises(error, match=message):
+        check_sampler_options(sampler, options, "evaluation.sampler_options")
+
+
+def test_the_run_settings_check_their_options_against_the_resolved_sampler():
+    settings = EvalSettings(sampler_options={"clip_x0": True}).resolved(DDPMObjective())  # DDIM by default
+    assert settings.sampler == "ddim" and settings.sampler_options == {"clip_x0": True}
+    assert EvalSettings(sampler_options={}).resolved(DDPMObjective()).sampler_options is None
+    with pytest.raises(ValueError, match="evaluation.sampler_options: sampler 'heun' takes no option 'clip_x0'"):
+        EvalSettings(sampler_options={"clip_x0": True}).resolved(EDMObjective())  # Heun by default
+
+
+# --- drawing with them -----------------------------------------------------------------------------------
+def test_clipped_ddim_ends_inside_the_data_range_and_the_run_passes_its_options(clipped_run):
+    module = load_run(clipped_run).module.eval()
+    unclipped = _draw(module, sampler_options={})
+    assert unclipped.abs().max() > 1  # an untrained network's x̂0 leaves [-1, 1]: clipping has work to do
+    clipped = _draw(module)  # the run's own options: clip_x0
+    # the last DDIM step to σ = 0 returns x̂0 itself, clipped
+    assert clipped.abs().max() <= 1
+    torch.testing.assert_close(clipped, _draw(module, sampler_options={"clip_x0": True}), rtol=0, atol=0)
+
+
+def test_the_runs_options_stay_with_its_sampler_and_explicit_ones_are_checked(clipped_run):
+    module = load_run(clipped_run).module.eval()
+    # euler is not the run's sampler: the run's clip_x0 does not follow it, and euler draws as without options
+    torch.testing.assert_close(_draw(module, "euler"), _draw(module, "euler", sampler_options={}), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="sampler 'euler' takes no option 'clip_x0'"):
+        _draw(module, "euler", sampler_options={"clip_x0": True})
+    with pytest.raises(TypeError, match="clip_x0 must be True or False"):  # a value the sampler itself refuses
+        _draw(module, sampler_options={"clip_x0": "yes"})
+
+
+def test_the_summary_line_names_the_options():
+    result = {"fd": 2.0, "fd_floor": 1.0, "fd_ratio": 2.0, "bpd": 3.0, "sampler": "ddim",
+              "sampler_options": {"clip_x0": True}, "sampler_nfe": 50, "grid": "g.png"}
+    assert "| sampler ddim (clip_x0=True), NFE 50 |" in summary_line(result)
+    assert "| sampler ddim, NFE 50 |" in summary_line({**result, "sampler_options": {}})
+
+
+# --- the commands ----------------------------------------------------------------------------------------
+def test_sample_uses_the_runs_options_and_replaces_them_with_the_flags(clipped_run, tmp_path, capsys):
+    def sample(*flags):
+        out = tmp_path / "images.npy"
+        assert main(["sample", "--checkpoint", str(clipped_run), "--num", "6", "--out", "none",
+                     "--save-tensor", str(out), *flags]) == 0
+        return capsys.readouterr().out, np.load(out)
+
+    line, images = sample()
+    assert "sampler ddim (clip_x0=True), NFE 4" in line and np.abs(images).max() <= 1
+    line, images = sample("--sampler-option", "clip_x0=false", "--sampler-option", "eta=0.5")
+    assert "sampler ddim (clip_x0=False, eta=0.5), NFE 4" in line and np.abs(images).max() > 1
+    line, _ = sample("--sampler", "euler")
+    assert "sampler euler, NFE 4" in line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler-option", "clip"], "--sampler-option takes NAME=VALUE, e.g. clip_x0=true; got 'clip'"),
+    (["--sampler-option", "clip_x0=[1]"], "the value must be a number, a string or true/false"),
+    (["--sampler-option", "eta=0", "--sampler-option", "eta=1"], "'eta' is given twice"),
+    (["--sampler-option", "churn=1"], "--sampler-option: sampler 'ddim' takes no option 'churn'; its options: eta, "
+                                      "clip_x0"),
+    (["--sampler", "heun", "--sampler-option", "clip_x0=true"], "sampler 'heun' takes no option 'clip_x0'"),
+])
+def test_sample_refuses_bad_options_before_drawing(clipped_run, tmp_path, capsys, flags, message):
+    out = tmp_path / "g.png"
+    assert main(["sample", "--checkpoint", str(clipped_run), "--num", "2", "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_evaluate_draws_with_the_options_and_its_cache_tells_them_apart(clipped_run, tmp_path, capsys):
+    def evaluate(*flags):
+        code = main(["evaluate", "--checkpoint", str(clipped_run), "--num", "4", "--nll-images", "1", "--json",
+                     "--out", str(tmp_path / "e.png"), "--cache", str(tmp_path / "cache"), *flags])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = evaluate()
+    assert code == 0 and json.loads(out)["sampler_options"] == {"clip_x0": True}
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert index["sampler_options"] == {"clip_x0": True}
+    code, _, err = evaluate("--sampler-option", "clip_x0=false")
+    assert code == 2 and "holds the blocks of another evaluation (sampler_options: cached {'clip_x0': True}" in err
