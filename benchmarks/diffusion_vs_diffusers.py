@@ -17,11 +17,11 @@ candidate is sampled with diffusers' DDIMScheduler, 50 steps.
 
 pynodeta runs as a user runs it: ``pynodeta fit --config NAME --seed_everything S --num_threads T`` (the configs'
 own ``max_time`` / ``max_epochs``, left as shipped), for EDM2 ``pynodeta phema --sigma-rel 0.10``, then
-``pynodeta sample --num N`` with the config's sampler as shipped (a resumed race re-samples a finished fit with
-the config's current sampler after its record is deleted). Every image set is scored in the digits features against
-the test images over the floor at the same N (N training images). Each run writes its own JSON into ``--out``,
-so an interrupted sweep or race resumes where it stopped; at the end the runs are gathered into one raw file and
-its report (``--results-dir``, default benchmarks/results).
+``pynodeta sample --num N`` with the config's sampler and its options as shipped (a resumed race re-samples a
+finished fit with the config's current sampler after its record is deleted). Every image set is scored in the
+digits features against the test images over the floor at the same N (N training images). Each run writes its
+own JSON into ``--out``, so an interrupted sweep or race resumes where it stopped; at the end the runs are gathered
+into one raw file and its report (``--results-dir``, default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import yaml
 
 from pynodeta._atomic import atomic_write_text
 from pynodeta.train.configs import shipped_config_path
+from pynodeta.train.diffusion_sampling import describe_sampler_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_anchor import NUM, Recipe, Reference, candidate_recipes, ddim_images, train_anchor  # noqa: E402
@@ -54,6 +55,8 @@ TARGET = 0.7           # the issue's target: each config's FD / floor at most 0.
 SAMPLE_SEED = 7
 PHEMA_SIGMA_REL = 0.10
 CANDIDATES = candidate_recipes()
+# `pynodeta sample`'s last line: sampler (its options, if any), NFE, weights
+SAMPLE_LINE = re.compile(r"sampler (\S+)(?: \(.*?\))?, NFE ([\d.]+), weights (.+?) ->")
 
 
 # --- pure helpers -------------------------------------------------------------------------------------------------
@@ -146,12 +149,16 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
     images_path = root / f"samples-{args.num_samples}.pt"
     shipped_config = yaml.safe_load(shipped_config_path(config).read_text())
     evaluation = shipped_config["model"]["init_args"]["evaluation"]  # the config's sampler now, not at its fit
+    sampler_options = evaluation.get("sampler_options") or {}
+    option_flags = [flag for name, value in sampler_options.items()
+                    for flag in ("--sampler-option", f"{name}={json.dumps(value)}")]  # JSON scalars read as YAML
     started = time.perf_counter()
     output = _cli("sample", "--checkpoint", checkpoint, "--config", root / "config.yaml", "--num", args.num_samples,
-                  "--sampler", evaluation["sampler"], "--steps", evaluation["steps"], "--seed", SAMPLE_SEED,
-                  "--num-threads", args.threads, "--out", "none", "--save-tensor", images_path, cwd=runs)
+                  "--sampler", evaluation["sampler"], "--steps", evaluation["steps"], *option_flags,
+                  "--seed", SAMPLE_SEED, "--num-threads", args.threads, "--out", "none", "--save-tensor", images_path,
+                  cwd=runs)
     sample_seconds = time.perf_counter() - started
-    drawn = re.search(r"sampler (\S+), NFE ([\d.]+), weights (.+?) ->", output)
+    drawn = SAMPLE_LINE.search(output)
     if drawn is None:
         raise RuntimeError(f"pynodeta sample's last line changed; cannot read its sampler and NFE from {output!r}")
     images = torch.load(images_path, weights_only=True)
@@ -159,8 +166,8 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
     fit = fit_record(runs / name)
     return {"model": config, "seed": seed, "steps": fit["steps"], "epochs": fit["epochs"], "fit": fit,
             "fit_seconds": fit_seconds, "max_time": shipped.get("max_time"), "max_epochs": shipped.get("max_epochs"),
-            "fit_args": fit_args, "sampler": drawn[1], "nfe": float(drawn[2]), "weights": drawn[3],
-            "sample_seconds": sample_seconds, "fd_ratio": reference.fd_ratio(images),
+            "fit_args": fit_args, "sampler": drawn[1], "sampler_options": sampler_options, "nfe": float(drawn[2]),
+            "weights": drawn[3], "sample_seconds": sample_seconds, "fd_ratio": reference.fd_ratio(images),
             "num_samples": args.num_samples, "floor": reference.floor, "threads": args.threads}
 
 
@@ -275,6 +282,17 @@ def _training_limits(runs: list[dict]) -> str:
     return "; ".join(limits)
 
 
+def _samplers(runs: list[dict]) -> str:
+    """Each distinct sampler of ``runs`` with its options and NFE, e.g. ``ddim (clip_x0=True), NFE 50``; runs
+    sampled differently (a record kept from before a config's change) are listed in seed order."""
+    seen = []
+    for run in runs:
+        text = f"{run['sampler']}{describe_sampler_options(run.get('sampler_options'))}, NFE {run['nfe']:g}"
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen)
+
+
 def target_against_floor(anchor_mean: float, num_samples: int) -> str:
     """What the target asks in units of the floor: a score of 1.0 is N of the training images themselves, so a
     target below it asks for samples closer to the test images than the data the model learns from."""
@@ -301,7 +319,7 @@ def save_race_report(raw: dict, directory: Path | None = None) -> Path:
         seconds = [r.get("fit_seconds", r.get("train_seconds")) for r in runs]
         rows.append([model, limit, len(runs), round(sum(r["steps"] for r in runs) / len(runs)),
                      round(sum(seconds) / len(seconds)), round(sum(r["sample_seconds"] for r in runs) / len(runs)),
-                     f"{runs[0]['sampler']}, NFE {runs[0]['nfe']:g}", _format(ratios), _format(relative)])
+                     _samplers(runs), _format(ratios), _format(relative)])
         if "recipe" not in runs[0]:
             met = mean_interval(relative)[0] <= TARGET
             verdicts.append(f"{model} {mean_interval(relative)[0]:.2f}x ({'met' if met else 'not met'})")
@@ -319,9 +337,12 @@ def save_race_report(raw: dict, directory: Path | None = None) -> Path:
              "pynodeta ran as a user runs it: `pynodeta fit --config NAME --seed_everything S --num_threads T`, "
              "with each config's max_time and max_epochs as shipped at the time of the run (the training limit "
              "column), digits_edm2 through `pynodeta phema --sigma-rel 0.10`, then "
-             "`pynodeta sample` with the config's sampler as shipped at the time of sampling (the sampler column); "
-             "the anchor trains for the full budget. Steps are the fit's "
-             "last logged step + 1 (metrics.csv).",
+             "`pynodeta sample` with the config's sampler and its options as shipped at the time of sampling (the "
+             "sampler column); the anchor trains for the full budget. Steps are the fit's last logged step + 1 "
+             "(metrics.csv).",
+             "The anchor samples as diffusers' users get it: `DDIMScheduler(num_train_timesteps=1000, "
+             "beta_schedule='linear')`, 50 steps, eta 0, its defaults otherwise ('leading' timestep spacing, x0 "
+             "clipped to [-1, 1] at every step: clip_sample=True).",
              f"Extra fit options: {'; '.join(fit_args)}." if fit_args else "",
              raw.get("machine_note", "")]
     return save_report(RACE, "The digits race: shipped configs against diffusers' tuned recipe at equal time",

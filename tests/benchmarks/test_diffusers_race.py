@@ -87,3 +87,18 @@ def test_target_is_put_against_the_real_data_floor():
     assert "0.81: below 1.0" in race.target_against_floor(1.16, 1000)
     assert "0.86x the anchor" in race.target_against_floor(1.16, 1000)
     assert "1.05: above 1.0" in race.target_against_floor(1.5, 1000)
+
+
+def test_sampler_column_names_each_distinct_sampler_with_its_options():
+    clipped = {"sampler": "ddim", "sampler_options": {"clip_x0": True}, "nfe": 50.0}
+    before = {"sampler": "ddim", "nfe": 50.0}  # a record kept from before the config had options
+    assert race._samplers([clipped, clipped]) == "ddim (clip_x0=True), NFE 50"
+    assert race._samplers([before, clipped]) == "ddim, NFE 50; ddim (clip_x0=True), NFE 50"
+
+
+def test_the_sample_commands_line_is_read_with_and_without_options():
+    pattern = race.SAMPLE_LINE
+    plain = pattern.search("pynodeta sample: 1000 images, sampler ddim, NFE 50, weights sigma_rel=0.1 -> x.pt")
+    assert plain.group(1, 2, 3) == ("ddim", "50", "sigma_rel=0.1")
+    line = "pynodeta sample: 1000 images, sampler ddim (clip_x0=True), NFE 50, weights ema -> x.pt"
+    assert pattern.search(line).group(1, 2, 3) == ("ddim", "50", "ema")
