@@ -120,6 +120,11 @@ def _cli(*arguments, cwd: Path) -> str:
     return done.stdout
 
 
+def race_run_dir(out: Path, config: str, seed: int) -> Path:
+    """Where the race keeps ``config``'s seed-``seed`` fit: ``OUT/runs/CONFIG_seedS/version_0``."""
+    return Path(out) / "runs" / f"{config}_seed{seed}" / "version_0"
+
+
 def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
     """``pynodeta fit`` as shipped (seed and threads set), EDM2's post-hoc EMA, ``pynodeta sample``, scored."""
     from digits_anchor import fit_record
@@ -139,7 +144,7 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
                                                 "fit_args": args.fit_args}))
     fitted = json.loads(finished.read_text())  # a resume that only samples keeps the options the fit ran with
     fit_seconds, fit_args = fitted["fit_seconds"], fitted.get("fit_args", args.fit_args)
-    root = runs / name / "version_0"
+    root = race_run_dir(args.out.resolve(), config, seed)
     checkpoint = root / "checkpoints" / "last.ckpt"
     if config == "digits_edm2":  # the issue's weights for EDM2: the post-hoc EMA at σ_rel 0.10
         posthoc = root / "phema-0.10.ckpt"

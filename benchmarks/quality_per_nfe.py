@@ -36,6 +36,7 @@ from pynodeta.diffusion import SAMPLERS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diffusion_vs_diffusers import race_run_dir  # noqa: E402
 from digits_anchor import NUM, UNTUNED_RECIPE, Reference, candidate_recipes, fit_record, train_anchor  # noqa: E402
 
 from reporting import (  # noqa: E402
@@ -55,6 +56,7 @@ STEPS = (3, 5, 10, 18, 35)  # noise levels per sampler (--steps); a point above 
 MAX_NFE = 80
 SEED = 7
 RECIPES = candidate_recipes()
+SHIPPED_RUNS = "the shipped digits configs trained by `pynodeta fit` as shipped"  # older raw files: these
 TUNED_RECIPE = "lr2e-3_b64_p0.75"  # the diffusers_sweep report's best for 8 minutes on 2 threads
 
 
@@ -71,7 +73,7 @@ def trained_checkpoint(name: str, runs: Path) -> Path:
 
 def race_checkpoint(name: str, race: Path, seed: int) -> Path:
     """The last checkpoint of ``name``'s seed-``seed`` run in a digits race's folder."""
-    checkpoint = race / "runs" / f"{name}_seed{seed}" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = race_run_dir(race, name, seed) / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise SystemExit(f"--race-dir: no seed-{seed} run of {name} at {checkpoint}; run the race for that seed "
                          f"or pass --runs-dir to train the configs here")
@@ -168,7 +170,7 @@ def save_quality_report(raw: dict, directory: Path | None = None) -> Path:
                              f"{anchor['fd_ratio']:.2f}") if anchor else "no anchor run")
     Path(directory).mkdir(parents=True, exist_ok=True)
     plot = _plot(points, Path(directory) / f"{NAME}.png")
-    runs = raw.get("config_runs", "the shipped digits configs trained by `pynodeta fit` as shipped")
+    runs = raw.get("config_runs", SHIPPED_RUNS)
     notes = [f"pynodeta's models: {runs}, sampled with the weights their fit evaluated with.",
              raw.get("machine_note", "")]
     return save_report(NAME, "Sample quality against network evaluations on the digits", [summary, table],
@@ -231,7 +233,7 @@ def main() -> None:
     else:
         args.runs_dir.mkdir(parents=True, exist_ok=True)
         checkpoints = {name: trained_checkpoint(name, args.runs_dir.resolve()) for name in CONFIGS}
-        config_runs = "the shipped digits configs trained by `pynodeta fit` as shipped"
+        config_runs = SHIPPED_RUNS
     reference = Reference()
     points = []
     for name, checkpoint in checkpoints.items():

@@ -132,7 +132,8 @@ def _sampler_options(given: list[str] | None) -> dict | None:
     options = {}
     for item in given:
         name, equals, text = item.partition("=")
-        if not equals or not name.strip():
+        name = name.strip()
+        if not equals or not name:
             raise UsageError(f"--sampler-option takes NAME=VALUE, e.g. clip_x0=true; got {item!r}")
         try:
             value = yaml.safe_load(text)
@@ -140,9 +141,9 @@ def _sampler_options(given: list[str] | None) -> dict | None:
             value = text
         if isinstance(value, (dict, list)):
             raise UsageError(f"--sampler-option {item!r}: the value must be a number, a string or true/false")
-        if name.strip() in options:
-            raise UsageError(f"--sampler-option {name.strip()!r} is given twice; pass each option once")
-        options[name.strip()] = value
+        if name in options:
+            raise UsageError(f"--sampler-option {name!r} is given twice; pass each option once")
+        options[name] = value
     return options
 
 
