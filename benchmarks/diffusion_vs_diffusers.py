@@ -125,6 +125,15 @@ def race_run_dir(out: Path, config: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{config}_seed{seed}" / "version_0"
 
 
+def shipped_evaluation(config: str) -> dict:
+    """The shipped ``config``'s evaluation settings as written today (``sampler``, ``steps``, ``sampler_options``
+    always present): a race's or sweep's run trained before a change of sampler is drawn as the config now is."""
+    shipped = yaml.safe_load(shipped_config_path(config).read_text())
+    evaluation = dict(shipped["model"]["init_args"]["evaluation"])
+    evaluation["sampler_options"] = evaluation.get("sampler_options") or {}
+    return evaluation
+
+
 def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
     """``pynodeta fit`` as shipped (seed and threads set), EDM2's post-hoc EMA, ``pynodeta sample``, scored."""
     from digits_anchor import fit_record
@@ -153,8 +162,8 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
         checkpoint = posthoc
     images_path = root / f"samples-{args.num_samples}.pt"
     shipped_config = yaml.safe_load(shipped_config_path(config).read_text())
-    evaluation = shipped_config["model"]["init_args"]["evaluation"]  # the config's sampler now, not at its fit
-    sampler_options = evaluation.get("sampler_options") or {}
+    evaluation = shipped_evaluation(config)  # the config's sampler now, not at its fit
+    sampler_options = evaluation["sampler_options"]
     option_flags = [flag for name, value in sampler_options.items()
                     for flag in ("--sampler-option", f"{name}={json.dumps(value)}")]  # JSON scalars read as YAML
     started = time.perf_counter()

@@ -2,28 +2,32 @@
 DDPM, EDM and EDM2 models, beside diffusers' DDIM and DPM-Solver++ (ODE and SDE) schedulers on a diffusers model.
 
     PYTHONPATH=. python3 benchmarks/quality_per_nfe.py --runs-dir RUNS [--threads 2] [--anchor-minutes 8]
-    PYTHONPATH=. python3 benchmarks/quality_per_nfe.py --race-dir RACE --race-seed 0
+    PYTHONPATH=. python3 benchmarks/quality_per_nfe.py --race-dir RACE --race-seed 0 1 2
 
 The pynodeta models are the shipped configs trained as a user trains them (``pynodeta fit --config NAME``, into
-``RUNS/NAME/version_0``; a run already there is reused), or the runs of a digits race
-(``diffusion_vs_diffusers.py race --out RACE``: ``RACE/runs/NAME_seedS/version_0``), sampled with the weights
-their fit evaluated with. The anchor is diffusers' ``UNet2DModel`` (two levels of 32 and 64 channels, two
-layers per level, attention at 4×4) trained for ``--anchor-minutes`` with diffusers' ``DDPMScheduler``
-(T = 1000, linear β) under ``--anchor-recipe`` (default: the best of the ``diffusers_sweep`` report, AdamW
-lr 2e-3, batch 64, EMA warm-up, cosine decay over the budget), then sampled with ``DDIMScheduler`` (η = 0)
-and ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M), deterministic and ``sde-dpmsolver++``), each as its
+``RUNS/NAME/version_0``; a run already there is reused), or the runs of a digits race (``diffusion_vs_diffusers.py
+race --out RACE``: ``RACE/runs/NAME_seedS/version_0``), sampled with the weights their fit evaluated with; each
+config's own sampler is drawn with the options the shipped config gives it now (digits_ddpm's DDIM clips x̂0),
+every other sampler with none. The anchor is diffusers' ``UNet2DModel`` (two levels of 32 and 64 channels, two
+layers per level, attention at 4×4) trained for ``--anchor-minutes`` with diffusers' ``DDPMScheduler`` (T = 1000,
+linear β) under ``--anchor-recipe`` (default: the best of the ``diffusers_sweep`` report, AdamW lr 2e-3, batch 64,
+EMA warm-up, cosine decay over the budget), then sampled with ``DDIMScheduler`` (η = 0) and
+``DPMSolverMultistepScheduler`` (DPM-Solver++(2M), deterministic and ``sde-dpmsolver++``), each as its
 documentation sets it up.
 
 Every point draws 1000 images from seeded noise, scores them in the digits feature network (pynodeta.metrics)
 against the test images, and divides by the floor: the FD of 1000 real training images against the same test
-images. NFE is the samplers' own count of network evaluations per image. Saves
-benchmarks/results/quality_per_nfe.json and .png and the raw measurements under results/raw/; ``--from-raw FILE``
-rebuilds the report from them.
+images. NFE is the samplers' own count of network evaluations per image. With several race seeds every seed
+is swept in turn, the anchor trained once per seed with that seed, and the report gives each point's mean over
+the seeds with a 95 % t-interval; a seed's sweep is kept in ``RACE/quality_per_nfe-seedS.json`` when it ends, so
+a run that stops resumes at the next seed. Saves benchmarks/results/quality_per_nfe.json and .png and the raw
+measurements under results/raw/; ``--from-raw FILE`` rebuilds the report from them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -32,11 +36,13 @@ from pathlib import Path
 
 import torch
 
+from pynodeta._atomic import atomic_write_text
 from pynodeta.diffusion import SAMPLERS
+from pynodeta.train.diffusion_sampling import describe_sampler_options
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diffusion_vs_diffusers import race_run_dir  # noqa: E402
+from diffusion_vs_diffusers import mean_interval, race_run_dir, shipped_evaluation  # noqa: E402
 from digits_anchor import NUM, UNTUNED_RECIPE, Reference, candidate_recipes, fit_record, train_anchor  # noqa: E402
 
 from reporting import (  # noqa: E402
@@ -54,6 +60,7 @@ NAME = "quality_per_nfe"
 CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
 STEPS = (3, 5, 10, 18, 35)  # noise levels per sampler (--steps); a point above --max-nfe ends the sampler's sweep
 MAX_NFE = 80
+NFE_CAPS = (10, 20, 35, MAX_NFE)  # the best sampler of each model within these budgets of network evaluations
 SEED = 7
 RECIPES = candidate_recipes()
 SHIPPED_RUNS = "the shipped digits configs trained by `pynodeta fit` as shipped"  # older raw files: these
@@ -87,24 +94,28 @@ def pynodeta_curves(name: str, checkpoint: Path, reference: Reference, steps_lis
 
     run, weights = load_diffusion_run(str(checkpoint), None)
     module = run.module.eval()
+    shipped = shipped_evaluation(name)
     points = []
     for sampler in sorted(SAMPLERS):
         if sampler in ("ddpm", "dpm_adaptive"):  # all T steps / adaptive: no step count to sweep
             continue
+        # given explicitly, so that a run fitted before its config had options is drawn as the config is now
+        options = shipped["sampler_options"] if sampler == shipped["sampler"] else {}
         for steps in steps_list:
             try:
                 started = time.perf_counter()
-                samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED))
+                samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED),
+                                   sampler_options=options)
             except ValueError as refused:  # a sampler this objective refuses (e.g. DDIM on an EDM model)
                 print(f"{name} {sampler}: {refused}", flush=True)
                 break
             if samples.nfe > max_nfe:
                 break
-            points.append({"model": name, "sampler": sampler, "steps": steps, "nfe": samples.nfe,
-                           "fd_ratio": reference.fd_ratio(samples.images), "weights": weights,
+            points.append({"model": name, "sampler": sampler, "sampler_options": options, "steps": steps,
+                           "nfe": samples.nfe, "fd_ratio": reference.fd_ratio(samples.images), "weights": weights,
                            "seconds": time.perf_counter() - started})
-            print(f"{name} {sampler} steps {steps}: NFE {samples.nfe:.0f}, FD/floor {points[-1]['fd_ratio']:.2f}",
-                  flush=True)
+            print(f"{name} {label(points[-1])} steps {steps}: NFE {samples.nfe:.0f}, "
+                  f"FD/floor {points[-1]['fd_ratio']:.2f}", flush=True)
     return points
 
 
@@ -139,42 +150,117 @@ def anchor_curves(network, reference: Reference, weights: str) -> list[dict]:
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
+def label(point: dict) -> str:
+    """The sampler with the options it was drawn with: ``ddim (clip_x0=True)``."""
+    return point["sampler"] + describe_sampler_options(point.get("sampler_options"))
+
+
+def per_seed(raw: dict) -> dict:
+    """``raw`` with every point, fit and anchor step count under its seed; older raw files hold one unnamed seed."""
+    if "seeds" in raw:
+        return raw
+    return {**raw, "seeds": [0], "points": [{**p, "seed": 0} for p in raw["points"]],
+            "fits": {"0": raw.get("fits", {})}, "anchor_steps": {"0": raw["anchor_steps"]}}
+
+
+def mean_points(points: list[dict]) -> list[dict]:
+    """One point per model, sampler (with its options) and step count: the mean FD / floor over the seeds that drew
+    it, its 95 % t-interval half-width (nan for one seed) and the seeds' own values, in seed order."""
+    groups: dict[tuple, list[dict]] = {}
+    for point in points:
+        groups.setdefault((point["model"], label(point), point["steps"]), []).append(point)
+    means = []
+    for (model, sampler, steps), group in groups.items():
+        group = sorted(group, key=lambda p: p["seed"])
+        values = [p["fd_ratio"] for p in group]
+        mean, half = mean_interval(values)
+        means.append({"model": model, "sampler": sampler, "steps": steps,
+                      "nfe": sum(p["nfe"] for p in group) / len(group), "fd_ratio": mean, "half_width": half,
+                      "fd_ratios": values, "seeds": [p["seed"] for p in group]})
+    return means
+
+
 def matching_nfe(points: list[dict], model: str, target: float) -> tuple[float, str] | None:
     """The fewest NFE at which any sampler of ``model`` reaches FD / floor ≤ ``target``, and that sampler."""
-    reached = [(p["nfe"], p["sampler"]) for p in points if p["model"] == model and p["fd_ratio"] <= target]
+    reached = [(p["nfe"], label(p)) for p in points if p["model"] == model and p["fd_ratio"] <= target]
     return min(reached) if reached else None
+
+
+def _anchor_ddim50(points: list[dict]) -> dict | None:
+    return next((p for p in points if p["sampler"] == "diffusers DDIM" and p["steps"] == 50), None)
+
+
+def _interval(point: dict) -> str:
+    half = point.get("half_width", math.nan)
+    return f"{point['fd_ratio']:.2f}" if math.isnan(half) else f"{point['fd_ratio']:.2f} ± {half:.2f}"
+
+
+def _seed_values(point: dict) -> str:
+    return ", ".join(f"{v:.2f}" for v in point["fd_ratios"])
+
+
+def _summary(raw: dict, means: list[dict]) -> Table:
+    """Per config: its training, its best point, and the fewest NFE at which it matches the anchor's DDIM-50, on
+    the mean curves and within each seed against that seed's anchor."""
+    anchor = _anchor_ddim50(means)
+    rows = []
+    for model in CONFIGS:
+        fits = [raw["fits"][str(seed)][model] for seed in raw["seeds"] if model in raw["fits"].get(str(seed), {})]
+        best = min((p for p in means if p["model"] == model), key=lambda p: p["fd_ratio"], default=None)
+        match = matching_nfe(means, model, anchor["fd_ratio"]) if anchor else None
+        each_seed = []
+        for seed in raw["seeds"]:
+            drawn = [p for p in raw["points"] if p["seed"] == seed]
+            seed_anchor = _anchor_ddim50(drawn)
+            seed_match = matching_nfe(drawn, model, seed_anchor["fd_ratio"]) if seed_anchor else None
+            each_seed.append(f"{seed_match[0]:.0f}" if seed_match else "-")
+        rows.append([model, round(sum(f["steps"] for f in fits) / len(fits)) if fits else "-",
+                     round(sum(f["fd_ratio"] for f in fits) / len(fits), 2) if fits else "-",
+                     f"{_interval(best)} ({best['sampler']}, NFE {best['nfe']:.0f})" if best else "-",
+                     f"{match[0]:.0f} ({match[1]})" if match else "not reached", ", ".join(each_seed)])
+    recipe = raw.get("anchor_recipe", f"quality_per_nfe ({UNTUNED_RECIPE.describe()})")  # older raw files: untuned
+    steps = ", ".join(str(raw["anchor_steps"][str(seed)]) for seed in raw["seeds"])
+    caption = (f"{len(raw['seeds'])} seed(s) ({', '.join(map(str, raw['seeds']))}); anchor: diffusers "
+               f"UNet2DModel, recipe {recipe}, {steps} steps in {raw['anchor_minutes']:g} min; its DDIM-50 reaches "
+               f"FD / floor@1000 = {_interval(anchor)}" if anchor else "no anchor run")
+    return Table(["pynodeta config", "training steps (mean)", "fit's own FD / floor (its N, mean)",
+                  "best mean FD / floor@1000 (sampler, NFE)", "fewest NFE matching the anchor's DDIM-50 (mean curves)",
+                  "the same within each seed"], rows, caption=caption)
+
+
+def _best_within(means: list[dict]) -> Table:
+    """The best mean FD / floor of each model within each NFE budget, and its sampler."""
+    models = [*CONFIGS, "diffusers UNet2DModel"]
+    rows = []
+    for cap in NFE_CAPS:
+        row = [cap]
+        for model in models:
+            best = min((p for p in means if p["model"] == model and p["nfe"] <= cap), key=lambda p: p["fd_ratio"],
+                       default=None)
+            row.append(f"{_interval(best)} ({best['sampler']}, {best['nfe']:.0f})" if best else "-")
+        rows.append(row)
+    return Table(["NFE at most", *models], rows,
+                 caption="best mean FD / floor@1000 within the budget (sampler, its NFE)")
 
 
 def save_quality_report(raw: dict, directory: Path | None = None) -> Path:
     directory = RESULTS_DIR if directory is None else directory  # read at call time: tests redirect it
-    points = raw["points"]
-    rows = [[p["model"], p["sampler"], p["steps"], round(p["nfe"], 1), round(p["fd_ratio"], 2)] for p in points]
-    table = Table(["model", "sampler", "steps", "NFE", "FD / floor@1000"], rows,
+    raw = per_seed(raw)
+    means = mean_points(raw["points"])
+    rows = [[p["model"], p["sampler"], p["steps"], round(p["nfe"], 1), _interval(p), _seed_values(p)]
+            for p in means]
+    table = Table(["model", "sampler", "steps", "NFE", "FD / floor@1000 (mean, 95 % interval)", "each seed"], rows,
                   caption=f"{NUM} images per point from seeded noise; floor@1000 = {raw['floor']:.3f} "
                           f"(1000 training images against the test images, digits features)")
-    anchor = next((p for p in points if p["sampler"] == "diffusers DDIM" and p["steps"] == 50), None)
-    summary_rows = []
-    for model in CONFIGS:
-        best = min((p for p in points if p["model"] == model), key=lambda p: p["fd_ratio"], default=None)
-        match = matching_nfe(points, model, anchor["fd_ratio"]) if anchor else None
-        summary_rows.append([model, f"{best['fd_ratio']:.2f} ({best['sampler']}, NFE {best['nfe']:.0f})" if best
-                             else "-", f"{match[0]:.0f} ({match[1]})" if match else "not reached"])
-    for row in summary_rows:
-        fit = raw.get("fits", {}).get(row[0])
-        row[1:1] = [fit["steps"], round(fit["fd_ratio"], 2)] if fit else ["-", "-"]
-    recipe = raw.get("anchor_recipe", f"quality_per_nfe ({UNTUNED_RECIPE.describe()})")  # older raw files: untuned
-    summary = Table(["pynodeta config", "training steps", "fit's own FD / floor (its N)",
-                     "best FD / floor@1000 (sampler, NFE)", "fewest NFE matching the anchor's DDIM-50"], summary_rows,
-                    caption=(f"anchor: diffusers UNet2DModel, recipe {recipe}, {raw['anchor_steps']} steps in "
-                             f"{raw['anchor_minutes']:g} min; its DDIM-50 reaches FD / floor@1000 = "
-                             f"{anchor['fd_ratio']:.2f}") if anchor else "no anchor run")
     Path(directory).mkdir(parents=True, exist_ok=True)
-    plot = _plot(points, Path(directory) / f"{NAME}.png")
+    plot = _plot(means, Path(directory) / f"{NAME}.png")
     runs = raw.get("config_runs", SHIPPED_RUNS)
-    notes = [f"pynodeta's models: {runs}, sampled with the weights their fit evaluated with.",
+    notes = [f"pynodeta's models: {runs}, sampled with the weights their fit evaluated with; each config's own "
+             "sampler with the options its shipped config gives it (none in raw files from before options).",
              raw.get("machine_note", "")]
-    return save_report(NAME, "Sample quality against network evaluations on the digits", [summary, table],
-                       notes=[n for n in notes if n], plots=[plot.name] if plot else [], command=raw["command"],
+    return save_report(NAME, "Sample quality against network evaluations on the digits",
+                       [_summary(raw, means), _best_within(means), table], notes=[n for n in notes if n],
+                       plots=[plot.name] if plot else [], command=raw["command"],
                        machine=raw_machine(raw, threads=raw["threads"]), directory=directory)
 
 
@@ -190,8 +276,11 @@ def _plot(points: list[dict], path: Path) -> Path | None:
     figure, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), sharey=True)
     for axis, model in zip(axes, models):
         for sampler in sorted({p["sampler"] for p in points if p["model"] == model}):
-            curve = sorted((p["nfe"], p["fd_ratio"]) for p in points if p["model"] == model and p["sampler"] == sampler)
-            axis.plot(*zip(*curve), marker="o", markersize=3, label=sampler)
+            curve = sorted((p["nfe"], p["fd_ratio"], p["half_width"]) for p in points
+                           if p["model"] == model and p["sampler"] == sampler)
+            nfe, fd, half = zip(*curve)
+            axis.errorbar(nfe, fd, yerr=[0.0 if math.isnan(h) else h for h in half], marker="o", markersize=3,
+                          capsize=2, label=sampler)
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
@@ -199,11 +288,37 @@ def _plot(points: list[dict], path: Path) -> Path | None:
         axis.set_xlabel("NFE")
         if axis.lines:
             axis.legend(fontsize="x-small")
-    axes[0].set_ylabel("FD / floor@1000")
+    axes[0].set_ylabel("FD / floor@1000 (mean over seeds)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+# --- one seed's sweep, kept so that a stopped run resumes -----------------------------------------------------------
+def seed_sweep(seed: int, checkpoints: dict[str, Path], args, reference: Reference, folder: Path) -> dict:
+    """Every pynodeta sampler on the seed's runs, then the anchor trained with that seed and its schedulers. Kept in
+    ``folder/quality_per_nfe-seedS.json``; a kept sweep with the same settings is read back instead of redone."""
+    settings = {"anchor_recipe": args.anchor_recipe, "anchor_minutes": args.anchor_minutes, "steps": args.steps,
+                "max_nfe": args.max_nfe, "threads": args.threads,
+                "checkpoints": {name: str(path) for name, path in checkpoints.items()}}
+    kept = folder / f"{NAME}-seed{seed}.json"
+    if kept.is_file():
+        sweep = json.loads(kept.read_text())
+        if sweep["settings"] == settings:
+            print(f"seed {seed}: read back from {kept}", flush=True)
+            return sweep
+    points = []
+    for name, checkpoint in checkpoints.items():
+        points += pynodeta_curves(name, checkpoint, reference, args.steps, args.max_nfe)
+    recipe = RECIPES[args.anchor_recipe]
+    network, anchor_steps = train_anchor(recipe, args.anchor_minutes, reference.data, seed)
+    points += anchor_curves(network, reference, weights=recipe.averaging())
+    sweep = {"settings": settings, "seed": seed, "points": [{**p, "seed": seed} for p in points],
+             "anchor_steps": anchor_steps,
+             "fits": {name: fit_record(checkpoint.parents[2]) for name, checkpoint in checkpoints.items()}}
+    atomic_write_text(kept, json.dumps(sweep, indent=1, default=float) + "\n")
+    return sweep
 
 
 def main() -> None:
@@ -211,7 +326,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the configs' runs are (or are trained)")
     parser.add_argument("--race-dir", type=Path, default=None,
                         help="take the configs' runs from this digits race's --out folder instead")
-    parser.add_argument("--race-seed", type=int, default=0, help="which of the race's seeds (with --race-dir)")
+    parser.add_argument("--race-seed", type=int, nargs="+", default=[0],
+                        help="which of the race's seeds (with --race-dir); several are swept in turn")
     parser.add_argument("--anchor-recipe", choices=sorted(RECIPES), default=TUNED_RECIPE, metavar="NAME",
                         help=f"the anchor's training recipe, as named in diffusion_vs_diffusers.py (default "
                              f"{TUNED_RECIPE}; 'quality_per_nfe' is the untuned one of earlier runs)")
@@ -226,27 +342,32 @@ def main() -> None:
         return
     if (args.runs_dir is None) == (args.race_dir is None):
         parser.error("pass one of --runs-dir (the folder of the configs' runs) or --race-dir (a digits race's runs)")
+    if args.runs_dir is not None and args.race_seed != [0]:
+        parser.error("--race-seed: only with --race-dir (--runs-dir trains each config once)")
+    if len(set(args.race_seed)) != len(args.race_seed):
+        parser.error(f"--race-seed: each seed once, got {args.race_seed}")
     torch.set_num_threads(args.threads)
-    if args.race_dir is not None:
-        checkpoints = {name: race_checkpoint(name, args.race_dir.resolve(), args.race_seed) for name in CONFIGS}
-        config_runs = f"the digits race's seed-{args.race_seed} runs of the shipped configs"
-    else:
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints = {name: trained_checkpoint(name, args.runs_dir.resolve()) for name in CONFIGS}
-        config_runs = SHIPPED_RUNS
     reference = Reference()
-    points = []
-    for name, checkpoint in checkpoints.items():
-        points += pynodeta_curves(name, checkpoint, reference, args.steps, args.max_nfe)
-    recipe = RECIPES[args.anchor_recipe]
-    network, anchor_steps = train_anchor(recipe, args.anchor_minutes, reference.data)
-    points += anchor_curves(network, reference, weights=recipe.averaging())
-    fits = {name: fit_record(checkpoint.parents[2]) for name, checkpoint in checkpoints.items()}
-    raw = {"points": points, "floor": reference.floor, "threads": args.threads, "anchor_minutes": args.anchor_minutes,
-           "anchor_recipe": f"{args.anchor_recipe} ({recipe.describe()})", "config_runs": config_runs, "fits": fits,
-           "anchor_steps": anchor_steps, "machine_note": args.machine_note}
+    sweeps = []
+    for seed in args.race_seed:
+        if args.race_dir is not None:
+            folder = args.race_dir.resolve()
+            checkpoints = {name: race_checkpoint(name, folder, seed) for name in CONFIGS}
+        else:
+            folder = args.runs_dir.resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            checkpoints = {name: trained_checkpoint(name, folder) for name in CONFIGS}
+        sweeps.append(seed_sweep(seed, checkpoints, args, reference, folder))
+    seeds = ", ".join(map(str, args.race_seed))
+    config_runs = (SHIPPED_RUNS if args.race_dir is None
+                   else f"the digits race's seed {seeds} runs of the shipped configs")
+    raw = {"seeds": args.race_seed, "points": [p for sweep in sweeps for p in sweep["points"]],
+           "floor": reference.floor, "threads": args.threads, "anchor_minutes": args.anchor_minutes,
+           "anchor_recipe": f"{args.anchor_recipe} ({RECIPES[args.anchor_recipe].describe()})",
+           "config_runs": config_runs, "fits": {str(s["seed"]): s["fits"] for s in sweeps},
+           "anchor_steps": {str(s["seed"]): s["anchor_steps"] for s in sweeps}, "machine_note": args.machine_note}
     print(save_quality_report(load_raw(save_raw(NAME, raw))))
-    if not all(math.isfinite(p["fd_ratio"]) for p in points):
+    if not all(math.isfinite(p["fd_ratio"]) for p in raw["points"]):
         print("warning: some points have a non-finite FD", file=sys.stderr)
 
 
