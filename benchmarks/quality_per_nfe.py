@@ -60,6 +60,7 @@ NAME = "quality_per_nfe"
 CONFIGS = ("digits_ddpm", "digits_edm", "digits_edm2")
 STEPS = (3, 5, 10, 18, 35)  # noise levels per sampler (--steps); a point above --max-nfe ends the sampler's sweep
 MAX_NFE = 80
+PLOT_TOP = 10.0  # FD / floor above this (3–5 steps) is left to the table: the plot is for where samplers compete
 NFE_CAPS = (10, 20, 35, MAX_NFE)  # the best sampler of each model within these budgets of network evaluations
 SEED = 7
 RECIPES = candidate_recipes()
@@ -275,14 +276,17 @@ def _plot(points: list[dict], path: Path) -> Path | None:
     models = [*CONFIGS, "diffusers UNet2DModel"]
     figure, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), sharey=True)
     for axis, model in zip(axes, models):
-        for sampler in sorted({p["sampler"] for p in points if p["model"] == model}):
+        for index, sampler in enumerate(sorted({p["sampler"] for p in points if p["model"] == model})):
             curve = sorted((p["nfe"], p["fd_ratio"], p["half_width"]) for p in points
                            if p["model"] == model and p["sampler"] == sampler)
             nfe, fd, half = zip(*curve)
-            axis.errorbar(nfe, fd, yerr=[0.0 if math.isnan(h) else h for h in half], marker="o", markersize=3,
-                          capsize=2, label=sampler)
+            half = [0.0 if math.isnan(h) else h for h in half]
+            below = [min(h, f / 2) for f, h in zip(fd, half)]  # a log axis has no room below zero
+            axis.errorbar(nfe, fd, yerr=[below, half], marker="o", markersize=3, capsize=2, label=sampler,
+                          linestyle="-" if index < 10 else "--")  # the colour cycle repeats after ten
         axis.set_xscale("log")
         axis.set_yscale("log")
+        axis.set_ylim(0.8, PLOT_TOP)  # the few-step points far above are in the table
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
         axis.set_title(model)
         axis.set_xlabel("NFE")
