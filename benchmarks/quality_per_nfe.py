@@ -7,7 +7,7 @@ DDPM, EDM and EDM2 models, beside diffusers' DDIM and DPM-Solver++ (ODE and SDE)
 The pynodeta models are the shipped configs trained as a user trains them (``pynodeta fit --config NAME``, into
 ``RUNS/NAME/version_0``; a run already there is reused), or the runs of a digits race (``diffusion_vs_diffusers.py
 race --out RACE``: ``RACE/runs/NAME_seedS/version_0``), sampled with the weights their fit evaluated with; each
-config's own sampler is drawn with the options the shipped config gives it now (digits_ddpm's DDIM clips x̂0),
+config's own sampler is drawn with the options the shipped config gives it now (e.g. ``clip_x0`` for a DDIM config),
 every other sampler with none. The anchor is diffusers' ``UNet2DModel`` (two levels of 32 and 64 channels, two
 layers per level, attention at 4×4) trained for ``--anchor-minutes`` with diffusers' ``DDPMScheduler`` (T = 1000,
 linear β) under ``--anchor-recipe`` (default: the best of the ``diffusers_sweep`` report, AdamW lr 2e-3, batch 64,
