@@ -1,27 +1,16 @@
 """The quality-per-NFE report's pure helpers: points averaged over seeds, the matching NFE on the mean curves and
 within each seed, the sampler labelled with its options, and older one-seed raw files read as seed 0."""
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 pytest.importorskip("scipy")  # the interval over seeds
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # where the scripts import each other from
+import quality_per_nfe as quality  # noqa: E402
 
-
-def _script(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-quality = _script("quality_per_nfe")
 ANCHOR = "diffusers UNet2DModel"
 
 
