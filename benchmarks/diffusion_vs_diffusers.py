@@ -125,13 +125,18 @@ def race_run_dir(out: Path, config: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{config}_seed{seed}" / "version_0"
 
 
-def shipped_evaluation(config: str) -> dict:
-    """The shipped ``config``'s evaluation settings as written today (``sampler``, ``steps``, ``sampler_options``
-    always present): a race's or sweep's run trained before a change of sampler is drawn as the config now is."""
+def shipped_config(config: str) -> dict:
+    """The shipped ``config`` as written today, its evaluation's ``sampler_options`` always present ({} when
+    none): a race's or sweep's run trained before a change of sampler is drawn as the config now is."""
     shipped = yaml.safe_load(shipped_config_path(config).read_text())
-    evaluation = dict(shipped["model"]["init_args"]["evaluation"])
+    evaluation = shipped["model"]["init_args"]["evaluation"]
     evaluation["sampler_options"] = evaluation.get("sampler_options") or {}
-    return evaluation
+    return shipped
+
+
+def shipped_evaluation(config: str) -> dict:
+    """The shipped ``config``'s evaluation settings (``sampler``, ``steps``, ``sampler_options``, …)."""
+    return shipped_config(config)["model"]["init_args"]["evaluation"]
 
 
 def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
@@ -161,8 +166,8 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
              "--out", posthoc, cwd=runs)
         checkpoint = posthoc
     images_path = root / f"samples-{args.num_samples}.pt"
-    shipped_config = yaml.safe_load(shipped_config_path(config).read_text())
-    evaluation = shipped_evaluation(config)  # the config's sampler now, not at its fit
+    shipped = shipped_config(config)
+    evaluation = shipped["model"]["init_args"]["evaluation"]  # the config's sampler now, not at its fit
     sampler_options = evaluation["sampler_options"]
     option_flags = [flag for name, value in sampler_options.items()
                     for flag in ("--sampler-option", f"{name}={json.dumps(value)}")]  # JSON scalars read as YAML
@@ -176,10 +181,10 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
     if drawn is None:
         raise RuntimeError(f"pynodeta sample's last line changed; cannot read its sampler and NFE from {output!r}")
     images = torch.load(images_path, weights_only=True)
-    shipped = shipped_config["trainer"]
+    limits = shipped["trainer"]
     fit = fit_record(runs / name)
     return {"model": config, "seed": seed, "steps": fit["steps"], "epochs": fit["epochs"], "fit": fit,
-            "fit_seconds": fit_seconds, "max_time": shipped.get("max_time"), "max_epochs": shipped.get("max_epochs"),
+            "fit_seconds": fit_seconds, "max_time": limits.get("max_time"), "max_epochs": limits.get("max_epochs"),
             "fit_args": fit_args, "sampler": drawn[1], "sampler_options": sampler_options, "nfe": float(drawn[2]),
             "weights": drawn[3], "sample_seconds": sample_seconds, "fd_ratio": reference.fd_ratio(images),
             "num_samples": args.num_samples, "floor": reference.floor, "threads": args.threads}

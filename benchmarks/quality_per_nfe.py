@@ -43,7 +43,7 @@ from pynodeta.train.diffusion_sampling import describe_sampler_options
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusion_vs_diffusers import mean_interval, race_run_dir, shipped_evaluation  # noqa: E402
-from digits_anchor import NUM, UNTUNED_RECIPE, Reference, candidate_recipes, fit_record, train_anchor  # noqa: E402
+from digits_anchor import NUM, Reference, candidate_recipes, fit_record, train_anchor  # noqa: E402
 
 from reporting import (  # noqa: E402
     RESULTS_DIR,
@@ -64,7 +64,7 @@ PLOT_TOP = 10.0  # FD / floor above this (3–5 steps) is left to the table: the
 NFE_CAPS = (10, 20, 35, MAX_NFE)  # the best sampler of each model within these budgets of network evaluations
 SEED = 7
 RECIPES = candidate_recipes()
-SHIPPED_RUNS = "the shipped digits configs trained by `pynodeta fit` as shipped"  # older raw files: these
+SHIPPED_RUNS = "the shipped digits configs trained by `pynodeta fit` as shipped"
 TUNED_RECIPE = "lr2e-3_b64_p0.75"  # the diffusers_sweep report's best for 8 minutes on 2 threads
 
 
@@ -156,14 +156,6 @@ def label(point: dict) -> str:
     return point["sampler"] + describe_sampler_options(point.get("sampler_options"))
 
 
-def per_seed(raw: dict) -> dict:
-    """``raw`` with every point, fit and anchor step count under its seed; older raw files hold one unnamed seed."""
-    if "seeds" in raw:
-        return raw
-    return {**raw, "seeds": [0], "points": [{**p, "seed": 0} for p in raw["points"]],
-            "fits": {"0": raw.get("fits", {})}, "anchor_steps": {"0": raw["anchor_steps"]}}
-
-
 def mean_points(points: list[dict]) -> list[dict]:
     """One point per model, sampler (with its options) and step count: the mean FD / floor over the seeds that drew
     it, its 95 % t-interval half-width (nan for one seed) and the seeds' own values, in seed order."""
@@ -219,7 +211,7 @@ def _summary(raw: dict, means: list[dict]) -> Table:
                      round(sum(f["fd_ratio"] for f in fits) / len(fits), 2) if fits else "-",
                      f"{_interval(best)} ({best['sampler']}, NFE {best['nfe']:.0f})" if best else "-",
                      f"{match[0]:.0f} ({match[1]})" if match else "not reached", ", ".join(each_seed)])
-    recipe = raw.get("anchor_recipe", f"quality_per_nfe ({UNTUNED_RECIPE.describe()})")  # older raw files: untuned
+    recipe = raw["anchor_recipe"]
     steps = ", ".join(str(raw["anchor_steps"][str(seed)]) for seed in raw["seeds"])
     caption = (f"{len(raw['seeds'])} seed(s) ({', '.join(map(str, raw['seeds']))}); anchor: diffusers "
                f"UNet2DModel, recipe {recipe}, {steps} steps in {raw['anchor_minutes']:g} min; its DDIM-50 reaches "
@@ -246,7 +238,6 @@ def _best_within(means: list[dict]) -> Table:
 
 def save_quality_report(raw: dict, directory: Path | None = None) -> Path:
     directory = RESULTS_DIR if directory is None else directory  # read at call time: tests redirect it
-    raw = per_seed(raw)
     means = mean_points(raw["points"])
     rows = [[p["model"], p["sampler"], p["steps"], round(p["nfe"], 1), _interval(p), _seed_values(p)]
             for p in means]
@@ -255,9 +246,9 @@ def save_quality_report(raw: dict, directory: Path | None = None) -> Path:
                           f"(1000 training images against the test images, digits features)")
     Path(directory).mkdir(parents=True, exist_ok=True)
     plot = _plot(means, Path(directory) / f"{NAME}.png")
-    runs = raw.get("config_runs", SHIPPED_RUNS)
+    runs = raw["config_runs"]
     notes = [f"pynodeta's models: {runs}, sampled with the weights their fit evaluated with; each config's own "
-             "sampler with the options its shipped config gives it (none in raw files from before options).",
+             "sampler with the options its shipped config gives it.",
              raw.get("machine_note", "")]
     return save_report(NAME, "Sample quality against network evaluations on the digits",
                        [_summary(raw, means), _best_within(means), table], notes=[n for n in notes if n],

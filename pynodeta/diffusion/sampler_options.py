@@ -21,12 +21,12 @@ __all__ = ["sampler_option_names", "check_sampler_options"]
 # the arguments every sampler shares, set by the caller rather than by a run's options
 _COMMON = frozenset({"model", "denoiser", "x", "sigmas", "extra_args", "generator", "callback", "disable"})
 _SCALARS = (bool, int, float, str)
-_ODE = "ode"  # pynodeta's adaptive probability-flow sampler: its options are its solve
+ODE_SAMPLER = "ode"  # the probability-flow ODE, solved adaptively: not a fixed-level sampler; its options are its solve
 
 
 def sampler_option_names(sampler: str) -> tuple[str, ...]:
     """The options ``sampler`` takes, in its signature's order (empty for ``dpmpp_2m`` and ``ode``)."""
-    if sampler == _ODE:
+    if sampler == ODE_SAMPLER:
         return ()
     return tuple(name for name in inspect.signature(get_sampler(sampler)).parameters if name not in _COMMON)
 
@@ -41,7 +41,7 @@ def check_sampler_options(sampler: str, options: Mapping | None, where: str = "s
     allowed = sampler_option_names(sampler)
     for name, value in options.items():
         if name not in allowed:
-            if sampler == _ODE:
+            if sampler == ODE_SAMPLER:
                 raise ValueError(f"{where}: the ode sampler takes no options; set its solve with evaluation.solver "
                                  f"(or --rtol/--atol), got {name!r}")
             takes = ", ".join(allowed) if allowed else "none"

@@ -21,6 +21,7 @@ import torch
 import pynodeta.diffusion as pd
 from pynodeta._atomic import atomic_write
 from pynodeta.diffusion.guidance import GuidedDenoiser, check_guidance
+from pynodeta.diffusion.sampler_options import ODE_SAMPLER
 from pynodeta.ode import IController, SolverSettings
 from pynodeta.ode.stats import record_stats
 
@@ -28,8 +29,6 @@ from .conditioning import one_hot_labels
 
 __all__ = ["ODE_SAMPLER", "sampler_names", "check_sampler_name", "resolved_sampler_options", "describe_sampler_options",
            "Samples", "SampleBatch", "generate", "generate_batches", "requested_labels", "save_grid"]
-
-ODE_SAMPLER = "ode"  # the probability-flow ODE, solved adaptively: not a fixed-level sampler of the registry
 
 
 def sampler_names() -> tuple[str, ...]:

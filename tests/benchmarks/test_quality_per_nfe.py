@@ -1,5 +1,5 @@
 """The quality-per-NFE report's pure helpers: points averaged over seeds, the matching NFE on the mean curves and
-within each seed, the sampler labelled with its options, and older one-seed raw files read as seed 0."""
+within each seed, the sampler labelled with its options, and the seed arguments."""
 
 import math
 import sys
@@ -22,7 +22,7 @@ def _point(model, sampler, steps, nfe, fd, seed, options=None):
 def test_sampler_is_labelled_with_the_options_it_drew_with():
     assert quality.label(_point("m", "ddim", 5, 5.0, 1.0, 0, {"clip_x0": True})) == "ddim (clip_x0=True)"
     assert quality.label(_point("m", "heun", 5, 9.0, 1.0, 0, {})) == "heun"
-    assert quality.label(_point("m", "heun", 5, 9.0, 1.0, 0)) == "heun"  # raw files from before options
+    assert quality.label(_point("m", "heun", 5, 9.0, 1.0, 0)) == "heun"  # the anchor's points carry none
 
 
 def test_mean_points_average_each_sampler_and_step_count_over_seeds():
@@ -43,26 +43,17 @@ def test_matching_nfe_on_the_mean_curves_and_within_each_seed():
         _point(ANCHOR, "diffusers DDIM", 50, 50.0, 1.2, 0), _point(ANCHOR, "diffusers DDIM", 50, 50.0, 1.0, 1),
         _point("digits_edm", "heun", 5, 9.0, 1.1, 0), _point("digits_edm", "heun", 5, 9.0, 1.5, 1),
         _point("digits_edm", "dpmpp_2m_sde", 35, 35.0, 1.0, 0), _point("digits_edm", "dpmpp_2m_sde", 35, 35.0, 0.9, 1),
-    ], "fits": {"0": {}, "1": {}}, "anchor_steps": {"0": 10, "1": 12}, "anchor_minutes": 8}
+    ], "fits": {"0": {}, "1": {}}, "anchor_steps": {"0": 10, "1": 12}, "anchor_minutes": 8,
+           "anchor_recipe": "tuned"}
     summary = quality._summary(raw, quality.mean_points(raw["points"]))
     row = next(r for r in summary.rows if r[0] == "digits_edm")
     assert row[4] == "35 (dpmpp_2m_sde)"  # mean 0.95 ≤ the anchor's mean 1.1; heun's mean 1.3 is not
     assert row[5] == "9, 35"
-    assert "DDIM-50 reaches FD / floor@1000 = 1.10 ±" in summary.caption and "10, 12 steps" in summary.caption
+    assert "DDIM-50 reaches FD / floor@1000 = 1.10 ±" in summary.caption
+    assert "recipe tuned, 10, 12 steps" in summary.caption
     best = quality._best_within(quality.mean_points(raw["points"]))
     assert best.rows[0][0] == 10 and best.rows[0][2].startswith("1.30 ± ")  # within 10 NFE: heun only
     assert best.rows[2][2].startswith("0.95 ± ") and "dpmpp_2m_sde, 35" in best.rows[2][2]
-
-
-def test_a_one_seed_raw_file_is_read_as_seed_0():
-    old = {"points": [_point("digits_ddpm", "ddim", 50, 50.0, 1.3, 0)], "fits": {"digits_ddpm": {"steps": 5}},
-           "anchor_steps": 3724}
-    for point in old["points"]:
-        del point["seed"]
-    raw = quality.per_seed(old)
-    assert raw["seeds"] == [0] and raw["points"][0]["seed"] == 0
-    assert raw["fits"] == {"0": {"digits_ddpm": {"steps": 5}}} and raw["anchor_steps"] == {"0": 3724}
-    assert quality.per_seed(raw) is raw
 
 
 @pytest.mark.parametrize("arguments, message", [
