@@ -1,8 +1,9 @@
 """Drawing images from a trained diffusion module with any of pynodeta's image samplers, and saving grids.
 
 Every sampler of ``pynodeta.diffusion.SAMPLERS`` walks the noise levels the module's objective gives it
-(Karras levels between the denoiser's ``sigma_min`` and ``sigma_max``; a DDPM schedule's own levels for
-``ddpm`` and ``ddim``); ``ode`` solves the probability-flow ODE adaptively through ``pynodeta.solve``.
+(Karras levels between the denoiser's ``sigma_min`` and ``sigma_max``, or the ends and ρ its ``sigma_min``,
+``sigma_max`` and ``rho`` options set; a DDPM schedule's own levels for ``ddpm`` and ``ddim``); ``ode`` solves
+the probability-flow ODE adaptively through ``pynodeta.solve``.
 Class-conditional models draw the classes asked for, optionally with classifier-free guidance.
 """
 
@@ -21,7 +22,7 @@ import torch
 import pynodeta.diffusion as pd
 from pynodeta._atomic import atomic_write
 from pynodeta.diffusion.guidance import GuidedDenoiser, check_guidance
-from pynodeta.diffusion.sampler_options import ODE_SAMPLER
+from pynodeta.diffusion.sampler_options import ODE_SAMPLER, split_grid_options
 from pynodeta.ode import IController, SolverSettings
 from pynodeta.ode.stats import record_stats
 
@@ -109,10 +110,11 @@ def _check(module, sampler: str, steps: int, num: int, guidance: float) -> None:
         raise ValueError(f"guidance={guidance} needs a class-conditional model; this one has no classes")
 
 
-def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: torch.Tensor | None,
+def _draw_batch(module, sampler: str, noise: torch.Tensor, sigmas: torch.Tensor | None, labels: torch.Tensor | None,
                 guidance: float, solver, generator: torch.Generator | None, disable: bool | None,
                 precision: str = "32", options: dict | None = None) -> torch.Tensor:
-    """One batch from standard normal ``noise`` (and one-hot ``labels`` of a conditional model)."""
+    """One batch from standard normal ``noise`` (and one-hot ``labels`` of a conditional model) down ``sigmas``
+    (None for ``ode``); ``options``: the sampler's own."""
     denoiser = module.denoiser()
     if pd.autocast_dtype(precision) is not None:  # the network under autocast, the sampler's state in float32
         denoiser = pd.AutocastDenoiser(denoiser, precision)
@@ -128,7 +130,7 @@ def _draw_batch(module, sampler: str, noise: torch.Tensor, steps: int, labels: t
         x = solution.ys[-1]
         sigma = torch.full((x.shape[0],), sigma_end, dtype=x.dtype, device=x.device)
         return denoiser(x, sigma, **extra_args)
-    sigmas = module.objective.sampling_sigmas(module.model, sampler, steps).to(noise.device)  # a DDPM grid: float64
+    sigmas = sigmas.to(noise.device)
     x = noise * module.objective.prior_scale(sampler, sigmas)
     return pd.SAMPLERS[sampler](denoiser, x, sigmas, extra_args=extra_args, generator=generator, disable=disable,
                                 **(options or {}))
@@ -174,6 +176,10 @@ def generate_batches(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     labels = requested_labels(class_labels, num, module.num_classes)
     solver = _ode_solver(module, solver) if sampler == ODE_SAMPLER else None
+    grid, own_options = split_grid_options(options)
+    # built once, before anything is drawn, so that a grid outside the model's noise levels is refused at once
+    sigmas = None if sampler == ODE_SAMPLER else module.objective.sampling_sigmas(module.model, sampler, steps,
+                                                                                     **grid)  # DDPM grids: float64
     shape, device = module.sample_shape, module.device
     for first in range(0, num, batch_size):
         count = min(batch_size, num - first)
@@ -184,8 +190,8 @@ def generate_batches(
         module.eval()
         try:
             with torch.no_grad(), record_stats() as log:
-                images = _draw_batch(module, sampler, noise, steps, one_hot, guidance, solver, generator, disable,
-                                     precision, options)
+                images = _draw_batch(module, sampler, noise, sigmas, one_hot, guidance, solver, generator, disable,
+                                     precision, own_options)
         finally:
             module.train(was_training)
         if not torch.isfinite(images).all():

@@ -42,8 +42,10 @@ class EvalSettings:
             ``pynodeta.SolverSettings``; None: dopri5 with ``IController(rtol=1e-3, atol=1e-3)``.
         sampler_options: the sampler's own options, e.g. ``{"clip_x0": True}`` for ``ddim`` (x̂0 clipped to
             [-1, 1] at every step, diffusers' ``clip_sample``) or ``{"eta": 0.5}``; checked against the
-            sampler's signature (:func:`pynodeta.diffusion.check_sampler_options`). They belong to this
-            sampler: ``pynodeta sample`` with another ``--sampler`` does not use them. None: none.
+            sampler's signature (:func:`pynodeta.diffusion.check_sampler_options`); a sampler that walks Karras
+            levels also takes the grid's ``sigma_min``, ``sigma_max`` and ``rho`` (``{"sigma_min": 0.2}``: the
+            last level before 0). They belong to this sampler: ``pynodeta sample`` with another ``--sampler``
+            does not use them. None: none.
     """
 
     sampler: str | None = None

@@ -124,7 +124,7 @@ def _check_numbers(args) -> None:
 
 def _sampler_options(given: list[str] | None) -> dict | None:
     """--sampler-option NAME=VALUE flags as a dict (None when there are none); values are read as YAML scalars,
-    so true, 0.5 and midpoint come out as a bool, a float and a string."""
+    so true, 0.5, 1e-5 and midpoint come out as a bool, a float, a float and a string."""
     if given is None:
         return None
     import yaml  # jsonargparse's dependency: imported only when options are given
@@ -139,6 +139,11 @@ def _sampler_options(given: list[str] | None) -> dict | None:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (dict, list)):
             raise UsageError(f"--sampler-option {item!r}: the value must be a number, a string or true/false")
         if name in options:

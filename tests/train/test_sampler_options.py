@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pynodeta.cli import main
-from pynodeta.diffusion import check_sampler_options, sampler_option_names
+from pynodeta.diffusion import SAMPLERS, check_sampler_options, karras_sigmas, sampler_option_names
+from pynodeta.diffusion.sampler_options import GRID_OPTIONS
 from pynodeta.train import DDPMObjective, EDMObjective
 from pynodeta.train.diffusion_evaluation import summary_line
 from pynodeta.train.diffusion_sampling import generate_batches
@@ -47,15 +48,24 @@ def _draw(module, sampler="ddim", **options):
 # --- the check against the sampler's signature -------------------------------------------------------------
 def test_the_options_of_a_sampler_are_the_keywords_of_its_signature():
     assert sampler_option_names("ddim") == ("eta", "clip_x0")
-    assert sampler_option_names("heun") == ("s_churn", "s_tmin", "s_tmax", "s_noise")
-    assert sampler_option_names("dpmpp_2m") == () and sampler_option_names("ode") == ()
+    # then the grid's, which every noise-level sampler takes (dpm_adaptive uses only the grid's ends)
+    assert sampler_option_names("heun") == ("s_churn", "s_tmin", "s_tmax", "s_noise", *GRID_OPTIONS)
+    assert sampler_option_names("dpmpp_2m") == GRID_OPTIONS and sampler_option_names("ode") == ()
+    assert sampler_option_names("dpm_adaptive")[-2:] == ("sigma_min", "sigma_max")
+    assert "rho" not in sampler_option_names("dpm_adaptive") and "sigma_min" not in sampler_option_names("ddpm")
     assert check_sampler_options("ddim", None) == {}
     assert check_sampler_options("ddim", {"clip_x0": True, "eta": 0.5}) == {"clip_x0": True, "eta": 0.5}
 
 
 @pytest.mark.parametrize("sampler, options, error, message", [
     ("heun", {"clip_x0": True}, ValueError, "sampler 'heun' takes no option 'clip_x0'; its options: s_churn, s_tmin"),
-    ("dpmpp_2m", {"eta": 1.0}, ValueError, "its options: none"),
+    ("dpmpp_2m", {"eta": 1.0}, ValueError, "its options: sigma_min, sigma_max, rho"),
+    ("ddim", {"sigma_min": 0.1}, ValueError, r"sampler 'ddim' walks the DDPM schedule's timesteps \(steps sets "
+                                             r"them\) and takes no 'sigma_min'"),
+    ("dpm_adaptive", {"rho": 3.0}, ValueError, "sampler 'dpm_adaptive' takes no option 'rho'"),
+    ("heun", {"sigma_min": 0}, ValueError, r"sigma_min must be a finite number > 0 \(a noise level"),
+    ("euler", {"sigma_max": float("inf")}, ValueError, "sigma_max must be a finite number > 0"),
+    ("euler", {"rho": True}, ValueError, r"rho must be a finite number > 0 \(EDM uses 7\), got True"),
     ("ode", {"rtol": 1e-3}, ValueError, "the ode sampler takes no options; set its solve with evaluation.solver"),
     ("ddim", {"eta": [0.5]}, TypeError, "option 'eta' of sampler 'ddim' must be a number"),
     ("ddim", ["clip_x0"], TypeError, "must map option names to values"),
@@ -101,6 +111,52 @@ def test_the_summary_line_names_the_options():
     assert "| sampler ddim, NFE 50 |" in summary_line({**result, "sampler_options": {}})
 
 
+# --- the noise-level grid ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("objective", [EDMObjective(), DDPMObjective()], ids=["edm", "ddpm"])
+def test_the_grid_options_set_the_ends_and_rho_of_the_karras_levels(objective):
+    low, high = objective.sigma_range(None)
+    default = objective.sampling_sigmas(None, "heun", 5)
+    torch.testing.assert_close(default, karras_sigmas(5, low, high), rtol=0, atol=0)
+    assert torch.equal(objective.sampling_sigmas(None, "heun", 5, sigma_min=None, rho=7.0), default)
+    grid = objective.sampling_sigmas(None, "dpmpp_2m", 5, sigma_min=0.3, sigma_max=20.0, rho=3.0)
+    torch.testing.assert_close(grid, karras_sigmas(5, 0.3, 20.0, 3.0), rtol=0, atol=0)
+    assert float(grid[-2]) == pytest.approx(0.3) and float(grid[0]) == pytest.approx(20.0) and grid[-1] == 0
+
+
+def test_a_grid_outside_the_models_noise_levels_is_refused_not_clamped():
+    objective = DDPMObjective()  # a DDPM schedule's denoiser is defined on [σ_1, σ_T] only
+    low, high = objective.sigma_range(None)
+    with pytest.raises(ValueError, match=r"sigma_min=0.001 lies outside the noise levels this model's denoiser is "
+                                         r"defined on, \[0.01\d*, 157.\d*\]"):
+        objective.sampling_sigmas(None, "heun", 5, sigma_min=1e-3)
+    with pytest.raises(ValueError, match="sigma_max=200 lies outside"):
+        objective.sampling_sigmas(None, "heun", 5, sigma_max=200.0)
+    with pytest.raises(ValueError, match=r"the grid's sigma_min \(200\) must lie below its sigma_max \(80\)"):
+        EDMObjective().sampling_sigmas(None, "heun", 5, sigma_min=200.0)  # EDM's denoiser takes any σ > 0
+    with pytest.raises(ValueError, match="takes no grid options"):
+        objective.sampling_sigmas(None, "ddim", 5, sigma_min=1.0)
+    assert float(EDMObjective().sampling_sigmas(None, "heun", 5, sigma_max=500.0)[0]) == pytest.approx(500.0)
+    assert low < 0.02 and high > 150
+
+
+@pytest.mark.parametrize("sampler, own", [("heun", {"s_churn": 2.0, "s_tmax": 100.0}), ("dpmpp_2m", {}),
+                                         ("dpm_2_ancestral", {})])
+def test_a_run_drawn_with_grid_options_walks_that_grid(clipped_run, sampler, own):
+    """The draw equals the sampler called by hand on the run's denoiser with the Karras grid those options give,
+    and the sampler receives only its own options."""
+    module = load_run(clipped_run).module.eval()
+    grid = {"sigma_min": 0.4, "sigma_max": 60.0, "rho": 5.0}
+    drawn = _draw(module, sampler, sampler_options={**own, **grid})
+    sigmas = karras_sigmas(4, 0.4, 60.0, 5.0)
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(6, *module.sample_shape, generator=generator)
+    with torch.no_grad():
+        by_hand = SAMPLERS[sampler](module.denoiser(), noise * sigmas[0], sigmas, generator=generator, disable=True,
+                                    **own)
+    torch.testing.assert_close(drawn, by_hand, rtol=0, atol=0)
+    assert not torch.equal(drawn, _draw(module, sampler, sampler_options=own))  # the grid changed the images
+
+
 # --- the commands ----------------------------------------------------------------------------------------
 def test_sample_uses_the_runs_options_and_replaces_them_with_the_flags(clipped_run, tmp_path, capsys):
     def sample(*flags):
@@ -115,6 +171,8 @@ def test_sample_uses_the_runs_options_and_replaces_them_with_the_flags(clipped_r
     assert "sampler ddim (clip_x0=False, eta=0.5), NFE 4" in line and np.abs(images).max() > 1
     line, _ = sample("--sampler", "euler")
     assert "sampler euler, NFE 4" in line
+    line, _ = sample("--sampler", "euler", "--sampler-option", "sigma_min=0.2")
+    assert "sampler euler (sigma_min=0.2), NFE 4" in line
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -124,6 +182,8 @@ def test_sample_uses_the_runs_options_and_replaces_them_with_the_flags(clipped_r
     (["--sampler-option", "churn=1"], "--sampler-option: sampler 'ddim' takes no option 'churn'; its options: eta, "
                                       "clip_x0"),
     (["--sampler", "heun", "--sampler-option", "clip_x0=true"], "sampler 'heun' takes no option 'clip_x0'"),
+    (["--sampler", "heun", "--sampler-option", "sigma_min=1e-5"], "sampler option sigma_min=1e-05 lies outside the "
+                                                                  "noise levels this model's denoiser is defined on"),
 ])
 def test_sample_refuses_bad_options_before_drawing(clipped_run, tmp_path, capsys, flags, message):
     out = tmp_path / "g.png"

@@ -57,13 +57,26 @@ class DiffusionObjective(nn.Module):
         low, high = float(getattr(denoiser, "sigma_min", 0.0)), float(getattr(denoiser, "sigma_max", math.inf))
         return (low if low > 0 else EDM_SIGMA_MIN, high if math.isfinite(high) else EDM_SIGMA_MAX)
 
-    def sampling_sigmas(self, model: nn.Module, sampler: str, steps: int) -> torch.Tensor:
-        """The noise levels an image sampler walks for ``steps``: Karras et al.'s ρ = 7 grid over
-        :meth:`sigma_range`, ending at 0. ``DDPMObjective`` gives its own schedule's levels to ``ddpm``/``ddim``."""
+    def sampling_sigmas(self, model: nn.Module, sampler: str, steps: int, *, sigma_min: float | None = None,
+                        sigma_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
+        """The noise levels an image sampler walks for ``steps``: Karras et al.'s grid (EDM Eq. 5) from
+        ``sigma_max`` to ``sigma_min``, ending at 0; None takes that end of :meth:`sigma_range`. A grid end outside
+        the levels the denoiser is defined on (a DDPM schedule's) is refused, not clamped. ``DDPMObjective``
+        gives its own schedule's levels to ``ddpm``/``ddim``."""
         from pynodeta.diffusion import karras_sigmas
 
-        sigma_min, sigma_max = self.sigma_range(model)
-        return karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max)
+        low, high = self.sigma_range(model)
+        denoiser = self.denoiser(model)
+        defined = (float(getattr(denoiser, "sigma_min", 0.0)), float(getattr(denoiser, "sigma_max", math.inf)))
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if value is not None and not defined[0] * (1 - 1e-6) <= value <= defined[1] * (1 + 1e-6):
+                raise ValueError(f"sampler option {name}={value:g} lies outside the noise levels this model's "
+                                 f"denoiser is defined on, [{defined[0]:.6g}, {defined[1]:.6g}]; choose one inside")
+        first, last = high if sigma_max is None else sigma_max, low if sigma_min is None else sigma_min
+        if not last < first:
+            raise ValueError(f"sampler options: the grid's sigma_min ({last:g}) must lie below its sigma_max "
+                             f"({first:g}); the model's own range is [{low:.6g}, {high:.6g}]")
+        return karras_sigmas(steps, sigma_min=last, sigma_max=first, rho=rho)
 
     def prior_scale(self, sampler: str, sigmas: torch.Tensor) -> torch.Tensor:
         """The standard deviation of the noise a sampler starts from at ``sigmas[0]``: σ_max itself (EDM)."""

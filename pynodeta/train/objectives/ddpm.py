@@ -74,13 +74,16 @@ class DDPMObjective(DiffusionObjective):
     def denoiser(self, model: nn.Module) -> nn.Module:
         return DenoiserFromEpsilon(self.eps_model(model), self.schedule, timestep="interpolate")
 
-    def sampling_sigmas(self, model: nn.Module, sampler: str, steps: int) -> torch.Tensor:
+    def sampling_sigmas(self, model: nn.Module, sampler: str, steps: int, **grid) -> torch.Tensor:
         if sampler in ("ddpm", "ddim"):
             from pynodeta.diffusion import ddpm_sigmas
 
+            if grid:
+                raise ValueError(f"sampler {sampler!r} walks the schedule's timesteps and takes no grid options, "
+                                 f"got {sorted(grid)}")
             # the schedule's own timesteps (all T for ancestral DDPM), in float64 as the ε-samplers compute them
             return ddpm_sigmas(self.schedule, None if sampler == "ddpm" else steps)
-        return super().sampling_sigmas(model, sampler, steps)
+        return super().sampling_sigmas(model, sampler, steps, **grid)
 
     def prior_scale(self, sampler: str, sigmas: torch.Tensor) -> torch.Tensor:
         # DDPM starts from x_T ~ N(0, I), the variance-preserving state; as the variance-exploding state
