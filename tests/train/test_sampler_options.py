@@ -13,7 +13,8 @@ import torch
 from pynodeta.cli import main
 from pynodeta.diffusion import SAMPLERS, check_sampler_options, karras_sigmas, sampler_option_names
 from pynodeta.diffusion.sampler_options import GRID_OPTIONS
-from pynodeta.train import DDPMObjective, EDMObjective
+from pynodeta.models import DDPMUNet
+from pynodeta.train import DDPMObjective, DiffusionModule, EDMObjective
 from pynodeta.train.diffusion_evaluation import summary_line
 from pynodeta.train.diffusion_sampling import generate_batches
 from pynodeta.train.evaluation_settings import EvalSettings
@@ -137,6 +138,14 @@ def test_a_grid_outside_the_models_noise_levels_is_refused_not_clamped():
         objective.sampling_sigmas(None, "ddim", 5, sigma_min=1.0)
     assert float(EDMObjective().sampling_sigmas(None, "heun", 5, sigma_max=500.0)[0]) == pytest.approx(500.0)
     assert low < 0.02 and high > 150
+
+
+def test_a_run_whose_grid_leaves_the_models_noise_levels_is_refused_when_it_is_built():
+    evaluation = EvalSettings(sampler="dpmpp_2m", sampler_options={"sigma_min": 1e-4})
+    with pytest.raises(ValueError, match="sampler option sigma_min=0.0001 lies outside the noise levels"):
+        DiffusionModule(DDPMUNet(**UNET), DDPMObjective(), evaluation=evaluation)
+    built = DiffusionModule(DDPMUNet(**UNET, time_scale=250.0), EDMObjective(), evaluation=evaluation)  # any σ > 0
+    assert built.evaluation.sampler_options == {"sigma_min": 1e-4}
 
 
 @pytest.mark.parametrize("sampler, own", [("heun", {"s_churn": 2.0, "s_tmax": 100.0}), ("dpmpp_2m", {}),
