@@ -43,7 +43,8 @@ NAME = "sampling_grid"
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde")  # the best few-step samplers of quality_per_nfe
 STEPS = (5, 10, 18)
 SIGMA_MINS = ("model", 0.1, 0.2, 0.4)
-NFE_CAPS = (10, 20, 35)
+MAX_NFE = 20  # the few-step regime where the grid's end matters; the 35-NFE configs are quality_per_nfe's
+NFE_CAPS = (10, 20)
 DEFAULT = "model"
 ANCHOR = "diffusers UNet2DModel"
 DIFFUSERS_DPM = "diffusers DPM-Solver++(2M)"
@@ -62,8 +63,10 @@ def _grid_value(text: str):
     return value
 
 
-def grid_points(name: str, checkpoint: Path, reference: Reference, samplers, steps_list, sigma_mins) -> list[dict]:
-    """Every (sampler, steps, σ_min) of one fit, from the same seeded noise."""
+def grid_points(name: str, checkpoint: Path, reference: Reference, samplers, steps_list, sigma_mins,
+                max_nfe: float = MAX_NFE) -> list[dict]:
+    """Every (sampler, steps, σ_min) of one fit, from the same seeded noise; a sampler's steps stop at the first
+    count whose NFE exceeds ``max_nfe``."""
     from pynodeta.train.diffusion_sampling import generate
     from pynodeta.train.sample_cli import load_diffusion_run
 
@@ -77,16 +80,22 @@ def grid_points(name: str, checkpoint: Path, reference: Reference, samplers, ste
                 started = time.perf_counter()
                 samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED),
                                    sampler_options=options)
+                if samples.nfe > max_nfe:
+                    break
                 points.append({"model": name, "sampler": sampler, "steps": steps, "sigma_min": sigma_min,
                                "nfe": samples.nfe, "fd_ratio": reference.fd_ratio(samples.images),
                                "weights": weights, "seconds": time.perf_counter() - started})
                 print(f"{name} {sampler} steps {steps} sigma_min {sigma_min}: NFE {samples.nfe:.0f}, "
                       f"FD/floor {points[-1]['fd_ratio']:.3f}", flush=True)
+            else:
+                continue
+            break  # this step count's NFE is over the budget, and so are the larger ones
     return points
 
 
 @torch.no_grad()
-def anchor_points(network, reference: Reference, samplers, steps_list, sigma_mins) -> list[dict]:
+def anchor_points(network, reference: Reference, samplers, steps_list, sigma_mins,
+                  max_nfe: float = MAX_NFE) -> list[dict]:
     """The anchor network under diffusers' DPM-Solver++(2M) as its documentation sets it up (its own grid), and
     under pynodeta's samplers through ``pynodeta.diffusion.external_denoiser`` on Karras levels down to the
     schedule's smallest σ and to each raised σ_min: the same network and noise, only the sampler and grid differ."""
@@ -98,7 +107,7 @@ def anchor_points(network, reference: Reference, samplers, steps_list, sigma_min
     denoiser = pd.external_denoiser(network, scheduler=DDPMScheduler(num_train_timesteps=1000,
                                                                      beta_schedule="linear"))
     points = []
-    for steps in steps_list:
+    for steps in (steps for steps in steps_list if steps <= max_nfe):
         scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
                                                 algorithm_type="dpmsolver++", solver_order=2)
         scheduler.set_timesteps(steps)
@@ -117,10 +126,16 @@ def anchor_points(network, reference: Reference, samplers, steps_list, sigma_min
                 noise = torch.randn(NUM, 1, 8, 8, generator=generator)
                 with record_stats() as log:
                     x = pd.SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas, generator=generator, disable=True)
+                nfe = float(sum(stats.nfe for stats in log))
+                if nfe > max_nfe:
+                    break
                 points.append({"model": ANCHOR, "sampler": sampler, "steps": steps, "sigma_min": sigma_min,
-                               "nfe": float(sum(stats.nfe for stats in log)), "fd_ratio": reference.fd_ratio(x)})
-                print(f"anchor {sampler} steps {steps} sigma_min {sigma_min}: NFE {points[-1]['nfe']:.0f}, "
+                               "nfe": nfe, "fd_ratio": reference.fd_ratio(x)})
+                print(f"anchor {sampler} steps {steps} sigma_min {sigma_min}: NFE {nfe:.0f}, "
                       f"FD/floor {points[-1]['fd_ratio']:.3f}", flush=True)
+            else:
+                continue
+            break  # over the NFE budget from this step count on
     return points
 
 
@@ -143,26 +158,29 @@ def seed_points(seed: int, race: Path, args, reference: Reference) -> dict:
     checkpoints = {name: race_checkpoint(name, race, seed) for name in args.configs}
 
     def config(name: str, checkpoint: Path):
-        return lambda: {"points": grid_points(name, checkpoint, reference, args.samplers, args.steps, args.sigma_min),
+        return lambda: {"points": grid_points(name, checkpoint, reference, args.samplers, args.steps, args.sigma_min,
+                                              args.max_nfe),
                         "fit": fit_record(checkpoint.parents[2])}
 
     def anchor() -> dict:
         from digits_anchor import train_anchor
 
         network, steps = train_anchor(RECIPES[TUNED_RECIPE], args.anchor_minutes, reference.data, seed)
-        return {"points": anchor_points(network, reference, args.anchor_samplers, args.steps, args.sigma_min),
+        return {"points": anchor_points(network, reference, args.anchor_samplers, args.steps, args.sigma_min,
+                                        args.max_nfe),
                 "anchor_steps": steps}
 
     points, fits, anchor_steps = [], {}, None
     for name, checkpoint in checkpoints.items():
         settings = {"samplers": args.samplers, "steps": args.steps, "sigma_mins": args.sigma_min,
-                    "checkpoint": str(checkpoint)}
+                    "max_nfe": args.max_nfe, "checkpoint": str(checkpoint)}
         record = _kept(race / f"{NAME}-seed{seed}-{name}.json", settings, config(name, checkpoint))
         points += record["points"]
         fits[name] = record["fit"]
     if args.anchor_minutes > 0:
         settings = {"samplers": args.anchor_samplers, "steps": args.steps, "sigma_mins": args.sigma_min,
-                    "recipe": TUNED_RECIPE, "minutes": args.anchor_minutes, "threads": args.threads}
+                    "max_nfe": args.max_nfe, "recipe": TUNED_RECIPE, "minutes": args.anchor_minutes,
+                    "threads": args.threads}
         record = _kept(race / f"{NAME}-seed{seed}-anchor.json", settings, anchor)
         points += record["points"]
         anchor_steps = record["anchor_steps"]
@@ -271,6 +289,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     parser.add_argument("--sigma-min", type=_grid_value, nargs="+", default=list(SIGMA_MINS),
                         help="the grid's last non-zero level; 'model' is the model's own (the default grid)")
+    parser.add_argument("--max-nfe", type=float, default=MAX_NFE, help="a sampler's steps stop above this NFE")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--anchor-samplers", nargs="+", default=["dpmpp_2m"],
                         help="pynodeta's samplers on the anchor network, beside diffusers' DPM-Solver++(2M)")
