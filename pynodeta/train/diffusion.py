@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pynodeta.diffusion.sampler_options import ODE_SAMPLER, split_grid_options
+from pynodeta.diffusion.sampler_options import split_grid_options
 from pynodeta.ema import EMA
 from pynodeta.ema.average import RAW_WEIGHTS, sigma_rel_key
 
@@ -73,8 +73,8 @@ class DiffusionModule(TrainingModule):
         self.averaging = _check_averaging(objective.default_averaging() if averaging is None else averaging)
         self.evaluation = (evaluation if evaluation is not None else EvalSettings()).resolved(objective)
         self.denoiser()  # a network that does not fit the objective (e.g. its time range) is refused here, not mid-fit
-        if self.evaluation.sampler != ODE_SAMPLER:  # so is a grid outside the model's noise levels
-            grid, _ = split_grid_options(self.evaluation.sampler_options or {})
+        grid, _ = split_grid_options(self.evaluation.sampler_options or {})
+        if grid:  # so is a grid outside the model's noise levels
             objective.sampling_sigmas(model, self.evaluation.sampler, self.evaluation.steps, **grid)
         self.conditioning = ClassConditioning.of(model, label_dropout)
         self.ema = EMA(model, self.averaging.decay) if isinstance(self.averaging, EMAAveraging) else None
