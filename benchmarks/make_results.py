@@ -21,8 +21,8 @@ OUTPUT = ROOT / "docs" / "results.md"
 ORDER = ["bench_solver", "bench_solver_cuda", "bench_batched", "bench_batched_cuda", "compiled_step",
          "work_precision", "torchdiffeq_suite", "torchdiffeq_suite_before", "bench_tabn", "tabn_digits",
          "diagnose_groups", "bench_diffusion_sampler", "bench_diffusion_sampler_width8", "digits_features",
-         "digits_diffusion_fits", "quality_per_nfe", "diffusers_sweep", "diffusers_race", "ddpm_vlb_cost",
-         "same_recipe_networks", "diffusion_vanishing",
+         "digits_diffusion_fits", "quality_per_nfe", "sampling_grid", "diffusers_sweep", "diffusers_race",
+         "ddpm_vlb_cost", "same_recipe_networks", "diffusion_vanishing",
          "seed004_convergence",
          "seed004_digits_overhead", "edm2_phema", "edm2_dynamics", "edm2_cost",
          "edm2_step_cost_before", "edm2_step_cost", "mixed_precision_step", "ddp_scaling", "gpu_smoke_cuda"]

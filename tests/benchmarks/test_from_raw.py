@@ -40,6 +40,7 @@ BUILDERS = {
     "ddp_scaling": ("ddp_scaling", "save_scaling_report"),
     "mixed_precision_step": ("mixed_precision_step", "save_precision_report"),
     "quality_per_nfe": ("quality_per_nfe", "save_quality_report"),
+    "sampling_grid": ("sampling_grid", "save_grid_report"),
     "diffusers_sweep": ("diffusion_vs_diffusers", "save_sweep_report"),
     "diffusers_race": ("diffusion_vs_diffusers", "save_race_report"),
 }
