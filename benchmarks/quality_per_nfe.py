@@ -27,7 +27,6 @@ measurements under results/raw/; ``--from-raw FILE`` rebuilds the report from th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -36,7 +35,6 @@ from pathlib import Path
 
 import torch
 
-from pynodeta._atomic import atomic_write_text
 from pynodeta.diffusion import SAMPLERS
 from pynodeta.train.diffusion_sampling import describe_sampler_options
 
@@ -49,6 +47,7 @@ from reporting import (  # noqa: E402
     RESULTS_DIR,
     Table,
     add_from_raw,
+    kept_record,
     load_raw,
     raw_machine,
     rebuilt_from_raw,
@@ -121,22 +120,31 @@ def pynodeta_curves(name: str, checkpoint: Path, reference: Reference, steps_lis
 
 
 # --- the diffusers anchor (untuned; diffusion_vs_diffusers.py sweeps diffusers' own recipe for the budget) ----------
-@torch.no_grad()
-def anchor_curves(network, reference: Reference, weights: str) -> list[dict]:
+DIFFUSERS_DDIM, DIFFUSERS_DPM, DIFFUSERS_DPM_SDE = ("diffusers DDIM", "diffusers DPM-Solver++(2M)",
+                                                   "diffusers DPM-Solver++(2M) SDE")
+ANCHOR_STEPS = (5, 10, 20, 35, 50, 100)
+
+
+def _diffusers_scheduler(name: str):
+    """The diffusers scheduler called ``name``, set up as its documentation sets it up for a T = 1000 linear-β DDPM."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    schedulers = {
-        "diffusers DDIM": lambda: DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear"),
-        "diffusers DPM-Solver++(2M)": lambda: DPMSolverMultistepScheduler(
-            num_train_timesteps=1000, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2),
-        # the stochastic variant, as pynodeta's SDE samplers are: compare like with like
-        "diffusers DPM-Solver++(2M) SDE": lambda: DPMSolverMultistepScheduler(
-            num_train_timesteps=1000, beta_schedule="linear", algorithm_type="sde-dpmsolver++", solver_order=2),
-    }
+    if name == DIFFUSERS_DDIM:
+        return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    # the SDE variant is the stochastic one, as pynodeta's SDE samplers are: compare like with like
+    algorithm = {DIFFUSERS_DPM: "dpmsolver++", DIFFUSERS_DPM_SDE: "sde-dpmsolver++"}[name]
+    return DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", algorithm_type=algorithm,
+                                       solver_order=2)
+
+
+@torch.no_grad()
+def anchor_curves(network, reference: Reference, weights: str,
+                  schedulers=(DIFFUSERS_DDIM, DIFFUSERS_DPM, DIFFUSERS_DPM_SDE), steps_list=ANCHOR_STEPS) -> list[dict]:
+    """The anchor network under each of diffusers' ``schedulers`` at each step count, from seeded noise."""
     points = []
-    for name, build in schedulers.items():
-        for steps in (5, 10, 20, 35, 50, 100):
-            scheduler = build()
+    for name in schedulers:
+        for steps in steps_list:
+            scheduler = _diffusers_scheduler(name)
             scheduler.set_timesteps(steps)
             x = torch.randn(NUM, 1, 8, 8, generator=torch.Generator().manual_seed(SEED))
             noise = torch.Generator().manual_seed(SEED + 1)  # the SDE's own noise; the ODE schedulers draw none
@@ -180,7 +188,7 @@ def matching_nfe(points: list[dict], model: str, target: float) -> tuple[float, 
 
 
 def _anchor_ddim50(points: list[dict]) -> dict | None:
-    return next((p for p in points if p["sampler"] == "diffusers DDIM" and p["steps"] == 50), None)
+    return next((p for p in points if p["sampler"] == DIFFUSERS_DDIM and p["steps"] == 50), None)
 
 
 def _interval(point: dict) -> str:
@@ -297,23 +305,18 @@ def seed_sweep(seed: int, checkpoints: dict[str, Path], args, reference: Referen
     settings = {"anchor_recipe": args.anchor_recipe, "anchor_minutes": args.anchor_minutes, "steps": args.steps,
                 "max_nfe": args.max_nfe, "threads": args.threads,
                 "checkpoints": {name: str(path) for name, path in checkpoints.items()}}
-    kept = folder / f"{NAME}-seed{seed}.json"
-    if kept.is_file():
-        sweep = json.loads(kept.read_text())
-        if sweep["settings"] == settings:
-            print(f"seed {seed}: read back from {kept}", flush=True)
-            return sweep
-    points = []
-    for name, checkpoint in checkpoints.items():
-        points += pynodeta_curves(name, checkpoint, reference, args.steps, args.max_nfe)
-    recipe = RECIPES[args.anchor_recipe]
-    network, anchor_steps = train_anchor(recipe, args.anchor_minutes, reference.data, seed)
-    points += anchor_curves(network, reference, weights=recipe.averaging())
-    sweep = {"settings": settings, "seed": seed, "points": [{**p, "seed": seed} for p in points],
-             "anchor_steps": anchor_steps,
-             "fits": {name: fit_record(checkpoint.parents[2]) for name, checkpoint in checkpoints.items()}}
-    atomic_write_text(kept, json.dumps(sweep, indent=1, default=float) + "\n")
-    return sweep
+
+    def sweep() -> dict:
+        points = []
+        for name, checkpoint in checkpoints.items():
+            points += pynodeta_curves(name, checkpoint, reference, args.steps, args.max_nfe)
+        recipe = RECIPES[args.anchor_recipe]
+        network, anchor_steps = train_anchor(recipe, args.anchor_minutes, reference.data, seed)
+        points += anchor_curves(network, reference, weights=recipe.averaging())
+        return {"seed": seed, "points": [{**p, "seed": seed} for p in points], "anchor_steps": anchor_steps,
+                "fits": {name: fit_record(checkpoint.parents[2]) for name, checkpoint in checkpoints.items()}}
+
+    return kept_record(folder / f"{NAME}-seed{seed}.json", settings, sweep)
 
 
 def main() -> None:

@@ -83,12 +83,17 @@ def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequen
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    _write_json_atomically(path, asdict(report))
+    return path
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    """``data`` as indented JSON in ``path``: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(asdict(report), f, indent=1, default=float)
+        json.dump(data, f, indent=1, default=float)
         f.write("\n")
     os.replace(tmp, path)
-    return path
 
 
 def synchronize(device) -> None:
@@ -137,6 +142,20 @@ def raw_machine(raw: dict, **overrides) -> dict:
 
 def load_raw(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def kept_record(path: Path, settings: dict, compute) -> dict:
+    """``{"settings": settings, **compute()}``, kept in ``path`` (written atomically) so that a long run that stops
+    resumes: a kept record with the same settings is read back instead of computed again."""
+    path = Path(path)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("settings") == settings:
+            print(f"read back from {path}", flush=True)
+            return record
+    record = {"settings": settings, **compute()}
+    _write_json_atomically(path, record)
+    return record
 
 
 def add_from_raw(parser, skipped: str) -> None:

@@ -22,7 +22,6 @@ rebuilds the report from them.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -30,14 +29,30 @@ from pathlib import Path
 
 import torch
 
-from pynodeta._atomic import atomic_write_text
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusion_vs_diffusers import mean_interval  # noqa: E402
 from digits_anchor import NUM, Reference, fit_record  # noqa: E402
-from quality_per_nfe import CONFIGS, RECIPES, SEED, TUNED_RECIPE, race_checkpoint  # noqa: E402
+from quality_per_nfe import (  # noqa: E402
+    CONFIGS,
+    DIFFUSERS_DPM,
+    RECIPES,
+    SEED,
+    TUNED_RECIPE,
+    anchor_curves,
+    race_checkpoint,
+)
 
-from reporting import RESULTS_DIR, Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
+from reporting import (  # noqa: E402
+    RESULTS_DIR,
+    Table,
+    add_from_raw,
+    kept_record,
+    load_raw,
+    raw_machine,
+    rebuilt_from_raw,
+    save_raw,
+    save_report,
+)
 
 NAME = "sampling_grid"
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde")  # the best few-step samplers of quality_per_nfe
@@ -47,7 +62,6 @@ MAX_NFE = 20  # the few-step regime where the grid's end matters; the 35-NFE con
 NFE_CAPS = (10, 20)
 DEFAULT = "model"
 ANCHOR = "diffusers UNet2DModel"
-DIFFUSERS_DPM = "diffusers DPM-Solver++(2M)"
 
 
 def _grid_value(text: str):
@@ -94,29 +108,21 @@ def grid_points(name: str, checkpoint: Path, reference: Reference, samplers, ste
 
 
 @torch.no_grad()
-def anchor_points(network, reference: Reference, samplers, steps_list, sigma_mins,
+def anchor_points(network, reference: Reference, weights: str, samplers, steps_list, sigma_mins,
                   max_nfe: float = MAX_NFE) -> list[dict]:
     """The anchor network under diffusers' DPM-Solver++(2M) as its documentation sets it up (its own grid), and
     under pynodeta's samplers through ``pynodeta.diffusion.external_denoiser`` on Karras levels down to the
     schedule's smallest σ and to each raised σ_min: the same network and noise, only the sampler and grid differ."""
-    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDPMScheduler
 
     import pynodeta.diffusion as pd
     from pynodeta.ode.stats import record_stats
 
     denoiser = pd.external_denoiser(network, scheduler=DDPMScheduler(num_train_timesteps=1000,
                                                                      beta_schedule="linear"))
-    points = []
-    for steps in (steps for steps in steps_list if steps <= max_nfe):
-        scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                                algorithm_type="dpmsolver++", solver_order=2)
-        scheduler.set_timesteps(steps)
-        x = torch.randn(NUM, 1, 8, 8, generator=torch.Generator().manual_seed(SEED))
-        for t in scheduler.timesteps:
-            x = scheduler.step(network(x, t).sample, t, x).prev_sample
-        points.append({"model": ANCHOR, "sampler": DIFFUSERS_DPM, "steps": steps, "sigma_min": DEFAULT,
-                       "nfe": float(steps), "fd_ratio": reference.fd_ratio(x)})
-        print(f"anchor {DIFFUSERS_DPM} steps {steps}: FD/floor {points[-1]['fd_ratio']:.3f}", flush=True)
+    points = [{**point, "sigma_min": DEFAULT}  # its own grid, the only one it has
+              for point in anchor_curves(network, reference, weights, schedulers=[DIFFUSERS_DPM],
+                                         steps_list=[steps for steps in steps_list if steps <= max_nfe])]
     for sampler in samplers:
         for steps in steps_list:
             for sigma_min in sigma_mins:
@@ -130,25 +136,13 @@ def anchor_points(network, reference: Reference, samplers, steps_list, sigma_min
                 if nfe > max_nfe:
                     break
                 points.append({"model": ANCHOR, "sampler": sampler, "steps": steps, "sigma_min": sigma_min,
-                               "nfe": nfe, "fd_ratio": reference.fd_ratio(x)})
+                               "nfe": nfe, "fd_ratio": reference.fd_ratio(x), "weights": weights})
                 print(f"anchor {sampler} steps {steps} sigma_min {sigma_min}: NFE {nfe:.0f}, "
                       f"FD/floor {points[-1]['fd_ratio']:.3f}", flush=True)
             else:
                 continue
             break  # over the NFE budget from this step count on
     return points
-
-
-def _kept(path: Path, settings: dict, compute) -> dict:
-    """``compute()``'s record, kept in ``path``; a kept record with the same settings is read back instead."""
-    if path.is_file():
-        record = json.loads(path.read_text())
-        if record["settings"] == settings:
-            print(f"read back from {path}", flush=True)
-            return record
-    record = {"settings": settings, **compute()}
-    atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
-    return record
 
 
 def seed_points(seed: int, race: Path, args, reference: Reference) -> dict:
@@ -165,23 +159,24 @@ def seed_points(seed: int, race: Path, args, reference: Reference) -> dict:
     def anchor() -> dict:
         from digits_anchor import train_anchor
 
-        network, steps = train_anchor(RECIPES[TUNED_RECIPE], args.anchor_minutes, reference.data, seed)
-        return {"points": anchor_points(network, reference, args.anchor_samplers, args.steps, args.sigma_min,
-                                        args.max_nfe),
+        recipe = RECIPES[TUNED_RECIPE]
+        network, steps = train_anchor(recipe, args.anchor_minutes, reference.data, seed)
+        return {"points": anchor_points(network, reference, recipe.averaging(), args.anchor_samplers, args.steps,
+                                        args.sigma_min, args.max_nfe),
                 "anchor_steps": steps}
 
     points, fits, anchor_steps = [], {}, None
     for name, checkpoint in checkpoints.items():
         settings = {"samplers": args.samplers, "steps": args.steps, "sigma_mins": args.sigma_min,
                     "max_nfe": args.max_nfe, "checkpoint": str(checkpoint)}
-        record = _kept(race / f"{NAME}-seed{seed}-{name}.json", settings, config(name, checkpoint))
+        record = kept_record(race / f"{NAME}-seed{seed}-{name}.json", settings, config(name, checkpoint))
         points += record["points"]
         fits[name] = record["fit"]
     if args.anchor_minutes > 0:
         settings = {"samplers": args.anchor_samplers, "steps": args.steps, "sigma_mins": args.sigma_min,
                     "max_nfe": args.max_nfe, "recipe": TUNED_RECIPE, "minutes": args.anchor_minutes,
                     "threads": args.threads}
-        record = _kept(race / f"{NAME}-seed{seed}-anchor.json", settings, anchor)
+        record = kept_record(race / f"{NAME}-seed{seed}-anchor.json", settings, anchor)
         points += record["points"]
         anchor_steps = record["anchor_steps"]
     return {"seed": seed, "points": [{**p, "seed": seed} for p in points], "anchor_steps": anchor_steps,
