@@ -107,7 +107,18 @@ def measure(args) -> dict:
                 for clock, seconds in zip(CLOCKS, seconds_per_call(method, args.repeats)):
                     timings[f"{net}_{what}_{clock}"].append(seconds)
     return {"timings": timings,
-            "parameters": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}}
+            "parameters": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()},
+            "multiply_adds": {name: eval_multiply_adds(w) for name, w in work.items()}}
+
+
+def eval_multiply_adds(work: Workload) -> int:
+    """Multiply-adds of one eval-mode call in its convolutions and matrix products (torch.utils.flop_counter
+    counts two FLOPs per multiply-add): the work no element-wise fast path can remove."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        work.eval_call()
+    return counter.get_total_flops() // 2
 
 
 LABELS = {"train": "training step (forward, backward, Adam)", "eval": "eval-mode call (no_grad)"}
@@ -143,6 +154,12 @@ def save_cost_report(result: dict) -> Path:
              "processes on the machine hits both alike; the p10–p90 column shows how much it moved them. "
              "'cpu' is this thread's CPU time (time.thread_time), which leaves out time the scheduler gave to "
              "other processes; 'wall' includes it."]
+    macs = result.get("multiply_adds")
+    if macs:  # runs before this count was kept have none
+        notes.append(f"Multiply-adds of an eval-mode call in convolutions and matrix products "
+                     f"(torch.utils.flop_counter): EDM2 {macs['edm2'] / 1e6:.0f} M, DDPM {macs['ddpm'] / 1e6:.0f} M, "
+                     f"{macs['edm2'] / macs['ddpm']:.2f}×; at equal speed per multiply-add this much of the "
+                     "EDM2 / DDPM ratio is arithmetic that the layout asks for, not overhead.")
     if result.get("note"):
         notes.insert(0, result["note"])
     name, label = result.get("name", NAME), result.get("label", "")

@@ -71,7 +71,18 @@ def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> to
     C = √((Na + Nb)/((1 − t)² + t²)), [a · C(1 − t)/√Na, b · C t/√Nb]."""
     size_a, size_b = a.shape[dim], b.shape[dim]
     scale = math.sqrt((size_a + size_b) / ((1 - t) ** 2 + t ** 2))
-    return torch.cat([a * (scale * (1 - t) / math.sqrt(size_a)), b * (scale * t / math.sqrt(size_b))], dim=dim)
+    weight_a, weight_b = scale * (1 - t) / math.sqrt(size_a), scale * t / math.sqrt(size_b)
+    shape, other = list(a.shape), list(b.shape)
+    shape[dim] = other[dim] = size_a + size_b
+    needs_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    if needs_grad or a.dtype != b.dtype or a.device != b.device or shape != other:  # torch.cat promotes or names it
+        return torch.cat([a * weight_a, b * weight_b], dim=dim)
+    # Without autograd the scaled halves are written straight into the output: one pass over the
+    # activations fewer than scaling, then concatenating (the same values, bit for bit)
+    out = a.new_empty(shape)
+    torch.mul(a, weight_a, out=out.narrow(dim, 0, size_a))
+    torch.mul(b, weight_b, out=out.narrow(dim, size_a, size_b))
+    return out
 
 
 def resample(x: torch.Tensor, mode: str = "keep") -> torch.Tensor:
@@ -152,6 +163,12 @@ class MPConv(nn.Module):
             return conv3x3_of_upsampled(x, w)
         if w.ndim == 2:
             return x @ w.t()
+        if w.shape[2:] == (1, 1) and x.ndim == 4 and not torch.is_grad_enabled():
+            # A 1×1 convolution is a matrix product per image: (out, in) @ (in, H·W) batched over the images,
+            # the same sums. On the CPU it ran a digits U-Net's eval call ~2 % faster than the convolution
+            # kernel, but its backward made a training step ~3 % slower, so only calls without autograd take it
+            batch, _, height, width = x.shape
+            return torch.matmul(w[:, :, 0, 0], x.flatten(2)).view(batch, -1, height, width)
         return F.conv2d(x, w, padding=(w.shape[-1] // 2,))
 
     def _weight(self, gain: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .precision import autocast_off
 
-__all__ = ["conv3x3_of_upsampled", "phase_kernels"]
+__all__ = ["conv3x3_of_upsampled", "interleave_phases", "phase_kernels"]
 
 # _TAPS[p] maps the 3 taps of a kernel row (offsets −1, 0, +1 in the upsampled image) onto the 2 original
 # pixels an output of parity p sees: even rows see rows (i − 1, i) as taps (0 | 1 + 2), odd rows (i, i + 1)
@@ -47,6 +47,19 @@ def conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     # columns (j − 1, j); even output rows use position i, odd ones i + 1, and the zero border of the
     # upsampled image is the zero border here
     y = F.conv2d(x, phase_kernels(weight), None if bias is None else bias.repeat(4), padding=1)
-    y = y.view(batch, 2, 2, out, height + 1, width + 1)
-    rows = [torch.stack([y[:, a, b, :, a:a + height, b:b + width] for b in (0, 1)], dim=-1) for a in (0, 1)]
-    return torch.stack(rows, dim=3).reshape(batch, out, 2 * height, 2 * width)
+    return interleave_phases(y.view(batch, 2, 2, out, height + 1, width + 1))
+
+
+def interleave_phases(y: torch.Tensor) -> torch.Tensor:
+    """(batch, 2, 2, out, H + 1, W + 1) phase outputs → (batch, out, 2H, 2W): output pixel (2i + a, 2j + b) is
+    phase (a, b)'s pixel (i + a, j + b).
+
+    One strided view and one copy: moving to the next row phase a also moves one row down, so a's stride is
+    the phase stride plus the row stride (and likewise for b), and every output pixel is read exactly once."""
+    batch, _, _, out, rows, cols = y.shape
+    if not y.is_contiguous():
+        y = y.contiguous()
+    s_batch, s_a, s_b, s_out, s_row, s_col = y.stride()
+    view = y.as_strided((batch, out, rows - 1, 2, cols - 1, 2),
+                        (s_batch, s_out, s_row, s_a + s_row, s_col, s_b + s_col))
+    return view.reshape(batch, out, 2 * (rows - 1), 2 * (cols - 1))

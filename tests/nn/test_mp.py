@@ -127,3 +127,32 @@ def test_ablation_modes_leave_the_stored_weight_alone():
             torch.testing.assert_close(out, x @ raw.t() / math.sqrt(6))
     with pytest.raises(ValueError, match="weight_norm must be one of"):
         MPConv(2, 2, weight_norm="sometimes")
+
+
+@pytest.mark.parametrize("dim", [1, -1, 0])
+def test_mp_cat_without_autograd_writes_the_values_of_the_autograd_path(generator, dim):
+    a = torch.randn(3, 4, 5, generator=generator)
+    b = torch.randn(3, 4, 5, generator=generator).narrow(dim, 0, 2)  # a narrower b, not contiguous for dim -1
+    with_grad = mp_cat(a.clone().requires_grad_(), b, dim=dim, t=0.3)
+    with torch.no_grad():
+        without = mp_cat(a, b, dim=dim, t=0.3)
+    assert torch.equal(without, with_grad.detach())
+
+
+def test_mp_cat_without_autograd_promotes_dtypes_and_names_a_shape_mismatch_as_torch_cat(generator):
+    a, b = torch.randn(2, 3, 4, generator=generator), torch.randn(2, 5, 4, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        assert mp_cat(a, b).dtype == torch.float64
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            mp_cat(a, torch.randn(2, 5, 3))
+
+
+def test_mp_conv_1x1_without_autograd_equals_the_convolution(generator):
+    torch.manual_seed(0)
+    layer = MPConv(6, 9, kernel=(1, 1)).eval()
+    x = torch.randn(4, 6, 5, 3, generator=generator).to(memory_format=torch.channels_last)
+    with_grad = layer(x.clone().requires_grad_(), gain=0.7)  # the convolution kernel
+    with torch.no_grad():
+        without = layer(x, gain=0.7)  # the per-image matrix product
+    torch.testing.assert_close(without, with_grad.detach(), rtol=1e-6, atol=1e-6)
+    assert without.shape == (4, 9, 5, 3)

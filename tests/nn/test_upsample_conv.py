@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from pynodeta.models.diffusion.blocks import UpsampledConv2d
 from pynodeta.nn.mp import MPConv, resample
-from pynodeta.nn.upsample_conv import conv3x3_of_upsampled, phase_kernels
+from pynodeta.nn.upsample_conv import conv3x3_of_upsampled, interleave_phases, phase_kernels
 
 
 def _upsampled(x, weight, bias=None):
@@ -89,3 +89,13 @@ def test_channels_last_input_gives_the_same_result():
     weight = torch.randn(4, 3, 3, 3, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(conv3x3_of_upsampled(x.contiguous(memory_format=torch.channels_last), weight),
                                _upsampled(x, weight), rtol=1e-12, atol=1e-12)
+
+
+def test_interleave_phases_puts_phase_a_b_pixel_i_plus_a_j_plus_b_at_2i_plus_a_2j_plus_b():
+    phases = torch.randn(2, 2, 2, 3, 4, 6)  # (batch, a, b, out, H + 1, W + 1)
+    out = interleave_phases(phases)
+    assert out.shape == (2, 3, 6, 10)
+    for a in (0, 1):
+        for b in (0, 1):
+            assert torch.equal(out[:, :, a::2, b::2], phases[:, a, b, :, a:a + 3, b:b + 5])
+    assert torch.equal(interleave_phases(phases.transpose(4, 5).contiguous().transpose(4, 5)), out)
