@@ -57,8 +57,7 @@ def interleave_phases(y: torch.Tensor) -> torch.Tensor:
     One strided view and one copy: moving to the next row phase a also moves one row down, so a's stride is
     the phase stride plus the row stride (and likewise for b), and every output pixel is read exactly once."""
     batch, _, _, out, rows, cols = y.shape
-    if not y.is_contiguous():
-        y = y.contiguous()
+    y = y.contiguous()  # the strides below are a contiguous tensor's (no copy when it already is)
     s_batch, s_a, s_b, s_out, s_row, s_col = y.stride()
     view = y.as_strided((batch, out, rows - 1, 2, cols - 1, 2),
                         (s_batch, s_out, s_row, s_a + s_row, s_col, s_b + s_col))

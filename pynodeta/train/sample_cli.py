@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -122,6 +123,9 @@ def _check_numbers(args) -> None:
         raise UsageError(f"--no-ema conflicts with --average {args.average}; pass one of them")
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _sampler_options(given: list[str] | None) -> dict | None:
     """--sampler-option NAME=VALUE flags as a dict (None when there are none); values are read as YAML scalars,
     so true, 0.5, 1e-5 and midpoint come out as a bool, a float, a float and a string."""
@@ -139,11 +143,8 @@ def _sampler_options(given: list[str] | None) -> dict | None:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string; a number is meant
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (an exponent, no dot) as a string; a number is meant
         if isinstance(value, (dict, list)):
             raise UsageError(f"--sampler-option {item!r}: the value must be a number, a string or true/false")
         if name in options:

@@ -53,9 +53,12 @@ class DiffusionObjective(nn.Module):
     def sigma_range(self, model: nn.Module) -> tuple[float, float]:
         """(sigma_min, sigma_max) that sampling and the likelihood span: EDM's 0.002 and 80 (Karras et al. 2022,
         Sec. 5) where the denoiser accepts any σ, else the denoiser's own (a DDPM schedule's)."""
+        return _with_edm_defaults(*self._defined_sigmas(model))
+
+    def _defined_sigmas(self, model: nn.Module) -> tuple[float, float]:
+        """The noise levels the denoiser is defined on: its ``sigma_min``/``sigma_max``, (0, ∞) where it has none."""
         denoiser = self.denoiser(model)
-        low, high = float(getattr(denoiser, "sigma_min", 0.0)), float(getattr(denoiser, "sigma_max", math.inf))
-        return (low if low > 0 else EDM_SIGMA_MIN, high if math.isfinite(high) else EDM_SIGMA_MAX)
+        return float(getattr(denoiser, "sigma_min", 0.0)), float(getattr(denoiser, "sigma_max", math.inf))
 
     def sampling_sigmas(self, model: nn.Module, sampler: str, steps: int, *, sigma_min: float | None = None,
                         sigma_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
@@ -65,9 +68,8 @@ class DiffusionObjective(nn.Module):
         gives its own schedule's levels to ``ddpm``/``ddim``."""
         from pynodeta.diffusion import karras_sigmas
 
-        low, high = self.sigma_range(model)
-        denoiser = self.denoiser(model)
-        defined = (float(getattr(denoiser, "sigma_min", 0.0)), float(getattr(denoiser, "sigma_max", math.inf)))
+        defined = self._defined_sigmas(model)
+        low, high = _with_edm_defaults(*defined)
         for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
             if value is not None and not defined[0] * (1 - 1e-6) <= value <= defined[1] * (1 + 1e-6):
                 raise ValueError(f"sampler option {name}={value:g} lies outside the noise levels this model's "
@@ -112,3 +114,8 @@ class DiffusionObjective(nn.Module):
         from ..averaging import EMAAveraging
 
         return EMAAveraging()
+
+
+def _with_edm_defaults(low: float, high: float) -> tuple[float, float]:
+    """A denoiser's defined range with EDM's 0.002 and 80 in place of an open end (0 or ∞)."""
+    return (low if low > 0 else EDM_SIGMA_MIN, high if math.isfinite(high) else EDM_SIGMA_MAX)
