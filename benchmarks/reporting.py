@@ -12,11 +12,12 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pynodeta._atomic import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # a script's own raw measurements, kept so its report can be rebuilt (``--from-raw``) without re-running;
@@ -89,11 +90,7 @@ def save_report(name: str, title: str, tables: Sequence[Table], *, notes: Sequen
 
 def _write_json_atomically(path: Path, data: dict) -> None:
     """``data`` as indented JSON in ``path``: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=float)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
 
 
 def synchronize(device) -> None:

@@ -86,24 +86,37 @@ def grid_points(name: str, checkpoint: Path, reference: Reference, samplers, ste
 
     run, weights = load_diffusion_run(str(checkpoint), None)
     module = run.module.eval()
+
+    def draw(sampler: str, steps: int, sigma_min) -> tuple[float, torch.Tensor]:
+        options = {} if sigma_min == DEFAULT else {"sigma_min": sigma_min}
+        samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED),
+                           sampler_options=options)
+        return samples.nfe, samples.images
+
+    return _within_budget(name, weights, reference, samplers, steps_list, sigma_mins, max_nfe, draw)
+
+
+def _within_budget(model: str, weights: str, reference: Reference, samplers, steps_list, sigma_mins,
+                   max_nfe: float, draw) -> list[dict]:
+    """A point per (sampler, steps, σ_min) from ``draw(sampler, steps, σ_min) -> (NFE, images)``; a sampler's
+    steps stop at the first count whose NFE exceeds ``max_nfe`` (the larger counts would too)."""
     points = []
     for sampler in samplers:
         for steps in steps_list:
+            over_budget = False
             for sigma_min in sigma_mins:
-                options = {} if sigma_min == DEFAULT else {"sigma_min": sigma_min}
                 started = time.perf_counter()
-                samples = generate(module, NUM, sampler, steps, generator=torch.Generator().manual_seed(SEED),
-                                   sampler_options=options)
-                if samples.nfe > max_nfe:
+                nfe, images = draw(sampler, steps, sigma_min)
+                if nfe > max_nfe:
+                    over_budget = True
                     break
-                points.append({"model": name, "sampler": sampler, "steps": steps, "sigma_min": sigma_min,
-                               "nfe": samples.nfe, "fd_ratio": reference.fd_ratio(samples.images),
-                               "weights": weights, "seconds": time.perf_counter() - started})
-                print(f"{name} {sampler} steps {steps} sigma_min {sigma_min}: NFE {samples.nfe:.0f}, "
+                points.append({"model": model, "sampler": sampler, "steps": steps, "sigma_min": sigma_min,
+                               "nfe": nfe, "fd_ratio": reference.fd_ratio(images), "weights": weights,
+                               "seconds": time.perf_counter() - started})
+                print(f"{model} {sampler} steps {steps} sigma_min {sigma_min}: NFE {nfe:.0f}, "
                       f"FD/floor {points[-1]['fd_ratio']:.3f}", flush=True)
-            else:
-                continue
-            break  # this step count's NFE is over the budget, and so are the larger ones
+            if over_budget:
+                break
     return points
 
 
@@ -123,26 +136,17 @@ def anchor_points(network, reference: Reference, weights: str, samplers, steps_l
     points = [{**point, "sigma_min": DEFAULT}  # its own grid, the only one it has
               for point in anchor_curves(network, reference, weights, schedulers=[DIFFUSERS_DPM],
                                          steps_list=[steps for steps in steps_list if steps <= max_nfe])]
-    for sampler in samplers:
-        for steps in steps_list:
-            for sigma_min in sigma_mins:
-                low = denoiser.sigma_min if sigma_min == DEFAULT else sigma_min
-                sigmas = pd.karras_sigmas(steps, sigma_min=low, sigma_max=denoiser.sigma_max)
-                generator = torch.Generator().manual_seed(SEED)
-                noise = torch.randn(NUM, 1, 8, 8, generator=generator)
-                with record_stats() as log:
-                    x = pd.SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas, generator=generator, disable=True)
-                nfe = float(sum(stats.nfe for stats in log))
-                if nfe > max_nfe:
-                    break
-                points.append({"model": ANCHOR, "sampler": sampler, "steps": steps, "sigma_min": sigma_min,
-                               "nfe": nfe, "fd_ratio": reference.fd_ratio(x), "weights": weights})
-                print(f"anchor {sampler} steps {steps} sigma_min {sigma_min}: NFE {nfe:.0f}, "
-                      f"FD/floor {points[-1]['fd_ratio']:.3f}", flush=True)
-            else:
-                continue
-            break  # over the NFE budget from this step count on
-    return points
+
+    def draw(sampler: str, steps: int, sigma_min) -> tuple[float, torch.Tensor]:
+        low = denoiser.sigma_min if sigma_min == DEFAULT else sigma_min
+        sigmas = pd.karras_sigmas(steps, sigma_min=low, sigma_max=denoiser.sigma_max)
+        generator = torch.Generator().manual_seed(SEED)
+        noise = torch.randn(NUM, 1, 8, 8, generator=generator)
+        with record_stats() as log:
+            x = pd.SAMPLERS[sampler](denoiser, noise * sigmas[0], sigmas, generator=generator, disable=True)
+        return float(sum(stats.nfe for stats in log)), x
+
+    return points + _within_budget(ANCHOR, weights, reference, samplers, steps_list, sigma_mins, max_nfe, draw)
 
 
 def seed_points(seed: int, race: Path, args, reference: Reference) -> dict:
