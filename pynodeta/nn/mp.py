@@ -30,7 +30,13 @@ def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: fl
     # networks_edm2.py normalize: vector_norm(..., dtype=torch.float32), then x / norm.to(x.dtype)); float64 stays
     accumulate = at_least_float32(x.dtype)
     norm = _l2_norm(x, dims, accumulate)
-    norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))  # eps + ‖x‖/√N
+    scale = math.sqrt(norm.numel() / x.numel())
+    if torch.compiler.is_compiling():
+        # torch 2.13 compiles torch.add's alpha as a symbolic float with dynamic shapes into a backward that
+        # loses it (the gradient through a normalised weight came out √N times too small); a product does not
+        norm = norm * scale + eps
+    else:
+        norm = torch.add(eps, norm, alpha=scale)  # eps + ‖x‖/√N, in one pass
     return x / norm.to(x.dtype)
 
 

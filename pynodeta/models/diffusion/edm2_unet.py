@@ -26,8 +26,9 @@ def _clip(x: torch.Tensor, limit: float) -> torch.Tensor:
     The activations are almost never beyond ±limit, where clip is the identity and so is its gradient; but
     autograd's clamp backward makes four passes over x. On the CPU one aminmax pass tells whether anything
     is beyond ±limit (or NaN: comparisons with NaN are false, so the clip runs); on a GPU the same check
-    would wait for the device, so there the clip always runs."""
-    if x.device.type == "cpu":
+    would wait for the device, so there the clip always runs. So it does under torch.compile, where the
+    data-dependent branch would break the graph and the compiler fuses the clip with its neighbours."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
         low, high = torch.aminmax(x.detach())
         if low >= -limit and high <= limit:
             return x
