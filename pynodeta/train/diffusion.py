@@ -24,6 +24,7 @@ from pynodeta.ema.average import RAW_WEIGHTS, sigma_rel_key
 
 from .averaging import EMAAveraging, PowerEMAAveraging
 from .base import TrainingModule
+from .compiled_training import CompiledTraining, check_compile_training
 from .conditioning import ClassConditioning
 from .diffusion_sampling import generate
 from .evaluation_settings import EvalSettings
@@ -58,6 +59,7 @@ class DiffusionModule(TrainingModule):
         label_dropout: float = 0.0,                              # class-conditional nets: unconditional fraction
         sample_shape: Sequence[int] | None = None,               # (C, H, W); default from the network
         optim: OptimizerPreset | None = None,                    # None: the objective's (DiffusionAdam, EDM2Adam)
+        compile_training: bool | dict = False,                   # torch.compile the training forward (dict: options)
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (the network), got {type(model).__name__}")
@@ -78,6 +80,8 @@ class DiffusionModule(TrainingModule):
             objective.sampling_sigmas(model, self.evaluation.sampler, self.evaluation.steps, **grid)
         self.conditioning = ClassConditioning.of(model, label_dropout)
         self.ema = EMA(model, self.averaging.decay) if isinstance(self.averaging, EMAAveraging) else None
+        options = check_compile_training(compile_training)
+        self.compiled_training = CompiledTraining(options) if options is not None else None
         self.last_evaluation: dict = {}
 
     # --- the network as a denoiser -----------------------------------------------------------------------
@@ -98,7 +102,8 @@ class DiffusionModule(TrainingModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, labels = self.conditioning.split(batch, self.sample_shape)
         labels = self.conditioning.drop(labels)
-        loss = self.objective.loss(self.model, x0, labels, step=self.global_step).mean()
+        network = self.model if self.compiled_training is None else self.compiled_training(self.model)
+        loss = self.objective.loss(network, x0, labels, step=self.global_step).mean()
         # sync_dist: the logged loss is the mean over every rank's part of the batch (a scalar all-reduce per step)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
