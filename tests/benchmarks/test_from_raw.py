@@ -39,6 +39,7 @@ BUILDERS = {
     "ddpm_vlb_cost": ("ddpm_vlb_cost", "save_vlb_cost_report"),
     "ddp_scaling": ("ddp_scaling", "save_scaling_report"),
     "mixed_precision_step": ("mixed_precision_step", "save_precision_report"),
+    "diffusion_compile": ("diffusion_compile", "save_compile_report"),
     "quality_per_nfe": ("quality_per_nfe", "save_quality_report"),
     "sampling_grid": ("sampling_grid", "save_grid_report"),
     "diffusers_sweep": ("diffusion_vs_diffusers", "save_sweep_report"),
