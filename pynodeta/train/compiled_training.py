@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pynodeta._compile_failures import call_compiled
+
 __all__ = ["CompiledTraining", "check_compile_training"]
 
 # The last batch of an epoch is usually smaller (1257 digits in batches of 64 leave 41): with static
@@ -66,9 +68,8 @@ class CompiledTraining:
 
 
 class _NamedFailures(nn.Module):
-    """Calls the compiled network and turns a failure to compile (no C++ compiler for inductor's CPU code, an
-    operation the backend cannot lower) into an error that names the option, since eager training needs
-    nothing of the kind."""
+    """Calls the compiled network; a failure to compile names the option, since eager training needs no
+    compiler."""
 
     def __init__(self, compiled: nn.Module, options: dict):
         super().__init__()
@@ -76,14 +77,10 @@ class _NamedFailures(nn.Module):
         object.__setattr__(self, "compile_options", options)
 
     def forward(self, *args, **kwargs):
-        try:
-            return self.compiled(*args, **kwargs)
-        except torch._dynamo.exc.BackendCompilerFailed as error:
-            raise RuntimeError(
-                f"compile_training={self.compile_options}: torch.compile could not compile the network for "
-                f"training ({type(error.inner_exception).__name__}: {error.inner_exception}); set "
-                "compile_training: false to train eagerly, or pass other torch.compile options "
-                "(e.g. {'dynamic': False})") from error
+        return call_compiled(self.compiled, *args, **kwargs, option=f"compile_training={self.compile_options}",
+                             what="the network for training",
+                             fix="set compile_training: false to train eagerly, or pass other torch.compile "
+                                 "options (e.g. {'dynamic': False})")
 
     def __getattr__(self, name: str):
         # objectives read the network's attributes (its label dimension, its noise range) through this view

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..._compile_failures import call_compiled
 from ..methods import Method
 from .base import SolverConfig
 from .rk_parts import RHSCaller
@@ -67,14 +68,9 @@ class CompiledTrialStep:
 
 
 def run_compiled(graph: Callable, *args):
-    """``graph(*args)``, with a failure to compile (no C++ compiler for inductor's CPU code, say) turned into an
-    error that names the option, since the eager step needs nothing of the kind."""
-    try:
-        return graph(*args)
-    except torch._dynamo.exc.BackendCompilerFailed as error:
-        raise RuntimeError("backend_options={'compile': True}: torch.compile could not compile the solver's step "
-                           f"({type(error.inner_exception).__name__}: {error.inner_exception}); drop the option to "
-                           "solve with the eager step") from error
+    """``graph(*args)``; a failure to compile names the option, since the eager step needs nothing of the kind."""
+    return call_compiled(graph, *args, option="backend_options={'compile': True}", what="the solver's step",
+                         fix="drop the option to solve with the eager step")
 
 
 def _compiled_trial(method: Method) -> Callable:
