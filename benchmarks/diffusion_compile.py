@@ -37,7 +37,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -50,6 +49,7 @@ from reporting import (  # noqa: E402
     Table,
     add_from_raw,
     load_raw,
+    paired_timing_ratio,
     raw_machine,
     rebuilt_from_raw,
     save_raw,
@@ -135,15 +135,14 @@ def measure_warm_start(config: str, directory: Path) -> dict:
 
 
 def summary(record: dict) -> dict:
-    eager, compiled = np.array(record["timings"]["eager"]), np.array(record["timings"]["compiled"])
-    e, c = float(np.median(eager)), float(np.median(compiled))
-    p10, p90 = np.percentile(compiled / eager, [10, 90])
+    paired = paired_timing_ratio(record["timings"]["compiled"], record["timings"]["eager"])
+    e, c = paired["denominator"], paired["numerator"]
     saved = e - c
 
     def budget_steps(compile_seconds: float) -> float:
         return max(BUDGET_SECONDS - compile_seconds, 0.0) / c
 
-    return {"eager": e, "compiled": c, "ratio": c / e, "p10": float(p10), "p90": float(p90),
+    return {"eager": e, "compiled": c, "ratio": paired["ratio"], "p10": paired["p10"], "p90": paired["p90"],
             "payback_cold": record["cold_compile_s"] / saved if saved > 0 else float("inf"),
             "payback_warm": record["warm_compile_s"] / saved if saved > 0 else float("inf"),
             "steps_eager": BUDGET_SECONDS / e, "steps_cold": budget_steps(record["cold_compile_s"]),

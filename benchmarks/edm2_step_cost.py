@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pynodeta.models.diffusion import DDPMUNet, EDM2UNet
@@ -36,6 +35,7 @@ from reporting import (  # noqa: E402
     Table,
     add_from_raw,
     load_raw,
+    paired_timing_ratio,
     raw_machine,
     rebuilt_from_raw,
     save_raw,
@@ -130,11 +130,10 @@ def summary(result: dict) -> list[dict]:
     rows = []
     for what in ("train", "eval"):
         for clock in CLOCKS:
-            edm2 = np.array(result["timings"][f"edm2_{what}_{clock}"])
-            ddpm = np.array(result["timings"][f"ddpm_{what}_{clock}"])
-            p10, p90 = np.percentile(edm2 / ddpm, [10, 90])
-            rows.append({"what": what, "clock": clock, "edm2": float(np.median(edm2)), "ddpm": float(np.median(ddpm)),
-                         "ratio": float(np.median(edm2) / np.median(ddpm)), "p10": float(p10), "p90": float(p90)})
+            paired = paired_timing_ratio(result["timings"][f"edm2_{what}_{clock}"],
+                                         result["timings"][f"ddpm_{what}_{clock}"])
+            rows.append({"what": what, "clock": clock, "edm2": paired.pop("numerator"),
+                         "ddpm": paired.pop("denominator"), **paired})
     return rows
 
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pynodeta._atomic import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -153,6 +155,15 @@ def kept_record(path: Path, settings: dict, compute) -> dict:
     record = {"settings": settings, **compute()}
     _write_json_atomically(path, record)
     return record
+
+
+def paired_timing_ratio(numerator, denominator) -> dict[str, float]:
+    """Two series of per-round timings taken alternately: each one's median, the ratio of the medians, and the
+    10th and 90th percentiles of the per-round ratios (how much load on the machine moved them)."""
+    numerator, denominator = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    top, bottom = float(np.median(numerator)), float(np.median(denominator))
+    p10, p90 = np.percentile(numerator / denominator, [10, 90])
+    return {"numerator": top, "denominator": bottom, "ratio": top / bottom, "p10": float(p10), "p90": float(p90)}
 
 
 def add_from_raw(parser, skipped: str) -> None:

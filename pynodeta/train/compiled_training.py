@@ -60,10 +60,7 @@ class CompiledTraining:
             self._network = network
         return self._view
 
-    def __deepcopy__(self, memo: dict) -> CompiledTraining:
-        return CompiledTraining(dict(self.options))
-
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:  # copies and pickles start uncompiled
         return {"options": self.options, "_view": None, "_network": None}
 
 
