@@ -36,18 +36,23 @@ def _scipy_solver(func, y0, t, rtol, atol, options):
         return solve(func, y0, t, **settings).ys
 
 
+_STEP_OPTIONS = ("compile", "cuda_graph")
+
+
 def _compile_step(options) -> tuple[dict | None, dict]:
-    """pynodeta's one option beyond torchdiffeq's, ``options={"compile": True}`` (the compiled adaptive step of
-    the torch backend), split from torchdiffeq's options as the ``backend_options`` it is."""
-    if not options or "compile" not in options:
+    """pynodeta's options beyond torchdiffeq's, ``options={"compile": True}`` (the compiled adaptive step of the
+    torch backend) and ``options={"cuda_graph": True}`` (the step replayed as a CUDA graph), split from
+    torchdiffeq's options as the ``backend_options`` they are."""
+    if not options or not any(key in options for key in _STEP_OPTIONS):
         return options, {}
     options = dict(options)
-    return options, {"backend_options": {"compile": options.pop("compile")}}
+    return options, {"backend_options": {key: options.pop(key) for key in _STEP_OPTIONS if key in options}}
 
 
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
     """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``;
-    ``options={"compile": True}`` compiles the adaptive step (docs/solver.md)."""
+    ``options={"compile": True}`` compiles the adaptive step, ``options={"cuda_graph": True}`` replays it as
+    a CUDA graph (docs/solver.md)."""
     if method == "scipy_solver":
         if event_fn is not None:
             raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
@@ -63,7 +68,8 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
                    adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
                    adjoint_params=None):
     """As ``odeint`` but differentiated by the adjoint method, as ``torchdiffeq.odeint_adjoint``;
-    ``options={"compile": True}`` compiles the forward solve's adaptive step."""
+    ``options={"compile": True}`` compiles the forward solve's adaptive step, ``{"cuda_graph": True}`` replays
+    it as a CUDA graph."""
     backend = "torch"
     options, compile_step = _compile_step(options) if method != "scipy_solver" else (options, {})
     if "scipy_solver" in (method, adjoint_method):

@@ -286,9 +286,10 @@ def adjoint_config(parts: Parts, forward: SolverConfig, be: Backend, like: torch
         controller = _forward_controller_for_adjoint(parts, method, be)
     max_steps = parts.max_steps if adjoint.max_steps is None else adjoint.max_steps
     # the backward solve's state is the augmented vector, not tuple-shaped. Its func is the adjoint's own
-    # vector-Jacobian product, which calls autograd inside func: the torch backend's compiled step is for
-    # the forward solve only, so the backward one runs eagerly
-    extra = {key: value for key, value in forward.extra.items() if not (be.name == "torch" and key == "compile")}
+    # vector-Jacobian product, which calls autograd inside func: the torch backend's compiled and graphed
+    # steps are for the forward solve only, so the backward one runs eagerly
+    extra = {key: value for key, value in forward.extra.items()
+             if not (be.name == "torch" and key in ("compile", "cuda_graph"))}
     return solver_config(method, controller, max_steps, forward.warn_after_steps, extra, StateStructure(None), like)
 
 

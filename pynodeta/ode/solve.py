@@ -143,7 +143,8 @@ def _solve_batched(func, y0, t, be, method, controller, adjoint, max_steps, warn
     options = dict(backend_options or {})
     compile_step = compile_option(options)
     if options:
-        raise ValueError(f"batched=True takes only backend_options={{'compile': True}}, got {sorted(options)}")
+        raise ValueError(f"batched=True takes only backend_options={{'compile': True}}, got {sorted(options)} "
+                         f"('cuda_graph' replays steps shared by the batch: drop batched=True to use it)")
     check_batched_parts(method, controller, adjoint if isinstance(adjoint, Adjoint) else False, be)
     parts = typed_parts(be, method, controller, adjoint, max_steps)
     if warn_after_steps is not None and not (isinstance(warn_after_steps, int) and warn_after_steps >= 1):

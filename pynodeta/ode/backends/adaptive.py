@@ -23,6 +23,7 @@ from ..stats import SolveStats
 from ..step_control import make_step_control, select_initial_step
 from .base import SolverConfig
 from .compiled_step import CompiledTrialStep
+from .graphed_step import GraphedTrialStep
 from .rk_parts import RHSCaller, check_derivative, combine, nonzero, partial_t
 
 __all__ = ["integrate_adaptive", "EagerTrialStep", "Stages", "ErrorRatio", "DenseOutput", "StepBounds", "AcceptedStep"]
@@ -33,12 +34,13 @@ AcceptedStep = tuple[float, float, torch.Tensor, list[torch.Tensor]]
 
 def integrate_adaptive(
     method: Method, call: RHSCaller, y0: torch.Tensor, out_s: list[float], config: SolverConfig,
-    stats: SolveStats, keep_steps: list[AcceptedStep] | None = None, compiled: bool = False,
+    stats: SolveStats, keep_steps: list[AcceptedStep] | None = None, trial_step: str = "eager",
 ) -> list[torch.Tensor]:
     """The states at ``out_s`` (solver times, increasing); every accepted step is appended to ``keep_steps``
-    when it is given (the dense output of the whole solve). ``compiled``: trial steps by one compiled graph
-    (``compiled_step.py``) instead of eager ops; the loop around them is the same."""
-    trial = CompiledTrialStep(method, call, config, y0) if compiled else EagerTrialStep(method, call, config, y0)
+    when it is given (the dense output of the whole solve). ``trial_step``: "eager" ops, "compile" (one
+    compiled graph, ``compiled_step.py``) or "cuda_graph" (a replayed CUDA graph, ``graphed_step.py``); the
+    loop around the trial steps is the same."""
+    trial = _TRIAL_STEPS[trial_step](method, call, config, y0)
     dense, bounds = DenseOutput(method, out_s, y0, keep_steps), StepBounds(config, out_s, call.direction, stats)
     control = make_step_control(config.controller, method.error_order, config.safety, config.ifactor,
                                 config.dfactor, config.gains)
@@ -97,6 +99,9 @@ class EagerTrialStep:
     def __call__(self, s: float, y: torch.Tensor, f: torch.Tensor, dt: float, h: float):
         y1, ks = self.stages.step(s, y, f, dt, h)
         return y1, ks, self.error_ratio(ks, y, y1, h)
+
+
+_TRIAL_STEPS = {"eager": EagerTrialStep, "compile": CompiledTrialStep, "cuda_graph": GraphedTrialStep}
 
 
 class Stages:

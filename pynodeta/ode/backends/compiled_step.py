@@ -25,7 +25,8 @@ from ..methods import Method
 from .base import SolverConfig
 from .rk_parts import RHSCaller
 
-__all__ = ["CompiledTrialStep", "compile_option", "run_compiled", "weighted"]
+__all__ = ["CompiledTrialStep", "StageTimes", "compile_option", "run_compiled", "tolerance_operand",
+           "trial_step_function", "weighted"]
 
 _COMPILED: dict = {}  # tableau -> the compiled trial step (one per tableau, whatever the state's size)
 
@@ -39,32 +40,47 @@ def compile_option(extra: dict[str, Any]) -> bool:
 
 
 class CompiledTrialStep:
-    """``(y1, ks, ratio)`` of one trial step of an explicit adaptive method, computed by one compiled graph.
-
-    The stage times are computed and recorded on the host as the eager ``Stages`` does (c = 1 stages one
-    ulp before the step's end, torchdiffeq's rule), so ``SolveStats`` counts the same evaluations.
-    """
+    """``(y1, ks, ratio)`` of one trial step of an explicit adaptive method, computed by one compiled graph
+    whose stage times come from the host (``StageTimes``)."""
 
     def __init__(self, method: Method, call: RHSCaller, config: SolverConfig, y0: torch.Tensor):
-        tab = method.tableau
-        self.call, self.fsal = call, tab.fsal
-        self.stage_c = [(tab.c[i], tab.c[i] == 1) for i in range(1, tab.stages)]
-        self.rtol, self.atol = (_operand(tol, y0) for tol in (config.rtol, config.atol))
+        self.call, self.fsal = call, method.tableau.fsal
+        self.stage_times = StageTimes(method, call, y0)
+        self.rtol, self.atol = (tolerance_operand(tol, y0) for tol in (config.rtol, config.atol))
         self.norm = config.norm
-        self.dtype, self.device = y0.dtype, y0.device
         self.graph = _compiled_trial(method)
 
     def __call__(self, s: float, y: torch.Tensor, f: torch.Tensor, dt: float, h: float):
-        call = self.call
-        times = [call.record_before(s + dt) if at_end else call.record(s + c * dt) for c, at_end in self.stage_c]
-        stage_t = torch.tensor(times, dtype=self.dtype, device=self.device)
-        h_t = torch.tensor(h, dtype=self.dtype, device=self.device)
-        y1, ks, ratio = run_compiled(self.graph, call.func, self.norm, y, f, stage_t, h_t, self.rtol, self.atol)
+        stage_t, h_t = self.stage_times(s, dt, h)
+        y1, ks, ratio = run_compiled(self.graph, self.call.func, self.norm, y, f, stage_t, h_t, self.rtol,
+                                     self.atol)
         return y1, [f, *ks], float(ratio)
 
     def derivative_at_end(self, ks: list[torch.Tensor], s1: float, y1: torch.Tensor) -> torch.Tensor:
         """f(s1, y1): the last stage of a first-same-as-last tableau, else one more (eager) evaluation."""
         return ks[-1] if self.fsal else self.call(s1, y1)
+
+
+class StageTimes:
+    """The stage times and the step of one trial step as device tensors, inputs of a graph that is not rebuilt
+    for each step. The times are computed and recorded on the host as the eager ``Stages`` does (c = 1 stages
+    one ulp before the step's end, torchdiffeq's rule), so ``SolveStats`` counts the same evaluations."""
+
+    def __init__(self, method: Method, call: RHSCaller, y0: torch.Tensor):
+        tab = method.tableau
+        self.call = call
+        self.stage_c = [(tab.c[i], tab.c[i] == 1) for i in range(1, tab.stages)]
+        self.dtype, self.device = y0.dtype, y0.device
+
+    def __call__(self, s: float, dt: float, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the stage times after the first, h) of a step of size dt from solver time s."""
+        return (torch.tensor(self.recorded(s, dt), dtype=self.dtype, device=self.device),
+                torch.tensor(h, dtype=self.dtype, device=self.device))
+
+    def recorded(self, s: float, dt: float) -> list[float]:
+        """The times of the stages after the first, recorded in the statistics, as host floats."""
+        call = self.call
+        return [call.record_before(s + dt) if at_end else call.record(s + c * dt) for c, at_end in self.stage_c]
 
 
 def run_compiled(graph: Callable, *args):
@@ -77,8 +93,7 @@ def _compiled_trial(method: Method) -> Callable:
     """The compiled trial step of ``method``'s tableau, built once per tableau."""
     tab = method.tableau
     if tab not in _COMPILED:
-        _COMPILED[tab] = torch.compile(_trial_step_function(tab.a_nonzero[1:], tab.b_nonzero, tab.b_err_nonzero,
-                                                            tab.fsal))
+        _COMPILED[tab] = torch.compile(trial_step_function(method))
     return _COMPILED[tab]
 
 
@@ -91,9 +106,12 @@ def weighted(ks, weights) -> torch.Tensor:
     return total
 
 
-def _trial_step_function(rows, b_row, err_row, fsal: bool) -> Callable:
-    """The plain function that ``torch.compile`` turns into one graph: the tableau is fixed in its closure,
-    func and norm are arguments (so one compiled graph serves every func that traces the same way)."""
+def trial_step_function(method: Method) -> Callable:
+    """The plain function of one trial step that ``torch.compile`` turns into one graph (and that a CUDA graph
+    captures, ``graphed_step.py``): the tableau is fixed in its closure, func and norm are arguments (so one
+    compiled graph serves every func that traces the same way)."""
+    tab = method.tableau
+    rows, b_row, err_row, fsal = tab.a_nonzero[1:], tab.b_nonzero, tab.b_err_nonzero, tab.fsal
 
     def trial_step(func, norm, y, f, stage_t, h, rtol, atol):
         ks = [f]
@@ -112,7 +130,7 @@ def _trial_step_function(rows, b_row, err_row, fsal: bool) -> Callable:
     return trial_step
 
 
-def _operand(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def tolerance_operand(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A tolerance as a tensor input of the graph (a Python float would be baked into it as a constant)."""
     if isinstance(tol, torch.Tensor):
         return tol.to(like.device)

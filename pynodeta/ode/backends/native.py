@@ -23,6 +23,7 @@ from ..stats import SolveStats
 from .adaptive import integrate_adaptive
 from .base import RHS, Backend, SolverConfig
 from .compiled_step import compile_option
+from .graphed_step import cuda_graph_option
 from .rk_parts import RHSCaller, add_increment, check_derivative, combine, nonzero, output_times, partial_t
 
 __all__ = ["TorchBackend"]
@@ -42,28 +43,30 @@ class TorchBackend(Backend):
         self, func: RHS, y0: torch.Tensor, t: torch.Tensor, config: SolverConfig, stats: SolveStats
     ) -> torch.Tensor:
         extra = dict(config.extra)
-        compiled = compile_option(extra)
+        step = trial_step_option(extra)
         if extra:
-            raise ValueError(f"unknown backend_options {sorted(extra)} for backend 'torch' (it takes 'compile')")
+            raise ValueError(f"unknown backend_options {sorted(extra)} for backend 'torch' (it takes 'compile' "
+                             f"and 'cuda_graph')")
+        option = f"backend_options={{{step!r}: True}}"
         out_s, direction = output_times(t)
         if len(out_s) == 1:
             return y0.unsqueeze(0)
         call = RHSCaller(func, y0, direction, stats)
         if isinstance(config.method, str) and config.method in ADAMS_METHODS:
-            if compiled:
-                raise ValueError(f"backend_options={{'compile': True}} compiles the adaptive Runge-Kutta step; "
-                                 f"{config.method!r} is a multistep method: drop the option")
+            if step != "eager":
+                raise ValueError(f"{option} is for the adaptive Runge-Kutta step; {config.method!r} is a multistep "
+                                 f"method: drop the option")
             grid = (_constructed_grid(call, y0, out_s, config.grid_constructor) if config.grid_constructor
                     else _fixed_grid(out_s, config.step_size))
             outputs = integrate_adams(config.method, call, y0, out_s, grid, config, stats)
             _check_outputs_finite(outputs, out_s, direction)
             return torch.stack(outputs)
         method = config.method if isinstance(config.method, Method) else METHODS[config.method]
-        if compiled and not method.adaptive:
-            raise ValueError(f"backend_options={{'compile': True}} compiles the adaptive step; method "
-                             f"{config.method!r} is fixed-grid: drop the option or pick an adaptive method")
+        if step != "eager" and not method.adaptive:
+            raise ValueError(f"{option} is for the adaptive step; method {config.method!r} is fixed-grid: drop "
+                             f"the option or pick an adaptive method")
         if method.adaptive:
-            outputs = integrate_adaptive(method, call, y0, out_s, config, stats, compiled=compiled)
+            outputs = integrate_adaptive(method, call, y0, out_s, config, stats, trial_step=step)
         else:
             outputs = _integrate_fixed(method, call, y0, out_s, config, stats)
             _check_outputs_finite(outputs, out_s, direction)
@@ -150,3 +153,12 @@ def _integrate_fixed(
             f = None  # the cubic output's f(t1, y1) is not the next step's one-sided first stage
     stats.nfe = len(stats.t_evaluated)
     return outputs
+
+
+def trial_step_option(extra: dict) -> str:
+    """'eager', 'compile' or 'cuda_graph': how the adaptive trial step runs, taken out of ``backend_options``."""
+    compiled, graphed = compile_option(extra), cuda_graph_option(extra)
+    if compiled and graphed:
+        raise ValueError("backend_options takes one of 'compile' and 'cuda_graph', not both: the compiled step "
+                         "fuses ops (CPU or GPU), the CUDA graph replays a step's launches at once (GPU); pick one")
+    return "compile" if compiled else "cuda_graph" if graphed else "eager"
