@@ -19,6 +19,7 @@ from reporting import RESULTS_DIR, Report, Table, load_report  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "results.md"
 ORDER = ["bench_solver", "bench_solver_cuda", "bench_batched", "bench_batched_cuda", "compiled_step",
+         "graphed_step_cuda",
          "work_precision", "torchdiffeq_suite", "torchdiffeq_suite_before", "bench_tabn", "tabn_digits",
          "diagnose_groups", "bench_diffusion_sampler", "bench_diffusion_sampler_width8", "digits_features",
          "digits_diffusion_fits", "quality_per_nfe", "sampling_grid", "diffusers_sweep", "diffusers_race",

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, sized for a few minutes on one H100: the CUDA tests, then the solver's GPU
+# benchmarks (the CUDA-graph step, bench_solver, bench_batched). Reports go to benchmarks/results/ and, where
+# $OUT names a folder, are copied there with the logs. gpu_smoke.py needs NVlabs/edm2 and diffusers and is
+# run on its own (docs/edm2.md).
+#
+#     bash benchmarks/gpu_checks.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+logs=${OUT:-$(mktemp -d)}
+mkdir -p "$logs"
+note="$(python3 -c 'import torch; print(torch.cuda.get_device_name(), "torch", torch.__version__)'), $(nproc) CPU cores"
+python3 -m pip install --quiet --no-deps -e . || exit 1
+status=0
+run() {  # run <seconds> <log name> <command...>: a step that fails or times out is reported, the rest still run
+    local limit=$1 name=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" "$@" 2>&1 | tee "$logs/$name.log" | tail -15
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { echo "== $name exited $rc"; status=1; }
+}
+run 240 test_cuda python3 -m pytest -q -x tests/test_cuda.py
+run 120 graphed_step python3 benchmarks/graphed_step.py --device cuda --repeats 11 --note "$note"
+run 90 bench_solver python3 benchmarks/bench_solver.py --device cuda --repeats 11 --note "$note"
+run 90 bench_batched python3 benchmarks/bench_batched.py --device cuda --repeats 7 --note "$note"
+[ -z "${OUT:-}" ] || cp -r benchmarks/results "$OUT/results"
+exit $status
