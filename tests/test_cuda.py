@@ -278,6 +278,34 @@ def test_cuda_graph_step_takes_the_eager_steps(monkeypatch, method):
         torch.testing.assert_close(graphed_grad, eager_grad, rtol=1e-9, atol=1e-11)
 
 
+def test_cuda_graph_step_of_an_eval_tabn_field_and_of_a_probability_flow(monkeypatch):
+    """The library's own right-hand sides capture: an eval-mode TA-BN field (its grid cell taken on the device
+    while recording) and the probability-flow ODE of an EDM2 denoiser (its σ checks standing aside)."""
+    from pynodeta.diffusion import EDM2Precond, probability_flow
+    from pynodeta.models.diffusion import EDM2UNet
+    from pynodeta.nn import ConcatLinear, TABatchNorm1d, TimeSequential
+
+    captures = _count_captures(monkeypatch)
+    torch.manual_seed(0)
+    field = TimeSequential(ConcatLinear(2, 8), TABatchNorm1d(8, M=10), nn.Tanh(), ConcatLinear(8, 2))
+    field = field.double().to(CUDA).eval()
+    y0 = torch.randn(16, 2, dtype=torch.float64, device=CUDA)
+    span = torch.tensor([0.0, 1.0], dtype=torch.float64, device=CUDA)
+    denoiser = EDM2Precond(EDM2UNet(8, 1, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                                    attn_resolutions=(4,)), logvar_channels=8).double().to(CUDA).eval()
+    x = 10 * torch.randn(2, 1, 8, 8, dtype=torch.float64, device=CUDA)
+    graph = {"cuda_graph": True}
+    with torch.no_grad():
+        tabn = [solve(field, y0, span, controller=IController(rtol=1e-6, atol=1e-8), backend_options=options)
+                for options in (None, graph)]
+        flow = [probability_flow(denoiser, x, 10.0, 0.5, rtol=1e-5, atol=1e-5, backend_options=options)
+                for options in (None, graph)]
+    assert len(captures) == 2
+    torch.testing.assert_close(tabn[1].ys, tabn[0].ys, rtol=1e-5, atol=1e-7)  # kinks at grid points: tolerance
+    assert flow[1].stats.nfe == flow[0].stats.nfe
+    torch.testing.assert_close(flow[1].ys, flow[0].ys, rtol=1e-9, atol=1e-9)
+
+
 def test_cuda_graph_step_that_cannot_be_captured_names_the_fix():
     """A func that reads a value to the host cannot be captured: the error says so, and the device stays
     usable for an eager solve afterwards. (Last in the file: a failed capture is the riskiest CUDA call.)"""

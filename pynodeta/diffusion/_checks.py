@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from ..ode.backends.graphed_step import capturing
+
 # denoiser(x, sigma, **extra_args) -> x̂0; called with two arguments only when there are no extra_args
 Denoiser = Callable[..., torch.Tensor]
 
@@ -86,7 +88,7 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **
     out = denoiser(x, sigmas, **extra_args) if extra_args else denoiser(x, sigmas)
     if out.shape != x.shape:
         raise ValueError(f"the denoiser must return x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
-    if not all_finite(out):
+    if not capturing() and not all_finite(out):  # a captured step reads nothing back; the solver's control still does
         raise NonFiniteDenoiserError(
             f"the denoiser returned NaN/Inf at sigma={float(sigmas[0]):.6g}: check the network's weights "
             "and its input scaling at that noise level (e.g. EDMPrecond's c_in)"

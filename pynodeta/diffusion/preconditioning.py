@@ -10,6 +10,7 @@ from torch import nn
 from pynodeta.nn.precision import at_least_float32
 
 from .._random import randn
+from ..ode.backends.graphed_step import capturing
 from ._checks import Denoiser
 
 __all__ = ["EDMPrecond", "edm_loss", "edm_loss_weight"]
@@ -90,7 +91,7 @@ def sigma_per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tens
     else:
         raise ValueError(f"sigma must be a scalar, ({batch},) or ({batch}, 1, ..., 1) for x of shape "
                          f"{tuple(x.shape)}, got shape {tuple(sigma.shape)}")
-    if (sigma <= 0).any():
+    if not capturing() and (sigma <= 0).any():  # a captured step reads nothing back (probability_flow checks its span)
         raise ValueError(f"sigma must be > 0 (c_noise = ln σ/4), got minimum {float(sigma.min())}")
     return sigma
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ode.backends.graphed_step import capturing
 from .stat_updates import stat_updates_allowed
 from .time import time_as_tensor
 
@@ -91,8 +92,8 @@ def _normalise(x, mean, var, gamma, beta, eps: float) -> torch.Tensor:
     return x * scale.reshape(view).to(x.dtype) + shift.reshape(view).to(x.dtype)
 
 
-def _grid_weights_per_sample(t: torch.Tensor, M: int, t_min: float, t_max: float, outside: str):
-    """Eq. 7 for a (batch,) tensor of times: returns ``(l, w2)``, both (batch,)."""
+def _check_times(t: torch.Tensor, t_min: float, t_max: float, outside: str) -> None:
+    """Per-sample times are numbers, and on the grid unless ``outside="clamp"``."""
     nan = torch.isnan(t)
     if bool(nan.any()):  # NaN passes every comparison: without this it becomes a garbage grid index
         raise ValueError(f"per-sample t is NaN at batch positions {nan.nonzero().flatten().tolist()[:10]}; "
@@ -103,6 +104,13 @@ def _grid_weights_per_sample(t: torch.Tensor, M: int, t_min: float, t_max: float
             f"some t are outside the TA-BN grid [{t_min}, {t_max}] (min {t.min().item()}, max "
             f"{t.max().item()}); build the layer with a grid covering them, or pass outside='clamp'"
         )
+
+
+def _grid_weights_per_sample(t: torch.Tensor, M: int, t_min: float, t_max: float, outside: str):
+    """Eq. 7 for a (batch,) tensor of times: returns ``(l, w2)``, both (batch,). While a solver's step is
+    recorded as a graph the checks, which read t back to the host, are skipped: its span lies on the grid."""
+    if not capturing():
+        _check_times(t, t_min, t_max, outside)
     pos = (t.clamp(t_min, t_max) - t_min) / ((t_max - t_min) / M)
     l = pos.detach().floor().long().clamp(max=M - 1)
     return l, pos - l.to(t.dtype)
@@ -187,6 +195,10 @@ class TABatchNorm(nn.Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"x has {x.shape[1]} channels, this layer was built for {self.num_features}")
         t = time_as_tensor(t, x) if isinstance(t, torch.Tensor) else float(t)
+        if isinstance(t, torch.Tensor) and t.dim() == 0 and not self.training and capturing():
+            # a solver's step recorded as a graph reads nothing back to the host, and the grid cell of a scalar
+            # t is a host number: every sample takes the per-sample path's device-side cell instead
+            t = t.expand(x.shape[0])
         if isinstance(t, torch.Tensor) and t.dim() == 1:
             if self.training:
                 return self._forward_train_per_sample(t, x)

@@ -97,3 +97,31 @@ def test_solver_and_its_sugar_together_are_refused():
         probability_flow(data.denoiser, x, 80.0, 0.002, solver={"method": "rk4"})
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['rtl'\]"):
         probability_flow(data.denoiser, x, 80.0, 0.002, rtl=1e-3)
+
+
+def _tiny_denoisers():
+    from pynodeta.diffusion import DDPMSchedule, DenoiserFromEpsilon, EDM2Precond, EDMPrecond
+    from pynodeta.models.diffusion import DDPMUNet, EDM2UNet
+
+    torch.manual_seed(0)
+    ddpm = dict(image_size=8, channels=16, num_res_blocks=1, attention_resolutions=(4,), dropout=0.0)
+    return {
+        "DenoiserFromEpsilon": DenoiserFromEpsilon(DDPMUNet(**ddpm), DDPMSchedule()),
+        "EDMPrecond": EDMPrecond(DDPMUNet(**ddpm, time_scale=250)),
+        "EDM2Precond": EDM2Precond(EDM2UNet(8, 1, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                                            attn_resolutions=(4,)), logvar_channels=8),
+    }
+
+
+@pytest.mark.parametrize("name", ["DenoiserFromEpsilon", "EDMPrecond", "EDM2Precond"])
+def test_flow_of_each_denoiser_replays_as_a_graph_with_the_eager_result(graph_stand_in, name):
+    """backend_options={"cuda_graph": True}: the denoisers' per-call checks of σ and of their output read
+    values back to the host, so they stand aside while a step is recorded (the span was checked before the
+    solve; the solver's control sees what the replays compute); the replays give the eager flow and NFE."""
+    denoiser = _tiny_denoisers()[name].double().eval()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 10
+    with torch.no_grad():
+        eager = probability_flow(denoiser, x, 10.0, 0.5, rtol=1e-5, atol=1e-5)
+        graphed = probability_flow(denoiser, x, 10.0, 0.5, rtol=1e-5, atol=1e-5, backend_options={"cuda_graph": True})
+    assert graph_stand_in[0].replays > 0 and graphed.stats.nfe == eager.stats.nfe
+    torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-9, atol=1e-9)

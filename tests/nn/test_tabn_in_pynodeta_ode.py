@@ -55,3 +55,23 @@ def test_eval_solve_through_pynodeta_is_batch_independent():
     loose = pn.IController(rtol=1e-3, atol=1e-3)
     solution = pn.solve(f, y0, SPAN.flip(0), method="dopri5", controller=loose)  # reversed time stays on the grid
     assert torch.isfinite(solution.ys).all()
+
+
+def test_eval_tabn_field_replays_as_a_graph_with_the_eager_solution(graph_stand_in):
+    """backend_options={"cuda_graph": True}: a recorded step reads nothing back to the host, so an eval-mode
+    TA-BN takes its grid cell on the device (the per-sample path) while recording; the replays give the eager
+    solution to the solve's tolerance. (Not to round-off: γ(t), β(t) and the statistics have kinks at the grid
+    points, where the step control turns round-off into different steps, as the compiled step's does.)"""
+    f = _rhs().double().eval()
+    with torch.no_grad():
+        for p in f[1].parameters():
+            p.copy_(torch.rand_like(p) + 0.5)  # γ, β that vary over the grid, so the cell matters
+        f[1].running_mean.copy_(torch.randn_like(f[1].running_mean))
+    y0 = torch.randn(16, 2, dtype=torch.float64) + 1
+    span = SPAN.double()
+    with torch.no_grad():
+        eager = pn.solve(f, y0, span, controller=pn.IController(rtol=1e-6, atol=1e-8))
+        graphed = pn.solve(f, y0, span, controller=pn.IController(rtol=1e-6, atol=1e-8),
+                           backend_options={"cuda_graph": True})
+    assert graph_stand_in[0].replays > 0
+    torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-5, atol=1e-7)

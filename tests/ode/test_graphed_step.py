@@ -12,23 +12,10 @@ import torch
 
 import pynodeta as pn
 from pynodeta.ode.backends import graphed_step
-from pynodeta.ode.backends.graphed_step import RerunCapture
 
 from .small_field import SmallField
 
 GRAPH = {"cuda_graph": True}
-
-
-@pytest.fixture
-def stand_in(monkeypatch):
-    captures = []
-
-    def capture_for(device):
-        captures.append(RerunCapture())
-        return captures[-1]
-
-    monkeypatch.setattr(graphed_step, "graph_capture", capture_for)
-    return captures
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +32,10 @@ def _solve(field, method="dopri5", t=(0.0, 0.5, 1.0, 2.0), **kwargs):
 
 @pytest.mark.parametrize("method", ["dopri5", "adaptive_heun"])  # FSAL, and one with an extra f(t1, y1)
 @pytest.mark.parametrize("t", [(0.0, 0.5, 1.0, 2.0), (2.0, 1.0, 0.25, -0.5)], ids=["forward", "backward"])
-def test_replayed_step_takes_the_eager_steps(field, stand_in, method, t):
+def test_replayed_step_takes_the_eager_steps(field, graph_stand_in, method, t):
     with torch.no_grad():
         eager, graphed = _solve(field, method, t), _solve(field, method, t, backend_options=GRAPH)
-    (capture,) = stand_in
+    (capture,) = graph_stand_in
     assert (capture.warmups, capture.captures) == (graphed_step.WARMUP_STEPS, 1)
     assert capture.replays == graphed.stats.n_steps - graphed_step.WARMUP_STEPS > 10
     assert graphed.stats.t_evaluated == pytest.approx(eager.stats.t_evaluated, rel=1e-7)
@@ -58,27 +45,27 @@ def test_replayed_step_takes_the_eager_steps(field, stand_in, method, t):
     torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-9, atol=1e-11)
 
 
-def test_a_solve_shorter_than_the_warmup_captures_nothing(field, stand_in):
+def test_a_solve_shorter_than_the_warmup_captures_nothing(field, graph_stand_in):
     with torch.no_grad():
         eager = _solve(field, t=(0.0, 1e-3))
         graphed = _solve(field, t=(0.0, 1e-3), backend_options=GRAPH)
-    assert graphed.stats.n_steps <= graphed_step.WARMUP_STEPS and stand_in[0].captures == 0
+    assert graphed.stats.n_steps <= graphed_step.WARMUP_STEPS and graph_stand_in[0].captures == 0
     torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-12, atol=1e-14)
 
 
-def test_each_solve_captures_its_own_graph_and_sees_parameters_changed_in_place(stand_in):
+def test_each_solve_captures_its_own_graph_and_sees_parameters_changed_in_place(graph_stand_in):
     field = SmallField()
     with torch.no_grad():
         before = _solve(field, backend_options=GRAPH)
         for p in field.parameters():
             p.mul_(0.5)  # as an optimiser step does between solves
         after, eager_after = _solve(field, backend_options=GRAPH), _solve(field)
-    assert len(stand_in) == 2 and all(capture.captures == 1 for capture in stand_in)
+    assert len(graph_stand_in) == 2 and all(capture.captures == 1 for capture in graph_stand_in)
     assert not torch.allclose(before.ys[-1], after.ys[-1])
     torch.testing.assert_close(after.ys, eager_after.ys, rtol=1e-9, atol=1e-11)
 
 
-def test_adjoint_replays_the_forward_solve_and_runs_the_backward_one_eagerly(field, stand_in):
+def test_adjoint_replays_the_forward_solve_and_runs_the_backward_one_eagerly(field, graph_stand_in):
     grads, nfe = [], []
     for options in (None, GRAPH):
         field.zero_grad()
@@ -86,31 +73,32 @@ def test_adjoint_replays_the_forward_solve_and_runs_the_backward_one_eagerly(fie
         solution.ys[-1].square().sum().backward()
         grads.append([p.grad.clone() for p in field.parameters()])
         nfe.append(solution.stats.nfe)
-    assert len(stand_in) == 1 and stand_in[0].replays > 0  # the forward solve only
+    assert len(graph_stand_in) == 1 and graph_stand_in[0].replays > 0  # the forward solve only
     assert nfe[0] == nfe[1]
     for eager, graphed in zip(*grads, strict=True):
         torch.testing.assert_close(graphed, eager, rtol=1e-10, atol=1e-12)
 
 
-def test_odeint_takes_cuda_graph_among_torchdiffeqs_options(field, stand_in):
+def test_odeint_takes_cuda_graph_among_torchdiffeqs_options(field, graph_stand_in):
     torch.manual_seed(1)
     y0, t = torch.randn(8, 2, dtype=torch.float64), torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
     with torch.no_grad():
         graphed = pn.odeint(field, y0, t, rtol=1e-6, atol=1e-8, options={"cuda_graph": True, "max_num_steps": 900})
         eager = pn.odeint(field, y0, t, rtol=1e-6, atol=1e-8)
-    assert stand_in[0].replays > 0
+    assert graph_stand_in[0].replays > 0
     torch.testing.assert_close(graphed, eager, rtol=1e-9, atol=1e-11)
 
 
-def test_a_failed_capture_names_the_option_what_func_may_not_do_and_the_fix(monkeypatch, field):
-    class Refusing(RerunCapture):
-        def capture(self, step):
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+@pytest.mark.parametrize("read", [lambda t: float(t), lambda t: t.item(), lambda t: 1.0 if t > 0.5 else 2.0,
+                                  lambda t: len((t > 0.5).nonzero())], ids=["float", "item", "if", "nonzero"])
+def test_a_func_that_reads_to_the_host_fails_to_capture_with_the_fix(field, graph_stand_in, read):
+    def reading(t, y):
+        return field(t, y) * read(t)
 
-    monkeypatch.setattr(graphed_step, "graph_capture", lambda device: Refusing())
-    with torch.no_grad(), pytest.raises(RuntimeError, match=r"cuda_graph.*not permitted when stream is capturing"
-                                        r".*\.item\(\).*drop the option"):
-        _solve(field, backend_options=GRAPH)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"cuda_graph.*could not be captured.*reads a value back "
+                                        r"to the host.*\.item\(\).*drop the option"):
+        _solve(reading, backend_options=GRAPH)
+    assert graph_stand_in[0].warmups == graphed_step.WARMUP_STEPS  # the eager warm-up steps ran: only capture refuses
 
 
 def test_cuda_graph_refuses_gradients_cpu_states_and_what_it_cannot_replay(field):
@@ -131,3 +119,19 @@ def test_cuda_graph_refuses_gradients_cpu_states_and_what_it_cannot_replay(field
             pn.solve(field, y0, t, batched=True, backend_options=GRAPH)
         with pytest.raises(TypeError, match=r"backend_options\['cuda_graph'\] must be True or False"):
             pn.solve(field, y0, t, backend_options={"cuda_graph": 1})
+
+
+def test_a_func_may_read_host_tensors_and_checks_see_that_a_step_is_recorded(field, graph_stand_in):
+    table = torch.tensor([1.0, 0.5], dtype=torch.float64)  # a host table, as a schedule's sigmas
+    seen = []
+
+    def reading(t, y):
+        seen.append(graphed_step.capturing())
+        return field(t, y) * float(table[1])
+
+    with torch.no_grad():
+        graphed, eager = _solve(reading, backend_options=GRAPH), _solve(reading)
+    n_recorded = 6 * (graph_stand_in[0].replays + 1)  # dopri5's six stages, recorded once and replayed
+    assert seen.count(True) == n_recorded and seen.count(False) == len(seen) - n_recorded > 0
+    assert not graphed_step.capturing()
+    torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-9, atol=1e-11)

@@ -16,6 +16,7 @@ from torch import nn
 
 from pynodeta.nn.mp import SILU_RMS, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, mp_sum_weights, normalize, resample
 from pynodeta.nn.precision import at_least_float32, autocast_off
+from pynodeta.ode.backends.graphed_step import capturing
 
 __all__ = ["EDM2Block", "EDM2UNet"]
 
@@ -27,8 +28,9 @@ def _clip(x: torch.Tensor, limit: float) -> torch.Tensor:
     autograd's clamp backward makes four passes over x. On the CPU one aminmax pass tells whether anything
     is beyond ±limit (or NaN: comparisons with NaN are false, so the clip runs); on a GPU the same check
     would wait for the device, so there the clip always runs. So it does under torch.compile, where the
-    data-dependent branch would break the graph and the compiler fuses the clip with its neighbours."""
-    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+    data-dependent branch would break the graph and the compiler fuses the clip with its neighbours, and
+    while a solver's step is recorded as a graph (``capturing()``), where nothing may be read back."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and not capturing():
         low, high = torch.aminmax(x.detach())
         if low >= -limit and high <= limit:
             return x

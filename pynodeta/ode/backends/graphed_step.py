@@ -22,17 +22,20 @@ optimisers do) are read afresh by every replay.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..methods import Method
 from .base import SolverConfig
 from .compiled_step import StageTimes, tolerance_operand, trial_step_function
 from .rk_parts import RHSCaller
 
-__all__ = ["GraphedTrialStep", "GraphCapture", "CudaGraphCapture", "RerunCapture", "cuda_graph_option",
+__all__ = ["GraphedTrialStep", "GraphCapture", "CudaGraphCapture", "RerunCapture", "capturing", "cuda_graph_option",
            "graph_capture"]
 
 OPTION = "backend_options={'cuda_graph': True}"
@@ -52,8 +55,10 @@ class GraphCapture(Protocol):
 
     def warmup(self) -> contextlib.AbstractContextManager: ...
 
-    def capture(self, step: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
-        """(replay, outputs): ``step()`` recorded; every ``replay()`` rewrites ``outputs`` in place."""
+    def capture(self, step: Callable[[], Any], device_tensors: Iterable[torch.Tensor] = ()
+                ) -> tuple[Callable[[], None], Any]:
+        """(replay, outputs): ``step()`` recorded; every ``replay()`` rewrites ``outputs`` in place.
+        ``device_tensors``: what step reads from the device (its inputs, func's parameters)."""
         ...
 
 
@@ -72,7 +77,8 @@ class CudaGraphCapture:
             yield
         current.wait_stream(self.side)
 
-    def capture(self, step: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+    def capture(self, step: Callable[[], Any], device_tensors: Iterable[torch.Tensor] = ()
+                ) -> tuple[Callable[[], None], Any]:
         # capture_begin/end rather than the torch.cuda.graph context, which empties the allocator's cache
         # before every capture: once per solve here, which would make a training loop allocate afresh
         graph = torch.cuda.CUDAGraph()
@@ -89,11 +95,54 @@ class CudaGraphCapture:
         return graph.replay, outputs
 
 
+def capturing() -> bool:
+    """Whether a step is being recorded now, by a CUDA graph capture on the current stream or by the stand-in.
+    Nothing is computed while recording, so a check that reads a value to the host (a denoiser's σ > 0, say)
+    cannot run then and is skipped; the solver's own error control still sees what the replays compute."""
+    if _STAND_IN[0]:
+        return True
+    if torch.compiler.is_compiling():  # traced by torch.compile, not recorded: checks are the compiler's matter
+        return False
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
+_STAND_IN = [False]  # whether RerunCapture is recording (one capture at a time: a solve's step is not reentrant)
+
+
+class _NoHostReads(TorchDispatchMode):
+    """Refuses the ops that read a value of a device tensor back to the host (``.item()``, ``float(t)``, ``if
+    tensor``, and the ops whose output shape depends on values), as a CUDA graph capture refuses them. Which
+    tensors would live on the device is tracked from ``device_tensors`` (the step's inputs and func's
+    parameters) through every op, so reading a host tensor (a schedule's table, say) stays allowed."""
+
+    SYNCING = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+               torch.ops.aten.masked_select.default)
+
+    def __init__(self, device_tensors: Iterable[torch.Tensor]):
+        super().__init__()
+        self.on_device = WeakIdKeyDictionary({tensor: True for tensor in device_tensors})
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        from_device = any(isinstance(leaf, torch.Tensor) and leaf in self.on_device
+                          for leaf in tree_leaves((args, kwargs)))
+        if from_device and func in self.SYNCING:
+            raise RuntimeError(f"{func} reads a value back to the host, which a CUDA graph capture does not permit")
+        out = func(*args, **kwargs)
+        if from_device:
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    self.on_device[leaf] = True
+        return out
+
+
 class RerunCapture:
-    """A stand-in for ``CudaGraphCapture`` that runs anywhere, with a graph's semantics: a capture leaves its
-    output buffers invalid (NaN) and every ``replay()`` reruns the recorded step from the same input buffers
-    into the same output buffers, in place. It checks code around a graph (buffers copied in before a replay
-    and out before the next) on a machine without a GPU; it saves no time."""
+    """A stand-in for ``CudaGraphCapture`` that runs anywhere, with a graph's semantics: a capture refuses
+    reads of device values back to the host and leaves its output buffers invalid (NaN), and every
+    ``replay()`` reruns the recorded step from the same input buffers into the same output buffers, in
+    place; both run with ``capturing()`` true, so a replay takes the code paths that the capture recorded.
+    It checks code around a graph (buffers copied in before a replay and out before the next) and whether a
+    func can be captured, on a machine without a GPU; it saves no time."""
 
     def __init__(self):
         self.warmups = self.captures = self.replays = 0
@@ -103,26 +152,36 @@ class RerunCapture:
         self.warmups += 1
         yield
 
-    def capture(self, step: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+    def capture(self, step: Callable[[], Any], device_tensors: Iterable[torch.Tensor] = ()
+                ) -> tuple[Callable[[], None], Any]:
         self.captures += 1
-        outputs = step()
+        with _NoHostReads(device_tensors):
+            outputs = _recording(step)
         buffers = _tensors(outputs)
         for buffer in buffers:
             buffer.fill_(float("nan"))  # a capture records kernels without running them
 
         def replay() -> None:
             self.replays += 1
-            for buffer, value in zip(buffers, _tensors(step()), strict=True):
+            # a replay runs what was recorded: the code paths that capturing() chose then
+            for buffer, value in zip(buffers, _tensors(_recording(step)), strict=True):
                 buffer.copy_(value)
 
         return replay, outputs
 
 
+def _recording(step: Callable[[], Any]) -> Any:
+    """step() with ``capturing()`` true."""
+    _STAND_IN[0] = True
+    try:
+        return step()
+    finally:
+        _STAND_IN[0] = False
+
+
 def _tensors(outputs: Any) -> list[torch.Tensor]:
     """The tensors of a nest of tuples and lists, in order."""
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    return [tensor for item in outputs for tensor in _tensors(item)]
+    return [leaf for leaf in tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
 
 
 def graph_capture(device: torch.device) -> GraphCapture:
@@ -186,8 +245,12 @@ class GraphedTrialStep:
 
     def _capture(self, y: torch.Tensor, f: torch.Tensor) -> None:
         self.inputs = (y.clone(), f.clone())
+        device_tensors = [*self.inputs, self.times, self.rtol, self.atol]
+        for func in (self.call.user_func, self.call.func):
+            if isinstance(func, torch.nn.Module):
+                device_tensors += [*func.parameters(), *func.buffers()]
         try:
-            self.replay, self.outputs = self.graphs.capture(lambda: self._step(*self.inputs))
+            self.replay, self.outputs = self.graphs.capture(lambda: self._step(*self.inputs), device_tensors)
         except RuntimeError as error:
             raise RuntimeError(
                 f"{OPTION}: the trial step could not be captured as a CUDA graph ({type(error).__name__}: "
