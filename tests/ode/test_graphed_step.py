@@ -135,3 +135,22 @@ def test_a_func_may_read_host_tensors_and_checks_see_that_a_step_is_recorded(fie
     assert seen.count(True) == n_recorded and seen.count(False) == len(seen) - n_recorded > 0
     assert not graphed_step.capturing()
     torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-9, atol=1e-11)
+
+
+def test_tuple_states_events_and_many_output_times_replay_as_the_eager_solve(graph_stand_in):
+    def oscillator(t, y):
+        return y[1], -y[0] - 0.1 * y[1] + torch.sin(t)
+
+    y0 = (torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+    t = torch.linspace(0, 5, 50, dtype=torch.float64)  # several outputs inside most steps: dense output
+    start = torch.tensor(0.0, dtype=torch.float64)
+    with torch.no_grad():
+        eager = pn.odeint(oscillator, y0, t, rtol=1e-7, atol=1e-9)
+        graphed = pn.odeint(oscillator, y0, t, rtol=1e-7, atol=1e-9, options=GRAPH)
+        event = [pn.odeint_event(lambda t, y: -y, torch.ones(3, dtype=torch.float64), start, rtol=1e-8, atol=1e-10,
+                                 event_fn=lambda t, y: y.sum() - 1.0, options=options) for options in (None, GRAPH)]
+    assert graph_stand_in[0].replays > 0 and len(graph_stand_in) > 2  # odeint_event solves piece by piece
+    for a, b in zip(graphed, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(event[1][0], event[0][0], rtol=1e-12, atol=1e-14)  # the event time
+    torch.testing.assert_close(event[1][1], event[0][1], rtol=1e-12, atol=1e-14)
