@@ -95,7 +95,8 @@ def timed(solve, func, device) -> float:
 def measure(w: Workload, repeats: int) -> dict:
     device = w.y0.device
     runs = {name: solver(w, name.split("+")[0], graphed=name.endswith("cuda_graph")) for name in CONTENDERS}
-    nfe = {name: runs[name](w.field)[0] for name in CONTENDERS[1:]}  # also the warm-up
+    counts = {name: runs[name](w.field) for name in CONTENDERS[1:]}  # (NFE, steps); also the warm-up
+    nfe = {name: counts[name][0] for name in counts}
     runs["torchdiffeq"](w.field)
     names = list(CONTENDERS)
     short, steps = {}, {}
@@ -103,7 +104,7 @@ def measure(w: Workload, repeats: int) -> dict:
         replay = Replay(w.field, runs["pynodeta"])
         for name in CONTENDERS[1:]:
             short[name] = solver(w, "pynodeta", graphed=name.endswith("cuda_graph"), span=0.25)
-            steps[name] = (runs[name](w.field)[1], short[name](w.field)[1])
+            steps[name] = (counts[name][1], short[name](w.field)[1])
         names += ["func alone", *(f"{name}, quarter span" for name in short)]
     times: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(repeats):

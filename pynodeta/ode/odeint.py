@@ -39,7 +39,7 @@ def _scipy_solver(func, y0, t, rtol, atol, options):
 _STEP_OPTIONS = ("compile", "cuda_graph")
 
 
-def _compile_step(options) -> tuple[dict | None, dict]:
+def _step_options(options) -> tuple[dict | None, dict]:
     """pynodeta's options beyond torchdiffeq's, ``options={"compile": True}`` (the compiled adaptive step of the
     torch backend) and ``options={"cuda_graph": True}`` (the step replayed as a CUDA graph), split from
     torchdiffeq's options as the ``backend_options`` they are."""
@@ -57,8 +57,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
         if event_fn is not None:
             raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
         return _scipy_solver(func, y0, t, rtol, atol, options)
-    options, compile_step = _compile_step(options)
-    settings = {**typed_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options), **compile_step}
+    options, step_options = _step_options(options)
+    settings = {**typed_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options), **step_options}
     if event_fn is not None:
         return solve_until_event(solve, func, y0, t, event_fn, **settings)
     return solve(func, y0, t, **settings).ys
@@ -71,7 +71,7 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     ``options={"compile": True}`` compiles the forward solve's adaptive step, ``{"cuda_graph": True}`` replays
     it as a CUDA graph."""
     backend = "torch"
-    options, compile_step = _compile_step(options) if method != "scipy_solver" else (options, {})
+    options, step_options = _step_options(options) if method != "scipy_solver" else (options, {})
     if "scipy_solver" in (method, adjoint_method):
         if adjoint_method not in (None, method):
             raise ValueError("method='scipy_solver' runs forward and backward on SciPy: adjoint_method must be "
@@ -83,7 +83,7 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
         method=method or "dopri5", rtol=rtol, atol=atol, options=options, adjoint=True, backend=backend,
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
         adjoint_options=adjoint_options, adjoint_params=adjoint_params)
-    settings.update(compile_step)
+    settings.update(step_options)
     if event_fn is not None:
         return solve_until_event(solve, func, y0, t, event_fn, **settings)
     return solve(func, y0, t, **settings).ys

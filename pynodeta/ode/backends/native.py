@@ -47,15 +47,14 @@ class TorchBackend(Backend):
         if extra:
             raise ValueError(f"unknown backend_options {sorted(extra)} for backend 'torch' (it takes 'compile' "
                              f"and 'cuda_graph')")
-        option = f"backend_options={{{step!r}: True}}"
         out_s, direction = output_times(t)
         if len(out_s) == 1:
             return y0.unsqueeze(0)
         call = RHSCaller(func, y0, direction, stats)
         if isinstance(config.method, str) and config.method in ADAMS_METHODS:
             if step != "eager":
-                raise ValueError(f"{option} is for the adaptive Runge-Kutta step; {config.method!r} is a multistep "
-                                 f"method: drop the option")
+                raise ValueError(f"{_spelled(step)} is for the adaptive Runge-Kutta step; {config.method!r} is a "
+                                 f"multistep method: drop the option")
             grid = (_constructed_grid(call, y0, out_s, config.grid_constructor) if config.grid_constructor
                     else _fixed_grid(out_s, config.step_size))
             outputs = integrate_adams(config.method, call, y0, out_s, grid, config, stats)
@@ -63,7 +62,7 @@ class TorchBackend(Backend):
             return torch.stack(outputs)
         method = config.method if isinstance(config.method, Method) else METHODS[config.method]
         if step != "eager" and not method.adaptive:
-            raise ValueError(f"{option} is for the adaptive step; method {config.method!r} is fixed-grid: drop "
+            raise ValueError(f"{_spelled(step)} is for the adaptive step; method {config.method!r} is fixed-grid: drop "
                              f"the option or pick an adaptive method")
         if method.adaptive:
             outputs = integrate_adaptive(method, call, y0, out_s, config, stats, trial_step=step)
@@ -162,3 +161,8 @@ def trial_step_option(extra: dict) -> str:
         raise ValueError("backend_options takes one of 'compile' and 'cuda_graph', not both: the compiled step "
                          "fuses ops (CPU or GPU), the CUDA graph replays a step's launches at once (GPU); pick one")
     return "compile" if compiled else "cuda_graph" if graphed else "eager"
+
+
+def _spelled(step: str) -> str:
+    """The option that chose ``step``, as the user wrote it (for error messages)."""
+    return f"backend_options={{{step!r}: True}}"
