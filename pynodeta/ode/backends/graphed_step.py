@@ -109,31 +109,46 @@ def capturing() -> bool:
 _STAND_IN = [False]  # whether RerunCapture is recording (one capture at a time: a solve's step is not reentrant)
 
 
-class _NoHostReads(TorchDispatchMode):
-    """Refuses the ops that read a value of a device tensor back to the host (``.item()``, ``float(t)``, ``if
-    tensor``, and the ops whose output shape depends on values), as a CUDA graph capture refuses them. Which
-    tensors would live on the device is tracked from ``device_tensors`` (the step's inputs and func's
-    parameters) through every op, so reading a host tensor (a schedule's table, say) stays allowed."""
+class DeviceValueReads(TorchDispatchMode):
+    """Finds the ops that read a value of a device tensor back to the host (``.item()``, ``float(t)``, ``if
+    tensor``, and the ops whose output shape depends on values) on a machine without one: which tensors
+    would live on the device is tracked from ``device_tensors`` (a step's inputs and func's parameters,
+    say) through every op, so reading a host tensor (a schedule's table) is not one. Each such op calls
+    ``read``; ``track`` adds a tensor that would live on the device. Blind spot: on the CPU ``.tolist()``
+    and ``.numpy()`` read without an op that a dispatch mode sees."""
 
     SYNCING = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
                torch.ops.aten.masked_select.default)
 
-    def __init__(self, device_tensors: Iterable[torch.Tensor]):
+    def __init__(self, device_tensors: Iterable[torch.Tensor] = ()):
         super().__init__()
         self.on_device = WeakIdKeyDictionary({tensor: True for tensor in device_tensors})
+
+    def track(self, tensor: torch.Tensor) -> None:
+        self.on_device[tensor] = True
+
+    def read(self, func) -> None:
+        """Called for each read of a device value, before the op runs."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         from_device = any(isinstance(leaf, torch.Tensor) and leaf in self.on_device
                           for leaf in tree_leaves((args, kwargs)))
         if from_device and func in self.SYNCING:
-            raise RuntimeError(f"{func} reads a value back to the host, which a CUDA graph capture does not permit")
+            self.read(func)
         out = func(*args, **kwargs)
         if from_device:
             for leaf in tree_leaves(out):
                 if isinstance(leaf, torch.Tensor):
                     self.on_device[leaf] = True
         return out
+
+
+class _NoHostReads(DeviceValueReads):
+    """Refuses every read of a device value, as a CUDA graph capture does."""
+
+    def read(self, func) -> None:
+        raise RuntimeError(f"{func} reads a value back to the host, which a CUDA graph capture does not permit")
 
 
 class RerunCapture:
