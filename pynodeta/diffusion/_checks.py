@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ..ode.backends.graphed_step import capturing
+from ._known_sigmas import as_levels, same_levels, sigma_levels
 
 # denoiser(x, sigma, **extra_args) -> x̂0; called with two arguments only when there are no extra_args
 Denoiser = Callable[..., torch.Tensor]
@@ -63,10 +64,12 @@ def all_finite(values: torch.Tensor) -> bool:
 
 
 def sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """One noise level per sample: a (batch,) tensor of x's dtype and device."""
+    """One noise level per sample: a (batch,) tensor of x's dtype and device (its bounds known to the host
+    when ``sigma`` is a float, so the denoiser's checks of it read nothing back)."""
     if isinstance(sigma, torch.Tensor):
-        return sigma.to(dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
-    return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+        levels = as_levels(sigma, x)
+        return same_levels(levels, levels.expand(x.shape[0]).clone())
+    return sigma_levels(sigma, x)
 
 
 def check_extra_args(extra_args: Mapping | None) -> dict:
@@ -79,8 +82,8 @@ def check_extra_args(extra_args: Mapping | None) -> dict:
     return dict(extra_args)
 
 
-def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **extra_args) -> torch.Tensor:
-    """D(x, σ, **extra_args) with σ broadcast to (batch,); refuses NaN/Inf output and a wrong output shape.
+def call_denoiser(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, extra_args: dict) -> torch.Tensor:
+    """D(x, σ, **extra_args) with σ broadcast to (batch,); refuses a wrong output shape.
 
     Without extra_args the denoiser gets two arguments only, so plain ``f(x, sigma)`` callables keep working.
     """
@@ -88,11 +91,20 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **
     out = denoiser(x, sigmas, **extra_args) if extra_args else denoiser(x, sigmas)
     if out.shape != x.shape:
         raise ValueError(f"the denoiser must return x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    return out
+
+
+def nonfinite_denoiser_message(sigma: float) -> str:
+    return (f"the denoiser returned NaN/Inf at sigma={sigma:.6g}: check the network's weights and its input "
+            "scaling at that noise level (e.g. EDMPrecond's c_in)")
+
+
+def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **extra_args) -> torch.Tensor:
+    """``call_denoiser``, refusing NaN/Inf output at once (the ODE solves' right-hand side: their step control
+    reads a value per step anyway; the samplers defer this check on a GPU, see ``OutputChecks``)."""
+    out = call_denoiser(denoiser, x, sigma, extra_args)
     if not capturing() and not all_finite(out):  # a captured step reads nothing back; the solver's control still does
-        raise NonFiniteDenoiserError(
-            f"the denoiser returned NaN/Inf at sigma={float(sigmas[0]):.6g}: check the network's weights "
-            "and its input scaling at that noise level (e.g. EDMPrecond's c_in)"
-        )
+        raise NonFiniteDenoiserError(nonfinite_denoiser_message(float(torch.as_tensor(sigma).reshape(-1)[0])))
     return out
 
 

@@ -9,24 +9,34 @@ import torch
 
 from .._random import randn
 from ..ode.stats import SolveStats, _publish
-from ._checks import Denoiser, check_extra_args, check_option, check_sigmas, denoise
+from ._checks import Denoiser, call_denoiser, check_extra_args, check_option, check_sigmas, nonfinite_denoiser_message
+from ._output_checks import OutputChecks
 
 Callback = Callable[[dict], None]
 
 
 class CountingDenoiser:
     """Wraps a denoiser: forwards ``extra_args``, counts evaluations into a published SolveStats and
-    checks every output (shape, NaN/Inf)."""
+    checks every output (shape at once; NaN/Inf through ``OutputChecks``, so a sampler ends with
+    ``return model.finish(x)``)."""
 
     def __init__(self, denoiser: Denoiser, method: str, n_steps: int, extra_args: Mapping | None = None):
         self.denoiser, self.extra_args = denoiser, check_extra_args(extra_args)
         self.stats = SolveStats(method=method, backend="sampler", n_steps=n_steps, n_accepted=n_steps)
+        self.outputs = OutputChecks(nonfinite_denoiser_message)
         _publish(self.stats)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         self.stats.nfe += 1
         self.stats.t_evaluated.append(sigma)
-        return denoise(self.denoiser, x, sigma, **self.extra_args)
+        out = call_denoiser(self.denoiser, x, sigma, self.extra_args)
+        self.outputs.check(out, sigma)
+        return out
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's result ``x``, once every output of the run has been checked."""
+        self.outputs.raise_if_any()
+        return x
 
 
 def start(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, method: str,

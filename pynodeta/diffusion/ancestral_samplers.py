@@ -32,7 +32,7 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
         x = euler_to(x, denoised, sigma, sigma_down)
         if sigma_next > 0 and sigma_up > 0:
             x = x + fresh_noise(x, generator) * (s_noise * sigma_up)
-    return x
+    return model.finish(x)
 
 
 def sample_dpm_2_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -57,7 +57,7 @@ def sample_dpm_2_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
         # k-diffusion adds no noise when η > 1 saturates σ_down at 0 before σ_{i+1} = 0; the noise is σ_up = σ_{i+1}
         if sigma_next > 0 and sigma_up > 0:
             x = x + fresh_noise(x, generator) * (s_noise * sigma_up)
-    return x
+    return model.finish(x)
 
 
 def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -81,4 +81,4 @@ def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch
             x = euler_to(x, model(x_mid, sigma_mid), sigma, sigma_down)  # the full step with x̂0 at the midpoint
         if sigma_next > 0 and sigma_up > 0:
             x = x + fresh_noise(x, generator) * (s_noise * sigma_up)
-    return x
+    return model.finish(x)

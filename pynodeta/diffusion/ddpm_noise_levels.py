@@ -73,7 +73,7 @@ def sample_ddim_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.
             x = euler_to(x, denoised, sigma, sigma_down)
         if sigma_up > 0:
             x = x + fresh_noise(x, generator) * sigma_up
-    return x
+    return model.finish(x)
 
 
 def sample_ddpm_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -99,4 +99,4 @@ def sample_ddpm_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.
             else:
                 sigma_up = math.sqrt((sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2))
             x = x + fresh_noise(x, generator) * sigma_up
-    return x
+    return model.finish(x)

@@ -16,7 +16,8 @@ import torch
 
 from .._random import randn
 from ..ode.stats import SolveStats, _publish
-from ._checks import NonFiniteDenoiserError, all_finite, check_extra_args, check_option
+from ._checks import check_extra_args, check_option
+from ._output_checks import OutputChecks
 from ._progress import progress_range
 from .schedules import DDPMSchedule
 
@@ -28,11 +29,13 @@ TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 class _CountingEpsModel:
-    """Wraps an ε-network: forwards ``extra_args``, counts evaluations into a SolveStats, checks every output."""
+    """Wraps an ε-network: forwards ``extra_args``, counts evaluations into a SolveStats, checks every output
+    (NaN/Inf through ``OutputChecks``, so a sampler ends with ``return model.finish(x)``)."""
 
     def __init__(self, eps_model: EpsModel, method: str, n_steps: int, extra_args: Mapping | None = None):
         self.eps_model, self.extra_args = eps_model, check_extra_args(extra_args)
         self.stats = SolveStats(method=method, backend="sampler", n_steps=n_steps, n_accepted=n_steps)
+        self.outputs = OutputChecks(_nonfinite_eps_message)
         _publish(self.stats)
 
     def __call__(self, t: int, x: torch.Tensor) -> torch.Tensor:
@@ -42,10 +45,17 @@ class _CountingEpsModel:
         eps = self.eps_model(t_batch, x, **self.extra_args) if self.extra_args else self.eps_model(t_batch, x)
         if eps.shape != x.shape:
             raise ValueError(f"eps_model must return x's shape {tuple(x.shape)}, got {tuple(eps.shape)}")
-        if not all_finite(eps):
-            raise NonFiniteDenoiserError(f"eps_model returned NaN/Inf at timestep t={t}: check the network "
-                                         "and its input scaling there")
+        self.outputs.check(eps, t)
         return eps
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's result ``x``, once every output of the run has been checked."""
+        self.outputs.raise_if_any()
+        return x
+
+
+def _nonfinite_eps_message(t: int) -> str:
+    return f"eps_model returned NaN/Inf at timestep t={t}: check the network and its input scaling there"
 
 
 def _check_start(x_T: torch.Tensor, schedule: DDPMSchedule) -> None:
@@ -73,7 +83,7 @@ def sample_ddpm(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule,
         else:
             noise = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x = mean + torch.exp(0.5 * log_var) * noise
-    return x
+    return model.finish(x)
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace", steps_offset: int = 0) -> list[int]:
@@ -145,4 +155,4 @@ def sample_ddim(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule, 
         x = alpha_next**0.5 * x0 + max(1 - alpha_next - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             x = x + sigma * randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x
+    return model.finish(x)

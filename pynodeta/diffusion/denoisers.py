@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ode.backends.graphed_step import capturing
+from ._known_sigmas import as_levels, sigma_bounds
 from .schedules import DDPMSchedule
 
 __all__ = ["DenoiserFromEpsilon", "TIMESTEP_MODES"]
@@ -45,12 +46,27 @@ class DenoiserFromEpsilon(nn.Module):
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Timestep of each noise level: int64 (nearest) or float (interpolated in log σ), shape of sigma."""
         sigma = torch.as_tensor(sigma)
-        low, high = self.sigma_min * (1 - 1e-6), self.sigma_max * (1 + 1e-6)
+        self._check_sigma_range(sigma)
+        return self._timesteps(sigma)
+
+    def sigma_and_timesteps(self, sigma: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """σ as a (batch,) tensor of x's dtype and device, and its timesteps (``sigma_to_t``)."""
+        given = as_levels(sigma, x)
+        self._check_sigma_range(given)  # before the expand: a sampler's σ keeps its known bounds
+        sigma = given.expand(x.shape[0])
+        return sigma, self._timesteps(sigma)
+
+    def _check_sigma_range(self, sigma: torch.Tensor) -> None:
         # a captured step reads nothing back to the host: probability_flow has checked its span before solving
-        if sigma.numel() and not capturing() and (float(sigma.min()) < low or float(sigma.max()) > high):
+        if not sigma.numel() or capturing():
+            return
+        lowest, highest = sigma_bounds(sigma)
+        if not self.sigma_min * (1 - 1e-6) <= lowest <= highest <= self.sigma_max * (1 + 1e-6):
             raise ValueError(f"sigma must lie in the schedule's range [{self.sigma_min:.6g}, {self.sigma_max:.6g}], "
-                             f"got [{float(sigma.min()):.6g}, {float(sigma.max()):.6g}]; build the noise levels "
+                             f"got [{lowest:.6g}, {highest:.6g}]; build the noise levels "
                              "with karras_sigmas(n, denoiser.sigma_min, denoiser.sigma_max)")
+
+    def _timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
         log_sigmas = self.log_sigmas.to(device=sigma.device)
         log_sigma = sigma.to(log_sigmas.dtype).log()
         if len(log_sigmas) == 1:
@@ -68,8 +84,7 @@ class DenoiserFromEpsilon(nn.Module):
         ``class_labels`` (one-hot, (batch, num_classes)) reach the network as ``eps_model(t, x,
         class_labels=...)``; without them it is called with two arguments only.
         """
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        t = self.sigma_to_t(sigma)
+        sigma, t = self.sigma_and_timesteps(sigma, x)
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         x_vp = x / (1 + sigma_b**2).sqrt()
         if class_labels is None:

@@ -150,6 +150,8 @@ def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
                 x_high = solver.third_order(x, eps, lam, lam_target, eps_r1)
             scale = torch.clamp(torch.maximum(x_low.abs(), x_previous.abs()) * rtol, min=atol)
             error = float(torch.linalg.vector_norm((x_low - x_high) / scale)) / math.sqrt(x.numel())
+            if not math.isfinite(error):  # a NaN output would leave the controller rejecting forever: name it now
+                model.outputs.raise_if_any()
             accept = pid.propose_step(error)
             stats.n_steps += 1
             if accept:
@@ -170,4 +172,4 @@ def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
             progress.update()
     finally:
         progress.close()
-    return x
+    return model.finish(x)

@@ -44,8 +44,7 @@ class DiscreteTimeDenoiser(DenoiserFromEpsilon):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, ...) VE state; sigma: (batch,) or scalar → x̂0, shape of x."""
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        t = self.sigma_to_t(sigma)
+        sigma, t = self.sigma_and_timesteps(sigma, x)
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         scale = (1 + sigma_b**2).rsqrt()   # √ᾱ = 1/√(1 + σ²): the VP state is x·√ᾱ
         out = self.eps_model(t, x * scale, class_labels=class_labels)

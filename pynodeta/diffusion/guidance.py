@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from ._known_sigmas import as_levels, same_levels
+
 __all__ = ["GuidedDenoiser", "check_guidance"]
 
 
@@ -55,8 +57,9 @@ class GuidedDenoiser(nn.Module):
         if self.unconditional is not None:
             conditional = self.denoiser(x, sigma, class_labels=class_labels)
             return torch.lerp(self.unconditional(x, sigma), conditional, self.guidance)
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+        given = as_levels(sigma, x)
+        sigma = given.reshape(-1).expand(x.shape[0])
+        both = self.denoiser(torch.cat([x, x]), same_levels(given, torch.cat([sigma, sigma])),
                              class_labels=torch.cat([class_labels, torch.zeros_like(class_labels)]))
         conditional, unconditional = both.chunk(2)
         return torch.lerp(unconditional, conditional, self.guidance)

@@ -34,7 +34,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, e
         denoised = model(x, sigma_hat)
         report(callback, x, i, levels[i], sigma_hat, denoised)
         x = euler_to(x, denoised, sigma_hat, levels[i + 1])
-    return x
+    return model.finish(x)
 
 
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
@@ -57,7 +57,7 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ex
             x = torch.add(x, slope.add_(slope_next), alpha=step / 2)
         else:  # Algorithm 1, line 7: the last step to σ = 0 stays an Euler step
             x = x_euler
-    return x
+    return model.finish(x)
 
 
 def sample_dpm_2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
@@ -81,7 +81,7 @@ def sample_dpm_2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, e
             x_mid = euler_to(x, denoised, sigma_hat, sigma_mid)
             slope_mid = (x_mid - model(x_mid, sigma_mid)).div_(sigma_mid)
             x = torch.add(x, slope_mid, alpha=sigma_next - sigma_hat)
-    return x
+    return model.finish(x)
 
 
 def lms_coefficients(levels: list[float], i: int, order: int) -> list[float]:
@@ -119,7 +119,7 @@ def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ext
             slopes.pop(0)
         weights = lms_coefficients(levels, i, len(slopes))
         x = x + sum(weight * slope for weight, slope in zip(weights, reversed(slopes)))
-    return x
+    return model.finish(x)
 
 
 def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
@@ -143,4 +143,4 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
             x = torch.add(x * (sigma_next / sigma), corrected, alpha=-math.expm1(-h))
             previous_h = h
         previous_denoised = denoised
-    return x
+    return model.finish(x)

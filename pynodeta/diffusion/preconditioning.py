@@ -12,6 +12,7 @@ from pynodeta.nn.precision import at_least_float32
 from .._random import randn
 from ..ode.backends.graphed_step import capturing
 from ._checks import Denoiser
+from ._known_sigmas import as_levels, known_bounds
 
 __all__ = ["EDMPrecond", "edm_loss", "edm_loss_weight"]
 
@@ -82,17 +83,20 @@ class EDMPrecond(nn.Module):
 
 def sigma_per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """σ as a (batch,) tensor of x's dtype from a scalar, (batch,) or (batch, 1, ..., 1) (NVlabs' loss)."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    given = as_levels(sigma, x)
     batch = x.shape[0]
-    if sigma.numel() == 1 and sigma.dim() <= 1:
-        sigma = sigma.reshape(()).expand(batch)
-    elif sigma.dim() >= 1 and sigma.shape[0] == batch and sigma.numel() == batch and sigma.dim() <= x.ndim:
-        sigma = sigma.reshape(batch)  # (batch,) or (batch, 1, ..., 1)
+    if given.numel() == 1 and given.dim() <= 1:
+        sigma = given.reshape(()).expand(batch)
+    elif given.dim() >= 1 and given.shape[0] == batch and given.numel() == batch and given.dim() <= x.ndim:
+        sigma = given.reshape(batch)  # (batch,) or (batch, 1, ..., 1)
     else:
         raise ValueError(f"sigma must be a scalar, ({batch},) or ({batch}, 1, ..., 1) for x of shape "
-                         f"{tuple(x.shape)}, got shape {tuple(sigma.shape)}")
-    if not capturing() and (sigma <= 0).any():  # a captured step reads nothing back (probability_flow checks its span)
-        raise ValueError(f"sigma must be > 0 (c_noise = ln σ/4), got minimum {float(sigma.min())}")
+                         f"{tuple(x.shape)}, got shape {tuple(given.shape)}")
+    # a captured step reads nothing back (probability_flow checks its span); a sampler's σ has known bounds
+    if batch and not capturing():
+        known = known_bounds(given)
+        if not (known[0] > 0 if known is not None else bool((given > 0).all())):  # NaN fails too
+            raise ValueError(f"sigma must be > 0 (c_noise = ln σ/4), got minimum {float(given.min())}")
     return sigma
 
 

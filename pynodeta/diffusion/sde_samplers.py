@@ -58,7 +58,7 @@ def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
         if sigma_up > 0:
             x = x + noise(sigma, sigma_next) * (s_noise * sigma_up)
         noise.forget_above(sigma_next)
-    return x
+    return model.finish(x)
 
 
 def _sde_decay(h: float, eta: float) -> tuple[float, float]:
@@ -99,7 +99,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
         if eta > 0:
             x = x + fresh_noise(x, generator) * (sigma_next * noise_scale * s_noise)
         previous_denoised, previous_h = denoised, h
-    return x
+    return model.finish(x)
 
 
 def sample_dpmpp_3m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -137,4 +137,4 @@ def sample_dpmpp_3m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
             x = x + fresh_noise(x, generator) * (sigma_next * noise_scale * s_noise)
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
-    return x
+    return model.finish(x)

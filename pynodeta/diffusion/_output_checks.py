@@ -1,0 +1,48 @@
+"""NaN/Inf checks on a sampling run's network outputs that do not stall a GPU once per call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import NonFiniteDenoiserError, all_finite
+
+
+def reads_wait_for_device(device: torch.device) -> bool:
+    """Whether reading a value of a tensor on ``device`` back to the host waits for the work queued there."""
+    return device.type != "cpu"
+
+
+class OutputChecks:
+    """Refuses NaN/Inf in every network output of one sampling run, naming the first noise level (or
+    timestep) that gave one.
+
+    On the CPU each output is checked as it arrives: one sum, read at no cost. On a GPU a read waits for all
+    queued kernels, so a check per call would stop the host from queueing the next call while the device
+    runs this one (NVlabs' and k-diffusion's samplers check nothing for that reason). There each output
+    leaves a flag on the device instead, and ``raise_if_any`` reads them all at once: when the run ends
+    (``finish``), or earlier when the sampler's own read (an adaptive step's error) comes back non-finite.
+    """
+
+    def __init__(self, message: Callable[[float], str]):
+        self.message = message  # the error's text, given where (σ or t) the output went wrong
+        self.flags: list[torch.Tensor] = []  # one 0-dim bool per output still unread, on its device
+        self.where: list[float] = []
+
+    def check(self, out: torch.Tensor, where: float) -> None:
+        if not reads_wait_for_device(out.device):
+            if not all_finite(out):
+                raise NonFiniteDenoiserError(self.message(where))
+            return
+        self.flags.append(torch.isfinite(out.detach()).all())
+        self.where.append(where)
+
+    def raise_if_any(self) -> None:
+        """Read the flags left so far (one synchronisation) and raise for the first output that was not finite."""
+        if not self.flags:
+            return
+        finite = torch.stack(self.flags).cpu()
+        where, self.flags, self.where = self.where, [], []
+        if not bool(finite.all()):
+            raise NonFiniteDenoiserError(self.message(where[int((~finite).nonzero()[0, 0])]))
