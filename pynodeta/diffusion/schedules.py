@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from .._host_copies import to_device
 from ._gaussian import LN2, discretized_gaussian_log_likelihood, mean_over_data_dims, normal_kl
 
 __all__ = ["karras_sigmas", "DDPMSchedule", "BETA_SCHEDULES", "VARIANCES"]
@@ -130,7 +131,7 @@ class DDPMSchedule:
     def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """table[t] shaped (batch, 1, 1, ...) to broadcast against ``like``."""
         t = self.check_timesteps(t, like.shape[0])
-        values = table[t.cpu()].to(dtype=like.dtype, device=like.device)
+        values = to_device(table[t.cpu()].to(like.dtype), like.device)  # queued: no wait for the GPU per step
         return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
