@@ -306,6 +306,53 @@ def test_cuda_graph_step_of_an_eval_tabn_field_and_of_a_probability_flow(monkeyp
     torch.testing.assert_close(flow[1].ys, flow[0].ys, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["edm2", "ddpm", "ddpm_eps"])
+def test_a_sampling_run_synchronises_at_its_start_and_end_only(kind):
+    """No synchronisation per step: σ's checks read bounds the host knows, the outputs' finiteness is read once
+    when the run ends, fresh noise from a CPU generator and a schedule's table entries reach the GPU through
+    page-locked memory. The same count for 4 steps and for 12 (CUDA's sync debug mode counts them)."""
+    import warnings
+
+    from pynodeta.diffusion import SAMPLERS
+    from pynodeta.diffusion.edm2 import EDM2Precond
+    from pynodeta.models.diffusion import DDPMUNet, EDM2UNet
+
+    torch.manual_seed(0)
+    network = DDPMUNet(image_size=8, channels=16).to(CUDA).eval()
+    if kind == "edm2":  # deterministic
+        denoiser = EDM2Precond(EDM2UNet(8, 1, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                                        attn_resolutions=(4,)), logvar_channels=8).to(CUDA).eval()
+
+        def run(steps, x, generator):
+            return SAMPLERS["dpmpp_2m"](denoiser, x * 80, karras_sigmas(steps), disable=True)
+    elif kind == "ddpm":  # ancestral: fresh noise every step
+        denoiser = DenoiserFromEpsilon(network, DDPMSchedule(1000))
+
+        def run(steps, x, generator):
+            sigmas = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max)
+            return SAMPLERS["dpm_2_ancestral"](denoiser, x * sigmas[0], sigmas, generator=generator, disable=True)
+    else:  # the ε-network's own ancestral sampler, through the schedule's tables
+
+        def run(steps, x, generator):
+            return sample_ddpm(network, x, DDPMSchedule(steps), generator=generator, disable=True)
+
+    def synchronisations(steps: int) -> int:
+        x = torch.randn(16, 1, 8, 8, device=CUDA)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run(steps, x, torch.Generator().manual_seed(0))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(warning.message) for warning in caught)
+
+    synchronisations(4)  # warm-up: the first calls on a device may synchronise while setting up
+    short, long = synchronisations(4), synchronisations(12)
+    assert short == long <= 3, f"{short} synchronisations in 4 steps, {long} in 12"
+
+
 def test_cuda_graph_step_that_cannot_be_captured_names_the_fix():
     """A func that reads a value to the host cannot be captured: the error says so, and the device stays
     usable for an eager solve afterwards. (Last in the file: a failed capture is the riskiest CUDA call.)"""
