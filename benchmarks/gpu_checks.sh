@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, sized for a few minutes on one H100: the CUDA tests, then the solver's GPU
-# benchmarks (the CUDA-graph step, bench_solver, bench_batched). Reports go to benchmarks/results/ and, where
-# $OUT names a folder, are copied there with the logs. gpu_smoke.py needs NVlabs/edm2 and diffusers and is
-# run on its own (docs/edm2.md).
+# Every GPU check in one run, sized for a few minutes on one H100: the CUDA tests, then the GPU benchmarks
+# (the CUDA-graph step, bench_solver, bench_batched, the samplers' synchronisations). Reports go to
+# benchmarks/results/ and, where $OUT names a folder, are copied there with the logs. gpu_smoke.py needs
+# NVlabs/edm2 and diffusers and is run on its own (docs/edm2.md).
 #
 #     bash benchmarks/gpu_checks.sh
 #
@@ -29,9 +29,10 @@ run() {  # run <seconds> <log name> <command...>: a step that fails or times out
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "== $name exited $rc"; status=1; }
 }
-run 240 test_cuda python3 -m pytest -q tests/test_cuda.py
+run 200 test_cuda python3 -m pytest -q tests/test_cuda.py
 run 120 graphed_step python3 benchmarks/graphed_step.py --device cuda --repeats 11 --note "$note"
 run 90 bench_solver python3 benchmarks/bench_solver.py --device cuda --repeats 11 --note "$note"
 run 90 bench_batched python3 benchmarks/bench_batched.py --device cuda --repeats 7 --note "$note"
+run 60 sampling_syncs python3 benchmarks/sampling_syncs.py --device cuda --repeats 11 --note "$note"
 [ -z "${OUT:-}" ] || cp -r benchmarks/results "$OUT/results"
 exit $status

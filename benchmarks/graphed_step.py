@@ -25,10 +25,10 @@ results/raw/; ``--from-raw FILE`` rebuilds the report.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -46,12 +46,11 @@ from reporting import (  # noqa: E402
     add_timing_arguments,
     device_record,
     device_report,
-    load_raw,
     raw_machine,
     rebuilt_from_raw,
-    save_raw,
+    save_device_run,
     save_report,
-    synchronize,
+    timed_on,
 )
 
 CONTENDERS = ("torchdiffeq", "pynodeta", "pynodeta+cuda_graph")
@@ -84,14 +83,6 @@ def solver(w: Workload, library: str, graphed: bool = False, span: float = 1.0):
     return solve
 
 
-def timed(solve, func, device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    solve(func)
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def measure(w: Workload, repeats: int) -> dict:
     device = w.y0.device
     runs = {name: solver(w, name.split("+")[0], graphed=name.endswith("cuda_graph")) for name in CONTENDERS}
@@ -113,9 +104,9 @@ def measure(w: Workload, repeats: int) -> dict:
             if name == "func alone":
                 times[name].append(replay.time_func_alone())
             elif name.endswith("quarter span"):
-                times[name].append(timed(short[name.split(",")[0]], w.field, device))
+                times[name].append(timed_on(device, functools.partial(short[name.split(",")[0]], w.field)))
             else:
-                times[name].append(timed(runs[name], w.field, device))
+                times[name].append(timed_on(device, functools.partial(runs[name], w.field)))
     return dict(workload=w.name, mode=w.mode, nfe=nfe, steps=steps,
                 median_s={name: statistics.median(values) for name, values in times.items()})
 
@@ -191,10 +182,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                                      else RESULTS_DIR)
     record = dict(torch=torch.__version__, repeats=args.repeats, rows=rows, stand_in=args.stand_in, note=args.note,
                   **device_record(args.device))
-    raw = save_raw(device_report("graphed_step", "", record)[0], record, directory / "raw")
-    path = save_graphed_step_report(load_raw(raw), directory)
-    print(path)
-    return path
+    return save_device_run("graphed_step", record, directory, save_graphed_step_report)
 
 
 if __name__ == "__main__":

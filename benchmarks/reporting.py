@@ -103,6 +103,25 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_on(device, work) -> float:
+    """Wall seconds of ``work()``, the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    work()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def save_device_run(name: str, record: dict, directory: Path, build) -> Path:
+    """Write a timing script's ``record`` as its raw file (``<name>_cuda`` for a GPU run, see
+    :func:`device_report`) under ``directory/raw``, then its report, built from that file by ``build(raw,
+    directory)``, so a committed report always rebuilds from its raw record."""
+    raw = save_raw(device_report(name, "", record)[0], record, Path(directory) / "raw")
+    path = build(load_raw(raw), directory)
+    print(path)
+    return path
+
+
 def device_report(name: str, title: str, raw: dict) -> tuple[str, str]:
     """(report name, title) of a run on ``raw['device']``: a GPU run gets its own report beside the CPU one."""
     device = raw.get("device", "cpu")
