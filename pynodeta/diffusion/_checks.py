@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from ..ode.backends.graphed_step import capturing
 from ._known_sigmas import as_levels, same_levels, sigma_levels
 
 # denoiser(x, sigma, **extra_args) -> x̂0; called with two arguments only when there are no extra_args
@@ -97,15 +96,6 @@ def call_denoiser(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tens
 def nonfinite_denoiser_message(sigma: float) -> str:
     return (f"the denoiser returned NaN/Inf at sigma={sigma:.6g}: check the network's weights and its input "
             "scaling at that noise level (e.g. EDMPrecond's c_in)")
-
-
-def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, **extra_args) -> torch.Tensor:
-    """``call_denoiser``, refusing NaN/Inf output at once (the ODE solves' right-hand side: their step control
-    reads a value per step anyway; the samplers defer this check on a GPU, see ``OutputChecks``)."""
-    out = call_denoiser(denoiser, x, sigma, extra_args)
-    if not capturing() and not all_finite(out):  # a captured step reads nothing back; the solver's control still does
-        raise NonFiniteDenoiserError(nonfinite_denoiser_message(float(torch.as_tensor(sigma).reshape(-1)[0])))
-    return out
 
 
 def denoiser_sigma_range(denoiser: Denoiser) -> tuple[float, float]:

@@ -1,11 +1,14 @@
-"""NaN/Inf checks on a sampling run's network outputs that do not stall a GPU once per call."""
+"""NaN/Inf checks on a sampling run's or an ODE solve's network outputs that do not stall a GPU once per call."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
+from ..ode.backends.graphed_step import capturing
+from ..ode.errors import ODESolveError
 from ._checks import NonFiniteDenoiserError, all_finite
 
 
@@ -22,18 +25,21 @@ class OutputChecks:
     queued kernels, so a check per call would stop the host from queueing the next call while the device
     runs this one (NVlabs' and k-diffusion's samplers check nothing for that reason). There each output
     leaves a flag on the device instead, and ``raise_if_any`` reads them all at once: when the run ends
-    (``finish``), or earlier when the sampler's own read (an adaptive step's error) comes back non-finite.
+    (a sampler's ``finish``, the end of an ODE solve), or earlier when a read the run makes anyway (an
+    adaptive step's error) comes back non-finite.
     """
 
     def __init__(self, message: Callable[[float], str]):
         self.message = message  # the error's text, given where (σ or t) the output went wrong
         self.flags: list[torch.Tensor] = []  # one 0-dim bool per output still unread, on its device
-        self.where: list[float] = []
+        self.where: list[float | torch.Tensor] = []  # a tensor (an ODE solve's σ) is read only for the error
 
-    def check(self, out: torch.Tensor, where: float) -> None:
+    def check(self, out: torch.Tensor, where: float | torch.Tensor) -> None:
+        if capturing():  # a step recorded as a CUDA graph reads nothing back; the solver's control sees its NaN
+            return
         if not reads_wait_for_device(out.device):
             if not all_finite(out):
-                raise NonFiniteDenoiserError(self.message(where))
+                raise NonFiniteDenoiserError(self.message(float(where)))
             return
         self.flags.append(torch.isfinite(out.detach()).all())
         self.where.append(where)
@@ -45,4 +51,16 @@ class OutputChecks:
         finite = torch.stack(self.flags).cpu()
         where, self.flags, self.where = self.where, [], []
         if not bool(finite.all()):
-            raise NonFiniteDenoiserError(self.message(where[int((~finite).nonzero()[0, 0])]))
+            raise NonFiniteDenoiserError(self.message(float(where[int((~finite).nonzero()[0, 0])])))
+
+    @contextlib.contextmanager
+    def around_solve(self) -> Iterator[None]:
+        """Around an ODE solve whose right-hand side checks its outputs here: a solver failure that a NaN/Inf
+        output explains (its error estimate turned NaN, the steps shrank to nothing) is raised as that
+        output's error instead, and every flag is read when the solve ends."""
+        try:
+            yield
+        except ODESolveError:
+            self.raise_if_any()
+            raise
+        self.raise_if_any()

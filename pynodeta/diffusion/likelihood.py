@@ -9,7 +9,14 @@ import torch
 
 from ..ode.settings import SolverSettings
 from ..ode.solve import solve
-from ._checks import Denoiser, check_within_denoiser_range, default_sigma_range, denoise
+from ._checks import (
+    Denoiser,
+    call_denoiser,
+    check_within_denoiser_range,
+    default_sigma_range,
+    nonfinite_denoiser_message,
+)
+from ._output_checks import OutputChecks
 from .flow_solver import class_label_arguments, flow_solver, staying_inside_the_span
 from .probability_flow import check_sigma_range
 
@@ -72,16 +79,20 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
         signs = torch.randint(0, 2, x.shape, generator=generator, device=generator.device if generator else None)
         probe = (2 * signs - 1).to(dtype=x.dtype, device=x.device)
 
+    outputs = OutputChecks(nonfinite_denoiser_message)
+
     def augmented(sigma: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         with torch.enable_grad():
             y = state[0].detach().requires_grad_(True)
-            drift = (y - denoise(denoiser, y, sigma, **extra_args)) / sigma
+            denoised = call_denoiser(denoiser, y, sigma, extra_args)
+            outputs.check(denoised, sigma)
+            drift = (y - denoised) / sigma
             div = _exact_divergence(drift, y) if probe is None else _hutchinson_divergence(drift, y, probe)
         return drift.detach(), div.detach()
 
     start = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     times = torch.tensor([sigma_min, sigma_max], dtype=x.dtype, device=x.device)
-    with torch.no_grad():
+    with torch.no_grad(), outputs.around_solve():
         solution = solve(augmented, start, times, **staying_inside_the_span(times, solver))
     x_end, delta_log_p = solution.ys[0][-1], solution.ys[1][-1]
     dim = x[0].numel()

@@ -8,7 +8,8 @@ import torch
 
 from ..ode.settings import SolverSettings
 from ..ode.solve import Solution, solve
-from ._checks import Denoiser, check_within_denoiser_range, denoise
+from ._checks import Denoiser, call_denoiser, check_within_denoiser_range, nonfinite_denoiser_message
+from ._output_checks import OutputChecks
 from .flow_solver import class_label_arguments, flow_solver, staying_inside_the_span
 
 __all__ = ["probability_flow", "check_sigma_range"]
@@ -51,8 +52,13 @@ def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, si
     extra_args = class_label_arguments(class_labels, x)
     solver = flow_solver("probability_flow", solver, solve_arguments)
 
+    outputs = OutputChecks(nonfinite_denoiser_message)
+
     def drift(sigma: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return (state - denoise(denoiser, state, sigma, **extra_args)) / sigma
+        denoised = call_denoiser(denoiser, state, sigma, extra_args)
+        outputs.check(denoised, sigma)
+        return (state - denoised) / sigma
 
     times = torch.tensor([sigma_start, sigma_end], dtype=x.dtype, device=x.device)
-    return solve(drift, x, times, **staying_inside_the_span(times, solver))
+    with outputs.around_solve():
+        return solve(drift, x, times, **staying_inside_the_span(times, solver))

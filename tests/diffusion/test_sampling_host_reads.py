@@ -1,11 +1,11 @@
-"""On a GPU a sampling run reads values back to the host at its start and its end only, never per call.
+"""On a GPU a sampling run reads values back to the host at its start and its end only, never per call; an
+ODE solve over the probability flow reads once per step, for its step control.
 
 Reading a value of a device tensor waits for every queued kernel, so a read per denoiser call would keep
 the host from queueing the next call while the GPU runs this one. These tests take the GPU's code path on
 the CPU (``reads_wait_for_device`` patched to true) and count the reads of values that would live on the
 device with ``DeviceValueReads``: everything computed from the initial noise, the networks' parameters and
-the σ tensors the denoiser is handed.
-"""
+the σ tensors the denoiser is handed."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from pynodeta.diffusion import (
     NonFiniteDenoiserError,
     _output_checks,
     karras_sigmas,
+    log_likelihood,
+    probability_flow,
     sample_ddim,
     sample_ddpm,
 )
@@ -192,3 +194,41 @@ def test_a_nan_noise_level_is_refused_by_the_denoisers():
         EDMPrecond(TinyNetwork())(x, nan)
     with pytest.raises(ValueError, match="sigma must lie in the schedule's range"):
         DenoiserFromEpsilon(TinyNetwork(), DDPMSchedule(100))(x, nan)
+
+
+def _flow(kind: str, denoiser, x):
+    if kind == "probability_flow":
+        return probability_flow(denoiser, x, 80.0, 0.5, rtol=1e-4, atol=1e-4)
+    return log_likelihood(denoiser, x, sigma_min=0.5, sigma_max=80.0, generator=torch.Generator().manual_seed(0),
+                          rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["probability_flow", "log_likelihood"])
+def test_an_ode_solve_reads_per_step_not_per_call(monkeypatch, kind):
+    """The solver reads its error estimate once per step; the outputs' checks add one read per solve, not one
+    per denoiser call."""
+    counts, nfe = {}, {}
+    for deferred in (False, True):
+        monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device, deferred=deferred: deferred)
+        denoiser = EDMPrecond(TinyNetwork())
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 80
+        reads = CountedReads([x, *denoiser.parameters()])
+        with torch.no_grad(), record_stats() as log, reads:
+            _flow(kind, OnDevice(denoiser, reads), x)
+        counts[deferred], nfe[deferred] = reads.count, log[-1].nfe
+    assert nfe[True] == nfe[False] > 20
+    assert counts[True] == counts[False] - nfe[False] + 1
+
+
+@pytest.mark.parametrize("kind", ["probability_flow", "log_likelihood"])
+def test_a_nan_output_in_an_ode_solve_gives_the_same_error_on_either_path(monkeypatch, kind):
+    """Deferred, the NaN makes the solver fail (its error estimate is NaN, the steps shrink); the failure is
+    reported as the denoiser's, naming the same σ as the immediate check."""
+    messages = {}
+    for deferred in (False, True):
+        monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device, deferred=deferred: deferred)
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 80
+        with torch.no_grad(), pytest.raises(NonFiniteDenoiserError) as error:
+            _flow(kind, NaNBelow(EDMPrecond(TinyNetwork()), 5.0), x)
+        messages[deferred] = str(error.value)
+    assert messages[True] == messages[False]
