@@ -29,17 +29,17 @@ class OutputChecks:
     adaptive step's error) comes back non-finite.
     """
 
-    def __init__(self, message: Callable[[float], str]):
+    def __init__(self, message: Callable[[float | int], str]):
         self.message = message  # the error's text, given where (σ or t) the output went wrong
         self.flags: list[torch.Tensor] = []  # one 0-dim bool per output still unread, on its device
-        self.where: list[float | torch.Tensor] = []  # a tensor (an ODE solve's σ) is read only for the error
+        self.where: list[float | int | torch.Tensor] = []  # a tensor (an ODE solve's σ) is read only for the error
 
-    def check(self, out: torch.Tensor, where: float | torch.Tensor) -> None:
+    def check(self, out: torch.Tensor, where: float | int | torch.Tensor) -> None:
         if capturing():  # a step recorded as a CUDA graph reads nothing back; the solver's control sees its NaN
             return
         if not reads_wait_for_device(out.device):
             if not all_finite(out):
-                raise NonFiniteDenoiserError(self.message(float(where)))
+                raise NonFiniteDenoiserError(self.message(_host(where)))
             return
         self.flags.append(torch.isfinite(out.detach()).all())
         self.where.append(where)
@@ -51,7 +51,7 @@ class OutputChecks:
         finite = torch.stack(self.flags).cpu()
         where, self.flags, self.where = self.where, [], []
         if not bool(finite.all()):
-            raise NonFiniteDenoiserError(self.message(float(where[int((~finite).nonzero()[0, 0])])))
+            raise NonFiniteDenoiserError(self.message(_host(where[int((~finite).nonzero()[0, 0])])))
 
     @contextlib.contextmanager
     def around_solve(self) -> Iterator[None]:
@@ -64,3 +64,8 @@ class OutputChecks:
             self.raise_if_any()
             raise
         self.raise_if_any()
+
+
+def _host(where: float | int | torch.Tensor) -> float | int:
+    """σ or t for the error's text; a solver's 0-dim σ tensor is read here, on the error's path only."""
+    return float(where) if isinstance(where, torch.Tensor) else where
