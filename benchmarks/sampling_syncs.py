@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from pynodeta.diffusion import SAMPLERS, _known_sigmas, _output_checks
+from pynodeta import _host_copies
+from pynodeta.diffusion import SAMPLERS, _known_sigmas
 from pynodeta.diffusion.sampler_options import split_grid_options
 from pynodeta.train.configs import shipped_config_path
 from pynodeta.train.run_loader import build_from_config
@@ -58,13 +59,12 @@ CONTENDERS = ("pynodeta", "checks per call", "network alone")
 @contextlib.contextmanager
 def checks_per_call() -> Iterator[None]:
     """The checks read as earlier versions read them: each output checked as it comes, each σ read back."""
-    defer, remember = _output_checks.reads_wait_for_device, _known_sigmas._remember
-    _output_checks.reads_wait_for_device = lambda device: False
-    _known_sigmas._remember = lambda tensor, low, high: tensor  # no σ tensor carries its bounds
+    defer = _host_copies.reads_wait_for
+    _host_copies.reads_wait_for = lambda tensor: False  # the CPU's path: no σ carries its bounds
     try:
         yield
     finally:
-        _output_checks.reads_wait_for_device, _known_sigmas._remember = defer, remember
+        _host_copies.reads_wait_for = defer
 
 
 class Run:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import _host_copies
+
 # the attribute a tensor made here carries: (its _version when made, lowest value, highest value); an attribute,
 # not a table keyed by the tensor, because it costs a tenth as much per denoiser call
 _BOUNDS = "_pynodeta_sigma_bounds"
@@ -42,8 +44,11 @@ def known_bounds(tensor: torch.Tensor) -> tuple[float, float] | None:
 
 
 def sigma_levels(value: float, x: torch.Tensor) -> torch.Tensor:
-    """σ = ``value`` for each sample: a (batch,) tensor of x's dtype and device whose bounds are known."""
+    """σ = ``value`` for each sample: a (batch,) tensor of x's dtype and device whose bounds are known where
+    reading them back would wait for the device (on the CPU a read is cheaper than carrying them)."""
     sigmas = torch.full((x.shape[0],), float(value), dtype=x.dtype, device=x.device)
+    if not _host_copies.reads_wait_for(x):
+        return sigmas
     rounded = _rounded(value, x.dtype)
     return _remember(sigmas, rounded, rounded)
 

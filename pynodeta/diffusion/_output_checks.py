@@ -7,14 +7,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .. import _host_copies
 from ..ode.backends.graphed_step import capturing
 from ..ode.errors import ODESolveError
 from ._checks import NonFiniteDenoiserError, all_finite
-
-
-def reads_wait_for_device(device: torch.device) -> bool:
-    """Whether reading a value of a tensor on ``device`` back to the host waits for the work queued there."""
-    return device.type != "cpu"
 
 
 class OutputChecks:
@@ -33,11 +29,14 @@ class OutputChecks:
         self.message = message  # the error's text, given where (σ or t) the output went wrong
         self.flags: list[torch.Tensor] = []  # one 0-dim bool per output still unread, on its device
         self.where: list[float | int | torch.Tensor] = []  # a tensor (an ODE solve's σ) is read only for the error
+        self.defer: bool | None = None  # flags instead of reads: the outputs live where reads wait
 
     def check(self, out: torch.Tensor, where: float | int | torch.Tensor) -> None:
         if capturing():  # a step recorded as a CUDA graph reads nothing back; the solver's control sees its NaN
             return
-        if not reads_wait_for_device(out.device):
+        if self.defer is None:  # decided once: a run stays on its device, and each call here costs in situ
+            self.defer = _host_copies.reads_wait_for(out)
+        if not self.defer:
             if not all_finite(out):
                 raise NonFiniteDenoiserError(self.message(_host(where)))
             return

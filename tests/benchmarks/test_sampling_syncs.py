@@ -39,10 +39,10 @@ def test_cpu_run_reports_every_contender_and_is_rebuilt_from_raw(script, tmp_pat
 def test_checks_per_call_reads_per_call(script, monkeypatch):
     """Taking the GPU's path on the CPU: the default run reads twice, the per-call contender once per σ check
     and once per output, and leaves the default in place afterwards."""
-    from pynodeta.diffusion import _output_checks
+    from pynodeta import _host_copies
     from pynodeta.ode.backends.graphed_step import DeviceValueReads
 
-    monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device: True)
+    monkeypatch.setattr(_host_copies, "reads_wait_for", lambda tensor: True)
     run = script.Run("digits_ddpm", 2, torch.device("cpu"))
 
     class Counted(DeviceValueReads):

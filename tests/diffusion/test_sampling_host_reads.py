@@ -3,7 +3,7 @@ ODE solve over the probability flow reads once per step, for its step control.
 
 Reading a value of a device tensor waits for every queued kernel, so a read per denoiser call would keep
 the host from queueing the next call while the GPU runs this one. These tests take the GPU's code path on
-the CPU (``reads_wait_for_device`` patched to true) and count the reads of values that would live on the
+the CPU (``reads_wait_for`` patched to true) and count the reads of values that would live on the
 device with ``DeviceValueReads``: everything computed from the initial noise, the networks' parameters and
 the σ tensors the denoiser is handed."""
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from pynodeta import record_stats
+from pynodeta import _host_copies, record_stats
 from pynodeta.diffusion import (
     SAMPLERS,
     DDPMSchedule,
@@ -23,7 +23,6 @@ from pynodeta.diffusion import (
     EDMPrecond,
     GuidedDenoiser,
     NonFiniteDenoiserError,
-    _output_checks,
     karras_sigmas,
     log_likelihood,
     probability_flow,
@@ -38,8 +37,8 @@ CLASSES = 3
 
 @pytest.fixture
 def reads_wait(monkeypatch):
-    """Output checks take the GPU's path: a flag per output, read when the run ends."""
-    monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device: True)
+    """The GPU's path: σ tensors carry their bounds, each output leaves a flag read when the run ends."""
+    monkeypatch.setattr(_host_copies, "reads_wait_for", lambda tensor: True)
 
 
 class CountedReads(DeviceValueReads):
@@ -130,7 +129,7 @@ def test_a_nan_output_gives_the_same_error_on_either_path(monkeypatch, sampler):
     below = float(sigmas[2]) * 1.01  # the third level is the first that breaks
     messages, first_broken = {}, {}
     for deferred in (False, True):
-        monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device, deferred=deferred: deferred)
+        monkeypatch.setattr(_host_copies, "reads_wait_for", lambda tensor, deferred=deferred: deferred)
         x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * sigmas[0]
         with torch.no_grad(), record_stats() as log, pytest.raises(NonFiniteDenoiserError) as error:
             SAMPLERS[sampler](NaNBelow(EDMPrecond(TinyNetwork()), below), x, sigmas,
@@ -159,7 +158,7 @@ def test_the_eps_samplers_read_at_start_and_end_and_name_the_broken_timestep(rea
             sampler(broken_late, x_T, schedule, num_steps=50, disable=True)
 
 
-def test_a_sampler_made_sigma_carries_its_bounds_until_it_changes():
+def test_a_sampler_made_sigma_carries_its_bounds_until_it_changes(reads_wait):
     x, level = torch.zeros(3, 2), float(torch.tensor(0.1, dtype=torch.float32))
     sigma = sigma_levels(0.1, x)
     reads = CountedReads([sigma])
@@ -172,7 +171,7 @@ def test_a_sampler_made_sigma_carries_its_bounds_until_it_changes():
         EDMPrecond(TinyNetwork())(x, sigma)
 
 
-def test_known_bounds_follow_casts_and_copies_but_not_other_tensors():
+def test_known_bounds_follow_casts_and_copies_but_not_other_tensors(reads_wait):
     sigma = sigma_levels(0.1, torch.zeros(4, dtype=torch.float64))
     half = as_levels(sigma, torch.zeros(4, dtype=torch.bfloat16))
     reads = CountedReads([half])
@@ -209,7 +208,7 @@ def test_an_ode_solve_reads_per_step_not_per_call(monkeypatch, kind):
     per denoiser call."""
     counts, nfe = {}, {}
     for deferred in (False, True):
-        monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device, deferred=deferred: deferred)
+        monkeypatch.setattr(_host_copies, "reads_wait_for", lambda tensor, deferred=deferred: deferred)
         denoiser = EDMPrecond(TinyNetwork())
         x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 80
         reads = CountedReads([x, *denoiser.parameters()])
@@ -226,9 +225,15 @@ def test_a_nan_output_in_an_ode_solve_gives_the_same_error_on_either_path(monkey
     reported as the denoiser's, naming the same σ as the immediate check."""
     messages = {}
     for deferred in (False, True):
-        monkeypatch.setattr(_output_checks, "reads_wait_for_device", lambda device, deferred=deferred: deferred)
+        monkeypatch.setattr(_host_copies, "reads_wait_for", lambda tensor, deferred=deferred: deferred)
         x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 80
         with torch.no_grad(), pytest.raises(NonFiniteDenoiserError) as error:
             _flow(kind, NaNBelow(EDMPrecond(TinyNetwork()), 5.0), x)
         messages[deferred] = str(error.value)
     assert messages[True] == messages[False]
+
+
+def test_on_the_cpu_a_sampler_made_sigma_is_a_plain_tensor():
+    """Where a read costs nothing, carrying bounds would cost more than reading them."""
+    sigma = sigma_levels(0.1, torch.zeros(3, 2))
+    assert sigma_bounds(sigma) == (float(torch.tensor(0.1)),) * 2 and not hasattr(sigma, "_pynodeta_sigma_bounds")
