@@ -173,8 +173,10 @@ def save_sampler_report(raw: dict) -> Path:
                         for r in raw["likelihood"]],
                        "log_likelihood (dopri5, Hutchinson, rtol = atol = 1e-5, sigma 0.002 -> 80) against the "
                        "identical augmented ODE through torchdiffeq.odeint")
-    notes = ["One thread on a shared machine under heavy load, so times are process CPU seconds; the "
-             "'separate runs' overhead compares two noisy runs and can come out negative."]
+    notes = ["Times are process CPU seconds of one thread, which leave out time the scheduler gave to other "
+             "processes; the 'separate runs' overhead compares two noisy runs and can come out negative."]
+    if raw.get("note"):
+        notes.append(raw["note"])
     return save_report(report_name(raw["width"]), f"Diffusion samplers and likelihood: overhead (width {raw['width']})",
                        [samplers, likelihood], notes=notes, command=raw["command"],
                        machine=raw_machine(raw, threads=raw["threads"]))
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--width", type=int, default=32, help="channels of the benchmark conv net")
+    parser.add_argument("--note", default=None, help="a note on the run (e.g. the machine's load) for the report")
     add_from_raw(parser, "measuring")
     args = parser.parse_args()
     if rebuilt_from_raw(args, save_sampler_report):
@@ -197,7 +200,7 @@ def main() -> None:
     x = torch.randn(64, 1, 8, 8) * 80.0
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "torch": torch.__version__, "repeats": args.repeats, "steps": args.steps, "width": args.width,
-              "batch": x.shape[0], "clock": "process CPU time",
+              "batch": x.shape[0], "clock": "process CPU time", "note": args.note,
               "samplers": sampler_overhead(denoiser, x, args.steps, args.repeats)}
 
     gaussian_mean, gaussian_std = torch.linspace(-0.5, 0.5, 64, dtype=torch.float64), 0.4
