@@ -7,8 +7,8 @@ GPU runs this one. pynodeta's samplers now know their σ on the host and fold th
 flags on the device, read once when the run ends. Contenders, alternated in one process (the order rotating
 from round to round), each run ending with a device synchronisation:
   pynodeta          the config's evaluation sampler and steps, as ``pynodeta sample`` runs them
-  checks per call   the same run with the checks read as earlier versions read them: every call reads its σ's
-                    checks and its output's finiteness back
+  checks per call   the same run as earlier versions made it: every call reads its σ's checks and its output's
+                    finiteness back, and fresh noise reaches the GPU by a copy the host waits for
   network alone     the run's denoiser calls, recorded and made back to back: no sampler, no checks
 
     python3 benchmarks/sampling_syncs.py --device cuda --repeats 11
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from pynodeta import _host_copies
+from pynodeta import _host_copies, _random
 from pynodeta.diffusion import SAMPLERS, _known_sigmas
 from pynodeta.diffusion.sampler_options import split_grid_options
 from pynodeta.train.configs import shipped_config_path
@@ -58,13 +58,15 @@ CONTENDERS = ("pynodeta", "checks per call", "network alone")
 
 @contextlib.contextmanager
 def checks_per_call() -> Iterator[None]:
-    """The checks read as earlier versions read them: each output checked as it comes, each σ read back."""
-    defer = _host_copies.reads_wait_for
+    """The run as earlier versions made it: each output checked as it comes, each σ read back, fresh noise from
+    a CPU generator copied to the device by a copy the host waits for."""
+    saved = _host_copies.reads_wait_for, _random.to_device
     _host_copies.reads_wait_for = lambda tensor: False  # the CPU's path: no σ carries its bounds
+    _random.to_device = lambda host, device: host.to(device)
     try:
         yield
     finally:
-        _host_copies.reads_wait_for = defer
+        _host_copies.reads_wait_for, _random.to_device = saved
 
 
 class Run:
@@ -139,7 +141,8 @@ def save_sampling_syncs_report(raw: dict, directory: Path = RESULTS_DIR) -> Path
         "All contenders run in one process, their order rotating from round to round, so they see the same load.",
         "pynodeta: the config's evaluation sampler, steps and noise levels (untrained weights: the cost of a call "
         "does not depend on them), with its checks read once when the run ends. checks per call: the same run "
-        "reading each σ check and each output's finiteness back to the host per call, as earlier versions did. "
+        "reading each σ check and each output's finiteness back to the host per call and copying fresh noise to the "
+        "device by a copy the host waits for, as earlier versions did. "
         "network alone: the run's denoiser calls, recorded, made back to back.",
     ]
     if raw.get("device", "cpu") == "cpu":

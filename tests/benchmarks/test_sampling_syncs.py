@@ -74,3 +74,6 @@ def test_checks_per_call_reads_per_call(script, monkeypatch):
     assert reads(run.sample) == 2
     assert reads(per_call) == 1 + 3 * 35  # the noise's check, then σ's min and max and the output per call
     assert reads(run.sample) == 2
+    from pynodeta import _random
+
+    assert _random.to_device is _host_copies.to_device  # the blocking copy of earlier versions is undone too
