@@ -1,27 +1,13 @@
 """The digits race's pure helpers: the interval over seeds, the sweep's choice, the anchor's learning-rate rule."""
 
 import dataclasses
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _script(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-race = _script("diffusion_vs_diffusers")
-anchor = _script("digits_anchor")
+race = load_script("diffusion_vs_diffusers")
+anchor = load_script("digits_anchor")
 
 
 def test_mean_interval_is_students_t():

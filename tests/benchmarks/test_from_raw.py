@@ -4,12 +4,11 @@ This is what keeps docs/results.md honest: a number there can only change by rer
 (or its ``--from-raw`` path), never by editing a report.
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RESULTS, RAW = BENCHMARKS / "results", BENCHMARKS / "results" / "raw"
@@ -47,15 +46,6 @@ BUILDERS = {
 }
 
 
-def _script(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses in the script look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_raw_file_has_a_builder():
     assert sorted(p.stem for p in RAW.glob("*.json")) == sorted(BUILDERS)
 
@@ -63,7 +53,7 @@ def test_every_raw_file_has_a_builder():
 @pytest.mark.parametrize("stem", sorted(BUILDERS))
 def test_report_is_rebuilt_from_its_raw_file(stem, tmp_path, monkeypatch):
     script, builder = BUILDERS[stem]
-    module = _script(script)
+    module = load_script(script)
     saved = {}
 
     def capture(name, title, tables, **kwargs):

@@ -4,31 +4,19 @@ is rebuilt from the raw file, and its ratios and memory accounting compute what 
 NVlabs/edm2's side runs only where PYNODETA_NVLABS_EDM2 names a checkout of it (never part of this repository).
 """
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _script():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("_bench_gpu_smoke", BENCHMARKS / "gpu_smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_script
 
 
 def test_tiny_cpu_run_reports_every_workload_with_finite_ratios(tmp_path):
     pytest.importorskip("diffusers")
-    script = _script()
+    script = load_script("gpu_smoke")
     nvlabs = os.environ.get("PYNODETA_NVLABS_EDM2")
     args = ["--device", "cpu", "--tiny", "--warmup", "0", "--rounds", "1", "--results-dir", str(tmp_path)]
     path = script.main(args + (["--nvlabs-edm2", nvlabs] if nvlabs else []))
@@ -59,7 +47,7 @@ def test_tiny_cpu_run_reports_every_workload_with_finite_ratios(tmp_path):
 
 
 def test_ratios_are_medians_of_per_round_ratios():
-    script = _script()
+    script = load_script("gpu_smoke")
     record = {"contenders": [{"name": "ours", "anchor": False, "seconds": [2.0, 4.0, 3.0], "peak_bytes": None},
                              {"name": "theirs", "anchor": True, "seconds": [1.0, 2.0, 3.0], "peak_bytes": None}]}
     # per round 2, 2, 1 -> 2 (the ratio of the medians would be 3 / 2): a round's load hits both sides
@@ -67,7 +55,7 @@ def test_ratios_are_medians_of_per_round_ratios():
 
 
 def test_resident_memory_is_weights_buffers_and_adam_state():
-    script = _script()
+    script = load_script("gpu_smoke")
     layer = torch.nn.BatchNorm1d(3)  # 2 parameters of 3 and 3 buffers (mean, var, count)
     optimizer = torch.optim.Adam(layer.parameters())
     x = torch.randn(4, 3)
@@ -88,13 +76,13 @@ def test_resident_memory_is_weights_buffers_and_adam_state():
 
 
 def test_a_folder_that_is_not_nvlabs_edm2_is_refused(tmp_path):
-    script = _script()
+    script = load_script("gpu_smoke")
     with pytest.raises(ValueError, match="no training/networks_edm2.py.*github.com/NVlabs/edm2"):
         script.c.import_nvlabs(tmp_path)
 
 
 def test_edm2_backend_settings_hold_only_while_the_workloads_run():
-    script = _script()
+    script = load_script("gpu_smoke")
     before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     # the flags are plain attributes, settable without a GPU: the CUDA branch is checked here
     with script.edm2_backends(torch.device("cuda")) as settings:

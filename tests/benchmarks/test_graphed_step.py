@@ -1,24 +1,16 @@
 """benchmarks/graphed_step.py: its CPU self-check (the stand-in for a CUDA graph) runs every path of the script
 and writes a report that is rebuilt from its raw file; the payback split computes what it says."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("_bench_graphed_step", BENCHMARKS / "graphed_step.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("graphed_step")
 
 
 def test_stand_in_run_reports_the_eager_nfe_and_is_rebuilt_from_raw(script, tmp_path, monkeypatch):

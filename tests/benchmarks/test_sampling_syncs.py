@@ -1,25 +1,17 @@
 """benchmarks/sampling_syncs.py: its CPU self-check runs every path of the script on a shipped config and writes
 a report that is rebuilt from its raw file; the per-call contender reads back per call, the default does not."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("_bench_sampling_syncs", BENCHMARKS / "sampling_syncs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sampling_syncs")
 
 
 def test_cpu_run_reports_every_contender_and_is_rebuilt_from_raw(script, tmp_path):
