@@ -45,11 +45,9 @@ from reporting import (  # noqa: E402
     Table,
     add_timing_arguments,
     device_record,
-    device_report,
-    raw_machine,
     rebuilt_from_raw,
+    save_device_report,
     save_device_run,
-    save_report,
     timed_on,
 )
 
@@ -151,12 +149,8 @@ def save_graphed_step_report(raw: dict, directory: Path = RESULTS_DIR) -> Path:
     ]
     if raw.get("stand_in"):
         notes.insert(0, "A self-check with the CPU stand-in for a graph (--stand-in): these times measure nothing.")
-    if raw.get("note"):
-        notes.append(raw["note"])
-    name, title = device_report("graphed_step", "The adaptive step replayed as a CUDA graph against the eager "
-                                "one, func alone and torchdiffeq", raw)
-    return save_report(name, title, [table], notes=notes, command=raw["command"], directory=directory,
-                       machine=raw_machine(raw))
+    return save_device_report("graphed_step", "The adaptive step replayed as a CUDA graph against the eager one, "
+                              "func alone and torchdiffeq", [table], notes, raw, directory)
 
 
 def main(argv: list[str] | None = None) -> Path | None:

@@ -112,6 +112,17 @@ def timed_on(device, work) -> float:
     return time.perf_counter() - start
 
 
+def save_device_report(name: str, title: str, tables: Sequence[Table], notes: list[str], raw: dict,
+                       directory: Path) -> Path:
+    """The report of a timing script's ``raw`` record: ``<name>_cuda`` for a GPU run (see :func:`device_report`),
+    the run's own ``--note`` after ``notes``, the command and machine that measured it."""
+    if raw.get("note"):
+        notes = [*notes, raw["note"]]
+    name, title = device_report(name, title, raw)
+    return save_report(name, title, tables, notes=notes, command=raw["command"], directory=directory,
+                       machine=raw_machine(raw))
+
+
 def save_device_run(name: str, record: dict, directory: Path, build) -> Path:
     """Write a timing script's ``record`` as its raw file (``<name>_cuda`` for a GPU run, see
     :func:`device_report`) under ``directory/raw``, then its report, built from that file by ``build(raw,

@@ -44,11 +44,9 @@ from reporting import (  # noqa: E402
     Table,
     add_from_raw,
     device_record,
-    device_report,
-    raw_machine,
     rebuilt_from_raw,
+    save_device_report,
     save_device_run,
-    save_report,
     timed_on,
 )
 
@@ -148,12 +146,8 @@ def save_sampling_syncs_report(raw: dict, directory: Path = RESULTS_DIR) -> Path
     if raw.get("device", "cpu") == "cpu":
         notes.insert(0, "A self-check on the CPU, where both checked paths read per call: these times measure "
                         "nothing.")
-    if raw.get("note"):
-        notes.append(raw["note"])
-    name, title = device_report("sampling_syncs", "A sampling run's checks read once at its end against read per "
-                                "denoiser call, and the network alone", raw)
-    return save_report(name, title, [table], notes=notes, command=raw["command"], directory=directory,
-                       machine=raw_machine(raw))
+    return save_device_report("sampling_syncs", "A sampling run's checks read once at its end against read per "
+                              "denoiser call, and the network alone", [table], notes, raw, directory)
 
 
 def main(argv: list[str] | None = None) -> Path | None:
