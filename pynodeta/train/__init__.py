@@ -16,11 +16,13 @@
 - ``ModelCheckpoint``: Lightning's, except that ``last.ckpt`` is always the newest state (written
   every epoch, N steps or time interval, and when training ends); every shipped config uses it.
 - ``ProgressLines``: a plain progress line every N seconds, for runs whose output is a log.
+- ``AdaptiveThreads``: up to the fit's torch threads, fewer while other processes use the cores (Linux).
 - ``StopOnNonFiniteLoss`` / ``TrainingDiverged``: every ``pynodeta fit`` stops at its first NaN or
   infinite training loss, before the optimiser step.
 - ``pynodeta.train.cli.main``: the command (``pynodeta fit --config digits_tabn``).
 """
 
+from .adaptive_threads import AdaptiveThreads
 from .averaging import EMAAveraging, PowerEMAAveraging
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO, atomic_torch_save
@@ -69,6 +71,7 @@ __all__ = [
     "ModelCheckpoint",
     "StopOnNonFiniteLoss",
     "ProgressLines",
+    "AdaptiveThreads",
     "TrainingDiverged",
     "collect_rng_states",
     "restore_rng_states",

@@ -26,6 +26,7 @@ from pynodeta.diffusion.sampler_options import ODE_SAMPLER, split_grid_options
 from pynodeta.ode import IController, SolverSettings
 from pynodeta.ode.stats import record_stats
 
+from .adaptive_threads import poll_installed
 from .conditioning import one_hot_labels
 
 __all__ = ["ODE_SAMPLER", "sampler_names", "check_sampler_name", "resolved_sampler_options", "describe_sampler_options",
@@ -182,6 +183,7 @@ def generate_batches(
                                                                                      **grid)  # DDPM grids: float64
     shape, device = module.sample_shape, module.device
     for first in range(0, num, batch_size):
+        poll_installed()  # a governor of the thread count (AdaptiveThreads, --adaptive-threads) follows the load
         count = min(batch_size, num - first)
         noise = torch.randn(count, *shape, generator=generator).to(device)
         batch_labels = None if labels is None else labels[first:first + count]

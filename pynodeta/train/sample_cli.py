@@ -40,6 +40,7 @@ from pynodeta.diffusion.guidance import check_guidance
 from pynodeta.diffusion.precision import autocast_dtype
 
 from .._cli import ArgumentParser, UsageError
+from . import adaptive_threads
 from .diffusion_sampling import sampler_names
 from .latent_runs import run_decoder
 from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_grid_channels, check_output_path
@@ -83,6 +84,9 @@ def _common_arguments(parser: argparse.ArgumentParser, seed_default: int | None 
                              "constants or EDM2's for SD's VAE)")
     parser.add_argument("--num-threads", "--num_threads", dest="num_threads", type=int, default=None,
                         help="torch.set_num_threads")
+    parser.add_argument("--adaptive-threads", "--adaptive_threads", dest="adaptive_threads", action="store_true",
+                        help="up to --num-threads threads (default: torch's count), fewer while other processes "
+                             "use the cores (Linux; re-read every 5 s)")
     parser.add_argument("--device", default=None,
                         help="where the network runs, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     parser.add_argument("--allow-module", "--allow_module", dest="allow_module", action="append", default=[],
@@ -183,6 +187,8 @@ def _setup(args, prog: str):
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     device = _device(args.device)
+    if args.adaptive_threads:  # _run's command_scope uninstalls it
+        adaptive_threads.install(adaptive_threads.ThreadGovernor(torch.get_num_threads()))
     if args.unsafe_load:
         print(f"{prog}: warning: --unsafe-load unpickles the checkpoint with torch.load(weights_only=False), which "
               f"runs any code it contains; use it only on files you made or fully trust", file=sys.stderr)
@@ -196,7 +202,8 @@ def _setup(args, prog: str):
 
 def _run(main, argv: list[str], prog: str) -> int:
     try:
-        return main(argv, prog)
+        with adaptive_threads.command_scope():
+            return main(argv, prog)
     except (UsageError, ValueError, TypeError, FileNotFoundError, FloatingPointError, KeyError,
             ImportError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

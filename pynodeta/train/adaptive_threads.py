@@ -1,0 +1,220 @@
+"""Fewer torch threads while other processes use this machine's cores, all of them again when they stop.
+
+torch's CPU kernels run on an OpenMP team, and every op ends at a barrier where the team's threads spin,
+then wait, for the slowest one. When other processes hold some of the cores, a thread of the team is
+descheduled, and every op waits for it to get a core again. Small ops suffer most: on a 2-core machine, a
+digits diffusion training step took several times longer on 2 threads than on 1 while another process kept
+one core busy, though 2 threads are faster on an idle machine (``benchmarks/threads_under_load.py``).
+
+``ThreadGovernor.poll()``, called between batches, looks every ``every_seconds`` at how much of the cores
+this process may run on (its CPU affinity) the other processes used in that time: the cores' busy time
+from ``/proc/stat`` minus this process's own from ``/proc/self/stat``. It then sets torch's thread count to
+the cores left, at least 1 and at most ``max_threads``. Linux only; elsewhere the thread count stays as it
+is (said once). A CPU quota (a container's cgroup ``cpu.max``) is not seen.
+
+``AdaptiveThreads`` is the Lightning callback that polls between training and validation batches;
+``pynodeta sample`` / ``evaluate --adaptive-threads`` install a governor for the command. An installed
+governor is also polled between batches of images (``generate_batches``), so a fit's sampling evaluations
+and the commands' image batches follow the load too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning
+import torch
+
+__all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "threads_for", "install", "uninstall", "command_scope",
+           "poll_installed"]
+
+_installed: list[ThreadGovernor] = []  # the innermost (last) one is polled
+
+
+def threads_for(others: float, cores: int, max_threads: int) -> int:
+    """The threads to run when other processes use ``others`` (in cores) of the ``cores`` this process may
+    run on: the cores left, with a quarter of a core of allowance for background noise, in [1, max_threads].
+    Half a core in use elsewhere already costs a second thread more than it gives (measured on 2 cores)."""
+    return max(1, min(max_threads, math.floor(cores - others + 0.25)))
+
+
+class CoreUse:
+    """Clock ticks of the cores this process may run on: busy in total, and this process's own (Linux /proc)."""
+
+    def __init__(self, proc: Path = Path("/proc")):
+        self.proc = proc
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def available(self) -> bool:
+        try:
+            self.read()
+        except (OSError, ValueError, IndexError):
+            return False
+        return bool(self.cores)
+
+    def read(self) -> tuple[float, float]:
+        """(busy seconds of the cores, seconds of this process), both counted since boot."""
+        wanted = {f"cpu{core}" for core in self.cores}
+        busy = 0
+        for line in (self.proc / "stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name in wanted:
+                # user nice system idle iowait irq softirq steal (guest time is inside user and nice)
+                ticks = [int(v) for v in fields[:8]]
+                busy += sum(ticks) - ticks[3] - ticks[4]
+        # the fields after the command name, which may itself contain spaces and ')'
+        own = (self.proc / "self" / "stat").read_text().rpartition(")")[2].split()
+        return busy / self.tick, (int(own[11]) + int(own[12])) / self.tick
+
+
+class ThreadGovernor:
+    """Sets torch's thread count to the cores other processes leave, re-read every ``every_seconds``."""
+
+    def __init__(self, max_threads: int, every_seconds: float = 5.0, *, core_use: CoreUse | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 set_threads: Callable[[int], None] = torch.set_num_threads,
+                 say: Callable[[str], None] | None = None):
+        _check_threads(max_threads)
+        self.max_threads, self.every_seconds = max_threads, _checked_seconds(every_seconds)
+        self.core_use = core_use or CoreUse()
+        self.clock, self.set_threads = clock, set_threads
+        self.say = say or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.threads = max_threads
+        self.others: float | None = None  # cores the other processes used in the last window
+        self._last: tuple[float, float, float] | None = None  # (clock, busy, own) at the window's start
+        self._next = -math.inf
+
+    def start(self) -> None:
+        """Run on ``max_threads`` and begin the first window (or say once why the count cannot follow the load)."""
+        self.set_threads(self.max_threads)
+        self.threads = self.max_threads
+        if not self.core_use.available():
+            self.say(f"pynodeta: this system has no /proc to read the cores' load from; {self.max_threads} "
+                     f"thread(s) throughout")
+            self._next = math.inf
+            return
+        self._begin_window(self.clock())
+
+    def poll(self) -> None:
+        """Cheap between batches: reads /proc only once a window has passed."""
+        now = self.clock()
+        if now < self._next:
+            return
+        if self._last is None:
+            self._begin_window(now)
+            return
+        start, busy_before, own_before = self._last
+        busy, own = self.core_use.read()
+        elapsed = now - start
+        self._last, self._next = (now, busy, own), now + self.every_seconds
+        if elapsed <= 0:
+            return
+        self.others = max(0.0, (busy - busy_before) - (own - own_before)) / elapsed
+        threads = threads_for(self.others, len(self.core_use.cores), self.max_threads)
+        if threads != self.threads:
+            self.set_threads(threads)
+            self.threads = threads
+            cores = len(self.core_use.cores)
+            if threads < self.max_threads:
+                self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
+                         f"{elapsed:.0f} s: running on {threads} thread(s), back up to {self.max_threads} when "
+                         f"they are free")
+            else:
+                self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
+                         f"{cores}): running on {threads} threads")
+
+    def stop(self) -> None:
+        """Back to ``max_threads``."""
+        self.set_threads(self.max_threads)
+        self.threads = self.max_threads
+
+    def _begin_window(self, now: float) -> None:
+        busy, own = self.core_use.read()
+        self._last, self._next = (now, busy, own), now + self.every_seconds
+
+
+def install(governor: ThreadGovernor) -> None:
+    """Start ``governor`` and let :func:`poll_installed` poll it, until :func:`uninstall`."""
+    governor.start()
+    _installed.append(governor)
+
+
+def uninstall(governor: ThreadGovernor) -> None:
+    """Stop polling ``governor``; the thread count is its ``max_threads`` again."""
+    if governor in _installed:
+        _installed.remove(governor)
+        governor.stop()
+
+
+def poll_installed() -> None:
+    """Poll the governor installed last, if any: called between batches of images."""
+    if _installed:
+        _installed[-1].poll()
+
+
+@contextlib.contextmanager
+def command_scope():
+    """A command's lifetime: the governors installed inside it are uninstalled when it ends."""
+    depth = len(_installed)
+    try:
+        yield
+    finally:
+        for governor in reversed(_installed[depth:]):
+            uninstall(governor)
+
+
+class AdaptiveThreads(lightning.Callback):
+    """Train on up to ``max_threads`` torch threads, fewer while other processes use the cores (see the
+    module's text). ``max_threads`` None: the thread count the fit starts with (``num_threads``)."""
+
+    def __init__(self, max_threads: int | None = None, every_seconds: float = 5.0):
+        if max_threads is not None:
+            _check_threads(max_threads, " or None (the fit's num_threads)")
+        self.max_threads, self.every_seconds = max_threads, _checked_seconds(every_seconds)
+        self.governor: ThreadGovernor | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.governor is None:
+            quiet = not trainer.is_global_zero  # every rank adapts; rank 0 says so
+            self.governor = ThreadGovernor(self.max_threads or torch.get_num_threads(), self.every_seconds,
+                                           say=(lambda line: None) if quiet else None)
+            install(self.governor)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.governor is not None:
+            uninstall(self.governor)
+            self.governor = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._poll()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._poll()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._poll()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._poll()
+
+    def _poll(self) -> None:
+        if self.governor is not None:
+            self.governor.poll()
+
+
+def _check_threads(value, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_threads must be an integer >= 1{alternative}, got {value!r}")
+
+
+def _checked_seconds(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"every_seconds must be a number > 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,243 @@
+"""AdaptiveThreads: fewer torch threads while other processes use the cores, all of them again afterwards."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from torch import nn
+
+from pynodeta.train import AdaptiveThreads
+from pynodeta.train import adaptive_threads as at
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    assert not at._installed, "a test left a governor installed"
+
+
+@pytest.mark.parametrize("others, cores, max_threads, expected", [
+    (0.0, 2, 2, 2), (0.1, 2, 2, 2),  # idle, background noise
+    (0.5, 2, 2, 1), (1.0, 2, 2, 1), (0.7, 2, 2, 1),  # half a core in use already costs the second thread
+    (2.0, 2, 2, 1), (5.0, 2, 2, 1),  # never below one thread
+    (0.0, 16, 4, 4), (4.0, 16, 8, 8), (10.0, 16, 8, 6), (13.9, 16, 8, 2),  # at most max_threads, else the cores left
+])
+def test_the_thread_count_is_the_cores_left(others, cores, max_threads, expected):
+    assert at.threads_for(others, cores, max_threads) == expected
+
+
+class FakeCores:
+    """Core ticks driven by the test: ``others`` and ``own`` cores busy per second of the fake clock."""
+
+    def __init__(self, clock, cores=2, available=True):
+        self.cores, self.clock, self._available = list(range(cores)), clock, available
+        self.others, self.own, self.reads = 0.0, 0.0, 0
+        self.busy_total = self.own_total = 0.0
+        self.last = 0.0
+
+    def available(self):
+        return self._available
+
+    def advance(self):
+        elapsed, self.last = self.clock.now - self.last, self.clock.now
+        self.busy_total += (self.others + self.own) * elapsed
+        self.own_total += self.own * elapsed
+
+    def read(self):
+        self.reads += 1
+        self.advance()
+        return self.busy_total, self.own_total
+
+
+class FakeClock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def governor(max_threads=2, cores=2, available=True):
+    clock = FakeClock()
+    core_use = FakeCores(clock, cores, available)
+    calls, lines = [], []
+    g = at.ThreadGovernor(max_threads, 5.0, core_use=core_use, clock=clock, set_threads=calls.append,
+                          say=lines.append)
+    return g, clock, core_use, calls, lines
+
+
+def test_it_follows_the_others_load_down_and_back_up_reading_once_a_window():
+    g, clock, cores, calls, lines = governor()
+    g.start()
+    assert calls == [2] and cores.reads == 1
+    cores.own = 2.0  # its own two threads: not the others'
+    clock.now = 4.9
+    g.poll()
+    assert cores.reads == 1  # inside the window: nothing read
+    clock.now = 5.0
+    g.poll()
+    assert g.others == pytest.approx(0.0) and calls == [2] and not lines
+    cores.others, cores.own = 1.0, 1.0
+    clock.now = 10.0
+    g.poll()
+    assert g.others == pytest.approx(1.0) and calls == [2, 1] and g.threads == 1
+    assert lines[-1] == ("pynodeta: other processes used 1.0 of the 2 cores in the last 5 s: running on 1 thread(s), "
+                         "back up to 2 when they are free")
+    clock.now = 15.0
+    g.poll()
+    assert calls == [2, 1] and len(lines) == 1  # unchanged: neither set nor said again
+    cores.others = 0.0
+    clock.now = 20.0
+    g.poll()
+    assert calls == [2, 1, 2] and g.threads == 2
+    assert lines[-1] == "pynodeta: the cores are free again (other processes used 0.0 of 2): running on 2 threads"
+    g.stop()
+    assert calls[-1] == 2
+
+
+def test_without_proc_it_says_so_once_and_keeps_the_count():
+    g, clock, cores, calls, lines = governor(max_threads=3, available=False)
+    g.start()
+    for now in (10.0, 20.0, 30.0):
+        clock.now = now
+        g.poll()
+    assert calls == [3] and cores.reads == 0
+    assert lines == ["pynodeta: this system has no /proc to read the cores' load from; 3 thread(s) throughout"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_threads": 0}, "max_threads must be an integer >= 1, got 0"),
+    ({"max_threads": True}, "max_threads"),
+    ({"max_threads": 1.5}, "max_threads"),
+    ({"max_threads": 2, "every_seconds": 0}, "every_seconds must be a number > 0, got 0"),
+    ({"max_threads": 2, "every_seconds": True}, "every_seconds"),
+])
+def test_bad_settings_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        at.ThreadGovernor(**kwargs)
+    with pytest.raises(ValueError, match=match.replace(", got 0", "")):
+        AdaptiveThreads(**kwargs)
+
+
+def test_proc_is_read_for_the_cores_of_the_affinity_and_this_process(tmp_path):
+    (tmp_path / "self").mkdir()
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    (tmp_path / "stat").write_text("cpu  900 0 90 9000 90 0 0 0 0 0\n"
+                                   "cpu0 100 10 20 5000 40 3 2 5 7 0\n"
+                                   "cpu1 400 0 60 2000 50 0 0 0 0 0\n"
+                                   "cpu2 50 0 5 3000 10 1 1 0 0 0\nintr 1 2 3\n")
+    # a command name with spaces and a ')' of its own; utime and stime are the 14th and 15th fields
+    (tmp_path / "self" / "stat").write_text("4242 (a (b) c) R 1 2 3 4 5 6 7 8 9 10 300 45 0 0 20 0 3\n")
+    core_use = at.CoreUse(tmp_path)
+    core_use.cores, core_use.tick = [0, 2], 100
+    busy, own = core_use.read()
+    assert busy == pytest.approx(((100 + 10 + 20 + 3 + 2 + 5) + (50 + 5 + 1 + 1)) / 100)  # cpu1 not ours
+    assert own == pytest.approx((300 + 45) / 100)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file() or not hasattr(os, "sched_getaffinity"), reason="Linux /proc")
+def test_a_busy_neighbour_process_is_seen_as_the_others_load():
+    lines = []
+    g = at.ThreadGovernor(2, 1.0, say=lines.append)
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the neighbour is running when the first window begins
+        g.start()
+        time.sleep(1.0)
+        g.poll()
+        threads = torch.get_num_threads()
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+        g.stop()
+    assert g.others >= 0.5, g.others  # one spinning process: about one core (less if the machine is busy)
+    if len(g.core_use.cores) <= 2:  # then the neighbour leaves at most one core
+        assert threads == 1 and lines
+
+
+class _Tiny(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        self.threads_seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.threads_seen.append(torch.get_num_threads())
+        return self.linear(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_the_callback_drops_to_one_thread_under_load_during_a_fit_and_restores_the_count(monkeypatch, capsys):
+    class Busy(at.CoreUse):  # another process on 1.5 of 2 cores, whatever this process does
+        def __init__(self):
+            self.cores, self.start = [0, 1], time.monotonic()
+
+        def available(self):
+            return True
+
+        def read(self):
+            return 1.5 * (time.monotonic() - self.start), 0.0
+
+    monkeypatch.setattr(at, "CoreUse", Busy)
+    torch.set_num_threads(2)
+    model = _Tiny()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=2)
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, callbacks=[AdaptiveThreads(every_seconds=1e-9)])
+    trainer.fit(model, data)
+    assert model.threads_seen[0] == 2 and model.threads_seen[-1] == 1  # max_threads: the fit's starting count
+    assert torch.get_num_threads() == 2  # the fit's count again after it
+    assert "other processes used 1.5 of the 2 cores" in capsys.readouterr().out
+
+
+def test_an_installed_governor_is_polled_between_batches_of_images(monkeypatch):
+    from pynodeta.models import DDPMUNet
+    from pynodeta.train import DiffusionModule, EDMObjective
+    from pynodeta.train.diffusion_sampling import generate_batches
+
+    from .test_run_loader import UNET
+
+    module = DiffusionModule(DDPMUNet(**UNET, time_scale=250.0), EDMObjective())
+    polls = []
+    g = at.ThreadGovernor(1, say=lambda line: None)
+    monkeypatch.setattr(g, "poll", lambda: polls.append(1))
+    with at.command_scope():
+        at.install(g)
+        batches = list(generate_batches(module, 5, "euler", 2, batch_size=2))
+    assert len(batches) == 3 and len(polls) == 3
+    assert not at._installed
+
+
+def test_sample_follows_the_load_with_adaptive_threads_and_restores_the_count(tmp_path, monkeypatch, capsys):
+    from pynodeta.cli import main
+
+    from .test_run_loader import _write_run
+
+    checkpoint = _write_run(tmp_path)
+    installed = []
+    monkeypatch.setattr(at.ThreadGovernor, "start", lambda self: installed.append((self, torch.get_num_threads())))
+    torch.set_num_threads(1)
+    argv = ["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--num", "2", "--out", str(tmp_path / "g.png")]
+    assert main([*argv, "--num-threads", "2", "--adaptive-threads"]) == 0, capsys.readouterr().err
+    [(governor, threads_then)] = installed
+    assert governor.max_threads == 2 and threads_then == 2  # up to --num-threads
+    assert not at._installed  # the command's scope ended it
+    installed.clear()
+    assert main(argv) == 0
+    assert not installed  # only on request
+
+
+def test_evaluate_takes_the_same_flag(capsys):
+    from pynodeta.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--adaptive-threads" in capsys.readouterr().out
