@@ -27,6 +27,7 @@ ORDER = ["bench_solver", "bench_solver_cuda", "bench_batched", "bench_batched_cu
          "seed004_convergence",
          "seed004_digits_overhead", "edm2_phema", "edm2_dynamics", "edm2_cost",
          "edm2_step_cost_before", "edm2_step_cost", "mixed_precision_step", "diffusion_compile", "ddp_scaling",
+         "threads_under_load",
          "sampling_syncs_cuda", "gpu_smoke_cuda"]
 
 HEADER = """# Measured results

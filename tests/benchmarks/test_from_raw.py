@@ -43,6 +43,7 @@ BUILDERS = {
     "sampling_grid": ("sampling_grid", "save_grid_report"),
     "diffusers_sweep": ("diffusion_vs_diffusers", "save_sweep_report"),
     "diffusers_race": ("diffusion_vs_diffusers", "save_race_report"),
+    "threads_under_load": ("threads_under_load", "save_threads_report"),
 }
 
 
