@@ -3,14 +3,15 @@
 torch's CPU kernels run on an OpenMP team, and every op ends at a barrier where the team's threads spin,
 then wait, for the slowest one. When other processes hold some of the cores, a thread of the team is
 descheduled, and every op waits for it to get a core again. Small ops suffer most: on a 2-core machine, a
-digits diffusion training step took several times longer on 2 threads than on 1 while another process kept
-one core busy, though 2 threads are faster on an idle machine (``benchmarks/threads_under_load.py``).
+digits diffusion training step took about twice as long on 2 threads as on 1 while another process kept one
+core busy, though 2 threads are 1.5× faster on an idle machine (``benchmarks/threads_under_load.py``).
 
 ``ThreadGovernor.poll()``, called between batches, looks every ``every_seconds`` at how much of the cores
 this process may run on (its CPU affinity) the other processes used in that time: the cores' busy time
 from ``/proc/stat`` minus this process's own from ``/proc/self/stat``. It then sets torch's thread count to
 the cores left, at least 1 and at most ``max_threads``. Linux only; elsewhere the thread count stays as it
-is (said once). A CPU quota (a container's cgroup ``cpu.max``) is not seen.
+is (said once). A CPU quota (a container's cgroup ``cpu.max``) is not seen. Every other process counts,
+this run's own DataLoader workers and DDP ranks included: they compete for the same cores.
 
 ``AdaptiveThreads`` is the Lightning callback that polls between training and validation batches;
 ``pynodeta sample`` / ``evaluate --adaptive-threads`` install a governor for the command. An installed
