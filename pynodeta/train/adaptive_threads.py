@@ -13,6 +13,11 @@ the cores left, at least 1 and at most ``max_threads``. Linux only; elsewhere th
 is (said once). A CPU quota (a container's cgroup ``cpu.max``) is not seen. Every other process counts,
 this run's own DataLoader workers and DDP ranks included: they compete for the same cores.
 
+Given ``advice``, the governor only advises: the first time the cores left are fewer than the run's
+threads it says so once, with that fix, and leaves the count alone. ``pynodeta fit`` adds such an advisor
+to every CPU fit of more than one thread without ``AdaptiveThreads`` (``AdaptiveThreads(adapt=False)``),
+and ``sample`` / ``evaluate`` to a CPU run of more than one thread without ``--adaptive-threads``.
+
 ``AdaptiveThreads`` is the Lightning callback that polls between training and validation batches;
 ``pynodeta sample`` / ``evaluate --adaptive-threads`` install a governor for the command. An installed
 governor is also polled between batches of images (``generate_batches``), so a fit's sampling evaluations
@@ -36,6 +41,9 @@ __all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "threads_for", "insta
            "poll_installed"]
 
 _installed: list[ThreadGovernor] = []  # the innermost (last) one is polled
+FIT_ADVICE = ("add the callback pynodeta.train.AdaptiveThreads (--trainer.callbacks+=pynodeta.train.AdaptiveThreads) "
+              "to use fewer while the cores are busy, or pass --num_threads {threads}")
+COMMAND_ADVICE = "pass --adaptive-threads to use fewer while the cores are busy, or --num-threads {threads}"
 
 
 def threads_for(others: float, cores: int, max_threads: int) -> int:
@@ -81,8 +89,9 @@ class ThreadGovernor:
     def __init__(self, max_threads: int, every_seconds: float = 5.0, *, core_use: CoreUse | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  set_threads: Callable[[int], None] = torch.set_num_threads,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, advice: str | None = None):
         _check_threads(max_threads)
+        self.advice, self.advised = advice, False  # advice: say it once instead of changing the count
         self.max_threads, self.every_seconds = max_threads, _checked_seconds(every_seconds)
         self.core_use = core_use or CoreUse()
         self.clock, self.set_threads = clock, set_threads
@@ -119,6 +128,14 @@ class ThreadGovernor:
             return
         self.others = max(0.0, (busy - busy_before) - (own - own_before)) / elapsed
         threads = threads_for(self.others, len(self.core_use.cores), self.max_threads)
+        if self.advice is not None:
+            if threads < self.threads and not self.advised:
+                self.advised = True
+                self.say(f"pynodeta: other processes used {self.others:.1f} of the {len(self.core_use.cores)} cores "
+                         f"in the last {elapsed:.0f} s while this run has {self.threads} threads, which then wait for "
+                         f"one another at every op (a digits training step ran about 2x slower than on 1 thread); "
+                         f"{self.advice.format(threads=threads)}")
+            return
         if threads != self.threads:
             self.set_threads(threads)
             self.threads = threads
@@ -173,19 +190,23 @@ def command_scope():
 
 class AdaptiveThreads(lightning.Callback):
     """Train on up to ``max_threads`` torch threads, fewer while other processes use the cores (see the
-    module's text). ``max_threads`` None: the thread count the fit starts with (``num_threads``)."""
+    module's text). ``max_threads`` None: the thread count the fit starts with (``num_threads``).
+    ``adapt=False``: keep the count, and say once when the cores are too busy for it."""
 
-    def __init__(self, max_threads: int | None = None, every_seconds: float = 5.0):
+    def __init__(self, max_threads: int | None = None, every_seconds: float = 5.0, adapt: bool = True):
         if max_threads is not None:
             _check_threads(max_threads, " or None (the fit's num_threads)")
-        self.max_threads, self.every_seconds = max_threads, _checked_seconds(every_seconds)
+        if not isinstance(adapt, bool):
+            raise ValueError(f"adapt must be true or false, got {adapt!r}")
+        self.max_threads, self.every_seconds, self.adapt = max_threads, _checked_seconds(every_seconds), adapt
         self.governor: ThreadGovernor | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.governor is None:
             quiet = not trainer.is_global_zero  # every rank adapts; rank 0 says so
             self.governor = ThreadGovernor(self.max_threads or torch.get_num_threads(), self.every_seconds,
-                                           say=(lambda line: None) if quiet else None)
+                                           say=(lambda line: None) if quiet else None,
+                                           advice=None if self.adapt else FIT_ADVICE)
             install(self.governor)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:

@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from pynodeta.data.errors import DatasetFileError
 
+from .adaptive_threads import AdaptiveThreads
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
@@ -131,7 +132,7 @@ class PynodetaCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         # every fit of every model family stops at its first non-finite loss (TrainingDiverged)
-        return super()._instantiate_trainer(config, [*callbacks, StopOnNonFiniteLoss()])
+        return super()._instantiate_trainer(config, [*callbacks, StopOnNonFiniteLoss(), *_thread_advice(config)])
 
     def _run_subcommand(self, subcommand: str) -> None:
         log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
@@ -170,6 +171,17 @@ class PynodetaCLI(LightningCLI):
     def after_test(self) -> None:
         formats = getattr(self.model, "summary_formats", {})
         RunSummary.from_metrics({}, self.trainer.callback_metrics, formats).report(self.trainer)
+
+
+def _thread_advice(config: dict) -> list:
+    """An advising AdaptiveThreads (``adapt=False``) for a CPU fit of more than one thread that has none: it
+    says once when other processes leave fewer cores than the fit's threads, which then stall each other."""
+    configured = config.get("callbacks") or []
+    configured = configured if isinstance(configured, (list, tuple)) else [configured]
+    on_cpu = str(config.get("accelerator") or "auto") == "cpu" or not torch.cuda.is_available()
+    if not on_cpu or torch.get_num_threads() < 2 or any(isinstance(c, AdaptiveThreads) for c in configured):
+        return []
+    return [AdaptiveThreads(adapt=False)]
 
 
 def main(argv: list[str] | None = None) -> int | None:

@@ -189,6 +189,9 @@ def _setup(args, prog: str):
     device = _device(args.device)
     if args.adaptive_threads:  # _run's command_scope uninstalls it
         adaptive_threads.install(adaptive_threads.ThreadGovernor(torch.get_num_threads()))
+    elif device.type == "cpu" and torch.get_num_threads() > 1:  # says once when the cores are too busy for them
+        adaptive_threads.install(adaptive_threads.ThreadGovernor(torch.get_num_threads(),
+                                                                 advice=adaptive_threads.COMMAND_ADVICE))
     if args.unsafe_load:
         print(f"{prog}: warning: --unsafe-load unpickles the checkpoint with torch.load(weights_only=False), which "
               f"runs any code it contains; use it only on files you made or fully trust", file=sys.stderr)

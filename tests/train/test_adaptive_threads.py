@@ -231,8 +231,12 @@ def test_sample_follows_the_load_with_adaptive_threads_and_restores_the_count(tm
     assert governor.max_threads == 2 and threads_then == 2  # up to --num-threads
     assert not at._installed  # the command's scope ended it
     installed.clear()
-    assert main(argv) == 0
-    assert not installed  # only on request
+    assert main(argv) == 0  # 2 threads again, without the flag: an advisor, which never changes the count
+    [(governor, _)] = installed
+    assert governor.advice == at.COMMAND_ADVICE
+    installed.clear()
+    assert main([*argv, "--num-threads", "1"]) == 0
+    assert not installed  # one thread: nothing to advise
 
 
 def test_evaluate_takes_the_same_flag(capsys):
@@ -241,3 +245,33 @@ def test_evaluate_takes_the_same_flag(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "--adaptive-threads" in capsys.readouterr().out
+
+
+def test_an_advisor_says_once_that_the_cores_are_too_busy_and_keeps_the_count():
+    g, clock, cores, calls, lines = governor()
+    g.advice = "pass --fix {threads}"
+    g.start()
+    cores.others = 1.0
+    for now in (5.0, 10.0, 15.0):
+        clock.now = now
+        g.poll()
+    assert calls == [2] and g.threads == 2  # never changed
+    assert lines == ["pynodeta: other processes used 1.0 of the 2 cores in the last 5 s while this run has 2 threads, "
+                     "which then wait for one another at every op (a digits training step ran about 2x slower than "
+                     "on 1 thread); pass --fix 1"]
+
+
+def test_fit_adds_an_advisor_to_a_cpu_fit_of_several_threads_without_adaptive_threads():
+    from pynodeta.train.cli import _thread_advice
+
+    torch.set_num_threads(2)
+    [advisor] = _thread_advice({"accelerator": "cpu", "callbacks": []})
+    assert isinstance(advisor, AdaptiveThreads) and advisor.adapt is False
+    assert _thread_advice({"accelerator": "cpu", "callbacks": [AdaptiveThreads()]}) == []  # it adapts already
+    torch.set_num_threads(1)
+    assert _thread_advice({"accelerator": "cpu", "callbacks": None}) == []  # one thread: nothing to stall
+
+
+def test_adapt_must_be_a_bool():
+    with pytest.raises(ValueError, match="adapt must be true or false, got 'no'"):
+        AdaptiveThreads(adapt="no")
