@@ -106,8 +106,9 @@ class ThreadGovernor:
         self.set_threads(self.max_threads)
         self.threads = self.max_threads
         if not self.core_use.available():
-            self.say(f"pynodeta: this system has no /proc to read the cores' load from; {self.max_threads} "
-                     f"thread(s) throughout")
+            if self.advice is None:  # asked to adapt: say why it cannot; an advisor has nothing to say
+                self.say(f"pynodeta: this system has no /proc to read the cores' load from; {self.max_threads} "
+                         f"thread(s) throughout")
             self._next = math.inf
             return
         self._begin_window(self.clock())

@@ -109,6 +109,10 @@ def test_without_proc_it_says_so_once_and_keeps_the_count():
         g.poll()
     assert calls == [3] and cores.reads == 0
     assert lines == ["pynodeta: this system has no /proc to read the cores' load from; 3 thread(s) throughout"]
+    advisor, _, _, _, advisor_lines = governor(available=False)
+    advisor.advice = "pass --fix {threads}"
+    advisor.start()
+    assert not advisor_lines  # the advisor of every fit stays silent where it cannot read the load
 
 
 @pytest.mark.parametrize("kwargs, match", [
