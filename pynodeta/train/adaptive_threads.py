@@ -99,64 +99,57 @@ class ThreadGovernor:
         self.threads = max_threads
         self.others: float | None = None  # cores the other processes used in the last window
         self._last: tuple[float, float, float] | None = None  # (clock, busy, own) at the window's start
-        self._next = -math.inf
+        self._next = math.inf  # no window before start(): a poll does nothing
 
     def start(self) -> None:
         """Run on ``max_threads`` and begin the first window (or say once why the count cannot follow the load)."""
-        self.set_threads(self.max_threads)
-        self.threads = self.max_threads
+        self.stop()
         if not self.core_use.available():
             if self.advice is None:  # asked to adapt: say why it cannot; an advisor has nothing to say
                 self.say(f"pynodeta: this system has no /proc to read the cores' load from; {self.max_threads} "
                          f"thread(s) throughout")
-            self._next = math.inf
             return
-        self._begin_window(self.clock())
+        now = self.clock()
+        self._last, self._next = (now, *self.core_use.read()), now + self.every_seconds
 
     def poll(self) -> None:
         """Cheap between batches: reads /proc only once a window has passed."""
         now = self.clock()
         if now < self._next:
             return
-        if self._last is None:
-            self._begin_window(now)
-            return
         start, busy_before, own_before = self._last
         busy, own = self.core_use.read()
-        elapsed = now - start
+        elapsed = now - start  # at least every_seconds
         self._last, self._next = (now, busy, own), now + self.every_seconds
-        if elapsed <= 0:
-            return
         self.others = max(0.0, (busy - busy_before) - (own - own_before)) / elapsed
-        threads = threads_for(self.others, len(self.core_use.cores), self.max_threads)
+        cores = len(self.core_use.cores)
+        threads = threads_for(self.others, cores, self.max_threads)
         if self.advice is not None:
             if threads < self.threads and not self.advised:
                 self.advised = True
-                self.say(f"pynodeta: other processes used {self.others:.1f} of the {len(self.core_use.cores)} cores "
-                         f"in the last {elapsed:.0f} s while this run has {self.threads} threads, which then wait for "
-                         f"one another at every op (a digits training step ran about 2x slower than on 1 thread); "
+                self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
+                         f"{elapsed:.0f} s while this run has {self.threads} threads, which then wait for one another "
+                         f"at every op (a digits training step ran about 2x slower than on 1 thread); "
                          f"{self.advice.format(threads=threads)}")
             return
-        if threads != self.threads:
-            self.set_threads(threads)
-            self.threads = threads
-            cores = len(self.core_use.cores)
-            if threads < self.max_threads:
-                self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
-                         f"{elapsed:.0f} s: running on {threads} thread(s), back up to {self.max_threads} when "
-                         f"they are free")
-            else:
-                self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
-                         f"{cores}): running on {threads} threads")
+        if threads == self.threads:
+            return
+        self._run_on(threads)
+        if threads < self.max_threads:
+            self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
+                     f"{elapsed:.0f} s: running on {threads} thread(s), back up to {self.max_threads} when "
+                     f"they are free")
+        else:
+            self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
+                     f"{cores}): running on {threads} threads")
 
     def stop(self) -> None:
         """Back to ``max_threads``."""
-        self.set_threads(self.max_threads)
-        self.threads = self.max_threads
+        self._run_on(self.max_threads)
 
-    def _begin_window(self, now: float) -> None:
-        busy, own = self.core_use.read()
-        self._last, self._next = (now, busy, own), now + self.every_seconds
+    def _run_on(self, threads: int) -> None:
+        self.set_threads(threads)
+        self.threads = threads
 
 
 def install(governor: ThreadGovernor) -> None:

@@ -187,11 +187,11 @@ def _setup(args, prog: str):
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     device = _device(args.device)
-    if args.adaptive_threads:  # _run's command_scope uninstalls it
-        adaptive_threads.install(adaptive_threads.ThreadGovernor(torch.get_num_threads()))
-    elif device.type == "cpu" and torch.get_num_threads() > 1:  # says once when the cores are too busy for them
-        adaptive_threads.install(adaptive_threads.ThreadGovernor(torch.get_num_threads(),
-                                                                 advice=adaptive_threads.COMMAND_ADVICE))
+    # up to the thread count, fewer while other processes use the cores; without the flag, a CPU run of several
+    # threads keeps its count and says once when the cores are too busy for it. _run's command_scope uninstalls it
+    if args.adaptive_threads or (device.type == "cpu" and torch.get_num_threads() > 1):
+        advice = None if args.adaptive_threads else adaptive_threads.COMMAND_ADVICE
+        adaptive_threads.install(adaptive_threads.ThreadGovernor(torch.get_num_threads(), advice=advice))
     if args.unsafe_load:
         print(f"{prog}: warning: --unsafe-load unpickles the checkpoint with torch.load(weights_only=False), which "
               f"runs any code it contains; use it only on files you made or fully trust", file=sys.stderr)
