@@ -10,8 +10,13 @@ core busy, though 2 threads are 1.5× faster on an idle machine (``benchmarks/th
 this process may run on (its CPU affinity) the other processes used in that time: the cores' busy time
 from ``/proc/stat`` minus this process's own from ``/proc/self/stat``. It then sets torch's thread count to
 the cores left, at least 1 and at most ``max_threads``. Linux only; elsewhere the thread count stays as it
-is (said once). A CPU quota (a container's cgroup ``cpu.max``) is not seen. Every other process counts,
-this run's own DataLoader workers and DDP ranks included: they compete for the same cores.
+is (said once). Every other process counts, this run's own DataLoader workers and DDP ranks included: they
+compete for the same cores.
+
+A CPU quota (a container's ``--cpus``, a Kubernetes CPU limit: the cgroup's ``cpu.max``, see
+:mod:`pynodeta.train.cpu_quota`) caps the count too, from the start: a team of more threads than the quota's
+whole cores is throttled core by core and stalls the same way. Where no thread count is asked for,
+:func:`default_threads_within_quota` lowers torch's default (the host's cores) to the quota's.
 
 Given ``advice``, the governor only advises: the first time the cores left are fewer than the run's
 threads it says so once, with that fix, and leaves the count alone. ``pynodeta fit`` adds such an advisor
@@ -37,8 +42,10 @@ from pathlib import Path
 import lightning
 import torch
 
-__all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "threads_for", "install", "uninstall", "command_scope",
-           "poll_installed"]
+from pynodeta.train.cpu_quota import cpu_quota
+
+__all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "threads_for", "quota_threads",
+           "default_threads_within_quota", "install", "uninstall", "command_scope", "poll_installed"]
 
 _installed: list[ThreadGovernor] = []  # the innermost (last) one is polled
 FIT_ADVICE = ("add the callback pynodeta.train.AdaptiveThreads (--trainer.callbacks+=pynodeta.train.AdaptiveThreads) "
@@ -46,11 +53,33 @@ FIT_ADVICE = ("add the callback pynodeta.train.AdaptiveThreads (--trainer.callba
 COMMAND_ADVICE = "pass --adaptive-threads to use fewer while the cores are busy, or --num-threads {threads}"
 
 
-def threads_for(others: float, cores: int, max_threads: int) -> int:
+def threads_for(others: float, cores: int, max_threads: int, quota: float | None = None) -> int:
     """The threads to run when other processes use ``others`` (in cores) of the ``cores`` this process may
-    run on: the cores left, with a quarter of a core of allowance for background noise, in [1, max_threads].
-    Half a core in use elsewhere already costs a second thread more than it gives (measured on 2 cores)."""
-    return max(1, min(max_threads, math.floor(cores - others + 0.25)))
+    run on: the cores left, with a quarter of a core of allowance for background noise, in [1, max_threads],
+    and no more than the CPU quota's whole cores. Half a core in use elsewhere already costs a second thread
+    more than it gives (measured on 2 cores)."""
+    left = math.floor(cores - others + 0.25)
+    return max(1, min(max_threads, left, quota_threads(quota) if quota is not None else left))
+
+
+def quota_threads(quota: float) -> int:
+    """The most threads a CPU quota of ``quota`` cores runs without throttling a thread mid-op: its whole
+    cores, at least 1 (the throttle is hard, so no allowance as for other processes' load)."""
+    return max(1, math.floor(quota))
+
+
+def default_threads_within_quota(flag: str, say: Callable[[str], None] | None = None,
+                                 read_quota: Callable[[], float | None] | None = None) -> None:
+    """For a command that was not given a thread count: torch's default is the host's cores, which a cgroup
+    CPU quota (``read_quota()``, default :func:`cpu_quota`) may not allow. Then run on the quota's whole
+    cores, and say so with ``flag``, the option that chooses the count."""
+    quota = (read_quota or cpu_quota)()
+    default = torch.get_num_threads()
+    if quota is None or quota_threads(quota) >= default:
+        return
+    torch.set_num_threads(quota_threads(quota))
+    (say or _print)(f"{_quota_is(quota)}: {quota_threads(quota)} thread(s) instead of torch's default {default}, "
+                    f"which would wait for one another at every op; pass {flag} to choose")
 
 
 class CoreUse:
@@ -60,6 +89,7 @@ class CoreUse:
         self.proc = proc
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.quota = cpu_quota(proc)  # cores' worth of CPU time the cgroups allow; None: no limit
 
     def available(self) -> bool:
         try:
@@ -95,7 +125,7 @@ class ThreadGovernor:
         self.max_threads, self.every_seconds = max_threads, _checked_seconds(every_seconds)
         self.core_use = core_use or CoreUse()
         self.clock, self.set_threads = clock, set_threads
-        self.say = say or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.say = say or _print
         self.threads = max_threads
         self.others: float | None = None  # cores the other processes used in the last window
         self._last: tuple[float, float, float] | None = None  # (clock, busy, own) at the window's start
@@ -111,6 +141,17 @@ class ThreadGovernor:
             return
         now = self.clock()
         self._last, self._next = (now, *self.core_use.read()), now + self.every_seconds
+        quota = self.core_use.quota
+        if quota is None or quota_threads(quota) >= self.max_threads:
+            return
+        said = _quota_is(quota)
+        if self.advice is not None:
+            self.advised = True
+            self.say(f"{said} while this run has {self.threads} threads, which then wait for one another at every "
+                     f"op; {self.advice.format(threads=quota_threads(quota))}")
+        else:
+            self._run_on(quota_threads(quota))
+            self.say(f"{said}: running on {self.threads} thread(s), not {self.max_threads}")
 
     def poll(self) -> None:
         """Cheap between batches: reads /proc only once a window has passed."""
@@ -123,7 +164,7 @@ class ThreadGovernor:
         self._last, self._next = (now, busy, own), now + self.every_seconds
         self.others = max(0.0, (busy - busy_before) - (own - own_before)) / elapsed
         cores = len(self.core_use.cores)
-        threads = threads_for(self.others, cores, self.max_threads)
+        threads = threads_for(self.others, cores, self.max_threads, self.core_use.quota)
         if self.advice is not None:
             if threads < self.threads and not self.advised:
                 self.advised = True
@@ -135,9 +176,10 @@ class ThreadGovernor:
         if threads == self.threads:
             return
         self._run_on(threads)
-        if threads < self.max_threads:
+        ceiling = threads_for(0.0, cores, self.max_threads, self.core_use.quota)  # the count on free cores
+        if threads < ceiling:
             self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
-                     f"{elapsed:.0f} s: running on {threads} thread(s), back up to {self.max_threads} when "
+                     f"{elapsed:.0f} s: running on {threads} thread(s), back up to {ceiling} when "
                      f"they are free")
         else:
             self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
@@ -223,6 +265,15 @@ class AdaptiveThreads(lightning.Callback):
     def _poll(self) -> None:
         if self.governor is not None:
             self.governor.poll()
+
+
+def _quota_is(quota: float) -> str:
+    cores = "1 core" if quota == 1 else f"{quota:g} cores"
+    return f"pynodeta: this process's CPU quota (its cgroup's cpu.max, a container's CPU limit) is {cores}"
+
+
+def _print(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
 
 
 def _check_threads(value, alternative: str = "") -> None:

@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from pynodeta.data.errors import DatasetFileError
 
-from .adaptive_threads import AdaptiveThreads
+from .adaptive_threads import AdaptiveThreads, default_threads_within_quota
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
@@ -51,9 +51,9 @@ class ConfigurationError(Exception):
 class PynodetaCLI(LightningCLI):
     """LightningCLI with pynodeta's extras.
 
-    Extra options: ``--num_threads N`` (``torch.set_num_threads`` for this run; default: torch's),
-    ``--test_after_fit true`` (``fit`` then evaluates the final weights on the test set and prints
-    a one-line summary of the module's metrics, e.g. test accuracy and NFE), ``--plots false``
+    Extra options: ``--num_threads N`` (``torch.set_num_threads`` for this run; default: torch's, lowered to
+    a container's CPU quota), ``--test_after_fit true`` (``fit`` then evaluates the final weights on the test
+    set and prints a one-line summary of the module's metrics, e.g. test accuracy and NFE), ``--plots false``
     (no PNGs of the training curves at the end of ``fit``). Checkpoints are written atomically
     (:class:`AtomicCheckpointIO`) unless the config names another CheckpointIO plugin. ``model`` may be
     any :class:`TrainingModule` subclass, of any model family. ``--ckpt_path`` is checked before
@@ -64,7 +64,8 @@ class PynodetaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--num_threads", type=int | None, default=None,
-                            help="torch.set_num_threads for this run (e.g. 2 on a 2-core machine)")
+                            help="torch.set_num_threads for this run (e.g. 2 on a 2-core machine; default: "
+                                 "torch's, lowered to a container's CPU quota)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the final weights and print a summary line")
         parser.add_argument("--unsafe_load", type=bool, default=False,
@@ -108,7 +109,9 @@ class PynodetaCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "num_threads")
-        if threads is not None:
+        if threads is None:  # torch's default counts the host's cores, which a container's CPU limit may not allow
+            default_threads_within_quota("--num_threads")
+        else:
             if threads < 1:
                 raise ConfigurationError(f"num_threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)

@@ -83,7 +83,7 @@ def _common_arguments(parser: argparse.ArgumentParser, seed_default: int | None 
                              "run recorded; for a run that recorded none, e.g. a released EDM2 .pkl, its own "
                              "constants or EDM2's for SD's VAE)")
     parser.add_argument("--num-threads", "--num_threads", dest="num_threads", type=int, default=None,
-                        help="torch.set_num_threads")
+                        help="torch.set_num_threads (default: torch's, lowered to a container's CPU quota)")
     parser.add_argument("--adaptive-threads", "--adaptive_threads", dest="adaptive_threads", action="store_true",
                         help="up to --num-threads threads (default: torch's count), fewer while other processes "
                              "use the cores (Linux; re-read every 5 s)")
@@ -184,7 +184,9 @@ def _device(name: str | None) -> torch.device:
 
 
 def _setup(args, prog: str):
-    if args.num_threads is not None:
+    if args.num_threads is None:  # torch's default counts the host's cores, which a CPU quota may not allow
+        adaptive_threads.default_threads_within_quota("--num-threads")
+    else:
         torch.set_num_threads(args.num_threads)
     device = _device(args.device)
     # up to the thread count, fewer while other processes use the cores; without the flag, a CPU run of several

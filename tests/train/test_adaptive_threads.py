@@ -33,12 +33,21 @@ def test_the_thread_count_is_the_cores_left(others, cores, max_threads, expected
     assert at.threads_for(others, cores, max_threads) == expected
 
 
+@pytest.mark.parametrize("others, cores, max_threads, quota, expected", [
+    (0.0, 16, 8, 2.5, 2), (0.0, 16, 8, 2.0, 2), (0.0, 16, 8, 1.99, 1),  # a quota's whole cores: no allowance
+    (0.0, 2, 2, 0.5, 1),  # never below one thread
+    (13.0, 16, 8, 4.0, 3), (0.0, 16, 3, 4.0, 3),  # the cores left, and max_threads, still bind below it
+])
+def test_a_cpu_quota_caps_the_count_at_its_whole_cores(others, cores, max_threads, quota, expected):
+    assert at.threads_for(others, cores, max_threads, quota) == expected
+
+
 class FakeCores:
     """Core ticks driven by the test: ``others`` and ``own`` cores busy per second of the fake clock."""
 
     def __init__(self, clock, cores=2, available=True):
         self.cores, self.clock, self._available = list(range(cores)), clock, available
-        self.others, self.own, self.reads = 0.0, 0.0, 0
+        self.others, self.own, self.reads, self.quota = 0.0, 0.0, 0, None
         self.busy_total = self.own_total = 0.0
         self.last = 0.0
 
@@ -182,7 +191,7 @@ class _Tiny(lightning.LightningModule):
 def test_the_callback_drops_to_one_thread_under_load_during_a_fit_and_restores_the_count(monkeypatch, capsys):
     class Busy(at.CoreUse):  # another process on 1.5 of 2 cores, whatever this process does
         def __init__(self):
-            self.cores, self.start = [0, 1], time.monotonic()
+            self.cores, self.start, self.quota = [0, 1], time.monotonic(), None
 
         def available(self):
             return True
@@ -279,3 +288,66 @@ def test_fit_adds_an_advisor_to_a_cpu_fit_of_several_threads_without_adaptive_th
 def test_adapt_must_be_a_bool():
     with pytest.raises(ValueError, match="adapt must be true or false, got 'no'"):
         AdaptiveThreads(adapt="no")
+
+
+def test_under_a_cpu_quota_it_starts_on_the_quotas_cores_and_stays_there_on_free_cores():
+    g, clock, cores, calls, lines = governor(max_threads=4, cores=8)
+    cores.quota = 2.5
+    g.start()
+    assert calls == [4, 2] and g.threads == 2
+    assert lines == ["pynodeta: this process's CPU quota (its cgroup's cpu.max, a container's CPU limit) is 2.5 "
+                     "cores: running on 2 thread(s), not 4"]
+    cores.others = 7.0  # the host's cores busy: one thread
+    clock.now = 5.0
+    g.poll()
+    assert g.threads == 1 and lines[-1].endswith("running on 1 thread(s), back up to 2 when they are free")
+    cores.others = 0.0
+    clock.now = 10.0
+    g.poll()
+    assert g.threads == 2 and lines[-1].endswith("running on 2 threads")  # up to the quota, not max_threads
+
+
+def test_an_advisor_under_a_cpu_quota_says_so_at_the_start_and_keeps_the_count():
+    g, clock, cores, calls, lines = governor(max_threads=2)
+    cores.quota = 1.0
+    g.advice = "pass --fix {threads}"
+    g.start()
+    clock.now = 5.0
+    g.poll()
+    assert calls == [2] and g.threads == 2
+    assert lines == ["pynodeta: this process's CPU quota (its cgroup's cpu.max, a container's CPU limit) is 1 core "
+                     "while this run has 2 threads, which then wait for one another at every op; pass --fix 1"]
+
+
+@pytest.mark.parametrize("quota, threads_after", [(1.5, 1), (None, 2), (2.0, 2), (8.0, 2)])
+def test_torchs_default_is_lowered_to_a_quota_below_it_and_said(quota, threads_after):
+    torch.set_num_threads(2)
+    lines = []
+    at.default_threads_within_quota("--num_threads", say=lines.append, read_quota=lambda: quota)
+    assert torch.get_num_threads() == threads_after
+    assert len(lines) == (threads_after < 2)
+    if lines:
+        assert lines[0] == ("pynodeta: this process's CPU quota (its cgroup's cpu.max, a container's CPU limit) is "
+                            "1.5 cores: 1 thread(s) instead of torch's default 2, which would wait for one another "
+                            "at every op; pass --num_threads to choose")
+
+
+def test_fit_and_sample_without_a_thread_count_run_on_the_quota_and_with_one_are_advised(tmp_path, monkeypatch, capsys):
+    from pynodeta.cli import main
+
+    from .test_run_loader import _write_run
+
+    monkeypatch.setattr(at, "cpu_quota", lambda proc=None: 1.0)
+    torch.set_num_threads(2)
+    argv = ["fit", "--config", "digits_tabn", "--num_threads", "null", "--trainer.fast_dev_run", "true",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert torch.get_num_threads() == 1 and "pass --num_threads to choose" in capsys.readouterr().out
+    checkpoint = _write_run(tmp_path)
+    argv = ["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--num", "2", "--out", str(tmp_path / "g.png")]
+    torch.set_num_threads(2)
+    assert main(argv) == 0
+    assert torch.get_num_threads() == 1 and "pass --num-threads to choose" in capsys.readouterr().out
+    assert main([*argv, "--num-threads", "2"]) == 0  # asked for: kept, and the advisor says what it costs
+    assert torch.get_num_threads() == 2
+    assert "while this run has 2 threads" in capsys.readouterr().out

@@ -1,0 +1,119 @@
+"""cpu_quota: the CPU time a process's cgroups allow, read as the kernel writes it (v1 and v2, nested, namespaced)."""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pynodeta.train.cpu_quota import cpu_quota
+
+
+def fake_proc(tmp_path, cgroup: str, mounts: list[tuple[str, str, str, str]]) -> Path:
+    """A /proc with self/cgroup and self/mountinfo; mounts: (root, mount point, fstype, super options)."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup)
+    lines = [f"{30 + i} 23 0:{40 + i} {root} {point.replace(' ', chr(92) + '040')} rw,relatime - {fstype} {fstype} "
+             f"{options}" for i, (root, point, fstype, options) in enumerate(mounts)]
+    (proc / "self" / "mountinfo").write_text("\n".join([
+        "22 1 259:1 / / rw,relatime - ext4 /dev/vda rw", *lines,
+        "60 22 0:50 / /proc rw,nosuid - proc proc rw"]) + "\n")
+    return proc
+
+
+def write(folder: Path, **files: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("_", ".", 1)).write_text(text + "\n")
+
+
+def test_v2_the_tightest_level_from_the_process_cgroup_up_to_the_mount_counts(tmp_path):
+    mount = tmp_path / "sys fs cgroup"  # a space in the mount point: escaped as \040 in mountinfo
+    write(mount, cpu_max="max 100000")
+    write(mount / "user.slice", cpu_max="300000 100000")
+    write(mount / "user.slice" / "job", cpu_max="150000 100000")
+    proc = fake_proc(tmp_path, "0::/user.slice/job\n", [("/", str(mount), "cgroup2", "rw,nsdelegate")])
+    assert cpu_quota(proc) == 1.5
+    write(mount / "user.slice", cpu_max="100000 100000")  # a parent's limit binds its children
+    assert cpu_quota(proc) == 1.0
+    write(mount / "user.slice", cpu_max="max 100000")
+    write(mount / "user.slice" / "job", cpu_max="max 100000")
+    assert cpu_quota(proc) is None  # no level sets a limit
+
+
+def test_v1_reads_the_cpu_controllers_mount_with_its_period(tmp_path):
+    mount = tmp_path / "cpu,cpuacct"
+    write(mount, cpu_cfs_quota_us="-1", cpu_cfs_period_us="100000")
+    write(mount / "docker" / "abc", cpu_cfs_quota_us="250000", cpu_cfs_period_us="50000")
+    memory = tmp_path / "memory"
+    write(memory / "docker" / "abc", cpu_cfs_quota_us="10000", cpu_cfs_period_us="100000")  # not the cpu controller
+    cgroup = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n3:cpuset:/\n0::/\n"
+    proc = fake_proc(tmp_path, cgroup, [("/", str(memory), "cgroup", "rw,memory"),
+                                        ("/", str(mount), "cgroup", "rw,cpu,cpuacct"),
+                                        ("/", str(tmp_path / "cpuacct"), "cgroup", "rw,cpuacct")])
+    assert cpu_quota(proc) == 5.0
+
+
+def test_a_container_sees_its_own_cgroup_at_the_mount_point(tmp_path):
+    mount = tmp_path / "cgroup"
+    write(mount, cpu_max="200000 100000")  # the container's limit, at the root of what it sees
+    proc = fake_proc(tmp_path, "0::/\n", [("/", str(mount), "cgroup2", "rw")])
+    assert cpu_quota(proc) == 2.0
+    # without a cgroup namespace: the mount shows the container's cgroup, and the path names it in full
+    proc = fake_proc(tmp_path / "b", "0::/kubepods/pod1/c1\n", [("/kubepods/pod1/c1", str(mount), "cgroup2", "rw")])
+    assert cpu_quota(proc) == 2.0
+
+
+@pytest.mark.parametrize("cgroup, mounts", [
+    ("", []),  # no cgroups at all
+    ("0::/\n", []),  # a membership but no mount
+    ("0::/x\n", [("/", "/nonexistent-cgroup-mount", "cgroup2", "rw")]),  # a mount without the files
+])
+def test_no_limit_readable_is_none(tmp_path, cgroup, mounts):
+    assert cpu_quota(fake_proc(tmp_path, cgroup, mounts)) is None
+
+
+def test_no_proc_is_none(tmp_path):
+    assert cpu_quota(tmp_path / "no-proc") is None
+
+
+def _writable_cpu_cgroup() -> Path | None:
+    """A cgroup folder with a CPU quota file this process may create children in (root on Linux), or None."""
+    for folder, quota_file in ((Path("/sys/fs/cgroup/cpu"), "cpu.cfs_quota_us"), (Path("/sys/fs/cgroup"), "cpu.max")):
+        if (folder / quota_file).exists() and os.access(folder, os.W_OK):
+            return folder
+    return None
+
+
+@pytest.mark.skipif(_writable_cpu_cgroup() is None, reason="needs a cgroup with a CPU quota file it may write (root)")
+def test_a_child_in_a_real_cgroup_with_a_quota_reads_it_and_lowers_torchs_default_to_it():
+    parent = _writable_cpu_cgroup()
+    folder = parent / f"pynodeta-test-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir()
+    except OSError as error:
+        pytest.skip(f"cannot create a cgroup under {parent}: {error}")
+    try:
+        if (folder / "cpu.cfs_quota_us").exists():
+            (folder / "cpu.cfs_quota_us").write_text(str(int((folder / "cpu.cfs_period_us").read_text())))
+        elif (folder / "cpu.max").exists():
+            (folder / "cpu.max").write_text("100000 100000")
+        else:
+            pytest.skip(f"the cpu controller is not enabled for the children of {parent}")
+        code = ("import torch; torch.set_num_threads(2)\n"
+                "from pynodeta.train.cpu_quota import cpu_quota\n"
+                "from pynodeta.train.adaptive_threads import default_threads_within_quota\n"
+                "print(cpu_quota()); default_threads_within_quota('--num_threads'); print(torch.get_num_threads())")
+        procs = folder / "cgroup.procs"
+        finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  preexec_fn=lambda: procs.write_text(str(os.getpid())))
+        assert finished.returncode == 0, finished.stderr
+        lines = finished.stdout.splitlines()
+        assert lines[0] == "1.0" and lines[-1] == "1"
+        assert "CPU quota (its cgroup's cpu.max, a container's CPU limit) is 1 core: 1 thread(s) instead of " \
+               "torch's default 2" in lines[1] and "pass --num_threads to choose" in lines[1]
+    finally:
+        folder.rmdir()
