@@ -4,11 +4,14 @@
     PYTHONPATH=. python3 benchmarks/threads_under_load.py [--seconds 40] [--settle 12] [--max-threads 2]
 
 Each policy trains in a fresh process for ``--seconds`` (one step = digits_edm2's network and EDM2 loss on
-one batch of 64, backward, Adam), in four situations:
+one batch of 64, backward, Adam), in five situations:
   idle                     nothing else runs
   one busy core            another process spins on one core (a CPU-bound neighbour)
   a half-busy core         another process is busy half of every 10 ms
   two trainings            a second, identical training with the same policy runs beside it (two users)
+  a CPU quota              the training runs in a cgroup whose CFS quota is one core fewer than the machine's
+                           (what a container's --cpus sets); needs a cgroup folder it may write (root on Linux),
+                           ``--cgroup-parent``, else this situation is left out and says why
 Policies: 1 thread, ``--max-threads`` threads, and ``AdaptiveThreads(max_threads)`` (its default 5 s
 window, so it first runs ``--max-threads`` threads). Reported: the median wall time of a step after
 ``--settle`` seconds, and the steps per second over the whole run, the adaptive policy's first window
@@ -39,7 +42,7 @@ from mixed_precision_step import shipped_edm2  # noqa: E402
 from reporting import Table, add_from_raw, load_raw, raw_machine, rebuilt_from_raw, save_raw, save_report  # noqa: E402
 
 NAME = "threads_under_load"
-SITUATIONS = ("idle", "one busy core", "a half-busy core", "two trainings")
+SITUATIONS = ("idle", "one busy core", "a half-busy core", "two trainings", "a CPU quota")
 NEIGHBOURS = {  # the neighbour process of a situation, as Python source
     "one busy core": "while True: pass",
     "a half-busy core": ("import time\nwhile True:\n    t = time.perf_counter()\n"
@@ -90,8 +93,45 @@ def worker(policy: str, seconds: float, out: Path) -> None:
     out.write_text(json.dumps({"ends": ends, "threads": used}))
 
 
-def run_situation(situation: str, policy: str, seconds: float) -> list[dict]:
-    """The worker's record(s) for one policy in one situation (two for 'two trainings')."""
+class QuotaCgroup:
+    """A cgroup (v1 ``cpu`` or v2) under ``parent`` whose CFS quota is ``cores`` cores, for the workers to start
+    in; removed on exit."""
+
+    def __init__(self, parent: Path, cores: float):
+        self.folder = parent / f"pynodeta-threads-under-load-{os.getpid()}"
+        self.folder.mkdir()
+        if (self.folder / "cpu.cfs_quota_us").exists():
+            period = int((self.folder / "cpu.cfs_period_us").read_text())
+            (self.folder / "cpu.cfs_quota_us").write_text(str(int(cores * period)))
+        elif (self.folder / "cpu.max").exists():
+            (self.folder / "cpu.max").write_text(f"{int(cores * 100000)} 100000")
+        else:
+            self.folder.rmdir()
+            raise OSError(f"the cpu controller is not enabled for the children of {parent}")
+
+    def join(self) -> None:
+        """In a child before exec: move into the cgroup."""
+        (self.folder / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        self.folder.rmdir()
+
+
+def quota_cgroup(parent: str | None, cores: float) -> tuple[QuotaCgroup | None, str]:
+    """The cgroup for 'a CPU quota', or None and why not."""
+    candidates = [Path(parent)] if parent else [Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")]
+    reasons = []
+    for folder in candidates:
+        try:
+            return QuotaCgroup(folder, cores), ""
+        except OSError as error:
+            reasons.append(f"{folder}: {error}")
+    return None, "; ".join(reasons)
+
+
+def run_situation(situation: str, policy: str, seconds: float, cgroup: QuotaCgroup | None = None) -> list[dict]:
+    """The worker's record(s) for one policy in one situation (two for 'two trainings'); ``cgroup``: the
+    workers start in it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                                       os.environ.get("PYTHONPATH")]))}
     neighbour = None
@@ -103,7 +143,8 @@ def run_situation(situation: str, policy: str, seconds: float) -> list[dict]:
         outs = [Path(folder) / f"{i}.json" for i in range(copies)]
         try:
             workers = [subprocess.Popen([sys.executable, __file__, "--worker", policy, "--seconds", str(seconds),
-                                         "--worker-out", str(out)], env=env) for out in outs]
+                                         "--worker-out", str(out)], env=env,
+                                        preexec_fn=cgroup.join if cgroup is not None else None) for out in outs]
             for process in workers:
                 if process.wait() != 0:
                     raise SystemExit(f"the worker for {policy!r} in {situation!r} failed")
@@ -143,7 +184,7 @@ def weight_difference(max_threads: int, steps: int = 3) -> dict:
 
 def save_threads_report(raw: dict) -> Path:
     rows = []
-    for situation in SITUATIONS:
+    for situation in (s for s in SITUATIONS if s in raw["results"]):
         results = raw["results"][situation]
         best_fixed = min(r["median_step_s"] for p, r in results.items() if not p.startswith("adaptive"))
         for policy, r in results.items():
@@ -155,14 +196,20 @@ def save_threads_report(raw: dict) -> Path:
                    "threads used (settled)", "step time / best fixed count"], rows,
                   caption=f"digits_edm2's training step (batch {raw['batch_size']}), {raw['seconds']:g} s per run "
                           f"in a fresh process; settled: after the first {raw['settle']:g} s")
+    quota = raw.get("quota")
     notes = [f"{raw['cores']} cores available to the process. Neighbours: 'one busy core' spins in Python; "
              "'a half-busy core' spins 5 ms of every 10 ms; 'two trainings' is a second process training the "
              "same way with the same policy (the rows average the two).",
+             f"'a CPU quota': the training alone, in a cgroup whose CFS quota allows {quota['cores']:g} of the "
+             f"{raw['cores']} cores (a container's --cpus {quota['cores']:g}); the fixed counts are what torch does "
+             f"by default, AdaptiveThreads reads the quota at its start." if quota and "cores" in quota else
+             f"'a CPU quota' was left out: {quota['left_out']}" if quota else "",
              "AdaptiveThreads reads the cores' load every 5 s (its default) and starts on the most threads, so its "
              "'steps/s over the run' includes a first window on too many threads.",
              "The runs follow one another, so a drift in the machine's speed between them is not cancelled: on this "
              "machine repeated runs of one row differed by up to a third, which the ratios near 1 are within.",
              _difference_note(raw)]
+    notes = [note for note in notes if note]
     if raw.get("machine_note"):
         notes.append(raw["machine_note"])
     return save_report(NAME, "Threads on a shared CPU: fixed counts against AdaptiveThreads", [table], notes=notes,
@@ -187,6 +234,9 @@ def main() -> None:
                         help="seconds left out of the median step time (default 12)")
     parser.add_argument("--max-threads", type=int, default=2, help="the most threads (default 2)")
     parser.add_argument("--machine-note", default="", help="how the machine was shared otherwise")
+    parser.add_argument("--cgroup-parent", default=None,
+                        help="a cgroup folder to create the quota's cgroup in (default: /sys/fs/cgroup/cpu, "
+                             "then /sys/fs/cgroup)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     add_from_raw(parser, "measuring")
@@ -198,17 +248,30 @@ def main() -> None:
         return
     if args.max_threads < 1 or not args.seconds > args.settle >= 0:
         raise SystemExit("--max-threads must be >= 1 and --seconds > --settle >= 0")
+    cores = len(os.sched_getaffinity(0))
+    cgroup, why_not = quota_cgroup(args.cgroup_parent, cores - 1) if cores > 1 else (None, "one core only")
+    quota = {"cores": cores - 1} if cgroup is not None else {"left_out": why_not}
+    if cgroup is None:
+        print(f"'a CPU quota' left out: {why_not}", flush=True)
     results = {}
-    for situation in SITUATIONS:
-        results[situation] = {}
-        for policy in policies(args.max_threads):
-            results[situation][policy] = summary(run_situation(situation, policy, args.seconds), args.settle)
-            r = results[situation][policy]
-            print(f"{situation:18s} {policy:12s} {r['median_step_s'] * 1e3:7.1f} ms/step, "
-                  f"{r['steps_per_s']:5.2f} steps/s, threads {r['settled_threads']:.1f}", flush=True)
+    try:
+        for situation in SITUATIONS:
+            if situation == "a CPU quota" and cgroup is None:
+                continue
+            results[situation] = {}
+            for policy in policies(args.max_threads):
+                records = run_situation(situation, policy, args.seconds,
+                                        cgroup if situation == "a CPU quota" else None)
+                results[situation][policy] = summary(records, args.settle)
+                r = results[situation][policy]
+                print(f"{situation:18s} {policy:12s} {r['median_step_s'] * 1e3:7.1f} ms/step, "
+                      f"{r['steps_per_s']:5.2f} steps/s, threads {r['settled_threads']:.1f}", flush=True)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
     _, batch = shipped_edm2()
     raw = {"seconds": args.seconds, "settle": args.settle, "max_threads": args.max_threads, "batch_size": batch,
-           "cores": len(os.sched_getaffinity(0)), "machine_note": args.machine_note,
+           "cores": cores, "machine_note": args.machine_note, "quota": quota,
            "weight_difference": weight_difference(args.max_threads), "results": results}
     print(f"-> {save_threads_report(load_raw(save_raw(NAME, raw)))}")
 
