@@ -8,8 +8,10 @@ Six things are timed alternately on the same workload (the order rotates from ro
   pynodeta+compile      pynodeta.solve(field, backend_options={"compile": True})
   func alone            field's recorded calls of one solve, back to back (eager)
   func alone, compiled  the same calls of torch.compile(field)
-and, once each in a fresh compile cache, the first solve of each compiled contender (its compile time).
-Payback: the number of solves after which the compiled step's saving has repaid its compile time.
+and, once each in a fresh compile cache, the first solve of each compiled contender (its compile time, cold);
+then, in a new process that finds that cache on disk, as a user's second run does, the first compiled step's
+solve again (warm). Payback: the number of solves after which the compiled step's saving has repaid its
+compile time, cold and warm.
 
     python benchmarks/compiled_step.py --repeats 21
     python benchmarks/compiled_step.py --from-raw benchmarks/results/raw/compiled_step.json
@@ -26,7 +28,9 @@ import tempfile
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-cache-"))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -135,23 +139,53 @@ def measure(w: Workload, repeats: int) -> dict:
                 median_s=medians, first_solve_s=first)
 
 
+WARM_SOLVES = 5  # compiled solves the warm child times after its first, for its own median
+
+
+def measure_warm_start(w: Workload) -> dict:
+    """In a process that finds the inductor cache a first run filled: the first compiled-step solve, and the
+    median of the next few, so that their difference is what a second run on the machine pays to compile."""
+    solve = _forward(w)
+    start = time.perf_counter()
+    solve(w.field, "pynodeta", compile_step=True)
+    first = time.perf_counter() - start
+    later = []
+    for _ in range(WARM_SOLVES):
+        start = time.perf_counter()
+        solve(w.field, "pynodeta", compile_step=True)
+        later.append(time.perf_counter() - start)
+    return {"first_s": first, "median_s": statistics.median(later)}
+
+
+def warm_start_in_child(workload: str, threads: int) -> dict:
+    """measure_warm_start in a fresh process with this one's inductor cache (set above, inherited)."""
+    command = [sys.executable, __file__, "--warm-start", workload, "--threads", str(threads)]
+    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def payback(compile_s: float, saving: float) -> str:
+    return f"{compile_s / saving:,.0f}" if saving > 0 else "never"
+
+
 def save_compiled_step_report(raw: dict) -> Path:
     rows = []
     for r in raw["rows"]:
-        m, first = r["median_s"], r["first_solve_s"]
+        m, first, warm = r["median_s"], r["first_solve_s"], r.get("warm_start")  # none in records before it
         saving = m["pynodeta"] - m["pynodeta+compile"]
-        compile_s = first["pynodeta+compile"] - m["pynodeta+compile"]
-        payback = f"{compile_s / saving:,.0f}" if saving > 0 else "never"
+        cold_s = first["pynodeta+compile"] - m["pynodeta+compile"]
+        warm_s = warm["first_s"] - warm["median_s"] if warm else None
+        warm_cells = (f"{warm_s:.1f}", payback(warm_s, saving)) if warm else ("not measured", "not measured")
         rows.append([r["workload"], f"{r['nfe_eager']} / {r['nfe_compiled']}",
                      *(m[name] * 1e3 for name in CONTENDERS),
                      m["pynodeta+compile"] / m["func alone"], m["pynodeta+compile"] / m["func alone, compiled"],
                      m["pynodeta"] / m["func alone"],
                      m["pynodeta+compile"] / m["torchdiffeq+compile"], m["pynodeta+compile"] / m["torchdiffeq"],
-                     compile_s, payback])
+                     f"{cold_s:.1f} / {warm_cells[0]}", f"{payback(cold_s, saving)} / {warm_cells[1]}"])
     table = Table(["workload", "NFE (eager / compiled step)", *(f"{name} ms" for name in CONTENDERS),
                    "compiled step / func alone", "compiled step / compiled func alone", "eager step / func alone",
-                   "compiled step / torchdiffeq+compile", "compiled step / torchdiffeq", "compile s",
-                   "solves to pay back"], rows,
+                   "compiled step / torchdiffeq+compile", "compiled step / torchdiffeq", "compile s, cold / warm",
+                   "solves to pay back, cold / warm"], rows,
                   f"median wall time of {raw['repeats']} rotated rounds, {raw['threads']} thread(s)")
     notes = [
         "All six run in one process, their order rotating from round to round, so they see the same load.",
@@ -161,8 +195,10 @@ def save_compiled_step_report(raw: dict) -> Path:
         "func alone: the field's calls recorded in one pynodeta solve, made back to back (with their "
         "vector-Jacobian products for the fwd+bwd row), eager and compiled: the limit a solve approaches when "
         "the solver costs nothing.",
-        "compile s: the first compiled solve in a fresh inductor cache minus the median compiled solve. Solves to "
-        "pay back: compile s / (eager solve - compiled solve).",
+        "compile s, cold: the first compiled solve in a fresh inductor cache minus the median compiled solve; "
+        "warm: the same in a new process that finds the cache the first one left on disk (a second run on the "
+        f"machine), minus the median of its next {WARM_SOLVES} compiled solves. Solves to pay back: compile s / "
+        "(eager solve - compiled solve).",
     ]
     if raw.get("note"):
         notes.append(raw["note"])
@@ -174,17 +210,22 @@ def save_compiled_step_report(raw: dict) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_timing_arguments(parser, repeats=21)
+    parser.add_argument("--warm-start", metavar="WORKLOAD", help=argparse.SUPPRESS)  # the child of warm_start_in_child
     args = parser.parse_args(argv)
     if rebuilt_from_raw(args, save_compiled_step_report):
         return
     if args.device != "cpu":
         raise SystemExit("compiled_step.py measures the CPU step; --device cuda is not supported")
     torch.set_num_threads(args.threads)
+    if args.warm_start:
+        print(json.dumps(measure_warm_start(next(w for w in workloads("cpu") if w.name == args.warm_start))))
+        return
     rows = []
     for w in workloads("cpu"):
         if w.mode not in ("forward", "direct") or args.workloads and not any(s in w.name for s in args.workloads):
             continue
         rows.append(measure(w, args.repeats))
+        rows[-1]["warm_start"] = warm_start_in_child(w.name, args.threads)
         print(rows[-1])
     raw = save_raw("compiled_step", dict(torch=torch.__version__, threads=args.threads, repeats=args.repeats,
                                          rows=rows, note=args.note))
