@@ -99,7 +99,7 @@ def training_limit(run: dict) -> str:
 
 
 def threads(run: dict) -> str:
-    """'2, adaptive: 1 change' — the count the config gave and how often the callback changed it."""
+    """'≤ 2, adaptive (1 change)': the count the config gave and how often AdaptiveThreads changed it."""
     if not run["adaptive_threads"]:
         return str(run["num_threads"])
     changes = len(run["thread_changes"])
@@ -116,8 +116,8 @@ def save_fits_report(raw: dict) -> Path:
                           "until its own limit, then evaluates; limits, threads and evaluation sizes read back from "
                           "the config.yaml each run saved")
     notes = [raw.get("machine_note", ""), "FD in the digits feature space (pynodeta.metrics), floor = train vs "
-             "test features at the same number of samples; NLL by the probability-flow ODE (dopri5) with uniform "
-             "dequantisation."]
+             "test features (the same for every run, whatever its number of samples); NLL by the probability-flow "
+             "ODE (dopri5) with uniform dequantisation."]
     for r in raw["runs"]:  # DDPM runs also print the variational bound in their summary line
         vlb = next((part.strip() for part in r["summary_line"].split("|") if part.strip().startswith("VLB")), None)
         if vlb:

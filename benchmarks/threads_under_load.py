@@ -201,8 +201,8 @@ def save_threads_report(raw: dict) -> Path:
              "'a half-busy core' spins 5 ms of every 10 ms; 'two trainings' is a second process training the "
              "same way with the same policy (the rows average the two).",
              f"'a CPU quota': the training alone, in a cgroup whose CFS quota allows {quota['cores']:g} of the "
-             f"{raw['cores']} cores (a container's --cpus {quota['cores']:g}); the fixed counts are what torch does "
-             f"by default, AdaptiveThreads reads the quota at its start." if quota and "cores" in quota else
+             f"{raw['cores']} cores (a container's --cpus {quota['cores']:g}); the fixed counts ignore the quota, as "
+             f"torch's default count does, AdaptiveThreads reads it at its start." if quota and "cores" in quota else
              f"'a CPU quota' was left out: {quota['left_out']}" if quota else "",
              "AdaptiveThreads reads the cores' load every 5 s (its default) and starts on the most threads, so its "
              "'steps/s over the run' includes a first window on too many threads.",
