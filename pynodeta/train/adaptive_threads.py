@@ -16,7 +16,9 @@ compete for the same cores.
 A CPU quota (a container's ``--cpus``, a Kubernetes CPU limit: the cgroup's ``cpu.max``, see
 :mod:`pynodeta.train.cpu_quota`) caps the count too, from the start: a team of more threads than the quota's
 whole cores is throttled core by core and stalls the same way. Where no thread count is asked for,
-:func:`default_threads_within_quota` lowers torch's default (the host's cores) to the quota's.
+:func:`default_threads_within_quota` lowers torch's default (the host's cores) to the quota's. Not yet seen:
+the share of the quota that the cgroup's other processes (DataLoader workers, other DDP ranks) use on a
+host with more cores than the quota; there the cap stays the quota's whole cores.
 
 Given ``advice``, the governor only advises: the first time the cores left are fewer than the run's
 threads it says so once, with that fix, and leaves the count alone. ``pynodeta fit`` adds such an advisor
