@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def training_limit(run: dict) -> str:
     limits = []
     if run["max_time"]:
         days, hours, minutes, seconds = (int(part) for part in run["max_time"].split(":"))
-        total = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
+        total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
         limits.append(f"{total / 60:g} min" if total % 60 == 0 else f"{total:g} s")
     if run["max_epochs"] is not None and run["max_epochs"] >= 0:
         limits.append(f"{run['max_epochs']} epochs")

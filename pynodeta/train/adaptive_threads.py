@@ -47,7 +47,7 @@ import torch
 from pynodeta.train.cpu_quota import cpu_quota
 
 __all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "threads_for", "quota_threads",
-           "default_threads_within_quota", "install", "uninstall", "command_scope", "poll_installed"]
+           "default_threads_within_quota", "use_threads", "install", "uninstall", "command_scope", "poll_installed"]
 
 _installed: list[ThreadGovernor] = []  # the innermost (last) one is polled
 FIT_ADVICE = ("add the callback pynodeta.train.AdaptiveThreads (--trainer.callbacks+=pynodeta.train.AdaptiveThreads) "
@@ -68,6 +68,15 @@ def quota_threads(quota: float) -> int:
     """The most threads a CPU quota of ``quota`` cores runs without throttling a thread mid-op: its whole
     cores, at least 1 (the throttle is hard, so no allowance as for other processes' load)."""
     return max(1, math.floor(quota))
+
+
+def use_threads(threads: int | None, flag: str) -> None:
+    """A command's thread count: ``threads`` as asked, or where none was (None) torch's default within the
+    CPU quota (:func:`default_threads_within_quota`, which names ``flag``)."""
+    if threads is None:
+        default_threads_within_quota(flag)
+    else:
+        torch.set_num_threads(threads)
 
 
 def default_threads_within_quota(flag: str, say: Callable[[str], None] | None = None,

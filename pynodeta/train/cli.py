@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from pynodeta.data.errors import DatasetFileError
 
-from .adaptive_threads import AdaptiveThreads, default_threads_within_quota
+from .adaptive_threads import AdaptiveThreads, use_threads
 from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
@@ -109,12 +109,9 @@ class PynodetaCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         threads = self._get(self.config, "num_threads")
-        if threads is None:  # torch's default counts the host's cores, which a container's CPU limit may not allow
-            default_threads_within_quota("--num_threads")
-        else:
-            if threads < 1:
-                raise ConfigurationError(f"num_threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
+        if threads is not None and threads < 1:
+            raise ConfigurationError(f"num_threads must be >= 1, got {threads}")
+        use_threads(threads, "--num_threads")  # none given: torch's default, within a container's CPU limit
 
     def instantiate_classes(self) -> None:
         try:

@@ -184,10 +184,7 @@ def _device(name: str | None) -> torch.device:
 
 
 def _setup(args, prog: str):
-    if args.num_threads is None:  # torch's default counts the host's cores, which a CPU quota may not allow
-        adaptive_threads.default_threads_within_quota("--num-threads")
-    else:
-        torch.set_num_threads(args.num_threads)
+    adaptive_threads.use_threads(args.num_threads, "--num-threads")  # none given: within a container's CPU limit
     device = _device(args.device)
     # up to the thread count, fewer while other processes use the cores; without the flag, a CPU run of several
     # threads keeps its count and says once when the cores are too busy for it. _run's command_scope uninstalls it

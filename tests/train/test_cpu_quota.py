@@ -1,14 +1,15 @@
 """cpu_quota: the CPU time a process's cgroups allow, read as the kernel writes it (v1 and v2, nested, namespaced)."""
 
-import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from pynodeta.train.cpu_quota import cpu_quota
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmark_scripts import load_script  # noqa: E402
 
 
 def fake_proc(tmp_path, cgroup: str, mounts: list[tuple[str, str, str, str]]) -> Path:
@@ -80,40 +81,22 @@ def test_no_proc_is_none(tmp_path):
     assert cpu_quota(tmp_path / "no-proc") is None
 
 
-def _writable_cpu_cgroup() -> Path | None:
-    """A cgroup folder with a CPU quota file this process may create children in (root on Linux), or None."""
-    for folder, quota_file in ((Path("/sys/fs/cgroup/cpu"), "cpu.cfs_quota_us"), (Path("/sys/fs/cgroup"), "cpu.max")):
-        if (folder / quota_file).exists() and os.access(folder, os.W_OK):
-            return folder
-    return None
-
-
-@pytest.mark.skipif(_writable_cpu_cgroup() is None, reason="needs a cgroup with a CPU quota file it may write (root)")
 def test_a_child_in_a_real_cgroup_with_a_quota_reads_it_and_lowers_torchs_default_to_it():
-    parent = _writable_cpu_cgroup()
-    folder = parent / f"pynodeta-test-{uuid.uuid4().hex[:8]}"
+    # the benchmark's own cgroup maker (threads_under_load's 'a CPU quota'): one way to make and join one
+    cgroup, why_not = load_script("threads_under_load").quota_cgroup(None, 1.0)
+    if cgroup is None:
+        pytest.skip(f"needs a cgroup with a CPU quota file it may write (root): {why_not}")
     try:
-        folder.mkdir()
-    except OSError as error:
-        pytest.skip(f"cannot create a cgroup under {parent}: {error}")
-    try:
-        if (folder / "cpu.cfs_quota_us").exists():
-            (folder / "cpu.cfs_quota_us").write_text(str(int((folder / "cpu.cfs_period_us").read_text())))
-        elif (folder / "cpu.max").exists():
-            (folder / "cpu.max").write_text("100000 100000")
-        else:
-            pytest.skip(f"the cpu controller is not enabled for the children of {parent}")
         code = ("import torch; torch.set_num_threads(2)\n"
                 "from pynodeta.train.cpu_quota import cpu_quota\n"
                 "from pynodeta.train.adaptive_threads import default_threads_within_quota\n"
                 "print(cpu_quota()); default_threads_within_quota('--num_threads'); print(torch.get_num_threads())")
-        procs = folder / "cgroup.procs"
         finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                  preexec_fn=lambda: procs.write_text(str(os.getpid())))
+                                  preexec_fn=cgroup.join)
         assert finished.returncode == 0, finished.stderr
         lines = finished.stdout.splitlines()
         assert lines[0] == "1.0" and lines[-1] == "1"
         assert "CPU quota (its cgroup's cpu.max, a container's CPU limit) is 1 core: 1 thread(s) instead of " \
                "torch's default 2" in lines[1] and "pass --num_threads to choose" in lines[1]
     finally:
-        folder.rmdir()
+        cgroup.remove()
