@@ -95,14 +95,21 @@ def worker(policy: str, seconds: float, out: Path) -> None:
 
 class QuotaCgroup:
     """A cgroup (v1 ``cpu`` or v2) under ``parent`` whose CFS quota is ``cores`` cores, for the workers to start
-    in; removed on exit."""
+    in; removed on exit. Where v1's cpuacct is mounted beside ``cpu`` instead of with it, the same cgroup is
+    made there too, as systemd does, so that the group's CPU time can be read."""
 
     def __init__(self, parent: Path, cores: float):
-        self.folder = parent / f"pynodeta-threads-under-load-{os.getpid()}"
+        name = f"pynodeta-threads-under-load-{os.getpid()}"
+        self.folder = parent / name
         self.folder.mkdir()
+        self.folders = [self.folder]
         if (self.folder / "cpu.cfs_quota_us").exists():
             period = int((self.folder / "cpu.cfs_period_us").read_text())
             (self.folder / "cpu.cfs_quota_us").write_text(str(int(cores * period)))
+            accounting = parent.parent / "cpuacct"
+            if not (self.folder / "cpuacct.usage").exists() and parent.name == "cpu" and accounting.is_dir():
+                (accounting / name).mkdir()
+                self.folders.append(accounting / name)
         elif (self.folder / "cpu.max").exists():
             (self.folder / "cpu.max").write_text(f"{int(cores * 100000)} 100000")
         else:
@@ -111,10 +118,12 @@ class QuotaCgroup:
 
     def join(self) -> None:
         """In a child before exec: move into the cgroup."""
-        (self.folder / "cgroup.procs").write_text(str(os.getpid()))
+        for folder in self.folders:
+            (folder / "cgroup.procs").write_text(str(os.getpid()))
 
     def remove(self) -> None:
-        self.folder.rmdir()
+        for folder in self.folders:
+            folder.rmdir()
 
 
 def quota_cgroup(parent: str | None, cores: float) -> tuple[QuotaCgroup | None, str]:

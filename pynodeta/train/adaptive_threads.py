@@ -16,9 +16,10 @@ compete for the same cores.
 A CPU quota (a container's ``--cpus``, a Kubernetes CPU limit: the cgroup's ``cpu.max``, see
 :mod:`pynodeta.train.cpu_quota`) caps the count too, from the start: a team of more threads than the quota's
 whole cores is throttled core by core and stalls the same way. Where no thread count is asked for,
-:func:`default_threads_within_quota` lowers torch's default (the host's cores) to the quota's. Not yet seen:
-the share of the quota that the cgroup's other processes (DataLoader workers, other DDP ranks) use on a
-host with more cores than the quota; there the cap stays the quota's whole cores.
+:func:`default_threads_within_quota` lowers torch's default (the host's cores) to the quota's. The quota is
+shared by every process of the cgroup it is set on (DataLoader workers, other DDP ranks in one container):
+what they used of it in the last window, read from the cgroup's own CPU time, is taken off it too. Where that
+time cannot be read (a v1 cpuacct hierarchy laid out unlike the cpu one), the cap is the whole quota.
 
 Given ``advice``, the governor only advises: the first time the cores left are fewer than the run's
 threads it says so once, with that fix, and leaves the count alone. ``pynodeta fit`` adds such an advisor
@@ -40,13 +41,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning
 import torch
 
-from pynodeta.train.cpu_quota import cpu_quota
+from pynodeta.train.cpu_quota import cpu_quota, tightest_quota
 
-__all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "threads_for", "quota_threads",
+__all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "Reading", "threads_for", "quota_threads",
            "default_threads_within_quota", "use_threads", "install", "uninstall", "command_scope", "poll_installed"]
 
 _installed: list[ThreadGovernor] = []  # the innermost (last) one is polled
@@ -55,13 +57,19 @@ FIT_ADVICE = ("add the callback pynodeta.train.AdaptiveThreads (--trainer.callba
 COMMAND_ADVICE = "pass --adaptive-threads to use fewer while the cores are busy, or --num-threads {threads}"
 
 
-def threads_for(others: float, cores: int, max_threads: int, quota: float | None = None) -> int:
+def threads_for(others: float, cores: int, max_threads: int, quota: float | None = None,
+                quota_others: float | None = None) -> int:
     """The threads to run when other processes use ``others`` (in cores) of the ``cores`` this process may
     run on: the cores left, with a quarter of a core of allowance for background noise, in [1, max_threads],
-    and no more than the CPU quota's whole cores. Half a core in use elsewhere already costs a second thread
-    more than it gives (measured on 2 cores)."""
+    and no more than the CPU quota's whole cores, nor than what the cgroup's other processes leave of it
+    (``quota_others`` cores used, with the same allowance). Half a core in use elsewhere already costs a
+    second thread more than it gives (measured on 2 cores)."""
     left = math.floor(cores - others + 0.25)
-    return max(1, min(max_threads, left, quota_threads(quota) if quota is not None else left))
+    if quota is not None:
+        left = min(left, quota_threads(quota))
+        if quota_others is not None:
+            left = min(left, math.floor(quota - quota_others + 0.25))
+    return max(1, min(max_threads, left))
 
 
 def quota_threads(quota: float) -> int:
@@ -93,14 +101,25 @@ def default_threads_within_quota(flag: str, say: Callable[[str], None] | None = 
                     f"which would wait for one another at every op; pass {flag} to choose")
 
 
+class Reading(NamedTuple):
+    """CPU seconds so far: the cores' busy time, this process's own, and its quota's cgroup's (None: no quota,
+    or none readable)."""
+
+    busy: float
+    own: float
+    group: float | None = None
+
+
 class CoreUse:
-    """Clock ticks of the cores this process may run on: busy in total, and this process's own (Linux /proc)."""
+    """Clock ticks of the cores this process may run on: busy in total, and this process's own (Linux /proc);
+    and the CPU time of the cgroup whose quota binds it."""
 
     def __init__(self, proc: Path = Path("/proc")):
         self.proc = proc
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.quota = cpu_quota(proc)  # cores' worth of CPU time the cgroups allow; None: no limit
+        self.cpu_quota = tightest_quota(proc)
+        self.quota = None if self.cpu_quota is None else self.cpu_quota.cores  # None: no limit
 
     def available(self) -> bool:
         try:
@@ -109,8 +128,9 @@ class CoreUse:
             return False
         return bool(self.cores)
 
-    def read(self) -> tuple[float, float]:
-        """(busy seconds of the cores, seconds of this process), both counted since boot."""
+    def read(self) -> Reading:
+        """Busy seconds of the cores and seconds of this process, both counted since boot, and seconds of the
+        quota's cgroup since it was made."""
         wanted = {f"cpu{core}" for core in self.cores}
         busy = 0
         for line in (self.proc / "stat").read_text().splitlines():
@@ -121,7 +141,8 @@ class CoreUse:
                 busy += sum(ticks) - ticks[3] - ticks[4]
         # the fields after the command name, which may itself contain spaces and ')'
         own = (self.proc / "self" / "stat").read_text().rpartition(")")[2].split()
-        return busy / self.tick, (int(own[11]) + int(own[12])) / self.tick
+        group = None if self.cpu_quota is None else self.cpu_quota.used_seconds()
+        return Reading(busy / self.tick, (int(own[11]) + int(own[12])) / self.tick, group)
 
 
 class ThreadGovernor:
@@ -139,7 +160,8 @@ class ThreadGovernor:
         self.say = say or _print
         self.threads = max_threads
         self.others: float | None = None  # cores the other processes used in the last window
-        self._last: tuple[float, float, float] | None = None  # (clock, busy, own) at the window's start
+        self.quota_others: float | None = None  # cores' worth of the quota the cgroup's other processes used
+        self._last: tuple[float, Reading] | None = None  # (clock, reading) at the window's start
         self._next = math.inf  # no window before start(): a poll does nothing
 
     def start(self) -> None:
@@ -151,7 +173,7 @@ class ThreadGovernor:
                          f"thread(s) throughout")
             return
         now = self.clock()
-        self._last, self._next = (now, *self.core_use.read()), now + self.every_seconds
+        self._last, self._next = (now, self.core_use.read()), now + self.every_seconds
         quota = self.core_use.quota
         if quota is None or quota_threads(quota) >= self.max_threads:
             return
@@ -169,32 +191,38 @@ class ThreadGovernor:
         now = self.clock()
         if now < self._next:
             return
-        start, busy_before, own_before = self._last
-        busy, own = self.core_use.read()
+        start, before = self._last
+        reading = self.core_use.read()
         elapsed = now - start  # at least every_seconds
-        self._last, self._next = (now, busy, own), now + self.every_seconds
-        self.others = max(0.0, (busy - busy_before) - (own - own_before)) / elapsed
-        cores = len(self.core_use.cores)
-        threads = threads_for(self.others, cores, self.max_threads, self.core_use.quota)
+        self._last, self._next = (now, reading), now + self.every_seconds
+        own = reading.own - before.own
+        self.others = max(0.0, (reading.busy - before.busy) - own) / elapsed
+        self.quota_others = None if reading.group is None or before.group is None else \
+            max(0.0, (reading.group - before.group) - own) / elapsed
+        cores, quota = len(self.core_use.cores), self.core_use.quota
+        threads = threads_for(self.others, cores, self.max_threads, quota, self.quota_others)
+        # what held the count down: the cores' load, or, where it alone leaves fewer, the quota's other users
+        by_quota = threads < threads_for(self.others, cores, self.max_threads, quota)
+        used = (f"other processes in this cgroup used {self.quota_others:.1f} of its CPU quota of {quota:g} cores"
+                if by_quota else f"other processes used {self.others:.1f} of the {cores} cores")
         if self.advice is not None:
             if threads < self.threads and not self.advised:
                 self.advised = True
-                self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
-                         f"{elapsed:.0f} s while this run has {self.threads} threads, which then wait for one another "
-                         f"at every op (a digits training step ran about 2x slower than on 1 thread); "
-                         f"{self.advice.format(threads=threads)}")
+                self.say(f"pynodeta: {used} in the last {elapsed:.0f} s while this run has {self.threads} threads, "
+                         f"which then wait for one another at every op (a digits training step ran about 2x slower "
+                         f"than on 1 thread); {self.advice.format(threads=threads)}")
             return
         if threads == self.threads:
             return
         self._run_on(threads)
-        ceiling = threads_for(0.0, cores, self.max_threads, self.core_use.quota)  # the count on free cores
+        ceiling = threads_for(0.0, cores, self.max_threads, quota)  # the count on free cores and a free quota
         if threads < ceiling:
-            self.say(f"pynodeta: other processes used {self.others:.1f} of the {cores} cores in the last "
-                     f"{elapsed:.0f} s: running on {threads} thread(s), back up to {ceiling} when "
-                     f"they are free")
+            self.say(f"pynodeta: {used} in the last {elapsed:.0f} s: running on {threads} thread(s), back up to "
+                     f"{ceiling} when {'it is' if by_quota else 'they are'} free")
         else:
+            of_quota = "" if self.quota_others is None else f", {self.quota_others:.1f} of the quota's {quota:g}"
             self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
-                     f"{cores}): running on {threads} threads")
+                     f"{cores}{of_quota}): running on {threads} threads")
 
     def stop(self) -> None:
         """Back to ``max_threads``."""

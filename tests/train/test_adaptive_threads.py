@@ -42,13 +42,24 @@ def test_a_cpu_quota_caps_the_count_at_its_whole_cores(others, cores, max_thread
     assert at.threads_for(others, cores, max_threads, quota) == expected
 
 
+@pytest.mark.parametrize("quota, quota_others, expected", [
+    (4.0, None, 4), (4.0, 0.0, 4), (4.0, 0.1, 4),  # its time unreadable, or only background noise in it
+    (4.0, 2.0, 2), (4.0, 1.8, 2), (4.0, 3.9, 1), (4.0, 9.0, 1),  # the rest of the quota, at least one thread
+    (2.5, 0.2, 2),  # never above the quota's whole cores
+])
+def test_what_the_cgroups_other_processes_use_of_the_quota_is_taken_off_it(quota, quota_others, expected):
+    assert at.threads_for(0.0, 16, 8, quota, quota_others) == expected
+    assert at.threads_for(14.0, 16, 8, quota, quota_others) == min(expected, 2)  # the busy host still binds
+
+
 class FakeCores:
-    """Core ticks driven by the test: ``others`` and ``own`` cores busy per second of the fake clock."""
+    """Core ticks driven by the test: ``others`` and ``own`` cores busy per second of the fake clock; with a
+    ``quota``, ``quota_others`` of them in the quota's cgroup (None: its time cannot be read)."""
 
     def __init__(self, clock, cores=2, available=True):
         self.cores, self.clock, self._available = list(range(cores)), clock, available
-        self.others, self.own, self.reads, self.quota = 0.0, 0.0, 0, None
-        self.busy_total = self.own_total = 0.0
+        self.others, self.own, self.reads, self.quota, self.quota_others = 0.0, 0.0, 0, None, None
+        self.busy_total = self.own_total = self.group_total = 0.0
         self.last = 0.0
 
     def available(self):
@@ -58,11 +69,13 @@ class FakeCores:
         elapsed, self.last = self.clock.now - self.last, self.clock.now
         self.busy_total += (self.others + self.own) * elapsed
         self.own_total += self.own * elapsed
+        self.group_total += ((self.quota_others or 0.0) + self.own) * elapsed
 
     def read(self):
         self.reads += 1
         self.advance()
-        return self.busy_total, self.own_total
+        group = None if self.quota is None or self.quota_others is None else self.group_total
+        return at.Reading(self.busy_total, self.own_total, group)
 
 
 class FakeClock:
@@ -149,7 +162,8 @@ def test_proc_is_read_for_the_cores_of_the_affinity_and_this_process(tmp_path):
     (tmp_path / "self" / "stat").write_text("4242 (a (b) c) R 1 2 3 4 5 6 7 8 9 10 300 45 0 0 20 0 3\n")
     core_use = at.CoreUse(tmp_path)
     core_use.cores, core_use.tick = [0, 2], 100
-    busy, own = core_use.read()
+    busy, own, group = core_use.read()
+    assert group is None  # no quota in this /proc
     assert busy == pytest.approx(((100 + 10 + 20 + 3 + 2 + 5) + (50 + 5 + 1 + 1)) / 100)  # cpu1 not ours
     assert own == pytest.approx((300 + 45) / 100)
 
@@ -197,7 +211,7 @@ def test_the_callback_drops_to_one_thread_under_load_during_a_fit_and_restores_t
             return True
 
         def read(self):
-            return 1.5 * (time.monotonic() - self.start), 0.0
+            return at.Reading(1.5 * (time.monotonic() - self.start), 0.0)
 
     monkeypatch.setattr(at, "CoreUse", Busy)
     torch.set_num_threads(2)
@@ -307,6 +321,44 @@ def test_under_a_cpu_quota_it_starts_on_the_quotas_cores_and_stays_there_on_free
     assert g.threads == 2 and lines[-1].endswith("running on 2 threads")  # up to the quota, not max_threads
 
 
+def test_under_a_quota_it_leaves_the_cgroups_other_processes_their_share_and_takes_it_back():
+    g, clock, cores, calls, lines = governor(max_threads=8, cores=16)
+    cores.quota, cores.quota_others = 4.0, 0.0
+    g.start()
+    assert g.threads == 4
+    cores.others = cores.quota_others = 2.0  # two DataLoader workers in the container: on its quota, and on cores
+    cores.own = 2.0
+    clock.now = 5.0
+    g.poll()
+    assert g.quota_others == pytest.approx(2.0) and g.threads == 2
+    assert lines[-1] == ("pynodeta: other processes in this cgroup used 2.0 of its CPU quota of 4 cores in the last "
+                         "5 s: running on 2 thread(s), back up to 4 when it is free")
+    cores.others = cores.quota_others = 0.0
+    clock.now = 10.0
+    g.poll()
+    assert g.threads == 4
+    assert lines[-1] == ("pynodeta: the cores are free again (other processes used 0.0 of 16, 0.0 of the quota's 4): "
+                         "running on 4 threads")
+    cores.quota_others, cores.others = None, 2.0  # the cgroup's time unreadable: the whole quota, the free cores
+    clock.now = 15.0
+    g.poll()
+    assert g.quota_others is None and g.threads == 4
+
+
+def test_an_advisor_names_the_quotas_other_users_when_they_hold_the_count_down():
+    g, clock, cores, calls, lines = governor(max_threads=4, cores=16)
+    cores.quota, cores.quota_others = 4.0, 3.0
+    g.advice = "pass --fix {threads}"
+    g.start()
+    cores.others = 3.0
+    clock.now = 5.0
+    g.poll()
+    assert calls == [4] and lines == [
+        "pynodeta: other processes in this cgroup used 3.0 of its CPU quota of 4 cores in the last 5 s while this run "
+        "has 4 threads, which then wait for one another at every op (a digits training step ran about 2x slower than "
+        "on 1 thread); pass --fix 1"]
+
+
 def test_an_advisor_under_a_cpu_quota_says_so_at_the_start_and_keeps_the_count():
     g, clock, cores, calls, lines = governor(max_threads=2)
     cores.quota = 1.0
@@ -334,10 +386,12 @@ def test_torchs_default_is_lowered_to_a_quota_below_it_and_said(quota, threads_a
 
 def test_fit_and_sample_without_a_thread_count_run_on_the_quota_and_with_one_are_advised(tmp_path, monkeypatch, capsys):
     from pynodeta.cli import main
+    from pynodeta.train.cpu_quota import CpuQuota
 
     from .test_run_loader import _write_run
 
-    monkeypatch.setattr(at, "cpu_quota", lambda proc=None: 1.0)
+    monkeypatch.setattr(at, "cpu_quota", lambda proc=None: 1.0)  # torch's default lowered to it
+    monkeypatch.setattr(at, "tightest_quota", lambda proc=None: CpuQuota(1.0, None))  # the advisor's
     torch.set_num_threads(2)
     argv = ["fit", "--config", "digits_tabn", "--num_threads", "null", "--trainer.fast_dev_run", "true",
             "--trainer.logger.init_args.save_dir", str(tmp_path)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pynodeta.train.cpu_quota import cpu_quota
+from pynodeta.train.cpu_quota import cpu_quota, tightest_quota
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark_scripts import load_script  # noqa: E402
@@ -58,6 +58,35 @@ def test_v1_reads_the_cpu_controllers_mount_with_its_period(tmp_path):
     assert cpu_quota(proc) == 5.0
 
 
+def test_v2_the_binding_cgroups_time_is_its_cpu_stat_usage(tmp_path):
+    mount = tmp_path / "cgroup"
+    write(mount / "pod", cpu_max="200000 100000", cpu_stat="usage_usec 3500000\nuser_usec 3000000\nsystem_usec 1")
+    write(mount / "pod" / "worker", cpu_max="max 100000", cpu_stat="usage_usec 10")
+    quota = tightest_quota(fake_proc(tmp_path, "0::/pod/worker\n", [("/", str(mount), "cgroup2", "rw")]))
+    assert quota.cores == 2.0 and quota.used_seconds() == 3.5  # the level that sets the limit, not the process's
+
+
+def test_v1_the_binding_cgroups_time_is_its_cpuacct_usage_on_a_shared_or_a_parallel_mount(tmp_path):
+    shared = tmp_path / "cpu,cpuacct"
+    write(shared / "docker" / "abc", cpu_cfs_quota_us="100000", cpu_cfs_period_us="100000",
+          cpuacct_usage="2500000000")
+    proc = fake_proc(tmp_path, "4:cpu,cpuacct:/docker/abc\n", [("/", str(shared), "cgroup", "rw,cpu,cpuacct")])
+    assert tightest_quota(proc).used_seconds() == 2.5
+    # cpu and cpuacct mounted apart: the same path in the cpuacct hierarchy
+    cpu, cpuacct = tmp_path / "cpu", tmp_path / "cpuacct"
+    write(cpu / "job", cpu_cfs_quota_us="150000", cpu_cfs_period_us="100000")
+    write(cpuacct / "job", cpuacct_usage="4000000000")
+    mounts = [("/", str(cpu), "cgroup", "rw,cpu"), ("/", str(cpuacct), "cgroup", "rw,cpuacct")]
+    proc = fake_proc(tmp_path / "apart", "3:cpuacct:/job\n2:cpu:/job\n", mounts)
+    assert tightest_quota(proc).cores == 1.5 and tightest_quota(proc).used_seconds() == 4.0
+    # elsewhere in the cpuacct hierarchy: its group is another set of processes, so no time is read
+    proc = fake_proc(tmp_path / "elsewhere", "3:cpuacct:/\n2:cpu:/job\n", mounts)
+    assert tightest_quota(proc).cores == 1.5 and tightest_quota(proc).used_seconds() is None
+    write(cpuacct / "job", cpuacct_usage="not a number")
+    proc = fake_proc(tmp_path / "garbled", "3:cpuacct:/job\n2:cpu:/job\n", mounts)
+    assert tightest_quota(proc).used_seconds() is None
+
+
 def test_a_container_sees_its_own_cgroup_at_the_mount_point(tmp_path):
     mount = tmp_path / "cgroup"
     write(mount, cpu_max="200000 100000")  # the container's limit, at the root of what it sees
@@ -100,3 +129,26 @@ def test_a_child_in_a_real_cgroup_with_a_quota_reads_it_and_lowers_torchs_defaul
                "torch's default 2" in lines[1] and "pass --num_threads to choose" in lines[1]
     finally:
         cgroup.remove()
+
+
+def test_a_governor_in_a_real_cgroup_sees_what_a_busy_sibling_uses_of_the_quota():
+    cgroup, why_not = load_script("threads_under_load").quota_cgroup(None, 2.0)
+    if cgroup is None:
+        pytest.skip(f"needs a cgroup with a CPU quota file it may write (root): {why_not}")
+    sibling = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=cgroup.join)
+    try:
+        code = ("import time\n"
+                "from pynodeta.train.adaptive_threads import ThreadGovernor\n"
+                "g = ThreadGovernor(2, 1.0, say=print)\n"
+                "print(g.core_use.quota, g.core_use.read().group is not None)\n"
+                "g.start(); time.sleep(1.5); g.poll(); print(g.quota_others)")
+        finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  preexec_fn=cgroup.join)
+    finally:
+        sibling.kill()
+        sibling.wait()
+        cgroup.remove()
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert lines[0] == "2.0 True"
+    assert float(lines[-1]) >= 0.5, lines  # one spinning process: about one core of the quota's two
