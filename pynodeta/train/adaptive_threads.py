@@ -11,7 +11,10 @@ this process may run on (its CPU affinity) the other processes used in that time
 from ``/proc/stat`` minus this process's own from ``/proc/self/stat``. It then sets torch's thread count to
 the cores left, at least 1 and at most ``max_threads``. Linux only; elsewhere the thread count stays as it
 is (said once). Every other process counts, this run's own DataLoader workers and DDP ranks included: they
-compete for the same cores.
+compete for the same cores. Each window is ``every_seconds`` give or take a quarter, drawn afresh: runs
+started together would otherwise measure the same windows and all take the same free cores at once, then
+all give them back, over and over (three runs on 8 cores oversubscribed them half of the time in a
+simulation of that; with the windows drawn, none did).
 
 A CPU quota (a container's ``--cpus``, a Kubernetes CPU limit: the cgroup's ``cpu.max``, see
 :mod:`pynodeta.train.cpu_quota`) caps the count too, from the start: a team of more threads than the quota's
@@ -37,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -146,15 +150,20 @@ class CoreUse:
 
 
 class ThreadGovernor:
-    """Sets torch's thread count to the cores other processes leave, re-read every ``every_seconds``."""
+    """Sets torch's thread count to the cores other processes leave, re-read about every ``every_seconds``
+    (each window drawn from ``every_seconds`` × (1 ± ``jitter``) by ``rng``)."""
 
     def __init__(self, max_threads: int, every_seconds: float = 5.0, *, core_use: CoreUse | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  set_threads: Callable[[int], None] = torch.set_num_threads,
-                 say: Callable[[str], None] | None = None, advice: str | None = None):
+                 say: Callable[[str], None] | None = None, advice: str | None = None,
+                 jitter: float = 0.25, rng: random.Random | None = None):
         _check_threads(max_threads)
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be a number in [0, 1), got {jitter!r}")
         self.advice, self.advised = advice, False  # advice: say it once instead of changing the count
         self.max_threads, self.every_seconds = max_threads, _checked_seconds(every_seconds)
+        self.jitter, self.rng = float(jitter), rng or random.Random()  # seeded from the OS: differs per process
         self.core_use = core_use or CoreUse()
         self.clock, self.set_threads = clock, set_threads
         self.say = say or _print
@@ -173,7 +182,7 @@ class ThreadGovernor:
                          f"thread(s) throughout")
             return
         now = self.clock()
-        self._last, self._next = (now, self.core_use.read()), now + self.every_seconds
+        self._last, self._next = (now, self.core_use.read()), now + self._window()
         quota = self.core_use.quota
         if quota is None or quota_threads(quota) >= self.max_threads:
             return
@@ -193,8 +202,8 @@ class ThreadGovernor:
             return
         start, before = self._last
         reading = self.core_use.read()
-        elapsed = now - start  # at least every_seconds
-        self._last, self._next = (now, reading), now + self.every_seconds
+        elapsed = now - start  # at least the window
+        self._last, self._next = (now, reading), now + self._window()
         own = reading.own - before.own
         self.others = max(0.0, (reading.busy - before.busy) - own) / elapsed
         self.quota_others = None if reading.group is None or before.group is None else \
@@ -223,6 +232,9 @@ class ThreadGovernor:
             of_quota = "" if self.quota_others is None else f", {self.quota_others:.1f} of the quota's {quota:g}"
             self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
                      f"{cores}{of_quota}): running on {threads} threads")
+
+    def _window(self) -> float:
+        return self.every_seconds * (1.0 + self.jitter * (2.0 * self.rng.random() - 1.0))
 
     def stop(self) -> None:
         """Back to ``max_threads``."""

@@ -89,8 +89,9 @@ def governor(max_threads=2, cores=2, available=True):
     clock = FakeClock()
     core_use = FakeCores(clock, cores, available)
     calls, lines = [], []
+    # windows of exactly 5 s: the drawn windows have tests of their own
     g = at.ThreadGovernor(max_threads, 5.0, core_use=core_use, clock=clock, set_threads=calls.append,
-                          say=lines.append)
+                          say=lines.append, jitter=0.0)
     return g, clock, core_use, calls, lines
 
 
@@ -357,6 +358,97 @@ def test_an_advisor_names_the_quotas_other_users_when_they_hold_the_count_down()
         "pynodeta: other processes in this cgroup used 3.0 of its CPU quota of 4 cores in the last 5 s while this run "
         "has 4 threads, which then wait for one another at every op (a digits training step ran about 2x slower than "
         "on 1 thread); pass --fix 1"]
+
+
+def test_each_window_is_drawn_within_a_quarter_of_every_seconds():
+    import random
+
+    clock = FakeClock()
+    windows = []
+    for seed in (1, 2):
+        g = at.ThreadGovernor(2, 4.0, core_use=FakeCores(clock), clock=clock, set_threads=lambda n: None,
+                              say=lambda line: None, rng=random.Random(seed))
+        g.start()
+        drawn = []
+        for _ in range(200):
+            drawn.append(g._next - clock.now)
+            clock.now = g._next
+            g.poll()
+        windows.append(drawn)
+    assert all(3.0 <= w <= 5.0 for w in windows[0] + windows[1])
+    assert min(windows[0]) < 3.2 and max(windows[0]) > 4.8  # the whole range is drawn
+    assert windows[0] != windows[1]  # two runs started together do not keep measuring the same windows
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 1.0, True, "0.2"])
+def test_jitter_must_be_below_one(jitter):
+    with pytest.raises(ValueError, match=f"jitter must be a number in \\[0, 1\\), got {jitter!r}"):
+        at.ThreadGovernor(2, jitter=jitter)
+
+
+class SharedMachine:
+    """``cores`` cores shared by several runs: each gets CPU in proportion to its threads once they outnumber
+    the cores (the scheduler's fair share), and reads /proc's figures of that."""
+
+    def __init__(self, cores, runs, max_threads):
+        self.cores, self.threads = cores, [max_threads] * runs
+        self.busy, self.own = 0.0, [0.0] * runs
+
+    def advance(self, seconds):
+        share = min(1.0, self.cores / sum(self.threads))
+        self.busy += min(self.cores, sum(self.threads)) * seconds
+        self.own = [own + threads * share * seconds for own, threads in zip(self.own, self.threads)]
+
+    def core_use(self, run):
+        machine = self
+
+        class View:
+            cores, quota = list(range(machine.cores)), None
+
+            def available(self):
+                return True
+
+            def read(self):
+                return at.Reading(machine.busy, machine.own[run])
+
+        return View()
+
+    def set_threads(self, run):
+        return lambda threads: self.threads.__setitem__(run, threads)
+
+
+def threads_beyond_the_cores(runs, cores, jitter, seconds=600.0, step=0.1):
+    """(mean, most) threads beyond ``cores`` over the second half of ``seconds`` that ``runs`` governed runs,
+    started together, hold."""
+    import random
+
+    machine, clock = SharedMachine(cores, runs, cores), FakeClock()
+    governors = [at.ThreadGovernor(cores, 5.0, core_use=machine.core_use(run), clock=clock,
+                                   set_threads=machine.set_threads(run), say=lambda line: None, jitter=jitter,
+                                   rng=random.Random(run)) for run in range(runs)]
+    for g in governors:
+        g.start()
+    beyond = []
+    ticks = int(seconds / step)
+    for tick in range(ticks):
+        machine.advance(step)
+        clock.now += step
+        for g in governors:
+            g.poll()
+        if tick >= ticks // 2:
+            beyond.append(max(0, sum(machine.threads) - cores))
+    return sum(beyond) / len(beyond), max(beyond)
+
+
+@pytest.mark.parametrize("runs, cores", [(3, 8), (6, 16), (10, 16)])
+def test_runs_started_together_settle_without_oversubscribing_the_cores(runs, cores):
+    # windows of one fixed length: all runs see the same free cores, take them at once, then all give them
+    # back, over and over
+    mean, most = threads_beyond_the_cores(runs, cores, jitter=0.0)
+    assert mean >= cores / 4 and most >= cores / 2
+    # drawn windows: at most one thread beyond the cores, which the quarter-core allowance of each run lets stand
+    mean, most = threads_beyond_the_cores(runs, cores, jitter=0.25)
+    assert most <= 1
 
 
 def test_an_advisor_under_a_cpu_quota_says_so_at_the_start_and_keeps_the_count():

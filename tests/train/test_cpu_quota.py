@@ -139,7 +139,7 @@ def test_a_governor_in_a_real_cgroup_sees_what_a_busy_sibling_uses_of_the_quota(
     try:
         code = ("import time\n"
                 "from pynodeta.train.adaptive_threads import ThreadGovernor\n"
-                "g = ThreadGovernor(2, 1.0, say=print)\n"
+                "g = ThreadGovernor(2, 1.0, jitter=0.0, say=print)\n"
                 "print(g.core_use.quota, g.core_use.read().group is not None)\n"
                 "g.start(); time.sleep(1.5); g.poll(); print(g.quota_others)")
         finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
