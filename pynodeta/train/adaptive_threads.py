@@ -123,7 +123,11 @@ class CoreUse:
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.cpu_quota = tightest_quota(proc)
-        self.quota = None if self.cpu_quota is None else self.cpu_quota.cores  # None: no limit
+
+    @property
+    def quota(self) -> float | None:
+        """Cores' worth of CPU time the cgroups allow, None: no limit."""
+        return None if self.cpu_quota is None else self.cpu_quota.cores
 
     def available(self) -> bool:
         try:

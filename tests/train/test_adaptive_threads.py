@@ -206,7 +206,7 @@ class _Tiny(lightning.LightningModule):
 def test_the_callback_drops_to_one_thread_under_load_during_a_fit_and_restores_the_count(monkeypatch, capsys):
     class Busy(at.CoreUse):  # another process on 1.5 of 2 cores, whatever this process does
         def __init__(self):
-            self.cores, self.start, self.quota = [0, 1], time.monotonic(), None
+            self.cores, self.start, self.cpu_quota = [0, 1], time.monotonic(), None
 
         def available(self):
             return True
