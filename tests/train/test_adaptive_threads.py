@@ -172,7 +172,7 @@ def test_proc_is_read_for_the_cores_of_the_affinity_and_this_process(tmp_path):
 @pytest.mark.skipif(not Path("/proc/stat").is_file() or not hasattr(os, "sched_getaffinity"), reason="Linux /proc")
 def test_a_busy_neighbour_process_is_seen_as_the_others_load():
     lines = []
-    g = at.ThreadGovernor(2, 1.0, say=lines.append)
+    g = at.ThreadGovernor(2, 1.0, say=lines.append, jitter=0.0)  # the poll after 1 s must end a window
     neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)  # the neighbour is running when the first window begins
