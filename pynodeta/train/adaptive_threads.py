@@ -21,8 +21,10 @@ A CPU quota (a container's ``--cpus``, a Kubernetes CPU limit: the cgroup's ``cp
 whole cores is throttled core by core and stalls the same way. Where no thread count is asked for,
 :func:`default_threads_within_quota` lowers torch's default (the host's cores) to the quota's. The quota is
 shared by every process of the cgroup it is set on (DataLoader workers, other DDP ranks in one container):
-what they used of it in the last window, read from the cgroup's own CPU time, is taken off it too. Where that
-time cannot be read (a v1 cpuacct hierarchy laid out unlike the cpu one), the cap is the whole quota.
+what they used of it in the last window, read from the cgroup's own CPU time, is taken off it too, at every
+level that sets a limit (a looser parent, a systemd slice, whose other children are busy can leave less than
+the tightest level). Where a level's time cannot be read (a v1 cpuacct hierarchy laid out unlike the cpu
+one), its cap is its whole quota.
 
 Given ``advice``, the governor only advises: the first time the cores left are fewer than the run's
 threads it says so once, with that fix, and leaves the count alone. ``pynodeta fit`` adds such an advisor
@@ -50,7 +52,7 @@ from typing import NamedTuple
 import lightning
 import torch
 
-from pynodeta.train.cpu_quota import cpu_quota, tightest_quota
+from pynodeta.train.cpu_quota import CpuQuota, cpu_quota, quota_levels
 
 __all__ = ["AdaptiveThreads", "ThreadGovernor", "CoreUse", "Reading", "threads_for", "quota_threads",
            "default_threads_within_quota", "use_threads", "install", "uninstall", "command_scope", "poll_installed"]
@@ -106,23 +108,28 @@ def default_threads_within_quota(flag: str, say: Callable[[str], None] | None = 
 
 
 class Reading(NamedTuple):
-    """CPU seconds so far: the cores' busy time, this process's own, and its quota's cgroup's (None: no quota,
-    or none readable)."""
+    """CPU seconds so far: the cores' busy time, this process's own, and that of each cgroup that sets a CPU
+    quota on it (in :attr:`CoreUse.quotas`' order; None where a level's time cannot be read)."""
 
     busy: float
     own: float
-    group: float | None = None
+    group: tuple[float | None, ...] = ()
 
 
 class CoreUse:
     """Clock ticks of the cores this process may run on: busy in total, and this process's own (Linux /proc);
-    and the CPU time of the cgroup whose quota binds it."""
+    and the CPU time of every cgroup that sets a quota on it (:attr:`quotas`, the tightest first)."""
 
     def __init__(self, proc: Path = Path("/proc")):
         self.proc = proc
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.cpu_quota = tightest_quota(proc)
+        self.quotas: list[CpuQuota] = quota_levels(proc)
+
+    @property
+    def cpu_quota(self) -> CpuQuota | None:
+        """The level whose limit binds this process (the tightest), None: no limit."""
+        return self.quotas[0] if self.quotas else None
 
     @property
     def quota(self) -> float | None:
@@ -137,8 +144,8 @@ class CoreUse:
         return bool(self.cores)
 
     def read(self) -> Reading:
-        """Busy seconds of the cores and seconds of this process, both counted since boot, and seconds of the
-        quota's cgroup since it was made."""
+        """Busy seconds of the cores and seconds of this process, both counted since boot, and seconds of each
+        quota level's cgroup since it was made."""
         wanted = {f"cpu{core}" for core in self.cores}
         busy = 0
         for line in (self.proc / "stat").read_text().splitlines():
@@ -149,7 +156,7 @@ class CoreUse:
                 busy += sum(ticks) - ticks[3] - ticks[4]
         # the fields after the command name, which may itself contain spaces and ')'
         own = (self.proc / "self" / "stat").read_text().rpartition(")")[2].split()
-        group = None if self.cpu_quota is None else self.cpu_quota.used_seconds()
+        group = tuple(level.used_seconds() for level in self.quotas)
         return Reading(busy / self.tick, (int(own[11]) + int(own[12])) / self.tick, group)
 
 
@@ -173,7 +180,10 @@ class ThreadGovernor:
         self.say = say or _print
         self.threads = max_threads
         self.others: float | None = None  # cores the other processes used in the last window
-        self.quota_others: float | None = None  # cores' worth of the quota the cgroup's other processes used
+        # (cores, cores' worth of them the cgroup's other processes used, None: unreadable) per quota level,
+        # the tightest first; quota_others: the tightest level's
+        self.quota_use: list[tuple[float, float | None]] = []
+        self.quota_others: float | None = None
         self._last: tuple[float, Reading] | None = None  # (clock, reading) at the window's start
         self._next = math.inf  # no window before start(): a poll does nothing
 
@@ -210,14 +220,23 @@ class ThreadGovernor:
         self._last, self._next = (now, reading), now + self._window()
         own = reading.own - before.own
         self.others = max(0.0, (reading.busy - before.busy) - own) / elapsed
-        self.quota_others = None if reading.group is None or before.group is None else \
-            max(0.0, (reading.group - before.group) - own) / elapsed
+        self.quota_use = [(level.cores, _others_share(then, after, own, elapsed))
+                          for level, then, after in zip(self.core_use.quotas, before.group, reading.group)]
+        self.quota_others = self.quota_use[0][1] if self.quota_use else None
         cores, quota = len(self.core_use.cores), self.core_use.quota
-        threads = threads_for(self.others, cores, self.max_threads, quota, self.quota_others)
-        # what held the count down: the cores' load, or, where it alone leaves fewer, the quota's other users
+        # the count each quota level leaves (the tightest one's whole cores among them); the least binds
+        by_level = [threads_for(self.others, cores, self.max_threads, level_cores, level_others)
+                    for level_cores, level_others in self.quota_use]
+        threads = min(by_level, default=threads_for(self.others, cores, self.max_threads))
+        # what held the count down: the cores' load, or, where it alone leaves fewer, a quota's other users
         by_quota = threads < threads_for(self.others, cores, self.max_threads, quota)
-        used = (f"other processes in this cgroup used {self.quota_others:.1f} of its CPU quota of {quota:g} cores"
-                if by_quota else f"other processes used {self.others:.1f} of the {cores} cores")
+        if by_quota:
+            binding = by_level.index(threads)
+            level_cores, level_others = self.quota_use[binding]
+            where = "this cgroup" if binding == 0 else "an enclosing cgroup"
+            used = f"other processes in {where} used {level_others:.1f} of its CPU quota of {level_cores:g} cores"
+        else:
+            used = f"other processes used {self.others:.1f} of the {cores} cores"
         if self.advice is not None:
             if threads < self.threads and not self.advised:
                 self.advised = True
@@ -233,7 +252,8 @@ class ThreadGovernor:
             self.say(f"pynodeta: {used} in the last {elapsed:.0f} s: running on {threads} thread(s), back up to "
                      f"{ceiling} when {'it is' if by_quota else 'they are'} free")
         else:
-            of_quota = "" if self.quota_others is None else f", {self.quota_others:.1f} of the quota's {quota:g}"
+            of_quota = "".join(f", {level_others:.1f} of the quota's {level_cores:g}"
+                               for level_cores, level_others in self.quota_use if level_others is not None)
             self.say(f"pynodeta: the cores are free again (other processes used {self.others:.1f} of "
                      f"{cores}{of_quota}): running on {threads} threads")
 
@@ -320,6 +340,12 @@ class AdaptiveThreads(lightning.Callback):
     def _poll(self) -> None:
         if self.governor is not None:
             self.governor.poll()
+
+
+def _others_share(then: float | None, after: float | None, own: float, elapsed: float) -> float | None:
+    """Cores' worth of a cgroup's CPU time that its processes other than this one used in a window (None where
+    the group's time cannot be read)."""
+    return None if then is None or after is None else max(0.0, (after - then) - own) / elapsed
 
 
 def _quota_is(quota: float) -> str:

@@ -7,7 +7,9 @@ threads then wait for one another at every op's barrier, as they do for a core a
 
 Linux only: cgroup v2 (``cpu.max``: "max 100000" or "150000 100000") and v1 (``cpu.cfs_quota_us``, -1 for
 no limit, over ``cpu.cfs_period_us``). Every level from the process's cgroup up to its hierarchy's mount
-point is read, since a parent's limit binds its children too; the tightest one counts.
+point is read, since a parent's limit binds its children too: the tightest one caps a thread team, and every
+level's own CPU time tells what the processes beside this one leave of it (a looser parent whose other
+children are busy can leave less than the tightest level).
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["cpu_quota", "CpuQuota", "tightest_quota"]
+__all__ = ["cpu_quota", "CpuQuota", "quota_levels", "tightest_quota"]
 
 
 @dataclass(frozen=True)
 class CpuQuota:
-    """The tightest CFS limit on this process: ``cores``' worth of CPU time per period, set on one cgroup
-    whose whole subtree, this process included, shares it; ``usage``: that cgroup's file of the CPU time its
-    processes have used (None where there is none to read)."""
+    """A CFS limit on this process: ``cores``' worth of CPU time per period, set on one cgroup whose whole
+    subtree, this process included, shares it; ``usage``: that cgroup's file of the CPU time its processes
+    have used (None where there is none to read)."""
 
     cores: float
     usage: Path | None
@@ -50,11 +52,19 @@ def cpu_quota(proc: Path = Path("/proc")) -> float | None:
 
 def tightest_quota(proc: Path = Path("/proc")) -> CpuQuota | None:
     """The cgroup level whose limit binds this process (the smallest), None where none is set or readable."""
+    levels = quota_levels(proc)
+    return levels[0] if levels else None
+
+
+def quota_levels(proc: Path = Path("/proc")) -> list[CpuQuota]:
+    """Every cgroup level that sets a CPU limit on this process, in every cgroup hierarchy it belongs to,
+    the tightest first (levels of equal limits: the process's own side first); empty where none is set
+    or readable."""
     try:
         memberships = _memberships((proc / "self" / "cgroup").read_text())
         mounts = _cgroup_mounts((proc / "self" / "mountinfo").read_text())
     except OSError:
-        return None
+        return []
     limits = []
     for kind, mount_root, mount_point in mounts:
         if kind == "cpuacct" or kind not in memberships:
@@ -68,7 +78,7 @@ def tightest_quota(proc: Path = Path("/proc")) -> CpuQuota | None:
             if relative == PurePosixPath("."):
                 break
             relative = relative.parent
-    return min(limits, key=lambda quota: quota.cores) if limits else None
+    return sorted(limits, key=lambda quota: quota.cores)  # stable: within a hierarchy, inner levels first
 
 
 def _relative(path: str, mount_root: str) -> PurePosixPath:

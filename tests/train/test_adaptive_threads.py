@@ -13,6 +13,7 @@ from torch import nn
 
 from pynodeta.train import AdaptiveThreads
 from pynodeta.train import adaptive_threads as at
+from pynodeta.train.cpu_quota import CpuQuota
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +55,21 @@ def test_what_the_cgroups_other_processes_use_of_the_quota_is_taken_off_it(quota
 
 class FakeCores:
     """Core ticks driven by the test: ``others`` and ``own`` cores busy per second of the fake clock; with a
-    ``quota``, ``quota_others`` of them in the quota's cgroup (None: its time cannot be read)."""
+    ``quota``, ``quota_others`` of them in the quota's cgroup (None: its time cannot be read); ``outer``:
+    [cores, others] of looser levels enclosing it (others None: unreadable)."""
 
     def __init__(self, clock, cores=2, available=True):
         self.cores, self.clock, self._available = list(range(cores)), clock, available
         self.others, self.own, self.reads, self.quota, self.quota_others = 0.0, 0.0, 0, None, None
+        self.outer: list[list] = []
         self.busy_total = self.own_total = self.group_total = 0.0
+        self.outer_totals: list[float] = []
         self.last = 0.0
+
+    @property
+    def quotas(self):
+        levels = [] if self.quota is None else [self.quota]
+        return [CpuQuota(level_cores, None) for level_cores in levels + [level[0] for level in self.outer]]
 
     def available(self):
         return self._available
@@ -70,12 +79,17 @@ class FakeCores:
         self.busy_total += (self.others + self.own) * elapsed
         self.own_total += self.own * elapsed
         self.group_total += ((self.quota_others or 0.0) + self.own) * elapsed
+        self.outer_totals += [0.0] * (len(self.outer) - len(self.outer_totals))
+        for index, (_, level_others) in enumerate(self.outer):
+            self.outer_totals[index] += ((level_others or 0.0) + self.own) * elapsed
 
     def read(self):
         self.reads += 1
         self.advance()
-        group = None if self.quota is None or self.quota_others is None else self.group_total
-        return at.Reading(self.busy_total, self.own_total, group)
+        group = [] if self.quota is None else [None if self.quota_others is None else self.group_total]
+        group += [None if level_others is None else total
+                  for (_, level_others), total in zip(self.outer, self.outer_totals)]
+        return at.Reading(self.busy_total, self.own_total, tuple(group))
 
 
 class FakeClock:
@@ -164,7 +178,7 @@ def test_proc_is_read_for_the_cores_of_the_affinity_and_this_process(tmp_path):
     core_use = at.CoreUse(tmp_path)
     core_use.cores, core_use.tick = [0, 2], 100
     busy, own, group = core_use.read()
-    assert group is None  # no quota in this /proc
+    assert group == ()  # no quota in this /proc
     assert busy == pytest.approx(((100 + 10 + 20 + 3 + 2 + 5) + (50 + 5 + 1 + 1)) / 100)  # cpu1 not ours
     assert own == pytest.approx((300 + 45) / 100)
 
@@ -206,7 +220,7 @@ class _Tiny(lightning.LightningModule):
 def test_the_callback_drops_to_one_thread_under_load_during_a_fit_and_restores_the_count(monkeypatch, capsys):
     class Busy(at.CoreUse):  # another process on 1.5 of 2 cores, whatever this process does
         def __init__(self):
-            self.cores, self.start, self.cpu_quota = [0, 1], time.monotonic(), None
+            self.cores, self.start, self.quotas = [0, 1], time.monotonic(), []
 
         def available(self):
             return True
@@ -346,6 +360,32 @@ def test_under_a_quota_it_leaves_the_cgroups_other_processes_their_share_and_tak
     assert g.quota_others is None and g.threads == 4
 
 
+def test_a_looser_enclosing_quota_binds_when_its_other_processes_leave_less_of_it():
+    # a container of 4 cores in a systemd slice of 8 that other users' jobs keep 5 cores busy in
+    g, clock, cores, calls, lines = governor(max_threads=8, cores=32)
+    cores.quota, cores.quota_others, cores.outer = 4.0, 0.0, [[8.0, 0.0]]
+    g.start()
+    assert g.threads == 4  # the tightest level's whole cores
+    cores.own, cores.others, cores.outer[0][1] = 4.0, 5.0, 5.0
+    clock.now = 5.0
+    g.poll()
+    assert g.quota_use == [(4.0, pytest.approx(0.0)), (8.0, pytest.approx(5.0))]
+    assert g.quota_others == pytest.approx(0.0) and g.threads == 3
+    assert lines[-1] == ("pynodeta: other processes in an enclosing cgroup used 5.0 of its CPU quota of 8 cores in the "
+                         "last 5 s: running on 3 thread(s), back up to 4 when it is free")
+    cores.outer[0][1] = None  # the enclosing level's time unreadable: its whole quota, which does not bind
+    cores.others = 0.0
+    clock.now = 10.0
+    g.poll()
+    assert g.quota_use == [(4.0, pytest.approx(0.0)), (8.0, None)] and g.threads == 4
+    assert lines[-1] == ("pynodeta: the cores are free again (other processes used 0.0 of 32, 0.0 of the quota's 4): "
+                         "running on 4 threads")
+    cores.outer[0][1], cores.quota_others, cores.others = 2.0, 3.0, 3.0  # both busy: the level that leaves least
+    clock.now = 15.0
+    g.poll()
+    assert g.threads == 1 and "in this cgroup used 3.0 of its CPU quota of 4 cores" in lines[-1]
+
+
 def test_an_advisor_names_the_quotas_other_users_when_they_hold_the_count_down():
     g, clock, cores, calls, lines = governor(max_threads=4, cores=16)
     cores.quota, cores.quota_others = 4.0, 3.0
@@ -403,7 +443,7 @@ class SharedMachine:
         machine = self
 
         class View:
-            cores, quota = list(range(machine.cores)), None
+            cores, quota, quotas = list(range(machine.cores)), None, []
 
             def available(self):
                 return True
@@ -478,12 +518,11 @@ def test_torchs_default_is_lowered_to_a_quota_below_it_and_said(quota, threads_a
 
 def test_fit_and_sample_without_a_thread_count_run_on_the_quota_and_with_one_are_advised(tmp_path, monkeypatch, capsys):
     from pynodeta.cli import main
-    from pynodeta.train.cpu_quota import CpuQuota
 
     from .test_run_loader import _write_run
 
     monkeypatch.setattr(at, "cpu_quota", lambda proc=None: 1.0)  # torch's default lowered to it
-    monkeypatch.setattr(at, "tightest_quota", lambda proc=None: CpuQuota(1.0, None))  # the advisor's
+    monkeypatch.setattr(at, "quota_levels", lambda proc=None: [CpuQuota(1.0, None)])  # the advisor's
     torch.set_num_threads(2)
     argv = ["fit", "--config", "digits_tabn", "--num_threads", "null", "--trainer.fast_dev_run", "true",
             "--trainer.logger.init_args.save_dir", str(tmp_path)]

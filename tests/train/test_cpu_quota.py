@@ -66,6 +66,20 @@ def test_v2_the_binding_cgroups_time_is_its_cpu_stat_usage(tmp_path):
     assert quota.cores == 2.0 and quota.used_seconds() == 3.5  # the level that sets the limit, not the process's
 
 
+def test_every_level_with_a_limit_is_read_with_its_own_time_the_tightest_first(tmp_path):
+    from pynodeta.train.cpu_quota import quota_levels
+
+    mount = tmp_path / "cgroup"
+    write(mount / "slice", cpu_max="800000 100000", cpu_stat="usage_usec 9000000")
+    write(mount / "slice" / "job", cpu_max="max 100000", cpu_stat="usage_usec 7")
+    write(mount / "slice" / "job" / "box", cpu_max="400000 100000", cpu_stat="usage_usec 2000000")
+    proc = fake_proc(tmp_path, "0::/slice/job/box\n", [("/", str(mount), "cgroup2", "rw")])
+    levels = quota_levels(proc)
+    assert [(level.cores, level.used_seconds()) for level in levels] == [(4.0, 2.0), (8.0, 9.0)]
+    assert tightest_quota(proc) == levels[0]
+    assert quota_levels(tmp_path / "no-proc") == []
+
+
 def test_v1_the_binding_cgroups_time_is_its_cpuacct_usage_on_a_shared_or_a_parallel_mount(tmp_path):
     shared = tmp_path / "cpu,cpuacct"
     write(shared / "docker" / "abc", cpu_cfs_quota_us="100000", cpu_cfs_period_us="100000",
@@ -140,7 +154,7 @@ def test_a_governor_in_a_real_cgroup_sees_what_a_busy_sibling_uses_of_the_quota(
         code = ("import time\n"
                 "from pynodeta.train.adaptive_threads import ThreadGovernor\n"
                 "g = ThreadGovernor(2, 1.0, jitter=0.0, say=print)\n"
-                "print(g.core_use.quota, g.core_use.read().group is not None)\n"
+                "print(g.core_use.quota, None not in g.core_use.read().group)\n"
                 "g.start(); time.sleep(1.5); g.poll(); print(g.quota_others)")
         finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                                   preexec_fn=cgroup.join)
