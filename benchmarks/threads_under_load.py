@@ -96,25 +96,32 @@ def worker(policy: str, seconds: float, out: Path) -> None:
 class QuotaCgroup:
     """A cgroup (v1 ``cpu`` or v2) under ``parent`` whose CFS quota is ``cores`` cores, for the workers to start
     in; removed on exit. Where v1's cpuacct is mounted beside ``cpu`` instead of with it, the same cgroup is
-    made there too, as systemd does, so that the group's CPU time can be read."""
+    made there too, as systemd does, so that the group's CPU time can be read. ``name``: the folder's name
+    (default: one of this process's own); :meth:`child` makes one inside it."""
 
-    def __init__(self, parent: Path, cores: float):
-        name = f"pynodeta-threads-under-load-{os.getpid()}"
+    def __init__(self, parent: Path, cores: float, name: str | None = None):
+        name = name or f"pynodeta-threads-under-load-{os.getpid()}"
         self.folder = parent / name
         self.folder.mkdir()
         self.folders = [self.folder]
         if (self.folder / "cpu.cfs_quota_us").exists():
             period = int((self.folder / "cpu.cfs_period_us").read_text())
             (self.folder / "cpu.cfs_quota_us").write_text(str(int(cores * period)))
-            accounting = parent.parent / "cpuacct"
-            if not (self.folder / "cpuacct.usage").exists() and parent.name == "cpu" and accounting.is_dir():
-                (accounting / name).mkdir()
-                self.folders.append(accounting / name)
+            accounting = _cpuacct_beside(self.folder)
+            if not (self.folder / "cpuacct.usage").exists() and accounting is not None:
+                accounting.mkdir()
+                self.folders.append(accounting)
         elif (self.folder / "cpu.max").exists():
             (self.folder / "cpu.max").write_text(f"{int(cores * 100000)} 100000")
         else:
             self.folder.rmdir()
             raise OSError(f"the cpu controller is not enabled for the children of {parent}")
+
+    def child(self, name: str, cores: float) -> QuotaCgroup:
+        """A cgroup inside this one with a quota of its own (v2: the cpu controller enabled for it first)."""
+        if (self.folder / "cgroup.subtree_control").exists():
+            (self.folder / "cgroup.subtree_control").write_text("+cpu")
+        return QuotaCgroup(self.folder, cores, name)
 
     def join(self) -> None:
         """In a child before exec: move into the cgroup."""
@@ -124,6 +131,15 @@ class QuotaCgroup:
     def remove(self) -> None:
         for folder in self.folders:
             folder.rmdir()
+
+
+def _cpuacct_beside(folder: Path) -> Path | None:
+    """The same cgroup's folder in a v1 cpuacct hierarchy mounted beside the cpu one (``.../cpu/a/b`` ->
+    ``.../cpuacct/a/b``), None where there is none."""
+    for mount in folder.parents:
+        if mount.name == "cpu" and (mount.parent / "cpuacct").is_dir():
+            return mount.parent / "cpuacct" / folder.relative_to(mount)
+    return None
 
 
 def quota_cgroup(parent: str | None, cores: float) -> tuple[QuotaCgroup | None, str]:

@@ -1,5 +1,6 @@
 """cpu_quota: the CPU time a process's cgroups allow, read as the kernel writes it (v1 and v2, nested, namespaced)."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,40 @@ def test_a_governor_in_a_real_cgroup_sees_what_a_busy_sibling_uses_of_the_quota(
     lines = finished.stdout.splitlines()
     assert lines[0] == "2.0 True"
     assert float(lines[-1]) >= 0.5, lines  # one spinning process: about one core of the quota's two
+
+
+def test_a_governor_in_nested_real_cgroups_reads_each_levels_time_apart():
+    # a 2-core group holding this run's 2-core group and a busy sibling's: the inner level sees nothing of the
+    # sibling, the enclosing one about one core of it
+    outer, why_not = load_script("threads_under_load").quota_cgroup(None, 2.0)
+    if outer is None:
+        pytest.skip(f"needs a cgroup with a CPU quota file it may write (root): {why_not}")
+    made = [outer]
+    try:
+        made.append(outer.child("run", 2.0))
+        made.append(outer.child("sibling", 2.0))
+    except OSError as error:
+        for cgroup in reversed(made):
+            cgroup.remove()
+        pytest.skip(f"needs nested cgroups with CPU quotas: {error}")
+    run, sibling_group = made[1], made[2]
+    sibling = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=sibling_group.join)
+    try:
+        code = ("import time\n"
+                "from pynodeta.train.adaptive_threads import ThreadGovernor\n"
+                "g = ThreadGovernor(2, 1.0, jitter=0.0, say=print)\n"
+                "print(None not in g.core_use.read().group)\n"
+                "g.start(); time.sleep(1.5); g.poll(); print(repr(g.quota_use))")
+        finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  preexec_fn=run.join)
+    finally:
+        sibling.kill()
+        sibling.wait()
+        for cgroup in reversed(made):
+            cgroup.remove()
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert lines[0] == "True"
+    levels = ast.literal_eval(lines[-1])  # [(cores, others), ...], the inner level first at equal quotas
+    assert [cores for cores, _ in levels] == [2.0, 2.0]
+    assert levels[0][1] < 0.3 and levels[1][1] >= 0.5, levels
