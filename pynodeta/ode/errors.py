@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 __all__ = [
     "ODESolveError",
     "StepSizeUnderflowError",
@@ -11,6 +13,7 @@ __all__ = [
     "NonFiniteStateError",
     "BackendUnavailableError",
     "SolverWarning",
+    "refuse_second_derivatives_through_times",
 ]
 
 
@@ -80,3 +83,16 @@ def warn_unresolvable_tolerance(dtype, rtol: float, atol: float, eps: float) -> 
         f"rtol={rtol:.3g}, atol={atol:.3g} ask for more than a {dtype} state can resolve "
         f"(its relative precision is {eps:.3g}): rounding noise will be read as error and the solver may "
         f"crawl; use rtol >= {10 * eps:.3g} or a float64 state", SolverWarning, stacklevel=4)
+
+
+def refuse_second_derivatives_through_times() -> None:
+    """In the backward of the nodes that give dL/dt by the exact-flow formulas: a backward that records its
+    own graph (create_graph=True) is refused, since derivatives of it with respect to t would miss how the
+    solver's steps move with t, silently."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "create_graph=True (second derivatives) through a solve whose t requires grad is not supported: "
+            "dL/dt comes from the exact-flow formula dL/dt_i = <dL/dy_i, f(t_i, y_i)>, and the solver's steps "
+            "are not differentiated with respect to t, so second derivatives that involve t would be wrong. "
+            "Pass t.detach() for second derivatives with respect to y0 and func's parameters"
+        )

@@ -13,7 +13,7 @@ from .backends import Backend, SolverConfig, get_backend
 from .backends.compiled_step import compile_option
 from .batched.solve import BatchedSolveStats, check_batched_parts, solve_batched
 from .callbacks import find_callbacks, warn_unsupported_callbacks
-from .errors import MaxStepsReachedError
+from .errors import MaxStepsReachedError, refuse_second_derivatives_through_times
 from .methods import Method
 from .parts import adjoint_config, method_name, refuse_torchdiffeq_spellings, solver_config, typed_parts
 from .settings import Adjoint, Controller, FixedGrid, IController
@@ -196,6 +196,7 @@ class _StartTime(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_derivatives_through_times()
         (f_start,) = ctx.saved_tensors
         grad_t = torch.zeros(ctx.t_shape, dtype=ctx.t_dtype, device=grad.device)
         grad_t[0] = -torch.sum(grad * f_start)
@@ -213,6 +214,7 @@ class _OutputTimes(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_derivatives_through_times()
         (f_out,) = ctx.saved_tensors
         products = grad[1:] * f_out
         per_time = products.reshape(len(f_out), -1).sum(1) if len(f_out) else products.new_zeros(0)

@@ -114,3 +114,10 @@ def test_gradcheck_output_times(adjoint):
                         controller=pn.IController(rtol=1e-9, atol=1e-11), **kwargs).ys
 
     assert torch.autograd.gradcheck(run, (T[:2].clone().requires_grad_(True),), atol=1e-5, rtol=1e-4)
+
+
+def test_second_derivatives_through_per_sample_time_gradients_are_refused_by_name():
+    t, y0 = T[:2].clone().requires_grad_(True), Y0[:2].clone().requires_grad_(True)
+    ys = pn.solve(lambda t, y: field(t, y, WEIGHT, BIAS), y0, t, batched=True).ys
+    with pytest.raises(RuntimeError, match=r"create_graph=True .* t requires grad is not supported"):
+        torch.autograd.grad(ys.square().sum(), (t, y0), create_graph=True)

@@ -69,6 +69,25 @@ def test_gradcheck_output_times(name):
         assert torch.autograd.gradcheck(run, (t,), atol=1e-5, rtol=1e-4)
 
 
+def test_second_derivatives_through_time_gradients_are_refused_and_without_t_they_are_exact():
+    """dL/dt comes from the exact-flow formula, not from differentiating the steps in t: a backward through
+    it that records a graph (create_graph=True) is refused by name; with t detached, second derivatives
+    with respect to y0 and the weights are backprop's own, and agree with finite differences."""
+    y0, weight, bias = _inputs()
+
+    def run(times, y0, weight):
+        return pn.solve(lambda tt, y: _field(tt, y, weight, bias.detach()), y0, times,
+                        controller=pn.IController(rtol=1e-12, atol=1e-12)).ys
+
+    t = T.clone().requires_grad_(True)
+    loss = run(t, y0, weight).square().sum()
+    with pytest.raises(RuntimeError, match=r"create_graph=True .* t requires grad is not supported.*t\.detach\(\)"):
+        torch.autograd.grad(loss, (t, weight), create_graph=True)
+    (grad_t,) = torch.autograd.grad(run(t, y0, weight).square().sum(), t)  # first order: unaffected
+    assert torch.isfinite(grad_t).all()
+    assert torch.autograd.gradgradcheck(lambda y0, weight: run(T, y0, weight), (y0, weight), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("seminorm", [False, True], ids=["mixed-norm", "seminorm"])
 @pytest.mark.parametrize("name", ADAPTIVE_METHODS)
 def test_adjoint_matches_direct_backprop(name, seminorm):

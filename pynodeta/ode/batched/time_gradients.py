@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import refuse_second_derivatives_through_times
 from .stats import BatchedSolveStats
 
 __all__ = ["solve_with_time_gradients"]
@@ -25,6 +26,7 @@ class _StartTime(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_derivatives_through_times()
         (f_start,) = ctx.saved_tensors
         return -(grad * f_start).sum(dim=1).to(ctx.t_dtype), grad, None
 
@@ -40,6 +42,7 @@ class _OutputTimes(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_derivatives_through_times()
         (f_out,) = ctx.saved_tensors
         return (grad[:, 1:] * f_out).sum(dim=2).to(ctx.t_dtype), grad, None
 
