@@ -19,7 +19,7 @@ from .backends import Backend, SolverConfig, get_backend
 from .methods import Method
 from .norms import StateNorm
 from .settings import Adjoint, Controller, FixedGrid, IController, PIController
-from .validation import StateStructure, check_options, check_tolerance
+from .validation import StateStructure, check_options, check_tolerance, check_tolerance_pair
 
 __all__ = ["Parts", "typed_parts", "check_parts", "method_name", "solver_config", "adjoint_config",
            "refuse_torchdiffeq_spellings"]
@@ -251,12 +251,15 @@ def solver_config(method: str | Method, controller: Controller, max_steps: int |
             common.update(rtol=check_tolerance("rtol", controller.rtol, state, like),
                           atol=check_tolerance("atol", controller.atol, state, like),
                           max_iters=controller.max_iters, max_order=controller.max_order)
+            check_tolerance_pair(common["rtol"], common["atol"])
         return SolverConfig(step_size=controller.step_size, interpolation=controller.interpolation,
                             perturb=controller.perturb, grid_constructor=controller.grid_constructor, **common)
+    rtol = check_tolerance("rtol", controller.rtol, state, like)
+    atol = check_tolerance("atol", controller.atol, state, like)
+    check_tolerance_pair(rtol, atol)
     return SolverConfig(
-        rtol=check_tolerance("rtol", controller.rtol, state, like),
-        atol=check_tolerance("atol", controller.atol, state, like),
-        controller=controller.kind, gains=controller.gains, norm=_state_norm(controller.norm, state),
+        rtol=rtol, atol=atol, controller=controller.kind, gains=controller.gains,
+        norm=_state_norm(controller.norm, state),
         first_step=controller.first_step, min_step=controller.min_step, max_step=controller.max_step,
         safety=controller.safety, ifactor=controller.ifactor, dfactor=controller.dfactor,
         step_t=controller.step_t, jump_t=controller.jump_t, **common,

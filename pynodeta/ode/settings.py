@@ -51,7 +51,23 @@ def _check_tolerance(field: str, value: Any) -> None:
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             raise TypeError(f"{field} must be a number (or one number per part of a tuple state), got {value!r}")
-        _require(math.isfinite(v) and v > 0, field, value, "> 0 and finite")
+        _require(math.isfinite(v) and v >= 0, field, value, ">= 0 and finite")
+
+
+def _check_tolerances(rtol: Any, atol: Any) -> None:
+    """Each >= 0, and not both 0 (the error's scale atol + rtol * |y| would be 0)."""
+    _check_tolerance("rtol", rtol)
+    _check_tolerance("atol", atol)
+    if isinstance(rtol, torch.Tensor) or isinstance(atol, torch.Tensor):
+        return  # checked element by element against the state in solve
+    pairs = zip(*(v if isinstance(v, (tuple, list)) else (v,) * _parts(rtol, atol) for v in (rtol, atol)))
+    if any(r == 0 and a == 0 for r, a in pairs):
+        raise ValueError("rtol and atol are both 0: the error is measured against atol + rtol * |y|, which is then "
+                         "0; set one of them > 0")
+
+
+def _parts(*values: Any) -> int:
+    return max((len(v) for v in values if isinstance(v, (tuple, list))), default=1)
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ class IController:
     never shrink), Hairer, Norsett & Wanner I, Sec. II.4.
 
     Attributes:
-        rtol, atol: relative and absolute tolerances (> 0).
+        rtol, atol: relative and absolute tolerances (>= 0, not both 0; 0 makes the other one the only one).
         safety: in (0, 1]; the fraction of the optimal step taken.
         ifactor: >= 1; largest growth of the step in one go.
         dfactor: in (0, 1]; largest shrink of a rejected step in one go.
@@ -98,8 +114,7 @@ class IController:
                                                   for v in times)
             _require(ok and all(math.isfinite(v) for v in times), name, times,
                      "a tuple of finite times (options accept a tensor or list)")
-        _check_tolerance("rtol", self.rtol)
-        _check_tolerance("atol", self.atol)
+        _check_tolerances(self.rtol, self.atol)
         _require(0 < self.safety <= 1, "safety", self.safety, "in (0, 1] (e.g. 0.9)")
         _require(1 <= self.ifactor < math.inf, "ifactor", self.ifactor, ">= 1 and finite (e.g. 10)")
         _require(0 < self.dfactor <= 1, "dfactor", self.dfactor, "in (0, 1] (e.g. 0.2)")
@@ -182,8 +197,7 @@ class FixedGrid:
         _require(isinstance(self.perturb, bool), "perturb", self.perturb, "True or False")
         _require(self.grid_constructor is None or callable(self.grid_constructor), "grid_constructor",
                  self.grid_constructor, "a callable (func, y0, t) -> grid, or None")
-        _check_tolerance("rtol", self.rtol)
-        _check_tolerance("atol", self.atol)
+        _check_tolerances(self.rtol, self.atol)
         _require(isinstance(self.max_iters, int) and self.max_iters >= 1, "max_iters", self.max_iters, "an int >= 1")
         _require(isinstance(self.max_order, int) and 2 <= self.max_order <= 12, "max_order", self.max_order,
                  "an int in [2, 12] (torchdiffeq's range; it fails below 2)")

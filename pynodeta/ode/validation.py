@@ -12,8 +12,8 @@ import torch
 
 from .errors import warn_unresolvable_tolerance
 
-__all__ = ["StateStructure", "check_times", "flatten_state", "check_tolerance", "check_options", "OPTION_KEYS",
-           "all_finite"]
+__all__ = ["StateStructure", "check_times", "flatten_state", "check_tolerance", "check_tolerance_pair",
+           "check_options", "OPTION_KEYS", "all_finite"]
 
 # options accepted by solve/odeint (torchdiffeq's names plus the controller constants)
 OPTION_KEYS = frozenset(
@@ -119,12 +119,14 @@ def _check_state_tensor(name: str, y: torch.Tensor) -> None:
 
 
 def check_tolerance(name: str, tol: Any, state: StateStructure, like: torch.Tensor) -> float | torch.Tensor:
-    """A positive float, a tensor broadcastable to the state, or (tuple states) one value per part."""
+    """A float >= 0, a tensor broadcastable to the state, or (tuple states) one value per part (0 is allowed,
+    as in torchdiffeq: a purely relative or purely absolute tolerance; :func:`check_tolerance_pair` refuses
+    both 0 at once)."""
     if isinstance(tol, torch.Tensor):
         if tol.requires_grad:
             raise ValueError(f"{name} cannot require gradient; pass {name}.detach()")
-        if not (tol > 0).all() or not torch.isfinite(tol).all():
-            raise ValueError(f"{name} must be > 0 and finite everywhere, got min {tol.min().item():.3g}, "
+        if not (tol >= 0).all() or not torch.isfinite(tol).all():
+            raise ValueError(f"{name} must be >= 0 and finite everywhere, got min {tol.min().item():.3g}, "
                              f"max {tol.max().item():.3g}")
         if tol.numel() == 1:
             return float(tol)
@@ -141,10 +143,19 @@ def check_tolerance(name: str, tol: Any, state: StateStructure, like: torch.Tens
     try:
         value = float(tol)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number, got {tol!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be > 0 and finite, got {value}")
+        raise TypeError(f"{name} must be a number >= 0, got {tol!r}") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be >= 0 and finite, got {value}")
     return value
+
+
+def check_tolerance_pair(rtol: float | torch.Tensor, atol: float | torch.Tensor) -> None:
+    """The error is scaled by ``atol + rtol * max(|y0|, |y1|)``: with both 0 (anywhere) that is 0 wherever
+    the state is, and no step can be accepted."""
+    both_zero = (torch.as_tensor(rtol) == 0) & (torch.as_tensor(atol) == 0)
+    if both_zero.any():
+        raise ValueError("rtol and atol are both 0" + ("" if both_zero.ndim == 0 else " for some elements") +
+                         ": the error is measured against atol + rtol * |y|, which is then 0; set one of them > 0")
 
 
 def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:

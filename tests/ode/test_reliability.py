@@ -117,7 +117,7 @@ def test_tolerance_tensor_broadcast_to_the_state_is_per_element():
 
 
 def test_infinite_tensor_tolerance_is_refused():
-    with pytest.raises(ValueError, match="atol must be > 0 and finite"):
+    with pytest.raises(ValueError, match="atol must be >= 0 and finite"):
         pn.solve(linear_decay, torch.ones(2, **F64), T,
                  controller=pn.IController(atol=torch.tensor([1e-6, math.inf], **F64)))
 
@@ -188,3 +188,32 @@ def test_adjoint_backward_runs_under_the_forwards_autocast_state():
     for direct, adjoint in zip(grads[False], grads[True]):
         assert adjoint.dtype == direct.dtype
         assert torch.allclose(adjoint, direct, rtol=5e-2, atol=5e-2 * direct.abs().max().item())
+
+
+@pytest.mark.parametrize("rtol, atol", [(0.0, 1e-10), (1e-8, 0.0)], ids=["absolute-only", "relative-only"])
+def test_a_zero_rtol_or_atol_is_a_purely_absolute_or_relative_tolerance(rtol, atol):
+    """torchdiffeq accepts either tolerance at 0; the error is then measured against the other one alone."""
+    y0 = torch.tensor([1.0, 2.0], **F64)
+    t = torch.tensor([0.0, 1.0], **F64)
+    ys = pn.odeint(lambda t, y: -y, y0, t, rtol=rtol, atol=atol)
+    assert torch.allclose(ys[-1], y0 * math.exp(-1.0), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pn.IController(rtol=0.0, atol=0.0),
+    lambda: pn.FixedGrid(step_size=0.1, rtol=0, atol=0.0),
+    lambda: pn.IController(rtol=(1e-6, 0.0), atol=(1e-9, 0.0)),  # one part of a tuple state
+], ids=["adaptive", "adams-corrector", "per-part"])
+def test_rtol_and_atol_both_zero_are_refused_by_name(make):
+    with pytest.raises(ValueError, match=r"rtol and atol are both 0: .* set one of them > 0"):
+        make()
+
+
+def test_rtol_and_atol_both_zero_for_some_elements_are_refused_against_the_state():
+    with pytest.raises(ValueError, match=r"rtol and atol are both 0 for some elements"):
+        pn.solve(linear_decay, torch.ones(2, **F64), T,
+                 controller=pn.IController(rtol=torch.tensor([1e-6, 0.0], **F64), atol=torch.tensor([0.0, 0.0], **F64)))
+    with pytest.raises(ValueError, match=r"rtol and atol are both 0"):
+        pn.odeint(linear_decay, torch.ones(2, **F64), T, rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match=r"rtol must be >= 0 and finite, got -1e-06"):
+        pn.odeint(linear_decay, torch.ones(2, **F64), T, rtol=-1e-6)

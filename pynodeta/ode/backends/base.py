@@ -30,7 +30,7 @@ class SolverConfig:
 
     Attributes:
         method: method name, one of the backend's ``methods``, or (torch backend) a ``Method`` object.
-        rtol, atol: tolerances (> 0): floats, or flat per-element tensors shaped like the flat state.
+        rtol, atol: tolerances (>= 0, not both 0): floats, or flat per-element tensors shaped like the flat state.
         controller: ``"i"`` (integral controller, torchdiffeq's) or ``"pi"`` (proportional-integral).
         gains: the PI controller's (alpha, beta); (1, 0) for the I controller.
         first_step: initial step size, or None to select it automatically (Hairer II.4).
