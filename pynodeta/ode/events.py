@@ -3,7 +3,12 @@
 The solve stops where ``event_fn(t, y)`` first changes sign. The event is located without gradient:
 the solution is sampled densely window by window (each window one solve, its outputs from the dense
 output), and the bracketing interval is refined by the Illinois variant of regula falsi, each trial
-point one short solve from the bracket's left end. Gradients then come from one differentiable solve
+point one short solve from the bracket's left end. On a fixed grid (``step_size``, which an event then
+needs, as in torchdiffeq) the solution is the grid's states and the method's interpolation between them,
+and the search keeps to exactly that: it reads the states at the grid points of a solve from ``t0``,
+then narrows the step where the sign changes with solves that return that step's interpolation (a
+restart from an interpolated state would follow another trajectory, off by the interpolation's error,
+and the state reported at the event would miss it). Gradients then come from one differentiable solve
 from ``t0`` to the (detached) event time, direct or adjoint, with the event time's own dependence on
 the inputs added by the implicit-function theorem: ``g(t*, y(t*)) = 0`` gives
 ``dt* = -(dg/dy . dy) / (dg/dt + dg/dy . f(t*, y(t*)))`` (Chen, Amos & Nickel 2021, eq. 6; the same
@@ -18,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .adams import ADAMS_METHODS
 from .settings import FixedGrid
 from .validation import flatten_state
 
@@ -26,21 +32,30 @@ __all__ = ["solve_until_event"]
 _SAMPLES_PER_WINDOW = 32
 _MAX_WINDOWS = 10_000
 _MAX_REFINEMENTS = 100
+_MAX_GRID_STEPS = 1 << 22  # the most fixed-grid steps searched from t0
 
 
 def solve_until_event(solve_fn: Callable[..., Any], func, y0, t: torch.Tensor, event_fn, **solve_kwargs):
     """(event_t, solution at [t0, event_t]) as torchdiffeq returns them; ``solve_fn`` is ``solve``."""
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y) -> scalar tensor, got {event_fn!r}")
-    if not isinstance(t, torch.Tensor) or t.ndim != 1 or len(t) < 1:
+    if not isinstance(t, torch.Tensor) or t.ndim != 1 or not 1 <= len(t) <= 2:
         raise ValueError("with event_fn, t must be a 1-D tensor [t0] or [t0, t1]: t0 starts the solve and "
-                         "t1 - t0 sets the direction (and the search window)")
-    window = float(t[1] - t[0]) if len(t) > 1 else 1.0
+                         "t1 - t0 sets the direction (and the search window)"
+                         + ("" if not isinstance(t, torch.Tensor) or t.ndim != 1 or len(t) < 3 else
+                            f"; got {len(t)} times, and the solve ends at the event, not at later times"))
+    window = float(t[1].detach() - t[0].detach()) if len(t) > 1 else 1.0
     if window == 0:
         raise ValueError("with event_fn, t[1] must differ from t[0]: its sign sets the direction of the search")
+    grid = _fixed_grid_step(solve_kwargs)
     search_kwargs = {**solve_kwargs, "adjoint": False}  # the search needs no gradient
     with torch.no_grad():  # search in float64 times whatever t's dtype, so that brackets can shrink far
-        event_t = _locate(solve_fn, func, y0, t[0].detach().to(torch.float64), window, event_fn, search_kwargs)
+        t0 = t[0].detach().to(torch.float64)
+        if grid is None:
+            event_t = _locate(solve_fn, func, y0, t0, window, event_fn, search_kwargs)
+        else:
+            event_t = _locate_on_grid(solve_fn, func, y0, t0, math.copysign(grid, window), event_fn,
+                                      search_kwargs)
     times = torch.stack([t[0], event_t.to(t.dtype)])
     grid_end = _next_grid_point(t[0], event_t, solve_kwargs)
     if grid_end is None:
@@ -49,6 +64,18 @@ def solve_until_event(solve_fn: Callable[..., Any], func, y0, t: torch.Tensor, e
         ys = solve_fn(func, y0, torch.cat([times, grid_end.to(t.dtype)[None]]), **solve_kwargs).ys
         solution = tuple(part[:2] for part in ys) if isinstance(ys, tuple) else ys[:2]
     return _reroute(func, event_fn, event_t.to(t.dtype), solution, y0)
+
+
+def _fixed_grid_step(solve_kwargs) -> float | None:
+    """A fixed grid's step_size (None for adaptive methods); a fixed grid without one is refused."""
+    controller = solve_kwargs.get("controller")
+    if not isinstance(controller, FixedGrid):
+        return None
+    if controller.grid_constructor is not None or controller.step_size is None:
+        raise ValueError("with event_fn, a fixed-grid method needs options={'step_size': ...} (and no "
+                         "grid_constructor): the event is searched along the grid of that step from t0, as "
+                         "torchdiffeq's fixed-grid event search does")
+    return float(controller.step_size)
 
 
 def _next_grid_point(t0: torch.Tensor, event_t: torch.Tensor, solve_kwargs) -> torch.Tensor | None:
@@ -93,7 +120,77 @@ def _locate(solve_fn, func, y0, t0: torch.Tensor, window: float, event_fn, kwarg
                                float(event_fn(grid[k - 1], _at(ys, k - 1))), grid[k], float(value))
         start, y_start = grid[-1], _at(ys, len(grid) - 1)
     raise RuntimeError(f"event_fn did not change sign within {_MAX_WINDOWS} windows of length {abs(window)} "
-                       f"after t0 = {float(t0)}; check the event function or pass a longer t[1] - t[0]")
+                       f"after t0 = {float(t0)}; check the event function, or search longer windows: "
+                       f"odeint(func, y0, torch.stack([t0, t0 + T]), event_fn=...) searches windows of length |T| "
+                       f"(odeint_event's are 1)")
+
+
+def _grid_times(t0: float, step: float, first: int, last: int) -> list[float]:
+    """Grid points t0 + i * step for i in [first, last], computed as the fixed-grid solver computes its grid
+    (in the solve's forward time s = direction * t: s0 + i * |step|), so that outputs fall on its points."""
+    direction = math.copysign(1.0, step)
+    return [direction * (direction * t0 + i * abs(step)) for i in range(first, last + 1)]
+
+
+def _locate_on_grid(solve_fn, func, y0, t0: torch.Tensor, step: float, event_fn, kwargs) -> torch.Tensor:
+    """The first sign change of event_fn along the fixed-grid solution from t0 (signed ``step``), to
+    round-off of t's dtype: its states at the grid points, then the method's interpolation in the step
+    where the sign changes. A one-step method goes 32 steps at a time from the last grid point (its steps
+    from there are the solution's own); a multistep (Adams) method's steps depend on its history, so each
+    of its searches solves from t0, each a quarter further than the last (or 32 steps), which is as far as
+    it may go past the event (where the dynamics may no longer be defined)."""
+    start, dtype, device = float(t0), t0.dtype, t0.device
+    sign0 = _sign(event_fn(t0, y0))
+    one_step = _one_step(kwargs)
+    first, y_first, checked = 0, y0, 0
+    while checked < _MAX_GRID_STEPS:
+        last = checked + (_SAMPLES_PER_WINDOW if one_step else max(_SAMPLES_PER_WINDOW, checked // 4))
+        times = torch.tensor(_grid_times(start, step, first, last), dtype=dtype, device=device)
+        ys = solve_fn(func, y_first, times, **kwargs).ys
+        for k in range(checked + 1, last + 1):
+            if _sign(event_fn(times[k - first], _at(ys, k - first))) != sign0:
+                return _narrow_grid_step(solve_fn, func, y0, t0, step, k - 1, _at(ys, k - 1 - first), event_fn,
+                                         sign0, one_step, kwargs)
+        checked = last
+        if one_step:
+            first, y_first = last, _at(ys, last - first)
+    raise RuntimeError(f"event_fn did not change sign within {_MAX_GRID_STEPS} steps of step_size {abs(step)} "
+                       f"after t0 = {start}; check the event function, or take a larger step_size")
+
+
+def _one_step(kwargs) -> bool:
+    """Whether the method's step from a grid point depends on that point's state alone (not an Adams method's
+    history; other backends are treated as if it did)."""
+    method = kwargs.get("method")
+    return kwargs.get("backend", "torch") == "torch" and not (isinstance(method, str) and method in ADAMS_METHODS)
+
+
+def _narrow_grid_step(solve_fn, func, y0, t0: torch.Tensor, step: float, k: int, y_k, event_fn, sign0: float,
+                      one_step: bool, kwargs) -> torch.Tensor:
+    """The sign change inside grid step k (from grid point k, state y_k), on the method's interpolation:
+    each round samples the bracket at 32 points by one solve that returns the step's interpolated states,
+    and keeps the sub-interval where the sign changes; a one-step method's solves start at (t_k, y_k), a
+    multistep method's at t0."""
+    start = float(t0)
+    lo, hi = _grid_times(start, step, k, k + 1)
+    first, y_first = (lo, y_k) if one_step else (start, y0)
+    eps = torch.finfo(torch.float64).eps
+    while abs(hi - lo) > 4 * eps * max(1.0, abs(hi)):
+        inside = sorted({lo + (hi - lo) * j / _SAMPLES_PER_WINDOW for j in range(1, _SAMPLES_PER_WINDOW)} - {lo, hi},
+                        reverse=step < 0)
+        if not inside:  # the bracket is as small as float64 allows
+            break
+        outputs = [first, *inside] if first == lo else [first, lo, *inside]
+        times = torch.tensor([*outputs, _grid_times(start, step, k + 1, k + 1)[0]], dtype=t0.dtype, device=t0.device)
+        ys = solve_fn(func, y_first, times, **kwargs).ys
+        offset = len(outputs) - len(inside)
+        new_lo, new_hi = inside[-1], hi
+        for j, time in enumerate(inside):
+            if _sign(event_fn(times[offset + j], _at(ys, offset + j))) != sign0:
+                new_lo, new_hi = (inside[j - 1] if j else lo), time
+                break
+        lo, hi = new_lo, new_hi
+    return torch.tensor(hi, dtype=t0.dtype, device=t0.device)
 
 
 def _at(ys, k: int):
