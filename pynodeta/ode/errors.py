@@ -42,12 +42,14 @@ class MaxStepsReachedError(ODESolveError):
         t_reached: the solver time at which it stopped.
     """
 
-    def __init__(self, max_num_steps: int, t_reached: float, t, ys):
+    def __init__(self, max_num_steps: int, t_reached: float, t, ys, fixed_grid: bool = False):
         self.max_num_steps, self.t_reached, self.t, self.ys = max_num_steps, t_reached, t, ys
+        remedy = ("or take a larger step_size (a fixed grid's step count is the interval over the step)" if fixed_grid
+                  else "loosen rtol/atol, or check the dynamics for stiffness")
         super().__init__(
             f"max_num_steps={max_num_steps} reached at t={t_reached:.6g} after {len(t)} of the requested "
-            "output times; the partial solution is in this exception's .t and .ys. Raise "
-            "options={'max_num_steps': ...}, loosen rtol/atol, or check the dynamics for stiffness"
+            f"output times; the partial solution is in this exception's .t and .ys. Raise "
+            f"options={{'max_num_steps': ...}}, {remedy}"
         )
 
 

@@ -102,6 +102,7 @@ def test_max_steps_for_fixed_grid_methods():
         pn.solve(decay, torch.ones(1), torch.tensor([0.0, 0.5, 1.0]), method="euler",
                  controller=pn.FixedGrid(step_size=0.01), max_steps=60)
     assert len(info.value.t) == 2  # reached t = 0.5 after 50 steps, not t = 1
+    assert "or take a larger step_size" in str(info.value) and "rtol" not in str(info.value)  # no tolerances here
 
 
 def test_nan_from_func_is_reported_with_its_time():

@@ -123,7 +123,7 @@ def _integrate_fixed(
     for n_steps, (s, s1) in enumerate(zip(grid[:-1], grid[1:])):
         if n_steps >= config.max_num_steps:
             raise MaxStepsReachedError(config.max_num_steps, direction * s, partial_t(out_s, next_out, direction),
-                                       torch.stack(outputs))
+                                       torch.stack(outputs), fixed_grid=True)
         dt = s1 - s
         h = direction * dt
         if config.callbacks is not None:
