@@ -227,16 +227,20 @@ def _adjoint_from_sugar(be: Backend, method, kind, rtol, atol, options, *, adjoi
     adjoint_options = check_options(adjoint_options, _is_adaptive(adjoint_method, be), method_name(adjoint_method))
     controller = _controller_from_options(
         adjoint_method, be, kind,
-        _scalar_tol("adjoint_rtol", rtol if adjoint_rtol is None else adjoint_rtol),
-        _scalar_tol("adjoint_atol", atol if adjoint_atol is None else adjoint_atol), adjoint_options)
+        _scalar_tol("adjoint_rtol" + (" (by default the forward rtol)" if adjoint_rtol is None else ""),
+                    rtol if adjoint_rtol is None else adjoint_rtol, "pass adjoint_rtol=<a number>"),
+        _scalar_tol("adjoint_atol" + (" (by default the forward atol)" if adjoint_atol is None else ""),
+                    atol if adjoint_atol is None else adjoint_atol, "pass adjoint_atol=<a number>"), adjoint_options)
     max_steps = adjoint_options.get("max_num_steps")
     return Adjoint(method=adjoint_method, controller=controller, norm="mixed" if norm is None else norm,
                    params=adjoint_params, max_steps=None if max_steps is None else int(max_steps))
 
 
-def _scalar_tol(name: str, tol: Any) -> Any:
+def _scalar_tol(name: str, tol: Any, fix: str) -> Any:
+    """The adjoint's state is one flat vector, so its tolerance is one number."""
     if isinstance(tol, torch.Tensor) and tol.numel() > 1 or isinstance(tol, (tuple, list)):
-        raise ValueError(f"{name} must be a single number for the adjoint solve (pass {name}=... explicitly)")
+        raise ValueError(f"{name} must be a single number for the adjoint solve, whose state is one flat vector; "
+                         f"{fix}")
     return tol
 
 
@@ -302,6 +306,8 @@ def _forward_controller_for_adjoint(parts: Parts, method, be: Backend) -> Contro
         return FixedGrid() if not _is_adaptive(method, be) else IController()
     if isinstance(forward, FixedGrid):
         return forward
-    _scalar_tol("the forward rtol (reused by the adjoint; pass Adjoint(controller=...))", forward.rtol)
-    _scalar_tol("the forward atol (reused by the adjoint; pass Adjoint(controller=...))", forward.atol)
+    fix = ("pass the adjoint's own: adjoint_rtol=..., adjoint_atol=... to odeint_adjoint, "
+           "adjoint=Adjoint(controller=IController(rtol=..., atol=...)) to solve")
+    _scalar_tol("the forward rtol, which the adjoint solve reuses,", forward.rtol, fix)
+    _scalar_tol("the forward atol, which the adjoint solve reuses,", forward.atol, fix)
     return replace(forward, norm=None)

@@ -172,3 +172,17 @@ def test_step_options_must_be_finite(key):
 def test_solve_takes_typed_parts_and_names_them_for_torchdiffeqs_spellings(spelling, typed):
     with pytest.raises(TypeError, match=typed):
         pn.solve(decay, torch.ones(2), T, **spelling)
+
+
+def test_a_per_element_forward_tolerance_that_the_adjoint_would_reuse_is_refused_with_both_spellings_of_the_fix():
+    linear = torch.nn.Linear(2, 2).double()
+    y0 = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^the forward rtol, which the adjoint solve reuses, must be a single number "
+                                         r"for the adjoint solve.*adjoint_rtol=\.\.\..*Adjoint\(controller="):
+        pn.odeint_adjoint(lambda t, y: linear(y), y0, t, rtol=torch.tensor([1e-6, 1e-7], dtype=torch.float64),
+                          adjoint_params=tuple(linear.parameters()))
+    ys = pn.odeint_adjoint(lambda t, y: linear(y), y0, t, rtol=torch.tensor([1e-6, 1e-7], dtype=torch.float64),
+                           adjoint_params=tuple(linear.parameters()), adjoint_rtol=1e-6, adjoint_atol=1e-8)
+    ys.sum().backward()  # with the adjoint's own tolerances it runs
+    assert torch.isfinite(y0.grad).all()
