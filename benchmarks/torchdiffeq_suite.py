@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--library", default="pynodeta", help="module imported as torchdiffeq (default pynodeta)")
     parser.add_argument("--name", default=None, help="report name (default torchdiffeq_suite[_<library>])")
     parser.add_argument("-k", default=None, help="pytest -k selection, for a partial run")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the report's notes (repeatable): where the tests came from, what a failure is")
     args = parser.parse_args()
     records, returncode = run_suite(args.tests_dir.resolve(), args.library, ["-k", args.k] if args.k else [])
     if not records:
@@ -109,7 +111,7 @@ def main() -> None:
     for row in rows:
         print(f"{row[0]:20s} passed {row[1]:4d}  failed {row[2]:4d}  skipped {row[3]:4d}  of {row[4]:4d}")
     failures = Counter(r["message"] for r in records if r["outcome"] == "failed")
-    notes = [f"{n} x {msg}" for msg, n in failures.most_common(12)]
+    notes = [*args.note, *(f"{n} x {msg}" for msg, n in failures.most_common(12))]
     name = args.name or ("torchdiffeq_suite" if args.library == "pynodeta" else f"torchdiffeq_suite_{args.library}")
     path = save_report(name, f"torchdiffeq 0.2.5's test suite run against {args.library}",
                        [Table(["file", "passed", "failed", "skipped", "cases"], rows,
