@@ -7,7 +7,8 @@ resumed), with a monitored metric ``last.ckpt`` holds the last *best* epoch, and
 same arguments and keeps Lightning's top-k files, but writes ``last.ckpt`` itself:
 
 * every ``every_n_epochs`` epochs (the default: every epoch; the state at the epoch's end, written
-  when the next epoch starts, once the epoch's row is in ``metrics.csv``), every
+  when the next epoch starts, once the epoch's row is in ``metrics.csv``, with its loop counters as the
+  next epoch's start, which Lightning resumes alike with or without ``max_steps``), every
   ``every_n_train_steps`` optimiser steps, or every ``train_time_interval`` of training, whichever
   trigger is configured;
 * once more when training ends, if the weights moved since the last write, so ``last.ckpt`` holds
@@ -55,6 +56,7 @@ class ModelCheckpoint(LightningModelCheckpoint):
     # --- the triggers of last.ckpt ------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
+        _start_the_epoch_afresh(trainer)
         # a resumed run starts at its checkpoint's state: nothing to write until it trains
         self._last_written_step = trainer.global_step
         self._last_written_time = time.monotonic()
@@ -74,6 +76,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
             # after this hook, and a file written now could survive a kill that loses that row.
             # Nothing trains in between, so the weights the state refers to do not change.
             self._pending = self._take_last(trainer)
+            if self._pending is not None:
+                _as_next_epochs_start(self._pending[0])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._write(trainer, self._pending)
@@ -116,3 +120,41 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def _as_next_epochs_start(checkpoint: dict) -> None:
+    """Write an epoch-end state's loop counters as the next epoch's start: the epoch counted as completed,
+    the per-epoch batch, optimiser and scheduler counters back at zero (the totals kept).
+
+    Lightning (2.6) resumes an epoch-end state right only without ``max_steps``: with it, the fit is
+    "iteration based", always counted as restarting, and the finished epoch is resumed as if cut short, so
+    2 or 3 of the next epoch's batches were skipped (3-batch epochs) and every later epoch shifted. From the
+    next epoch's start it resumes the right batches either way; :func:`_start_the_epoch_afresh` mends the
+    rest (``tests/train/test_last_checkpoint.py``).
+    """
+    loops = checkpoint.get("loops", {}).get("fit_loop")
+    if loops is None:  # a weights-only checkpoint has no loop state
+        return
+    for counts in loops["epoch_progress"].values():
+        counts["completed"] = counts["processed"]
+    loops["epoch_loop.batch_progress"]["is_last_batch"] = False
+    optimizer = loops["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+    per_epoch = [loops["epoch_loop.batch_progress"], loops["epoch_loop.scheduler_progress"],
+                 loops["epoch_loop.manual_optimization.optim_step_progress"], *optimizer.values()]
+    for progress in per_epoch:  # as Lightning's reset_on_run at an epoch's start
+        progress["current"] = dict.fromkeys(progress["current"], 0)
+
+
+def _start_the_epoch_afresh(trainer) -> None:
+    """A fit resumed at an epoch's start runs that epoch as a fresh one.
+
+    With ``max_steps`` Lightning (2.6) marks the epoch loop as restarting even there, and a restarting epoch
+    loop in a validating epoch reads its position before the first batch (batch index -1) as a validation
+    check already done: it skips that epoch's validation and counts one step more in the step that
+    metrics.csv logs. Nothing of the epoch ran before the save, so there is nothing to restart.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    epochs = trainer.fit_loop.epoch_progress.current
+    between_epochs = epochs.ready == epochs.completed and epoch_loop.batch_progress.current.ready == 0
+    if epoch_loop.restarting and between_epochs:
+        epoch_loop.restarting = False  # its children (the validation loop) too

@@ -232,12 +232,16 @@ def _rows(run) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_killed_shipped_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("limits", [[], ["--trainer.max_steps", "1000", "--trainer.check_val_every_n_epoch", "1"]],
+                         ids=["epochs", "max_steps-and-validation"])
+def test_a_killed_shipped_run_resumes_to_the_uninterrupted_result(tmp_path, limits):
+    """With max_steps set, Lightning resumed an epoch-end state as a cut-short epoch and skipped batches (the
+    resumed fit ended 2 steps short); last.ckpt holds it as the next epoch's start, read alike either way."""
     root = tmp_path / "runs" / "digits_edm"
     last = root / "version_0" / "checkpoints" / "last.ckpt"
     # the shipped budget (1000 epochs, 8 minutes): only the kill ends this run. Its 12 steps stay inside the
     # 100-step warm-up, where the learning rate does not depend on the clock (the cosine after it does)
-    killed = subprocess.Popen(_pynodeta_fit(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = subprocess.Popen(_pynodeta_fit(tmp_path, *limits), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
@@ -250,10 +254,11 @@ def test_a_killed_shipped_run_resumes_to_the_uninterrupted_result(tmp_path):
     saved_step = torch.load(last, weights_only=False)["global_step"]
     assert saved_step > 0 and saved_step % 3 == 0  # an epoch boundary of 3-batch epochs
 
-    resumed = subprocess.run(_pynodeta_fit(tmp_path, "--trainer.max_epochs", "4", "--ckpt_path", str(last)),
+    resumed = subprocess.run(_pynodeta_fit(tmp_path, *limits, "--trainer.max_epochs", "4", "--ckpt_path", str(last)),
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    uninterrupted = subprocess.run(_pynodeta_fit(tmp_path, "--trainer.max_epochs", "4"), capture_output=True, text=True)
+    uninterrupted = subprocess.run(_pynodeta_fit(tmp_path, *limits, "--trainer.max_epochs", "4"), capture_output=True,
+                                   text=True)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["version_0", "version_1"]
 
@@ -273,9 +278,26 @@ def test_a_killed_shipped_run_resumes_to_the_uninterrupted_result(tmp_path):
         return sorted((row["epoch"], row["step"], row[key]) for row in rows if row.get(key))
 
     rows, full_rows = _rows(root / "version_0"), _rows(root / "version_1")
-    for key in ("train/loss_step", "train/loss_epoch"):
+    for key in ("train/loss_step", "train/loss_epoch", "val/loss"):
         assert logged(rows, key) == logged(full_rows, key), key
     assert [int(epoch) for epoch, _, _ in logged(rows, "train/loss_epoch")] == [0, 1, 2, 3]
+    assert len(logged(rows, "val/loss")) == (4 if limits else 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limits", [[], ["--trainer.max_steps", "1000"]], ids=["epochs", "max_steps"])
+def test_a_finished_run_extended_by_epochs_trains_the_new_epochs(tmp_path, limits):
+    """A run that ended at max_epochs 1 and is resumed with max_epochs 2 trains one more epoch (it trained none
+    with max_steps set: its last.ckpt read as an unfinished epoch)."""
+    last = tmp_path / "runs" / "digits_edm" / "version_0" / "checkpoints" / "last.ckpt"
+    first = subprocess.run(_pynodeta_fit(tmp_path, *limits, "--trainer.max_epochs", "1"), capture_output=True,
+                           text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+    more = subprocess.run(_pynodeta_fit(tmp_path, *limits, "--trainer.max_epochs", "2", "--ckpt_path", str(last)),
+                          capture_output=True, text=True)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert torch.load(last, weights_only=False)["global_step"] == 6
 
 
 def _power_ema(checkpoint: dict) -> dict:
