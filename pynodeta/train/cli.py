@@ -135,6 +135,18 @@ class PynodetaCLI(LightningCLI):
         return super()._instantiate_trainer(config, [*callbacks, StopOnNonFiniteLoss(), *_thread_advice(config)])
 
     def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            self._run_in_run_dir(subcommand)
+        except RuntimeError as error:  # torch's load_state_dict, when Lightning restores --ckpt_path
+            if "Error(s) in loading state_dict" not in str(error):
+                raise
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            raise ConfigurationError(
+                f"the weights in --ckpt_path {str(ckpt_path)!r} do not fit the model this config builds "
+                f"({_first_mismatch(str(error))}); pass the config the checkpoint was trained with "
+                f"(its run's config.yaml), or start a new run without --ckpt_path") from error
+
+    def _run_in_run_dir(self, subcommand: str) -> None:
         log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
         # DDP: rank 0 holds the folder for all ranks; a remote folder (s3://...) has no local lock file
         if log_dir is None or self.trainer.global_rank != 0 or "://" in str(log_dir):
@@ -171,6 +183,15 @@ class PynodetaCLI(LightningCLI):
     def after_test(self) -> None:
         formats = getattr(self.model, "summary_formats", {})
         RunSummary.from_metrics({}, self.trainer.callback_metrics, formats).report(self.trainer)
+
+
+def _first_mismatch(message: str) -> str:
+    """The first line of torch's load_state_dict error that names keys or shapes, shortened."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("Missing key", "Unexpected key", "size mismatch")):
+            return line if len(line) <= 200 else line[:197] + "..."
+    return message.splitlines()[0]
 
 
 def _thread_advice(config: dict) -> list:

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .model_classes import different_classes, model_classes, run_model_classes
 from .run_dir import RunDirectoryError, newest_last_checkpoint, run_dir_of_checkpoint
-from .run_loader import read_run_checkpoint
+from .run_loader import find_run_config, read_run_checkpoint
 from .safe_load import CheckpointError
 
 __all__ = ["prepare_ckpt_path"]
@@ -49,6 +50,7 @@ def prepare_ckpt_path(subcommand: str, config, unsafe: bool = False) -> int | No
         raise RunDirectoryError(f"--ckpt_path {ckpt_path} refers to a checkpoint of a fit in this same process, "
                                 f"which `pynodeta {subcommand}` does not have; pass the checkpoint file's path")
     state = _read_under_policy(ckpt_path, config, unsafe)
+    _check_same_model(config, Path(ckpt_path))
     if subcommand != "fit" or logger is None:
         return None
     run = _stored_run_dir(state, Path(ckpt_path)) or run_dir_of_checkpoint(ckpt_path)
@@ -60,6 +62,23 @@ def prepare_ckpt_path(subcommand: str, config, unsafe: bool = False) -> int | No
     # its best-k tracking (it compares the strings).
     logger["save_dir"], logger["name"], logger["version"] = str(run.parent.parent), run.parent.name, run.name
     return _completed_epochs(state)
+
+
+def _check_same_model(config, ckpt_path: Path) -> None:
+    """The config builds the classes of the checkpoint's own run (its config.yaml), where there is one: a
+    DDPM run resumed under an EDM config would train its weights as an EDM model, and rewrite its folder."""
+    run_config = find_run_config(ckpt_path)
+    runs = run_model_classes(run_config) if run_config is not None else None
+    if runs is None:
+        return
+    model = config.get("model")
+    differences = different_classes(model_classes(model.as_dict() if hasattr(model, "as_dict") else model), runs)
+    if differences:
+        raise CheckpointError(
+            f"--ckpt_path {str(ckpt_path)!r} is a checkpoint of the run in {str(run_config.parent)!r}, whose "
+            f"config.yaml builds other classes than this command's config ({'; '.join(differences)}): its weights "
+            f"would be taken for another model. Resume with the run's own config: --config {str(run_config)!r}; "
+            f"or start a new run without --ckpt_path")
 
 
 def _is_logger_folder(logger, run: Path) -> bool:

@@ -38,6 +38,7 @@ from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
 from .latent_runs import LATENTS_KEY, check_latent_record
 from .legacy_configs import upgrade_diffusion_model_section
+from .model_classes import different_classes, run_model_classes
 from .released_run import RELEASED_FORMAT, RELEASED_SUFFIX, released_edm2_run
 from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
@@ -180,6 +181,8 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
     config_path = resolve_config(config) if config is not None else find_run_config(path)
     if config_path is not None:
         module, datamodule = build_from_config(config_path, allow_modules=None if config else allow_modules)
+        if config is not None:
+            _check_same_model(config_path, path)
         _load_weights(module, content["state_dict"], path, config_path)
     else:
         module, datamodule = _build_from_hyperparameters(path, content, allow_modules, unsafe)
@@ -195,6 +198,22 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
             raise CheckpointError(str(error)) from error
     return Run(module, datamodule, path, config_path, int(step) if step is not None else None, averages,
                posthoc=posthoc, latents=latents)
+
+
+def _check_same_model(config: Path, checkpoint: Path) -> None:
+    """A config given with a run's checkpoint builds the classes of the run's own config.yaml, where there is
+    one: an EDM run's weights under a DDPM config would be sampled with the wrong objective, without error."""
+    run_config = find_run_config(checkpoint)
+    if run_config is None or run_config.resolve() == config.resolve():
+        return
+    ours, runs = run_model_classes(config), run_model_classes(run_config)
+    differences = [] if ours is None or runs is None else different_classes(ours, runs)
+    if differences:
+        raise CheckpointError(
+            f"the checkpoint {str(checkpoint)!r} belongs to the run in {str(run_config.parent)!r}, whose config.yaml "
+            f"builds other classes than the config {str(config)!r} ({'; '.join(differences)}): its weights would be "
+            f"taken for another model. Leave out --config (the run's own is used), or pass the one it was trained "
+            f"with")
 
 
 def find_run_config(checkpoint: Path) -> Path | None:

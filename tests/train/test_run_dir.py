@@ -67,6 +67,33 @@ def test_ckpt_path_last_resumes_the_newest_run(first_run):
     assert _epochs_logged(root / "version_0") == [0, 1]
 
 
+def test_resuming_under_a_config_of_other_classes_is_refused_and_the_run_is_left_alone(first_run, capsys):
+    config, root = first_run
+    run = root / "version_0"
+    last, saved = run / "checkpoints" / "last.ckpt", (run / "config.yaml").read_text()
+    before = last.read_bytes()
+    other = ["--model.init_args.optim", "pynodeta.train.AdamWPreset"]
+    assert main(["fit", "--config", config, *other, "--ckpt_path", str(last), "--trainer.max_epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "whose config.yaml builds other classes than this command's config " \
+           "(model.optim: AdamWPreset here, TABNAdamW in the run)" in err
+    assert f"--config {str(run / 'config.yaml')!r}" in err and "Traceback" not in err
+    assert (run / "config.yaml").read_text() == saved and last.read_bytes() == before  # the run is untouched
+    # the run's own config.yaml resumes it
+    own = ["--config", str(run / "config.yaml")]
+    assert main(["fit", *own, "--ckpt_path", str(last), "--trainer.max_epochs", "2"]) == 0
+
+
+def test_resuming_weights_of_other_shapes_is_one_line_naming_the_first_mismatch(first_run, capsys):
+    config, root = first_run
+    last = root / "version_0" / "checkpoints" / "last.ckpt"
+    wider = ["--model.init_args.model.init_args.width", "16"]
+    assert main(["fit", "--config", config, *wider, "--ckpt_path", str(last), "--trainer.max_epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pynodeta: error: the weights in --ckpt_path {str(last)!r} do not fit the model this "
+                          f"config builds (size mismatch for ") and "Traceback" not in err
+
+
 def test_ckpt_path_last_without_a_checkpoint_is_refused(tmp_path, capsys):
     assert main(["fit", "--config", _config(tmp_path), "--ckpt_path", "last"]) == 2
     err = capsys.readouterr().err

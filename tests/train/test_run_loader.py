@@ -275,3 +275,19 @@ def test_evaluate_reproduces_fits_fd_of_a_shipped_edm2_config_with_its_power_ema
     capsys.readouterr()
     written = evaluate(path=tmp_path / "phema.ckpt")
     assert written["weights"] == "sigma_rel=0.07 (post hoc, step 6)" and written["fd"] == posthoc["fd"]
+
+
+def test_a_config_of_other_classes_than_the_runs_own_is_refused_by_sample(tmp_path, capsys):
+    """An EDM run's weights under a DDPM config would be drawn with the wrong objective, without error."""
+    checkpoint = _write_run(tmp_path)
+    other = _config()
+    other["model"]["init_args"]["objective"] = {"class_path": "pynodeta.train.DDPMObjective"}
+    other_path = tmp_path / "ddpm.yaml"
+    other_path.write_text(yaml.safe_dump(other))
+    argv = ["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--num", "2", "--out", str(tmp_path / "g.png")]
+    assert main([*argv, "--config", str(other_path)]) == 2
+    err = capsys.readouterr().err
+    assert "builds other classes than the config" in err and "model.objective: DDPMObjective here, EDMObjective in " \
+        "the run" in err and "Leave out --config" in err
+    assert not (tmp_path / "g.png").exists()
+    assert main([*argv, "--config", str(checkpoint.parent.parent / "config.yaml")]) == 0  # its own: drawn
