@@ -112,6 +112,7 @@ def _reconstruct_one(args) -> None:
     if payload is not None:
         _replace_network_weights(payload, state, args.target, args.checkpoint)
         payload[POSTHOC_KEY] = {"sigma_rel": args.sigma_rel, "step": step}
+        _store_run_config(payload, Path(args.checkpoint))
     else:
         payload = {"state_dict": state, "sigma_rel": args.sigma_rel, "step": step}
     atomic_torch_save(payload, Path(args.out))
@@ -149,6 +150,16 @@ def _replace_network_weights(checkpoint: dict, state: dict, target: str, path: s
                          f"are of another network, or it lives under another attribute (--target)")
     for name, value in state.items():
         weights[prefix + name] = value.to(weights[prefix + name].dtype)
+
+
+def _store_run_config(payload: dict, checkpoint: Path) -> None:
+    """The run's config.yaml, kept in the output: it then loads wherever it is written, not only beside the
+    run's checkpoints (``sample``/``evaluate`` read it back as they would the file beside a checkpoint)."""
+    from pynodeta.train.run_loader import RUN_CONFIG_KEY, find_run_config
+
+    config = find_run_config(checkpoint)
+    if config is not None:
+        payload[RUN_CONFIG_KEY] = config.read_text()
 
 
 def read_run_checkpoint(path, *, unsafe: bool, allow_modules):

@@ -38,12 +38,13 @@ def model_classes(section: Any) -> dict[str, str]:
     return found
 
 
-def run_model_classes(config: Path) -> dict[str, str] | None:
-    """:func:`model_classes` of a run's ``config.yaml``, None where it cannot be read (nothing to compare)."""
+def run_model_classes(config: Path | None = None, *, text: str | None = None) -> dict[str, str] | None:
+    """:func:`model_classes` of a run's ``config.yaml`` (or of its YAML ``text``), None where it cannot be read
+    (nothing to compare)."""
     import yaml
 
     try:
-        content = yaml.safe_load(config.read_text())
+        content = yaml.safe_load(config.read_text() if text is None else text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     if not isinstance(content, dict) or not isinstance(content.get("model"), dict):

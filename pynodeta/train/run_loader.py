@@ -44,8 +44,8 @@ from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
 from .weight_averages import stored_averages
 
-__all__ = ["Run", "load_run", "read_run_checkpoint", "find_run_config", "build_from_config", "resolve_config",
-           "root_cause"]
+__all__ = ["RUN_CONFIG_KEY", "Run", "load_run", "read_run_checkpoint", "find_run_config", "build_from_config",
+           "resolve_config", "root_cause"]
 
 
 @dataclass
@@ -121,6 +121,9 @@ class Run:
         ``"none"`` keeps the raw weights. A ``sigma_rel=X`` the run did not track is reconstructed post hoc
         from the run's snapshots (:attr:`snapshot_dir`). Returns the key used, in its canonical spelling."""
         key = self.evaluated_with if key is None else key
+        if self.posthoc is not None and key.strip().startswith("sigma_rel=") and \
+                sigma_rel_key(parse_sigma_rel_key(key)) == sigma_rel_key(float(self.posthoc["sigma_rel"])):
+            return RAW_WEIGHTS  # the network's weights are this reconstruction (`pynodeta phema`)
         if key.strip().startswith("sigma_rel=") and self.snapshot_dir is not None:
             wanted = sigma_rel_key(parse_sigma_rel_key(key))
             if wanted not in self.average_keys():
@@ -179,11 +182,15 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
                               f"(with a 'state_dict') as `pynodeta fit` writes it, or, with --unsafe-load, an "
                               f"nn.Module saved with torch.save(model, path)")
     config_path = resolve_config(config) if config is not None else find_run_config(path)
+    stored = content.get(RUN_CONFIG_KEY) if isinstance(content.get(RUN_CONFIG_KEY), str) else None
     if config_path is not None:
         module, datamodule = build_from_config(config_path, allow_modules=None if config else allow_modules)
         if config is not None:
-            _check_same_model(config_path, path)
+            _check_same_model(config_path, path, stored)
         _load_weights(module, content["state_dict"], path, config_path)
+    elif stored is not None:  # `pynodeta phema --checkpoint` keeps the run's config.yaml in its output
+        module, datamodule = build_from_config(path, allow_modules=allow_modules, text=stored)
+        _load_weights(module, content["state_dict"], path, path)
     else:
         module, datamodule = _build_from_hyperparameters(path, content, allow_modules, unsafe)
     _check_finite(content["state_dict"], path)
@@ -200,20 +207,29 @@ def load_run(checkpoint: str | Path, config: str | Path | None = None, *, allow_
                posthoc=posthoc, latents=latents)
 
 
-def _check_same_model(config: Path, checkpoint: Path) -> None:
-    """A config given with a run's checkpoint builds the classes of the run's own config.yaml, where there is
-    one: an EDM run's weights under a DDPM config would be sampled with the wrong objective, without error."""
+def _check_same_model(config: Path, checkpoint: Path, stored: str | None) -> None:
+    """A config given with a run's checkpoint builds the classes of the run's own config.yaml (beside the
+    checkpoint, or the copy ``stored`` in it), where there is one: an EDM run's weights under a DDPM config
+    would be sampled with the wrong objective, without error."""
     run_config = find_run_config(checkpoint)
-    if run_config is None or run_config.resolve() == config.resolve():
+    if run_config is not None and run_config.resolve() == config.resolve():
         return
-    ours, runs = run_model_classes(config), run_model_classes(run_config)
+    if run_config is not None:
+        runs, where = run_model_classes(run_config), f"the run in {str(run_config.parent)!r}, whose config.yaml"
+    elif stored is not None:
+        runs, where = run_model_classes(text=stored), "a run whose config.yaml (stored in the checkpoint)"
+    else:
+        return
+    ours = run_model_classes(config)
     differences = [] if ours is None or runs is None else different_classes(ours, runs)
     if differences:
         raise CheckpointError(
-            f"the checkpoint {str(checkpoint)!r} belongs to the run in {str(run_config.parent)!r}, whose config.yaml "
-            f"builds other classes than the config {str(config)!r} ({'; '.join(differences)}): its weights would be "
-            f"taken for another model. Leave out --config (the run's own is used), or pass the one it was trained "
-            f"with")
+            f"the checkpoint {str(checkpoint)!r} belongs to {where} builds other classes than the config "
+            f"{str(config)!r} ({'; '.join(differences)}): its weights would be taken for another model. Leave out "
+            f"--config (the run's own is used), or pass the one it was trained with")
+
+
+RUN_CONFIG_KEY = "pynodeta_run_config"  # a checkpoint's own copy of its run's config.yaml (YAML text)
 
 
 def find_run_config(checkpoint: Path) -> Path | None:
@@ -246,30 +262,32 @@ def resolve_config(config: str | Path) -> Path:
     return shipped_config_path(str(config))
 
 
-def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = None, seed: int | None = None):
+def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = None, seed: int | None = None,
+                      text: str | None = None):
     """(LightningModule, LightningDataModule) of a training config's ``model:`` and ``data:`` sections.
 
     ``allow_modules`` None: the config is the user's own and is built as given; else every class path
     in the two sections must lie in pynodeta or these modules, checked before anything is imported.
     Initial weights are drawn with the config's ``seed_everything`` (``seed`` overrides it); the global
-    RNG is left as it was.
+    RNG is left as it was. ``text``: the config's YAML, stored in the checkpoint ``config`` (not a file).
     """
     import yaml
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule, LightningModule
 
+    name = f"config {str(config)!r}" if text is None else f"the config stored in {str(config)!r}"
     try:
-        content = yaml.safe_load(config.read_text())
+        content = yaml.safe_load(config.read_text() if text is None else text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"config {str(config)!r} is not readable YAML: {str(error).splitlines()[0]}") from error
+        raise ValueError(f"{name} is not readable YAML: {str(error).splitlines()[0]}") from error
     missing = [k for k in ("model", "data") if not isinstance(content, dict) or not isinstance(content.get(k), dict)]
     if missing:
-        raise ValueError(f"config {str(config)!r} has no {' and no '.join(missing)} section; expected a training "
+        raise ValueError(f"{name} has no {' and no '.join(missing)} section; expected a training "
                          f"config with model: and data: (class_path, init_args)")
     sections = {"model": upgrade_diffusion_model_section(content["model"]), "data": content["data"]}
-    where = f"the config {str(config)!r}"
+    where = f"the config {str(config)!r}" if text is None else name
     if allow_modules is not None:
-        check_class_paths(sections, allow_modules, f"{where} found beside the checkpoint")
+        check_class_paths(sections, allow_modules, f"{where} found beside the checkpoint" if text is None else where)
     for name, base in (("model", LightningModule), ("data", LightningDataModule)):
         # imports the top-level classes (already vetted) and refuses a non-Lightning class before any call
         import_allowed_class(sections[name].get("class_path"), base, allow_modules, f"{where} ({name}: class_path)")
@@ -284,7 +302,7 @@ def build_from_config(config: Path, *, allow_modules: Iterable[str] | None = Non
             torch.manual_seed(seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
             built = instantiate(parser.parse_object(sections))
     except Exception as error:  # noqa: BLE001 - jsonargparse and constructors report bad configs this way
-        raise ValueError(f"config {str(config)!r} does not build: {_first_line(root_cause(error))}") from error
+        raise ValueError(f"{name} does not build: {_first_line(root_cause(error))}") from error
     return built.model, built.data
 
 

@@ -275,6 +275,12 @@ def test_evaluate_reproduces_fits_fd_of_a_shipped_edm2_config_with_its_power_ema
     capsys.readouterr()
     written = evaluate(path=tmp_path / "phema.ckpt")
     assert written["weights"] == "sigma_rel=0.07 (post hoc, step 6)" and written["fd"] == posthoc["fd"]
+    # written outside the run, the file still loads (its copy of the run's config.yaml), and names its width
+    for flags in ([], ["--average", "sigma_rel=0.07"]):
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "phema.ckpt"), "--out", str(tmp_path / "e.png"),
+                     "--json", *flags]) == 0
+        alone = json.loads(capsys.readouterr().out)
+        assert alone["weights"] == written["weights"] and alone["fd"] == posthoc["fd"]
 
 
 def test_a_config_of_other_classes_than_the_runs_own_is_refused_by_sample(tmp_path, capsys):
