@@ -199,14 +199,17 @@ def _controller_from_options(method, be: Backend, kind: str, rtol, atol, options
 
 
 def _tolerance_value(tol: Any) -> Any:
-    """Sequences become tuples (hashable, typed); tensors and numbers pass through to be checked."""
+    """Sequences become tuples (hashable, typed); tensors and numbers pass through to be checked, other
+    number types (numpy scalars, 0-d arrays) become floats; text is refused, as torchdiffeq refuses it."""
     if isinstance(tol, list):
         return tuple(tol)
+    if isinstance(tol, (str, bytes)):
+        raise TypeError(f"rtol/atol must be numbers, got the text {tol!r}; pass a number, e.g. float({tol!r})")
     if not isinstance(tol, (torch.Tensor, tuple, int, float)):
         try:
             return float(tol)
         except (TypeError, ValueError):
-            raise TypeError(f"rtol/atol must be positive numbers, got {tol!r}") from None
+            raise TypeError(f"rtol/atol must be numbers >= 0, got {tol!r}") from None
     return tol
 
 

@@ -186,3 +186,11 @@ def test_a_per_element_forward_tolerance_that_the_adjoint_would_reuse_is_refused
                            adjoint_params=tuple(linear.parameters()), adjoint_rtol=1e-6, adjoint_atol=1e-8)
     ys.sum().backward()  # with the adjoint's own tolerances it runs
     assert torch.isfinite(y0.grad).all()
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_a_tolerance_given_as_text_is_refused_as_torchdiffeq_refuses_it(name):
+    with pytest.raises(TypeError, match=r"rtol/atol must be numbers, got the text '1e-3'; pass a number"):
+        pn.odeint(decay, torch.ones(2), T, **{name: "1e-3"})
+    np = pytest.importorskip("numpy")
+    assert torch.isfinite(pn.odeint(decay, torch.ones(2), T, **{name: np.float32(1e-5)})).all()  # numpy scalars do
