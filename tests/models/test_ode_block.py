@@ -86,8 +86,9 @@ def test_ode_blocks_and_total_nfe_find_nested_blocks():
     [
         (dict(t_span=(1.0, 1.0)), "t_span must be two finite, distinct"),
         (dict(t_span=(0.0,)), "t_span must be a pair"),
-        (dict(rtol=0.0), "rtol must be > 0"),
-        (dict(atol=-1e-3), "atol must be > 0"),
+        (dict(rtol=-1e-3), "rtol must be >= 0"),
+        (dict(atol=-1e-3), "atol must be >= 0"),
+        (dict(rtol=0.0, atol=0.0), "rtol and atol are both 0"),
         (dict(method="dopri7"), "unknown method 'dopri7'"),
         (dict(method="dopri5", options={"step_size": 0.1}), "step_size"),
         (dict(adjoint=False, adjoint_options={"norm": "seminorm"}), "adjoint_options only apply"),

@@ -130,18 +130,19 @@ def tolerance_to_numpy(tol: float | torch.Tensor, size: int, name: str) -> float
     if isinstance(tol, torch.Tensor):
         values = tol.detach().reshape(-1).cpu().to(torch.float64).numpy()
         if values.size == 1:
-            return _positive(float(values[0]), name)
+            return _non_negative(float(values[0]), name)
         if values.size != size:
             raise ValueError(f"{name} has {values.size} elements but the flat state has {size}")
-        if not (values > 0).all():
-            raise ValueError(f"{name} must be > 0 everywhere, got min {values.min():.3g}")
+        if not (values >= 0).all():
+            raise ValueError(f"{name} must be >= 0 everywhere, got min {values.min():.3g}")
         return values
-    return _positive(float(tol), name)
+    return _non_negative(float(tol), name)
 
 
-def _positive(value: float, name: str) -> float:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+def _non_negative(value: float, name: str) -> float:
+    """0 is a purely relative or absolute tolerance, as the solvers take it (both 0 is refused earlier)."""
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
     return value
 
 

@@ -99,8 +99,8 @@ def gpu_solver_options(config: SolverConfig) -> dict[str, Any]:
         if isinstance(tol, torch.Tensor) and tol.numel() > 1:
             raise ValueError(f"per-element {name} is not available on the Julia GPU path; pass one number")
         value = float(tol)
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
         tolerances[name] = value
     return dict(
         reltol=tolerances["rtol"],

@@ -129,7 +129,7 @@ def test_wrong_output_shape_names_func():
         ({"step_size": 0.1}, "step_size is for fixed-grid methods"),
         ({"extra": {"jac": None}}, r"unknown options \['jac'\] for backend 'scipy'"),
         ({"rtol": 1e-16}, "rtol must be >= "),
-        ({"atol": -1.0}, "atol must be > 0, got -1.0"),
+        ({"atol": -1.0}, "atol must be >= 0, got -1.0"),
     ],
 )
 def test_unsupported_settings_are_refused(config, message):
