@@ -10,13 +10,12 @@ or a full disk leaves the old file (or none), never a torn one.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._atomic import atomic_torch_save
+from .._atomic import atomic_torch_save, temporary_file_beside
 from .diffusion_sampling import save_grid
 
 __all__ = ["GRID_MAX", "PT_MAX_BYTES", "check_output_path", "check_grid_channels", "GridWriter", "TensorWriter"]
@@ -84,8 +83,7 @@ class TensorWriter:
                                  f"memory for a .pt file; save them as .npy instead (written as they are drawn)")
             self._array = torch.empty(self.shape)
         else:
-            handle, self._temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                                       suffix=".tmp")
+            handle, self._temporary = temporary_file_beside(self.path)  # the final file's permissions
             os.close(handle)
             self._array = np.lib.format.open_memmap(self._temporary, mode="w+", dtype=np.float32, shape=self.shape)
 

@@ -7,12 +7,12 @@ import csv
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from pynodeta._atomic import temporary_file_beside
 from pynodeta.cli import main
 from pynodeta.train import run_dir as run_dir_module
 from pynodeta.train.run_dir import RunDirLock
@@ -163,7 +163,7 @@ def test_a_killed_runs_temporary_checkpoint_files_are_removed_at_start(tmp_path)
     version = ["--trainer.logger.init_args.version", "v"]
     assert main(["fit", "--config", config, *version]) == 0
     checkpoints = tmp_path / "runs" / "lightning_logs" / "v" / "checkpoints"
-    leftover = checkpoints / ".last.ckpt.k3j9x_.tmp"  # the name atomic_torch_save's mkstemp gives
+    leftover = checkpoints / ".last.ckpt.3fa9c01b.tmp"  # the name of atomic_torch_save's temporary file
     leftover.write_bytes(b"half a checkpoint")
     unrelated = checkpoints / "notes.tmp"
     unrelated.write_text("not ours")
@@ -180,7 +180,7 @@ def test_a_killed_runs_temporary_snapshot_files_are_removed_with_the_checkpoint_
         (run / folder).mkdir(parents=True)
         (run / folder / name).write_bytes(b"a finished file")
         # the temporary name pynodeta._atomic gives, as a kill mid-write leaves it
-        handle, temporary = tempfile.mkstemp(dir=run / folder, prefix=f".{name}.", suffix=".tmp")
+        handle, temporary = temporary_file_beside(run / folder / name)
         os.close(handle)
         written.append(Path(temporary))
     (run / "phema" / "notes.tmp").write_text("not ours")
@@ -249,3 +249,41 @@ def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
         _atomic.atomic_write_text(target, '{"a": 2}')
     assert target.read_text() == '{"a": 1}'  # the old file is intact, and no temporary is left behind
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077], ids=oct)
+def test_an_atomic_write_gets_the_permissions_a_plain_open_gives(tmp_path, umask):
+    from pynodeta import _atomic
+
+    previous = os.umask(umask)
+    try:
+        _atomic.atomic_write_text(tmp_path / "summary.json", "{}")
+        _atomic.atomic_torch_save({"step": 1}, tmp_path / "last.ckpt")
+        with open(tmp_path / "metrics.csv", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    assert _mode(tmp_path / "metrics.csv") == 0o666 & ~umask
+    assert _mode(tmp_path / "summary.json") == _mode(tmp_path / "last.ckpt") == 0o666 & ~umask
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("existing", [0o644, 0o600, 0o640], ids=oct)
+def test_an_atomic_write_over_a_file_keeps_its_permissions(tmp_path, existing):
+    from pynodeta import _atomic
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"an older checkpoint")
+    target.chmod(existing)
+    previous = os.umask(0o077)  # a umask that would give 0600: the existing file's mode wins
+    try:
+        _atomic.atomic_torch_save({"step": 2}, target)
+    finally:
+        os.umask(previous)
+    assert _mode(target) == existing and torch.load(target)["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

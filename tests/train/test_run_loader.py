@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 
 import numpy as np
 import pytest
@@ -215,6 +216,21 @@ def test_large_draws_stream_and_the_grid_is_capped(checkpoint, tmp_path):
     run.use_average()
     expected = generate(run.module, 300, "euler", 2, generator=torch.Generator().manual_seed(3)).images
     assert np.array_equal(np.load(tmp_path / "all.npy"), expected.numpy())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_a_saved_tensor_gets_the_permissions_a_plain_open_gives(tmp_path, suffix):
+    from pynodeta.train.sample_outputs import TensorWriter
+
+    previous = os.umask(0o022)
+    try:
+        writer = TensorWriter(tmp_path / f"x{suffix}", 2, (1, 2, 2))
+        writer.add(torch.zeros(2, 1, 2, 2))
+        writer.close()
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / f"x{suffix}").st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize(("argv", "message"), [
