@@ -44,7 +44,10 @@ def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas") -> list[float]:
 
 def check_option(name: str, value: float, hint: str, allow_inf: bool = False) -> float:
     """A sampler's float option as a float, refused (naming it) when NaN, negative, or infinite without
-    ``allow_inf``: NaN passes every ``value < 0`` test and would turn all samples into NaN silently."""
+    ``allow_inf``: NaN passes every ``value < 0`` test and would turn all samples into NaN silently. A bool is
+    refused too: ``s_churn=true`` would otherwise be read as 1."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number ({hint}), got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

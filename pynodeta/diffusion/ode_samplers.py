@@ -110,7 +110,7 @@ def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ext
                disable: bool | None = None, order: int = 4) -> torch.Tensor:
     """Linear multistep (Adams–Bashforth on the non-uniform σ grid) of order ``order``, k-diffusion's
     ``sample_lms``: one evaluation per step, lower orders for the first ``order − 1`` steps."""
-    if not isinstance(order, int) or order < 1:
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an integer >= 1 (k-diffusion uses 4), got {order!r}")
     levels, model = start(denoiser, x, sigmas, "lms", extra_args)
     slopes: list[torch.Tensor] = []  # the newest last

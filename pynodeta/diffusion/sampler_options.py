@@ -6,7 +6,8 @@ callback=…, disable=…, **options)``; its options are the rest of its keyword
 ``evaluation.sampler_options`` and ``pynodeta sample`` in ``--sampler-option NAME=VALUE``; both are checked
 here against the sampler's own signature before anything is drawn, so that a misspelt option is an error
 naming the sampler's real ones, not a keyword the sampler never sees. Their values are checked by the
-sampler itself (``check_option``), the first time it runs.
+sampler itself (``check_option``), the first time it runs; true/false for an option that takes a number
+is refused here already, as Python would read it as 1/0.
 
 Every sampler that walks Karras et al.'s noise levels also takes the grid's options, ``sigma_min``,
 ``sigma_max`` and ``rho`` (EDM Eq. 5; as diffusers' schedulers take their grid in their own config): they
@@ -77,7 +78,17 @@ def check_sampler_options(sampler: str, options: Mapping | None, where: str = "s
                             f"true/false, got {value!r}")
         if name in GRID_OPTIONS and value is not None:
             _check_grid_value(name, value, where)
+        elif isinstance(value, bool):
+            _check_not_a_number(sampler, name, value, where)
     return dict(options)
+
+
+def _check_not_a_number(sampler: str, name: str, value: bool, where: str) -> None:
+    """Refuse true/false for an option that defaults to a number: Python's arithmetic would read it as 1/0."""
+    default = inspect.signature(get_sampler(sampler)).parameters[name].default
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        raise TypeError(f"{where}: option {name!r} of sampler {sampler!r} is a number (default {default!r}), "
+                        f"got {value!r}; pass a number, e.g. {name}={default!r}")
 
 
 def _check_grid_value(name: str, value, where: str) -> None:

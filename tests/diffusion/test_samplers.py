@@ -120,6 +120,16 @@ def test_churn_options_refuse_nan_inf_and_negative_values(sampler, option, value
         sampler(data.denoiser, x, karras_sigmas(4, dtype=torch.float64), **{"s_churn": 10.0, option: value})
 
 
+@pytest.mark.parametrize("name, option", [("euler", "s_churn"), ("heun", "s_noise"), ("euler_ancestral", "eta"),
+                                          ("dpm_adaptive", "rtol"), ("ddim", "eta"), ("lms", "order")])
+def test_a_numeric_option_refuses_a_bool(name, option):
+    """True passed every number check as 1: ``s_churn=true`` drew with churn 1 instead of being refused."""
+    data, x = standard_case(), torch.zeros(2, 2, dtype=torch.float64)
+    sigmas = karras_sigmas(4, dtype=torch.float64)
+    with pytest.raises((TypeError, ValueError), match=rf"^{option} must be .*got True"):
+        get_sampler(name)(data.denoiser, x, sigmas, disable=True, **{option: True})
+
+
 def test_churn_accepts_an_unbounded_s_tmax():
     data = standard_case()
     x = data.noisy(2, 80.0, torch.Generator().manual_seed(0))

@@ -68,6 +68,9 @@ def test_the_options_of_a_sampler_are_the_keywords_of_its_signature():
     ("euler", {"sigma_max": float("inf")}, ValueError, "sigma_max must be a finite number > 0"),
     ("euler", {"rho": True}, ValueError, r"rho must be a finite number > 0 \(EDM uses 7\), got True"),
     ("ode", {"rtol": 1e-3}, ValueError, "the ode sampler takes no options; set its solve with evaluation.solver"),
+    ("heun", {"s_churn": True}, TypeError, r"option 's_churn' of sampler 'heun' is a number \(default 0.0\), got "
+                                           r"True; pass a number, e.g. s_churn=0.0"),
+    ("lms", {"order": False}, TypeError, "option 'order' of sampler 'lms' is a number"),
     ("ddim", {"eta": [0.5]}, TypeError, "option 'eta' of sampler 'ddim' must be a number"),
     ("ddim", ["clip_x0"], TypeError, "must map option names to values"),
 ])
@@ -193,6 +196,9 @@ def test_sample_uses_the_runs_options_and_replaces_them_with_the_flags(clipped_r
     (["--sampler", "heun", "--sampler-option", "clip_x0=true"], "sampler 'heun' takes no option 'clip_x0'"),
     (["--sampler", "heun", "--sampler-option", "sigma_min=1e-5"], "sampler option sigma_min=1e-05 lies outside the "
                                                                   "noise levels this model's denoiser is defined on"),
+    (["--sampler", "heun", "--sampler-option", "s_churn=true"], "--sampler-option: option 's_churn' of sampler "
+                                                                "'heun' is a number (default 0.0), got True"),
+    (["--sampler-option", "eta=false"], "option 'eta' of sampler 'ddim' is a number"),
 ])
 def test_sample_refuses_bad_options_before_drawing(clipped_run, tmp_path, capsys, flags, message):
     out = tmp_path / "g.png"
