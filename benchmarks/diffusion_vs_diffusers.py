@@ -42,7 +42,7 @@ import yaml
 
 from pynodeta._atomic import atomic_write_text
 from pynodeta.train.configs import shipped_config_path
-from pynodeta.train.diffusion_sampling import describe_sampler_options
+from pynodeta.train.diffusion_sampling import OWN_STEP_SAMPLERS, describe_sampler_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_anchor import NUM, Recipe, Reference, candidate_recipes, ddim_images, train_anchor  # noqa: E402
@@ -171,9 +171,10 @@ def pynodeta_run(config: str, seed: int, args, reference: Reference) -> dict:
     sampler_options = evaluation["sampler_options"]
     option_flags = [flag for name, value in sampler_options.items()
                     for flag in ("--sampler-option", f"{name}={json.dumps(value)}")]  # JSON scalars read as YAML
+    steps = [] if evaluation["sampler"] in OWN_STEP_SAMPLERS else ["--steps", evaluation["steps"]]  # refused there
     started = time.perf_counter()
     output = _cli("sample", "--checkpoint", checkpoint, "--config", root / "config.yaml", "--num", args.num_samples,
-                  "--sampler", evaluation["sampler"], "--steps", evaluation["steps"], *option_flags,
+                  "--sampler", evaluation["sampler"], *steps, *option_flags,
                   "--seed", SAMPLE_SEED, "--num-threads", args.threads, "--out", "none", "--save-tensor", images_path,
                   cwd=runs)
     sample_seconds = time.perf_counter() - started

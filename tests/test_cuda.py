@@ -154,6 +154,7 @@ def test_main_job_on_gpu(tmp_path, capsys):
 @pytest.mark.parametrize("config", ["digits_ddpm", "digits_edm", "digits_edm2"])
 def test_diffusion_jobs_on_gpu_then_sample_and_evaluate(tmp_path, capsys, config):
     from pynodeta.cli import main
+    from pynodeta.train.diffusion_sampling import OWN_STEP_SAMPLERS
 
     out = _fit_on_gpu(tmp_path, capsys, config, ["--model.init_args.evaluation.num_samples", "64",
                                                  "--model.init_args.evaluation.nll_num_images", "4"])
@@ -163,7 +164,8 @@ def test_diffusion_jobs_on_gpu_then_sample_and_evaluate(tmp_path, capsys, config
     checkpoint = str(next((tmp_path / "runs").rglob("last.ckpt")))
     samplers = ("ddpm", "heun", "ode") if config == "digits_ddpm" else ("heun", "dpmpp_2m", "ode")
     for sampler in samplers:
-        assert main(["sample", "--checkpoint", checkpoint, "--sampler", sampler, "--steps", "8", "--num", "8",
+        steps = [] if sampler in OWN_STEP_SAMPLERS else ["--steps", "8"]  # ddpm and ode refuse a step count
+        assert main(["sample", "--checkpoint", checkpoint, "--sampler", sampler, *steps, "--num", "8",
                      "--device", "cuda", "--out", str(tmp_path / f"{sampler}.png")]) == 0
     assert main(["evaluate", "--checkpoint", checkpoint, "--device", "cuda", "--num", "32", "--steps", "4",
                  "--nll-images", "2", "--out", str(tmp_path / "eval.png")]) == 0

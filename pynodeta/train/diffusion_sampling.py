@@ -29,8 +29,14 @@ from pynodeta.ode.stats import record_stats
 from .adaptive_threads import poll_installed
 from .conditioning import one_hot_labels
 
-__all__ = ["ODE_SAMPLER", "sampler_names", "check_sampler_name", "resolved_sampler_options", "describe_sampler_options",
-           "Samples", "SampleBatch", "generate", "generate_batches", "requested_labels", "save_grid"]
+__all__ = ["ODE_SAMPLER", "OWN_STEP_SAMPLERS", "sampler_names", "check_sampler_name", "resolved_sampler_options",
+           "describe_sampler_options", "Samples", "SampleBatch", "generate", "generate_batches", "requested_labels",
+           "save_grid"]
+
+
+# the samplers that choose their own steps, so that ``steps`` means nothing to them: ddpm walks all T timesteps of
+# the schedule, dpm_adaptive (which uses only the grid's ends) and ode step adaptively
+OWN_STEP_SAMPLERS = ("ddpm", "dpm_adaptive", ODE_SAMPLER)
 
 
 def sampler_names() -> tuple[str, ...]:
@@ -150,7 +156,7 @@ def generate_batches(
     module,                                  # a DiffusionModule (its current weights are used)
     num: int,                                # images to draw
     sampler: str = "heun",                   # one of sampler_names()
-    steps: int = 18,                         # noise levels / DDIM steps (ignored by "ode" and "ddpm")
+    steps: int = 18,                         # noise levels / DDIM steps (ignored by OWN_STEP_SAMPLERS)
     *,
     class_labels: int | str | Sequence[int] | torch.Tensor | None = None,  # conditional models: see requested_labels
     guidance: float = 1.0,                   # classifier-free guidance w: D_u + w·(D_c − D_u)

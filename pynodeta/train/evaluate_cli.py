@@ -24,7 +24,7 @@ import torch
 
 from .._cli import ArgumentParser, UsageError
 from .evaluation_ranks import EvaluationRanks, RankFailure, free_port, torchrun_world_size
-from .sample_cli import _check_numbers, _common_arguments, _conditioning, _device, _run, _setup, _solver
+from .sample_cli import _check_numbers, _check_steps, _common_arguments, _conditioning, _device, _run, _setup, _solver
 from .sample_outputs import check_output_path
 
 __all__ = ["evaluate_main"]
@@ -229,6 +229,7 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
     else:
         datamodule.setup("test")
     sampler = args.sampler or module.evaluation.sampler
+    _check_steps(args, sampler)
     options = {"extractor": extractor, "reference_stats": reference_stats, "solver": _solver(args),
                "seed": EVALUATION_SEED if args.seed is None else args.seed, "precision": args.precision,
                "sampler_options": resolved_sampler_options(module, sampler, args.sampler_options, "--sampler-option"),

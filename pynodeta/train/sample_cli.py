@@ -41,7 +41,7 @@ from pynodeta.diffusion.precision import autocast_dtype
 
 from .._cli import ArgumentParser, UsageError
 from . import adaptive_threads
-from .diffusion_sampling import sampler_names
+from .diffusion_sampling import OWN_STEP_SAMPLERS, sampler_names
 from .latent_runs import run_decoder
 from .sample_outputs import GRID_MAX, GridWriter, TensorWriter, check_grid_channels, check_output_path
 
@@ -60,7 +60,9 @@ def _common_arguments(parser: argparse.ArgumentParser, seed_default: int | None 
     parser.add_argument("--no-ema", "--no_ema", dest="no_ema", action="store_true",
                         help="the raw weights: the same as --average none")
     parser.add_argument("--sampler", default=None, choices=sampler_names(), help="default: the run's sampler")
-    parser.add_argument("--steps", type=int, default=None, help="noise levels or DDIM steps (default: the run's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="noise levels or DDIM steps (default: the run's); refused with ddpm, dpm_adaptive and "
+                             "ode, which choose their own")
     parser.add_argument("--sampler-option", "--sampler_option", dest="sampler_option", action="append", default=None,
                         metavar="NAME=VALUE",
                         help="an option of the sampler, e.g. clip_x0=true or eta=0.5 for ddim; repeatable. Given, they "
@@ -118,6 +120,8 @@ def _check_numbers(args) -> None:
             args.class_labels = int(args.class_labels)
         except ValueError:
             raise UsageError(f"--class-labels must be a class number or 'all', got {args.class_labels!r}") from None
+    if args.sampler is not None:  # the run's own sampler is checked once the run is read
+        _check_steps(args, args.sampler)
     args.sampler_options = _sampler_options(args.sampler_option)
     try:
         autocast_dtype(args.precision, "--precision")
@@ -125,6 +129,22 @@ def _check_numbers(args) -> None:
         raise UsageError(str(error)) from None
     if args.no_ema and args.average not in (None, "none"):
         raise UsageError(f"--no-ema conflicts with --average {args.average}; pass one of them")
+
+
+# what each of OWN_STEP_SAMPLERS does instead of taking steps, and what to pass: a --steps would be ignored
+_OWN_STEPS = {
+    "ddpm": ("walks every one of the DDPM schedule's T timesteps", "drop --steps, or pass --sampler ddim for fewer"),
+    "dpm_adaptive": ("chooses its steps from an error estimate",
+                     "drop --steps (--sampler-option rtol=... and atol=... set its accuracy)"),
+    "ode": ("solves the probability-flow ODE with adaptive steps", "drop --steps (--rtol and --atol set its accuracy)"),
+}
+
+
+def _check_steps(args, sampler: str) -> None:
+    """--steps (None when not given: the run's steps) refused with a sampler that would ignore it."""
+    if args.steps is not None and sampler in OWN_STEP_SAMPLERS:
+        does, fix = _OWN_STEPS[sampler]
+        raise UsageError(f"--steps {args.steps} would be ignored: sampler {sampler!r} {does}; {fix}")
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -238,6 +258,7 @@ def _sample(argv: list[str], prog: str) -> int:
     module = run.module
     decoder = run_decoder(run, args.vae, module.device)
     sampler = module.evaluation.sampler if args.sampler is None else args.sampler
+    _check_steps(args, sampler)
     steps = module.evaluation.steps if args.steps is None else args.steps
     generator = torch.Generator().manual_seed(args.seed)
     shape = module.sample_shape

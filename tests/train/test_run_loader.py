@@ -241,10 +241,32 @@ def test_a_saved_tensor_gets_the_permissions_a_plain_open_gives(tmp_path, suffix
     (["evaluate", "--nll-images", "0"], "--nll-images must be >= 1, got 0"),
     (["evaluate", "--num", "1"], "--num must be >= 2"),
     (["sample", "--average", "sigma_rel=abc"], "must be a number"),
+    (["sample", "--sampler", "dpm_adaptive", "--steps", "3"], "--steps 3 would be ignored: sampler 'dpm_adaptive' "
+                                                              "chooses its steps from an error estimate; drop --steps"),
+    (["sample", "--sampler", "ddpm", "--steps", "3"], "sampler 'ddpm' walks every one of the DDPM schedule's T "
+                                                      "timesteps; drop --steps, or pass --sampler ddim for fewer"),
+    (["evaluate", "--sampler", "ode", "--steps", "3"], "--steps 3 would be ignored: sampler 'ode' solves the "
+                                                       "probability-flow ODE with adaptive steps; drop --steps"),
 ])
 def test_numbers_are_checked_by_name(checkpoint, capsys, argv, message):
     assert main([*argv, "--checkpoint", str(checkpoint)]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_steps_are_refused_with_a_runs_own_sampler_that_chooses_its_steps(tmp_path, capsys, command):
+    from pynodeta.train.diffusion_sampling import OWN_STEP_SAMPLERS
+    from pynodeta.train.sample_cli import _OWN_STEPS
+
+    assert set(_OWN_STEPS) == set(OWN_STEP_SAMPLERS)  # every such sampler has its advice
+    config = _config()
+    config["model"]["init_args"]["evaluation"]["sampler"] = "dpm_adaptive"
+    checkpoint, out = _write_run(tmp_path, config), tmp_path / "g.png"
+    argv = [command, "--checkpoint", str(checkpoint), "--num", "2", "--out", str(out)]
+    assert main([*argv, "--steps", "4"]) == 2
+    assert "--steps 4 would be ignored: sampler 'dpm_adaptive'" in capsys.readouterr().err and not out.exists()
+    if command == "sample":  # without --steps, the run's sampler draws as configured
+        assert main(argv) == 0 and "sampler dpm_adaptive" in capsys.readouterr().out and out.exists()
 
 
 def test_evaluate_json_is_strict_json(checkpoint, tmp_path, capsys):
