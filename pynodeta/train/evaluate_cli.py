@@ -36,9 +36,10 @@ def _parser(prog: str) -> ArgumentParser:
     _common_arguments(parser, seed_default=None, seed_help="seed of the noise (default 2024, fit's evaluation seed)")
     parser.add_argument("--num", type=int, default=None, help="images drawn for the FD (default: the run's, as fit)")
     parser.add_argument("--nll-images", "--nll_images", dest="nll_images", type=int, default=None,
-                        help="test images of the NLL and the bound (default: the run's)")
+                        help="test images of the NLL and the bound, at most the test split's (default: the run's)")
     parser.add_argument("--vlb-timesteps", "--vlb_timesteps", dest="vlb_timesteps", type=int, default=None,
-                        help="DDPM: estimate the bound from K stratified timesteps per image (default: all T, exact)")
+                        help="DDPM runs only: estimate the bound from K stratified timesteps per image (default: "
+                             "all T, exact)")
     parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     _feature_arguments(parser)
@@ -228,6 +229,7 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
         _check_without_data(args, module, extractor, reference_stats, decoder)
     else:
         datamodule.setup("test")
+    _check_likelihood_arguments(args, module, datamodule)
     sampler = args.sampler or module.evaluation.sampler
     _check_steps(args, sampler)
     options = {"extractor": extractor, "reference_stats": reference_stats, "solver": _solver(args),
@@ -243,6 +245,22 @@ def _prepare(args, prog: str, ranks: EvaluationRanks):
             cache = _cache(args, module, weights, options, extractor or _extractor(module), decoder)
         blocks = BlockDraw(args.block_size or DEFAULT_BLOCK_SIZE, ranks, cache, progress_seconds=30.0, label=prog)
     return module, datamodule, weights, options, blocks
+
+
+def _check_likelihood_arguments(args, module, datamodule) -> None:
+    """--nll-images and --vlb-timesteps against the run, before anything is drawn: neither is cut down or dropped
+    silently."""
+    from .diffusion_evaluation import _pixel_test_set
+    from .objectives import DDPMObjective
+
+    if args.vlb_timesteps is not None and not isinstance(module.objective, DDPMObjective):
+        raise UsageError(f"--vlb-timesteps {args.vlb_timesteps}: the variational bound is defined for the DDPM "
+                         f"objective, and this run trains with {type(module.objective).__name__}; drop "
+                         f"--vlb-timesteps (the NLL in bits/dim is computed for every run)")
+    test = _pixel_test_set(module, datamodule) if datamodule is not None and args.nll_images is not None else None
+    if test is not None and args.nll_images > len(test.images):
+        raise UsageError(f"--nll-images {args.nll_images}: the run's test split has {len(test.images)} images; "
+                         f"pass --nll-images {len(test.images)} or fewer")
 
 
 def _check_without_data(args, module, extractor, reference_stats, decoder) -> None:

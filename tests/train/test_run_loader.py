@@ -247,6 +247,10 @@ def test_a_saved_tensor_gets_the_permissions_a_plain_open_gives(tmp_path, suffix
                                                       "timesteps; drop --steps, or pass --sampler ddim for fewer"),
     (["evaluate", "--sampler", "ode", "--steps", "3"], "--steps 3 would be ignored: sampler 'ode' solves the "
                                                        "probability-flow ODE with adaptive steps; drop --steps"),
+    (["evaluate", "--nll-images", "361"], "--nll-images 361: the run's test split has 360 images; pass --nll-images "
+                                          "360 or fewer"),
+    (["evaluate", "--vlb-timesteps", "5"], "--vlb-timesteps 5: the variational bound is defined for the DDPM "
+                                           "objective, and this run trains with EDMObjective; drop --vlb-timesteps"),
 ])
 def test_numbers_are_checked_by_name(checkpoint, capsys, argv, message):
     assert main([*argv, "--checkpoint", str(checkpoint)]) == 2
