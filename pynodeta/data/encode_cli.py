@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .._cli import ArgumentParser, UsageError
+from .._cli import ArgumentParser, UsageError, command_device
 from .errors import DatasetNotFoundError
 
 __all__ = ["build_parser", "main"]
@@ -38,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     from pynodeta.train.run_dir import RunDirectoryError
 
     try:
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {args.out!r} is a file; name a folder")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = command_device(args.device, "--device")
         from .latent_encoding import encode_image_folder
 
         result = encode_image_folder(args.data, args.vae, out, resolution=args.resolution, shard_size=args.shard_size,

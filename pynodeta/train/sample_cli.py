@@ -39,7 +39,7 @@ import torch
 from pynodeta.diffusion.guidance import check_guidance
 from pynodeta.diffusion.precision import autocast_dtype
 
-from .._cli import ArgumentParser, UsageError
+from .._cli import ArgumentParser, UsageError, command_device
 from . import adaptive_threads
 from .diffusion_sampling import OWN_STEP_SAMPLERS, sampler_names
 from .latent_runs import run_decoder
@@ -192,15 +192,7 @@ def load_diffusion_run(checkpoint: str | Path, config: str | None = None, *, ave
 
 
 def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UsageError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name!r}: this machine has no CUDA device; use --device cpu")
-    return device
+    return command_device(name, "--device")
 
 
 def _setup(args, prog: str):

@@ -94,6 +94,9 @@ def test_the_command_encodes_resumes_and_reports_bad_input(tmp_path, capsys):
     assert "not a saved diffusers AutoencoderKL" in capsys.readouterr().err
     assert main([*argv[:-4], "--shard-size", "0"]) == 2
     assert "--shard-size must be >= 1" in capsys.readouterr().err
+    assert main([*argv[:-1], "meta"]) == 2  # a device nothing can be computed on: one line, not a traceback
+    assert "--device 'meta': a meta tensor holds no values, so nothing can be computed on it; use cpu" in \
+        capsys.readouterr().err
 
 
 def test_the_datamodule_yields_scaled_posterior_samples_with_labels_and_edm2_xflip(encoded):

@@ -258,6 +258,26 @@ def test_numbers_are_checked_by_name(checkpoint, capsys, argv, message):
 
 
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
+@pytest.mark.parametrize(("accelerators", "device", "message"), [
+    ({}, "meta", "--device 'meta': a meta tensor holds no values, so nothing can be computed on it; use cpu"),
+    ({}, "mps", "--device 'mps': this machine (torch "),
+    ({}, "cuda", "has no CUDA device; use cpu"),
+    ({"cuda": 2}, "cuda:2", "--device 'cuda:2': this machine has 2 cuda device(s); use cpu, cuda or cuda:0 to cuda:1"),
+    ({"cuda": 1}, "xla", "cannot run on xla; use cpu or cuda"),
+])
+def test_a_device_this_machine_cannot_compute_on_is_a_one_line_error(checkpoint, tmp_path, capsys, monkeypatch,
+                                                                     command, accelerators, device, message):
+    from pynodeta import _cli
+
+    monkeypatch.setattr(_cli, "_accelerators", lambda: accelerators)  # the same machine wherever the test runs
+    out = tmp_path / "g.png"
+    assert main([command, "--checkpoint", str(checkpoint), "--device", device, "--num", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pynodeta {command}: error: ") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
 def test_steps_are_refused_with_a_runs_own_sampler_that_chooses_its_steps(tmp_path, capsys, command):
     from pynodeta.train.diffusion_sampling import OWN_STEP_SAMPLERS
     from pynodeta.train.sample_cli import _OWN_STEPS
