@@ -257,6 +257,11 @@ def _check_likelihood_arguments(args, module, datamodule) -> None:
         raise UsageError(f"--vlb-timesteps {args.vlb_timesteps}: the variational bound is defined for the DDPM "
                          f"objective, and this run trains with {type(module.objective).__name__}; drop "
                          f"--vlb-timesteps (the NLL in bits/dim is computed for every run)")
+    terms = module.objective.schedule.num_timesteps - 1 if args.vlb_timesteps is not None else None
+    if terms is not None and terms > 0 and args.vlb_timesteps > terms:  # as variational_bound counts them
+        raise UsageError(f"--vlb-timesteps {args.vlb_timesteps} exceeds the T − 1 = {terms} KL terms of this run's "
+                         f"schedule; pass at most {terms}, or leave --vlb-timesteps out for the exact sum over all "
+                         f"timesteps")
     test = _pixel_test_set(module, datamodule) if datamodule is not None and args.nll_images is not None else None
     if test is not None and args.nll_images > len(test.images):
         raise UsageError(f"--nll-images {args.nll_images}: the run's test split has {len(test.images)} images; "

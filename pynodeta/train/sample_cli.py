@@ -304,6 +304,9 @@ def _conditioning(args, module) -> dict:
     if args.class_labels is None and args.command == "sample":
         raise UsageError(f"this run is class-conditional ({module.num_classes} classes): pass --class-labels N "
                          "or --class-labels all")
+    if isinstance(args.class_labels, int) and not 0 <= args.class_labels < module.num_classes:
+        raise UsageError(f"--class-labels {args.class_labels}: this run's classes are 0 to {module.num_classes - 1}; "
+                         f"pass one of them or --class-labels all")
     return {"class_labels": "all" if args.class_labels is None else args.class_labels,
             "guidance": module.evaluation.guidance if args.guidance is None else args.guidance}
 

@@ -1,7 +1,5 @@
 """``pynodeta sample`` / ``evaluate`` on a class-conditional run: --class-labels and --guidance, and their errors."""
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -51,9 +49,15 @@ def test_sample_draws_the_asked_class_with_guidance_and_needs_labels(tmp_path, c
     assert "pass --class-labels N or --class-labels all" in capsys.readouterr().err
     for bad, message in ((["--class-labels", "three"], "a class number or 'all'"),
                          (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
-                         (["--class-labels", "10"], r"lie in \[0, 10\)")):
+                         (["--class-labels", "10"], "--class-labels 10: this run's classes are 0 to 9; pass one "
+                                                    "of them or --class-labels all"),
+                         (["--class-labels", "-1"], "--class-labels -1: this run's classes are 0 to 9")):
         assert main(["sample", "--checkpoint", checkpoint, "--num", "2", "--out", str(tmp_path / "b.png"), *bad]) == 2
-        assert re.search(message, capsys.readouterr().err), bad
+        assert message in capsys.readouterr().err, bad
+    assert main(["evaluate", "--checkpoint", checkpoint, "--num", "2", "--class-labels", "12",
+                 "--out", str(tmp_path / "e.png")]) == 2
+    assert "--class-labels 12: this run's classes are 0 to 9" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "e.png").exists()
 
 
 @pytest.mark.slow

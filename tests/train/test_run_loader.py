@@ -293,6 +293,17 @@ def test_steps_are_refused_with_a_runs_own_sampler_that_chooses_its_steps(tmp_pa
         assert main(argv) == 0 and "sampler dpm_adaptive" in capsys.readouterr().out and out.exists()
 
 
+def test_evaluate_names_the_flag_of_a_vlb_timestep_count_beyond_the_schedule(tmp_path, capsys):
+    config = _config()
+    config["model"]["init_args"]["objective"] = {"class_path": "pynodeta.train.DDPMObjective"}
+    config["model"]["init_args"]["model"]["init_args"]["time_scale"] = 1.0
+    checkpoint, out = _write_run(tmp_path, config), tmp_path / "e.png"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num", "2", "--vlb-timesteps", "1000",
+                 "--out", str(out)]) == 2
+    assert ("--vlb-timesteps 1000 exceeds the T − 1 = 999 KL terms of this run's schedule; pass at most 999, or "
+            "leave --vlb-timesteps out" in capsys.readouterr().err) and not out.exists()
+
+
 def test_evaluate_json_is_strict_json(checkpoint, tmp_path, capsys):
     # the UNet is not finite-likelihood-checked here: an EDM model without a likelihood is fine, NaN is null
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.png"), "--json"]) == 0
