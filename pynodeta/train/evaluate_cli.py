@@ -75,9 +75,9 @@ def _check_arguments(args, world: int | None) -> None:
     _check_numbers(args)
     if args.num is not None and args.num < 2:
         raise UsageError(f"--num must be >= 2: the Fréchet distance estimates a covariance, got {args.num}")
-    for name, value in (("--devices", args.devices), ("--block-size", args.block_size), ("--seed", args.seed)):
-        if value is not None and value < (0 if name == "--seed" else 1):
-            raise UsageError(f"{name} must be >= {0 if name == '--seed' else 1}, got {value}")
+    for name, value in (("--devices", args.devices), ("--block-size", args.block_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
     if world is not None and args.devices not in (None, world):
         raise UsageError(f"--devices {args.devices} under torchrun, whose WORLD_SIZE is {world}: torchrun starts "
                          f"the processes; drop --devices")

@@ -107,6 +107,10 @@ def _check_numbers(args) -> None:
                              ("--vlb-timesteps", getattr(args, "vlb_timesteps", None), 1)):
         if value is not None and value < low:
             raise UsageError(f"{name} must be >= {low}, got {value}")
+    # torch's generators take seeds in [0, 2^64): a negative one would stand for 2^64 + seed there, and the blocks
+    # of a sharded evaluation refuse it, so both commands refuse it alike
+    if args.seed is not None and not 0 <= args.seed < 2 ** 64:
+        raise UsageError(f"--seed must lie in [0, 2^64 − 1] (the seeds of a torch generator), got {args.seed}")
     for name, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be a positive number, got {value}")

@@ -251,6 +251,11 @@ def test_a_saved_tensor_gets_the_permissions_a_plain_open_gives(tmp_path, suffix
                                           "360 or fewer"),
     (["evaluate", "--vlb-timesteps", "5"], "--vlb-timesteps 5: the variational bound is defined for the DDPM "
                                            "objective, and this run trains with EDMObjective; drop --vlb-timesteps"),
+    # the two commands take the same seeds, those of a torch generator (a negative one stood for 2^64 + seed)
+    (["sample", "--seed", "-1"], "--seed must lie in [0, 2^64 − 1] (the seeds of a torch generator), got -1"),
+    (["evaluate", "--seed", "-3"], "--seed must lie in [0, 2^64 − 1] (the seeds of a torch generator), got -3"),
+    (["sample", "--seed", str(2 ** 64)], f"--seed must lie in [0, 2^64 − 1] (the seeds of a torch generator), got "
+                                         f"{2 ** 64}"),
 ])
 def test_numbers_are_checked_by_name(checkpoint, capsys, argv, message):
     assert main([*argv, "--checkpoint", str(checkpoint)]) == 2
