@@ -298,8 +298,8 @@ def vlb_bits_per_dim(module, datamodule=None, num_images: int | None = None, sam
 
 def summary_line(result: dict) -> str:
     """``pynodeta summary: FD a / floor b = r× | NLL c bits/dim [| VLB v ± e bits/dim (K of T timesteps)]
-    [| class accuracy a at guidance w] | sampler s [(its options)], NFE n | grid path``; the VLB part for DDPM
-    models only, the class accuracy for class-conditional ones."""
+    [| class accuracy a at guidance w] | sampler s [(its options)], NFE n | grid path`` (``no grid`` without one);
+    the VLB part for DDPM models only, the class accuracy for class-conditional ones."""
     bound = ""
     if "vlb_bpd" in result:
         sampled, total = result["vlb_sampled_timesteps"], result["vlb_num_timesteps"]
@@ -310,7 +310,7 @@ def summary_line(result: dict) -> str:
     return (f"pynodeta summary: FD {result['fd']:.3f} / floor {result['fd_floor']:.3f} = {result['fd_ratio']:.2f}× | "
             f"NLL {result['bpd']:.3f} bits/dim{bound} | sampler {result['sampler']}"
             f"{describe_sampler_options(result.get('sampler_options'))}, NFE {result['sampler_nfe']:.0f} | "
-            f"grid {result['grid']}")
+            f"{'no grid' if result['grid'] is None else 'grid ' + result['grid']}")
 
 
 def final_summary(module, out_dir: str | os.PathLike, datamodule=None) -> dict:

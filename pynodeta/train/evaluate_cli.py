@@ -40,7 +40,8 @@ def _parser(prog: str) -> ArgumentParser:
     parser.add_argument("--vlb-timesteps", "--vlb_timesteps", dest="vlb_timesteps", type=int, default=None,
                         help="DDPM runs only: estimate the bound from K stratified timesteps per image (default: "
                              "all T, exact)")
-    parser.add_argument("--out", default="evaluation_samples.png", help="grid of the first 64 drawn images")
+    parser.add_argument("--out", default="evaluation_samples.png",
+                        help="PNG grid of the first 64 drawn images (default evaluation_samples.png); 'none': no grid")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     _feature_arguments(parser)
     group = parser.add_argument_group("sharded, resumable evaluation (images drawn in seeded blocks)")
@@ -85,7 +86,8 @@ def _check_arguments(args, world: int | None) -> None:
         check_output_path(args.write_reference_stats, "--write-reference-stats", (".npz",))
         if args.devices not in (None, 1) or world not in (None, 1) or args.cache:
             raise UsageError("--write-reference-stats runs in one process; drop --devices and --cache")
-    check_output_path(args.out, "--out", (".png",))
+    if args.out != "none":
+        check_output_path(args.out, "--out", (".png",))
     if args.inception_weights and args.dinov2_weights:
         raise UsageError("--inception-weights (FID) and --dinov2-weights (FD_DINOv2) name two metrics; pass one")
     if args.reference_stats and args.write_reference_stats:
@@ -174,7 +176,8 @@ def _evaluate_rank(args, prog: str, ranks: EvaluationRanks) -> int:
     if prepared is None:
         return 0  # --write-reference-stats, done
     module, datamodule, weights, options, blocks = prepared
-    result = evaluate_samples(module, args.out if ranks.is_zero else None, datamodule, num=args.num,
+    grid = args.out if ranks.is_zero and args.out != "none" else None
+    result = evaluate_samples(module, grid, datamodule, num=args.num,
                               sampler=args.sampler, steps=args.steps, blocks=blocks, **options)
     if result is None:  # not rank 0: its blocks went to rank 0, which scores and writes
         return 0

@@ -298,6 +298,15 @@ def test_steps_are_refused_with_a_runs_own_sampler_that_chooses_its_steps(tmp_pa
         assert main(argv) == 0 and "sampler dpm_adaptive" in capsys.readouterr().out and out.exists()
 
 
+def test_evaluate_out_none_writes_no_grid_as_in_sample(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default grid, evaluation_samples.png, would go
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num", "2", "--out", "none"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("| no grid")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--num", "2", "--out", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid"] is None
+    assert not list(tmp_path.rglob("*.png"))
+
+
 def test_evaluate_names_the_flag_of_a_vlb_timestep_count_beyond_the_schedule(tmp_path, capsys):
     config = _config()
     config["model"]["init_args"]["objective"] = {"class_path": "pynodeta.train.DDPMObjective"}
