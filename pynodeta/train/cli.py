@@ -33,6 +33,7 @@ from .base import TrainingModule
 from .checkpoint_io import AtomicCheckpointIO
 from .configs import resolve_config_args
 from .divergence import StopOnNonFiniteLoss, TrainingDiverged
+from .fit_errors import FitSettingError
 from .legacy_configs import refuse_legacy_fit_configs
 from .plots import plot_after_fit
 from .resume import prepare_ckpt_path
@@ -137,6 +138,8 @@ class PynodetaCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             self._run_in_run_dir(subcommand)
+        except FitSettingError as error:
+            raise ConfigurationError(str(error)) from error
         except RuntimeError as error:  # torch's load_state_dict, when Lightning restores --ckpt_path
             if "Error(s) in loading state_dict" not in str(error):
                 raise

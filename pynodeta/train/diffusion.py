@@ -28,6 +28,7 @@ from .compiled_training import CompiledTraining, check_compile_training
 from .conditioning import ClassConditioning
 from .diffusion_sampling import generate
 from .evaluation_settings import EvalSettings
+from .fit_errors import FitSettingError
 from .latent_runs import LATENTS_KEY, latent_record_of
 from .objectives import DDPMObjective, DiffusionObjective
 from .optim import OptimizerPreset
@@ -132,11 +133,24 @@ class DiffusionModule(TrainingModule):
 
     def on_fit_start(self) -> None:
         if isinstance(self.averaging, PowerEMAAveraging) and self._power_ema_callback() is None:
-            raise ValueError(
+            raise FitSettingError(
                 f"averaging={self.averaging} evaluates with a power-function EMA, but no "
                 f"PowerFunctionEMACallback among the trainer's callbacks tracks sigma_rel {self.averaging.sigma_rel}: "
                 "add pynodeta.train.ema_callback.PowerFunctionEMACallback(sigma_rels=[…]) to trainer.callbacks, or "
                 "pass averaging='none' to evaluate with the raw weights")
+        self._check_nll_images()
+
+    def _check_nll_images(self) -> None:
+        """evaluation.nll_num_images within the test split, said before training rather than cut down after it
+        (the end-of-fit bits/dim would silently be over fewer images than asked)."""
+        from .diffusion_evaluation import _pixel_test_set
+
+        count = self.evaluation.nll_num_images
+        test = _pixel_test_set(self, self.trainer.datamodule) if count >= 1 else None
+        if test is not None and count > len(test.images):
+            raise FitSettingError(f"evaluation.nll_num_images={count}, but the test split has {len(test.images)} "
+                                  f"images; set --model.init_args.evaluation.nll_num_images {len(test.images)} or "
+                                  f"fewer")
 
     # --- validation, evaluation --------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -86,6 +86,19 @@ def test_a_power_ema_average_needs_its_callback():
         module.on_fit_start()
 
 
+def test_more_bits_per_dim_images_than_the_test_split_are_refused_before_training(tmp_path, capsys):
+    """The end-of-fit bits/dim read test.images[:count]: a larger count was cut to the split, silently."""
+    from pynodeta.cli import main
+
+    argv = ["fit", "--config", "digits_edm", "--num_threads", "1", "--trainer.max_steps", "2", "--plots", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.init_args.evaluation.nll_num_images", "361"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pynodeta: error: evaluation.nll_num_images=361, but the test split has 360 images; set "
+                          "--model.init_args.evaluation.nll_num_images 360 or fewer") and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
 # --- configs and checkpoints written before objectives were composed ---------------------------------------------
 LEGACY_EDM2 = {"class_path": "pynodeta.train.edm2_module.EDM2DiffusionModule",
                "init_args": {"model": {"class_path": "pynodeta.models.diffusion.EDM2UNet"}, "p_mean": -0.4,
