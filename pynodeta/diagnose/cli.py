@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
         build_parser().print_usage(sys.stderr)
         print(f"pynodeta diagnose: error: {error}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, RuntimeError) as error:  # bad file, shape, or option
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as error:  # bad file, shape, option, dataset
         print(f"pynodeta diagnose: error: {error}", file=sys.stderr)
         return 2
     vanishing = any(report.vanishing for report in reports)

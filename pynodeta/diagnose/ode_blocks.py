@@ -86,14 +86,37 @@ def _resolve(model: nn.Module, path: str) -> tuple[str, nn.Module, nn.Module]:
                      f".func nor a module with forward(t, x)")
 
 
-def _span_times(block: nn.Module, points: int = 5) -> list[float]:
-    """5 points over the block's ``t_span``, else over a network's declared ``time_range``, else [0, 1]."""
+def _declared_span(block: nn.Module) -> tuple[float, float] | None:
+    """The block's ``t_span``, else a network's declared ``time_range``, else None."""
     span = getattr(block, "t_span", None)
     if span is None or len(span) != 2:
         span = getattr(block, "time_range", None)
-    if span is None or len(span) != 2:
+    return None if span is None or len(span) != 2 else (float(span[0]), float(span[1]))
+
+
+def _span_times(block: nn.Module, points: int = 5) -> list[float]:
+    """5 points over the block's ``t_span``, else over a network's declared ``time_range``, else [0, 1]."""
+    span = _declared_span(block)
+    if span is None:
         return list(DEFAULT_TIMES)
-    return torch.linspace(float(span[0]), float(span[1]), points, dtype=torch.float64).tolist()
+    return torch.linspace(span[0], span[1], points, dtype=torch.float64).tolist()
+
+
+def _check_times_in_span(times: Sequence[float], block: nn.Module, name: str) -> None:
+    """Times an ODE block never integrates over (outside its ``t_span``) are refused: its TA-BN layers clamp
+    them to their grid's ends, and the audit would report those layers as constant in t, blaming them for the
+    times asked. (A diffusion network's ``time_range`` is not checked: its times come in the units of its
+    conditioning, which :func:`~pynodeta.diagnose.time_ranges.diffusion_times` converts to.)"""
+    span = getattr(block, "t_span", None)
+    if span is None or len(span) != 2:
+        return
+    low, high = min(float(span[0]), float(span[1])), max(float(span[0]), float(span[1]))
+    slack = 1e-9 * max(1.0, abs(low), abs(high))
+    outside = [t for t in times if not low - slack <= t <= high + slack]
+    if outside:
+        raise ValueError(f"times {outside} lie outside {name}'s span [{low:g}, {high:g}], the times it is run at "
+                         f"(TA-BN layers clamp other times to their grid's ends and would look constant in t); pass "
+                         f"times within [{low:g}, {high:g}], or leave them out for 5 points over the span")
 
 
 def audit_ode_blocks(
@@ -123,6 +146,8 @@ def audit_ode_blocks(
     reports = []
     for name, target, func in targets:
         state = capture_state(model, target, run, mode)
+        if times is not None:
+            _check_times_in_span(times, target, name)
         block_times = list(times) if times is not None else _span_times(target)
         subject = f"{name}.func" if func is not target else name
         reports.append(time_awareness(func, state, block_times, mode=mode, threshold=threshold,

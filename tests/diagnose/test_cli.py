@@ -172,6 +172,21 @@ def test_a_shipped_config_is_found_by_name(capsys):
     assert "shipped configs: " in capsys.readouterr().err
 
 
+def test_times_outside_an_ode_blocks_span_are_refused(capsys):
+    """digits_tabn integrates over [0, 1]: its TA-BN layers clamp t = 2, 3 to 1, and the audit blamed them."""
+    assert main(["--config", "digits_tabn", "--batch-size", "8", "--times", "0", "1", "2", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pynodeta diagnose: error: times [2.0, 3.0] lie outside model.ode's span [0, 1]") and \
+        "pass times within [0, 1]" in err
+    assert main(["--config", "digits_tabn", "--batch-size", "8", "--times", "0", "0.5", "1"]) == 0  # inside: audited
+
+
+def test_a_missing_dataset_exits_2_not_1_which_means_vanishing_time(tmp_path, capsys):
+    status = main(["--config", "seed001_cifar10_bn", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("pynodeta diagnose: error:") and "Traceback" not in err
+
+
 def test_a_checkpoint_of_pynodeta_fit_is_audited_with_the_config_saved_beside_it(tmp_path, capsys):
     from pynodeta.train.cli import main as fit_main
 
