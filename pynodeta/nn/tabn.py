@@ -152,10 +152,9 @@ class TABatchNorm(nn.Module):
         reg_weight: float = 0.1,                     # λ of regularizer()
     ):
         super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1, got {num_features}")
-        if M < 1:
-            raise ValueError(f"M must be >= 1, got {M}")
+        for name, value in (("num_features", num_features), ("M", M)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a finite number > 0 (added to the variance before the square "
                              f"root), got {eps}")
@@ -165,8 +164,15 @@ class TABatchNorm(nn.Module):
                                  f"t_min={t_min}, t_max={t_max}")
             t_min, t_max = 0.0, T
         self.t_min, self.t_max = check_grid(0.0 if t_min is None else t_min, 1.0 if t_max is None else t_max)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+            # torch's BatchNorm reads None as a cumulative average; TA-BN's per-grid-point update has no count
+            # to divide by, so it takes a number only
+            raise ValueError(f"momentum must be a number in [0, 1] (the running statistics' update rate), got "
+                             f"{momentum!r}")
+        if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float)) or \
+                not (math.isfinite(reg_weight) and reg_weight >= 0):
+            raise ValueError(f"reg_weight must be a finite number >= 0 (a negative one would reward γ and β for "
+                             f"drifting from 1 and 0), got {reg_weight!r}")
         if outside not in ("error", "clamp"):
             raise ValueError(f"outside must be 'error' or 'clamp', got {outside!r}")
         self.num_features, self.M = num_features, M

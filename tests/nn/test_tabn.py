@@ -95,7 +95,7 @@ def test_train_rejects_wrong_shapes():
         tabn(0.5, torch.randn(4, 3))
     with pytest.raises(ValueError, match="x has 2 channels, this layer was built for 3"):
         tabn(0.5, torch.randn(4, 2, 2, 2))
-    with pytest.raises(ValueError, match="M must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="M must be an integer >= 1, got 0"):
         TABatchNorm2d(3, M=0)
     with pytest.raises(ValueError, match=r"needs finite t_min < t_max \(T > 0 for \[0, T\]\), got \[0.0, 0.0\]"):
         TABatchNorm2d(3, T=0.0)
@@ -272,3 +272,15 @@ def test_one_public_base_class_and_one_regulariser():
     assert tabn_regularizer(model, 0.0).item() == 0.0
     with pytest.raises(ValueError, match="regulariser weight must be >= 0"):
         tabn_regularizer(model, -1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"M": 2.5}, r"M must be an integer >= 1, got 2.5"),
+    ({"M": True}, r"M must be an integer >= 1, got True"),
+    ({"momentum": None}, r"momentum must be a number in \[0, 1\] .*got None"),
+    ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\]"),
+    ({"reg_weight": -1.0}, r"reg_weight must be a finite number >= 0 \(a negative one would reward"),
+])
+def test_settings_are_refused_by_name_before_any_tensor_is_made(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TABatchNorm2d(3, **kwargs)
