@@ -146,25 +146,34 @@ def test_a_child_in_a_real_cgroup_with_a_quota_reads_it_and_lowers_torchs_defaul
         cgroup.remove()
 
 
-def test_a_governor_in_a_real_cgroup_sees_what_a_busy_sibling_uses_of_the_quota():
-    cgroup, why_not = load_script("threads_under_load").quota_cgroup(None, 2.0)
-    if cgroup is None:
-        pytest.skip(f"needs a cgroup with a CPU quota file it may write (root): {why_not}")
-    sibling = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=cgroup.join)
+def _governor_beside_a_busy_sibling(governor_group, sibling_group, show: str) -> list[str]:
+    """The lines a fresh process in ``governor_group`` prints: whether every quota level's CPU time reads, then
+    after one 1.5 s window of a ThreadGovernor ``show`` (an expression of ``g``), while a process spins in
+    ``sibling_group``."""
+    sibling = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=sibling_group.join)
     try:
         code = ("import time\n"
                 "from pynodeta.train.adaptive_threads import ThreadGovernor\n"
                 "g = ThreadGovernor(2, 1.0, jitter=0.0, say=print)\n"
                 "print(g.core_use.quota, None not in g.core_use.read().group)\n"
-                "g.start(); time.sleep(1.5); g.poll(); print(g.quota_others)")
+                f"g.start(); time.sleep(1.5); g.poll(); print(repr({show}))")
         finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                  preexec_fn=cgroup.join)
+                                  preexec_fn=governor_group.join)
     finally:
         sibling.kill()
         sibling.wait()
-        cgroup.remove()
     assert finished.returncode == 0, finished.stderr
-    lines = finished.stdout.splitlines()
+    return finished.stdout.splitlines()
+
+
+def test_a_governor_in_a_real_cgroup_sees_what_a_busy_sibling_uses_of_the_quota():
+    cgroup, why_not = load_script("threads_under_load").quota_cgroup(None, 2.0)
+    if cgroup is None:
+        pytest.skip(f"needs a cgroup with a CPU quota file it may write (root): {why_not}")
+    try:
+        lines = _governor_beside_a_busy_sibling(cgroup, cgroup, "g.quota_others")
+    finally:
+        cgroup.remove()
     assert lines[0] == "2.0 True"
     assert float(lines[-1]) >= 0.5, lines  # one spinning process: about one core of the quota's two
 
@@ -177,30 +186,16 @@ def test_a_governor_in_nested_real_cgroups_reads_each_levels_time_apart():
         pytest.skip(f"needs a cgroup with a CPU quota file it may write (root): {why_not}")
     made = [outer]
     try:
-        made.append(outer.child("run", 2.0))
-        made.append(outer.child("sibling", 2.0))
-    except OSError as error:
-        for cgroup in reversed(made):
-            cgroup.remove()
-        pytest.skip(f"needs nested cgroups with CPU quotas: {error}")
-    run, sibling_group = made[1], made[2]
-    sibling = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=sibling_group.join)
-    try:
-        code = ("import time\n"
-                "from pynodeta.train.adaptive_threads import ThreadGovernor\n"
-                "g = ThreadGovernor(2, 1.0, jitter=0.0, say=print)\n"
-                "print(None not in g.core_use.read().group)\n"
-                "g.start(); time.sleep(1.5); g.poll(); print(repr(g.quota_use))")
-        finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                  preexec_fn=run.join)
+        try:
+            made.append(outer.child("run", 2.0))
+            made.append(outer.child("sibling", 2.0))
+        except OSError as error:
+            pytest.skip(f"needs nested cgroups with CPU quotas: {error}")
+        lines = _governor_beside_a_busy_sibling(made[1], made[2], "g.quota_use")
     finally:
-        sibling.kill()
-        sibling.wait()
         for cgroup in reversed(made):
             cgroup.remove()
-    assert finished.returncode == 0, finished.stderr
-    lines = finished.stdout.splitlines()
-    assert lines[0] == "True"
+    assert lines[0] == "2.0 True"
     levels = ast.literal_eval(lines[-1])  # [(cores, others), ...], the inner level first at equal quotas
     assert [cores for cores, _ in levels] == [2.0, 2.0]
     assert levels[0][1] < 0.3 and levels[1][1] >= 0.5, levels
