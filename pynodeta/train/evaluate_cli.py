@@ -22,9 +22,9 @@ import sys
 
 import torch
 
-from .._cli import ArgumentParser, UsageError
+from .._cli import ArgumentParser, UsageError, command_device
 from .evaluation_ranks import EvaluationRanks, RankFailure, free_port, torchrun_world_size
-from .sample_cli import _check_numbers, _check_steps, _common_arguments, _conditioning, _device, _run, _setup, _solver
+from .sample_cli import _check_numbers, _check_steps, _common_arguments, _conditioning, _run, _setup, _solver
 from .sample_outputs import check_output_path
 
 __all__ = ["evaluate_main"]
@@ -103,7 +103,7 @@ def _check_arguments(args, world: int | None) -> None:
 
 def _device_type(args) -> str:
     """"cuda" or "cpu": where the ranks run (--device, default cuda where there is one)."""
-    return _device(args.device).type
+    return command_device(args.device).type
 
 
 def _evaluate(argv: list[str], prog: str) -> int:

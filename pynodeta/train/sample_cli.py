@@ -195,13 +195,9 @@ def load_diffusion_run(checkpoint: str | Path, config: str | None = None, *, ave
     return run, run.describe(run.use_average(average))
 
 
-def _device(name: str | None) -> torch.device:
-    return command_device(name, "--device")
-
-
 def _setup(args, prog: str):
     adaptive_threads.use_threads(args.num_threads, "--num-threads")  # none given: within a container's CPU limit
-    device = _device(args.device)
+    device = command_device(args.device)
     # up to the thread count, fewer while other processes use the cores; without the flag, a CPU run of several
     # threads keeps its count and says once when the cores are too busy for it. _run's command_scope uninstalls it
     if args.adaptive_threads or (device.type == "cpu" and torch.get_num_threads() > 1):
