@@ -14,7 +14,7 @@ from typing import Any
 
 from .legacy_configs import upgrade_diffusion_model_section
 
-__all__ = ["model_classes", "run_model_classes", "different_classes"]
+__all__ = ["model_classes", "run_model_classes", "different_classes", "differences_from_run"]
 
 
 def model_classes(section: Any) -> dict[str, str]:
@@ -59,3 +59,13 @@ def different_classes(ours: dict[str, str], runs: dict[str, str]) -> list[str]:
     """The places where two :func:`model_classes` differ, as "place: Ours here, Theirs in the run"."""
     return [f"{place}: {ours.get(place, 'nothing')} here, {runs.get(place, 'nothing')} in the run"
             for place in sorted(set(ours) | set(runs)) if ours.get(place) != runs.get(place)]
+
+
+def differences_from_run(ours: dict[str, str] | None, run_config: Path | None, stored: str | None = None) -> list[str]:
+    """:func:`different_classes` of ``ours`` against the run's own classes: its ``config.yaml`` (``run_config``),
+    else the copy ``stored`` in its checkpoint; [] where there is nothing to compare."""
+    if run_config is not None:
+        runs = run_model_classes(run_config)
+    else:
+        runs = run_model_classes(text=stored) if stored is not None else None
+    return [] if ours is None or runs is None else different_classes(ours, runs)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .model_classes import different_classes, model_classes, run_model_classes
+from .model_classes import differences_from_run, model_classes
 from .run_dir import RunDirectoryError, newest_last_checkpoint, run_dir_of_checkpoint
 from .run_loader import find_run_config, read_run_checkpoint
 from .safe_load import CheckpointError
@@ -68,11 +68,9 @@ def _check_same_model(config, ckpt_path: Path) -> None:
     """The config builds the classes of the checkpoint's own run (its config.yaml), where there is one: a
     DDPM run resumed under an EDM config would train its weights as an EDM model, and rewrite its folder."""
     run_config = find_run_config(ckpt_path)
-    runs = run_model_classes(run_config) if run_config is not None else None
-    if runs is None:
-        return
     model = config.get("model")
-    differences = different_classes(model_classes(model.as_dict() if hasattr(model, "as_dict") else model), runs)
+    differences = differences_from_run(model_classes(model.as_dict() if hasattr(model, "as_dict") else model),
+                                       run_config)
     if differences:
         raise CheckpointError(
             f"--ckpt_path {str(ckpt_path)!r} is a checkpoint of the run in {str(run_config.parent)!r}, whose "

@@ -38,7 +38,7 @@ from pynodeta.ema.snapshots import SNAPSHOT_FORMAT
 
 from .latent_runs import LATENTS_KEY, check_latent_record
 from .legacy_configs import upgrade_diffusion_model_section
-from .model_classes import different_classes, run_model_classes
+from .model_classes import differences_from_run, run_model_classes
 from .released_run import RELEASED_FORMAT, RELEASED_SUFFIX, released_edm2_run
 from .safe_load import CheckpointError, read_checkpoint
 from .trust import check_class_paths, import_allowed_class
@@ -214,15 +214,10 @@ def _check_same_model(config: Path, checkpoint: Path, stored: str | None) -> Non
     run_config = find_run_config(checkpoint)
     if run_config is not None and run_config.resolve() == config.resolve():
         return
-    if run_config is not None:
-        runs, where = run_model_classes(run_config), f"the run in {str(run_config.parent)!r}, whose config.yaml"
-    elif stored is not None:
-        runs, where = run_model_classes(text=stored), "a run whose config.yaml (stored in the checkpoint)"
-    else:
-        return
-    ours = run_model_classes(config)
-    differences = [] if ours is None or runs is None else different_classes(ours, runs)
+    differences = differences_from_run(run_model_classes(config), run_config, stored)
     if differences:
+        where = (f"the run in {str(run_config.parent)!r}, whose config.yaml" if run_config is not None else
+                 "a run whose config.yaml (stored in the checkpoint)")
         raise CheckpointError(
             f"the checkpoint {str(checkpoint)!r} belongs to {where} builds other classes than the config "
             f"{str(config)!r} ({'; '.join(differences)}): its weights would be taken for another model. Leave out "
