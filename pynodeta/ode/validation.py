@@ -152,9 +152,13 @@ def check_tolerance(name: str, tol: Any, state: StateStructure, like: torch.Tens
 def check_tolerance_pair(rtol: float | torch.Tensor, atol: float | torch.Tensor) -> None:
     """The error is scaled by ``atol + rtol * max(|y0|, |y1|)``: with both 0 (anywhere) that is 0 wherever
     the state is, and no step can be accepted."""
-    both_zero = (torch.as_tensor(rtol) == 0) & (torch.as_tensor(atol) == 0)
-    if both_zero.any():
-        raise ValueError("rtol and atol are both 0" + ("" if both_zero.ndim == 0 else " for some elements") +
+    per_element = isinstance(rtol, torch.Tensor) or isinstance(atol, torch.Tensor)
+    if per_element:  # no tensor is made for two numbers: this runs on every solve
+        both_zero = bool(((torch.as_tensor(rtol) == 0) & (torch.as_tensor(atol) == 0)).any())
+    else:
+        both_zero = rtol == 0 and atol == 0
+    if both_zero:
+        raise ValueError("rtol and atol are both 0" + (" for some elements" if per_element else "") +
                          ": the error is measured against atol + rtol * |y|, which is then 0; set one of them > 0")
 
 
