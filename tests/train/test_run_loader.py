@@ -298,7 +298,8 @@ def test_steps_are_refused_with_a_runs_own_sampler_that_chooses_its_steps(tmp_pa
         assert main(argv) == 0 and "sampler dpm_adaptive" in capsys.readouterr().out and out.exists()
 
 
-def test_evaluate_out_none_writes_no_grid_as_in_sample(checkpoint, tmp_path, capsys, monkeypatch):
+def test_evaluate_out_none_writes_no_grid_as_in_sample(tmp_path, capsys, monkeypatch):
+    checkpoint = _write_run(tmp_path, perturb_ema=False)  # a perturbed EMA's stiff likelihood solve costs 10 s a call
     monkeypatch.chdir(tmp_path)  # where the default grid, evaluation_samples.png, would go
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--num", "2", "--out", "none"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("| no grid")
@@ -318,8 +319,9 @@ def test_evaluate_names_the_flag_of_a_vlb_timestep_count_beyond_the_schedule(tmp
             "leave --vlb-timesteps out" in capsys.readouterr().err) and not out.exists()
 
 
-def test_evaluate_json_is_strict_json(checkpoint, tmp_path, capsys):
+def test_evaluate_json_is_strict_json(tmp_path, capsys):
     # the UNet is not finite-likelihood-checked here: an EDM model without a likelihood is fine, NaN is null
+    checkpoint = _write_run(tmp_path, perturb_ema=False)  # a perturbed EMA's stiff likelihood solve costs 10 s
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.png"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
     assert result["weights"] == "ema" and result["fd"] > 0
