@@ -17,6 +17,7 @@ from ._sampling import Callback, ancestral_step, check_ancestral, euler_to, fres
 __all__ = ["sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral"]
 
 
+@torch.no_grad()
 def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                            extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                            callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
@@ -35,6 +36,7 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_dpm_2_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                            extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                            callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
@@ -60,6 +62,7 @@ def sample_dpm_2_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                               extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                               callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,

@@ -51,6 +51,7 @@ def _check_clip(clip_x0: bool) -> bool:
     return clip_x0
 
 
+@torch.no_grad()
 def sample_ddim_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                              extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                              callback: Callback | None = None, disable: bool | None = None, eta: float = 0.0,
@@ -76,6 +77,7 @@ def sample_ddim_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_ddpm_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                              extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                              callback: Callback | None = None, disable: bool | None = None,

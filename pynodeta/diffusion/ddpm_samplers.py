@@ -65,6 +65,7 @@ def _check_start(x_T: torch.Tensor, schedule: DDPMSchedule) -> None:
         raise ValueError("x_T contains NaN/Inf; pass standard normal noise, torch.randn(shape)")
 
 
+@torch.no_grad()
 def sample_ddpm(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule,
                 generator: torch.Generator | None = None, *, variance: str = "fixed_small",
                 clip_x0: bool = False, extra_args: Mapping | None = None,
@@ -125,6 +126,7 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace"
     return timesteps
 
 
+@torch.no_grad()
 def sample_ddim(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule, num_steps: int = 50,
                 eta: float = 0.0, generator: torch.Generator | None = None, *, timestep_spacing: str = "linspace",
                 steps_offset: int = 0, clip_x0: bool = False, extra_args: Mapping | None = None,

@@ -100,6 +100,7 @@ def _check_controller(order: int, rtol: float, atol: float, h_init: float, pcoef
         raise ValueError(f"accept_safety must lie in (0, 1] (k-diffusion uses 0.81), got {accept_safety!r}")
 
 
+@torch.no_grad()
 def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                         extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                         callback: Callback | None = None, disable: bool | None = None, order: int = 3,

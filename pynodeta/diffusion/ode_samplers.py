@@ -20,6 +20,7 @@ from ._sampling import Callback, check_churn, churn, euler_to, report, start
 __all__ = ["sample_euler", "sample_heun", "sample_dpm_2", "sample_lms", "sample_dpmpp_2m", "lms_coefficients"]
 
 
+@torch.no_grad()
 def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
                  generator: torch.Generator | None = None, callback: Callback | None = None,
                  disable: bool | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
@@ -36,6 +37,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, e
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 disable: bool | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
@@ -59,6 +61,7 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ex
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_dpm_2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
                  generator: torch.Generator | None = None, callback: Callback | None = None,
                  disable: bool | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
@@ -105,6 +108,7 @@ def lms_coefficients(levels: list[float], i: int, order: int) -> list[float]:
     return weights
 
 
+@torch.no_grad()
 def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
                generator: torch.Generator | None = None, callback: Callback | None = None,
                disable: bool | None = None, order: int = 4) -> torch.Tensor:
@@ -128,6 +132,7 @@ def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ext
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
                     generator: torch.Generator | None = None, callback: Callback | None = None,
                     disable: bool | None = None) -> torch.Tensor:

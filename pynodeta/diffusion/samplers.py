@@ -13,6 +13,9 @@ disable=None, **options) -> x0``:
   evaluation, with ``x`` the state at ``sigma_hat`` that ``denoised`` was computed from;
 - ``disable``: the progress bar over the steps on stderr; None shows it only when stderr is a terminal.
 
+Samplers run under ``torch.no_grad()`` (k-diffusion's do too): the graph of every denoiser call would
+otherwise be kept to the end; a denoiser that needs a gradient inside (classifier guidance) enables it there.
+
 Each call publishes a ``SolveStats`` (method = the sampler's name, backend = "sampler", nfe, n_steps,
 t_evaluated = the σ the denoiser saw), so ``with pynodeta.record_stats() as log: ...`` reports the NFE
 of samplers and ODE solves alike.

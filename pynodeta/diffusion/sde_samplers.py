@@ -25,6 +25,7 @@ __all__ = ["sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "SD
 SDE_SOLVER_TYPES = ("midpoint", "heun")
 
 
+@torch.no_grad()
 def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: Mapping | None = None,
                      generator: torch.Generator | None = None, callback: Callback | None = None,
                      disable: bool | None = None, eta: float = 1.0, s_noise: float = 1.0,
@@ -67,6 +68,7 @@ def _sde_decay(h: float, eta: float) -> tuple[float, float]:
     return (1 + eta) * h, math.sqrt(-math.expm1(-2 * eta * h))
 
 
+@torch.no_grad()
 def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                         extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                         callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
@@ -103,6 +105,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     return model.finish(x)
 
 
+@torch.no_grad()
 def sample_dpmpp_3m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                         extra_args: Mapping | None = None, generator: torch.Generator | None = None,
                         callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,

@@ -106,3 +106,13 @@ def test_ddim_refuses_a_non_finite_or_negative_eta(eta):
     schedule, x = DDPMSchedule(10), torch.zeros(2, 2)
     with pytest.raises(ValueError, match=r"eta must be finite and >= 0 \(0: deterministic DDIM"):
         sample_ddim(lambda t, x: x, x, schedule, num_steps=5, eta=eta)
+
+
+@pytest.mark.parametrize("draw", [sample_ddpm, sample_ddim])
+def test_the_epsilon_samplers_keep_no_graph(draw):
+    schedule = DDPMSchedule(20, "linear", 1e-4, 0.02)
+    scale = torch.nn.Parameter(torch.ones(()))
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    options = {"num_steps": 5} if draw is sample_ddim else {}
+    out = draw(lambda t, x: 0.1 * x * scale, x_T, schedule, **options)  # an ε-network is called as (t, x)
+    assert not out.requires_grad and out.grad_fn is None

@@ -66,6 +66,25 @@ def test_extra_args_reach_the_denoiser_on_every_call(name):
     assert all(c is labels for c in calls)
 
 
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_samplers_keep_no_graph_and_a_denoiser_may_still_take_gradients_inside(name):
+    # k-diffusion's samplers run under no_grad: without it every denoiser call's graph is kept to the end
+    # (gigabytes for an image network); a denoiser that needs a gradient (classifier guidance) enables it itself
+    scale = torch.nn.Parameter(torch.ones(()))
+    gradients = []
+
+    def guided(x, sigma):
+        with torch.enable_grad():
+            probe = x.detach().requires_grad_()
+            gradients.append(torch.autograd.grad((probe * scale).sum(), probe)[0])
+        return DATA.denoiser(x, sigma) * scale
+
+    out = get_sampler(name)(guided, _noise(), karras_sigmas(4, dtype=torch.float64),
+                            generator=torch.Generator().manual_seed(0))
+    assert not out.requires_grad and out.grad_fn is None and torch.is_grad_enabled()
+    assert gradients and all(torch.equal(g, torch.ones_like(g)) for g in gradients)
+
+
 def test_extra_args_must_be_a_dict_of_keywords():
     with pytest.raises(TypeError, match="extra_args must be a dict"):
         get_sampler("euler")(DATA.denoiser, _noise(), karras_sigmas(3), extra_args=[1, 2])
