@@ -57,9 +57,21 @@ class GuidedDenoiser(nn.Module):
         if self.unconditional is not None:
             conditional = self.denoiser(x, sigma, class_labels=class_labels)
             return torch.lerp(self.unconditional(x, sigma), conditional, self.guidance)
+        _check_one_hot(class_labels, x)
         given = as_levels(sigma, x)
         sigma = given.reshape(-1).expand(x.shape[0])
         both = self.denoiser(torch.cat([x, x]), same_levels(given, torch.cat([sigma, sigma])),
                              class_labels=torch.cat([class_labels, torch.zeros_like(class_labels)]))
         conditional, unconditional = both.chunk(2)
         return torch.lerp(unconditional, conditional, self.guidance)
+
+
+def _check_one_hot(class_labels: torch.Tensor, x: torch.Tensor) -> None:
+    """The unconditional half is the same labels zeroed: all-zero one-hot rows mean "no class", but a zeroed
+    integer class is class 0, which would guide away from class 0 (and leave class 0 unguided)."""
+    if not class_labels.is_floating_point() or class_labels.dim() != 2 or class_labels.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"guidance with the denoiser's own unconditional prediction needs one-hot class_labels of shape "
+            f"(batch={x.shape[0]}, num_classes) and a floating dtype (the unconditional rows are all zero), got "
+            f"{class_labels.dtype} of shape {tuple(class_labels.shape)}; pass "
+            f"torch.nn.functional.one_hot(classes, num_classes).float()")

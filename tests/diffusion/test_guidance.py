@@ -59,3 +59,18 @@ def test_guidance_needs_labels_and_a_valid_weight():
         with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
             GuidedDenoiser(den, bad)
     assert (GuidedDenoiser(den, 2.0).sigma_min, GuidedDenoiser(den, 2.0).sigma_max) == (0.002, 80.0)
+
+
+def test_integer_classes_are_refused_where_the_unconditional_half_is_the_labels_zeroed():
+    # zeroed integer classes are class 0, not "no class": guidance would push away from class 0
+    den = ClassMeanDenoiser([0.0, 1.0, 2.0])
+    x, sigma, labels = _inputs()
+    classes = labels.argmax(dim=1)
+    for bad in (classes, labels.long(), labels[:3]):
+        with pytest.raises(ValueError, match=r"one-hot class_labels of shape \(batch=6, num_classes\).*one_hot"):
+            GuidedDenoiser(den, 2.0)(x, sigma, class_labels=bad)
+    # with its own unconditional denoiser, or without guidance, the labels are the network's business
+    plain = ClassMeanDenoiser([0.0, 1.0, 2.0])
+    mean_of = lambda c: plain(x, sigma, torch.nn.functional.one_hot(c, 3).double())  # noqa: E731
+    integer_den = lambda x_, s_, class_labels: mean_of(class_labels)  # noqa: E731
+    torch.testing.assert_close(GuidedDenoiser(integer_den, 1.0)(x, sigma, class_labels=classes), mean_of(classes))
