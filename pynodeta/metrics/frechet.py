@@ -38,6 +38,9 @@ def frechet_distance_from_statistics(mu1: np.ndarray, cov1: np.ndarray, mu2: np.
     if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"the two feature sets must have the same dimension, got means {mu1.shape}, {mu2.shape} "
                          f"and covariances {cov1.shape}, {cov2.shape}")
+    for name, statistic in (("mu1", mu1), ("cov1", cov1), ("mu2", mu2), ("cov2", cov2)):
+        if not np.isfinite(statistic).all():
+            raise ValueError(f"{name} contains NaN/Inf; check the features it was computed from")
     sqrt_product = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(sqrt_product).all():
         offset = np.eye(len(mu1)) * eps

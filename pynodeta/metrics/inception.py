@@ -131,6 +131,10 @@ def uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     repeated over 3 channels): what the field's feature networks read."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (batch, 1 or 3, H, W), got {tuple(images.shape)}")
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not bool(finite.all()):  # NaN would become a black pixel in the cast, Inf a saturated one: real-looking
+        raise ValueError(f"images contain NaN/Inf (batch positions {(~finite).nonzero().flatten().tolist()[:10]}); "
+                         f"features of such images would be scored as if they were real pixels")
     pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.repeat(1, 3, 1, 1) if pixels.shape[1] == 1 else pixels
 

@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from pynodeta.metrics import DigitsFeatureExtractor, InceptionFeatureExtractor, frechet_distance
+from pynodeta.metrics.inception import uint8_rgb
 
 
 def _digits(n=600):
@@ -58,6 +59,14 @@ def test_inception_extractor_needs_a_file_and_feeds_uint8_rgb(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="TorchScript"):
         InceptionFeatureExtractor(tmp_path / "weights.bin")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_pixel_conversion_refuses_non_finite_images_instead_of_casting_them_to_real_pixels(bad):
+    images = torch.zeros(3, 1, 4, 4)
+    images[1, 0, 2, 2] = bad
+    with pytest.raises(ValueError, match=r"images contain NaN/Inf \(batch positions \[1\]\)"):
+        uint8_rgb(images)
 
 
 def _load_and_mark(archive: bytes, marker: str):

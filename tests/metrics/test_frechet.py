@@ -61,3 +61,11 @@ def test_bad_input_is_refused():
         frechet_distance(np.zeros((1, 3)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.full((4, 3), np.nan), np.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("which", ["mu1", "cov1", "mu2", "cov2"])
+def test_non_finite_statistics_are_refused_by_name(which):
+    statistics = {"mu1": np.zeros(3), "cov1": np.eye(3), "mu2": np.ones(3), "cov2": np.eye(3)}
+    statistics[which].flat[0] = np.nan
+    with pytest.raises(ValueError, match=f"{which} contains NaN/Inf"):
+        frechet_distance_from_statistics(**statistics)
