@@ -18,6 +18,7 @@ the released code also does; ``outside="error"`` raises instead.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Literal
 
 import torch
@@ -200,7 +201,9 @@ class TABatchNorm(nn.Module):
         self._check_input(x)
         if x.shape[1] != self.num_features:
             raise ValueError(f"x has {x.shape[1]} channels, this layer was built for {self.num_features}")
-        t = time_as_tensor(t, x) if isinstance(t, torch.Tensor) else float(t)
+        # a plain number stays a host float (no tensor to build); anything else, lists of per-sample times
+        # included, goes through the shared conversion, which refuses text and bools
+        t = float(t) if isinstance(t, numbers.Real) and not isinstance(t, bool) else time_as_tensor(t, x)
         if isinstance(t, torch.Tensor) and t.dim() == 0 and not self.training and capturing():
             # a solver's step recorded as a graph reads nothing back to the host, and the grid cell of a scalar
             # t is a host number: every sample takes the per-sample path's device-side cell instead

@@ -54,6 +54,8 @@ def time_as_tensor(t, x: torch.Tensor) -> torch.Tensor:
     Returns a 0-d tensor for a scalar time, a (batch,) tensor for per-sample times.
     Raises ValueError for any other shape.
     """
+    if isinstance(t, (str, bytes, bool)):  # torch reads True as 1.0; a text time is a caller's slip
+        raise TypeError(f"t must be a number or a tensor of times, got {type(t).__name__} {t!r}")
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.dim() == 1 and t.shape[0] == 1:
         t = t.reshape(())
