@@ -13,10 +13,18 @@ from ``t0`` to the (detached) event time, direct or adjoint, with the event time
 the inputs added by the implicit-function theorem: ``g(t*, y(t*)) = 0`` gives
 ``dt* = -(dg/dy . dy) / (dg/dt + dg/dy . f(t*, y(t*)))`` (Chen, Amos & Nickel 2021, eq. 6; the same
 rerouting as torchdiffeq's ``ImplicitFnGradientRerouting``).
+
+The windows of an adaptive search start at the caller's length (``t[1] - t[0]``, 1 for ``odeint_event``)
+and double over quiet stretches while their 32 samples stay at least one per accepted step of the solver,
+so that a late event costs a few solves and a grown window is no coarser than torchdiffeq's check at the
+end of each of its steps (windows of the caller's length are sampled as before, however many steps they
+take). Each window's last step lands on its end, and the next window's solve goes on from that step's
+state, its first step the last window's mean accepted step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +32,14 @@ from typing import Any
 import torch
 
 from .adams import ADAMS_METHODS
-from .settings import FixedGrid
+from .errors import ODESolveError
+from .settings import FixedGrid, IController
 from .validation import flatten_state
 
 __all__ = ["solve_until_event"]
 
 _SAMPLES_PER_WINDOW = 32
-_MAX_WINDOWS = 10_000
+_MAX_WINDOWS = 10_000  # windows without a sign change (never shorter than the caller's: as far as before, or further)
 _MAX_REFINEMENTS = 100
 _MAX_GRID_STEPS = 1 << 22  # the most fixed-grid steps searched from t0
 
@@ -106,23 +115,91 @@ def _sign(value) -> float:
 
 
 def _locate(solve_fn, func, y0, t0: torch.Tensor, window: float, event_fn, kwargs) -> torch.Tensor:
-    """The first sign change of event_fn along the solution, to round-off of t's dtype."""
+    """The first sign change of event_fn along the solution, to round-off of t's dtype.
+
+    Each window is one solve sampled at 32 points. The first has the caller's length (``window``, signed).
+    After a window without a sign change whose solve took at most 16 accepted steps, the next is twice as
+    long: its samples are then still at least one per accepted step (on average), no coarser than a check
+    at the end of each of the solver's steps (torchdiffeq's search), and a quiet stretch costs a few solves
+    however long it is. A grown window whose solve took more accepted steps than it has samples is searched
+    again, shorter, but never shorter than the caller's: the search gives up no nearer than _MAX_WINDOWS of
+    the caller's windows, where it gave up before windows grew. Windows go on as one solve would
+    (``_window_settings``).
+    """
     start, y_start = t0, y0
     sign0 = _sign(event_fn(t0, y0))
-    for _ in range(_MAX_WINDOWS):
-        grid = start + torch.linspace(0.0, window, _SAMPLES_PER_WINDOW + 1, dtype=t0.dtype, device=t0.device)
-        ys = solve_fn(func, y_start, grid, **kwargs).ys
+    length, step, may_grow = window, None, True
+    searched = 0
+    while searched < _MAX_WINDOWS:
+        grid = _window_times(t0, start, length, window)
+        try:
+            solution = solve_fn(func, y_start, grid, **_window_settings(kwargs, step, grid))
+        except ODESolveError:
+            if abs(length) == abs(window):
+                raise
+            # a long window may overshoot the event into dynamics not defined there: search on in windows
+            # of the caller's length, which reach no further past the event than the search did before
+            length, may_grow = window, False
+            continue
+        accepted = max(solution.stats.n_accepted, 1)
+        if accepted > _SAMPLES_PER_WINDOW and abs(length) > abs(window):
+            length = _fitted(length, accepted, window)
+            continue
+        ys = solution.ys
         for k in range(1, len(grid)):
             state = _at(ys, k)
             value = event_fn(grid[k], state)
             if _sign(value) != sign0:
                 return _refine(solve_fn, func, event_fn, kwargs, grid[k - 1], _at(ys, k - 1),
                                float(event_fn(grid[k - 1], _at(ys, k - 1))), grid[k], float(value))
-        start, y_start = grid[-1], _at(ys, len(grid) - 1)
-    raise RuntimeError(f"event_fn did not change sign within {_MAX_WINDOWS} windows of length {abs(window)} "
-                       f"after t0 = {float(t0)}; check the event function, or search longer windows: "
-                       f"odeint(func, y0, torch.stack([t0, t0 + T]), event_fn=...) searches windows of length |T| "
-                       f"(odeint_event's are 1)")
+        searched += 1
+        start, y_start, step = grid[-1], _at(ys, len(grid) - 1), abs(length) / accepted
+        if may_grow and 2 * accepted <= _SAMPLES_PER_WINDOW:
+            length = 2 * length
+    raise RuntimeError(_no_sign_change(t0, start, window, f"{_MAX_WINDOWS} windows searched; check the event "
+                                       f"function, or start from longer windows: odeint(func, y0, "
+                                       f"torch.stack([t0, t0 + T]), event_fn=...) starts at length |T| "
+                                       f"(odeint_event's at 1)"))
+
+
+def _window_times(t0: torch.Tensor, start: torch.Tensor, length: float, window: float) -> torch.Tensor:
+    """The window's sample times; a window that would pass float64's range ends the search."""
+    grid = start + torch.linspace(0.0, length, _SAMPLES_PER_WINDOW + 1, dtype=t0.dtype, device=t0.device)
+    if not bool(torch.isfinite(grid).all()):
+        raise RuntimeError(_no_sign_change(t0, start, window, "the next window would pass float64's range, so "
+                                           "there is no further to search; check the event function"))
+    return grid
+
+
+def _window_settings(kwargs, step: float | None, grid: torch.Tensor) -> dict:
+    """A window's solve settings, so that the windows go on as one solve would. Its last step lands on the
+    window's end (a step_t there): the next window starts from a step's own state, not from an interpolated
+    one, whose error (from a step far past the end) the next window would carry on. And its first step is
+    the last window's mean accepted step (``step``, None for the first window): a fresh automatic first
+    step (1e-6 where the state barely moves) would ramp up again in every window, its steps holding back
+    the growth of windows, and at large t would no longer move t at all."""
+    controller = kwargs.get("controller")
+    if not isinstance(controller, IController):
+        return kwargs
+    end, length = float(grid[-1]), abs(float(grid[-1] - grid[0]))
+    first_step = controller.first_step if step is None else min(step, length)
+    return {**kwargs, "controller": dataclasses.replace(controller, first_step=first_step,
+                                                        step_t=(*controller.step_t, end))}
+
+
+def _fitted(length: float, accepted: int, window: float) -> float:
+    """A grown window, halved until its solve's accepted steps, as dense, would fit its samples (never
+    shorter than the caller's window)."""
+    while accepted > _SAMPLES_PER_WINDOW and abs(length) > abs(window):
+        length, accepted = length / 2, accepted / 2
+    return length
+
+
+def _no_sign_change(t0: torch.Tensor, reached: torch.Tensor, window: float, why: str) -> str:
+    """The message of a search that ends without a sign change, at ``reached``, for the reason ``why``."""
+    return (f"event_fn did not change sign from t0 = {float(t0)} to t = {float(reached)}, searched in windows "
+            f"from length {abs(window)}, doubled while the solver took at most {_SAMPLES_PER_WINDOW // 2} "
+            f"steps in one: {why}")
 
 
 def _grid_times(t0: float, step: float, first: int, last: int) -> list[float]:

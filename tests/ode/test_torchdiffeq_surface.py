@@ -372,3 +372,83 @@ def test_event_in_float32_is_located_to_float32_resolution():
     event_t, ys = pn.odeint(lambda t, y: -y, torch.tensor([1.0]), torch.tensor([0.0, 1.0]),
                             event_fn=lambda t, y: y.sum() - 0.5, rtol=1e-5, atol=1e-7)
     assert event_t.dtype == torch.float32 and float(event_t) == pytest.approx(math.log(2), abs=1e-5)
+
+
+def _slow_decay(t, y):
+    """y' = -y / 10,000: y = e^(-t / 10,000), quiet for thousands of time units."""
+    return -1e-4 * y
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_an_event_past_ten_thousand_windows_is_found_as_torchdiffeq_finds_it(reverse):
+    """y = e^(-t / 10,000) reaches e^(-1.5) at t* = 15,000 (backwards, e^(1.5) at -15,000), further than the
+    10,000 windows of length 1 after which the search once gave up; torchdiffeq, checking the sign at the end
+    of each of its steps, finds it. Windows that grow over the quiet stretch find it in a few dozen solves."""
+    level = math.exp(1.5 if reverse else -1.5)
+    kwargs = {"event_fn": lambda t, y: y.sum() - level, "reverse_time": reverse, "rtol": 1e-10, "atol": 1e-12}
+    y0, t0 = torch.ones(1, dtype=F64), torch.tensor(0.0, dtype=F64)
+    with pn.record_stats() as solves:
+        event_t, ys = pn.odeint_event(_slow_decay, y0, t0, **kwargs)
+    anchor_t, _ = torchdiffeq.odeint_event(_slow_decay, y0, t0, **kwargs)
+    assert float(event_t) == pytest.approx(-15_000.0 if reverse else 15_000.0, abs=1e-5)
+    assert float(event_t) == pytest.approx(float(anchor_t), abs=1e-5)
+    assert float(ys[-1, 0]) == pytest.approx(level, rel=1e-9)
+    assert len(solves) < 100
+
+
+def test_two_close_crossings_after_a_quiet_stretch_are_seen_first():
+    """event_fn = (y - c1)(y - c2) along y = e^(-t / 10,000) is negative only between t1 = 20,550 and
+    t2 = 20,950, about one of the solver's steps apart. Windows that kept doubling would be 16,384 long
+    there, sampled every 512, and pass over both crossings; windows grown only while they keep a sample per
+    accepted step see the first, as torchdiffeq's check at the end of each step does."""
+    c1, c2 = math.exp(-2.055), math.exp(-2.095)
+    kwargs = {"event_fn": lambda t, y: (y.sum() - c1) * (y.sum() - c2) / (c1 * c2), "rtol": 1e-10, "atol": 1e-12}
+    y0, t0 = torch.ones(1, dtype=F64), torch.tensor(0.0, dtype=F64)
+    event_t, _ = pn.odeint_event(_slow_decay, y0, t0, **kwargs)
+    anchor_t, _ = torchdiffeq.odeint_event(_slow_decay, y0, t0, **kwargs)
+    assert float(event_t) == pytest.approx(20_550.0, abs=1e-5)
+    assert float(event_t) == pytest.approx(float(anchor_t), abs=1e-5)
+
+
+def test_an_event_just_before_the_dynamics_break_down_is_found_though_a_long_window_overshoots():
+    """y' = -1 / (2y) from y(0) = sqrt(100.6): y^2 = 100.6 - t reaches 1 at t* = 99.6 and y reaches 0 (where
+    y' is infinite) at 100.6. The window grown to [63, 127] cannot be solved; the search goes on from 63 in
+    windows of length 1, as it did before windows grew. Each window ends on a step of its solve, so the next
+    starts from a step's own state: restarts from states interpolated inside a step past the window's end
+    put the event 2e-4 early here."""
+    y0, t0 = torch.tensor([math.sqrt(100.6)], dtype=F64), torch.tensor(0.0, dtype=F64)
+    kwargs = {"event_fn": lambda t, y: y.sum() - 1}
+    event_t, ys = pn.odeint_event(lambda t, y: -1 / (2 * y), y0, t0, **kwargs)
+    anchor_t, _ = torchdiffeq.odeint_event(lambda t, y: -1 / (2 * y), y0, t0, **kwargs)
+    assert float(event_t) == pytest.approx(99.6, abs=1e-5)
+    assert float(event_t) == pytest.approx(float(anchor_t), abs=1e-5)
+    assert float(ys[-1, 0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_event_that_never_happens_ends_where_float64_does():
+    """A constant state never reaches 2: its windows double (the solver takes a step or two in each) until
+    the next would pass float64's range, about a thousand solves, none of them at an infinite time."""
+    times = []
+
+    def constant(t, y):
+        times.append(float(t))
+        return torch.zeros_like(y)
+
+    with pytest.raises(RuntimeError, match=r"did not change sign from t0 = 0\.0 to t = .*e\+307, searched in "
+                                           r"windows from length 1\.0.*pass float64's range"):
+        pn.odeint_event(constant, torch.ones(1, dtype=F64), torch.tensor(0.0, dtype=F64),
+                        event_fn=lambda t, y: y.sum() - 2)
+    assert all(math.isfinite(t) for t in times)
+
+
+def test_an_event_that_never_happens_where_steps_are_dense_names_the_window_bound(monkeypatch):
+    """An oscillator's x never reaches 5; its windows stop growing where the solver's steps fill them, and the
+    search gives up after _MAX_WINDOWS of them, saying how to search further."""
+    from pynodeta.ode import events
+
+    monkeypatch.setattr(events, "_MAX_WINDOWS", 20)
+    with pytest.raises(RuntimeError, match=r"did not change sign from t0 = 0\.0 to t = .*: 20 windows searched; "
+                                           r"check the event function, or start from longer windows: "
+                                           r"odeint\(func, y0, torch\.stack\(\[t0, t0 \+ T\]\)"):
+        pn.odeint_event(lambda t, y: torch.stack([y[1], -y[0]]), torch.tensor([1.0, 0.0], dtype=F64),
+                        torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y[0] - 5)
