@@ -1,12 +1,15 @@
 """Class-labelled image folders (ImageNet's ``train/<wnid>/*.JPEG``), centre-cropped as EDM2 prepares ImageNet.
 
 ``ImageFolder(root)`` lists every image under ``root/<class>/`` (sub-folders included); classes are the sorted
-folder names and a label is its class's index in that order, as NVlabs/edm2 ``dataset_tool.py``
-(``open_image_folder``: labels from the top-level folder names, sorted) and torchvision's ``ImageFolder`` do.
-Images are ordered by their path relative to ``root``. ``center_crop_imagenet`` is EDM2's
-``--transform=center-crop-dhariwal``, the ADM crop (openai/guided-diffusion ``image_datasets.py``,
-``center_crop_arr``): halve with a box filter while the short side is at least twice the resolution, resize
-bicubic so the short side equals it, then cut the centre square.
+names of the folders that hold at least one image and a label is its class's index in that order, as
+NVlabs/edm2 ``dataset_tool.py`` does (``open_image_folder``: labels from the sorted top-level folder names of
+the image files found). A folder without images (empty, or holding only other files) gets no class index, so
+the classes after it keep consecutive labels. torchvision's ``ImageFolder`` gives the same labels where every
+folder holds an image and refuses a folder without one. Images are ordered by their path relative to ``root``.
+
+``center_crop_imagenet`` is EDM2's ``--transform=center-crop-dhariwal``, the ADM crop (openai/guided-diffusion
+``image_datasets.py``, ``center_crop_arr``): halve with a box filter while the short side is at least twice the
+resolution, resize bicubic so the short side equals it, then cut the centre square.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ def read_cropped_image(path: str | Path, resolution: int) -> torch.Tensor:
 class ImageFolder:
     """The images of ``root/<class>/...`` with their labels.
 
-    Attributes: ``root``; ``classes``: the sorted class-folder names; ``paths``: every image, ordered by its
-    path relative to ``root``; ``labels``: (n,) int64, the index in ``classes`` of each image's folder.
+    Attributes: ``root``; ``classes``: the sorted names of the class folders that hold at least one image;
+    ``paths``: every image, ordered by its path relative to ``root``; ``labels``: (n,) int64, the index in
+    ``classes`` of each image's folder.
     """
 
     root: Path
@@ -78,25 +82,29 @@ class ImageFolder:
             raise DatasetNotFoundError("image folder", [root], "root/<class name>/<image files> (e.g. ImageNet's "
                                        "train/<wnid>/*.JPEG)", "your own images")
         extensions = _image_extensions()
-        classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+        folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
         loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions)
         if loose:
             raise DatasetFileError(root, f"holds images outside class folders ({', '.join(loose[:3])}); put every "
                                          f"image in root/<class name>/ (one folder for unlabelled data)")
-        found = []
-        for label, name in enumerate(classes):
-            for folder, _, files in os.walk(root / name):
-                found += [(Path(folder, f).relative_to(root).as_posix(), label) for f in files
-                          if Path(f).suffix.lower() in extensions]
-        if not found:
+        images = {name: _images_under(root, name, extensions) for name in folders}
+        # edm2 numbers the top-level folders of the images it found: a folder without images is no class
+        classes = [name for name in folders if images[name]]
+        if not classes:
             raise DatasetNotFoundError("image folder", [root / "<class>" / "<image>"],
                                        "root/<class name>/<image files>", "your own images")
-        found.sort()
+        found = sorted((relative, label) for label, name in enumerate(classes) for relative in images[name])
         return cls(root, tuple(classes), tuple(root / relative for relative, _ in found),
                    np.array([label for _, label in found], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def _images_under(root: Path, folder: str, extensions: set[str]) -> list[str]:
+    """The image files under ``root/folder`` (sub-folders included), as paths relative to ``root``."""
+    return [Path(parent, name).relative_to(root).as_posix() for parent, _, files in os.walk(root / folder)
+            for name in files if Path(name).suffix.lower() in extensions]
 
 
 def flipped_index(index: int, size: int, xflip: bool) -> tuple[int, bool]:

@@ -53,6 +53,22 @@ def test_labels_follow_the_sorted_folder_names(tmp_path):
     assert folder.labels.tolist() == [0, 0, 1, 1, 2, 2, 2]
 
 
+@pytest.mark.parametrize("content", ["nothing", "a text file", "a folder without images"])
+def test_a_folder_without_images_is_no_class_as_in_edm2(tmp_path, content):
+    # edm2's dataset_tool numbers the sorted top-level folders of the images it found
+    for name, count in (("a", 2), ("b_empty", 0), ("c", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{i}.png")
+    if content == "a text file":
+        (tmp_path / "b_empty" / "notes.txt").write_text("not an image")
+    elif content == "a folder without images":
+        (tmp_path / "b_empty" / "sub").mkdir()
+    folder = ImageFolder.scan(tmp_path)
+    assert folder.classes == ("a", "c")
+    assert folder.labels.tolist() == [0, 0, 1, 1, 1]
+
+
 def test_missing_or_loose_images_are_refused(tmp_path):
     with pytest.raises(DatasetNotFoundError):
         ImageFolder.scan(tmp_path / "nowhere")
