@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .precision import at_least_float32
 from .upsample_conv import conv3x3_of_upsampled
@@ -135,10 +136,19 @@ class MPConv(nn.Module):
     renormalised weight).
 
     Where a call neither renormalises W nor needs a gradient through w (eval mode under ``torch.no_grad``,
-    or frozen weights), w is computed once per version of W and of a tensor gain and reused: any in-place
-    change (an optimiser step, ``load_state_dict``, ``copy_`` under no_grad), a new tensor (``.to()``,
-    ``param.data = ...``) recomputes it. Writes through ``weight.data`` bypass autograd's version counter
-    and are not seen. The cached copy takes as much memory as the weight (in the input's dtype)."""
+    or frozen weights), w is computed once and reused until W or a tensor gain may have changed. It is
+    recomputed after:
+
+    - an in-place change that autograd counts (``load_state_dict``, ``copy_`` under no_grad, a for-loop or
+      foreach optimiser step) or a new tensor (``.to()``, ``param.data = ...``);
+    - any step of a ``torch.optim`` optimiser (fused ones, ``Adam(fused=True)``, write W without autograd's
+      count, so every such step in the process drops every cached w);
+    - any call that cannot reuse w (one that renormalises W or needs a gradient through w), so an update
+      that follows a backward pass by other means (``p.data.add_`` in a hand-written loop) is seen too.
+
+    Not seen: a write that autograd does not count (through ``weight.data``, or a fused kernel called
+    outside ``torch.optim``) made after w was cached, with no ``torch.optim`` step and no call that cannot
+    reuse w in between. The cached copy takes as much memory as the weight (in the input's dtype)."""
 
     WEIGHT_NORMS = ("forced", "standard", "none")
     _cache: tuple | None = None  # (key, w, tensors kept alive so that their addresses stay theirs)
@@ -183,9 +193,12 @@ class MPConv(nn.Module):
         renormalises = self.training and self.weight_norm == "forced"
         gain_grad = isinstance(gain, torch.Tensor) and gain.requires_grad
         if renormalises or (torch.is_grad_enabled() and (self.weight.requires_grad or gain_grad)):
+            # A backward pass through this w is usually followed by an update of W, which need not bump W's
+            # version (a fused kernel, a write through .data): a cached w from before it must not outlive it
+            self._cache = None
             return self._scaled_weight(gain, dtype)
         key = (_version_key(self.weight), _version_key(gain) if isinstance(gain, torch.Tensor) else gain, dtype,
-               self.weight_norm, torch.is_inference_mode_enabled())
+               self.weight_norm, torch.is_inference_mode_enabled(), _optimiser_steps)
         cache = self._cache  # one read: another thread may replace it meanwhile
         if cache is None or cache[0] != key:
             cache = (key, self._scaled_weight(gain, dtype), (self.weight.detach(), gain))
@@ -213,6 +226,21 @@ class MPConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel={tuple(self.weight.shape[2:])}"
+
+
+# How many torch.optim steps this process has taken. Fused optimisers (Adam(fused=True), …) update a
+# parameter in place without bumping autograd's version counter, so the version alone cannot tell an
+# MPConv that its weight changed; every cached weight's key includes this count instead. A step of an
+# optimiser that does not hold the weight only costs the next eval call one renormalisation.
+_optimiser_steps = 0
+
+
+def _count_optimiser_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    global _optimiser_steps
+    _optimiser_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimiser_step)
 
 
 def _version_key(tensor: torch.Tensor) -> tuple:

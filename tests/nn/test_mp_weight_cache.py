@@ -1,6 +1,7 @@
 """MPConv reuses its normalised weight where a call may (eval mode, no gradient through w), once per
-version of the stored weight: every way of changing the weight recomputes it, and training mode still
-renormalises the stored weight in place on every call."""
+version of the stored weight: every way of changing the weight recomputes it (fused optimisers included,
+which do not bump autograd's version counter), and training mode still renormalises the stored weight in
+place on every call."""
 
 import copy
 import math
@@ -15,10 +16,12 @@ from pynodeta.nn.mp import MPConv
 
 
 def expected(conv: MPConv, x: torch.Tensor, gain=1.0) -> torch.Tensor:
-    """The released formula, from the weight as stored now: gain · normalize(W) / √fan_in, then conv."""
+    """The released formula, from the weight as stored now: gain · normalize(W) / √fan_in, then conv
+    (without normalize for weight_norm="none")."""
     w = conv.weight.detach().to(torch.float32)
-    norm = torch.linalg.vector_norm(w, dim=tuple(range(1, w.ndim)), keepdim=True)
-    w = w / torch.add(1e-4, norm, alpha=math.sqrt(norm.numel() / w.numel()))
+    if conv.weight_norm != "none":
+        norm = torch.linalg.vector_norm(w, dim=tuple(range(1, w.ndim)), keepdim=True)
+        w = w / torch.add(1e-4, norm, alpha=math.sqrt(norm.numel() / w.numel()))
     w = (w * (gain / math.sqrt(w[0].numel()))).to(x.dtype)
     return F.conv2d(x, w, padding=(w.shape[-1] // 2,))
 
@@ -86,6 +89,63 @@ def test_an_optimiser_step_is_seen(conv, x):
         optimizer.step()
         optimizer.zero_grad()
         assert_fresh(conv, x)
+
+
+def fused_adam(conv: MPConv) -> torch.optim.Optimizer:
+    # the fused kernel writes the weight without bumping autograd's version counter
+    return torch.optim.Adam(conv.parameters(), lr=0.1, fused=True)
+
+
+def train_step(conv: MPConv, optimizer: torch.optim.Optimizer, x: torch.Tensor, step: bool = True) -> None:
+    optimizer.zero_grad()
+    conv(x).pow(2).sum().backward()
+    if step:
+        optimizer.step()
+
+
+@pytest.mark.parametrize("weight_norm", MPConv.WEIGHT_NORMS)
+def test_a_fused_optimiser_step_after_training_mode_calls_is_seen(conv, x, weight_norm):
+    conv.weight_norm = weight_norm
+    assert_fresh(conv, x)  # fills the cache
+    optimizer = fused_adam(conv)
+    conv.train()
+    for _ in range(3):
+        train_step(conv, optimizer, x)
+    conv.eval()
+    assert_fresh(conv, x)
+
+
+@pytest.mark.parametrize("weight_norm", MPConv.WEIGHT_NORMS)
+def test_fine_tuning_in_eval_mode_with_a_fused_optimiser_is_seen(conv, x, weight_norm):
+    conv.weight_norm = weight_norm
+    assert_fresh(conv, x)
+    optimizer = fused_adam(conv)
+    for _ in range(3):
+        train_step(conv, optimizer, x)  # eval mode, gradients enabled: w is built with autograd
+        assert_fresh(conv, x)
+
+
+@pytest.mark.parametrize("weight_norm", MPConv.WEIGHT_NORMS)
+def test_a_fused_step_after_an_eval_call_between_backward_and_step_is_seen(conv, x, weight_norm):
+    conv.weight_norm = weight_norm
+    optimizer = fused_adam(conv)
+    conv.train()
+    train_step(conv, optimizer, x, step=False)
+    conv.eval()
+    assert_fresh(conv, x)  # caches the weight from before the step
+    optimizer.step()
+    assert_fresh(conv, x)
+
+
+@pytest.mark.parametrize("weight_norm", MPConv.WEIGHT_NORMS)
+def test_a_hand_written_update_through_data_after_a_backward_pass_is_seen(conv, x, weight_norm):
+    conv.weight_norm = weight_norm
+    assert_fresh(conv, x)
+    conv.train()
+    conv(x).pow(2).sum().backward()
+    conv.weight.data.add_(conv.weight.grad, alpha=-0.1)  # no version bump, no optimiser step
+    conv.eval()
+    assert_fresh(conv, x)
 
 
 def test_load_state_dict_to_and_assigned_data_are_seen(conv, x):
