@@ -4,6 +4,7 @@ of the power-function profiles stored during training."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -29,10 +30,12 @@ def posthoc_coefficients(
     if steps.shape != sigma_rels.shape or steps.size == 0:
         raise ValueError(f"in_steps and in_sigma_rels must be non-empty and of equal length, got {steps.size} "
                          f"and {sigma_rels.size}")
-    if np.any(steps < 1):
-        raise ValueError(f"in_steps must all be >= 1, got {steps.tolist()}")
-    if out_step < 1:
-        raise ValueError(f"out_step must be >= 1, got {out_step}")
+    # NaN compares False with everything, so "< 1" alone would let it through into NaN weights
+    if not np.all(np.isfinite(steps)) or np.any(steps < 1):
+        raise ValueError(f"in_steps must all be finite and >= 1 (the training step each profile was stored "
+                         f"at), got {steps.tolist()}")
+    if not math.isfinite(float(out_step)) or out_step < 1:
+        raise ValueError(f"out_step must be finite and >= 1 (the training step to reconstruct at), got {out_step}")
     pairs = list(zip(steps.tolist(), sigma_rels.tolist()))
     if len(set(pairs)) != len(pairs):
         raise ValueError("the stored profiles repeat a (step, sigma_rel) pair, which makes the fit singular; "

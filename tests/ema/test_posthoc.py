@@ -28,6 +28,14 @@ def test_coefficients_reject_repeated_profiles_and_bad_lengths():
         posthoc_coefficients([10, 20], [0.05, 0.1], 20, 0.5)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0])
+def test_coefficients_refuse_a_step_that_is_not_finite_and_at_least_one(bad):
+    with pytest.raises(ValueError, match="in_steps must all be finite and >= 1"):
+        posthoc_coefficients([bad, 2], [0.05, 0.1], 2, 0.07)
+    with pytest.raises(ValueError, match="out_step must be finite and >= 1"):
+        posthoc_coefficients([1, 2], [0.05, 0.1], bad, 0.07)
+
+
 def _run(tmp_path, steps=400, every=20):
     """A synthetic training trajectory (drift + oscillation + noise) with snapshots of σ_rel 0.05 and
     0.10 and, beside them, the profile σ_rel 0.07 tracked directly."""
