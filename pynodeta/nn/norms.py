@@ -97,12 +97,34 @@ class TimeGroupNorm(_IgnoreTimeMixin, nn.GroupNorm):
     """``nn.GroupNorm`` with forward(t, x); G = C is instance norm, G = 1 layer norm over (C, *spatial)."""
 
 
-class TimeInstanceNorm1d(_IgnoreTimeMixin, nn.InstanceNorm1d):
-    """``nn.InstanceNorm1d`` with forward(t, x); x: (batch, C, L)."""
+class _BatchedInstanceNormMixin:
+    """Instance norm of batched inputs only. torch's InstanceNorm also takes one sample without its batch axis
+    ((C, L), (C, H, W)), so it reads a batch with one axis fewer as a single sample: a (batch, C) input raises
+    an error about C, or, where batch == C, is normalised per sample over its channels."""
+
+    batched_shape: tuple[str, ...]
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() == len(self.batched_shape):
+            return
+        expected = f"instance norm needs x of shape ({', '.join(self.batched_shape)}), got {tuple(x.shape)}"
+        if x.dim() == 2:  # a (batch, features) layer's output
+            raise ValueError(f"{expected}: a (batch, C) input holds one value per channel and sample, which "
+                             "instance norm would map to its bias alone; for (batch, features) layers (the mlp "
+                             "backbone's) use norm 'ln' or 'gn'")
+        raise ValueError(expected)
 
 
-class TimeInstanceNorm2d(_IgnoreTimeMixin, nn.InstanceNorm2d):
+class TimeInstanceNorm1d(_IgnoreTimeMixin, _BatchedInstanceNormMixin, nn.InstanceNorm1d):
+    """``nn.InstanceNorm1d`` with forward(t, x); x: (batch, C, L) (a (batch, C) input is refused)."""
+
+    batched_shape = ("batch", "C", "L")
+
+
+class TimeInstanceNorm2d(_IgnoreTimeMixin, _BatchedInstanceNormMixin, nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` with forward(t, x); x: (batch, C, H, W)."""
+
+    batched_shape = ("batch", "C", "H", "W")
 
 
 class TimeIdentity(_IgnoreTimeMixin, nn.Identity):
@@ -137,7 +159,7 @@ def make_norm(
     kind: str,
     num_channels: int,
     *,
-    dims: int = 2,            # 2: x is (batch, C, H, W); 1: x is (batch, C) or (batch, C, L)
+    dims: int = 2,            # 2: x is (batch, C, H, W); 1: x is (batch, C) or (batch, C, L) ("in": the latter)
     groups: int | str | None = None,  # kind="gn" only: an int dividing C, or "auto" (see group_count)
     eps: float = 1e-5,
     affine: bool = True,
@@ -149,8 +171,8 @@ def make_norm(
 
     kinds: "tabn" (TA-BN), "popti-bn" (one running pair for all times), "minibatch-bn" (batch
     statistics at train and test), "gn" (GroupNorm with ``groups``), "ln" (GroupNorm(1, C): layer
-    norm over channels and space with per-channel affine), "in" (instance norm with affine),
-    "none" (identity).
+    norm over channels and space with per-channel affine), "in" (instance norm with affine; it needs a
+    spatial or length axis, so with dims=1 it takes (batch, C, L) and refuses (batch, C)), "none" (identity).
     """
     if kind not in NORM_KINDS:
         raise ValueError(f"unknown norm kind {kind!r}; valid kinds: {', '.join(NORM_KINDS)}")

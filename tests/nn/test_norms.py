@@ -28,6 +28,17 @@ def test_every_kind_builds_and_takes_t(kind, dims, shape):
     assert norm(0.3, x).shape == x.shape
 
 
+@pytest.mark.parametrize("batch", [5, 4], ids=["batch_differs_from_C", "batch_equals_C"])
+def test_instance_norm_refuses_a_batch_without_a_length_axis(batch):
+    # torch would read (batch, C) as one unbatched (C, L) sample: an error about C, or, where batch == C,
+    # each sample normalised over its channels
+    norm = make_norm("in", 4, dims=1)
+    with pytest.raises(ValueError, match=r"instance norm needs x of shape \(batch, C, L\).*use norm 'ln' or 'gn'"):
+        norm(0.3, torch.randn(batch, 4))
+    with pytest.raises(ValueError, match=r"instance norm needs x of shape \(batch, C, H, W\), got \(4, 3, 3\)"):
+        make_norm("in", 4)(0.3, torch.randn(4, 3, 3))
+
+
 def test_factory_classes_and_groups():
     assert isinstance(make_norm("tabn", 8, M=10, T=2.0), TABatchNorm2d)
     assert isinstance(make_norm("tabn", 8, dims=1), TABatchNorm1d)
