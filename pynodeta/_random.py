@@ -11,7 +11,16 @@ import torch
 
 from ._host_copies import to_device
 
-__all__ = ["randn"]
+__all__ = ["check_generator", "randn"]
+
+
+def check_generator(generator: torch.Generator | None, name: str = "generator") -> torch.Generator | None:
+    """``generator`` when it is a torch.Generator or None; a TypeError naming ``name`` otherwise (a seed or a
+    string would fail only at the first draw, with an error about its missing ``device``)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__} {generator!r}; "
+                        "for a seed s pass torch.Generator().manual_seed(s)")
+    return generator
 
 
 def randn(shape, *, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

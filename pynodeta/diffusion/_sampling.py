@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .._random import randn
+from .._random import check_generator, randn
 from ..ode.stats import SolveStats, _publish
 from ._checks import Denoiser, call_denoiser, check_extra_args, check_option, check_sigmas, nonfinite_denoiser_message
 from ._output_checks import OutputChecks
@@ -39,9 +39,11 @@ class CountingDenoiser:
         return x
 
 
-def start(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, method: str,
-          extra_args: Mapping | None) -> tuple[list[float], CountingDenoiser]:
-    """Check the noise levels and the initial noise; the levels as floats and the counting denoiser."""
+def start(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, method: str, extra_args: Mapping | None,
+          generator: torch.Generator | None) -> tuple[list[float], CountingDenoiser]:
+    """Check the noise levels, the initial noise and the generator (before the first denoiser call, also in
+    samplers that draw no noise); the levels as floats and the counting denoiser."""
+    check_generator(generator)
     levels = check_sigmas(sigmas)
     if not torch.isfinite(x).all():
         raise ValueError("x (the initial noise) contains NaN/Inf; pass randn(...) * sigmas[0]")

@@ -24,7 +24,7 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
                            s_noise: float = 1.0) -> torch.Tensor:
     """Ancestral sampling with Euler steps (k-diffusion's ``sample_euler_ancestral``; DDIM with this η)."""
     check_ancestral(eta, s_noise)
-    levels, model = start(denoiser, x, sigmas, "euler_ancestral", extra_args)
+    levels, model = start(denoiser, x, sigmas, "euler_ancestral", extra_args, generator)
     for i in progress_range(len(levels) - 1, disable, "euler_ancestral"):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = model(x, sigma)
@@ -43,7 +43,7 @@ def sample_dpm_2_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
                            s_noise: float = 1.0) -> torch.Tensor:
     """Ancestral sampling with DPM-Solver-2 midpoint steps (k-diffusion's ``sample_dpm_2_ancestral``)."""
     check_ancestral(eta, s_noise)
-    levels, model = start(denoiser, x, sigmas, "dpm_2_ancestral", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpm_2_ancestral", extra_args, generator)
     for i in progress_range(len(levels) - 1, disable, "dpm_2_ancestral"):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = model(x, sigma)
@@ -70,7 +70,7 @@ def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch
     """Ancestral sampling with DPM-Solver++(2S) steps, Lu et al. 2022 Algorithm 1 with r = 1/2
     (k-diffusion's ``sample_dpmpp_2s_ancestral``)."""
     check_ancestral(eta, s_noise)
-    levels, model = start(denoiser, x, sigmas, "dpmpp_2s_ancestral", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpmpp_2s_ancestral", extra_args, generator)
     for i in progress_range(len(levels) - 1, disable, "dpmpp_2s_ancestral"):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = model(x, sigma)

@@ -61,7 +61,7 @@ def sample_ddim_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.
     clips x̂0 to [-1, 1] and keeps ε̂ from the unclipped one (diffusers' ``clip_sample``)."""
     eta = check_option("eta", eta, "0: deterministic DDIM, 1: DDPM-like")
     _check_clip(clip_x0)
-    levels, model = start(denoiser, x, sigmas, "ddim", extra_args)
+    levels, model = start(denoiser, x, sigmas, "ddim", extra_args, generator)
     for i in progress_range(len(levels) - 1, disable, "ddim"):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = model(x, sigma)
@@ -88,7 +88,7 @@ def sample_ddpm_noise_levels(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
     _check_clip(clip_x0)
-    levels, model = start(denoiser, x, sigmas, "ddpm", extra_args)
+    levels, model = start(denoiser, x, sigmas, "ddpm", extra_args, generator)
     for i in progress_range(len(levels) - 1, disable, "ddpm"):
         sigma, sigma_next = levels[i], levels[i + 1]
         denoised = model(x, sigma)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from .._random import randn
+from .._random import check_generator, randn
 from ..ode.stats import SolveStats, _publish
 from ._checks import check_extra_args, check_option
 from ._output_checks import OutputChecks
@@ -58,7 +58,8 @@ def _nonfinite_eps_message(t: int) -> str:
     return f"eps_model returned NaN/Inf at timestep t={t}: check the network and its input scaling there"
 
 
-def _check_start(x_T: torch.Tensor, schedule: DDPMSchedule) -> None:
+def _check_start(x_T: torch.Tensor, schedule: DDPMSchedule, generator: torch.Generator | None) -> None:
+    check_generator(generator)
     if not isinstance(schedule, DDPMSchedule):
         raise TypeError(f"schedule must be a DDPMSchedule, got {type(schedule).__name__}")
     if not torch.isfinite(x_T).all():
@@ -72,7 +73,7 @@ def sample_ddpm(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule,
                 disable: bool | None = None) -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2 (variance β̃_t "fixed_small" or β_t "fixed_large"), T evaluations;
     ``clip_x0`` clips x̂0 to [-1, 1] before the posterior mean (diffusers' ``clip_sample``)."""
-    _check_start(x_T, schedule)
+    _check_start(x_T, schedule, generator)
     model = _CountingEpsModel(eps_model, "ddpm", schedule.num_timesteps, extra_args)
     x = x_T
     for step in progress_range(schedule.num_timesteps, disable, "ddpm"):
@@ -139,7 +140,7 @@ def sample_ddim(eps_model: EpsModel, x_T: torch.Tensor, schedule: DDPMSchedule, 
     for "linspace"). ``clip_x0`` clips x̂0 to [-1, 1] and, as diffusers' ``clip_sample`` with
     ``use_clipped_model_output=False``, keeps the network's ε̂ for the direction term.
     """
-    _check_start(x_T, schedule)
+    _check_start(x_T, schedule, generator)
     eta = check_option("eta", eta, "0: deterministic DDIM, 1: DDPM-like")
     timesteps = ddim_timesteps(schedule.num_timesteps, num_steps, timestep_spacing, steps_offset)
     model = _CountingEpsModel(eps_model, "ddim", len(timesteps), extra_args)

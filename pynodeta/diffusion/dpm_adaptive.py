@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .._random import check_generator
 from ._checks import Denoiser, check_option, check_sigmas
 from ._progress import ProgressCounter
 from ._sampling import Callback, CountingDenoiser, ancestral_step, check_ancestral, fresh_noise
@@ -118,6 +119,7 @@ def sample_dpm_adaptive(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     """
     _check_controller(order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety)
     check_ancestral(eta, s_noise)
+    check_generator(generator)
     levels = check_sigmas(sigmas)
     positive = [level for level in levels if level > 0]
     if len(positive) < 2:

@@ -27,7 +27,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, e
                  s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
     """Euler steps of the probability-flow ODE, with optional churn (EDM Algorithm 2 with first-order steps)."""
     check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    levels, model = start(denoiser, x, sigmas, "euler", extra_args)
+    levels, model = start(denoiser, x, sigmas, "euler", extra_args, generator)
     n_steps = len(levels) - 1
     for i in progress_range(n_steps, disable, "euler"):
         x, sigma_hat = churn(x, levels[i], n_steps, s_churn, s_tmin, s_tmax, s_noise, generator)
@@ -44,7 +44,7 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ex
                 s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
     """Heun's second-order sampler, EDM Algorithm 1 (deterministic) and 2 (with churn, s_churn > 0)."""
     check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    levels, model = start(denoiser, x, sigmas, "heun", extra_args)
+    levels, model = start(denoiser, x, sigmas, "heun", extra_args, generator)
     n_steps = len(levels) - 1
     for i in progress_range(n_steps, disable, "heun"):
         x, sigma_hat = churn(x, levels[i], n_steps, s_churn, s_tmin, s_tmax, s_noise, generator)
@@ -69,7 +69,7 @@ def sample_dpm_2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, e
     """DPM-Solver-2-inspired midpoint steps with EDM churn (k-diffusion's ``sample_dpm_2``): the slope is
     taken at the geometric mean of σ̂ and σ_{i+1}; the last step to σ = 0 is an Euler step."""
     check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    levels, model = start(denoiser, x, sigmas, "dpm_2", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpm_2", extra_args, generator)
     n_steps = len(levels) - 1
     for i in progress_range(n_steps, disable, "dpm_2"):
         x, sigma_hat = churn(x, levels[i], n_steps, s_churn, s_tmin, s_tmax, s_noise, generator)
@@ -116,7 +116,7 @@ def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ext
     ``sample_lms``: one evaluation per step, lower orders for the first ``order − 1`` steps."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an integer >= 1 (k-diffusion uses 4), got {order!r}")
-    levels, model = start(denoiser, x, sigmas, "lms", extra_args)
+    levels, model = start(denoiser, x, sigmas, "lms", extra_args, generator)
     slopes: list[torch.Tensor] = []  # the newest last
     for i in progress_range(len(levels) - 1, disable, "lms"):
         denoised = model(x, levels[i])
@@ -137,7 +137,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
                     generator: torch.Generator | None = None, callback: Callback | None = None,
                     disable: bool | None = None) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 Algorithm 2 (k-diffusion's ``sample_dpmpp_2m``)."""
-    levels, model = start(denoiser, x, sigmas, "dpmpp_2m", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpmpp_2m", extra_args, generator)
     previous_denoised, previous_h = None, None
     for i in progress_range(len(levels) - 1, disable, "dpmpp_2m"):
         sigma, sigma_next = levels[i], levels[i + 1]

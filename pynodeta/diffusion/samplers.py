@@ -8,7 +8,8 @@ disable=None, **options) -> x0``:
   it is called with two arguments only;
 - ``x`` holds noise at ``sigmas[0]`` (e.g. ``randn * sigmas[0]``); ``sigmas`` decrease, usually to 0
   (``karras_sigmas``, or ``ddpm_sigmas`` for a DDPM schedule);
-- ``generator`` (a torch.Generator) drives all fresh noise; deterministic samplers ignore it;
+- ``generator`` (a torch.Generator or None; anything else, a seed say, is refused before the first
+  evaluation) drives all fresh noise; deterministic samplers draw nothing from it;
 - ``callback`` gets k-diffusion's dict {x, i, sigma, sigma_hat, denoised} after each step's first
   evaluation, with ``x`` the state at ``sigma_hat`` that ``denoised`` was computed from;
 - ``disable``: the progress bar over the steps on stderr; None shows it only when stderr is a terminal.

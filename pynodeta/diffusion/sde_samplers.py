@@ -35,7 +35,7 @@ def sample_dpmpp_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
     check_ancestral(eta, s_noise)
     if not 0 < r < 1:
         raise ValueError(f"r must lie in (0, 1) (where the intermediate point sits in λ; 1/2: midpoint), got {r!r}")
-    levels, model = start(denoiser, x, sigmas, "dpmpp_sde", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpmpp_sde", extra_args, generator)
     noise = BrownianNoise(x, generator)
     weight_second = 1 / (2 * r)
     for i in progress_range(len(levels) - 1, disable, "dpmpp_sde"):
@@ -78,7 +78,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     check_ancestral(eta, s_noise)
     if solver_type not in SDE_SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {list(SDE_SOLVER_TYPES)}, got {solver_type!r}")
-    levels, model = start(denoiser, x, sigmas, "dpmpp_2m_sde", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpmpp_2m_sde", extra_args, generator)
     previous_denoised, previous_h = None, None
     for i in progress_range(len(levels) - 1, disable, "dpmpp_2m_sde"):
         sigma, sigma_next = levels[i], levels[i + 1]
@@ -113,7 +113,7 @@ def sample_dpmpp_3m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``): third-order multistep corrections
     from the last three x̂0, lower orders for the first two steps."""
     check_ancestral(eta, s_noise)
-    levels, model = start(denoiser, x, sigmas, "dpmpp_3m_sde", extra_args)
+    levels, model = start(denoiser, x, sigmas, "dpmpp_3m_sde", extra_args, generator)
     denoised_1 = denoised_2 = None  # x̂0 one and two steps back
     h_1 = h_2 = None
     for i in progress_range(len(levels) - 1, disable, "dpmpp_3m_sde"):

@@ -92,6 +92,9 @@ def test_bad_input_is_refused():
         sample_ddim(lambda t, x: x, x, schedule, num_steps=5, eta=-1.0)
     with pytest.raises(TypeError, match="DDPMSchedule"):
         sample_ddpm(lambda t, x: x, x, "linear")
+    for sampler in (sample_ddpm, sample_ddim):
+        with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+            sampler(lambda t, x: x, x, schedule, generator=0)
 
     def broken(t, x):
         return torch.where(t[:, None] < 4, torch.inf, x)

@@ -113,6 +113,21 @@ def test_the_generator_drives_all_fresh_noise(name):
     assert (first - other).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_generator_that_is_not_a_torch_generator_is_refused_before_the_first_evaluation(name):
+    calls = []
+
+    def denoiser(x, sigma):
+        calls.append(sigma)
+        return DATA.denoiser(x, sigma)
+
+    # deterministic samplers draw nothing from it, but a seed where a Generator belongs is a bug there too
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got str.*manual_seed"):
+        get_sampler(name)(denoiser, _noise(), karras_sigmas(4, dtype=torch.float64), generator="seed",
+                          **STOCHASTIC.get(name, {}))
+    assert calls == []
+
+
 @pytest.mark.parametrize("name", [n for n in SAMPLERS if n != "dpm_adaptive"])
 def test_the_callback_gets_k_diffusion_s_dict_once_per_step(name):
     seen = []
