@@ -105,6 +105,8 @@ def dequantize(x: torch.Tensor, num_bins: int, generator: torch.Generator | None
     """Integer data in {0, …, K − 1} → y = 2(x + u)/K − 1 ∈ [−1, 1], u ~ U(0, 1) per entry (K = num_bins)."""
     if not isinstance(num_bins, int) or num_bins < 2:
         raise ValueError(f"num_bins must be an integer >= 2 (K, the number of values; digits: 17), got {num_bins!r}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); pass at least one integer value to dequantize")
     values = x.to(torch.float64)
     if (values != values.round()).any() or values.min() < 0 or values.max() > num_bins - 1:
         raise ValueError(f"x must hold integers in {{0, …, {num_bins - 1}}} (raw pixel values, not normalised); "

@@ -78,6 +78,12 @@ def test_dequantize_scaling_and_bad_input():
         dequantize(torch.tensor([[0, 17]]), 17)
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 1, 8, 8)])
+def test_dequantize_refuses_an_empty_tensor_by_name(shape):
+    with pytest.raises(ValueError, match=r"x is empty \(shape \(0,"):
+        dequantize(torch.zeros(shape, dtype=torch.long), 17)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"sigma_min": 1.0, "sigma_max": 0.5}, "sigma_min must be < sigma_max"),
     ({"sigma_min": 0.0}, "sigma_min"), ({"divergence": "jacobian"}, "divergence"),
