@@ -15,8 +15,9 @@ import torch
 from ..ode.backends import get_backend
 from ..ode.methods import Method
 from ..ode.settings import Adjoint, IController, SolverSettings
+from ._checks import all_finite
 
-__all__ = ["FLOW_SOLVER", "flow_solver", "staying_inside_the_span", "class_label_arguments"]
+__all__ = ["FLOW_SOLVER", "flow_solver", "staying_inside_the_span", "class_label_arguments", "check_finite_x"]
 
 FLOW_SOLVER = SolverSettings(method="dopri5", controller=IController(rtol=1e-5, atol=1e-5))
 """The default of both functions: dopri5 with the integral controller at rtol = atol = 1e-5."""
@@ -101,3 +102,9 @@ def class_label_arguments(class_labels: torch.Tensor | None, x: torch.Tensor) ->
         raise ValueError(f"class_labels are on {class_labels.device} but x on {x.device}: move them with "
                          "class_labels.to(x.device)")
     return {"class_labels": class_labels}
+
+
+def check_finite_x(x: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse NaN/Inf in the caller's ``x`` under its own name, before the solver refuses it as its ``y0``."""
+    if not all_finite(x):
+        raise ValueError(f"x ({what}) contains NaN or Inf; {fix}")

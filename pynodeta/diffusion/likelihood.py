@@ -17,7 +17,7 @@ from ._checks import (
     nonfinite_denoiser_message,
 )
 from ._output_checks import OutputChecks
-from .flow_solver import class_label_arguments, flow_solver, staying_inside_the_span
+from .flow_solver import check_finite_x, class_label_arguments, flow_solver, staying_inside_the_span
 from .probability_flow import check_sigma_range
 
 __all__ = ["log_likelihood", "bits_per_dim", "dequantize", "DIVERGENCES"]
@@ -72,6 +72,8 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
         raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
+    check_finite_x(x, "the data to score", "pass finite data in the model's scale (integer pixels: "
+                   "dequantize(x, num_bins), or bits_per_dim)")
     extra_args = class_label_arguments(class_labels, x)
     solver = flow_solver("log_likelihood", solver, solve_arguments)
     probe = None

@@ -10,7 +10,7 @@ from ..ode.settings import SolverSettings
 from ..ode.solve import Solution, solve
 from ._checks import Denoiser, call_denoiser, check_within_denoiser_range, nonfinite_denoiser_message
 from ._output_checks import OutputChecks
-from .flow_solver import class_label_arguments, flow_solver, staying_inside_the_span
+from .flow_solver import check_finite_x, class_label_arguments, flow_solver, staying_inside_the_span
 
 __all__ = ["probability_flow", "check_sigma_range"]
 
@@ -49,6 +49,7 @@ def probability_flow(denoiser: Denoiser, x: torch.Tensor, sigma_start: float, si
     """
     check_sigma_range(sigma_start, sigma_end)
     check_within_denoiser_range(denoiser, {"sigma_start": sigma_start, "sigma_end": sigma_end})
+    check_finite_x(x, "the state at sigma_start", "pass finite values (noise: randn(...) * sigma_start)")
     extra_args = class_label_arguments(class_labels, x)
     solver = flow_solver("probability_flow", solver, solve_arguments)
 

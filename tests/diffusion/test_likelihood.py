@@ -94,6 +94,14 @@ def test_bad_arguments_are_refused(kwargs, match):
         log_likelihood(data.denoiser, torch.zeros(2, 2, dtype=torch.float64), **kwargs)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_data_is_refused_under_the_name_x(bad):
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    x[1, 0] = bad
+    with pytest.raises(ValueError, match=r"x \(the data to score\) contains NaN or Inf.*dequantize"):
+        log_likelihood(standard_case().denoiser, x)
+
+
 def _prior_and_flow_identity(data, x, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """log N(x_T; 0, σ_max²I) + log p_σmin(x) − log p_σmax(x_T) along the exact flow x → x_T: what
     log_likelihood computes for Gaussian data, for any σ_max (the prior ignores the data mean)."""

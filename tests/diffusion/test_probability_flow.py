@@ -41,6 +41,13 @@ def test_bad_noise_levels_are_refused(sigma_start, sigma_end, match):
         probability_flow(data.denoiser, torch.zeros(2, 2), sigma_start, sigma_end)
 
 
+def test_a_non_finite_start_is_refused_under_the_name_x():
+    x = torch.zeros(2, 2)
+    x[0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"x \(the state at sigma_start\) contains NaN or Inf"):
+        probability_flow(standard_case().denoiser, x, 80.0, 0.002)
+
+
 def test_non_finite_denoiser_is_named_with_its_noise_level():
     def broken(x, sigma):
         return torch.where(sigma[:, None] < 5.0, torch.nan, x * 0)
