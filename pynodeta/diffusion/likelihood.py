@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._random import check_generator
 from ..ode.settings import SolverSettings
 from ..ode.solve import solve
 from ._checks import (
@@ -72,6 +73,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, sigma_min: float | None 
         raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
+    check_generator(generator)
     check_finite_x(x, "the data to score", "pass finite data in the model's scale (integer pixels: "
                    "dequantize(x, num_bins), or bits_per_dim)")
     extra_args = class_label_arguments(class_labels, x)
@@ -107,6 +109,7 @@ def dequantize(x: torch.Tensor, num_bins: int, generator: torch.Generator | None
     """Integer data in {0, …, K − 1} → y = 2(x + u)/K − 1 ∈ [−1, 1], u ~ U(0, 1) per entry (K = num_bins)."""
     if not isinstance(num_bins, int) or num_bins < 2:
         raise ValueError(f"num_bins must be an integer >= 2 (K, the number of values; digits: 17), got {num_bins!r}")
+    check_generator(generator)
     if x.numel() == 0:
         raise ValueError(f"x is empty (shape {tuple(x.shape)}); pass at least one integer value to dequantize")
     values = x.to(torch.float64)

@@ -102,6 +102,14 @@ def test_non_finite_data_is_refused_under_the_name_x(bad):
         log_likelihood(standard_case().denoiser, x)
 
 
+def test_a_generator_that_is_not_a_torch_generator_is_refused():
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        log_likelihood(standard_case().denoiser, x, generator=0)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        dequantize(torch.zeros(2, 2, dtype=torch.long), 17, generator=0)
+
+
 def _prior_and_flow_identity(data, x, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """log N(x_T; 0, σ_max²I) + log p_σmin(x) − log p_σmax(x_T) along the exact flow x → x_T: what
     log_likelihood computes for Gaussian data, for any σ_max (the prior ignores the data mean)."""
