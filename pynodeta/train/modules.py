@@ -20,7 +20,9 @@ __all__ = ["NODEModule", "NODEClassifier", "TrajectoryRegressor"]
 
 class NODEModule(TrainingModule):
     """Base of the neural-ODE modules: holds the network in ``.model``; subclasses define
-    ``_loss_and_metrics``.
+    ``_loss_and_metrics``, and ``model_inputs(batch)``: the positional inputs their steps pass to
+    ``self.model`` (``pynodeta diagnose`` runs the network on a batch through it; without it, on the
+    batch's first element).
 
     Logged per stage (``train``/``val``/``test``): ``{stage}/loss`` and the subclass's metrics,
     ``{stage}/nfe_forward`` (right-hand-side evaluations of all ODE blocks per batch, mean over the
@@ -112,9 +114,13 @@ class NODEClassifier(NODEModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def model_inputs(self, batch) -> tuple[torch.Tensor]:
+        x, _ = batch
+        return (x,)
+
     def _loss_and_metrics(self, batch):
-        x, y = batch
-        logits = self.model(x)
+        _, y = batch
+        logits = self.model(*self.model_inputs(batch))
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         accuracy = (logits.argmax(dim=1) == y).float().mean()
         return loss, {"acc": accuracy}, len(y)
@@ -146,9 +152,15 @@ class TrajectoryRegressor(NODEModule):
         """y0: (batch, state_dim) at time 0, t: (n_times,) starting at 0 -> (n_times, batch, state_dim)."""
         return self.model(t[0], y0, t)
 
+    def model_inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(t0, y0, t)`` of a ``(t, y0, y_traj)`` batch, the clock shifted to start at 0 (see the class)."""
+        t, y0, _ = batch
+        t = t - t[0]
+        return t[0], y0, t
+
     def _loss_and_metrics(self, batch):
-        t, y0, y_traj = batch
-        prediction = self(y0, t - t[0])
+        _, y0, y_traj = batch
+        prediction = self.model(*self.model_inputs(batch))
         if prediction.shape != y_traj.shape:
             raise ValueError(
                 f"the model returned {tuple(prediction.shape)} for trajectories {tuple(y_traj.shape)}; it must "
