@@ -18,7 +18,7 @@ from pynodeta.nn import is_time_aware
 
 from .._cli import ArgumentParser, UsageError
 from .audit import DEFAULT_TIMES
-from .loading import input_batch, load_model_and_input
+from .loading import load_model_and_inputs
 from .ode_blocks import audit_ode_blocks, find_ode_functions
 from .time_ranges import diffusion_times
 
@@ -70,16 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_and_batch(args):
+def _model_and_inputs(args):
     if args.config is None and args.checkpoint is None:
         raise UsageError("pass --config CONFIG.yaml, --checkpoint CKPT, or both")
     if args.config is not None and args.input_shape is not None:
         raise ValueError("--input-shape conflicts with --config, whose data section gives the input")
     with warnings.catch_warnings():  # main() has printed the --unsafe-load warning once already
         warnings.filterwarnings("ignore", message="--unsafe-load")
-        model, example = load_model_and_input(args.config, args.checkpoint, unsafe_load=args.unsafe_load,
-                                              allowed_modules=args.allow_module)
-    return model, input_batch(example, args.batch_size, args.input_shape, args.seed)
+        return load_model_and_inputs(args.config, args.checkpoint, batch_size=args.batch_size,
+                                     input_shape=args.input_shape, seed=args.seed, unsafe_load=args.unsafe_load,
+                                     allowed_modules=args.allow_module)
 
 
 def main(argv: list[str]) -> int:
@@ -90,18 +90,18 @@ def main(argv: list[str]) -> int:
             print("pynodeta diagnose: warning: --unsafe-load unpickles the checkpoint with "
                   "torch.load(weights_only=False), which runs any code it contains; use it only on files "
                   "you made or fully trust", file=sys.stderr)
-        model, batch = _model_and_batch(args)
+        model, inputs = _model_and_inputs(args)
         # A LightningModule holds its network in .model: run that; module paths start at the root.
         network = model.model if isinstance(getattr(model, "model", None), nn.Module) else model
-        module, run = args.module, lambda: network(batch)
+        module, run = args.module, lambda: network(*inputs)
         times = args.times
         if is_time_aware(network) and not find_ode_functions(model):
             # a diffusion network is itself the time-aware function: forward(t, x) at one time,
             # audited over the times it is trained and sampled at
             module = module or ("model" if network is not model else "")
-            run = lambda: network(torch.zeros(()), batch)  # noqa: E731
+            run = lambda: network(torch.zeros(()), *inputs)  # noqa: E731
             times = times if times is not None else diffusion_times(model, network)
-        reports = audit_ode_blocks(model, batch, times, module=module, run=run,
+        reports = audit_ode_blocks(model, inputs, times, module=module, run=run,
                                    mode="train" if args.train_mode else "eval",
                                    threshold=args.threshold, seed=args.seed)
     except UsageError as error:

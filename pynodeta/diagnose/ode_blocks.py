@@ -125,15 +125,16 @@ def audit_ode_blocks(
     times: Sequence[float] | None = None,   # default: 5 points over each block's t_span (or time_range), else [0, 1]
     *,
     module: str | None = None,               # audit this submodule (an ODE block or a forward(t, x))
-    run: Callable[[], Any] | None = None,    # how to run the model forward (default: model(batch))
+    run: Callable[[], Any] | None = None,    # how to run the model forward (default: model(batch) / model(*batch))
     mode: Literal["eval", "train"] = "eval",
     threshold: float = 0.05,
     seed: int = 0,
 ) -> list[TimeAwarenessReport]:
     """One ``time_awareness`` report per ODE block of ``model`` (or for ``module``).
 
-    Each block's right-hand side is audited at the input state the block receives on ``batch``.
-    Raises ValueError when the model holds no ODE block and no ``module`` is given.
+    ``batch`` is the model's input, or a tuple of its positional inputs (``model(*batch)``: a model taking
+    one tuple gets ``(state,)``). Each block's right-hand side is audited at the input state the block
+    receives on it. Raises ValueError when the model holds no ODE block and no ``module`` is given.
     """
     if module is not None:
         targets = [_resolve(model, module)]
@@ -142,7 +143,7 @@ def audit_ode_blocks(
         if not targets:
             raise ValueError("no ODE block found (a submodule with .last_stats and a time-aware .func); "
                              "name the right-hand side to audit with module='path.to.func'")
-    run = run or (lambda: model(batch))
+    run = run or (lambda: model(*batch) if isinstance(batch, tuple) else model(batch))
     reports = []
     for name, target, func in targets:
         state = capture_state(model, target, run, mode)

@@ -235,3 +235,24 @@ def test_a_bare_network_is_audited_over_its_declared_time_range():
     edm2 = EDM2UNet(8, 1, model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=())
     assert diffusion_times(edm2, edm2, points=2) == pytest.approx([math.log(0.002) / 4, math.log(80.0) / 4])
     assert diffusion_times(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)) is None
+
+
+def _tabn_rows(report):
+    return [f["layer"] for f in report["findings"] if f["kind"] == "TABatchNorm1d" and f["role"] == "normalisation"]
+
+
+@pytest.mark.parametrize("module", [[], ["--module", "model.ode"]])
+def test_a_trajectory_model_is_run_as_its_module_runs_it_on_a_batch(capsys, module):
+    """pendulum_tabn's network takes forward(t0, y0, t_grid): TrajectoryRegressor.model_inputs gives them
+    from a (t, y0, y_traj) batch, and the ODE block's TA-BN layers are audited at the y0 it receives."""
+    status = main(["--config", "pendulum_tabn", "--batch-size", "8", "--json", *module])
+    assert status in (0, 1)  # freshly built, TA-BN's γ(t) = 1, β(t) = 0: plain BN, time cancelled
+    (report,) = json.loads(capsys.readouterr().out)["reports"]
+    assert report["subject"] == "model.ode.func"
+    assert _tabn_rows(report) == ["layers.1", "layers.4"]
+
+
+def test_the_batch_of_a_config_holds_the_first_samples_of_its_test_split(capsys):
+    # pendulum_tabn's test split holds 26 trajectories, in loader batches of 32
+    assert main(["--config", "pendulum_tabn", "--batch-size", "27"]) == 2
+    assert "--batch-size 27 exceeds the 26 samples of the test split" in capsys.readouterr().err
