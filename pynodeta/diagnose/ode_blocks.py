@@ -48,12 +48,20 @@ def capture_state(
     side (``forward(t, y)``: its y). ``run`` runs ``model`` forward, e.g. ``lambda: model(batch)``;
     it is stopped as soon as the state is captured, and the model's state is restored afterwards.
     """
-    captured: dict[str, State] = {}
+    return _capture_call(model, target, run, mode)[0]
+
+
+def _capture_call(
+    model: nn.Module, target: nn.Module, run: Callable[[], Any], mode: Literal["eval", "train"],
+) -> tuple[State, tuple[float, float] | None]:
+    """``(state, span)`` of target's first call (see :func:`capture_state`); span: :func:`_called_span`."""
+    captured: dict[str, Any] = {}
 
     def hook(module, args, kwargs):
         values = [*args, *kwargs.values()]
         state = values[1] if is_time_aware(module) else values[0]
         captured["state"] = clone_structure(state)
+        captured["span"] = None if is_time_aware(module) else _called_span(args, kwargs)
         raise _Captured
 
     handle = target.register_forward_pre_hook(hook, with_kwargs=True)
@@ -68,7 +76,16 @@ def capture_state(
     if "state" not in captured:
         raise ValueError(f"{type(target).__name__} was never called while the model ran on the batch; "
                          f"check that it belongs to this model")
-    return captured["state"]
+    return captured["state"], captured["span"]
+
+
+def _called_span(args: tuple, kwargs: dict) -> tuple[float, float] | None:
+    """``(t[0], t[-1])`` of an ODE block called with its times, ``block(x, t)`` with t a 1-D tensor (as
+    ``ODEBlock`` takes them: a trajectory model passes its time grid per call), else None."""
+    t = kwargs["t"] if "t" in kwargs else args[1] if len(args) > 1 else None
+    if not (isinstance(t, torch.Tensor) and t.dim() == 1 and len(t) >= 2 and t.is_floating_point()):
+        return None
+    return float(t[0]), float(t[-1])
 
 
 def _resolve(model: nn.Module, path: str) -> tuple[str, nn.Module, nn.Module]:
@@ -86,32 +103,30 @@ def _resolve(model: nn.Module, path: str) -> tuple[str, nn.Module, nn.Module]:
                      f".func nor a module with forward(t, x)")
 
 
-def _declared_span(block: nn.Module) -> tuple[float, float] | None:
-    """The block's ``t_span``, else a network's declared ``time_range``, else None."""
-    span = getattr(block, "t_span", None)
-    if span is None or len(span) != 2:
-        span = getattr(block, "time_range", None)
+def _pair(span) -> tuple[float, float] | None:
     return None if span is None or len(span) != 2 else (float(span[0]), float(span[1]))
 
 
-def _span_times(block: nn.Module, points: int = 5) -> list[float]:
-    """5 points over the block's ``t_span``, else over a network's declared ``time_range``, else [0, 1]."""
-    span = _declared_span(block)
+def _integration_span(block: nn.Module, called_span: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The times an ODE block integrates over: those it was called with, else its ``t_span``, else None."""
+    return called_span if called_span is not None else _pair(getattr(block, "t_span", None))
+
+
+def _span_times(span: tuple[float, float] | None, points: int = 5) -> list[float]:
+    """5 points over ``span``, else the default times [0, 1]."""
     if span is None:
         return list(DEFAULT_TIMES)
     return torch.linspace(span[0], span[1], points, dtype=torch.float64).tolist()
 
 
-def _check_times_in_span(times: Sequence[float], block: nn.Module, name: str) -> None:
-    """Times an ODE block never integrates over (outside its ``t_span``) are refused: its TA-BN layers clamp
-    them to their grid's ends, and the audit would report those layers as constant in t, blaming them for the
-    times asked. (A diffusion network's ``time_range`` is not checked: its times come in the units of its
-    conditioning, which :func:`~pynodeta.diagnose.time_ranges.diffusion_times` converts to.)"""
-    span = getattr(block, "t_span", None)
-    if span is None or len(span) != 2:
-        return
-    low, high = min(float(span[0]), float(span[1])), max(float(span[0]), float(span[1]))
-    slack = 1e-9 * max(1.0, abs(low), abs(high))
+def _check_times_in_span(times: Sequence[float], span: tuple[float, float], name: str) -> None:
+    """Times an ODE block never integrates over are refused: its TA-BN layers clamp them to their grid's ends,
+    and the audit would report those layers as constant in t, blaming them for the times asked. (A diffusion
+    network's ``time_range`` is not checked: its times come in the units of its conditioning, which
+    :func:`~pynodeta.diagnose.time_ranges.diffusion_times` converts to.)"""
+    low, high = min(span), max(span)
+    # a float32 time grid rounds its ends by up to ~6e-8 relative: --times 0.7 lies within a grid ending at 0.7
+    slack = 1e-6 * max(1.0, abs(low), abs(high))
     outside = [t for t in times if not low - slack <= t <= high + slack]
     if outside:
         raise ValueError(f"times {outside} lie outside {name}'s span [{low:g}, {high:g}], the times it is run at "
@@ -122,7 +137,7 @@ def _check_times_in_span(times: Sequence[float], block: nn.Module, name: str) ->
 def audit_ode_blocks(
     model: nn.Module,
     batch: Any,
-    times: Sequence[float] | None = None,   # default: 5 points over each block's t_span (or time_range), else [0, 1]
+    times: Sequence[float] | None = None,   # default: 5 points over each block's span (or time_range), else [0, 1]
     *,
     module: str | None = None,               # audit this submodule (an ODE block or a forward(t, x))
     run: Callable[[], Any] | None = None,    # how to run the model forward (default: model(batch) / model(*batch))
@@ -134,7 +149,9 @@ def audit_ode_blocks(
 
     ``batch`` is the model's input, or a tuple of its positional inputs (``model(*batch)``: a model taking
     one tuple gets ``(state,)``). Each block's right-hand side is audited at the input state the block
-    receives on it. Raises ValueError when the model holds no ODE block and no ``module`` is given.
+    receives on it, by default at 5 points over the times the block integrates over on it: those it is
+    called with (``block(x, t)``, a trajectory model's time grid), else its ``t_span``. ``times`` outside them
+    are refused. Raises ValueError when the model holds no ODE block and no ``module`` is given.
     """
     if module is not None:
         targets = [_resolve(model, module)]
@@ -146,10 +163,12 @@ def audit_ode_blocks(
     run = run or (lambda: model(*batch) if isinstance(batch, tuple) else model(batch))
     reports = []
     for name, target, func in targets:
-        state = capture_state(model, target, run, mode)
-        if times is not None:
-            _check_times_in_span(times, target, name)
-        block_times = list(times) if times is not None else _span_times(target)
+        state, called_span = _capture_call(model, target, run, mode)
+        span = _integration_span(target, called_span)
+        if times is not None and span is not None:
+            _check_times_in_span(times, span, name)
+        declared = span if span is not None else _pair(getattr(target, "time_range", None))
+        block_times = list(times) if times is not None else _span_times(declared)
         subject = f"{name}.func" if func is not target else name
         reports.append(time_awareness(func, state, block_times, mode=mode, threshold=threshold,
                                       seed=seed, subject=subject))

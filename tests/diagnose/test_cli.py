@@ -250,6 +250,13 @@ def test_a_trajectory_model_is_run_as_its_module_runs_it_on_a_batch(capsys, modu
     (report,) = json.loads(capsys.readouterr().out)["reports"]
     assert report["subject"] == "model.ode.func"
     assert _tabn_rows(report) == ["layers.1", "layers.4"]
+    assert report["times"] == [0.0, 1.25, 2.5, 3.75, 5.0]  # the data's time grid, [0, 5]
+
+
+def test_times_outside_a_trajectory_models_grid_are_refused(capsys):
+    assert main(["--config", "pendulum_tabn", "--batch-size", "8", "--times", "0", "5", "6"]) == 2
+    assert capsys.readouterr().err.startswith("pynodeta diagnose: error: times [6.0] lie outside model.ode's span "
+                                              "[0, 5]")
 
 
 def test_the_batch_of_a_config_holds_the_first_samples_of_its_test_split(capsys):

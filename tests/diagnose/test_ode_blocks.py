@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pynodeta.diagnose import audit_ode_blocks, capture_state, find_ode_functions
+from pynodeta.models import TrajectoryNODE
 
 from .tiny_models import TinyNODE
 
@@ -32,6 +33,21 @@ def test_the_right_hand_side_is_audited_over_the_blocks_span():
     assert report.subject == "ode.func"
     assert report.times == (0.0, 0.5, 1.0, 1.5, 2.0)
     assert [f.kind for f in report.findings] == ["ConcatConv2d", "BatchNorm2d"]
+
+
+def test_a_trajectory_model_is_audited_over_the_time_grid_it_is_called_with():
+    """TrajectoryNODE(t0, y0, t_grid) passes its grid to the ODE block per call: the block's t_span (0, 5) is
+    only TA-BN's grid, the solve runs over [0, 2], and times past 2 are refused as for any span."""
+    torch.manual_seed(0)
+    network = TrajectoryNODE(dim=2, hidden=8, depth=2, norm="tabn", time_horizon=5.0)
+    inputs = (0.0, torch.randn(4, 2), torch.linspace(0.0, 2.0, 9))   # the network's positional inputs
+    (report,) = audit_ode_blocks(network, inputs)
+    assert report.subject == "ode.func" and report.times == (0.0, 0.5, 1.0, 1.5, 2.0)
+    assert [f.kind for f in report.findings if f.role == "normalisation"] == ["TABatchNorm1d"]
+    with pytest.raises(ValueError, match=r"times \[3.0\] lie outside ode's span \[0, 2\]"):
+        audit_ode_blocks(network, inputs, [0.0, 1.0, 3.0])
+    # a float32 grid ends at float32(0.7) = 0.69999999: 0.7 lies within it
+    assert audit_ode_blocks(network, (0.0, inputs[1], torch.linspace(0.0, 0.7, 8)), [0.0, 0.7])[0].times == (0.0, 0.7)
 
 
 def test_a_module_path_selects_the_right_hand_side_directly():
