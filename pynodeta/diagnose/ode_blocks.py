@@ -53,18 +53,25 @@ def capture_state(
 
 def _capture_call(
     model: nn.Module, target: nn.Module, run: Callable[[], Any], mode: Literal["eval", "train"],
+    block: nn.Module | None = None,
 ) -> tuple[State, tuple[float, float] | None]:
-    """``(state, span)`` of target's first call (see :func:`capture_state`); span: :func:`_called_span`."""
-    captured: dict[str, Any] = {}
+    """``(state, span)``: the state ``target`` receives the first time ``run()`` calls it (see
+    :func:`capture_state`), and the span of the times ``block`` (target itself, or the ODE block whose
+    right-hand side it is) was called with in that forward pass (:func:`_called_span`; None without a block)."""
+    captured: dict[str, Any] = {"span": None}
 
-    def hook(module, args, kwargs):
+    def record_span(module, args, kwargs):
+        captured["span"] = _called_span(args, kwargs)
+
+    def capture(module, args, kwargs):
         values = [*args, *kwargs.values()]
         state = values[1] if is_time_aware(module) else values[0]
         captured["state"] = clone_structure(state)
-        captured["span"] = None if is_time_aware(module) else _called_span(args, kwargs)
         raise _Captured
 
-    handle = target.register_forward_pre_hook(hook, with_kwargs=True)
+    # registered first, so that on a block that is the target too its call's span is recorded before capture stops it
+    handles = [] if block is None else [block.register_forward_pre_hook(record_span, with_kwargs=True)]
+    handles.append(target.register_forward_pre_hook(capture, with_kwargs=True))
     try:
         with preserved_state(model), torch.no_grad():
             model.train(mode == "train")
@@ -72,7 +79,8 @@ def _capture_call(
     except _Captured:
         pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if "state" not in captured:
         raise ValueError(f"{type(target).__name__} was never called while the model ran on the batch; "
                          f"check that it belongs to this model")
@@ -101,6 +109,15 @@ def _resolve(model: nn.Module, path: str) -> tuple[str, nn.Module, nn.Module]:
         return path, target, target
     raise ValueError(f"module {path!r} ({type(target).__name__}) is neither an ODE block with a time-aware "
                      f".func nor a module with forward(t, x)")
+
+
+def _block_of(model: nn.Module, name: str, target: nn.Module, func: nn.Module) -> tuple[str, nn.Module | None]:
+    """``(name, block)`` of the ODE block that integrates ``func``: ``target`` itself, else the block whose
+    ``.func`` is the target (``module="model.ode.func"``), else ``(name, None)`` (e.g. a diffusion network)."""
+    if func is not target:
+        return name, target
+    return next(((block_name, block) for block_name, block, block_func in find_ode_functions(model)
+                 if block_func is target), (name, None))
 
 
 def _pair(span) -> tuple[float, float] | None:
@@ -163,10 +180,11 @@ def audit_ode_blocks(
     run = run or (lambda: model(*batch) if isinstance(batch, tuple) else model(batch))
     reports = []
     for name, target, func in targets:
-        state, called_span = _capture_call(model, target, run, mode)
-        span = _integration_span(target, called_span)
+        block_name, block = _block_of(model, name, target, func)
+        state, called_span = _capture_call(model, target, run, mode, block)
+        span = _integration_span(target if block is None else block, called_span)
         if times is not None and span is not None:
-            _check_times_in_span(times, span, name)
+            _check_times_in_span(times, span, block_name)
         declared = span if span is not None else _pair(getattr(target, "time_range", None))
         block_times = list(times) if times is not None else _span_times(declared)
         subject = f"{name}.func" if func is not target else name

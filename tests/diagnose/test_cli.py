@@ -241,7 +241,7 @@ def _tabn_rows(report):
     return [f["layer"] for f in report["findings"] if f["kind"] == "TABatchNorm1d" and f["role"] == "normalisation"]
 
 
-@pytest.mark.parametrize("module", [[], ["--module", "model.ode"]])
+@pytest.mark.parametrize("module", [[], ["--module", "model.ode"], ["--module", "model.ode.func"]])
 def test_a_trajectory_model_is_run_as_its_module_runs_it_on_a_batch(capsys, module):
     """pendulum_tabn's network takes forward(t0, y0, t_grid): TrajectoryRegressor.model_inputs gives them
     from a (t, y0, y_traj) batch, and the ODE block's TA-BN layers are audited at the y0 it receives."""
@@ -253,8 +253,10 @@ def test_a_trajectory_model_is_run_as_its_module_runs_it_on_a_batch(capsys, modu
     assert report["times"] == [0.0, 1.25, 2.5, 3.75, 5.0]  # the data's time grid, [0, 5]
 
 
-def test_times_outside_a_trajectory_models_grid_are_refused(capsys):
-    assert main(["--config", "pendulum_tabn", "--batch-size", "8", "--times", "0", "5", "6"]) == 2
+@pytest.mark.parametrize("module", [[], ["--module", "model.ode"], ["--module", "model.ode.func"]])
+def test_times_outside_a_trajectory_models_grid_are_refused(capsys, module):
+    """Also when the right-hand side is named: the span is its ODE block's."""
+    assert main(["--config", "pendulum_tabn", "--batch-size", "8", "--times", "0", "5", "6", *module]) == 2
     assert capsys.readouterr().err.startswith("pynodeta diagnose: error: times [6.0] lie outside model.ode's span "
                                               "[0, 5]")
 
