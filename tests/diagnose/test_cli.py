@@ -265,3 +265,19 @@ def test_the_batch_of_a_config_holds_the_first_samples_of_its_test_split(capsys)
     # pendulum_tabn's test split holds 26 trajectories, in loader batches of 32
     assert main(["--config", "pendulum_tabn", "--batch-size", "27"]) == 2
     assert "--batch-size 27 exceeds the 26 samples of the test split" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_a_trajectory_run_is_audited_with_or_without_its_config(tmp_path, capsys):
+    from pynodeta.train.cli import main as fit_main
+
+    status = fit_main(["fit", "--config", "pendulum_tabn", "--trainer.max_steps", "2",
+                       "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+                       "--test_after_fit", "false", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    assert status == 0
+    (checkpoint,) = tmp_path.glob("pendulum_tabn/version_0/checkpoints/last.ckpt")
+    capsys.readouterr()
+    for config in [[], ["--config", "pendulum_tabn"]]:
+        assert main(["--checkpoint", str(checkpoint), *config, "--json", "--batch-size", "8"]) in (0, 1)
+        (report,) = json.loads(capsys.readouterr().out)["reports"]
+        assert report["subject"] == "model.ode.func" and _tabn_rows(report) == ["layers.1", "layers.4"]
+        assert report["times"] == [0.0, 1.25, 2.5, 3.75, 5.0]
