@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "time vanishes somewhere.",
     )
     parser.add_argument("--config", help="training config (YAML with model: and data: sections); the audit "
-                                         "runs on its first test batch, with --checkpoint's weights if given")
+                                         "runs on the first samples of its test split, with --checkpoint's "
+                                         "weights if given")
     parser.add_argument("--checkpoint", help="checkpoint to audit (a Lightning checkpoint, with or without --config); "
                                              "read with torch.load(weights_only=True), which runs no code from "
                                              "the file")
@@ -51,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "c_noise = ln(sigma)/4 over its sigma range, else the network's time_range; "
                              f"else {' '.join(f'{t:g}' for t in DEFAULT_TIMES)})")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="samples in the audited batch (default 16, or all of the example batch if it "
-                             "has fewer); the audit keeps len(times) copies of every activation")
+                        help="samples in the audited batch (default 16, or all of the test split or of the "
+                             "checkpoint's example input if it has fewer); the audit keeps len(times) copies of "
+                             "every activation")
     parser.add_argument("--module", default=None,
                         help="audit this submodule (an ODE block or a forward(t, x) module), e.g. model.ode.func; "
                              "default: every ODE block found")
