@@ -270,7 +270,7 @@ def test_the_batch_of_a_config_holds_the_first_samples_of_its_test_split(capsys)
 def test_a_checkpoint_of_a_trajectory_run_is_audited_with_or_without_its_config(tmp_path, capsys):
     from pynodeta.train.cli import main as fit_main
 
-    status = fit_main(["fit", "--config", "pendulum_tabn", "--trainer.max_steps", "2",
+    status = fit_main(["fit", "--config", "pendulum_tabn", "--trainer.max_steps", "2", "--plots", "false",
                        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
                        "--test_after_fit", "false", "--trainer.logger.init_args.save_dir", str(tmp_path)])
     assert status == 0
