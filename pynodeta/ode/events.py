@@ -1,17 +1,19 @@
 """Terminal events, as torchdiffeq 0.2.5's ``odeint(..., event_fn=...)`` and ``odeint_event``.
 
-The solve stops where ``event_fn(t, y)`` first changes sign. The event is located without gradient:
-the solution is sampled densely window by window (each window one solve, its outputs from the dense
-output), and the bracketing interval is refined by the Illinois variant of regula falsi, each trial
-point one short solve from the bracket's left end. On a fixed grid (``step_size``, which an event then
-needs, as in torchdiffeq) the solution is the grid's states and the method's interpolation between them,
-and the search keeps to exactly that: it reads the states at the grid points of a solve from ``t0``,
-then narrows the step where the sign changes with solves that return that step's interpolation (a
-restart from an interpolated state would follow another trajectory, off by the interpolation's error,
-and the state reported at the event would miss it). Gradients then come from one differentiable solve
-from ``t0`` to the (detached) event time, direct or adjoint, with the event time's own dependence on
-the inputs added by the implicit-function theorem: ``g(t*, y(t*)) = 0`` gives
-``dt* = -(dg/dy . dy) / (dg/dt + dg/dy . f(t*, y(t*)))`` (Chen, Amos & Nickel 2021, eq. 6; the same
+The solve stops where ``event_fn(t, y)`` first changes sign. The event is located without gradient: the
+solution is sampled densely window by window (each window one solve, its outputs from the dense output), and
+the bracketing interval is refined by the Illinois variant of regula falsi on the bracket's continuous
+solution: one solve over the bracket from its left end that keeps its steps (``dense_solve``, usually a
+single step), whose dense output gives each trial point's state without evaluating func. On other backends
+than torch, whose solvers keep no steps, each trial point is one short solve from the bracket's left end
+instead. On a fixed grid (``step_size``, which an event then needs, as in torchdiffeq) the solution is the
+grid's states and the method's interpolation between them, and the search keeps to exactly that: it reads
+the states at the grid points of a solve from ``t0``, then narrows the step where the sign changes with
+solves that return that step's interpolation (a restart from an interpolated state would follow another
+trajectory, off by the interpolation's error, and the state reported at the event would miss it). Gradients
+then come from one differentiable solve from ``t0`` to the (detached) event time, direct or adjoint, with
+the event time's own dependence on the inputs added by the implicit-function theorem: ``g(t*, y(t*)) = 0``
+gives ``dt* = -(dg/dy . dy) / (dg/dt + dg/dy . f(t*, y(t*)))`` (Chen, Amos & Nickel 2021, eq. 6; the same
 rerouting as torchdiffeq's ``ImplicitFnGradientRerouting``).
 
 The windows of an adaptive search start at the caller's length (``t[1] - t[0]``, 1 for ``odeint_event``)
@@ -32,7 +34,9 @@ from typing import Any
 import torch
 
 from .adams import ADAMS_METHODS
+from .dense import dense_solve
 from .errors import ODESolveError
+from .methods import METHODS, Method
 from .settings import FixedGrid, IController
 from .validation import flatten_state
 
@@ -151,7 +155,8 @@ def _locate(solve_fn, func, y0, t0: torch.Tensor, window: float, event_fn, kwarg
             value = event_fn(grid[k], state)
             if _sign(value) != sign0:
                 return _refine(solve_fn, func, event_fn, kwargs, grid[k - 1], _at(ys, k - 1),
-                               float(event_fn(grid[k - 1], _at(ys, k - 1))), grid[k], float(value))
+                               float(event_fn(grid[k - 1], _at(ys, k - 1))), grid[k], float(value),
+                               abs(length) / accepted)
         searched += 1
         start, y_start, step = grid[-1], _at(ys, len(grid) - 1), abs(length) / accepted
         if may_grow and 2 * accepted <= _SAMPLES_PER_WINDOW:
@@ -274,8 +279,37 @@ def _at(ys, k: int):
     return tuple(part[k] for part in ys) if isinstance(ys, tuple) else ys[k]
 
 
-def _refine(solve_fn, func, event_fn, kwargs, lo, y_lo, g_lo: float, hi, g_hi: float) -> torch.Tensor:
-    """Illinois regula falsi on [lo, hi]; each trial state is a solve from the left end lo."""
+def _refine(solve_fn, func, event_fn, kwargs, lo, y_lo, g_lo: float, hi, g_hi: float, step: float) -> torch.Tensor:
+    """The sign change in the bracket [lo, hi] of an adaptive search, by Illinois regula falsi, to round-off;
+    ``step`` is the mean accepted step of the window that holds the bracket."""
+    dense = _bracket_solution(func, y_lo, lo, hi, step, kwargs)
+    if dense is not None:
+        return _illinois(event_fn, lo, y_lo, g_lo, hi, g_hi, lambda lo, y_lo, mid: dense(mid))
+    # no dense output: each trial state is a solve from the bracket's current left end
+    return _illinois(event_fn, lo, y_lo, g_lo, hi, g_hi,
+                     lambda lo, y_lo, mid: _at(solve_fn(func, y_lo, torch.stack([lo, mid]), **kwargs).ys, 1))
+
+
+def _bracket_solution(func, y_lo, lo: torch.Tensor, hi: torch.Tensor, step: float, kwargs):
+    """The bracket's continuous solution: one solve from (lo, y_lo) to hi that keeps its steps, so that the
+    trial points cost no evaluation of func. It goes on as the window's solve (``_window_settings``): its
+    first step is the window's mean step, which spans the bracket when the window's samples are at least
+    one per step, and its last step lands on hi, so func is not evaluated past the bracket. Its steps are
+    eager whatever ``backend_options`` ask (a step or two gain nothing from being compiled or replayed as a
+    graph). None where the search's solves keep no steps: on other backends than torch (scipy's and julia's
+    solvers step outside torch)."""
+    method = kwargs.get("method", "dopri5")
+    method = METHODS.get(method) if isinstance(method, str) else method
+    if kwargs.get("backend", "torch") != "torch" or not isinstance(method, Method) or not method.adaptive:
+        return None
+    controller = _window_settings(kwargs, step, torch.stack([lo, hi]))["controller"]
+    return dense_solve(func, y_lo, lo, hi, method=method, controller=controller, max_steps=kwargs.get("max_steps"),
+                       warn_after_steps=kwargs.get("warn_after_steps", 100_000))
+
+
+def _illinois(event_fn, lo, y_lo, g_lo: float, hi, g_hi: float, state_at) -> torch.Tensor:
+    """Illinois regula falsi on [lo, hi] to round-off of lo's dtype; ``state_at(lo, y_lo, mid)`` is the state
+    at a trial point ``mid`` inside the bracket [lo, hi] whose left end's state is ``y_lo``."""
     eps = torch.finfo(lo.dtype).eps
     side = 0
     for _ in range(_MAX_REFINEMENTS):
@@ -286,7 +320,7 @@ def _refine(solve_fn, func, event_fn, kwargs, lo, y_lo, g_lo: float, hi, g_hi: f
         mid = lo + frac * (hi - lo)
         if mid == lo or mid == hi:  # the bracket is as small as t's floating point allows
             break
-        y_mid = _at(solve_fn(func, y_lo, torch.stack([lo, mid]), **kwargs).ys, 1)
+        y_mid = state_at(lo, y_lo, mid)
         g_mid = float(event_fn(mid, y_mid))
         if g_mid == 0:
             return mid

@@ -82,3 +82,24 @@ def test_bad_input_is_refused_with_a_reason():
     dense = pn.odeint_dense(oscillator, Y0, 0.0, 1.0)
     with pytest.raises(ValueError, match="outside the solved interval"):
         dense(1.5)
+
+
+def test_calls_the_step_callbacks_and_reports_to_record_stats_as_odeint_does():
+    """torchdiffeq's odeint_dense runs its solver's loop, which calls func's step callbacks."""
+
+    class Oscillator(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.accepted = []
+
+        def forward(self, t, y):
+            return oscillator(t, y)
+
+        def callback_accept_step(self, t0, y0, dt):
+            self.accepted.append(float(t0))
+
+    func = Oscillator()
+    with pn.record_stats() as solves:
+        dense = pn.odeint_dense(func, Y0, 0.0, 2.0)
+    assert solves == [dense.stats]
+    assert len(func.accepted) == dense.stats.n_accepted > 0
