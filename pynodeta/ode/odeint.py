@@ -49,13 +49,17 @@ def _step_options(options) -> tuple[dict | None, dict]:
     return options, {"backend_options": {key: options.pop(key) for key in _STEP_OPTIONS if key in options}}
 
 
+def _refuse_scipy_events(event_fn) -> None:
+    if event_fn is not None:
+        raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
+
+
 def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None):
     """Integrate ``dy/dt = func(t, y)`` and return the states at ``t``, as ``torchdiffeq.odeint``;
     ``options={"compile": True}`` compiles the adaptive step, ``options={"cuda_graph": True}`` replays it as
     a CUDA graph (docs/solver.md)."""
     if method == "scipy_solver":
-        if event_fn is not None:
-            raise NotImplementedError("event_fn with method='scipy_solver' is not supported (nor by torchdiffeq)")
+        _refuse_scipy_events(event_fn)
         return _scipy_solver(func, y0, t, rtol, atol, options)
     options, step_options = _step_options(options)
     settings = {**typed_arguments(method=method or "dopri5", rtol=rtol, atol=atol, options=options), **step_options}
@@ -73,6 +77,7 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     backend = "torch"
     options, step_options = _step_options(options) if method != "scipy_solver" else (options, {})
     if "scipy_solver" in (method, adjoint_method):
+        _refuse_scipy_events(event_fn)
         if adjoint_method not in (None, method):
             raise ValueError("method='scipy_solver' runs forward and backward on SciPy: adjoint_method must be "
                              "None or 'scipy_solver' too")

@@ -163,6 +163,14 @@ def test_scipy_solver_method_routes_to_scipy(solver):
     assert torch.allclose(grad, torch.full_like(y0, math.exp(-2)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("interface", [pn.odeint, pn.odeint_adjoint])
+def test_events_with_the_scipy_solver_are_refused_by_both_interfaces(interface):
+    y0, extra = torch.tensor([1.0], dtype=F64), {"adjoint_params": ()} if interface is pn.odeint_adjoint else {}
+    with pytest.raises(NotImplementedError, match="event_fn with method='scipy_solver' is not supported"):
+        interface(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=F64), method="scipy_solver",
+                  event_fn=lambda t, y: y[0] - 0.5, **extra)
+
+
 def test_interp_is_torchdiffeqs_name_for_interpolation():
     t = torch.tensor([0.0, 0.33, 1.0], dtype=F64)
     y0 = torch.tensor([1.0], dtype=F64)
