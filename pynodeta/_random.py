@@ -25,6 +25,7 @@ def check_generator(generator: torch.Generator | None, name: str = "generator") 
 
 def randn(shape, *, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Standard normal noise of ``shape`` on ``device``, drawn from ``generator`` wherever that lives."""
+    check_generator(generator)  # every draw's caller (the training losses too) gets the named error, not .device's
     if generator is None or generator.device == torch.device(device):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
     return to_device(torch.randn(shape, generator=generator, dtype=dtype, device=generator.device), device)

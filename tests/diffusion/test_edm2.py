@@ -61,6 +61,8 @@ def test_class_labels_and_nvlabs_sigma_column_reach_the_network():
     plain = EDM2Precond(_TwoArguments(), logvar_channels=16)
     torch.testing.assert_close(plain(x, sigma), 0.25 / (0.09 + 0.25) * x)
     assert edm2_loss(plain, x).shape == (3,)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        edm2_loss(plain, x, generator=7)
 
 
 def test_edm2_unet_at_init_returns_c_skip_x():

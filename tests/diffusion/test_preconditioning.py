@@ -65,6 +65,8 @@ def test_bad_input_is_refused():
         EDMPrecond(_Recorder())(torch.zeros(2, 3), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="p_std"):
         edm_loss(lambda x, s: x, torch.zeros(2, 3), p_std=0.0)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got int .*manual_seed"):
+        edm_loss(lambda x, s: x, torch.zeros(2, 3), generator=0)  # a seed: torch's error spoke of .device
 
 
 @pytest.mark.parametrize("shape", [(), (1,), (4,), (4, 1, 1, 1)])
